@@ -1,0 +1,61 @@
+"""Build a package manifest from ONNX bytes: check, read schema, record smoke vectors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from modelfleet.hashing import sha256_bytes
+from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.onnx_model import inspect_onnx, load_session
+from modelfleet.packaging.smoke import (
+    check_smoke,
+    generate_inputs,
+    inputs_from_sample,
+    record_smoke_vectors,
+)
+
+__all__ = ["build_manifest"]
+
+
+def build_manifest(
+    name: str,
+    version: int,
+    model: bytes,
+    sample_input: np.ndarray | None = None,
+    lineage: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> PackageManifest:
+    """Check ``model`` and describe it as version ``version`` of ``name``.
+
+    Smoke vectors come from the rows of ``sample_input`` when given, otherwise from
+    deterministic inputs generated from the schema; their outputs are recorded with
+    ONNX Runtime, then replayed once to make sure the model is deterministic.
+
+    Raises:
+        InvalidModelError: the bytes are not a loadable ONNX model.
+        InvalidInputError: the sample input does not fit the model.
+        SmokeTestError: the model does not reproduce its own outputs.
+    """
+    info = inspect_onnx(model)
+    session = load_session(model)
+    if sample_input is not None:
+        input_sets = inputs_from_sample(info.schema, sample_input)
+    else:
+        input_sets = generate_inputs(info.schema)
+    vectors = record_smoke_vectors(session, info.schema, input_sets)
+    check_smoke(session, vectors)
+    return PackageManifest(
+        name=name,
+        version=version,
+        sha256=sha256_bytes(model),
+        length=len(model),
+        schema=info.schema,
+        opset=info.opset,
+        ir_version=info.ir_version,
+        smoke=tuple(vectors),
+        created_at=(created_at or datetime.now(UTC)).replace(microsecond=0).isoformat(),
+        lineage={"producer": info.producer, **(lineage or {})},
+    )

@@ -1,0 +1,113 @@
+"""The package manifest: the signed description of one model version.
+
+JSON; covered by TUF as a target file of its own, next to the ONNX artefact. Unknown
+fields are kept on a round trip so older agents can carry newer manifests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modelfleet.catalog.schema import ModelSchema
+from modelfleet.errors import InvalidInputError
+from modelfleet.packaging.smoke import SmokeVector
+
+__all__ = ["MANIFEST_FORMAT", "PackageManifest"]
+
+MANIFEST_FORMAT = "modelfleet.package/v1"
+_KNOWN = {
+    "format", "name", "version", "sha256", "length", "schema", "opset", "ir_version",
+    "runtime", "smoke", "created_at", "lineage",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PackageManifest:
+    """Everything a device needs to check a model before it serves it.
+
+    Attributes:
+        name: model name.
+        version: immutable version number (1, 2, ...).
+        sha256: hex digest of the canonical ONNX artefact.
+        length: size of the artefact in bytes.
+        schema: input/output tensors read from the graph.
+        opset: default-domain ONNX opset the graph needs.
+        smoke: smoke vectors recorded at registration.
+        runtime: the runtime family the package targets.
+    """
+
+    name: str
+    version: int
+    sha256: str
+    length: int
+    schema: ModelSchema
+    opset: int
+    smoke: tuple[SmokeVector, ...]
+    ir_version: int = 0
+    runtime: str = "onnxruntime"
+    created_at: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "format": MANIFEST_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "length": self.length,
+            "schema": self.schema.to_dict(),
+            "opset": self.opset,
+            "ir_version": self.ir_version,
+            "runtime": self.runtime,
+            "created_at": self.created_at,
+            "lineage": self.lineage,
+            "smoke": [v.to_dict() for v in self.smoke],
+        }
+
+    def to_json(self) -> bytes:
+        """Canonical bytes (sorted keys) for signing and storing."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PackageManifest:
+        """Parse a manifest dict.
+
+        Raises:
+            InvalidInputError: a required field is missing or malformed.
+        """
+        fmt = data.get("format")
+        if fmt != MANIFEST_FORMAT:
+            raise InvalidInputError(f"unsupported manifest format {fmt!r}")
+        try:
+            return cls(
+                name=str(data["name"]),
+                version=int(data["version"]),
+                sha256=str(data["sha256"]),
+                length=int(data["length"]),
+                schema=ModelSchema.from_dict(data["schema"]),
+                opset=int(data["opset"]),
+                smoke=tuple(SmokeVector.from_dict(v) for v in data.get("smoke", [])),
+                ir_version=int(data.get("ir_version", 0)),
+                runtime=str(data.get("runtime", "onnxruntime")),
+                created_at=str(data.get("created_at", "")),
+                lineage=dict(data.get("lineage") or {}),
+                extra={k: v for k, v in data.items() if k not in _KNOWN},
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"malformed package manifest: {e!r}") from e
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PackageManifest:
+        """Parse manifest bytes (see :meth:`from_dict`)."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInputError(f"package manifest is not JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise InvalidInputError("package manifest is not a JSON object")
+        return cls.from_dict(data)
