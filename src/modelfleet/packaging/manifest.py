@@ -19,9 +19,19 @@ __all__ = ["MANIFEST_FORMAT", "PackageManifest"]
 
 MANIFEST_FORMAT = "modelfleet.package/v1"
 _KNOWN = {
-    "format", "name", "version", "sha256", "length", "schema", "opset", "ir_version",
-    "runtime", "smoke", "created_at", "lineage",
-}  # fmt: skip
+    "format",
+    "name",
+    "version",
+    "sha256",
+    "length",
+    "schema",
+    "opset",
+    "ir_version",
+    "runtime",
+    "smoke",
+    "created_at",
+    "lineage",
+}
 
 
 @dataclass(frozen=True)

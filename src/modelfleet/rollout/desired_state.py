@@ -84,9 +84,13 @@ class ArtefactRef:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArtefactRef:
         return cls(
-            str(d["model"]), int(d["version"]), str(d["sha256"]), int(d["length"]),
-            str(d["manifest_sha256"]), int(d["manifest_length"]),
-        )  # fmt: skip
+            str(d["model"]),
+            int(d["version"]),
+            str(d["sha256"]),
+            int(d["length"]),
+            str(d["manifest_sha256"]),
+            int(d["manifest_length"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

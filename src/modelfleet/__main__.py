@@ -1,0 +1,5 @@
+"""``python -m modelfleet`` runs the CLI."""
+
+from modelfleet.cli.main import main
+
+main()

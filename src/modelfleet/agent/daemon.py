@@ -1,0 +1,187 @@
+"""The device daemon: serve OIP v2 while an update loop applies the director's desired state.
+
+Startup serves what the state file says, from disk, before the hub is contacted: a device
+that boots with no network keeps answering with its last verified models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from modelfleet._atomic import atomic_write_bytes
+from modelfleet.agent.config import AgentConfig
+from modelfleet.agent.updater import Updater
+from modelfleet.clock import Clock, SystemClock
+from modelfleet.errors import ConfigError
+
+__all__ = ["AgentControlImpl", "UpdateLoop", "load_trust_root", "run_agent"]
+
+log = logging.getLogger("modelfleet.agent")
+
+CONTROL_FILE = "control.json"
+TRUST_ROOT_FILE = "trust-root.json"
+
+
+class AgentControlImpl:
+    """Local control of a running agent (status, rollback), behind a bearer token."""
+
+    def __init__(self, updater: Updater, loop: UpdateLoop | None = None) -> None:
+        self.token = secrets.token_urlsafe(24)
+        self._updater = updater
+        self._loop = loop
+
+    def status(self) -> dict[str, Any]:
+        return self._updater.status()
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        result = self._updater.rollback(None, reason)
+        if self._loop is not None:
+            self._loop.report_soon()
+        return result
+
+
+class UpdateLoop:
+    """Background thread: run a cycle, report to the hub, wait ``interval`` or a nudge."""
+
+    def __init__(self, updater: Updater, interval: float, reporter: Any | None = None) -> None:
+        self.updater = updater
+        self.interval = interval
+        self.reporter = reporter
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="modelfleet-updater", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def report_soon(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.updater.run_cycle()
+            except Exception:  # the loop must survive anything; the reason is logged
+                log.exception("update cycle failed")
+            self._report()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def _report(self) -> None:
+        if self.reporter is None:
+            return
+        try:
+            self.reporter(self.updater.status())
+        except Exception as e:  # reporting is best effort
+            log.debug("check-in failed (will retry): %s", e)
+
+
+def load_trust_root(config: AgentConfig) -> bytes:
+    """Return the trust-root bundle: given file, else cached, else fetched once (TOFU).
+
+    Raises:
+        ConfigError: no root can be had.
+    """
+    cached = config.state_dir / TRUST_ROOT_FILE
+    if config.trust_root is not None:
+        try:
+            data = Path(config.trust_root).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read trust root {config.trust_root}: {e}") from e
+        if not cached.exists():
+            atomic_write_bytes(cached, data, mode=0o600)
+        return data
+    if cached.exists():
+        return cached.read_bytes()
+    from modelfleet.client import HubClient
+
+    log.warning(
+        "no --trust-root given: trusting the hub's root on first use; pass the hub's "
+        "trust-root.json to pin it"
+    )
+    data = HubClient(config.hub_url, config.token).trust_root()
+    atomic_write_bytes(cached, data, mode=0o600)
+    return data
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the serving socket ourselves so the real port is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
+    """Run the agent until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    from modelfleet.agent.app import build_agent_app
+    from modelfleet.client import HubClient
+    from modelfleet.serving.host import ModelHost
+    from modelfleet.trust.client import DeviceTrustClient
+
+    clock = clock or SystemClock()
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    trust_root = load_trust_root(config)
+    source = DeviceTrustClient(config.state_dir / "tuf", config.hub_url, config.token, trust_root)
+    host = ModelHost()
+    updater = Updater(
+        config.device_id, config.state_dir, source, host, clock, config.keep_previous_loaded
+    )
+    for problem in updater.restore():
+        log.error("restore: %s", problem)
+    hub = HubClient(config.hub_url, config.token, timeout=10.0)
+
+    def report(status: dict[str, Any]) -> None:
+        hub.report(config.device_id, status)
+
+    loop = UpdateLoop(updater, config.poll_interval, report)
+    control = AgentControlImpl(updater, loop)
+    app = build_agent_app(host, control=control, server_name=f"modelfleet-agent/{config.device_id}")
+    sock = bind_socket(config.host, config.port)
+    port = sock.getsockname()[1]
+    atomic_write_bytes(
+        config.state_dir / CONTROL_FILE,
+        orjson.dumps(
+            {"pid": os.getpid(), "host": config.host, "port": port, "token": control.token}
+        ),
+        mode=0o600,
+    )
+    log.info("agent %s serving OIP v2 on http://%s:%d", config.device_id, config.host, port)
+    loop.start()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+            loop="uvloop",
+            lifespan="off",
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        loop.stop()
+        (config.state_dir / CONTROL_FILE).unlink(missing_ok=True)

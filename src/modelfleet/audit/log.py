@@ -1,0 +1,196 @@
+"""Append-only, hash-chained audit log kept in the hub database.
+
+Each entry's ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of
+its fields, including ``prev_hash``, the hash of the entry before it (64 zeros for the
+first). Changing, inserting or deleting an entry in the middle breaks the chain at that
+point; :func:`verify_chain` finds the first broken link. Deleting entries at the *end*
+leaves a valid shorter chain: compare the head hash with a copy kept elsewhere for that.
+
+The pure part (:func:`entry_hash`, :func:`first_broken`) works on plain records; the
+shell (:func:`append_entry`, :func:`verify_chain`) reads and writes the ``audit_log``
+table in the caller's transaction, so a state change and its entry commit together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from modelfleet.hub.db import AuditEntry
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditRecord",
+    "append_entry",
+    "entry_hash",
+    "first_broken",
+    "list_entries",
+    "verify_chain",
+]
+
+GENESIS_HASH = "0" * 64
+# Any constant; serialises appends across PostgreSQL sessions (pg_advisory_xact_lock).
+_PG_LOCK_KEY = 0x6D66_6175_6469
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit entry as plain data."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    ticket: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "ticket": self.ticket,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def of(cls, row: AuditEntry) -> AuditRecord:
+        return cls(
+            row.seq,
+            row.at,
+            row.actor,
+            row.action,
+            row.subject,
+            row.ticket,
+            dict(row.details),
+            row.prev_hash,
+            row.hash,
+        )
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def entry_hash(record: AuditRecord) -> str:
+    """SHA-256 hex of the canonical JSON of ``record`` (every field but ``hash``)."""
+    body = record.to_dict()
+    del body["hash"]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def first_broken(records: Iterable[AuditRecord]) -> int | None:
+    """Check a chain given in ``seq`` order.
+
+    Returns:
+        The ``seq`` of the first entry whose sequence number, ``prev_hash`` or ``hash``
+        is wrong, or None when the whole chain holds.
+    """
+    expected_seq, prev = 1, GENESIS_HASH
+    for r in records:
+        if r.seq != expected_seq or r.prev_hash != prev or r.hash != entry_hash(r):
+            return r.seq
+        expected_seq, prev = r.seq + 1, r.hash
+    return None
+
+
+def _canonical_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
+    # A JSON round trip makes the stored details equal to the hashed ones on every backend.
+    result: dict[str, Any] = orjson.loads(orjson.dumps(dict(details or {}), default=str))
+    return result
+
+
+def append_entry(
+    session: Session,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Mapping[str, Any] | None = None,
+    ticket: str | None = None,
+) -> AuditRecord:
+    """Add an entry to the log inside the caller's transaction.
+
+    Args:
+        session: an open session; the entry commits (or rolls back) with it.
+        at: when the change happened (aware datetime).
+        actor: who did it, e.g. ``"operator:alice"`` or ``"device:cam-7"``.
+        action: what was done, e.g. ``"model.register"``.
+        subject: what it was done to, e.g. ``"iris/3"``.
+        details: JSON-able facts about the change.
+        ticket: change ticket, if the caller gave one.
+
+    Returns:
+        The stored record with its hash.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    # Stored datetimes keep microseconds on SQLite and PostgreSQL; hash what will be read back.
+    record = AuditRecord(
+        seq=(last.seq + 1) if last else 1,
+        at=at.astimezone(UTC),
+        actor=actor,
+        action=action,
+        subject=subject,
+        ticket=ticket or None,
+        details=_canonical_details(details),
+        prev_hash=last.hash if last else GENESIS_HASH,
+    )
+    record = AuditRecord(**{**_fields(record), "hash": entry_hash(record)})
+    session.add(
+        AuditEntry(
+            seq=record.seq,
+            at=record.at,
+            actor=record.actor,
+            action=record.action,
+            subject=record.subject,
+            ticket=record.ticket,
+            details=record.details,
+            prev_hash=record.prev_hash,
+            hash=record.hash,
+        )
+    )
+    session.flush()
+    return record
+
+
+def _fields(r: AuditRecord) -> dict[str, Any]:
+    return {s: getattr(r, s) for s in AuditRecord.__slots__}
+
+
+def list_entries(session: Session, after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+    """Entries with ``seq > after_seq`` in order, at most ``limit``."""
+    rows = session.scalars(
+        select(AuditEntry).where(AuditEntry.seq > after_seq).order_by(AuditEntry.seq).limit(limit)
+    )
+    return [AuditRecord.of(r) for r in rows]
+
+
+def verify_chain(session: Session, batch: int = 1000) -> int | None:
+    """Walk the whole log and return the first broken ``seq``, or None if it is intact."""
+
+    def records() -> Iterable[AuditRecord]:
+        after = 0
+        while True:
+            page = list_entries(session, after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].seq
+
+    return first_broken(records())

@@ -1,0 +1,195 @@
+"""``modelfleet agent run | status | rollback``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+
+from modelfleet.cli._output import console, err_console, key_values, print_json, table
+from modelfleet.errors import InvalidInputError, TransportError
+
+__all__ = ["register"]
+
+StateDirOpt = Annotated[Path, typer.Option("--state-dir", help="The agent's state folder.")]
+
+
+def _version(rec: Any) -> str:
+    return f"v{rec['version']}" if isinstance(rec, dict) else "-"
+
+
+def _control(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads((state_dir / "control.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _call_agent(control: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
+    url = f"http://{control['host']}:{control['port']}{path}"
+    headers = {"Authorization": f"Bearer {control['token']}"}
+    try:
+        r = httpx.request(method, url, headers=headers, json=body, timeout=10.0)
+    except httpx.HTTPError as e:
+        raise TransportError(f"the agent at {url} is not answering: {e}") from e
+    if r.status_code >= 400:
+        try:
+            msg = r.json().get("error", r.text)
+        except ValueError:
+            msg = r.text
+        if r.status_code == 400:
+            raise InvalidInputError(msg)
+        raise TransportError(f"agent answered {r.status_code}: {msg}")
+    return r.json()
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """Render an agent status dict for people."""
+    desired = status.get("desired") or {}
+    key_values(
+        f"Agent {status.get('device_id')}",
+        {
+            "applied desired-state serial": status.get("applied_serial"),
+            "last check": status.get("last_check") or "never",
+            "last error": status.get("last_error") or "-",
+        },
+    )
+    rows = []
+    for name, s in (status.get("models") or {}).items():
+        rows.append(
+            (
+                name,
+                _version(s.get("active")),
+                _version(s.get("previous")),
+                _version(s.get("candidate")),
+                s.get("mode"),
+                f"{s.get('share', 0):.0%}" if s.get("candidate") else "-",
+            )
+        )
+    table("Slots", ["model", "active", "previous (kept)", "candidate", "mode", "share"], rows)
+    wanted = []
+    for a in desired.get("assignments", []):
+        cand = a.get("candidate")
+        wanted.append(
+            (
+                a["model"],
+                f"v{a['production']['version']}",
+                f"v{cand['version']}" if cand else "-",
+                a.get("mode"),
+                a.get("share"),
+            )
+        )
+    if wanted:
+        table(
+            f"Desired state (serial {desired.get('serial')})",
+            ["model", "production", "candidate", "mode", "share"],
+            wanted,
+        )
+    refusal = status.get("last_refusal")
+    if refusal:
+        console.print(
+            f"[red]Last refusal[/] {refusal['model']} v{refusal['version']} at {refusal['at']}: "
+            f"{refusal['reason']}"
+        )
+    events = status.get("events") or []
+    if events:
+        table(
+            "Recent events",
+            ["at", "kind", "what"],
+            [(e["at"], e["kind"], e["message"]) for e in events[-8:]],
+        )
+
+
+def register(agent_app: typer.Typer) -> None:
+    """Attach the agent commands to ``agent_app``."""
+
+    @agent_app.command("run")
+    def agent_run(
+        hub: Annotated[str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL.")],
+        device_id: Annotated[str, typer.Option("--device-id", help="This device's id.")],
+        token: Annotated[
+            str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="Device token.")
+        ],
+        state_dir: StateDirOpt,
+        port: Annotated[int, typer.Option(help="Inference port (OIP v2).")] = 8080,
+        host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+        poll_interval: Annotated[float, typer.Option(help="Seconds between update checks.")] = 10.0,
+        trust_root: Annotated[
+            Path | None, typer.Option(help="The hub's trust-root.json (pins TUF roots).")
+        ] = None,
+        log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+    ) -> None:
+        """Run the device daemon: verify and apply updates, serve OIP v2."""
+        from modelfleet.agent.config import AgentConfig
+        from modelfleet.agent.daemon import run_agent
+
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        run_agent(
+            AgentConfig(
+                hub_url=hub.rstrip("/"),
+                device_id=device_id,
+                token=token,
+                state_dir=state_dir,
+                host=host,
+                port=port,
+                poll_interval=poll_interval,
+                trust_root=trust_root,
+            )
+        )
+
+    @agent_app.command("status")
+    def agent_status(
+        state_dir: StateDirOpt,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Show active/previous versions, desired state and the last refusal."""
+        from modelfleet.agent.state import read_state_file
+
+        control = _control(state_dir)
+        status: dict[str, Any] | None = None
+        running = False
+        if control is not None:
+            try:
+                status = _call_agent(control, "GET", "/agent/status")
+                running = True
+            except TransportError:
+                status = None
+        if status is None:
+            status = read_state_file(state_dir)
+        if status is None:
+            raise InvalidInputError(f"no agent state in {state_dir}")
+        status["running"] = running
+        if json_out:
+            print_json(status)
+            return
+        print_status(status)
+        if not running:
+            err_console.print("(agent not running: showing the state saved on disk)")
+
+    @agent_app.command("rollback")
+    def agent_rollback(
+        state_dir: StateDirOpt,
+        reason: Annotated[str, typer.Option(help="Why (kept in the agent's events).")] = "operator",
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Switch back to the previous model (or drop the candidate); no download."""
+        control = _control(state_dir)
+        if control is None:
+            raise InvalidInputError(f"no running agent found in {state_dir} (control.json missing)")
+        result = _call_agent(control, "POST", "/agent/rollback", {"reason": reason})
+        if json_out:
+            print_json(result)
+            return
+        for r in result.get("rolled_back", []):
+            console.print(
+                f"[yellow]Rolled back[/] {r['model']}: v{r['from']} -> v{r['to']} "
+                "(previous model was kept warm; nothing downloaded)"
+            )

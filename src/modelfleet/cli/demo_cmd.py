@@ -1,0 +1,28 @@
+"""``modelfleet demo``: the whole loop on this machine, told as a story."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``demo`` to the main app."""
+
+    @app.command("demo")
+    def demo(
+        workdir: Annotated[
+            Path | None,
+            typer.Option(help="Keep everything in this folder (default: a temporary one)."),
+        ] = None,
+        keep: Annotated[bool, typer.Option(help="Leave hub and agents running at the end.")] = False,
+    ) -> None:
+        """Init a hub, start it and three agents, register, deploy, split, refuse, roll back."""
+        from modelfleet.demo import run_demo
+
+        ok = run_demo(workdir=workdir, keep=keep)
+        raise typer.Exit(0 if ok else 1)

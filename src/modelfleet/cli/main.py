@@ -1,0 +1,417 @@
+"""The ``modelfleet`` command.
+
+Client commands talk to the hub over its REST API (``--hub``/``--token`` or
+``MODELFLEET_HUB``/``MODELFLEET_TOKEN``); each prints a table, or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from modelfleet.cli import agent_cmds, demo_cmd
+from modelfleet.cli._output import console, err_console, key_values, print_json, table
+from modelfleet.errors import InvalidInputError, ModelfleetError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="modelfleet",
+    help="Ship ML models to fleets of edge devices and keep them healthy there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+hub_app = typer.Typer(help="Run the hub (control plane).", no_args_is_help=True)
+device_app = typer.Typer(help="Enroll and list devices.", no_args_is_help=True)
+model_app = typer.Typer(help="Register and inspect models.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run and inspect the device agent.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+app.add_typer(device_app, name="device")
+app.add_typer(model_app, name="model")
+app.add_typer(agent_app, name="agent")
+
+HubOpt = Annotated[
+    str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
+]
+TokenOpt = Annotated[
+    str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _client(hub: str, token: str) -> Any:
+    from modelfleet.client import HubClient
+
+    if not token:
+        raise InvalidInputError("no token: pass --token or set MODELFLEET_TOKEN")
+    return HubClient(hub, token)
+
+
+# -- init and hub --------------------------------------------------------------------------
+
+
+@app.command("init")
+def init_cmd(
+    home: Annotated[Path, typer.Argument(help="Folder for the new hub home.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a hub home: config, database, artefact store, TUF keys and metadata."""
+    from modelfleet.hub.service import init_home
+
+    token = init_home(home)
+    if json_out:
+        print_json({"home": str(home), "admin_token": token})
+        return
+    console.print(f"[green]Initialised hub home[/] {home}")
+    key_values(
+        None,
+        {
+            "config": home / "config.toml",
+            "database": home / "hub.db",
+            "artefact store": home / "artefacts",
+            "TUF keys (ed25519)": home / "keys",
+            "trust root for agents": home / "trust-root.json",
+        },
+    )
+    console.print("\nAdmin API token (shown once; also in admin.token, mode 0600):")
+    console.print(f"  [bold]{token}[/]")
+
+
+@hub_app.command("serve")
+def hub_serve(
+    home: Annotated[Path, typer.Option("--home", help="Hub home made by `modelfleet init`.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
+) -> None:
+    """Serve the hub's REST API, TUF repositories and dashboard."""
+    from modelfleet.hub.app import serve
+
+    serve(home, host=host, port=port)
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+@device_app.command("add")
+def device_add(
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    site: Annotated[str, typer.Option(help="Site (plant, store) the device is in.")] = "",
+    tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Enroll a device and print its device token."""
+    tag_list = [t.strip() for t in tags.split(",") if t.strip()]
+    result = _client(hub, token).add_device(device_id, site=site or None, tags=tag_list)
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"[green]Enrolled device[/] {device_id}")
+    console.print(f"Device token (shown once): [bold]{result['token']}[/]")
+
+
+@device_app.command("list")
+def device_list(
+    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+) -> None:
+    """List enrolled devices and what they last reported."""
+    devices = _client(hub, token).list_devices()
+    if json_out:
+        print_json(devices)
+        return
+    rows = []
+    for d in devices:
+        rows.append(
+            (
+                d.get("id"),
+                d.get("site"),
+                d.get("tags"),
+                d.get("last_seen"),
+                _served(d.get("report")),
+            )
+        )
+    table("Devices", ["id", "site", "tags", "last seen", "serving"], rows)
+
+
+def _served(report: Any) -> str:
+    if not isinstance(report, dict):
+        return "-"
+    parts = []
+    for name, slots in (report.get("models") or {}).items():
+        active = (slots.get("active") or {}).get("version")
+        cand = (slots.get("candidate") or {}).get("version")
+        text = f"{name} v{active}"
+        if cand:
+            text += f" + v{cand} ({slots.get('mode')} {slots.get('share', 0):.0%})"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+@model_app.command("register")
+def model_register(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    file: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    sample_input: Annotated[
+        Path | None, typer.Option("--sample-input", help=".npy array of example inputs (rows).")
+    ] = None,
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Register FILE as the next immutable version of NAME."""
+    if not file.is_file():
+        raise InvalidInputError(f"no such file: {file}")
+    if sample_input is not None and not sample_input.is_file():
+        raise InvalidInputError(f"no such file: {sample_input}")
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
+    ) as progress:
+        progress.add_task(f"uploading and checking {file.name}", total=None)
+        result = _client(hub, token).register_version(name, file, sample_input=sample_input)
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"[green]Registered[/] {name} version {result['version']}")
+    _print_version(result)
+
+
+def _print_version(v: dict[str, Any]) -> None:
+    key_values(
+        None,
+        {
+            "model": v.get("model") or v.get("name"),
+            "version": v.get("version"),
+            "sha256": v.get("sha256"),
+            "size (bytes)": v.get("length"),
+            "opset": v.get("opset"),
+            "smoke vectors": v.get("smoke_vectors"),
+            "registered": v.get("created_at"),
+        },
+    )
+    schema = v.get("schema") or {}
+    rows = [("input", t["name"], t["datatype"], t["shape"]) for t in schema.get("inputs", [])]
+    rows += [("output", t["name"], t["datatype"], t["shape"]) for t in schema.get("outputs", [])]
+    if rows:
+        table("Schema", ["", "name", "datatype", "shape"], rows)
+    deployed = v.get("deployed") or []
+    if deployed:
+        table(
+            "Deployed",
+            ["device", "role", "mode", "share"],
+            [(d.get("device_id"), d.get("role"), d.get("mode"), d.get("share")) for d in deployed],
+        )
+
+
+@model_app.command("list")
+def model_list(
+    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+) -> None:
+    """List registered models."""
+    models = _client(hub, token).list_models()
+    if json_out:
+        print_json(models)
+        return
+    table(
+        "Models",
+        ["name", "versions", "latest", "created"],
+        [(m.get("name"), m.get("versions"), m.get("latest"), m.get("created_at")) for m in models],
+    )
+
+
+@model_app.command("show")
+def model_show(
+    ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a model's versions, or one version in detail."""
+    client = _client(hub, token)
+    name, _, version = ref.partition(":")
+    if version:
+        if not version.isdigit():
+            raise InvalidInputError(f"version must be a number, got {version!r}")
+        data = client.get_version(name, int(version))
+        if json_out:
+            print_json(data)
+            return
+        _print_version(data)
+        return
+    data = client.get_model(name)
+    if json_out:
+        print_json(data)
+        return
+    console.print(f"[bold]{name}[/]")
+    table(
+        "Versions",
+        ["version", "sha256", "opset", "created", "deployed on"],
+        [
+            (
+                v.get("version"),
+                str(v.get("sha256", ""))[:16],
+                v.get("opset"),
+                v.get("created_at"),
+                [d.get("device_id") for d in v.get("deployed") or []],
+            )
+            for v in data.get("versions", [])
+        ],
+    )
+
+
+# -- deploy and rollback -------------------------------------------------------------------
+
+
+def _parse_slo(text: str) -> dict[str, float]:
+    slo: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            slo[key.strip()] = float(value)
+        except ValueError:
+            raise InvalidInputError(f"--slo expects key=value pairs, got {item!r}") from None
+    return slo
+
+
+@app.command("deploy")
+def deploy_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to deploy.")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")] = "",
+    all_devices: Annotated[bool, typer.Option("--all", help="Every enrolled device.")] = False,
+    mode: Annotated[str, typer.Option(help="full | split | shadow")] = "full",
+    share: Annotated[float, typer.Option(help="Share of requests for split/shadow (0-1).")] = 0.1,
+    slo: Annotated[str, typer.Option(help="Local guard, e.g. p99_ms=100,error_rate=0.01")] = "",
+    ticket: Annotated[str, typer.Option(help="Change ticket recorded in the audit log.")] = "",
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign NAME:VERSION into the catalog and the devices' desired state into the director."""
+    device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
+    if bool(device_list_) == all_devices:
+        raise InvalidInputError("give either --devices ID,ID… or --all")
+    if mode not in ("full", "split", "shadow"):
+        raise InvalidInputError(f"--mode must be full, split or shadow, not {mode!r}")
+    if not 0.0 <= share <= 1.0:
+        raise InvalidInputError("--share must be between 0 and 1")
+    result = _client(hub, token).deploy(
+        name,
+        version,
+        devices=None if all_devices else device_list_,
+        all_devices=all_devices,
+        mode=mode,
+        share=share if mode != "full" else 0.0,
+        slo=_parse_slo(slo),
+        ticket=ticket or None,
+    )
+    if json_out:
+        print_json(result)
+        return
+    console.print(
+        f"[green]Deployed[/] {name} v{version} ({mode}) — signed into catalog and director"
+    )
+    rows = [
+        (
+            d.get("device_id"),
+            d.get("production"),
+            d.get("candidate"),
+            d.get("mode"),
+            d.get("share"),
+            d.get("serial"),
+        )
+        for d in result.get("devices", [])
+    ]
+    table("Desired state", ["device", "production", "candidate", "mode", "share", "serial"], rows)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")] = "",
+    all_devices: Annotated[bool, typer.Option("--all", help="Every device running it.")] = False,
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Assign devices back to their previous production version (a new director assignment)."""
+    device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
+    if bool(device_list_) == all_devices:
+        raise InvalidInputError("give either --devices ID,ID… or --all")
+    result = _client(hub, token).rollback(name, devices=None if all_devices else device_list_)
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"[yellow]Rolled back[/] {name}")
+    rows = [
+        (d.get("device_id"), d.get("production"), d.get("candidate"), d.get("serial"))
+        for d in result.get("devices", [])
+    ]
+    table("Desired state", ["device", "production", "candidate", "serial"], rows)
+
+
+@app.command("audit")
+def audit_cmd(
+    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+) -> None:
+    """Show the hash-chained audit log."""
+    entries = _client(hub, token).audit()
+    if json_out:
+        print_json(entries)
+        return
+    entries_list = entries.get("entries", entries) if isinstance(entries, dict) else entries
+    table(
+        "Audit log",
+        ["seq", "at", "actor", "action", "subject", "ticket"],
+        [
+            (
+                e.get("seq"),
+                e.get("at"),
+                e.get("actor"),
+                e.get("action"),
+                e.get("subject"),
+                e.get("ticket"),
+            )
+            for e in entries_list
+        ],
+    )
+
+
+# -- agent ---------------------------------------------------------------------------------
+
+agent_cmds.register(agent_app)
+demo_cmd.register(app)
+
+
+def main() -> None:
+    """Entry point: run the CLI; modelfleet errors become one clear line and exit 1."""
+    try:
+        app(standalone_mode=False)
+    except ModelfleetError as e:
+        err_console.print(f"[red]error:[/] {e}")
+        sys.exit(1)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit codes
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,471 @@
+"""The demo behind ``make demo``: register → sign → roll out → serve → refuse → roll back.
+
+Everything runs for real on this machine: a hub and three agents as separate processes on
+loopback, TUF metadata signed with fresh ed25519 keys, ONNX Runtime answering OIP v2
+requests. Each step checks what it claims; the demo exits non-zero if any check fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+__all__ = ["run_demo"]
+
+MODEL = "quality-check"
+DEVICES = (("press-01", "plant-a"), ("press-02", "plant-a"), ("lathe-07", "plant-b"))
+console = Console(highlight=False)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    """A child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=5)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Agent:
+    """One demo device: its id, token, port and state folder."""
+
+    device_id: str
+    site: str
+    token: str
+    port: int
+    state_dir: Path
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Story:
+    """Prints steps and keeps score of the checks."""
+
+    failures: list[str] = field(default_factory=list)
+    step_no: int = 0
+
+    def step(self, title: str, explain: str) -> None:
+        self.step_no += 1
+        console.print()
+        console.rule(f"[bold cyan]Step {self.step_no}: {title}", align="left")
+        console.print(f"[dim]{explain}[/]")
+
+    def check(self, ok: bool, claim: str) -> bool:
+        if ok:
+            console.print(f"  [green]✓[/] {claim}")
+        else:
+            console.print(f"  [red]✗ {claim}[/]")
+            self.failures.append(claim)
+        return ok
+
+    def say(self, text: str) -> None:
+        console.print(f"  {text}")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (real time: this is a demo)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            pass
+        time.sleep(interval)
+    return False
+
+
+def modelfleet_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelfleet", *args]
+
+
+def start(name: str, args: list[str], logdir: Path) -> Process:
+    log = logdir / f"{name}.log"
+    fh = open(log, "wb")  # noqa: SIM115 - the child owns it for its whole life
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return Process(name, popen, log)
+
+
+def infer(agent: Agent, x: np.ndarray, key: str | None = None) -> tuple[str, int, list[float]]:
+    """One OIP v2 JSON inference; returns (model_version, label, probabilities)."""
+    body = {
+        "inputs": [
+            {"name": "X", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    headers = {"modelfleet-routing-key": key} if key else {}
+    r = httpx.post(f"{agent.url}/v2/models/{MODEL}/infer", json=body, headers=headers, timeout=10)
+    r.raise_for_status()
+    out = r.json()
+    outputs = {o["name"]: o for o in out["outputs"]}
+    return (
+        str(out["model_version"]),
+        int(outputs["label"]["data"][0]),
+        [round(float(p), 3) for p in outputs["probabilities"]["data"]],
+    )
+
+
+def agent_status(agent: Agent) -> dict[str, Any]:
+    control = orjson.loads((agent.state_dir / "control.json").read_bytes())
+    r = httpx.get(
+        f"http://127.0.0.1:{control['port']}/agent/status",
+        headers={"Authorization": f"Bearer {control['token']}"},
+        timeout=5,
+    )
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def active_version(agent: Agent) -> int | None:
+    slots = agent_status(agent).get("models", {}).get(MODEL) or {}
+    active = slots.get("active")
+    return int(active["version"]) if active else None
+
+
+def make_data(seed: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=n, n_features=10, n_informative=6, n_redundant=2, n_classes=3,
+        random_state=seed,
+    )  # fmt: skip
+    return x.astype(np.float32), y
+
+
+@contextmanager
+def fleet_dir(workdir: Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="modelfleet-demo-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
+    """Run the story; return True only if every check passed."""
+    story = Story()
+    processes: list[Process] = []
+    console.print(
+        Panel.fit(
+            "[bold]modelfleet demo[/]\n"
+            "A hub and three edge devices on this machine. We register a model, sign it,\n"
+            "roll it out, A/B-test a new version on one device, catch a tampered release\n"
+            "and roll back — all on real TUF metadata, real ONNX Runtime, real HTTP.",
+            border_style="cyan",
+        )
+    )
+    with fleet_dir(workdir) as root:
+        try:
+            _story(story, root, processes)
+        except Exception as e:  # the demo reports, it never dumps a traceback
+            story.check(False, f"the demo stopped unexpectedly: {type(e).__name__}: {e}")
+            for p in processes:
+                console.print(f"[dim]--- last lines of {p.name} ({p.log}) ---\n{p.tail()}[/]")
+        finally:
+            if not keep:
+                for p in reversed(processes):
+                    p.stop()
+    console.print()
+    if story.failures:
+        console.print(
+            Panel.fit(
+                "[red bold]The demo found problems:[/]\n" + "\n".join(story.failures),
+                border_style="red",
+            )
+        )
+        return False
+    console.print(
+        Panel.fit(
+            "[green bold]Every step did what it claimed.[/]\n"
+            "Next: read the README walkthrough to run the same steps by hand.",
+            border_style="green",
+        )
+    )
+    return True
+
+
+def _story(story: Story, root: Path, processes: list[Process]) -> None:
+    from modelfleet.client import HubClient
+    from modelfleet.hub.service import init_home
+
+    home = root / "hub"
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+
+    # 1 ---------------------------------------------------------------------------------
+    story.step(
+        "create the hub",
+        "`modelfleet init` makes a hub home: a SQLite catalog (migrated with Alembic), a\n"
+        "content-addressed artefact store and ed25519 keys for two TUF repositories — the\n"
+        "catalog (approved packages) and the director (which device runs what).",
+    )
+    admin_token = init_home(home)
+    story.check((home / "trust-root.json").is_file(), f"hub home created in {home}")
+    story.check(
+        (home / "admin.token").stat().st_mode & 0o777 == 0o600,
+        "admin token written to admin.token with mode 0600",
+    )
+    hub_port = free_port()
+    hub_url = f"http://127.0.0.1:{hub_port}"
+    processes.append(
+        start(
+            "hub",
+            modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(hub_port)),
+            logs,
+        )
+    )
+    hub = HubClient(hub_url, admin_token)
+    up = wait_until(lambda: bool(hub.health()), timeout=60)
+    if not story.check(up, f"hub serving its REST API and TUF repositories on {hub_url}"):
+        raise RuntimeError("hub did not start")
+
+    # 2 ---------------------------------------------------------------------------------
+    story.step(
+        "enroll three devices and start their agents",
+        "Each device gets its own token. Its agent pins the hub's TUF roots (trust-root.json),\n"
+        "polls the director, and serves the Open Inference Protocol v2 on its own port.",
+    )
+    agents: list[Agent] = []
+    for device_id, site in DEVICES:
+        enrolled = hub.add_device(device_id, site=site, tags=["demo"])
+        agent = Agent(device_id, site, enrolled["token"], free_port(), root / "devices" / device_id)
+        agent.process = start(
+            f"agent-{device_id}",
+            modelfleet_cmd(
+                "agent",
+                "run",
+                "--hub",
+                hub_url,
+                "--device-id",
+                device_id,
+                "--token",
+                agent.token,
+                "--state-dir",
+                str(agent.state_dir),
+                "--port",
+                str(agent.port),
+                "--poll-interval",
+                "0.5",
+                "--trust-root",
+                str(home / "trust-root.json"),
+            ),  # fmt: skip
+            logs,
+        )
+        processes.append(agent.process)
+        agents.append(agent)
+    for agent in agents:
+        live = wait_until(
+            lambda a=agent: httpx.get(f"{a.url}/v2/health/live", timeout=2).status_code == 200,
+            timeout=60,
+        )
+        story.check(live, f"agent {agent.device_id} ({agent.site}) live on {agent.url}")
+
+    # 3 ---------------------------------------------------------------------------------
+    story.step(
+        "register version 1",
+        "A scikit-learn logistic regression trained on generated sensor data is converted to\n"
+        "ONNX. The hub checks that ONNX Runtime loads it, reads its schema, and records smoke\n"
+        "vectors: fixed inputs and the outputs every device must reproduce before serving it.",
+    )
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_data(seed=0)
+    v1_model = LogisticRegression(max_iter=1000).fit(x, y)
+    v1 = hub.register_version(MODEL, v1_model, sample_input=x[:8])
+    story.check(v1["version"] == 1, f"{MODEL} v1 registered, sha256 {v1['sha256'][:16]}…")
+    schema = v1.get("schema") or {}
+    story.say(
+        "schema: "
+        + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in schema.get("inputs", []))
+        + " → "
+        + ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in schema.get("outputs", []))
+    )
+
+    # 4 ---------------------------------------------------------------------------------
+    story.step(
+        "roll v1 out to every device",
+        "`deploy` signs the package into the TUF catalog and each device's desired state into\n"
+        "the director. Agents verify both with python-tuf, check the hashes agree, replay the\n"
+        "smoke vectors, then switch their active slot atomically.",
+    )
+    hub.deploy(MODEL, 1, all_devices=True, mode="full")
+    for agent in agents:
+        ok = wait_until(lambda a=agent: active_version(a) == 1, timeout=60)
+        story.check(ok, f"{agent.device_id} verified, smoke-tested and activated v1")
+    sample = x[100:101]
+    t = Table("device", "model_version", "label", "probabilities", title="One inference per device")
+    versions = set()
+    for agent in agents:
+        version, label, probs = infer(agent, sample)
+        versions.add(version)
+        t.add_row(agent.device_id, version, str(label), str(probs))
+    console.print(t)
+    story.check(versions == {"1"}, "every device answers with model_version 1")
+
+    # 5 ---------------------------------------------------------------------------------
+    story.step(
+        "A/B test v2 on one device",
+        "v2 (gradient boosting) goes to press-01 only, in split mode: half of the callers,\n"
+        "chosen by a sticky routing key, are answered by v2. The rest of the fleet stays on v1.",
+    )
+    v2_model = GradientBoostingClassifier(n_estimators=40, random_state=0).fit(x, y)
+    v2 = hub.register_version(MODEL, v2_model, sample_input=x[:8])
+    story.check(v2["version"] == 2, f"{MODEL} v2 registered")
+    canary = agents[0]
+    hub.deploy(MODEL, 2, devices=[canary.device_id], mode="split", share=0.5)
+
+    def has_candidate() -> bool:
+        slots = agent_status(canary)["models"][MODEL]
+        return bool(slots.get("candidate")) and slots["candidate"]["version"] == 2
+
+    story.check(wait_until(has_candidate, timeout=60), f"{canary.device_id} loaded v2 as candidate")
+    counts: Counter[str] = Counter()
+    xs, _ = make_data(seed=1, n=200)
+    for i in range(200):
+        version, _, _ = infer(canary, xs[i : i + 1], key=f"caller-{i}")
+        counts[version] += 1
+    story.say(
+        f"200 callers with distinct routing keys: v1 answered {counts['1']}, v2 answered {counts['2']}"
+    )
+    story.check(counts["1"] > 50 and counts["2"] > 50, "both versions answer on the canary device")
+    sticky = {infer(canary, xs[0:1], key="caller-7")[0] for _ in range(20)}
+    story.check(
+        len(sticky) == 1, f"a caller's routing key always reaches one version (v{sticky.pop()})"
+    )
+    others = {infer(a, sample)[0] for a in agents[1:]}
+    story.check(others == {"1"}, "the other devices still serve v1 only")
+
+    # 6 ---------------------------------------------------------------------------------
+    story.step(
+        "promote v2 on the canary",
+        "v2 becomes production on press-01. v1 moves to the previous slot and stays loaded,\n"
+        "so going back needs no download.",
+    )
+    hub.deploy(MODEL, 2, devices=[canary.device_id], mode="full")
+    story.check(
+        wait_until(lambda: active_version(canary) == 2 and not has_candidate(), timeout=60),
+        f"{canary.device_id} serves v2, previous slot holds v1",
+    )
+    story.check(infer(canary, sample)[0] == "2", "inference answered by v2")
+
+    # 7 ---------------------------------------------------------------------------------
+    story.step(
+        "a tampered release is refused",
+        "v3 is registered — its digest recorded and later signed — but its file on the hub is\n"
+        "altered, as a compromised store or mirror would. The device downloads it, TUF finds the hash does not match the\n"
+        "signed catalog, and the device refuses it while it keeps serving v2.",
+    )
+    v3_model = LogisticRegression(max_iter=1000, C=0.05).fit(x, y)
+    v3 = hub.register_version(MODEL, v3_model, sample_input=x[:8])
+    blob = home / "artefacts" / "sha256" / v3["sha256"][:2] / v3["sha256"]
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    story.say(f"flipped one byte of {blob.relative_to(root)} after registration")
+    hub.deploy(MODEL, 3, devices=[canary.device_id], mode="full")
+
+    def refused_v3() -> bool:
+        refusal = agent_status(canary).get("last_refusal") or {}
+        return refusal.get("version") == 3
+
+    story.check(wait_until(refused_v3, timeout=60), f"{canary.device_id} refused v3")
+    refusal = agent_status(canary)["last_refusal"]
+    story.say(f"[red]reason:[/] {refusal['reason']}")
+    story.check(infer(canary, sample)[0] == "2", f"{canary.device_id} keeps serving v2")
+
+    # 8 ---------------------------------------------------------------------------------
+    story.step(
+        "roll back on the device",
+        "An operator on site runs `modelfleet agent rollback`. The agent switches to the\n"
+        "previous model it kept warm — no hub, no download.",
+    )
+    started = time.perf_counter()
+    result = subprocess.run(
+        modelfleet_cmd(
+            "agent", "rollback", "--state-dir", str(canary.state_dir), "--reason", "demo"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in result.stdout.strip().splitlines():
+        story.say(line)
+    version_after = infer(canary, sample)[0]
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    story.check(result.returncode == 0, "`modelfleet agent rollback` succeeded")
+    story.check(
+        version_after == "1",
+        f"{canary.device_id} answers with v1 again ({elapsed_ms:.0f} ms including the CLI start)",
+    )
+
+    # summary ---------------------------------------------------------------------------
+    console.print()
+    t = Table("device", "site", "active", "previous", "last refusal", title="Fleet at the end")
+    for agent in agents:
+        st = agent_status(agent)
+        slots = st["models"].get(MODEL, {})
+        ref = st.get("last_refusal")
+        t.add_row(
+            agent.device_id,
+            agent.site,
+            f"v{slots['active']['version']}" if slots.get("active") else "-",
+            f"v{slots['previous']['version']}" if slots.get("previous") else "-",
+            f"v{ref['version']}: {ref['kind']}" if ref else "-",
+        )
+    console.print(t)
+    console.print(f"[dim]Logs of the hub and agents: {logs}[/]")

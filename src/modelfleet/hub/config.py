@@ -1,0 +1,163 @@
+"""Hub configuration: a typed, bounded config object read from ``HOME/config.toml``.
+
+The environment is read only at the process edge: :func:`load_hub_config` takes the
+variables as a mapping, and only the CLI / server entry point passes ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from modelfleet.errors import ConfigError
+
+__all__ = ["ENV_DATABASE_URL", "HubConfig", "HubHome", "load_hub_config", "render_config_toml"]
+
+ENV_DATABASE_URL = "MODELFLEET_DATABASE_URL"
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class HubHome:
+    """Where a hub keeps its state; every path is derived from ``root``."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def database_file(self) -> Path:
+        return self.root / "hub.db"
+
+    @property
+    def artefacts(self) -> Path:
+        return self.root / "artefacts"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def trust_root(self) -> Path:
+        return self.root / "trust-root.json"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin.token"
+
+    def is_initialised(self) -> bool:
+        """True if ``init`` has run here (the config file and the keys exist)."""
+        return self.config_file.is_file() and self.keys.is_dir()
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Settings of one hub process.
+
+    Attributes:
+        home: the hub home folder (see :class:`HubHome`).
+        database_url: SQLAlchemy URL; SQLite in the home folder unless set
+            (``postgresql+psycopg://user:pass@host/db`` for PostgreSQL).
+        host: address the API listens on.
+        port: TCP port the API listens on.
+        max_upload_bytes: largest blob accepted by ``POST /api/v1/blobs``.
+        max_report_bytes: largest device report accepted.
+        refresh_interval_s: how often the background task re-signs expiring metadata.
+        audit_page_limit: most audit entries returned by one request.
+    """
+
+    home: Path
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8700
+    max_upload_bytes: int = 512 * _MIB
+    max_report_bytes: int = 1 * _MIB
+    refresh_interval_s: float = 300.0
+    audit_page_limit: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home))
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'hub.db'}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        if self.max_upload_bytes < 1 or self.max_report_bytes < 1:
+            raise ConfigError("upload and report limits must be positive")
+        if not 1.0 <= self.refresh_interval_s <= 86400.0:
+            raise ConfigError("refresh_interval_s must be between 1 and 86400 seconds")
+        if not 1 <= self.audit_page_limit <= 100_000:
+            raise ConfigError("audit_page_limit must be between 1 and 100000")
+
+    @property
+    def paths(self) -> HubHome:
+        return HubHome(self.home)
+
+
+_KEYS = {f.name for f in fields(HubConfig)} - {"home", "extra"}
+
+
+def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConfig:
+    """Read ``HOME/config.toml`` (the ``[hub]`` table) and apply environment overrides.
+
+    Args:
+        home: the hub home folder.
+        env: environment variables (only ``MODELFLEET_DATABASE_URL`` is read); pass
+            ``os.environ`` at the process edge, nothing in library code.
+
+    Returns:
+        The config; unknown keys are kept in ``extra``.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a value has the wrong type.
+    """
+    hub_home = HubHome(Path(home))
+    try:
+        raw = tomllib.loads(hub_home.config_file.read_text("utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"{hub_home.root} is not a hub home (no config.toml); run `modelfleet hub init`"
+        ) from e
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read {hub_home.config_file}: {e}") from e
+    table = raw.get("hub", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{hub_home.config_file}: [hub] must be a table")
+    known = {k: v for k, v in table.items() if k in _KEYS}
+    extra = {k: v for k, v in table.items() if k not in _KEYS}
+    if env and env.get(ENV_DATABASE_URL):
+        known["database_url"] = env[ENV_DATABASE_URL]
+    try:
+        return HubConfig(home=hub_home.root, extra=extra, **known)
+    except TypeError as e:
+        raise ConfigError(f"{hub_home.config_file}: {e}") from e
+
+
+def render_config_toml(config: HubConfig) -> str:
+    """TOML text of ``config`` (the SQLite default URL is left implicit)."""
+    lines = ["[hub]"]
+    if config.database_url != HubConfig(config.home).database_url:
+        lines.append(f"database_url = {_toml_str(config.database_url)}")
+    lines += [
+        f"host = {_toml_str(config.host)}",
+        f"port = {config.port}",
+        f"max_upload_bytes = {config.max_upload_bytes}",
+        f"max_report_bytes = {config.max_report_bytes}",
+        f"refresh_interval_s = {config.refresh_interval_s}",
+        f"audit_page_limit = {config.audit_page_limit}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,264 @@
+"""The hub's database: SQLAlchemy 2 ORM tables and engine setup (SQLite or PostgreSQL).
+
+The schema is created and changed only by the Alembic migrations in
+``modelfleet/hub/migrations``; :func:`migrate` runs them programmatically.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from modelfleet.errors import ConfigError, StorageError
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Assignment",
+    "AuditEntry",
+    "Base",
+    "Device",
+    "DeviceReport",
+    "DeviceState",
+    "Model",
+    "ModelVersion",
+    "Token",
+    "UTCDateTime",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+]
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every hub table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Model(Base):
+    """A registered model name."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+class ModelVersion(Base):
+    """One immutable version of a model: its artefact, manifest and schema."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(BigInteger)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    manifest_length: Mapped[int] = mapped_column(BigInteger)
+    opset: Mapped[int] = mapped_column(Integer)
+    ir_version: Mapped[int] = mapped_column(Integer)
+    schema: Mapped[dict[str, Any]]
+    lineage: Mapped[dict[str, Any]]
+    smoke_vectors: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Device(Base):
+    """An enrolled device and what it last said about itself."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    site: Mapped[str] = mapped_column(String(128), default="")
+    tags: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    last_seen: Mapped[datetime | None]
+    reported: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Token(Base):
+    """An API token; only its SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Assignment(Base):
+    """The director's current assignment of one model on one device."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("device_id", "model", name="uq_assignments_device_model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    production_version: Mapped[int] = mapped_column(Integer)
+    candidate_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    share: Mapped[float] = mapped_column(Float)
+    slo: Mapped[dict[str, Any]]
+    rollout_id: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime]
+
+
+class DeviceState(Base):
+    """The latest desired state signed for a device (its serial and blob digest)."""
+
+    __tablename__ = "desired_states"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    serial: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(BigInteger)
+    issued_at: Mapped[datetime]
+
+
+class DeviceReport(Base):
+    """One check-in report of a device, kept as received."""
+
+    __tablename__ = "device_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    received_at: Mapped[datetime]
+    report: Mapped[dict[str, Any]]
+
+
+class AuditEntry(Base):
+    """One link of the hash-chained audit log (see :mod:`modelfleet.audit.log`)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    """Create an engine; SQLite gets WAL mode, foreign keys and a busy timeout.
+
+    Raises:
+        ConfigError: the URL is malformed or names a driver that is not installed.
+    """
+    try:
+        if database_url.startswith("sqlite"):
+            engine = create_engine(
+                database_url, connect_args={"check_same_thread": False, "timeout": 30.0}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            path = engine.url.database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return engine
+        return create_engine(database_url, pool_pre_ping=True)
+    except (ArgumentError, ImportError, OSError) as e:
+        raise ConfigError(f"unusable database URL: {e}") from e
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(database_url: str | Engine, revision: str = "head") -> None:
+    """Bring the database schema up to ``revision`` with the packaged Alembic scripts.
+
+    Raises:
+        StorageError: the database cannot be reached or a migration fails.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(database_url) if isinstance(database_url, str) else database_url
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    except SQLAlchemyError as e:
+        raise StorageError(f"database migration failed: {e}") from e
+    finally:
+        if isinstance(database_url, str):
+            engine.dispose()

@@ -1,0 +1,201 @@
+"""One loaded ONNX model version: checks request tensors against its schema and runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from modelfleet.catalog.schema import ModelSchema, TensorSpec
+from modelfleet.errors import InvalidTensorError
+from modelfleet.packaging.onnx_model import load_session, schema_of_session
+from modelfleet.serving.dtypes import DATATYPE_TO_NUMPY, datatype_of
+
+__all__ = ["LoadedModel"]
+
+#: Largest integer magnitude each float type holds exactly (2 ** mantissa bits + 1).
+_EXACT_INT_LIMIT: Final[dict[str, int]] = {"FP16": 2**11, "FP32": 2**24, "FP64": 2**53}
+
+
+@dataclass(frozen=True, slots=True)
+class _InputCheck:
+    spec: TensorSpec
+    dtype: np.dtype[Any]
+
+
+def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray:
+    """Cast ``arr`` to ``dtype`` when no value can change, else raise InvalidTensorError."""
+    got = datatype_of(arr)
+    if spec.datatype == "BYTES":
+        if got == "BYTES":
+            return _as_str_array(arr, spec.name)
+    elif arr.dtype.kind in "iu" and dtype.kind in "iu":
+        if np.can_cast(arr.dtype, dtype, casting="safe"):
+            return arr.astype(dtype)
+        info = np.iinfo(dtype)
+        if arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max):
+            return arr.astype(dtype)
+    elif arr.dtype.kind in "iu" and dtype.kind == "f":
+        limit = _EXACT_INT_LIMIT[spec.datatype]
+        if arr.size == 0 or (arr.min() >= -limit and arr.max() <= limit):
+            return arr.astype(dtype)
+    elif arr.dtype.kind == "f" and dtype.kind == "f" and np.can_cast(arr.dtype, dtype, "safe"):
+        return arr.astype(dtype)
+    raise InvalidTensorError(
+        f"input {spec.name!r}: expected datatype {spec.datatype}, got {got}"
+        + (" (values would change if converted)" if got != "BYTES" else "")
+    )
+
+
+def _as_str_array(arr: np.ndarray, name: str) -> np.ndarray:
+    """ORT string tensors need Python ``str`` elements; ``bytes`` would be ``str()``-ed."""
+    if arr.dtype.kind == "U":
+        return arr
+    out = np.empty(arr.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, v in enumerate(arr.reshape(-1).tolist()):
+        if isinstance(v, bytes):
+            try:
+                flat[i] = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidTensorError(f"input {name!r}: element {i} is not UTF-8") from None
+        else:
+            flat[i] = str(v)
+    return out
+
+
+class LoadedModel:
+    """An ONNX Runtime session for one model version, with its schema.
+
+    Instances are immutable after :meth:`load` and safe to share between threads (ONNX Runtime
+    sessions allow concurrent ``run`` calls).
+    """
+
+    __slots__ = ("_checks", "_output_names", "_session", "digest", "name", "schema", "version")
+
+    def __init__(
+        self, name: str, version: str, digest: str, session: Any, schema: ModelSchema
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.digest = digest
+        self.schema = schema
+        self._session = session
+        self._checks = {
+            spec.name: _InputCheck(spec, DATATYPE_TO_NUMPY[spec.datatype]) for spec in schema.inputs
+        }
+        self._output_names = [spec.name for spec in schema.outputs]
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        version: str,
+        model_path: Path,
+        digest: str,
+        intra_op_threads: int = 1,
+    ) -> LoadedModel:
+        """Load an ONNX file into an ONNX Runtime CPU session.
+
+        Args:
+            name: model name as clients address it.
+            version: version string reported in responses.
+            model_path: the ``.onnx`` file.
+            digest: sha256 of the file, kept for status reports.
+            intra_op_threads: ONNX Runtime intra-op threads (1 suits small models).
+
+        Raises:
+            InvalidModelError: ONNX Runtime cannot load the file, or an input or output is
+                not a tensor of a supported type.
+        """
+        session = load_session(str(model_path), intra_op_threads)
+        return cls(name, version, digest, session, schema_of_session(session))
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.name!r}, version={self.version!r})"
+
+    def validate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check request tensors against the schema and return what ONNX Runtime can take.
+
+        Integer tensors are cast to a float or wider integer input only when every value
+        survives exactly; BYTES become ``str`` object arrays.
+
+        Raises:
+            InvalidTensorError: an input is missing or unknown, has the wrong datatype, or
+                its shape does not fit the schema (rank or a fixed dimension).
+        """
+        checks = self._checks
+        unknown = [name for name in inputs if name not in checks]
+        if unknown:
+            raise InvalidTensorError(
+                f"unknown input {unknown[0]!r}; the model takes {sorted(checks)}"
+            )
+        if len(inputs) != len(checks):
+            missing = sorted(set(checks) - set(inputs))
+            raise InvalidTensorError(f"missing input {missing[0]!r}")
+        feed: dict[str, np.ndarray] = {}
+        for name, arr in inputs.items():
+            check = checks[name]
+            spec = check.spec
+            if arr.dtype != check.dtype or spec.datatype == "BYTES":
+                arr = _cast(arr, spec, check.dtype)
+            if not spec.accepts_shape(arr.shape):
+                raise InvalidTensorError(
+                    f"input {name!r}: expected shape {list(spec.shape)} (-1 = any), "
+                    f"got {list(arr.shape)}"
+                )
+            feed[name] = arr
+        return feed
+
+    def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Validate ``inputs`` and run the model.
+
+        Args:
+            inputs: request tensors by input name.
+            outputs: names of the outputs wanted, in response order; None for all.
+
+        Returns:
+            The outputs by name, in the order asked for (graph order when None).
+
+        Raises:
+            InvalidTensorError: invalid inputs (see :meth:`validate`), an unknown output
+                name, or ONNX Runtime refusing the inputs.
+        """
+        feed = self.validate(inputs)
+        if outputs is None:
+            names = self._output_names
+        else:
+            names = list(outputs)
+            for name in names:
+                if name not in self._output_names:
+                    raise InvalidTensorError(
+                        f"unknown output {name!r}; the model has {self._output_names}"
+                    )
+        try:
+            results = self._session.run(names, feed)
+        except InvalidArgument as e:  # e.g. a dimension the graph fixes deeper inside
+            message = str(e).replace("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ", "")
+            raise InvalidTensorError(message.strip().splitlines()[0]) from e
+        return dict(zip(names, results, strict=True))
+
+    def warm_up(self) -> None:
+        """Run the model once on a zero batch of one, so the first real request is not slow.
+
+        Raises:
+            Exception: whatever ONNX Runtime raises when the model cannot run on zeros.
+        """
+        feed: dict[str, np.ndarray] = {}
+        for spec in self.schema.inputs:
+            shape = tuple(d if d >= 0 else 1 for d in spec.shape)
+            if spec.datatype == "BYTES":
+                arr = np.full(shape, "", dtype=object)
+            else:
+                arr = np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
+            feed[spec.name] = arr
+        self._session.run(self._output_names, feed)

@@ -1,0 +1,295 @@
+"""Device side of the trust layer: python-tuf ngclient over the hub's two repositories.
+
+A device trusts nothing the hub says until TUF has verified it:
+
+1. the **director** repository names the device's desired state (a signed target);
+2. every artefact that desired state names must also be listed in the **catalog**
+   repository with exactly the same sha256 and length (Uptane: director and image
+   repository must agree), and is then downloaded and checked against those.
+
+Every tuf exception is translated at this boundary: verification failures become
+:class:`~modelfleet.errors.MetadataVerificationError` or
+:class:`~modelfleet.errors.ArtefactVerificationError`, transport failures
+:class:`~modelfleet.errors.TransportError`, local disk failures
+:class:`~modelfleet.errors.StorageError`.
+
+Cache layout: ``cache_dir/{catalog,director}/metadata`` (ngclient's metadata cache, with
+``root_history/``) and ``cache_dir/{catalog,director}/targets``.
+
+Note: ngclient checks expiry against the device's system clock (it takes no clock
+argument), so a device with a badly wrong clock will refuse or accept stale metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuf.api.exceptions import (
+    BadVersionNumberError,
+    DownloadError,
+    DownloadHTTPError,
+    DownloadLengthMismatchError,
+    ExpiredMetadataError,
+    LengthOrHashMismatchError,
+    RepositoryError,
+    SlowRetrievalError,
+    UnsignedMetadataError,
+)
+from tuf.api.serialization import DeserializationError
+from tuf.ngclient import Updater
+from tuf.ngclient.fetcher import FetcherInterface
+
+from modelfleet._atomic import fsync_dir
+from modelfleet.delivery.http_fetcher import HttpFetcher
+from modelfleet.errors import (
+    ArtefactVerificationError,
+    ConfigError,
+    MetadataVerificationError,
+    StorageError,
+    TransportError,
+)
+from modelfleet.rollout.desired_state import desired_state_target_path
+from modelfleet.trust.bundle import REPOSITORIES, parse_trust_root_bundle
+
+__all__ = ["DeviceTrustClient"]
+
+
+class _TrackingFetcher(FetcherInterface):
+    """Delegates to another fetcher and remembers the last URL, to name failed files."""
+
+    def __init__(self, inner: FetcherInterface) -> None:
+        self.inner = inner
+        self.last_url: str | None = None
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        self.last_url = url
+        return self.inner.fetch(url)
+
+
+class DeviceTrustClient:
+    """Verified access to the hub's director and catalog repositories for one device.
+
+    Update cycles: :meth:`fetch_desired_state` starts a new cycle (fresh director
+    refresh). The catalog is refreshed once per cycle, lazily, on the first
+    :meth:`fetch_package_file`; later calls in the same cycle reuse that verified
+    snapshot (consistent view of the catalog). :meth:`begin_cycle` starts a new cycle
+    explicitly. Not thread-safe; one instance per cache folder (ngclient's rule).
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        hub_url: str,
+        token: str,
+        trust_root: bytes | None,
+        fetcher: FetcherInterface | None = None,
+    ) -> None:
+        """Set up the client; nothing is fetched yet.
+
+        Args:
+            cache_dir: device-local folder for verified metadata and targets.
+            hub_url: base URL of the hub, e.g. ``http://hub:8080``.
+            token: bearer token (sent by the default :class:`HttpFetcher`).
+            trust_root: the hub's ``trust-root.json`` bundle bytes, the trust anchor. None
+                means: use the roots already in the cache (from an earlier run).
+            fetcher: transport to use instead of an :class:`HttpFetcher` with ``token``.
+
+        Raises:
+            ConfigError: the bundle is malformed, or it is None and the cache has no
+                trusted root yet (trust on first use is the caller's decision).
+        """
+        self.cache_dir = Path(cache_dir)
+        self._hub = hub_url.rstrip("/")
+        self._own_fetcher = fetcher is None
+        self._inner = fetcher or HttpFetcher(token)
+        self._fetcher = _TrackingFetcher(self._inner)
+        self._roots: dict[str, bytes | None]
+        if trust_root is not None:
+            self._roots = dict(parse_trust_root_bundle(trust_root))
+        else:
+            for repo in REPOSITORIES:
+                if not (self._metadata_dir(repo) / "root.json").exists():
+                    raise ConfigError(
+                        f"no trusted {repo} root in {self.cache_dir}: "
+                        "provide the hub's trust-root bundle"
+                    )
+            self._roots = dict.fromkeys(REPOSITORIES)
+        self._catalog: Updater | None = None
+
+    # -- public API --------------------------------------------------------------------
+
+    def begin_cycle(self) -> None:
+        """Forget this cycle's catalog view; the next package fetch refreshes it."""
+        self._catalog = None
+
+    def fetch_desired_state(self, device_id: str) -> bytes | None:
+        """Refresh the director and return this device's verified desired-state bytes.
+
+        Starts a new cycle (see the class docstring).
+
+        Args:
+            device_id: the device's id; the target is ``devices/<id>/desired-state.json``.
+
+        Returns:
+            The bytes (verified against the director's signed length and sha256), or None
+            if the director lists no desired state for this device.
+
+        Raises:
+            MetadataVerificationError: director metadata failed a check (signature,
+                expiry, rollback, length/hash).
+            ArtefactVerificationError: the desired-state blob does not match its target.
+            TransportError: the hub could not be reached or refused (e.g. HTTP 401).
+            StorageError: the cache could not be written.
+        """
+        self.begin_cycle()
+        target = desired_state_target_path(device_id)
+        with self._translate("director"):
+            updater = self._updater("director")
+            updater.refresh()
+            info = updater.get_targetinfo(target)
+        if info is None:
+            return None
+        with self._translate("director", artefact=target):
+            path = updater.find_cached_target(info) or updater.download_target(info)
+            data = Path(path).read_bytes()
+            info.verify_length_and_hashes(data)
+        return data
+
+    def fetch_package_file(
+        self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
+    ) -> Path:
+        """Download a catalog artefact the director named, verified, to ``dest``.
+
+        The catalog (refreshed once per cycle) must list ``target_path`` with exactly the
+        director's ``expected_sha256`` and ``expected_length``; the download is checked
+        against them and moved into place atomically. If ``dest`` already holds the right
+        bytes nothing is downloaded.
+
+        Args:
+            target_path: e.g. ``models/iris/2/model.onnx``.
+            expected_sha256: sha256 the director's desired state names.
+            expected_length: length the director's desired state names.
+            dest: where the verified file goes.
+
+        Returns:
+            ``dest``.
+
+        Raises:
+            ArtefactVerificationError: not in the catalog (revoked or never approved),
+                director and catalog disagree, or the bytes do not match.
+            MetadataVerificationError: catalog metadata failed a check.
+            TransportError: the hub could not be reached or refused.
+            StorageError: ``dest`` could not be written.
+        """
+        with self._translate("catalog"):
+            if self._catalog is None:
+                updater = self._updater("catalog")
+                updater.refresh()
+                self._catalog = updater
+            info = self._catalog.get_targetinfo(target_path)
+        if info is None:
+            raise ArtefactVerificationError(
+                f"artefact {target_path}: not in the catalog (revoked or never approved)"
+            )
+        catalog_sha = info.hashes.get("sha256")
+        if catalog_sha != expected_sha256 or info.length != expected_length:
+            raise ArtefactVerificationError(
+                f"artefact {target_path}: director and catalog disagree "
+                f"(director sha256 {expected_sha256} length {expected_length}; "
+                f"catalog sha256 {catalog_sha} length {info.length})"
+            )
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.partial")
+        with self._translate("catalog", artefact=target_path):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if self._catalog.find_cached_target(info, str(dest)) is not None:
+                return dest
+            try:
+                self._catalog.download_target(info, str(tmp))
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            fsync_dir(dest.parent)
+        return dest
+
+    def close(self) -> None:
+        """Close the default fetcher's HTTP connections (a passed-in fetcher is left open)."""
+        if self._own_fetcher and isinstance(self._inner, HttpFetcher):
+            self._inner.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _metadata_dir(self, repo: str) -> Path:
+        return self.cache_dir / repo / "metadata"
+
+    def _updater(self, repo: str) -> Updater:
+        md_dir = self._metadata_dir(repo)
+        target_dir = self.cache_dir / repo / "targets"
+        md_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        self._fetcher.last_url = None
+        return Updater(
+            str(md_dir),
+            f"{self._hub}/tuf/{repo}/metadata/",
+            str(target_dir),
+            f"{self._hub}/tuf/{repo}/targets/",
+            fetcher=self._fetcher,
+            bootstrap=self._roots[repo],
+        )
+
+    @contextlib.contextmanager
+    def _translate(self, repo: str, artefact: str | None = None) -> Iterator[None]:
+        """Turn tuf / OS exceptions into modelfleet ones, naming what failed."""
+        try:
+            yield
+        except DownloadHTTPError as e:
+            raise TransportError(f"{self._what(repo, artefact)}: HTTP {e.status_code}") from e
+        except DownloadLengthMismatchError as e:
+            if artefact is not None:
+                raise ArtefactVerificationError(
+                    f"artefact {artefact}: longer than its signed length"
+                ) from e
+            raise MetadataVerificationError(
+                f"{self._what(repo, None)}: longer than allowed ({e})"
+            ) from e
+        except SlowRetrievalError as e:
+            raise TransportError(f"{self._what(repo, artefact)}: timed out") from e
+        except DownloadError as e:
+            cause = e.__cause__ or e
+            raise TransportError(f"{self._what(repo, artefact)}: {cause}") from e
+        except RepositoryError as e:
+            if artefact is not None and isinstance(e, LengthOrHashMismatchError):
+                kind = "length mismatch" if "length" in str(e).lower() else "hash mismatch"
+                raise ArtefactVerificationError(f"artefact {artefact}: {kind} ({e})") from e
+            raise MetadataVerificationError(
+                f"{self._what(repo, None)}: {_metadata_failure(e)} ({e})"
+            ) from e
+        except OSError as e:
+            raise StorageError(f"{repo} cache in {self.cache_dir}: {e.strerror or e}") from e
+
+    def _what(self, repo: str, artefact: str | None) -> str:
+        if artefact is not None:
+            return f"artefact {artefact}"
+        url = self._fetcher.last_url
+        name = url.rsplit("/", 1)[-1] if url else "metadata"
+        return f"{repo} {name}"
+
+
+def _metadata_failure(e: RepositoryError) -> str:
+    if isinstance(e, UnsignedMetadataError):
+        return "signature verification failed"
+    if isinstance(e, ExpiredMetadataError):
+        return "metadata expired"
+    if isinstance(e, BadVersionNumberError):
+        return "version rollback or mismatch"
+    if isinstance(e, LengthOrHashMismatchError):
+        return "length or hash mismatch"
+    if isinstance(e, DeserializationError):
+        return "malformed metadata"
+    return "rejected"

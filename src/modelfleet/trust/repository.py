@@ -1,0 +1,770 @@
+"""Hub side of the trust layer: TUF repositories signed with the python-tuf Metadata API.
+
+Two repositories, Uptane style (see ``docs`` and the research notes on Uptane):
+
+* the **catalog** lists every approved package version (``models/<name>/<v>/model.onnx`` and
+  ``.../manifest.json``); its targets key can be kept offline in a stricter deployment;
+* the **director** lists one ``devices/<id>/desired-state.json`` per device and is signed by
+  the online ``director`` key with a short expiry.
+
+Each repository lives in one metadata folder with consistent snapshots::
+
+    1.root.json 2.root.json ...  N.targets.json  N.snapshot.json  timestamp.json
+
+Files are written atomically and in dependency order (targets, then snapshot, then
+timestamp), so a client that reads ``timestamp.json`` always finds the files it names.
+Only metadata is signed here; the hub's artefact store holds the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import Signer
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import (
+    TOP_LEVEL_ROLE_NAMES,
+    Metadata,
+    MetaFile,
+    Root,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from modelfleet._atomic import atomic_write_bytes
+from modelfleet.catalog.artefacts import is_sha256
+from modelfleet.clock import Clock
+from modelfleet.errors import ConfigError, ConflictError, InvalidInputError, StorageError
+from modelfleet.hashing import sha256_bytes
+from modelfleet.rollout.desired_state import (
+    desired_state_target_path,
+    manifest_target_path,
+    model_target_path,
+)
+from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
+from modelfleet.trust.keys import load_signers
+
+__all__ = ["ExpiryPolicy", "HubTrust", "TargetSpec", "TufRepository"]
+
+TargetSpec = tuple[int, str, dict[str, Any] | None]
+"""``(length, sha256 hex, custom or None)`` of one target file."""
+
+# Versioned targets/snapshot files kept behind the current one, so a client that read an
+# older timestamp a moment ago still finds what it names. Root versions are never pruned:
+# clients walk them one by one.
+KEEP_VERSIONS = 16
+
+_METADATA_NAME = re.compile(r"^(?:timestamp|[1-9][0-9]{0,15}\.(?:root|snapshot|targets))\.json$")
+_VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryPolicy:
+    """How long each signed role stays valid, and when to re-sign it.
+
+    Attributes:
+        root: lifetime of root metadata (both repositories).
+        catalog_targets: lifetime of the catalog's targets metadata.
+        snapshot: lifetime of snapshot metadata (both repositories).
+        timestamp: lifetime of timestamp metadata (both repositories); bounds how long
+            an attacker can freeze a device on old metadata.
+        director_targets: lifetime of the director's targets metadata.
+        refresh_margin: a role is re-signed when less than this fraction of its lifetime
+            is left; the hub must call ``refresh_expiring`` more often than
+            ``timestamp * refresh_margin``.
+    """
+
+    root: timedelta = timedelta(days=365)
+    catalog_targets: timedelta = timedelta(days=365)
+    snapshot: timedelta = timedelta(days=30)
+    timestamp: timedelta = timedelta(days=1)
+    director_targets: timedelta = timedelta(days=7)
+    refresh_margin: float = 1 / 3
+
+    def __post_init__(self) -> None:
+        for name in ("root", "catalog_targets", "snapshot", "timestamp", "director_targets"):
+            if getattr(self, name) < timedelta(minutes=1):
+                raise ConfigError(f"expiry.{name} must be at least one minute")
+        if not 0.0 < self.refresh_margin < 1.0:
+            raise ConfigError("expiry.refresh_margin must be between 0 and 1")
+
+    def lifetimes(self, repo: str) -> dict[str, timedelta]:
+        """Return ``{role: lifetime}`` for the ``catalog`` or ``director`` repository."""
+        targets = self.director_targets if repo == "director" else self.catalog_targets
+        return {
+            Root.type: self.root,
+            Targets.type: targets,
+            Snapshot.type: self.snapshot,
+            Timestamp.type: self.timestamp,
+        }
+
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise InvalidInputError("clock returned a naive datetime; expected UTC")
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def _check_target_path(path: str) -> None:
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 0x20 for c in path)
+    ):
+        raise InvalidInputError(f"invalid target path {path!r}")
+
+
+class TufRepository:
+    """One TUF repository (root, targets, snapshot, timestamp) in one metadata folder.
+
+    Every change bumps targets, then snapshot, then timestamp, and writes them in that
+    order. Not safe for concurrent writers on its own: :class:`HubTrust` serialises
+    writers with a lock file and calls :meth:`reload` first.
+    """
+
+    def __init__(
+        self,
+        metadata_dir: Path,
+        signers: Mapping[str, Signer],
+        clock: Clock,
+        lifetimes: Mapping[str, timedelta],
+        refresh_margin: float = 1 / 3,
+    ) -> None:
+        """Bind a folder and its keys; use :meth:`create` or :meth:`open`, not this.
+
+        Args:
+            metadata_dir: the repository's metadata folder.
+            signers: a signer for each of ``root``, ``targets``, ``snapshot``, ``timestamp``.
+            clock: source of ``now`` for expiry dates.
+            lifetimes: lifetime per role (see :meth:`ExpiryPolicy.lifetimes`).
+            refresh_margin: see :attr:`ExpiryPolicy.refresh_margin`.
+        """
+        missing = TOP_LEVEL_ROLE_NAMES - set(signers)
+        if missing:
+            raise ConfigError(f"no signer for role(s) {', '.join(sorted(missing))}")
+        self.metadata_dir = Path(metadata_dir)
+        self._signers = dict(signers)
+        self._clock = clock
+        self._lifetimes = dict(lifetimes)
+        self._margin = refresh_margin
+        self._root: Metadata[Root] = Metadata(Root())
+        self._targets: Metadata[Targets] = Metadata(Targets())
+        self._snapshot: Metadata[Snapshot] = Metadata(Snapshot())
+        self._timestamp: Metadata[Timestamp] = Metadata(Timestamp())
+        self._root_bytes = b""
+        self._timestamp_bytes = b""
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        metadata_dir: Path,
+        signers: Mapping[str, Signer],
+        clock: Clock,
+        lifetimes: Mapping[str, timedelta],
+        refresh_margin: float = 1 / 3,
+    ) -> TufRepository:
+        """Write version 1 of all four roles into an empty folder.
+
+        Raises:
+            ConflictError: the folder already holds a repository.
+            StorageError: the folder is not writable.
+        """
+        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin)
+        if repo.metadata_dir.exists() and any(repo.metadata_dir.glob("*.root.json")):
+            raise ConflictError(f"a TUF repository already exists in {repo.metadata_dir}")
+        now = _utc(clock.now())
+        root = Root(expires=now + repo._lifetimes[Root.type], consistent_snapshot=True)
+        for role in sorted(TOP_LEVEL_ROLE_NAMES):
+            root.add_key(repo._signers[role].public_key, role)
+        repo._root = Metadata(root)
+        repo._targets = Metadata(Targets(expires=now + repo._lifetimes[Targets.type]))
+        repo._snapshot = Metadata(Snapshot(expires=now + repo._lifetimes[Snapshot.type]))
+        repo._timestamp = Metadata(Timestamp(expires=now + repo._lifetimes[Timestamp.type]))
+        for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type):
+            repo._store(role)
+        return repo
+
+    @classmethod
+    def open(
+        cls,
+        metadata_dir: Path,
+        signers: Mapping[str, Signer],
+        clock: Clock,
+        lifetimes: Mapping[str, timedelta],
+        refresh_margin: float = 1 / 3,
+    ) -> TufRepository:
+        """Load the current metadata of an existing repository.
+
+        Raises:
+            ConfigError: no repository there, its files are corrupt or badly signed, or
+                the given keys are not the ones its root trusts.
+        """
+        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin)
+        repo.reload()
+        return repo
+
+    def reload(self) -> None:
+        """Re-read the current metadata from disk (another process may have changed it).
+
+        Raises:
+            ConfigError: see :meth:`open`.
+        """
+        d = self.metadata_dir
+        try:
+            root_version = self._latest_root_version()
+            if root_version is None:
+                raise ConfigError(f"no TUF repository in {d}")
+            root_bytes = (d / f"{root_version}.root.json").read_bytes()
+            root = Metadata[Root].from_bytes(root_bytes)
+            ts_bytes = (d / "timestamp.json").read_bytes()
+            timestamp = Metadata[Timestamp].from_bytes(ts_bytes)
+            snap_v = timestamp.signed.snapshot_meta.version
+            snapshot = Metadata[Snapshot].from_bytes((d / f"{snap_v}.snapshot.json").read_bytes())
+            targets_v = snapshot.signed.meta["targets.json"].version
+            targets = Metadata[Targets].from_bytes((d / f"{targets_v}.targets.json").read_bytes())
+            if not (
+                isinstance(root.signed, Root)
+                and isinstance(timestamp.signed, Timestamp)
+                and isinstance(snapshot.signed, Snapshot)
+                and isinstance(targets.signed, Targets)
+            ):
+                raise ConfigError(f"TUF metadata in {d} has the wrong role types")
+            for md in (root, timestamp, snapshot, targets):
+                root.signed.verify_delegate(md.signed.type, md.signed_bytes, md.signatures)
+        except (OSError, KeyError) as e:
+            raise ConfigError(f"TUF metadata in {d} is incomplete: {e}") from e
+        except RepositoryError as e:
+            raise ConfigError(f"TUF metadata in {d} is corrupt: {e}") from e
+        for role in TOP_LEVEL_ROLE_NAMES:
+            if self._signers[role].public_key.keyid not in root.signed.roles[role].keyids:
+                raise ConfigError(f"the {role} key does not match the root metadata in {d}")
+        self._root, self._timestamp, self._snapshot, self._targets = (
+            root,
+            timestamp,
+            snapshot,
+            targets,
+        )
+        self._root_bytes, self._timestamp_bytes = root_bytes, ts_bytes
+
+    def is_current(self) -> bool:
+        """True if the files on disk are still the ones last loaded or written."""
+        try:
+            ts = (self.metadata_dir / "timestamp.json").read_bytes()
+        except OSError:
+            return False
+        return ts == self._timestamp_bytes and self._latest_root_version() == self.version(
+            Root.type
+        )
+
+    # -- queries -----------------------------------------------------------------------
+
+    def version(self, role: str) -> int:
+        """Current version of a top-level role."""
+        signed: Signed = self._md(role).signed
+        return signed.version
+
+    def expires(self, role: str) -> datetime:
+        """Current expiry of a top-level role."""
+        signed: Signed = self._md(role).signed
+        return signed.expires
+
+    def target(self, path: str) -> TargetFile | None:
+        """The signed entry for ``path``, or None if not listed."""
+        return self._targets.signed.targets.get(path)
+
+    def target_paths(self) -> list[str]:
+        """All listed target paths, sorted."""
+        return sorted(self._targets.signed.targets)
+
+    def has_target(self, path: str, sha256: str) -> bool:
+        """True if ``path`` is listed with this sha256."""
+        tf = self.target(path)
+        return tf is not None and tf.hashes.get("sha256") == sha256
+
+    def root_json(self) -> bytes:
+        """The exact bytes of the current root metadata."""
+        return self._root_bytes
+
+    def metadata_path(self, filename: str) -> Path | None:
+        """The file to serve for a metadata request, or None.
+
+        Only ``timestamp.json`` and ``<N>.root.json`` / ``<N>.snapshot.json`` /
+        ``<N>.targets.json`` are served; any other name (including path traversal) is None.
+        """
+        if not _METADATA_NAME.match(filename):
+            return None
+        path = self.metadata_dir / filename
+        return path if path.is_file() else None
+
+    # -- changes -----------------------------------------------------------------------
+
+    def add_targets(self, entries: Mapping[str, TargetSpec]) -> bool:
+        """Add or replace target files, in one new targets version.
+
+        Args:
+            entries: ``{target path: (length, sha256 hex, custom dict or None)}``.
+
+        Returns:
+            True if anything changed (False: every entry was already listed as given,
+            and no new version was signed).
+
+        Raises:
+            InvalidInputError: a bad path, length or digest.
+            StorageError: the metadata could not be written.
+        """
+        changes: dict[str, TargetFile] = {}
+        for path, (length, sha256, custom) in entries.items():
+            _check_target_path(path)
+            if length < 0 or not is_sha256(sha256):
+                raise InvalidInputError(f"bad length or sha256 for target {path!r}")
+            fields = {"custom": dict(custom)} if custom is not None else None
+            tf = TargetFile(length, {"sha256": sha256}, path, fields)
+            if self.target(path) != tf:
+                changes[path] = tf
+        if not changes:
+            return False
+        with self._rollback_on_error():
+            self._targets.signed.targets.update(changes)
+            self._commit(targets=True)
+        return True
+
+    def remove_targets(self, paths: Iterable[str]) -> bool:
+        """Remove target files, in one new targets version.
+
+        Returns:
+            True if anything was removed (paths not listed are ignored).
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        gone = [p for p in paths if p in self._targets.signed.targets]
+        if not gone:
+            return False
+        with self._rollback_on_error():
+            for p in gone:
+                del self._targets.signed.targets[p]
+            self._commit(targets=True)
+        return True
+
+    def refresh_expiring(self, now: datetime | None = None) -> list[str]:
+        """Re-sign every role with less than ``refresh_margin`` of its lifetime left.
+
+        A re-signed targets forces a new snapshot and timestamp; a re-signed root is a
+        new root version signed with the same keys (clients walk to it).
+
+        Args:
+            now: reference time; the repository's clock by default.
+
+        Returns:
+            The roles re-signed, in signing order.
+        """
+        t = _utc(now or self._clock.now())
+
+        def due(role: str) -> bool:
+            left = self.expires(role) - t
+            return left < self._lifetimes[role] * self._margin
+
+        done: list[str] = []
+        with self._rollback_on_error():
+            if due(Root.type):
+                self._bump(Root.type, t)
+                self._store(Root.type)
+                done.append(Root.type)
+            targets = due(Targets.type)
+            snapshot = targets or due(Snapshot.type)
+            timestamp = snapshot or due(Timestamp.type)
+            self._commit(targets=targets, snapshot=snapshot, timestamp=timestamp, now=t)
+        done += [
+            r
+            for r, flag in (
+                (Targets.type, targets),
+                (Snapshot.type, snapshot),
+                (Timestamp.type, timestamp),
+            )
+            if flag
+        ]
+        return done
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _md(self, role: str) -> Metadata[Any]:
+        mds: dict[str, Metadata[Any]] = {
+            Root.type: self._root,
+            Targets.type: self._targets,
+            Snapshot.type: self._snapshot,
+            Timestamp.type: self._timestamp,
+        }
+        try:
+            return mds[role]
+        except KeyError:
+            raise InvalidInputError(f"unknown role {role!r}") from None
+
+    def _latest_root_version(self) -> int | None:
+        versions = [
+            int(m.group(1))
+            for p in self.metadata_dir.glob("*.root.json")
+            if (m := _VERSIONED.match(p.name))
+        ]
+        return max(versions, default=None)
+
+    @contextlib.contextmanager
+    def _rollback_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            # In-memory state may be half changed; the files on disk are always whole.
+            with contextlib.suppress(ConfigError):
+                self.reload()
+            raise
+
+    def _bump(self, role: str, now: datetime) -> None:
+        signed: Signed = self._md(role).signed
+        signed.version += 1
+        signed.expires = now + self._lifetimes[role]
+
+    def _commit(
+        self,
+        *,
+        targets: bool = False,
+        snapshot: bool = False,
+        timestamp: bool = False,
+        now: datetime | None = None,
+    ) -> None:
+        t = now or _utc(self._clock.now())
+        if targets:
+            self._bump(Targets.type, t)
+            self._store(Targets.type)
+        if targets or snapshot:
+            self._bump(Snapshot.type, t)
+            self._store(Snapshot.type)
+        if targets or snapshot or timestamp:
+            self._bump(Timestamp.type, t)
+            self._store(Timestamp.type)
+            self._prune()
+
+    def _store(self, role: str) -> None:
+        md = self._md(role)
+        md.sign(self._signers[role])
+        data = md.to_bytes()
+        version = md.signed.version
+        name = "timestamp.json" if role == Timestamp.type else f"{version}.{role}.json"
+        atomic_write_bytes(self.metadata_dir / name, data)
+        meta = MetaFile(version, len(data), {"sha256": sha256_bytes(data)})
+        if role == Targets.type:
+            self._snapshot.signed.meta["targets.json"] = meta
+        elif role == Snapshot.type:
+            self._timestamp.signed.snapshot_meta = meta
+        elif role == Root.type:
+            self._root_bytes = data
+        else:
+            self._timestamp_bytes = data
+
+    def _prune(self) -> None:
+        current = {
+            Targets.type: self.version(Targets.type),
+            Snapshot.type: self.version(Snapshot.type),
+        }
+        for p in self.metadata_dir.glob("*.json"):
+            m = _VERSIONED.match(p.name)
+            if (
+                m
+                and m.group(2) in current
+                and int(m.group(1)) <= current[m.group(2)] - KEEP_VERSIONS
+            ):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+class HubTrust:
+    """The hub's two repositories (catalog and director) under one lock.
+
+    Layout: ``tuf_dir/catalog/``, ``tuf_dir/director/`` (metadata folders) and
+    ``tuf_dir/.lock``. Every change takes an exclusive ``flock`` on the lock file and
+    re-reads the metadata first, so several hub processes (or threads) never sign two
+    different files with the same version. Reads take a shared lock and re-read only when
+    ``timestamp.json`` or the root version changed on disk.
+    """
+
+    def __init__(self, tuf_dir: Path, repos: Mapping[str, TufRepository]) -> None:
+        """Wrap already loaded repositories; use :meth:`init` or :meth:`open`, not this."""
+        self.tuf_dir = Path(tuf_dir)
+        self._repos = dict(repos)
+        self._thread_lock = threading.Lock()
+
+    # -- construction ------------------------------------------------------------------
+
+    @staticmethod
+    def _repo_args(
+        tuf_dir: Path, key_dir: Path, clock: Clock, expiry: ExpiryPolicy | None
+    ) -> dict[str, tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float]]:
+        policy = expiry or ExpiryPolicy()
+        keys = load_signers(key_dir)
+        director_key = keys["director"]
+        signers = {
+            "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
+            "director": {
+                "root": keys["root"],
+                "targets": director_key,
+                "snapshot": director_key,
+                "timestamp": director_key,
+            },
+        }
+        return {
+            repo: (
+                Path(tuf_dir) / repo,
+                signers[repo],
+                clock,
+                policy.lifetimes(repo),
+                policy.refresh_margin,
+            )
+            for repo in REPOSITORIES
+        }
+
+    @classmethod
+    def init(
+        cls,
+        tuf_dir: Path,
+        key_dir: Path,
+        clock: Clock,
+        expiry: ExpiryPolicy | None = None,
+    ) -> HubTrust:
+        """Create both repositories' initial signed metadata.
+
+        Keys must already exist (see :func:`modelfleet.trust.keys.generate_keys`).
+
+        Raises:
+            ConfigError: keys missing or corrupt.
+            ConflictError: a repository already exists under ``tuf_dir``.
+            StorageError: ``tuf_dir`` is not writable.
+        """
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        hub = cls(tuf_dir, {})
+        with hub._locked(exclusive=True):
+            for repo in REPOSITORIES:
+                if any((Path(tuf_dir) / repo).glob("*.root.json")):
+                    raise ConflictError(f"TUF repositories already exist in {tuf_dir}")
+            hub._repos = {repo: TufRepository.create(*args[repo]) for repo in REPOSITORIES}
+        return hub
+
+    @classmethod
+    def open(
+        cls,
+        tuf_dir: Path,
+        key_dir: Path,
+        clock: Clock,
+        expiry: ExpiryPolicy | None = None,
+    ) -> HubTrust:
+        """Open existing repositories.
+
+        Raises:
+            ConfigError: keys or repositories missing, corrupt, or not matching.
+        """
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        hub = cls(tuf_dir, {})
+        with hub._locked(exclusive=False):
+            hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
+        return hub
+
+    # -- catalog -----------------------------------------------------------------------
+
+    def publish_package(
+        self,
+        name: str,
+        version: int,
+        model_sha256: str,
+        model_length: int,
+        manifest_sha256: str,
+        manifest_length: int,
+        custom: dict[str, Any],
+    ) -> None:
+        """List a package version's model and manifest in the catalog (one targets version).
+
+        Idempotent: publishing the same hashes again signs nothing.
+
+        Args:
+            name: model name (letters, digits, ``._-``; no ``/``).
+            version: package version (positive).
+            model_sha256, model_length: the ONNX artefact's digest and size.
+            manifest_sha256, manifest_length: the manifest's digest and size.
+            custom: opaque fields signed with the model target (``model``, ``version``,
+                ``opset``, ``runtime``, ``ir_version``...).
+
+        Raises:
+            InvalidInputError: bad name, version, digest or length.
+            ConflictError: the version is already listed with other hashes (package
+                versions are immutable).
+            StorageError: the metadata could not be written.
+        """
+        _check_name("model name", name)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidInputError(f"package version must be a positive integer: {version!r}")
+        wanted: dict[str, TargetSpec] = {
+            model_target_path(name, version): (model_length, model_sha256, dict(custom)),
+            manifest_target_path(name, version): (manifest_length, manifest_sha256, None),
+        }
+        with self._locked(exclusive=True):
+            catalog = self._repos["catalog"]
+            for path, (length, sha256, _) in wanted.items():
+                tf = catalog.target(path)
+                if tf is not None and (tf.length != length or tf.hashes.get("sha256") != sha256):
+                    raise ConflictError(
+                        f"{path} is already published with other content; "
+                        "package versions are immutable"
+                    )
+            todo = {p: spec for p, spec in wanted.items() if catalog.target(p) is None}
+            if todo:
+                catalog.add_targets(todo)
+
+    def revoke_package(self, name: str, version: int) -> None:
+        """Remove a package version from the catalog; devices will then refuse it.
+
+        Idempotent: revoking a version that is not listed signs nothing.
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        with self._locked(exclusive=True):
+            self._repos["catalog"].remove_targets(
+                [model_target_path(name, version), manifest_target_path(name, version)]
+            )
+
+    # -- director ----------------------------------------------------------------------
+
+    def set_desired_states(self, states: Mapping[str, tuple[str, int]]) -> None:
+        """List devices' desired-state blobs in the director (one targets version for all).
+
+        Args:
+            states: ``{device id: (sha256, length)}`` of each device's
+                ``DesiredState.to_json()`` bytes (stored by the caller).
+
+        Raises:
+            InvalidInputError: a bad device id, digest or length.
+            StorageError: the metadata could not be written.
+        """
+        entries: dict[str, TargetSpec] = {}
+        for device_id, (sha256, length) in states.items():
+            _check_name("device id", device_id)
+            entries[desired_state_target_path(device_id)] = (length, sha256, None)
+        if not entries:
+            return
+        with self._locked(exclusive=True):
+            self._repos["director"].add_targets(entries)
+
+    def remove_desired_states(self, device_ids: Iterable[str]) -> None:
+        """Stop listing devices in the director (e.g. decommissioned devices).
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        paths = [desired_state_target_path(d) for d in device_ids]
+        with self._locked(exclusive=True):
+            self._repos["director"].remove_targets(paths)
+
+    # -- serving -----------------------------------------------------------------------
+
+    def trust_root_bundle(self) -> bytes:
+        """The current roots of both repositories, for device bootstrap (``trust-root.json``)."""
+        with self._locked(exclusive=False):
+            return make_trust_root_bundle({r: self._repos[r].root_json() for r in REPOSITORIES})
+
+    def metadata_path(self, repo: str, filename: str) -> Path | None:
+        """The metadata file to serve for ``GET /tuf/<repo>/metadata/<filename>``, or None.
+
+        None for an unknown repository, a name that is not TUF metadata, path
+        traversal attempts, and versions that do not exist (or were pruned).
+        """
+        r = self._repos.get(repo)
+        return r.metadata_path(filename) if r is not None else None
+
+    def target_digest(self, repo: str, url_path: str) -> str | None:
+        """Resolve a consistent-snapshot target URL path to the blob digest to serve.
+
+        Args:
+            repo: ``catalog`` or ``director``.
+            url_path: e.g. ``models/iris/2/<sha256>.model.onnx``.
+
+        Returns:
+            The sha256 if the target (``models/iris/2/model.onnx``) is listed now with
+            that hash; otherwise None (unknown, revoked, replaced, or malformed).
+        """
+        if repo not in self._repos:
+            return None
+        dirname, sep, filename = url_path.rpartition("/")
+        digest, dot, basename = filename.partition(".")
+        if not dot or not basename or not is_sha256(digest):
+            return None
+        path = f"{dirname}{sep}{basename}"
+        with self._locked(exclusive=False):
+            return digest if self._repos[repo].has_target(path, digest) else None
+
+    def repository(self, repo: str) -> TufRepository:
+        """The ``catalog`` or ``director`` repository, synced with the disk (read-only use).
+
+        Raises:
+            InvalidInputError: unknown repository name.
+        """
+        if repo not in self._repos:
+            raise InvalidInputError(f"unknown TUF repository {repo!r}")
+        with self._locked(exclusive=False):
+            return self._repos[repo]
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    def refresh_expiring(self) -> list[str]:
+        """Re-sign roles close to expiry in both repositories.
+
+        Returns:
+            ``"<repo>/<role>"`` for every role re-signed, e.g. ``"director/timestamp"``.
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        done: list[str] = []
+        with self._locked(exclusive=True):
+            for repo in REPOSITORIES:
+                done += [f"{repo}/{role}" for role in self._repos[repo].refresh_expiring()]
+        return done
+
+    # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        with self._thread_lock:
+            try:
+                self.tuf_dir.mkdir(parents=True, exist_ok=True)
+                fd = open(self.tuf_dir / ".lock", "a+b")  # noqa: SIM115
+            except OSError as e:
+                raise StorageError(f"cannot open lock file in {self.tuf_dir}: {e}") from e
+            with fd:
+                fcntl.flock(fd.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                try:
+                    for r in self._repos.values():
+                        if not r.is_current():
+                            r.reload()
+                    yield
+                finally:
+                    fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+
+
+def _check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInputError(
+            f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (max 128)"
+        )
