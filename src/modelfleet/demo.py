@@ -175,9 +175,13 @@ def make_data(seed: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=n, n_features=10, n_informative=6, n_redundant=2, n_classes=3,
+        n_samples=n,
+        n_features=10,
+        n_informative=6,
+        n_redundant=2,
+        n_classes=3,
         random_state=seed,
-    )  # fmt: skip
+    )
     return x.astype(np.float32), y
 
 
@@ -301,7 +305,7 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
                 "0.5",
                 "--trust-root",
                 str(home / "trust-root.json"),
-            ),  # fmt: skip
+            ),
             logs,
         )
         processes.append(agent.process)
@@ -379,7 +383,8 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
         version, _, _ = infer(canary, xs[i : i + 1], key=f"caller-{i}")
         counts[version] += 1
     story.say(
-        f"200 callers with distinct routing keys: v1 answered {counts['1']}, v2 answered {counts['2']}"
+        f"200 callers with distinct routing keys: v1 answered {counts['1']}, "
+        f"v2 answered {counts['2']}"
     )
     story.check(counts["1"] > 50 and counts["2"] > 50, "both versions answer on the canary device")
     sticky = {infer(canary, xs[0:1], key="caller-7")[0] for _ in range(20)}
@@ -406,8 +411,9 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
     story.step(
         "a tampered release is refused",
         "v3 is registered — its digest recorded and later signed — but its file on the hub is\n"
-        "altered, as a compromised store or mirror would. The device downloads it, TUF finds the hash does not match the\n"
-        "signed catalog, and the device refuses it while it keeps serving v2.",
+        "altered, as a compromised store or mirror would. The device downloads it, TUF finds\n"
+        "the hash does not match the signed catalog, and the device refuses it while it\n"
+        "keeps serving v2.",
     )
     v3_model = LogisticRegression(max_iter=1000, C=0.05).fit(x, y)
     v3 = hub.register_version(MODEL, v3_model, sample_input=x[:8])

@@ -1,77 +1,14 @@
-"""Fixtures for the trust layer: a signed hub, its artefact store, and a loopback HTTP server.
-
-The server is a tiny stand-in for the hub's TUF routes (test-only): it checks the bearer
-token, serves ``HubTrust.metadata_path`` files and, for consistent-snapshot target URLs,
-the blob ``HubTrust.target_digest`` names from a real :class:`FileArtefactStore`.
-"""
+"""Fixtures for the trust layer (helpers live in ``_trust_support``)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
+from _trust_support import TOKEN, Hub, make_hub, serve
 
-from modelfleet.catalog.artefacts import FileArtefactStore
-from modelfleet.clock import ManualClock
-from modelfleet.hashing import sha256_bytes
-from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
-from modelfleet.trust import DeviceTrustClient, ExpiryPolicy, HubTrust, generate_keys
-
-TOKEN = "device-token-for-tests"
-
-
-@dataclass
-class Hub:
-    """A signed hub as the trust tests see it."""
-
-    home: Path
-    clock: ManualClock
-    trust: HubTrust
-    store: FileArtefactStore
-    serial: dict[str, int] = field(default_factory=dict)
-
-    def publish(self, name: str, version: int, payload: bytes | None = None) -> ArtefactRef:
-        """Store a package's bytes and list it in the catalog."""
-        # The trust layer never parses the model; any bytes stand in for an ONNX file.
-        model = payload if payload is not None else f"model {name} v{version}".encode() * 50
-        manifest = f'{{"model": "{name}", "version": {version}}}'.encode()
-        self.store.put_bytes(model)
-        self.store.put_bytes(manifest)
-        ref = ArtefactRef(
-            name, version, sha256_bytes(model), len(model), sha256_bytes(manifest), len(manifest)
-        )
-        self.trust.publish_package(
-            name, version, ref.sha256, ref.length, ref.manifest_sha256, ref.manifest_length,
-            {"model": name, "version": version, "opset": 17, "runtime": "onnxruntime"},
-        )  # fmt: skip
-        return ref
-
-    def assign(self, device_id: str, *refs: ArtefactRef) -> bytes:
-        """Sign a desired state naming ``refs`` for one device; return its bytes."""
-        self.serial[device_id] = self.serial.get(device_id, 0) + 1
-        state = DesiredState(
-            device_id=device_id,
-            serial=self.serial[device_id],
-            assignments=tuple(Assignment(model=r.model, production=r) for r in refs),
-        )
-        blob = state.to_json()
-        self.store.put_bytes(blob)
-        self.trust.set_desired_states({device_id: (sha256_bytes(blob), len(blob))})
-        return blob
-
-
-def make_hub(home: Path, start: datetime | None = None, expiry: ExpiryPolicy | None = None) -> Hub:
-    """Generate keys and initialise both repositories under ``home``."""
-    clock = ManualClock(start or datetime.now(UTC))
-    generate_keys(home / "keys")
-    trust = HubTrust.init(home / "tuf", home / "keys", clock, expiry)
-    return Hub(home, clock, trust, FileArtefactStore(home / "artefacts"))
+from modelfleet.trust import DeviceTrustClient
 
 
 @pytest.fixture
@@ -79,63 +16,11 @@ def hub(tmp_path: Path) -> Hub:
     return make_hub(tmp_path / "hub")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _HubServer
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet test output
-        pass
-
-    def _send(self, status: int, body: bytes = b"") -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            self._send(401, b"unauthenticated")
-            return
-        hub = self.server.hub
-        parts = urlsplit(self.path).path.split("/", 4)
-        if len(parts) != 5 or parts[1] != "tuf":
-            self._send(404)
-            return
-        _, _, repo, kind, rest = parts
-        rest = unquote(rest)
-        if kind == "metadata":
-            path = hub.trust.metadata_path(repo, rest)
-        elif kind == "targets":
-            digest = hub.trust.target_digest(repo, rest)
-            path = hub.store.path(digest) if digest else None
-        else:
-            path = None
-        if path is None:
-            self._send(404)
-            return
-        self._send(200, path.read_bytes())
-
-
-class _HubServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.hub = hub
-
-
 @pytest.fixture
 def hub_url(hub: Hub) -> Iterator[str]:
     """Serve ``hub`` on a free loopback port for the duration of a test."""
-    server = _HubServer(hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host!s}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(hub) as url:
+        yield url
 
 
 @pytest.fixture

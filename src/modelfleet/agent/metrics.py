@@ -102,7 +102,7 @@ class AgentMetrics:
             "Shadow requests dropped because the shadow queue was full.",
             registry=self.registry,
         )
-        self.registry.register(_ActiveVersionCollector(host))  # type: ignore[arg-type]
+        self.registry.register(_ActiveVersionCollector(host))
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
 

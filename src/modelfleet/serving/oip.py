@@ -15,7 +15,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import orjson
@@ -143,7 +143,7 @@ def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: s
                 f"which are not valid {datatype}"
             )
     if dtype.kind in "iu":
-        info = np.iinfo(dtype)
+        info = np.iinfo(cast(Any, dtype))
         if arr.min() < info.min or arr.max() > info.max:
             raise _fail(f"{where}: a value is out of the range of {datatype}")
     return arr.astype(dtype, copy=False).reshape(shape)
@@ -155,7 +155,9 @@ def _json_kind_name(dtype: np.dtype[Any]) -> str:
     )
 
 
-def _decode_json_bytes(data: list[Any], shape: tuple[int, ...], count: int, where: str) -> Any:
+def _decode_json_bytes(
+    data: list[Any], shape: tuple[int, ...], count: int, where: str
+) -> np.ndarray:
     flat: list[bytes] = []
 
     def walk(item: Any) -> None:
@@ -174,7 +176,8 @@ def _decode_json_bytes(data: list[Any], shape: tuple[int, ...], count: int, wher
         )
     arr = np.empty(count, dtype=object)
     arr[:] = flat
-    return arr.reshape(shape)
+    out: np.ndarray = arr.reshape(shape)
+    return out
 
 
 def _decode_binary(
@@ -284,6 +287,7 @@ def decode_infer_request(
         InvalidTensorError: malformed JSON, bad binary framing, a size or shape that does not
             match the data, an unknown datatype, or an unsupported extension.
     """
+    header: bytes | memoryview
     if header_length is None:
         header, binary = body, memoryview(b"")
     elif header_length == 0:

@@ -9,6 +9,7 @@ TFS/Triton reports on a second model raising the primary's tail latency).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -138,10 +139,9 @@ class ShadowMirror:
         """Stop the worker and its thread; queued jobs are discarded."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            # RuntimeError: the task belonged to an event loop that is gone
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._task
-            except (asyncio.CancelledError, RuntimeError):
-                pass  # RuntimeError: the task belonged to a loop that is gone
             self._task = None
         self._queue = None
         self._loop = None

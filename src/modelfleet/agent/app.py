@@ -1,0 +1,451 @@
+"""The agent's HTTP app: Open Inference Protocol v2 REST, agent control, Prometheus metrics.
+
+Endpoints (KServe ``required_api.md`` plus Triton's binary tensor extension):
+
+* ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready iff a model is routed)
+* ``GET /v2`` server metadata; ``GET /v2/models/{m}[/versions/{v}]`` model metadata
+* ``GET /v2/models/{m}[/versions/{v}]/ready``
+* ``POST /v2/models/{m}[/versions/{v}]/infer`` (no Content-Type needed: ``tritonclient``
+  sends none)
+* ``GET /agent/status``, ``POST /agent/rollback`` (bearer control token)
+* ``GET /metrics``
+
+Errors are always ``{"error": "..."}``. Without a version in the URL the router picks one
+(split/shadow); the response header ``modelfleet-version`` names it, and a caller that sends
+it back pins that version; ``modelfleet-routing-key`` makes a split sticky.
+
+ONNX Runtime runs inline on the event loop: for small models a thread hop costs more than
+the inference itself (see ``research/anchors-measured.md``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as HttpRoute
+
+from modelfleet import __version__
+from modelfleet.agent.metrics import (
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_SERVER_ERROR,
+    OUTCOME_SUCCESS,
+    AgentMetrics,
+)
+from modelfleet.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    InvalidTensorError,
+    ModelfleetError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthenticatedError,
+)
+from modelfleet.serving.host import ModelHost
+from modelfleet.serving.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from modelfleet.serving.router import choose
+from modelfleet.serving.runtime import LoadedModel
+from modelfleet.serving.shadow import ShadowMirror
+
+__all__ = [
+    "EXTENSIONS",
+    "PINNED_VERSION_HEADER",
+    "PLATFORM",
+    "ROUTING_KEY_HEADER",
+    "VERSION_HEADER",
+    "AgentControl",
+    "ServingLimits",
+    "ShadowSettings",
+    "build_agent_app",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Response header naming the version that answered.
+VERSION_HEADER: Final = "modelfleet-version"
+#: Request header that pins a version (the value of an earlier ``modelfleet-version``).
+PINNED_VERSION_HEADER: Final = "modelfleet-version"
+#: Request header whose value makes a split sticky (a user, session or device id).
+ROUTING_KEY_HEADER: Final = "modelfleet-routing-key"
+PLATFORM: Final = "onnx_onnxv1"
+EXTENSIONS: Final = ("binary_tensor_data",)
+
+_JSON: Final = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingLimits:
+    """Bounds on what one inference request may ask for.
+
+    Attributes:
+        max_body_bytes: largest request body (after decompression), else 413.
+        max_batch: largest first dimension of any input tensor, else 413.
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """Shadow mirroring knobs.
+
+    Attributes:
+        queue_size: mirrored requests that may wait; more are dropped and counted.
+        tolerance: largest absolute difference of floating-point outputs that still agrees.
+    """
+
+    queue_size: int = 64
+    tolerance: float = 1e-4
+
+
+class AgentControl(Protocol):
+    """What the agent daemon offers to the control endpoints."""
+
+    @property
+    def token(self) -> str:
+        """The bearer token that ``/agent/*`` requests must present."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able description of the agent (slots, versions, update state)."""
+        ...
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        """Roll every model back to its previous version; return a JSON-able result.
+
+        Raises:
+            ConflictError: there is nothing to roll back to.
+        """
+        ...
+
+
+_STATUS_BY_ERROR: Final[tuple[tuple[type[ModelfleetError], int], ...]] = (
+    (PayloadTooLargeError, 413),
+    (NotFoundError, 404),
+    (InvalidInputError, 400),
+    (UnauthenticatedError, 401),
+    (ForbiddenError, 403),
+    (AuthError, 401),
+    (ConflictError, 409),
+)
+
+
+def _status_of(error: ModelfleetError) -> int:
+    for kind, status in _STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message}), status, headers, _JSON)
+
+
+def _json(doc: Any) -> Response:
+    return Response(orjson.dumps(doc), 200, None, _JSON)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes before buffering them all.
+
+    Raises:
+        PayloadTooLargeError: the body (or its decompressed form) exceeds ``limit``.
+        InvalidTensorError: a bad Content-Length or compressed body.
+    """
+    headers = request.headers
+    declared = headers.get("content-length")
+    too_large = f"the request body exceeds the limit of {limit} bytes"
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidTensorError("Content-Length is not an integer") from None
+        if size > limit:
+            raise PayloadTooLargeError(too_large)
+        body = await request.body()
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(too_large)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    encoding = headers.get("content-encoding")
+    if encoding is None or encoding == "identity":
+        return body
+    # tritonclient's request_compression_algorithm="gzip"|"deflate"
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidTensorError(f"unsupported Content-Encoding {encoding!r}")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidTensorError(f"the {encoding} request body is corrupt: {e}") from None
+    if len(plain) > limit:
+        raise PayloadTooLargeError(too_large)
+    if not inflater.eof:
+        raise InvalidTensorError(f"the {encoding} request body is truncated")
+    return plain
+
+
+def _model_metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
+    schema = model.schema
+    return {
+        "name": model.name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": [t.to_dict() for t in schema.inputs],
+        "outputs": [t.to_dict() for t in schema.outputs],
+    }
+
+
+def build_agent_app(
+    host: ModelHost,
+    *,
+    server_name: str = "modelfleet",
+    control: AgentControl | None = None,
+    limits: ServingLimits = ServingLimits(),
+    shadow: ShadowSettings = ShadowSettings(),
+    metrics: AgentMetrics | None = None,
+    rng: Callable[[], float] = random.random,
+) -> Starlette:
+    """Build the agent's serving app around a :class:`ModelHost`.
+
+    Args:
+        host: the routes to serve; the daemon swaps them while the app runs.
+        server_name: ``name`` in the server metadata.
+        control: the daemon's control surface; without it ``/agent/*`` is not mounted.
+        limits: body and batch limits.
+        shadow: shadow queue size and disagreement tolerance.
+        metrics: the metrics to record into; by default a fresh registry per app.
+        rng: uniform [0, 1) draws for unkeyed splits and shadow sampling.
+
+    Returns:
+        A Starlette app; ``app.state`` holds ``host``, ``metrics`` and ``shadow`` (the
+        :class:`ShadowMirror`, whose ``join()`` waits for pending comparisons).
+    """
+    stats = metrics if metrics is not None else AgentMetrics(host)
+    mirror = ShadowMirror(
+        lambda model, disagreed: stats.observe_shadow(model.name, model.version, disagreed),
+        stats.observe_shadow_dropped,
+        queue_size=shadow.queue_size,
+        tolerance=shadow.tolerance,
+    )
+    max_body, max_batch = limits.max_body_bytes, limits.max_batch
+    server_metadata = orjson.dumps(
+        {"name": server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+    )
+    observe = stats.observe_request
+
+    async def infer(request: Request) -> Response:
+        start = time.perf_counter()
+        params = request.path_params
+        name: str = params["model"]
+        version: str | None = params.get("version")
+        route = host.route(name)
+        if route is None:
+            return _error(404, f"unknown model {name!r}")
+        shadow_model: LoadedModel | None = None
+        if version is None:
+            headers = request.headers
+            decision = choose(
+                route, headers.get(ROUTING_KEY_HEADER), headers.get(PINNED_VERSION_HEADER), rng()
+            )
+            model, shadow_model = decision.serve, decision.shadow
+        else:
+            found = host.find_version(name, version)
+            if found is None:
+                return _error(404, f"model {name!r} has no loaded version {version!r}")
+            model = found
+        served = model.version
+        outcome = OUTCOME_SERVER_ERROR
+        try:
+            body = await _read_body(request, max_body)
+            header_length = request.headers.get(HEADER_LENGTH)
+            if header_length is None:
+                length = None
+            elif header_length.isdigit():
+                length = int(header_length)
+            else:
+                raise InvalidTensorError("Inference-Header-Content-Length is not an integer")
+            inputs = model.schema.inputs
+            req = decode_infer_request(
+                body, length, raw_input=inputs[0] if len(inputs) == 1 else None
+            )
+            for arr in req.inputs.values():
+                if arr.ndim and arr.shape[0] > max_batch:
+                    raise PayloadTooLargeError(
+                        f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
+                    )
+            wanted = req.output_names
+            if shadow_model is None:
+                outputs = model.infer(req.inputs, wanted)
+            else:
+                every = model.infer(req.inputs)
+                outputs = every if wanted is None else _pick(every, wanted)
+                mirror.submit(shadow_model, req.inputs, every)
+            binary: Mapping[str, bool] | bool = (
+                req.binary_data_output
+                if not req.outputs
+                else {o.name: req.binary_for(o.name) for o in req.outputs}
+            )
+            content, response_headers = encode_infer_response(
+                name, served, req.id, outputs, binary
+            )
+            response_headers[VERSION_HEADER] = served
+            outcome = OUTCOME_SUCCESS
+            return Response(content, 200, response_headers)
+        except ModelfleetError as e:
+            status = _status_of(e)
+            if status < 500:
+                outcome = OUTCOME_CLIENT_ERROR
+            else:
+                _log.error("inference on %s failed: %s", model, e)
+            return _error(status, str(e), {VERSION_HEADER: served})
+        except Exception as e:
+            _log.exception("inference on %s failed", model)
+            return _error(500, f"internal error: {type(e).__name__}", {VERSION_HEADER: served})
+        finally:
+            observe(name, served, outcome, time.perf_counter() - start)
+
+    def _lookup(request: Request) -> tuple[LoadedModel, list[str]] | Response:
+        name: str = request.path_params["model"]
+        version: str | None = request.path_params.get("version")
+        route = host.route(name)
+        if route is None:
+            return _error(404, f"unknown model {name!r}")
+        versions = [m.version for m in route.versions()]
+        if version is None:
+            return route.production, versions
+        found = host.find_version(name, version)
+        if found is None:
+            return _error(404, f"model {name!r} has no loaded version {version!r}")
+        return found, versions
+
+    async def model_metadata(request: Request) -> Response:
+        found = _lookup(request)
+        if isinstance(found, Response):
+            return found
+        return _json(_model_metadata(*found))
+
+    async def model_ready(request: Request) -> Response:
+        found = _lookup(request)
+        return found if isinstance(found, Response) else Response(b"", 200)
+
+    async def live(request: Request) -> Response:
+        return Response(b"", 200)
+
+    async def ready(request: Request) -> Response:
+        if host.routes():
+            return Response(b"", 200)
+        return _error(400, "no model is loaded yet")
+
+    async def server_meta(request: Request) -> Response:
+        return Response(server_metadata, 200, None, _JSON)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        text, content_type = stats.render()
+        return Response(text, 200, {"content-type": content_type})
+
+    routes = [
+        HttpRoute("/v2/models/{model}/infer", infer, methods=["POST"]),
+        HttpRoute("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+        HttpRoute("/v2/health/live", live, methods=["GET"]),
+        HttpRoute("/v2/health/ready", ready, methods=["GET"]),
+        HttpRoute("/v2/models/{model}/ready", model_ready, methods=["GET"]),
+        HttpRoute("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
+        HttpRoute("/v2/models/{model}", model_metadata, methods=["GET"]),
+        HttpRoute("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
+        HttpRoute("/v2", server_meta, methods=["GET"]),
+        HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if control is not None:
+        routes.extend(_control_routes(control))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await mirror.close()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+    app.state.host = host
+    app.state.metrics = stats
+    app.state.shadow = mirror
+    return app
+
+
+def _pick(outputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+    picked: dict[str, np.ndarray] = {}
+    for name in wanted:
+        if name not in outputs:
+            raise InvalidTensorError(f"unknown output {name!r}; the model has {list(outputs)}")
+        picked[name] = outputs[name]
+    return picked
+
+
+def _control_routes(control: AgentControl) -> list[HttpRoute]:
+    def authorised(request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if not control.token or scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), control.token.encode()
+        ):
+            return _error(401, "a valid control token is required", {"www-authenticate": "Bearer"})
+        return None
+
+    async def status(request: Request) -> Response:
+        refused = authorised(request)
+        if refused is not None:
+            return refused
+        try:
+            return _json(await run_in_threadpool(control.status))
+        except ModelfleetError as e:
+            return _error(_status_of(e), str(e))
+
+    async def rollback(request: Request) -> Response:
+        refused = authorised(request)
+        if refused is not None:
+            return refused
+        reason = "rollback requested through the agent API"
+        body = await request.body()
+        if body:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return _error(400, "the body must be JSON like {\"reason\": \"...\"}")
+            if isinstance(doc, dict) and isinstance(doc.get("reason"), str) and doc["reason"]:
+                reason = doc["reason"]
+        try:
+            return _json(await run_in_threadpool(control.rollback, reason))
+        except ModelfleetError as e:
+            return _error(_status_of(e), str(e))
+
+    return [
+        HttpRoute("/agent/status", status, methods=["GET"]),
+        HttpRoute("/agent/rollback", rollback, methods=["POST"]),
+    ]
