@@ -35,12 +35,15 @@ class MemorySource:
 
     def publish(self, name: str, version: int, model: bytes, sample=None) -> ArtefactRef:  # type: ignore[no-untyped-def]
         manifest = build_manifest(name, version, model, sample_input=sample).to_json()
-        for path, data in ((model_target_path(name, version), model),
-                           (manifest_target_path(name, version), manifest)):
+        for path, data in (
+            (model_target_path(name, version), model),
+            (manifest_target_path(name, version), manifest),
+        ):
             self.catalog[path] = (sha256_bytes(data), len(data))
             self.blobs[path] = data
-        return ArtefactRef(name, version, sha256_bytes(model), len(model),
-                           sha256_bytes(manifest), len(manifest))
+        return ArtefactRef(
+            name, version, sha256_bytes(model), len(model), sha256_bytes(manifest), len(manifest)
+        )
 
     def assign(
         self,

@@ -39,7 +39,9 @@ def served_version(host: ModelHost, name: str = "m") -> str:
     return route.production.version
 
 
-def test_first_deploy_installs_and_serves(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_first_deploy_installs_and_serves(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     v1 = source.publish("m", 1, models[1])
     source.assign(DEVICE, v1)
     host = ModelHost()
@@ -51,7 +53,9 @@ def test_first_deploy_installs_and_serves(tmp_path: Path, source: MemorySource, 
     assert state.applied_serial == 1
 
 
-def test_same_serial_is_not_downloaded_again(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_same_serial_is_not_downloaded_again(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     source.assign(DEVICE, source.publish("m", 1, models[1]))
     updater = make_updater(tmp_path, source)
     updater.run_cycle()
@@ -60,7 +64,9 @@ def test_same_serial_is_not_downloaded_again(tmp_path: Path, source: MemorySourc
     assert source.downloads == downloads
 
 
-def test_upgrade_keeps_previous_version_for_rollback(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_upgrade_keeps_previous_version_for_rollback(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     host = ModelHost()
     updater = make_updater(tmp_path, source, host)
     source.assign(DEVICE, source.publish("m", 1, models[1]))
@@ -82,8 +88,8 @@ def test_upgrade_keeps_previous_version_for_rollback(tmp_path: Path, source: Mem
     assert served_version(host) == "1"
 
 
-def test_tampered_artefact_is_refused_and_old_version_keeps_serving(  # type: ignore[no-untyped-def]
-    tmp_path: Path, source: MemorySource, models
+def test_tampered_artefact_is_refused_and_old_version_keeps_serving(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
 ) -> None:
     host = ModelHost()
     updater = make_updater(tmp_path, source, host)
@@ -103,7 +109,9 @@ def test_tampered_artefact_is_refused_and_old_version_keeps_serving(  # type: ig
     assert not (tmp_path / "models" / "m" / v2.sha256).exists()
 
 
-def test_smoke_failure_refuses_the_version(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_smoke_failure_refuses_the_version(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     host = ModelHost()
     updater = make_updater(tmp_path, source, host)
     source.assign(DEVICE, source.publish("m", 1, models[1]))
@@ -131,7 +139,9 @@ def test_smoke_failure_refuses_the_version(tmp_path: Path, source: MemorySource,
     assert served_version(host) == "1"
 
 
-def test_director_catalog_disagreement_is_refused(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_director_catalog_disagreement_is_refused(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     from modelfleet.rollout.desired_state import ArtefactRef
 
     v1 = source.publish("m", 1, models[1])
@@ -143,7 +153,9 @@ def test_director_catalog_disagreement_is_refused(tmp_path: Path, source: Memory
     assert host.route("m") is None
 
 
-def test_split_mode_serves_candidate_beside_production(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_split_mode_serves_candidate_beside_production(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     host = ModelHost()
     updater = make_updater(tmp_path, source, host)
     v1 = source.publish("m", 1, models[1])
@@ -160,7 +172,9 @@ def test_split_mode_serves_candidate_beside_production(tmp_path: Path, source: M
     assert route is not None and route.candidate is None and route.production.version == "1"
 
 
-def test_restart_serves_from_disk_with_hub_offline(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_restart_serves_from_disk_with_hub_offline(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     source.assign(DEVICE, source.publish("m", 1, models[1]))
     make_updater(tmp_path, source).run_cycle()
     source.offline = True
@@ -175,7 +189,9 @@ def test_restart_serves_from_disk_with_hub_offline(tmp_path: Path, source: Memor
     assert set(out) == {"label", "probabilities"}
 
 
-def test_rollback_with_nothing_to_go_back_to_is_an_error(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_rollback_with_nothing_to_go_back_to_is_an_error(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     source.assign(DEVICE, source.publish("m", 1, models[1]))
     updater = make_updater(tmp_path, source)
     updater.run_cycle()
@@ -183,7 +199,9 @@ def test_rollback_with_nothing_to_go_back_to_is_an_error(tmp_path: Path, source:
         updater.rollback()
 
 
-def test_desired_state_for_another_device_is_ignored(tmp_path: Path, source: MemorySource, models) -> None:  # type: ignore[no-untyped-def]
+def test_desired_state_for_another_device_is_ignored(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
     source.assign("other", source.publish("m", 1, models[1]))
     source.desired[DEVICE] = source.desired["other"]
     host = ModelHost()

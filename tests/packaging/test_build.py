@@ -41,7 +41,8 @@ def test_graph_onnx_runtime_cannot_load_is_rejected() -> None:
     # A node of an operator that does not exist: valid protobuf, fails the checker / ORT.
     node = helper.make_node("NoSuchOperator", ["x"], ["y"])
     graph = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )

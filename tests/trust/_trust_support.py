@@ -121,7 +121,7 @@ class _HubServer(ThreadingHTTPServer):
 def serve(hub: Hub) -> Iterator[str]:
     """Serve ``hub`` on a free loopback port; yield its base URL."""
     server = _HubServer(hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         host, port = server.server_address[:2]

@@ -177,7 +177,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
             access_log=False,
             http="httptools",
             loop="uvloop",
-            lifespan="off",
+            lifespan="on",
         )
     )
     try:

@@ -42,7 +42,8 @@ class HttpFetcher(FetcherInterface):
         """Create a fetcher.
 
         Args:
-            token: bearer token sent as ``Authorization: Bearer <token>`` (None: no header).
+            token: bearer token sent as ``Authorization: Bearer <token>`` (None or empty: no
+                header).
             timeout_s: read/write/pool timeout, i.e. the longest gap between bytes.
             connect_timeout_s: connection timeout.
             chunk_size: bytes per yielded chunk.
@@ -52,7 +53,7 @@ class HttpFetcher(FetcherInterface):
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
-        if token is not None:
+        if token:
             base["Authorization"] = f"Bearer {token}"
         self._headers = base
         self._chunk = chunk_size

@@ -722,6 +722,8 @@ class HubService:
                     .order_by(db.Assignment.device_id)
                 )
             ids = list(s.scalars(query))
+        elif isinstance(devices, str):
+            raise InvalidInputError(f"devices must be a list of ids or 'all', got {devices!r}")
         else:
             ids = list(dict.fromkeys(devices))
             unknown = [d for d in ids if s.get(db.Device, d) is None]

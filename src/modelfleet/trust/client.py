@@ -87,7 +87,7 @@ class DeviceTrustClient:
         trust_root: bytes | None,
         fetcher: FetcherInterface | None = None,
     ) -> None:
-        """Set up the client; nothing is fetched yet.
+        """Set up the client and cache the bundle's roots; nothing is fetched yet.
 
         Args:
             cache_dir: device-local folder for verified metadata and targets.
@@ -98,8 +98,10 @@ class DeviceTrustClient:
             fetcher: transport to use instead of an :class:`HttpFetcher` with ``token``.
 
         Raises:
-            ConfigError: the bundle is malformed, or it is None and the cache has no
-                trusted root yet (trust on first use is the caller's decision).
+            ConfigError: the bundle is malformed or its roots do not verify, or it is None
+                and the cache has no trusted root yet (trust on first use is the caller's
+                decision).
+            StorageError: the cache folder is not writable.
         """
         self.cache_dir = Path(cache_dir)
         self._hub = hub_url.rstrip("/")
@@ -109,6 +111,14 @@ class DeviceTrustClient:
         self._roots: dict[str, bytes | None]
         if trust_root is not None:
             self._roots = dict(parse_trust_root_bundle(trust_root))
+            for repo in REPOSITORIES:
+                # Loads and caches each root now, so later runs can start without a bundle.
+                try:
+                    self._updater(repo)
+                except RepositoryError as e:
+                    raise ConfigError(f"trust-root bundle: the {repo} root is invalid: {e}") from e
+                except OSError as e:
+                    raise StorageError(f"cannot write {self.cache_dir}: {e.strerror or e}") from e
         else:
             for repo in REPOSITORIES:
                 if not (self._metadata_dir(repo) / "root.json").exists():

@@ -1,0 +1,205 @@
+"""The whole loop across real processes: CLI → hub → TUF → agent → OIP v2 → rollback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import Hub, Proc, cli, free_port, wait_for
+from tests.helpers import logistic_onnx
+
+pytestmark = pytest.mark.e2e
+
+
+def infer(url: str, x: np.ndarray, model: str = "m") -> httpx.Response:
+    body = {
+        "inputs": [
+            {"name": "X", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    return httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=10)
+
+
+def agent_status(state_dir: Path) -> dict:  # type: ignore[type-arg]
+    result = cli("agent", "status", "--state-dir", str(state_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict = json.loads(result.stdout)  # type: ignore[type-arg]
+    return data
+
+
+def start_agent(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path, device: str
+) -> tuple[str, Path, Proc]:
+    added = cli("device", "add", device, "--site", "plant-a", "--json", env=hub.env())
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    port = free_port()
+    state = tmp_path / device
+    proc = spawn(
+        f"agent-{device}",
+        "agent",
+        "run",
+        "--hub",
+        hub.url,
+        "--device-id",
+        device,
+        "--token",
+        token,
+        "--state-dir",
+        str(state),
+        "--port",
+        str(port),
+        "--poll-interval",
+        "0.2",
+        "--trust-root",
+        str(hub.home / "trust-root.json"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    assert wait_for(lambda: httpx.get(f"{url}/v2/health/live").status_code == 200), proc.output()
+    return url, state, proc
+
+
+def register(hub: Hub, tmp_path: Path, version_seed: int) -> dict:  # type: ignore[type-arg]
+    model, x = logistic_onnx(seed=version_seed)
+    path = tmp_path / f"model-{version_seed}.onnx"
+    path.write_bytes(model)
+    sample = tmp_path / f"sample-{version_seed}.npy"
+    np.save(sample, x[:5])
+    result = cli(
+        "model", "register", "m", str(path), "--sample-input", str(sample), "--json", env=hub.env()
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict = json.loads(result.stdout)  # type: ignore[type-arg]
+    return data
+
+
+def test_register_deploy_serve_tamper_and_rollback(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    url, state, agent = start_agent(hub, spawn, tmp_path, "edge-1")
+    x = np.random.default_rng(0).standard_normal((1, 10)).astype(np.float32)
+
+    v1 = register(hub, tmp_path, 0)
+    assert v1["version"] == 1
+    deployed = cli("deploy", "m", "1", "--all", env=hub.env())
+    assert deployed.returncode == 0, deployed.stderr
+    assert wait_for(lambda: infer(url, x).json()["model_version"] == "1"), agent.output()
+
+    v2 = register(hub, tmp_path, 1)
+    assert cli("deploy", "m", "2", "--devices", "edge-1", env=hub.env()).returncode == 0
+    assert wait_for(lambda: infer(url, x).json()["model_version"] == "2"), agent.output()
+    st = agent_status(state)
+    assert st["models"]["m"]["previous"]["version"] == 1
+
+    # the hub's copy of v3 is altered after registration: the agent must refuse it
+    v3 = register(hub, tmp_path, 2)
+    blob = hub.home / "artefacts" / "sha256" / v3["sha256"][:2] / v3["sha256"]
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-4] + b"evil")
+    assert cli("deploy", "m", "3", "--devices", "edge-1", env=hub.env()).returncode == 0
+    assert wait_for(lambda: (agent_status(state).get("last_refusal") or {}).get("version") == 3)
+    refusal = agent_status(state)["last_refusal"]
+    assert refusal["kind"] == "trust"
+    assert infer(url, x).json()["model_version"] == "2"
+    assert "REFUSED" in agent.output()
+
+    # the hub learns about it at the next check-in
+    shown = cli("device", "list", "--json", env=hub.env())
+    assert shown.returncode == 0
+    assert wait_for(
+        lambda: (
+            json.loads(cli("device", "list", "--json", env=hub.env()).stdout)[0]["report"][
+                "last_refusal"
+            ]["version"]
+            == 3
+        )
+    )
+
+    # local rollback: previous model kept warm, nothing downloaded
+    rolled = cli("agent", "rollback", "--state-dir", str(state))
+    assert rolled.returncode == 0, rolled.stderr
+    assert "v2 -> v1" in rolled.stdout
+    assert infer(url, x).json()["model_version"] == "1"
+    assert v2["version"] == 2
+
+
+def test_tampered_metadata_is_refused_and_agent_keeps_serving(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    url, state, agent = start_agent(hub, spawn, tmp_path, "edge-2")
+    register(hub, tmp_path, 0)
+    assert cli("deploy", "m", "1", "--devices", "edge-2", env=hub.env()).returncode == 0
+    x = np.zeros((1, 10), np.float32)
+    assert wait_for(lambda: infer(url, x).status_code == 200), agent.output()
+    # change a signed byte of the director's timestamp metadata on the hub
+    ts = hub.home / "tuf" / "director" / "timestamp.json"
+    doc = json.loads(ts.read_text())
+    doc["signed"]["version"] += 1
+    ts.write_text(json.dumps(doc))
+    assert wait_for(lambda: "refused" in (agent_status(state).get("last_error") or ""))
+    assert "timestamp" in agent_status(state)["last_error"]
+    assert infer(url, x).json()["model_version"] == "1"
+
+
+def test_register_rejects_a_file_that_is_not_onnx(hub: Hub, tmp_path: Path) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_text("definitely not protobuf")
+    result = cli("model", "register", "m", str(bogus), env=hub.env())
+    assert result.returncode == 1
+    assert "not an ONNX model" in result.stderr
+    assert "Traceback" not in result.stderr
+    listed = cli("model", "list", "--json", env=hub.env())
+    assert json.loads(listed.stdout) == []
+
+
+def test_wrong_tensor_and_unknown_model_get_oip_errors(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    url, _, _agent = start_agent(hub, spawn, tmp_path, "edge-3")
+    register(hub, tmp_path, 0)
+    assert cli("deploy", "m", "1", "--all", env=hub.env()).returncode == 0
+    assert wait_for(lambda: infer(url, np.zeros((1, 10), np.float32)).status_code == 200)
+    wrong_shape = infer(url, np.zeros((1, 7), np.float32))
+    assert wrong_shape.status_code == 400 and "X" in wrong_shape.json()["error"]
+    wrong_name = httpx.post(
+        f"{url}/v2/models/m/infer",
+        json={
+            "inputs": [{"name": "nope", "shape": [1, 10], "datatype": "FP32", "data": [0.0] * 10}]
+        },
+    )
+    assert wrong_name.status_code == 400 and "nope" in wrong_name.json()["error"]
+    unknown = infer(url, np.zeros((1, 10), np.float32), model="ghost")
+    assert unknown.status_code == 404 and "error" in unknown.json()
+    assert httpx.get(f"{url}/v2/models/m/versions/99").status_code == 404
+
+
+def test_cli_without_token_and_with_wrong_role_fail_cleanly(hub: Hub, tmp_path: Path) -> None:
+    no_token = cli("model", "list", env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN": ""})
+    assert no_token.returncode == 1 and "token" in no_token.stderr
+    added = cli("device", "add", "edge-9", "--json", env=hub.env())
+    device_token = json.loads(added.stdout)["token"]
+    forbidden = cli(
+        "device",
+        "add",
+        "edge-10",
+        env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN": device_token},
+    )
+    assert forbidden.returncode == 1 and "Traceback" not in forbidden.stderr
+    dead = cli(
+        "model",
+        "list",
+        env={"MODELFLEET_HUB": f"http://127.0.0.1:{free_port()}", "MODELFLEET_TOKEN": hub.token},
+    )
+    assert dead.returncode == 1 and "cannot reach" in dead.stderr
+
+
+def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Every step did what it claimed" in result.stdout
+    assert "refused v3" in result.stdout
