@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _trust_support import TOKEN, Hub, make_hub, serve
 
 from modelfleet.trust import DeviceTrustClient
+from tests.trust._trust_support import TOKEN, Hub, make_hub, serve
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from tuf.api.exceptions import (
 from modelfleet.delivery import HttpFetcher
 
 
-def _fetcher(handler: httpx.MockTransport, **kw: object) -> HttpFetcher:
-    return HttpFetcher("s3cret", client=httpx.Client(transport=handler), **kw)  # type: ignore[arg-type]
+def _fetcher(handler: httpx.MockTransport, chunk_size: int = 1 << 16) -> HttpFetcher:
+    return HttpFetcher("s3cret", chunk_size=chunk_size, client=httpx.Client(transport=handler))
 
 
 def test_sends_bearer_token_and_streams_the_body_in_chunks() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _trust_support import TOKEN, Hub, make_hub, serve
 
 from modelfleet.errors import (
     ArtefactVerificationError,
@@ -17,6 +17,7 @@ from modelfleet.errors import (
 from modelfleet.hashing import sha256_file
 from modelfleet.rollout.desired_state import DesiredState
 from modelfleet.trust import DeviceTrustClient
+from tests.trust._trust_support import TOKEN, Hub, make_hub, serve
 
 
 def _fetch_all(client: DeviceTrustClient, device: str, dest: Path) -> DesiredState:
@@ -84,7 +85,8 @@ def test_tampered_artefact_blob_on_the_hub_is_refused(
     blob.write_bytes(bytes(data))
     client.fetch_desired_state("dev-1")
     dest = tmp_path / "model.onnx"
-    with pytest.raises(ArtefactVerificationError, match=r"artefact models/iris/1/model\.onnx: hash"):
+    expected = r"artefact models/iris/1/model\.onnx: hash mismatch"
+    with pytest.raises(ArtefactVerificationError, match=expected):
         client.fetch_package_file(ref.model_path, ref.sha256, ref.length, dest)
     assert not dest.exists()
     assert not list(tmp_path.glob(".*partial"))
@@ -204,6 +206,16 @@ def test_no_trust_root_and_empty_cache_is_a_config_error(hub_url: str, tmp_path:
 def test_malformed_trust_root_bundle_is_a_config_error(hub_url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         DeviceTrustClient(tmp_path / "dev", hub_url, TOKEN, b'{"format": "other"}')
+
+
+def test_trust_root_bundle_with_a_forged_root_signature_is_a_config_error(
+    hub: Hub, hub_url: str, tmp_path: Path
+) -> None:
+    bundle = json.loads(hub.trust.trust_root_bundle())
+    sig = bundle["director"]["signatures"][0]
+    sig["sig"] = ("0" if sig["sig"][0] != "0" else "1") + sig["sig"][1:]
+    with pytest.raises(ConfigError, match="director root is invalid"):
+        DeviceTrustClient(tmp_path / "dev", hub_url, TOKEN, json.dumps(bundle).encode())
 
 
 def test_trust_root_from_another_hub_refuses_this_hubs_metadata(

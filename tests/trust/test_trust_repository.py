@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _trust_support import Hub, make_hub
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
+from modelfleet.clock import ManualClock
 from modelfleet.errors import ConfigError, ConflictError, InvalidInputError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.trust import TRUST_ROOT_FORMAT, HubTrust, generate_keys, parse_trust_root_bundle
 from modelfleet.trust.repository import KEEP_VERSIONS
+from tests.trust._trust_support import Hub, make_hub
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -36,8 +38,9 @@ def test_init_writes_version_one_of_every_role_in_both_repositories(hub: Hub) ->
         root = _load(d / "1.root.json")
         assert root.signed.consistent_snapshot is True
         for role in ("root", "targets", "snapshot", "timestamp"):
-            md = Metadata.from_bytes((d / ("timestamp.json" if role == "timestamp"
-                                           else f"1.{role}.json")).read_bytes())
+            md = Metadata.from_bytes(
+                (d / ("timestamp.json" if role == "timestamp" else f"1.{role}.json")).read_bytes()
+            )
             root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
 
 
@@ -181,6 +184,8 @@ def test_target_digest_only_resolves_listed_hashes(hub: Hub) -> None:
     assert hub.trust.target_digest("catalog", f"models/iris/2/{SHA_A}.model.onnx") is None
     assert hub.trust.target_digest("catalog", f"models/iris/2/{ref.sha256}.manifest.json") is None
     assert hub.trust.target_digest("catalog", "models/iris/2/model.onnx") is None
+    assert hub.trust.target_digest("catalog", f"../../keys/{ref.sha256}.root.pem") is None
+    assert hub.trust.target_digest("catalog", f"{ref.sha256}.model.onnx") is None
     hub.trust.revoke_package("iris", 2)
     assert hub.trust.target_digest("catalog", good) is None
 
@@ -232,6 +237,28 @@ def test_two_hub_processes_never_reuse_a_version(hub: Hub) -> None:
         "models/wine/1/manifest.json", "models/wine/1/model.onnx",
     ]  # fmt: skip
     assert other.target_digest("catalog", f"models/iris/2/{iris2.sha256}.model.onnx")
+
+
+def _publish_many(tuf_dir: Path, key_dir: Path, name: str, count: int) -> None:
+    trust = HubTrust.open(tuf_dir, key_dir, ManualClock(datetime.now(UTC)))
+    for v in range(1, count + 1):
+        trust.publish_package(name, v, f"{v:064x}", v, f"{v + 1000:064x}", v, {})
+
+
+def test_concurrent_hub_processes_serialise_on_the_lock_file(hub: Hub) -> None:
+    ctx = multiprocessing.get_context("fork")
+    args = [(hub.home / "tuf", hub.home / "keys", name, 8) for name in ("iris", "wine")]
+    procs = [ctx.Process(target=_publish_many, args=a) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cat = hub.trust.repository("catalog")
+    assert cat.version("targets") == 1 + 16  # every publish got its own version
+    assert len(cat.target_paths()) == 32
+    reopened = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock)
+    assert reopened.repository("catalog").version("timestamp") == 17
 
 
 def test_old_metadata_versions_are_pruned_but_roots_are_kept(hub: Hub) -> None:

@@ -386,7 +386,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
+        return JSONResponse(
+            {"error": str(exc), "type": type(exc).__name__}, status_code=status, headers=headers
+        )
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -1,0 +1,417 @@
+"""Python client of the hub's REST API (``/api/v1``), over httpx.
+
+HTTP errors come back as modelfleet exceptions carrying the hub's message: 400/422 ->
+:class:`InvalidInputError`, 401 -> :class:`UnauthenticatedError`, 403 ->
+:class:`ForbiddenError`, 404 -> :class:`NotFoundError`, 409 -> :class:`ConflictError`,
+413 -> :class:`PayloadTooLargeError`, anything else and an unreachable hub ->
+:class:`TransportError`.
+
+Example::
+
+    client = HubClient("http://127.0.0.1:8700", token)
+    version = register_model(client, "iris", fitted_pipeline, sample_input=X[:8])
+    client.deploy("iris", version["version"], all_devices=True)
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modelfleet import errors
+from modelfleet.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    ModelfleetError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TransportError,
+    UnauthenticatedError,
+)
+from modelfleet.hashing import CHUNK
+
+__all__ = ["HubClient", "register_model"]
+
+_ERRORS: dict[int, type[ModelfleetError]] = {
+    400: InvalidInputError,
+    401: UnauthenticatedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidInputError,
+}
+
+
+class HubClient:
+    """One method per hub endpoint; answers are the hub's JSON (dicts and lists).
+
+    Args:
+        base_url: the hub, e.g. ``http://127.0.0.1:8700``.
+        token: a bearer token (None for :meth:`health` only).
+        timeout: seconds per request (connect, read, write).
+        http: an httpx client to use instead of a new one (tests pass FastAPI's
+            ``TestClient`` here); it is not closed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._owns_http = http is None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._headers = headers
+        self._timeout = timeout
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._http.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                content=content,
+                headers={**self._headers, **(headers or {})},
+                timeout=self._timeout,
+            )
+        except httpx.TransportError as e:
+            raise TransportError(f"cannot reach the hub at {self.base_url}: {e}") from e
+        if response.is_success:
+            return response
+        message, type_name = _error_message(response)
+        kind = _ERRORS.get(response.status_code, TransportError)
+        # The hub names the precise error (e.g. InvalidModelError); keep it when it is a
+        # modelfleet error of the kind the status code says.
+        precise = getattr(errors, type_name or "", None)
+        if isinstance(precise, type) and issubclass(precise, kind):
+            kind = precise
+        raise kind(f"{message} (HTTP {response.status_code})")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as e:
+            raise TransportError(f"the hub answered {path} with invalid JSON") from e
+
+    # -- hub -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "version": ...}``; needs no token."""
+        result: dict[str, Any] = self._json("GET", "/api/v1/health")
+        return result
+
+    def trust_root(self) -> bytes:
+        """The trust-root bundle bytes (write them to the agent's ``trust-root.json``)."""
+        return self._request("GET", "/api/v1/trust-root").content
+
+    def create_token(self, role: str, subject: str) -> str:
+        """Mint a token (admin); returns the token string."""
+        body = self._json("POST", "/api/v1/tokens", json={"role": role, "subject": subject})
+        return str(body["token"])
+
+    # -- devices -------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        device_id: str,
+        site: str = "",
+        tags: Mapping[str, str] | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Enrol a device. Returns the device dict plus ``"token"`` (shown only once)."""
+        result: dict[str, Any] = self._json(
+            "POST",
+            "/api/v1/devices",
+            json={"id": device_id, "site": site, "tags": dict(tags or {}), "ticket": ticket},
+        )
+        return result
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        """Every device: ``{"id", "site", "tags", "created_at", "last_seen", "report",
+        "assignments", "desired_state"}``."""
+        result: list[dict[str, Any]] = self._json("GET", "/api/v1/devices")
+        return result
+
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        """One device (see :meth:`list_devices`)."""
+        result: dict[str, Any] = self._json("GET", f"/api/v1/devices/{device_id}")
+        return result
+
+    def report(self, device_id: str, report: Mapping[str, Any]) -> None:
+        """Post a device check-in (``active``, ``previous``, ``candidate``, ``serial``,
+        ``last_refusal``, ``guard_events``, anything else kept as sent)."""
+        self._request("POST", f"/api/v1/devices/{device_id}/report", json=dict(report))
+
+    # -- models --------------------------------------------------------------------------
+
+    def upload_blob(self, data: Path | str | bytes) -> str:
+        """Upload a file (streamed) or bytes; returns its sha256."""
+        if isinstance(data, bytes):
+            body = self._json(
+                "POST",
+                "/api/v1/blobs",
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            return str(body["sha256"])
+        path = Path(data)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {path}: {e.strerror or e}") from e
+        body = self._json(
+            "POST",
+            "/api/v1/blobs",
+            content=_file_chunks(path),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        return str(body["sha256"])
+
+    def register_version(
+        self,
+        name: str,
+        model: Path | str | bytes | Any,
+        sample_input: np.ndarray | Path | str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload a model and register it as the next version of ``name``.
+
+        Args:
+            name: model name.
+            model: an ONNX file path, ONNX bytes, or a fitted scikit-learn estimator or
+                pipeline (converted with skl2onnx; needs ``sample_input``).
+            sample_input: rows to record smoke vectors from: an array, or a ``.npy`` /
+                ``.csv`` file; generated from the schema if None.
+            lineage: provenance fields stored with the version.
+            ticket: change ticket.
+
+        Returns:
+            The version dict (``model``, ``version``, ``sha256``, ``schema``, ...).
+
+        Raises:
+            InvalidModelError: the estimator cannot be converted (the hub answers
+                :class:`InvalidInputError` for a model it cannot load).
+            InvalidInputError: a bad file, sample, or model.
+        """
+        sample = _load_sample(sample_input)
+        if isinstance(model, bytes | Path | str):
+            model_digest = self.upload_blob(model)
+        else:
+            if sample is None:
+                raise InvalidInputError(
+                    "a scikit-learn model needs sample_input to be converted to ONNX"
+                )
+            from modelfleet.packaging.sklearn import sklearn_to_onnx
+
+            model_digest = self.upload_blob(sklearn_to_onnx(model, sample))
+        sample_digest = None
+        if sample is not None:
+            buf = io.BytesIO()
+            np.save(buf, sample, allow_pickle=False)
+            sample_digest = self.upload_blob(buf.getvalue())
+        result: dict[str, Any] = self._json(
+            "POST",
+            f"/api/v1/models/{name}/versions",
+            json={
+                "blob": model_digest,
+                "sample_input_blob": sample_digest,
+                "lineage": dict(lineage or {}),
+                "ticket": ticket,
+            },
+        )
+        return result
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """``[{"name", "description", "created_at", "latest_version", "versions"}]``."""
+        result: list[dict[str, Any]] = self._json("GET", "/api/v1/models")
+        return result
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        """A model with all its versions."""
+        result: dict[str, Any] = self._json("GET", f"/api/v1/models/{name}")
+        return result
+
+    def get_version(self, name: str, version: int) -> dict[str, Any]:
+        """One version, with ``deployments`` (devices and roles)."""
+        result: dict[str, Any] = self._json("GET", f"/api/v1/models/{name}/versions/{version}")
+        return result
+
+    def get_manifest(self, name: str, version: int) -> bytes:
+        """The package manifest JSON bytes of a version."""
+        return self._request("GET", f"/api/v1/models/{name}/versions/{version}/manifest").content
+
+    def revoke_version(self, name: str, version: int, ticket: str | None = None) -> dict[str, Any]:
+        """Remove a version from the signed catalog."""
+        result: dict[str, Any] = self._json(
+            "POST", f"/api/v1/models/{name}/versions/{version}/revoke", json={"ticket": ticket}
+        )
+        return result
+
+    # -- rollout -------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        model: str,
+        version: int,
+        devices: Sequence[str] | None = None,
+        *,
+        all_devices: bool = False,
+        mode: str = "full",
+        share: float = 0.0,
+        slo: Mapping[str, float] | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Assign a version to devices (a list, or ``all_devices=True``).
+
+        Returns:
+            ``{"model", "version", "mode", "share", "slo", "rollout_id", "devices":
+            [{"device_id", "production", "candidate", "serial", "desired_state_sha256",
+            "desired_state_length"}]}``
+        """
+        result: dict[str, Any] = self._json(
+            "POST",
+            "/api/v1/deployments",
+            json={
+                "model": model,
+                "version": version,
+                "devices": list(devices) if devices is not None else None,
+                "all": all_devices,
+                "mode": mode,
+                "share": share,
+                "slo": dict(slo or {}),
+                "ticket": ticket,
+            },
+        )
+        return result
+
+    def rollback(
+        self,
+        model: str,
+        devices: Sequence[str] | None = None,
+        *,
+        all_devices: bool = False,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Send devices back to their last good version of ``model``.
+
+        Returns:
+            ``{"model", "rollout_id", "devices": [...]}`` (as :meth:`deploy`).
+        """
+        result: dict[str, Any] = self._json(
+            "POST",
+            "/api/v1/rollbacks",
+            json={
+                "model": model,
+                "devices": list(devices) if devices is not None else None,
+                "all": all_devices,
+                "ticket": ticket,
+            },
+        )
+        return result
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def audit(self, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit entries ``{"seq", "at", "actor", "action", "subject", "ticket",
+        "details", "prev_hash", "hash"}`` after ``after_seq``, oldest first."""
+        body = self._json("GET", "/api/v1/audit", params={"after_seq": after_seq, "limit": limit})
+        entries: list[dict[str, Any]] = body["entries"]
+        return entries
+
+    def verify_audit(self) -> int | None:
+        """The first broken ``seq`` of the hub's audit chain, or None if intact."""
+        body = self._json("GET", "/api/v1/audit/verify")
+        broken = body.get("first_broken_seq")
+        return int(broken) if broken is not None else None
+
+
+def register_model(
+    client: HubClient,
+    name: str,
+    model: Path | str | bytes | Any,
+    sample_input: np.ndarray | Path | str | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Register ``model`` as the next version of ``name`` (see
+    :meth:`HubClient.register_version`)."""
+    return client.register_version(name, model, sample_input, lineage)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _load_sample(sample: np.ndarray | Path | str | None) -> np.ndarray | None:
+    if sample is None or isinstance(sample, np.ndarray):
+        return sample
+    path = Path(sample)
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".csv":
+            array = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        else:
+            raise InvalidInputError(f"sample input {path} must be a .npy or .csv file")
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot read sample input {path}: {e}") from e
+    if not isinstance(array, np.ndarray):
+        raise InvalidInputError(f"sample input {path} must hold one array")
+    return array
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase, None
+    if isinstance(body, dict):
+        type_name = str(body["type"]) if "type" in body else None
+        if "error" in body:
+            return str(body["error"]), type_name
+        if "detail" in body:
+            return str(body["detail"]), type_name
+    return str(body)[:500], None
