@@ -74,7 +74,6 @@ class HubClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
         self._headers = headers
-        self._timeout = timeout
 
     def close(self) -> None:
         if self._owns_http:
@@ -112,7 +111,6 @@ class HubClient:
                 params=params,
                 content=content,
                 headers={**self._headers, **(headers or {})},
-                timeout=self._timeout,
             )
         except httpx.TransportError as e:
             raise TransportError(f"cannot reach the hub at {self.base_url}: {e}") from e
@@ -155,15 +153,15 @@ class HubClient:
     def add_device(
         self,
         device_id: str,
-        site: str = "",
-        tags: Mapping[str, str] | None = None,
+        site: str | None = "",
+        tags: Sequence[str] | None = None,
         ticket: str | None = None,
     ) -> dict[str, Any]:
         """Enrol a device. Returns the device dict plus ``"token"`` (shown only once)."""
         result: dict[str, Any] = self._json(
             "POST",
             "/api/v1/devices",
-            json={"id": device_id, "site": site, "tags": dict(tags or {}), "ticket": ticket},
+            json={"id": device_id, "site": site, "tags": list(tags or ()), "ticket": ticket},
         )
         return result
 
@@ -179,8 +177,8 @@ class HubClient:
         return result
 
     def report(self, device_id: str, report: Mapping[str, Any]) -> None:
-        """Post a device check-in (``active``, ``previous``, ``candidate``, ``serial``,
-        ``last_refusal``, ``guard_events``, anything else kept as sent)."""
+        """Post a device check-in: the agent's state dict (``applied_serial``,
+        ``models``, ``last_refusal``, ``events``, ...), kept by the hub as sent."""
         self._request("POST", f"/api/v1/devices/{device_id}/report", json=dict(report))
 
     # -- models --------------------------------------------------------------------------
@@ -307,7 +305,8 @@ class HubClient:
 
         Returns:
             ``{"model", "version", "mode", "share", "slo", "rollout_id", "devices":
-            [{"device_id", "production", "candidate", "serial", "desired_state_sha256",
+            [{"device_id", "production", "candidate", "mode", "share", "serial",
+            "desired_state_sha256",
             "desired_state_length"}]}``
         """
         result: dict[str, Any] = self._json(

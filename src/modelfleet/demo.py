@@ -7,6 +7,7 @@ requests. Each step checks what it claims; the demo exits non-zero if any check 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -171,6 +172,14 @@ def active_version(agent: Agent) -> int | None:
     return int(active["version"]) if active else None
 
 
+def is_live(agent: Agent) -> bool:
+    return httpx.get(f"{agent.url}/v2/health/live", timeout=2).status_code == 200
+
+
+def runs_version(agent: Agent, version: int) -> bool:
+    return active_version(agent) == version
+
+
 def make_data(seed: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_classification
 
@@ -311,10 +320,7 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
         processes.append(agent.process)
         agents.append(agent)
     for agent in agents:
-        live = wait_until(
-            lambda a=agent: httpx.get(f"{a.url}/v2/health/live", timeout=2).status_code == 200,
-            timeout=60,
-        )
+        live = wait_until(functools.partial(is_live, agent), timeout=60)
         story.check(live, f"agent {agent.device_id} ({agent.site}) live on {agent.url}")
 
     # 3 ---------------------------------------------------------------------------------
@@ -348,7 +354,7 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
     )
     hub.deploy(MODEL, 1, all_devices=True, mode="full")
     for agent in agents:
-        ok = wait_until(lambda a=agent: active_version(a) == 1, timeout=60)
+        ok = wait_until(functools.partial(runs_version, agent, 1), timeout=60)
         story.check(ok, f"{agent.device_id} verified, smoke-tested and activated v1")
     sample = x[100:101]
     t = Table("device", "model_version", "label", "probabilities", title="One inference per device")

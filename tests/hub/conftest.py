@@ -93,7 +93,7 @@ def http(service: HubService) -> Iterator[TestClient]:
 @pytest.fixture
 def tokens(service: HubService, admin_token: str) -> dict[str, str]:
     """A token per role (plus one device, ``dev-1``, and its token)."""
-    _, device_token = service.add_device("dev-1", "site-a", {}, actor="admin:admin")
+    _, device_token = service.add_device("dev-1", "site-a", [], actor="admin:admin")
     return {
         "admin": admin_token,
         "publisher": service.create_token("publisher", "pat", actor="admin:admin"),
@@ -106,7 +106,3 @@ def tokens(service: HubService, admin_token: str) -> dict[str, str]:
 @pytest.fixture
 def client(http: TestClient, admin_token: str) -> HubClient:
     return HubClient(str(http.base_url), admin_token, http=http)
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}

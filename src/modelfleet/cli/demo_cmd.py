@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Keep everything in this folder (default: a temporary one)."),
         ] = None,
-        keep: Annotated[bool, typer.Option(help="Leave hub and agents running at the end.")] = False,
+        keep: Annotated[
+            bool, typer.Option(help="Leave hub and agents running at the end.")
+        ] = False,
     ) -> None:
         """Init a hub, start it and three agents, register, deploy, split, refuse, roll back."""
         from modelfleet.demo import run_demo

@@ -203,7 +203,7 @@ def _print_version(v: dict[str, Any]) -> None:
     rows += [("output", t["name"], t["datatype"], t["shape"]) for t in schema.get("outputs", [])]
     if rows:
         table("Schema", ["", "name", "datatype", "shape"], rows)
-    deployed = v.get("deployed") or []
+    deployed = v.get("deployments") or []
     if deployed:
         table(
             "Deployed",
@@ -224,7 +224,10 @@ def model_list(
     table(
         "Models",
         ["name", "versions", "latest", "created"],
-        [(m.get("name"), m.get("versions"), m.get("latest"), m.get("created_at")) for m in models],
+        [
+            (m.get("name"), m.get("versions"), m.get("latest_version"), m.get("created_at"))
+            for m in models
+        ],
     )
 
 
@@ -261,7 +264,7 @@ def model_show(
                 str(v.get("sha256", ""))[:16],
                 v.get("opset"),
                 v.get("created_at"),
-                [d.get("device_id") for d in v.get("deployed") or []],
+                [d.get("device_id") for d in v.get("deployments") or []],
             )
             for v in data.get("versions", [])
         ],
@@ -349,7 +352,9 @@ def rollback_cmd(
     device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
     if bool(device_list_) == all_devices:
         raise InvalidInputError("give either --devices ID,ID… or --all")
-    result = _client(hub, token).rollback(name, devices=None if all_devices else device_list_)
+    result = _client(hub, token).rollback(
+        name, devices=None if all_devices else device_list_, all_devices=all_devices
+    )
     if json_out:
         print_json(result)
         return

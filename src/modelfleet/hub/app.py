@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -38,7 +40,7 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 from modelfleet.hub.auth import Permission, Principal, check
-from modelfleet.hub.config import HubConfig
+from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.service import ALL_DEVICES, HubService
 
 __all__ = ["API_PREFIX", "build_hub_app", "serve", "status_of"]
@@ -72,8 +74,8 @@ def status_of(error: ModelfleetError) -> int:
 
 class DeviceIn(BaseModel):
     id: str = Field(description="device id: letters, digits, '.', '_' or '-'")
-    site: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    site: str | None = ""
+    tags: list[str] = Field(default_factory=list)
     ticket: str | None = None
 
 
@@ -121,6 +123,22 @@ def _device_selection(devices: list[str] | None, all_devices: bool) -> list[str]
     if not devices:
         raise InvalidInputError("name the devices, or set all=true")
     return devices
+
+
+# -- authentication ------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="a hub token")
+
+
+def _principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    service: HubService = request.app.state.service
+    return service.authenticate(creds.credentials if creds else None)
+
+
+Who = Annotated[Principal, Depends(_principal)]
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -171,15 +189,8 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
         redoc_url=None,
         lifespan=lifespan,
     )
+    app.state.service = service
     _install_error_handlers(app)
-    bearer = HTTPBearer(auto_error=False, description="a hub token")
-
-    def principal(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Principal:
-        return service.authenticate(creds.credentials if creds else None)
-
-    Who = Annotated[Principal, Depends(principal)]
     api = API_PREFIX
 
     @app.get(f"{api}/health", tags=["hub"])
@@ -414,8 +425,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected_error)
 
 
-def serve(config: HubConfig, clock: Clock | None = None) -> None:
-    """Run the hub API with uvicorn on ``config.host:config.port`` until interrupted.
+def serve(
+    config: HubConfig | Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    clock: Clock | None = None,
+) -> None:
+    """Run the hub API with uvicorn until interrupted (the process edge).
+
+    Args:
+        config: the hub config, or the hub home to load it from (then
+            ``MODELFLEET_DATABASE_URL`` from the environment overrides the database).
+        host, port: override the config's listening address.
+        clock: time source (the system clock if None).
 
     Raises:
         ConfigError: the home is not initialised.
@@ -423,9 +446,16 @@ def serve(config: HubConfig, clock: Clock | None = None) -> None:
     """
     import uvicorn
 
+    if not isinstance(config, HubConfig):
+        config = load_hub_config(Path(config), os.environ)
     service = HubService(config, clock or SystemClock())
     try:
         app = build_hub_app(service)
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+        uvicorn.run(
+            app,
+            host=host if host is not None else config.host,
+            port=port if port is not None else config.port,
+            log_level="info",
+        )
     finally:
         service.close()

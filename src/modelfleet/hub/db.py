@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -57,6 +58,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+_PG_MIGRATE_LOCK = 0x6D66_6875_626D  # any constant shared by every hub replica
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -133,7 +137,7 @@ class Device(Base):
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     site: Mapped[str] = mapped_column(String(128), default="")
-    tags: Mapped[dict[str, Any]]
+    tags: Mapped[list[Any]]
     created_at: Mapped[datetime]
     last_seen: Mapped[datetime | None]
     reported: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -259,6 +263,11 @@ def migrate(database_url: str | Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together migrate one after the other.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK}
+                )
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:

@@ -13,7 +13,7 @@ Return values are JSON-ready dicts (the same shapes the REST API serves):
   "deployments": [{"device_id", "role": "production"|"candidate", "mode", "share",
   "rollout_id"}]}``
 * model: ``{"name", "description", "created_at", "created_by", "latest_version",
-  "versions": [version without "deployments"]}``
+  "versions": [version]}``
 * device: ``{"id", "site", "tags", "created_at", "last_seen", "report",
   "assignments": [{"model", "production", "candidate", "previous", "mode", "share",
   "slo", "rollout_id"}], "desired_state": {"serial", "sha256", "length", "issued_at"}
@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -68,11 +68,12 @@ from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
 from modelfleet.trust.keys import generate_keys
 from modelfleet.trust.repository import HubTrust
 
-__all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy"]
+__all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
 
 ALL_DEVICES: Literal["all"] = "all"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 JSONDict = dict[str, Any]
+_PG_WRITE_LOCK = 0x6D66_6875_6277  # any constant shared by every hub replica
 
 
 def _check_name(what: str, value: str) -> str:
@@ -195,6 +196,12 @@ class HubService:
         with self._write_lock:
             try:
                 with self._sessions.begin() as session:
+                    if session.get_bind().dialect.name == "postgresql":
+                        # Hub replicas sharing one PostgreSQL take turns at writing, so
+                        # version numbers, serials and the audit chain stay linear.
+                        session.execute(
+                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK}
+                        )
                     yield session
             except IntegrityError as e:
                 raise ConflictError(f"the change clashes with a concurrent one: {e.orig}") from e
@@ -281,8 +288,8 @@ class HubService:
     def add_device(
         self,
         device_id: str,
-        site: str = "",
-        tags: Mapping[str, str] | None = None,
+        site: str | None = "",
+        tags: Sequence[str] | None = None,
         actor: str = "system",
         ticket: str | None = None,
     ) -> tuple[JSONDict, str]:
@@ -296,9 +303,12 @@ class HubService:
             ConflictError: the id is taken.
         """
         _check_name("device id", device_id)
+        site = site or ""
         if not isinstance(site, str) or len(site) > 128:
             raise InvalidInputError("site must be a string of at most 128 characters")
-        tag_map = {str(k): str(v) for k, v in (tags or {}).items()}
+        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags or ()):
+            raise InvalidInputError("tags must be a list of non-empty strings")
+        tag_list = sorted(set(tags or ()))
         token = new_token()
         with self._write() as s:
             if s.get(db.Device, device_id) is not None:
@@ -307,7 +317,7 @@ class HubService:
                 db.Device(
                     id=device_id,
                     site=site,
-                    tags=tag_map,
+                    tags=tag_list,
                     created_at=self.clock.now(),
                     last_seen=None,
                     reported=None,
@@ -315,7 +325,7 @@ class HubService:
             )
             s.flush()
             self._add_token(s, token, Role.DEVICE, device_id, actor)
-            self._audit(s, actor, "device.add", device_id, {"site": site, "tags": tag_map}, ticket)
+            self._audit(s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket)
         return self.get_device(device_id), token
 
     def list_devices(self) -> list[JSONDict]:
@@ -350,7 +360,7 @@ class HubService:
         return {
             "id": d.id,
             "site": d.site,
-            "tags": dict(d.tags),
+            "tags": list(d.tags),
             "created_at": _iso(d.created_at),
             "last_seen": _iso(d.last_seen),
             "report": d.reported,
@@ -380,11 +390,11 @@ class HubService:
     def record_report(self, device_id: str, report: Mapping[str, Any]) -> None:
         """Store a device's check-in report.
 
-        The report is kept as sent; the fields the hub reads are ``active``,
-        ``previous`` and ``candidate`` (``{model: version}``), ``serial`` (the desired
-        state applied), ``last_refusal`` (reason text or null) and ``guard_events``
-        (list). A change in what the device runs, a refusal, or guard events are
-        written to the audit log.
+        The report is kept as sent (the agent sends its state: ``applied_serial``,
+        ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
+        "mode", "share"}}``, ``last_refusal``, ``events``, ...). What the hub reads of
+        it (see :func:`report_changes`) goes to the audit log when it changed: what the
+        device runs, the serial it applied, a new refusal, and new events.
 
         Raises:
             NotFoundError: no such device.
@@ -405,21 +415,12 @@ class HubService:
         now = self.clock.now()
         with self._write() as s:
             device = self._device_row(s, device_id)
-            old = device.reported or {}
-            watched = ("active", "candidate", "last_refusal")
-            changed = {k: data.get(k) for k in watched if data.get(k) != old.get(k)}
-            guard_events = data.get("guard_events") or []
+            changes = report_changes(device.reported or {}, data)
             device.reported = data
             device.last_seen = now
             s.add(db.DeviceReport(device_id=device_id, received_at=now, report=data))
-            if changed or guard_events:
-                self._audit(
-                    s,
-                    f"device:{device_id}",
-                    "device.report",
-                    device_id,
-                    {**changed, "guard_events": guard_events},
-                )
+            if changes:
+                self._audit(s, f"device:{device_id}", "device.report", device_id, changes)
 
     # -- blobs and versions --------------------------------------------------------------
 
@@ -682,7 +683,13 @@ class HubService:
                 "created_at": _iso(m.created_at),
                 "created_by": m.created_by,
                 "latest_version": versions[-1].version if versions else None,
-                "versions": [self._version_summary(name, v) for v in versions],
+                "versions": [
+                    {
+                        **self._version_summary(name, v),
+                        "deployments": self._deployments_of(s, name, v.version),
+                    }
+                    for v in versions
+                ],
             }
 
     def get_version(self, name: str, version: int) -> JSONDict:
@@ -762,7 +769,7 @@ class HubService:
 
         Returns:
             ``{"model", "version", "mode", "share", "slo", "rollout_id", "devices":
-            [{"device_id", "production", "candidate", "serial",
+            [{"device_id", "production", "candidate", "mode", "share", "serial",
             "desired_state_sha256", "desired_state_length"}]}``
 
         Raises:
@@ -883,7 +890,8 @@ class HubService:
 
         Returns:
             ``{"model", "rollout_id", "devices": [{"device_id", "production",
-            "candidate", "serial", "desired_state_sha256", "desired_state_length"}]}``
+            "candidate", "mode", "share", "serial", "desired_state_sha256",
+            "desired_state_length"}]}``
 
         Raises:
             NotFoundError: unknown model or device.
@@ -943,6 +951,8 @@ class HubService:
                     "device_id": device_id,
                     "production": a.production_version,
                     "candidate": a.candidate_version,
+                    "mode": a.mode,
+                    "share": a.share,
                     "serial": serial,
                     "desired_state_sha256": sha,
                     "desired_state_length": length,
@@ -1073,3 +1083,48 @@ def _check_slo(slo: Mapping[str, float] | None) -> dict[str, float]:
             raise InvalidInputError(f"SLO {key!r} must be finite")
         out[str(key)] = float(value)
     return out
+
+
+_MAX_EVENTS_LOGGED = 20
+
+
+def _running(report: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    models = report.get("models")
+    if not isinstance(models, Mapping):
+        return out
+    for name, slots in models.items():
+        if not isinstance(slots, Mapping):
+            continue
+        entry: dict[str, Any] = {}
+        for slot in ("active", "candidate", "previous"):
+            rec = slots.get(slot)
+            entry[slot] = rec.get("version") if isinstance(rec, Mapping) else None
+        entry["mode"], entry["share"] = slots.get("mode"), slots.get("share")
+        out[str(name)] = entry
+    return out
+
+
+def report_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> JSONDict:
+    """What changed between two device reports, for the audit log (pure).
+
+    Returns:
+        Only the keys that changed among ``running`` (per model: active, candidate and
+        previous versions, mode, share), ``applied_serial`` and ``last_refusal``, plus
+        ``new_events`` (events not in the old report, at most 20); empty if nothing did.
+    """
+    changes: JSONDict = {}
+    if _running(new) != _running(old):
+        changes["running"] = _running(new)
+    for key in ("applied_serial", "last_refusal"):
+        if new.get(key) != old.get(key):
+            changes[key] = new.get(key)
+    old_events = old.get("events") if isinstance(old.get("events"), list) else []
+    new_events = new.get("events") if isinstance(new.get("events"), list) else []
+    seen = {orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in old_events or []}
+    fresh = [
+        e for e in new_events or [] if orjson.dumps(e, option=orjson.OPT_SORT_KEYS) not in seen
+    ]
+    if fresh:
+        changes["new_events"] = fresh[-_MAX_EVENTS_LOGGED:]
+    return changes

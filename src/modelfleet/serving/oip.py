@@ -22,13 +22,14 @@ import orjson
 
 from modelfleet.catalog.schema import TensorSpec
 from modelfleet.errors import InvalidTensorError
-from modelfleet.serving.dtypes import DATATYPE_TO_NUMPY, datatype_of
+from modelfleet.serving.dtypes import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, datatype_of
 
 __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
     "RequestedOutput",
     "decode_infer_request",
+    "encode_infer_body",
     "encode_infer_response",
 ]
 
@@ -60,9 +61,10 @@ class RequestedOutput:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferRequest:
-    """A decoded inference request.
+    """A decoded inference request (not frozen: built once per request, and a frozen
+    dataclass's ``__init__`` costs a visible share of a small model's request).
 
     ``inputs`` keep the order of the JSON ``inputs`` array. ``outputs`` is empty when the
     caller asked for all outputs.
@@ -105,48 +107,52 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def _shape(raw: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(raw, list):
-        raise _fail(f"{where}: 'shape' must be a list of non-negative integers")
-    for dim in raw:
-        if type(dim) is not int or dim < 0:
-            raise _fail(f"{where}: 'shape' must be a list of non-negative integers, got {raw}")
-    return tuple(raw)
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if isinstance(raw, list):
+        for dim in raw:
+            if type(dim) is not int or dim < 0:
+                break
+        else:
+            return tuple(raw)
+    raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r}")
 
 
-def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     count = math.prod(shape)
     if not isinstance(data, list):
         data = [data]
     if datatype == "BYTES":
-        return _decode_json_bytes(data, shape, count, where)
+        return _decode_json_bytes(data, shape, count, f"input {name!r}")
     dtype = DATATYPE_TO_NUMPY[datatype]
     try:
         # Let numpy infer first: casting straight to the declared dtype would silently
         # truncate 1.5 into an INT64 or parse the string "1" into an FP32.
         arr = np.array(data)
     except (ValueError, TypeError) as e:
-        raise _fail(f"{where}: 'data' is not a regular (non-ragged) array: {e}") from None
+        raise _fail(f"input {name!r}: 'data' is not a regular (non-ragged) array: {e}") from None
     if arr.size != count:
         raise _fail(
-            f"{where}: 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
+            f"input {name!r}: 'data' has {arr.size} elements but shape {list(shape)} "
+            f"needs {count}"
         )
     if count == 0:
         return np.zeros(shape, dtype=dtype)
-    allowed = _JSON_KINDS[dtype.kind]
-    if arr.dtype.kind not in allowed:
-        if dtype.kind in "iu" and arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
+    kind = dtype.kind
+    if arr.dtype.kind not in _JSON_KINDS[kind]:
+        if kind in "iu" and arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
             pass  # 3.0 for an INT64 input: integral, accepted
         else:
             raise _fail(
-                f"{where}: 'data' holds {_json_kind_name(arr.dtype)} values, "
+                f"input {name!r}: 'data' holds {_json_kind_name(arr.dtype)} values, "
                 f"which are not valid {datatype}"
             )
-    if dtype.kind in "iu":
+    if kind in "iu":
         info = np.iinfo(cast(Any, dtype))
         if arr.min() < info.min or arr.max() > info.max:
-            raise _fail(f"{where}: a value is out of the range of {datatype}")
-    return arr.astype(dtype, copy=False).reshape(shape)
+            raise _fail(f"input {name!r}: a value is out of the range of {datatype}")
+    if arr.dtype is not dtype:
+        arr = arr.astype(dtype, copy=False)
+    return arr if arr.shape == shape else arr.reshape(shape)
 
 
 def _json_kind_name(dtype: np.dtype[Any]) -> str:
@@ -313,7 +319,8 @@ def decode_infer_request(
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _fail("'id' must be a string")
-    parameters = _parameters(doc.get("parameters"), "request")
+    raw_parameters = doc.get("parameters")
+    parameters = {} if raw_parameters is None else _parameters(raw_parameters, "request")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _fail("'inputs' must be a non-empty list")
@@ -325,38 +332,40 @@ def decode_infer_request(
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise _fail(f"inputs[{index}]: 'name' must be a non-empty string")
-        where = f"input {name!r}"
         if name in inputs:
-            raise _fail(f"{where} appears more than once")
+            raise _fail(f"input {name!r} appears more than once")
         datatype = item.get("datatype")
         if datatype not in DATATYPE_TO_NUMPY:
-            raise _fail(f"{where}: unsupported datatype {datatype!r}")
-        shape = _shape(item.get("shape"), where)
-        params = _parameters(item.get("parameters"), where)
-        size = params.get("binary_data_size")
+            raise _fail(f"input {name!r}: unsupported datatype {datatype!r}")
+        shape = _shape(item.get("shape"), name)
+        raw_params = item.get("parameters")
+        size = None
+        if raw_params is not None:
+            size = _parameters(raw_params, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
-                raise _fail(f"{where}: binary_data_size must be a non-negative integer")
+                raise _fail(f"input {name!r}: binary_data_size must be a non-negative integer")
             if "data" in item:
-                raise _fail(f"{where}: has both 'data' and binary_data_size")
+                raise _fail(f"input {name!r}: has both 'data' and binary_data_size")
             if offset + size > len(binary):
                 raise _fail(
-                    f"{where}: binary_data_size {size} runs past the end of the body "
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} binary bytes left)"
                 )
             blob = binary[offset : offset + size]
             offset += size
-            inputs[name] = _decode_binary(blob, datatype, shape, where)
+            inputs[name] = _decode_binary(blob, datatype, shape, f"input {name!r}")
         elif "data" in item:
-            inputs[name] = _decode_json_data(item["data"], datatype, shape, where)
+            inputs[name] = _decode_json_data(item["data"], datatype, shape, name)
         else:
-            raise _fail(f"{where}: has neither 'data' nor parameters.binary_data_size")
+            raise _fail(f"input {name!r}: has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise _fail(
             f"the body has {len(binary) - offset} bytes of binary data that no input claims"
         )
-    outputs = _requested_outputs(doc.get("outputs"))
-    binary_output = parameters.get("binary_data_output", False)
+    raw_outputs = doc.get("outputs")
+    outputs = () if raw_outputs is None else _requested_outputs(raw_outputs)
+    binary_output = parameters.get("binary_data_output", False) if parameters else False
     if not isinstance(binary_output, bool):
         raise _fail("parameters.binary_data_output must be a boolean")
     return InferRequest(inputs, outputs, request_id, parameters, binary_output)
@@ -392,13 +401,9 @@ def _bytes_elements(arr: np.ndarray) -> list[bytes]:
     return [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.ravel().tolist()]
 
 
-def _json_data(arr: np.ndarray, datatype: str) -> Any:
-    if datatype == "BYTES":
-        return [
-            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-            for v in arr.ravel().tolist()
-        ]
-    return np.ascontiguousarray(arr).ravel()
+def _datatype(arr: np.ndarray) -> str:
+    datatype = NUMPY_TO_DATATYPE.get(arr.dtype)
+    return datatype if datatype is not None else datatype_of(arr)
 
 
 def _binary_blob(arr: np.ndarray, datatype: str) -> bytes:
@@ -406,6 +411,59 @@ def _binary_blob(arr: np.ndarray, datatype: str) -> bytes:
         return b"".join(_LENGTH_PREFIX.pack(len(v)) + v for v in _bytes_elements(arr))
     dtype = _LE_DTYPE[datatype]
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def encode_infer_body(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    binary: Mapping[str, bool] | bool = False,
+) -> tuple[bytes, int | None]:
+    """Encode an OIP v2 inference response body.
+
+    Same as :func:`encode_infer_response`, for adapters that build raw headers themselves.
+
+    Returns:
+        The body, and the length of its JSON part when binary data follows it (the value of
+        ``Inference-Header-Content-Length``), else None.
+    """
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in outputs.items():
+        datatype = _datatype(arr)
+        as_binary = binary if isinstance(binary, bool) else binary.get(name, False)
+        if as_binary:
+            blob = _binary_blob(arr, datatype)
+            blobs.append(blob)
+            entries.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(arr.shape),
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            )
+        elif datatype == "BYTES":
+            data = [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in arr.ravel().tolist()
+            ]
+            entries.append(
+                {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+            )
+        else:
+            entries.append(
+                {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": arr.ravel()}
+            )
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = entries
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
 
 
 def encode_infer_response(
@@ -428,27 +486,9 @@ def encode_infer_response(
         The body and the headers to send with it: ``content-type`` and, when any output is
         binary, ``inference-header-content-length``.
     """
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, arr in outputs.items():
-        datatype = datatype_of(arr)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        as_binary = binary if isinstance(binary, bool) else binary.get(name, False)
-        if as_binary:
-            blob = _binary_blob(arr, datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = _json_data(arr, datatype)
-        entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["outputs"] = entries
-    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not blobs:
-        return header, {"content-type": "application/json"}
-    return b"".join([header, *blobs]), {
-        "content-type": "application/octet-stream",
-        HEADER_LENGTH: str(len(header)),
-    }
+    body, header_length = encode_infer_body(
+        model_name, model_version, request_id, outputs, binary
+    )
+    if header_length is None:
+        return body, {"content-type": "application/json"}
+    return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_length)}

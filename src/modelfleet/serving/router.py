@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.runtime import LoadedModel
@@ -56,8 +57,7 @@ class Route:
         return list(seen.values())
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Which version answers, and which one (if any) sees a mirrored copy."""
 
     serve: LoadedModel

@@ -25,6 +25,15 @@ _EXACT_INT_LIMIT: Final[dict[str, int]] = {"FP16": 2**11, "FP32": 2**24, "FP64":
 class _InputCheck:
     spec: TensorSpec
     dtype: np.dtype[Any]
+    rank: int
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) of every fixed dimension
+    cast_always: bool  # BYTES: bytes elements must become str for ONNX Runtime
+
+    @classmethod
+    def of(cls, spec: TensorSpec) -> _InputCheck:
+        fixed = tuple((axis, size) for axis, size in enumerate(spec.shape) if size >= 0)
+        dtype = DATATYPE_TO_NUMPY[spec.datatype]
+        return cls(spec, dtype, len(spec.shape), fixed, spec.datatype == "BYTES")
 
 
 def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray:
@@ -48,6 +57,12 @@ def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray
     raise InvalidTensorError(
         f"input {spec.name!r}: expected datatype {spec.datatype}, got {got}"
         + (" (values would change if converted)" if got != "BYTES" else "")
+    )
+
+
+def _shape_error(spec: TensorSpec, shape: tuple[int, ...]) -> InvalidTensorError:
+    return InvalidTensorError(
+        f"input {spec.name!r}: expected shape {list(spec.shape)} (-1 = any), got {list(shape)}"
     )
 
 
@@ -75,7 +90,16 @@ class LoadedModel:
     sessions allow concurrent ``run`` calls).
     """
 
-    __slots__ = ("_checks", "_output_names", "_session", "digest", "name", "schema", "version")
+    __slots__ = (
+        "_checks",
+        "_output_names",
+        "_output_set",
+        "_session",
+        "digest",
+        "name",
+        "schema",
+        "version",
+    )
 
     def __init__(
         self, name: str, version: str, digest: str, session: Any, schema: ModelSchema
@@ -85,10 +109,9 @@ class LoadedModel:
         self.digest = digest
         self.schema = schema
         self._session = session
-        self._checks = {
-            spec.name: _InputCheck(spec, DATATYPE_TO_NUMPY[spec.datatype]) for spec in schema.inputs
-        }
+        self._checks = {spec.name: _InputCheck.of(spec) for spec in schema.inputs}
         self._output_names = [spec.name for spec in schema.outputs]
+        self._output_set = frozenset(self._output_names)
 
     @classmethod
     def load(
@@ -129,26 +152,27 @@ class LoadedModel:
                 its shape does not fit the schema (rank or a fixed dimension).
         """
         checks = self._checks
-        unknown = [name for name in inputs if name not in checks]
-        if unknown:
-            raise InvalidTensorError(
-                f"unknown input {unknown[0]!r}; the model takes {sorted(checks)}"
-            )
-        if len(inputs) != len(checks):
-            missing = sorted(set(checks) - set(inputs))
-            raise InvalidTensorError(f"missing input {missing[0]!r}")
         feed: dict[str, np.ndarray] = {}
         for name, arr in inputs.items():
-            check = checks[name]
-            spec = check.spec
-            if arr.dtype != check.dtype or spec.datatype == "BYTES":
-                arr = _cast(arr, spec, check.dtype)
-            if not spec.accepts_shape(arr.shape):
+            check = checks.get(name)
+            if check is None:
                 raise InvalidTensorError(
-                    f"input {name!r}: expected shape {list(spec.shape)} (-1 = any), "
-                    f"got {list(arr.shape)}"
+                    f"unknown input {name!r}; the model takes {sorted(checks)}"
                 )
+            dtype = arr.dtype
+            # ``is`` first: builtin dtypes are singletons and ``!=`` costs a visible 0.2 µs
+            if check.cast_always or (dtype is not check.dtype and dtype != check.dtype):
+                arr = _cast(arr, check.spec, check.dtype)
+            shape = arr.shape
+            if len(shape) != check.rank:
+                raise _shape_error(check.spec, shape)
+            for axis, size in check.fixed:
+                if shape[axis] != size:
+                    raise _shape_error(check.spec, shape)
             feed[name] = arr
+        if len(feed) != len(checks):
+            missing = sorted(set(checks) - set(feed))
+            raise InvalidTensorError(f"missing input {missing[0]!r}")
         return feed
 
     def infer(
@@ -173,7 +197,7 @@ class LoadedModel:
         else:
             names = list(outputs)
             for name in names:
-                if name not in self._output_names:
+                if name not in self._output_set:
                     raise InvalidTensorError(
                         f"unknown output {name!r}; the model has {self._output_names}"
                     )

@@ -1,0 +1,78 @@
+"""Entry point of modelfleet's benchmarks.
+
+``python -m benchmarks.run [serving] [--duration N] [--repeats K] [--skip-mlserver] ...``
+
+Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _concurrency(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the chosen benchmark; return the exit status."""
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("benchmark", nargs="?", default="serving", choices=["serving"])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per cell (3)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=(1, 8, 64),
+        help="wrk connection counts, comma-separated (1,8,64)",
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per server")
+    parser.add_argument("--skip-mlserver", action="store_true", help="do not run MLServer")
+    parser.add_argument(
+        "--no-mlserver-defaults",
+        action="store_true",
+        help="measure only the tuned MLServer configuration",
+    )
+    parser.add_argument(
+        "--no-h11", action="store_true", help="skip the agent-on-h11 HTTP stack comparison"
+    )
+    parser.add_argument(
+        "--no-granian", action="store_true", help="skip the agent-on-granian comparison"
+    )
+    parser.add_argument(
+        "--inproc-calls", type=int, default=20_000, help="timed in-process calls (20000)"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args(args_in)
+    if args.duration <= 0 or args.repeats < 1 or args.inproc_calls < 100:
+        parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
+
+    from benchmarks.serving.bench import Options, run
+
+    opts = Options(
+        duration=args.duration,
+        repeats=args.repeats,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        skip_mlserver=args.skip_mlserver,
+        mlserver_defaults=not args.no_mlserver_defaults,
+        h11=not args.no_h11,
+        granian=not args.no_granian,
+        inproc_calls=args.inproc_calls,
+        write_docs=not args.no_docs,
+        argv=args_in,
+    )
+    return run(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of modelfleet.serving and the agent serving app."""
