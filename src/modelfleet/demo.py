@@ -30,6 +30,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from modelfleet.errors import ModelfleetError
+
 __all__ = ["run_demo"]
 
 MODEL = "quality-check"
@@ -96,7 +98,7 @@ class Story:
         self.step_no += 1
         console.print()
         console.rule(f"[bold cyan]Step {self.step_no}: {title}", align="left")
-        console.print(f"[dim]{explain}[/]")
+        console.print(f"[dim]{explain.replace(chr(10), ' ')}[/]")
 
     def check(self, ok: bool, claim: str) -> bool:
         if ok:
@@ -117,7 +119,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         try:
             if predicate():
                 return True
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
+        except (httpx.HTTPError, OSError, ValueError, KeyError, ModelfleetError):
             pass
         time.sleep(interval)
     return False
@@ -222,7 +224,7 @@ def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
     )
     with fleet_dir(workdir) as root:
         try:
-            _story(story, root, processes)
+            _story(story, root, processes, keep_logs=workdir is not None)
         except Exception as e:  # the demo reports, it never dumps a traceback
             story.check(False, f"the demo stopped unexpectedly: {type(e).__name__}: {e}")
             for p in processes:
@@ -250,7 +252,7 @@ def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
     return True
 
 
-def _story(story: Story, root: Path, processes: list[Process]) -> None:
+def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) -> None:
     from modelfleet.client import HubClient
     from modelfleet.hub.service import init_home
 
@@ -480,4 +482,5 @@ def _story(story: Story, root: Path, processes: list[Process]) -> None:
             f"v{ref['version']}: {ref['kind']}" if ref else "-",
         )
     console.print(t)
-    console.print(f"[dim]Logs of the hub and agents: {logs}[/]")
+    if keep_logs:
+        console.print(f"[dim]Logs of the hub and agents: {logs}[/]")

@@ -1,0 +1,402 @@
+"""The agent HTTP app: OIP v2 endpoints, JSON errors with the right status, version headers,
+split/pin/shadow through HTTP, control-token protection and per-app metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from modelfleet.agent.app import ServingLimits, ShadowSettings, build_agent_app
+from modelfleet.agent.metrics import AgentMetrics
+from modelfleet.errors import ConflictError
+from modelfleet.rollout.desired_state import Mode
+from modelfleet.serving.host import ModelHost
+from modelfleet.serving.router import Route
+from modelfleet.serving.runtime import LoadedModel
+from modelfleet.serving.shadow import ShadowMirror, outputs_disagree
+from tests.serving._support import Models, load
+
+
+@pytest.fixture(scope="module")
+def v1(models: Models) -> LoadedModel:
+    return load(models.lr_a, "1")
+
+
+@pytest.fixture(scope="module")
+def v2(models: Models) -> LoadedModel:
+    return load(models.lr_b, "2")
+
+
+@pytest.fixture()
+def host(v1: LoadedModel) -> ModelHost:
+    host = ModelHost()
+    host.set_route("iris", Route(v1))
+    return host
+
+
+@pytest.fixture()
+def client(host: ModelHost) -> Iterator[TestClient]:
+    with TestClient(build_agent_app(host)) as c:
+        yield c
+
+
+def body(x: np.ndarray, **extra: Any) -> bytes:
+    tensor = {"name": "X", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    return orjson.dumps({"inputs": [tensor], **extra})
+
+
+def infer(client: TestClient, x: np.ndarray, path: str = "/v2/models/iris/infer", **kw: Any) -> Any:
+    return client.post(path, content=body(x), **kw)
+
+
+def test_health_live_and_ready_follow_the_route_table(v1: LoadedModel) -> None:
+    host = ModelHost()
+    with TestClient(build_agent_app(host)) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        not_ready = client.get("/v2/health/ready")
+        assert not_ready.status_code == 400
+        assert "error" in not_ready.json()
+        host.set_route("iris", Route(v1))
+        ready = client.get("/v2/health/ready")
+        assert (ready.status_code, ready.content) == (200, b"")
+
+
+def test_server_metadata_advertises_binary_tensor_data(client: TestClient) -> None:
+    meta = client.get("/v2").json()
+    assert meta["name"] == "modelfleet"
+    assert "binary_tensor_data" in meta["extensions"]
+    assert meta["version"]
+
+
+def test_model_metadata_lists_versions_and_schema(models: Models, v1: LoadedModel) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, load(models.lr_b, "2"), Mode.SPLIT, 0.1))
+    with TestClient(build_agent_app(host)) as client:
+        meta = client.get("/v2/models/iris").json()
+        assert meta == {
+            "name": "iris",
+            "versions": ["1", "2"],
+            "platform": "onnx_onnxv1",
+            "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+            ],
+        }
+        assert client.get("/v2/models/iris/versions/2").json()["name"] == "iris"
+        assert client.get("/v2/models/iris/ready").status_code == 200
+        assert client.get("/v2/models/iris/versions/2/ready").status_code == 200
+
+
+NOT_FOUND = [
+    ("GET", "/v2/models/nope"),
+    ("GET", "/v2/models/nope/ready"),
+    ("GET", "/v2/models/iris/versions/9"),
+    ("GET", "/v2/models/iris/versions/9/ready"),
+    ("POST", "/v2/models/nope/infer"),
+    ("POST", "/v2/models/iris/versions/9/infer"),
+    ("GET", "/v2/no/such/path"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), NOT_FOUND)
+def test_unknown_model_version_or_path_is_404_with_json_error(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(method, path, content=body(np.zeros((1, 4), np.float32)))
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]
+
+
+def test_wrong_method_is_405_with_json_error(client: TestClient) -> None:
+    response = client.get("/v2/models/iris/infer")
+    assert response.status_code == 405
+    assert "error" in response.json()
+
+
+def test_infer_answers_with_model_version_and_version_header(
+    client: TestClient, models: Models, v1: LoadedModel
+) -> None:
+    x = models.X[:3]
+    response = infer(client, x, headers={"content-type": ""})
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["model_name"] == "iris"
+    assert doc["model_version"] == "1"
+    assert response.headers["modelfleet-version"] == "1"
+    label = next(o for o in doc["outputs"] if o["name"] == "label")
+    assert label["data"] == v1.infer({"X": x})["label"].tolist()
+
+
+def test_infer_echoes_request_id_and_honours_requested_outputs(
+    client: TestClient, models: Models
+) -> None:
+    x = models.X[:2]
+    content = body(x, id="abc", outputs=[{"name": "probabilities"}])
+    doc = client.post("/v2/models/iris/infer", content=content).json()
+    assert doc["id"] == "abc"
+    assert [o["name"] for o in doc["outputs"]] == ["probabilities"]
+
+
+BAD_REQUESTS: dict[str, tuple[bytes, str]] = {
+    "wrong shape": (body(np.zeros((2, 5), np.float32)), "expected shape [-1, 4]"),
+    "unknown input": (
+        orjson.dumps({"inputs": [{"name": "Z", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+        "unknown input 'Z'",
+    ),
+    "wrong datatype": (
+        orjson.dumps(
+            {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
+        ),
+        "expected datatype FP32, got FP64",
+    ),
+    "unknown output": (body(np.zeros((1, 4), np.float32), outputs=[{"name": "y"}]), "'y'"),
+    "not json": (b"\x00\x01", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_tensor_requests_are_400_with_json_error_and_version(
+    client: TestClient, case: str
+) -> None:
+    content, message = BAD_REQUESTS[case]
+    response = client.post("/v2/models/iris/infer", content=content)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert response.headers["modelfleet-version"] == "1"
+
+
+def test_bad_header_length_is_400(client: TestClient, models: Models) -> None:
+    response = infer(client, models.X[:1], headers={"Inference-Header-Content-Length": "x"})
+    assert response.status_code == 400
+    assert "Inference-Header-Content-Length" in response.json()["error"]
+
+
+def test_body_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
+    app = build_agent_app(host, limits=ServingLimits(max_body_bytes=100))
+    with TestClient(app) as client:
+        response = infer(client, models.X[:10])
+        assert response.status_code == 413
+        assert "limit of 100 bytes" in response.json()["error"]
+
+
+def test_streamed_body_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
+    app = build_agent_app(host, limits=ServingLimits(max_body_bytes=100))
+    content = body(models.X[:10])
+    with TestClient(app) as client:
+        chunks = iter([content[:60], content[60:]])  # no Content-Length: chunked
+        response = client.post("/v2/models/iris/infer", content=chunks)
+        assert response.status_code == 413
+
+
+def test_batch_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
+    with TestClient(build_agent_app(host, limits=ServingLimits(max_batch=4))) as client:
+        assert infer(client, models.X[:4]).status_code == 200
+        response = infer(client, models.X[:5])
+        assert response.status_code == 413
+        assert "batch of 5" in response.json()["error"]
+
+
+def test_gzip_request_body_is_accepted(client: TestClient, models: Models) -> None:
+    content = gzip.compress(body(models.X[:2]))
+    response = client.post(
+        "/v2/models/iris/infer", content=content, headers={"content-encoding": "gzip"}
+    )
+    assert response.status_code == 200
+
+
+def test_gzip_bomb_over_the_limit_is_413(host: ModelHost) -> None:
+    bomb = gzip.compress(b" " * 10_000)
+    with TestClient(build_agent_app(host, limits=ServingLimits(max_body_bytes=1000))) as client:
+        response = client.post(
+            "/v2/models/iris/infer", content=bomb, headers={"content-encoding": "gzip"}
+        )
+        assert response.status_code == 413
+
+
+class ExplodingSession:
+    def run(self, names: Any, feed: Any) -> Any:
+        raise RuntimeError("device lost")
+
+
+def test_runtime_failure_is_500_with_json_error(v1: LoadedModel, models: Models) -> None:
+    broken = LoadedModel("iris", "7", "sha256:7", ExplodingSession(), v1.schema)
+    host = ModelHost()
+    host.set_route("iris", Route(broken))
+    with TestClient(build_agent_app(host)) as client:
+        response = infer(client, models.X[:1])
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error: RuntimeError"}
+        assert response.headers["modelfleet-version"] == "7"
+
+
+def test_explicit_version_in_url_is_served_by_that_version(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, v2, Mode.SPLIT, 0.0))
+    with TestClient(build_agent_app(host)) as client:
+        response = infer(client, models.X[:3], path="/v2/models/iris/versions/2/infer")
+        assert response.json()["model_version"] == "2"
+        labels = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
+        assert labels == v2.infer({"X": models.X[:3]})["label"].tolist()
+
+
+def test_split_sticks_to_routing_key_and_replayed_version_pins(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, v2, Mode.SPLIT, 0.5))
+    x = models.X[:1]
+    with TestClient(build_agent_app(host)) as client:
+        served: dict[str, set[str]] = {}
+        for i in range(40):
+            key = f"user-{i}"
+            for _ in range(3):
+                r = infer(client, x, headers={"modelfleet-routing-key": key})
+                served.setdefault(key, set()).add(r.headers["modelfleet-version"])
+        assert all(len(v) == 1 for v in served.values())
+        assert {next(iter(v)) for v in served.values()} == {"1", "2"}
+        first = infer(client, x)
+        version = first.headers["modelfleet-version"]
+        for _ in range(20):
+            again = infer(client, x, headers={"modelfleet-version": version})
+            assert again.json()["model_version"] == version
+
+
+def test_shadow_answers_with_production_and_counts_disagreement(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, v2, Mode.SHADOW, 1.0))
+    app = build_agent_app(host)
+    x = models.X[:20]
+    want = v1.infer({"X": x})
+    with TestClient(app) as client:
+        for i in range(10):
+            response = infer(client, x[i : i + 2])
+            doc = response.json()
+            assert doc["model_version"] == "1"
+            label = next(o for o in doc["outputs"] if o["name"] == "label")["data"]
+            assert label == want["label"][i : i + 2].tolist()
+        client.portal.call(app.state.shadow.join)
+        metrics: AgentMetrics = app.state.metrics
+        value = metrics.registry.get_sample_value
+        compared = value("modelfleet_agent_shadow_compared_total", {"model": "iris", "version": "2"})
+        disagreed = value(
+            "modelfleet_agent_shadow_disagreements_total", {"model": "iris", "version": "2"}
+        )
+        assert compared == 10
+        assert disagreed == 10  # lr_b was trained on shifted labels
+
+
+def test_shadow_of_an_identical_model_agrees(v1: LoadedModel, models: Models) -> None:
+    twin = load(models.lr_a, "2")
+    host = ModelHost()
+    host.set_route("iris", Route(v1, twin, Mode.SHADOW, 1.0))
+    app = build_agent_app(host)
+    with TestClient(app) as client:
+        for i in range(5):
+            assert infer(client, models.X[i : i + 1]).status_code == 200
+        client.portal.call(app.state.shadow.join)
+        value = app.state.metrics.registry.get_sample_value
+        labels = {"model": "iris", "version": "2"}
+        assert value("modelfleet_agent_shadow_compared_total", labels) == 5
+        assert value("modelfleet_agent_shadow_disagreements_total", labels) == 0
+
+
+def test_full_shadow_queue_drops_and_counts_instead_of_waiting(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    results: list[bool] = []
+    drops: list[int] = []
+    mirror = ShadowMirror(lambda m, d: results.append(d), lambda: drops.append(1), queue_size=2)
+    inputs = {"X": models.X[:1]}
+    production = v1.infer(inputs)
+
+    async def burst() -> list[bool]:
+        accepted = [mirror.submit(v2, inputs, production) for _ in range(5)]
+        await mirror.join()
+        await mirror.close()
+        return accepted
+
+    accepted = asyncio.run(burst())
+    assert accepted == [True, True, False, False, False]
+    assert len(drops) == 3
+    assert len(results) == 2
+
+
+def test_outputs_disagree_on_labels_or_beyond_tolerance() -> None:
+    a = {"label": np.array([1, 2]), "p": np.array([0.5, 0.5], np.float32)}
+    assert not outputs_disagree(a, dict(a), 1e-4)
+    assert outputs_disagree(a, {**a, "label": np.array([1, 0])}, 1e-4)
+    assert outputs_disagree(a, {**a, "p": np.array([0.5, 0.5002], np.float32)}, 1e-4)
+    assert not outputs_disagree(a, {**a, "p": np.array([0.5, 0.50005], np.float32)}, 1e-4)
+    assert outputs_disagree(a, {"label": a["label"]}, 1e-4)
+
+
+def test_metrics_count_requests_per_version_in_a_registry_per_app(
+    host: ModelHost, models: Models
+) -> None:
+    other = build_agent_app(host)  # a second app in the same process must not collide
+    app = build_agent_app(host, shadow=ShadowSettings(queue_size=4))
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert infer(client, models.X[:1]).status_code == 200
+        assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
+        text = client.get("/metrics").text
+    assert 'modelfleet_agent_requests_total{model="iris",outcome="success",version="1"} 3.0' in text
+    assert (
+        'modelfleet_agent_requests_total{model="iris",outcome="client_error",version="1"} 1.0'
+        in text
+    )
+    assert 'modelfleet_agent_request_seconds_count{model="iris",version="1"} 4.0' in text
+    assert "modelfleet_agent_shadow_dropped_total 0.0" in text
+    assert 'modelfleet_agent_active_version_info{candidate="",mode="full"' in text
+    assert other.state.metrics.registry is not app.state.metrics.registry
+
+
+class Control:
+    token = "s3cret"
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "idle"}
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        if self.reasons:
+            raise ConflictError("already rolled back")
+        self.reasons.append(reason)
+        return {"rolled_back": True}
+
+
+def test_control_routes_need_the_bearer_token(host: ModelHost) -> None:
+    control = Control()
+    with TestClient(build_agent_app(host, control=control)) as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+            response = client.get("/agent/status", headers=headers)
+            assert response.status_code == 401
+            assert "error" in response.json()
+            assert client.post("/agent/rollback", headers=headers).status_code == 401
+        auth = {"authorization": "Bearer s3cret"}
+        assert client.get("/agent/status", headers=auth).json() == {"state": "idle"}
+        response = client.post("/agent/rollback", headers=auth, json={"reason": "p99 too high"})
+        assert response.json() == {"rolled_back": True}
+        assert control.reasons == ["p99 too high"]
+        again = client.post("/agent/rollback", headers=auth)
+        assert again.status_code == 409
+        assert again.json() == {"error": "already rolled back"}
+
+
+def test_without_control_the_control_routes_do_not_exist(client: TestClient) -> None:
+    assert client.get("/agent/status").status_code == 404
