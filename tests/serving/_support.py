@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import uvicorn
 from onnx import TensorProto, helper
 
 from modelfleet.serving.runtime import LoadedModel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,35 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+class AppClient:
+    """A synchronous face on ``httpx.AsyncClient`` over ``ASGITransport``, on one event loop
+    that also runs the app's background work (the shadow worker) between requests."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://agent"
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self.loop.run_until_complete(self.client.request(method, path, **kwargs))
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        return self.loop.run_until_complete(make())
+
+    def __enter__(self) -> AppClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.run_until_complete(self.app.state.shadow.close())
+        self.loop.close()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from starlette.testclient import TestClient
 
 from modelfleet.agent.app import ServingLimits, ShadowSettings, build_agent_app
 from modelfleet.agent.metrics import AgentMetrics
@@ -21,7 +20,7 @@ from modelfleet.serving.host import ModelHost
 from modelfleet.serving.router import Route
 from modelfleet.serving.runtime import LoadedModel
 from modelfleet.serving.shadow import ShadowMirror, outputs_disagree
-from tests.serving._support import Models, load
+from tests.serving._support import AppClient, Models, load
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,8 @@ def host(v1: LoadedModel) -> ModelHost:
 
 
 @pytest.fixture()
-def client(host: ModelHost) -> Iterator[TestClient]:
-    with TestClient(build_agent_app(host)) as c:
+def client(host: ModelHost) -> Iterator[AppClient]:
+    with AppClient(build_agent_app(host)) as c:
         yield c
 
 
@@ -52,13 +51,13 @@ def body(x: np.ndarray, **extra: Any) -> bytes:
     return orjson.dumps({"inputs": [tensor], **extra})
 
 
-def infer(client: TestClient, x: np.ndarray, path: str = "/v2/models/iris/infer", **kw: Any) -> Any:
+def infer(client: AppClient, x: np.ndarray, path: str = "/v2/models/iris/infer", **kw: Any) -> Any:
     return client.post(path, content=body(x), **kw)
 
 
 def test_health_live_and_ready_follow_the_route_table(v1: LoadedModel) -> None:
     host = ModelHost()
-    with TestClient(build_agent_app(host)) as client:
+    with AppClient(build_agent_app(host)) as client:
         assert client.get("/v2/health/live").status_code == 200
         not_ready = client.get("/v2/health/ready")
         assert not_ready.status_code == 400
@@ -68,7 +67,7 @@ def test_health_live_and_ready_follow_the_route_table(v1: LoadedModel) -> None:
         assert (ready.status_code, ready.content) == (200, b"")
 
 
-def test_server_metadata_advertises_binary_tensor_data(client: TestClient) -> None:
+def test_server_metadata_advertises_binary_tensor_data(client: AppClient) -> None:
     meta = client.get("/v2").json()
     assert meta["name"] == "modelfleet"
     assert "binary_tensor_data" in meta["extensions"]
@@ -78,7 +77,7 @@ def test_server_metadata_advertises_binary_tensor_data(client: TestClient) -> No
 def test_model_metadata_lists_versions_and_schema(models: Models, v1: LoadedModel) -> None:
     host = ModelHost()
     host.set_route("iris", Route(v1, load(models.lr_b, "2"), Mode.SPLIT, 0.1))
-    with TestClient(build_agent_app(host)) as client:
+    with AppClient(build_agent_app(host)) as client:
         meta = client.get("/v2/models/iris").json()
         assert meta == {
             "name": "iris",
@@ -108,7 +107,7 @@ NOT_FOUND = [
 
 @pytest.mark.parametrize(("method", "path"), NOT_FOUND)
 def test_unknown_model_version_or_path_is_404_with_json_error(
-    client: TestClient, method: str, path: str
+    client: AppClient, method: str, path: str
 ) -> None:
     response = client.request(method, path, content=body(np.zeros((1, 4), np.float32)))
     assert response.status_code == 404
@@ -116,14 +115,14 @@ def test_unknown_model_version_or_path_is_404_with_json_error(
     assert response.json()["error"]
 
 
-def test_wrong_method_is_405_with_json_error(client: TestClient) -> None:
+def test_wrong_method_is_405_with_json_error(client: AppClient) -> None:
     response = client.get("/v2/models/iris/infer")
     assert response.status_code == 405
     assert "error" in response.json()
 
 
 def test_infer_answers_with_model_version_and_version_header(
-    client: TestClient, models: Models, v1: LoadedModel
+    client: AppClient, models: Models, v1: LoadedModel
 ) -> None:
     x = models.X[:3]
     response = infer(client, x, headers={"content-type": ""})
@@ -137,7 +136,7 @@ def test_infer_answers_with_model_version_and_version_header(
 
 
 def test_infer_echoes_request_id_and_honours_requested_outputs(
-    client: TestClient, models: Models
+    client: AppClient, models: Models
 ) -> None:
     x = models.X[:2]
     content = body(x, id="abc", outputs=[{"name": "probabilities"}])
@@ -165,7 +164,7 @@ BAD_REQUESTS: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 def test_bad_tensor_requests_are_400_with_json_error_and_version(
-    client: TestClient, case: str
+    client: AppClient, case: str
 ) -> None:
     content, message = BAD_REQUESTS[case]
     response = client.post("/v2/models/iris/infer", content=content)
@@ -174,7 +173,7 @@ def test_bad_tensor_requests_are_400_with_json_error_and_version(
     assert response.headers["modelfleet-version"] == "1"
 
 
-def test_bad_header_length_is_400(client: TestClient, models: Models) -> None:
+def test_bad_header_length_is_400(client: AppClient, models: Models) -> None:
     response = infer(client, models.X[:1], headers={"Inference-Header-Content-Length": "x"})
     assert response.status_code == 400
     assert "Inference-Header-Content-Length" in response.json()["error"]
@@ -182,7 +181,7 @@ def test_bad_header_length_is_400(client: TestClient, models: Models) -> None:
 
 def test_body_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
     app = build_agent_app(host, limits=ServingLimits(max_body_bytes=100))
-    with TestClient(app) as client:
+    with AppClient(app) as client:
         response = infer(client, models.X[:10])
         assert response.status_code == 413
         assert "limit of 100 bytes" in response.json()["error"]
@@ -191,21 +190,35 @@ def test_body_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
 def test_streamed_body_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
     app = build_agent_app(host, limits=ServingLimits(max_body_bytes=100))
     content = body(models.X[:10])
-    with TestClient(app) as client:
-        chunks = iter([content[:60], content[60:]])  # no Content-Length: chunked
-        response = client.post("/v2/models/iris/infer", content=chunks)
+    with AppClient(app) as client:
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+            yield content[:60]
+            yield content[60:]
+
+        response = client.post("/v2/models/iris/infer", content=chunks())
         assert response.status_code == 413
 
 
 def test_batch_over_the_limit_is_413(host: ModelHost, models: Models) -> None:
-    with TestClient(build_agent_app(host, limits=ServingLimits(max_batch=4))) as client:
+    with AppClient(build_agent_app(host, limits=ServingLimits(max_batch=4))) as client:
         assert infer(client, models.X[:4]).status_code == 200
         response = infer(client, models.X[:5])
         assert response.status_code == 413
         assert "batch of 5" in response.json()["error"]
 
 
-def test_gzip_request_body_is_accepted(client: TestClient, models: Models) -> None:
+def test_large_batch_runs_off_the_event_loop_with_the_same_answer(
+    host: ModelHost, models: Models, v1: LoadedModel
+) -> None:
+    with AppClient(build_agent_app(host, limits=ServingLimits(inline_max_rows=8))) as client:
+        x = models.X[:50]
+        doc = infer(client, x).json()
+    label = next(o for o in doc["outputs"] if o["name"] == "label")["data"]
+    assert label == v1.infer({"X": x})["label"].tolist()
+
+
+def test_gzip_request_body_is_accepted(client: AppClient, models: Models) -> None:
     content = gzip.compress(body(models.X[:2]))
     response = client.post(
         "/v2/models/iris/infer", content=content, headers={"content-encoding": "gzip"}
@@ -215,7 +228,7 @@ def test_gzip_request_body_is_accepted(client: TestClient, models: Models) -> No
 
 def test_gzip_bomb_over_the_limit_is_413(host: ModelHost) -> None:
     bomb = gzip.compress(b" " * 10_000)
-    with TestClient(build_agent_app(host, limits=ServingLimits(max_body_bytes=1000))) as client:
+    with AppClient(build_agent_app(host, limits=ServingLimits(max_body_bytes=1000))) as client:
         response = client.post(
             "/v2/models/iris/infer", content=bomb, headers={"content-encoding": "gzip"}
         )
@@ -231,7 +244,7 @@ def test_runtime_failure_is_500_with_json_error(v1: LoadedModel, models: Models)
     broken = LoadedModel("iris", "7", "sha256:7", ExplodingSession(), v1.schema)
     host = ModelHost()
     host.set_route("iris", Route(broken))
-    with TestClient(build_agent_app(host)) as client:
+    with AppClient(build_agent_app(host)) as client:
         response = infer(client, models.X[:1])
         assert response.status_code == 500
         assert response.json() == {"error": "internal error: RuntimeError"}
@@ -243,7 +256,7 @@ def test_explicit_version_in_url_is_served_by_that_version(
 ) -> None:
     host = ModelHost()
     host.set_route("iris", Route(v1, v2, Mode.SPLIT, 0.0))
-    with TestClient(build_agent_app(host)) as client:
+    with AppClient(build_agent_app(host)) as client:
         response = infer(client, models.X[:3], path="/v2/models/iris/versions/2/infer")
         assert response.json()["model_version"] == "2"
         labels = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
@@ -256,7 +269,7 @@ def test_split_sticks_to_routing_key_and_replayed_version_pins(
     host = ModelHost()
     host.set_route("iris", Route(v1, v2, Mode.SPLIT, 0.5))
     x = models.X[:1]
-    with TestClient(build_agent_app(host)) as client:
+    with AppClient(build_agent_app(host)) as client:
         served: dict[str, set[str]] = {}
         for i in range(40):
             key = f"user-{i}"
@@ -280,17 +293,19 @@ def test_shadow_answers_with_production_and_counts_disagreement(
     app = build_agent_app(host)
     x = models.X[:20]
     want = v1.infer({"X": x})
-    with TestClient(app) as client:
+    with AppClient(app) as client:
         for i in range(10):
             response = infer(client, x[i : i + 2])
             doc = response.json()
             assert doc["model_version"] == "1"
             label = next(o for o in doc["outputs"] if o["name"] == "label")["data"]
             assert label == want["label"][i : i + 2].tolist()
-        client.portal.call(app.state.shadow.join)
+        client.run(app.state.shadow.join)
         metrics: AgentMetrics = app.state.metrics
         value = metrics.registry.get_sample_value
-        compared = value("modelfleet_agent_shadow_compared_total", {"model": "iris", "version": "2"})
+        compared = value(
+            "modelfleet_agent_shadow_compared_total", {"model": "iris", "version": "2"}
+        )
         disagreed = value(
             "modelfleet_agent_shadow_disagreements_total", {"model": "iris", "version": "2"}
         )
@@ -303,10 +318,10 @@ def test_shadow_of_an_identical_model_agrees(v1: LoadedModel, models: Models) ->
     host = ModelHost()
     host.set_route("iris", Route(v1, twin, Mode.SHADOW, 1.0))
     app = build_agent_app(host)
-    with TestClient(app) as client:
+    with AppClient(app) as client:
         for i in range(5):
             assert infer(client, models.X[i : i + 1]).status_code == 200
-        client.portal.call(app.state.shadow.join)
+        client.run(app.state.shadow.join)
         value = app.state.metrics.registry.get_sample_value
         labels = {"model": "iris", "version": "2"}
         assert value("modelfleet_agent_shadow_compared_total", labels) == 5
@@ -348,7 +363,7 @@ def test_metrics_count_requests_per_version_in_a_registry_per_app(
 ) -> None:
     other = build_agent_app(host)  # a second app in the same process must not collide
     app = build_agent_app(host, shadow=ShadowSettings(queue_size=4))
-    with TestClient(app) as client:
+    with AppClient(app) as client:
         for _ in range(3):
             assert infer(client, models.X[:1]).status_code == 200
         assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
@@ -382,7 +397,7 @@ class Control:
 
 def test_control_routes_need_the_bearer_token(host: ModelHost) -> None:
     control = Control()
-    with TestClient(build_agent_app(host, control=control)) as client:
+    with AppClient(build_agent_app(host, control=control)) as client:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
             response = client.get("/agent/status", headers=headers)
             assert response.status_code == 401
@@ -398,5 +413,5 @@ def test_control_routes_need_the_bearer_token(host: ModelHost) -> None:
         assert again.json() == {"error": "already rolled back"}
 
 
-def test_without_control_the_control_routes_do_not_exist(client: TestClient) -> None:
+def test_without_control_the_control_routes_do_not_exist(client: AppClient) -> None:
     assert client.get("/agent/status").status_code == 404

@@ -145,6 +145,11 @@ def _framed(doc: Any, blob: bytes, length_delta: int = 0) -> tuple[bytes, int | 
     return header + blob, len(header) + length_delta
 
 
+def _binary_input(name: str, datatype: str, shape: list[int], size: int) -> dict[str, Any]:
+    tensor = {"name": name, "shape": shape, "datatype": datatype}
+    return {"inputs": [{**tensor, "parameters": {"binary_data_size": size}}]}
+
+
 BYTES_ONE = struct.pack("<I", 2) + b"ab"
 
 MALFORMED: dict[str, tuple[tuple[bytes, int | None], str]] = {
@@ -214,42 +219,40 @@ MALFORMED: dict[str, tuple[tuple[bytes, int | None], str]] = {
     ),
     "bytes length prefix cut short": (
         _framed(
-            {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
-                         "parameters": {"binary_data_size": 3}}]},
+            _binary_input("s", "BYTES", [1], 3),
             b"\x02\x00\x00",
         ),
         "inside a 4-byte length prefix",
-    ),  # fmt: skip
+    ),
     "bytes element longer than the blob": (
         _framed(
-            {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
-                         "parameters": {"binary_data_size": 6}}]},
+            _binary_input("s", "BYTES", [1], 6),
             struct.pack("<I", 9) + b"ab",
         ),
         "claims 9 bytes",
-    ),  # fmt: skip
+    ),
     "bytes element count vs shape": (
         _framed(
-            {"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES",
-                         "parameters": {"binary_data_size": len(BYTES_ONE)}}]},
+            _binary_input("s", "BYTES", [2], len(BYTES_ONE)),
             BYTES_ONE,
         ),
         "holds 1 elements but shape [2] needs 2",
-    ),  # fmt: skip
+    ),
     "bool byte other than 0 or 1": (
         _framed(
-            {"inputs": [{"name": "b", "shape": [2], "datatype": "BOOL",
-                         "parameters": {"binary_data_size": 2}}]},
+            _binary_input("b", "BOOL", [2], 2),
             b"\x01\x07",
         ),
         "bytes 0 or 1",
-    ),  # fmt: skip
+    ),
     "shared memory": (
         _json(_input(data=[1, 2], parameters={"shared_memory_region": "r"})),
         "shared-memory",
     ),
     "classification extension": (
-        _json({**_input(data=[1, 2]), "outputs": [{"name": "y", "parameters": {"classification": 2}}]}),
+        _json(
+            {**_input(data=[1, 2]), "outputs": [{"name": "y", "parameters": {"classification": 1}}]}
+        ),
         "classification",
     ),
     "id not a string": (_json({**_input(data=[1, 2]), "id": 7}), "'id' must be a string"),

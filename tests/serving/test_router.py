@@ -75,8 +75,7 @@ def test_split_without_key_follows_the_random_draw(v1: LoadedModel, v2: LoadedMo
 
 def test_bucket_is_the_same_in_another_process() -> None:
     code = (
-        "from modelfleet.serving.router import bucket_of;"
-        "print(repr(bucket_of('iris', 'user-7')))"
+        "from modelfleet.serving.router import bucket_of;print(repr(bucket_of('iris', 'user-7')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -85,9 +84,7 @@ def test_bucket_is_the_same_in_another_process() -> None:
 
 
 def test_bucket_differs_between_models_for_the_same_key() -> None:
-    same = sum(
-        (bucket_of("a", k) < 0.5) == (bucket_of("b", k) < 0.5) for k in keys(2000)
-    )
+    same = sum((bucket_of("a", k) < 0.5) == (bucket_of("b", k) < 0.5) for k in keys(2000))
     assert 850 < same < 1150  # independent halves agree about half the time
 
 

@@ -20,6 +20,7 @@ the inference itself (see ``research/anchors-measured.md``).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import random
@@ -96,10 +97,14 @@ class ServingLimits:
     Attributes:
         max_body_bytes: largest request body (after decompression), else 413.
         max_batch: largest first dimension of any input tensor, else 413.
+        inline_max_rows: requests up to this batch run ONNX Runtime inline on the event
+            loop (a thread hop costs more than a small model's inference); larger ones run
+            on a worker thread so they do not stall other requests (ORT releases the GIL).
     """
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 4096
+    inline_max_rows: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +263,7 @@ class _InferEndpoint:
         self._observe = stats.observe_request
         self._max_body = limits.max_body_bytes
         self._max_batch = limits.max_batch
+        self._inline_max_rows = limits.inline_max_rows
         self._rng = rng
 
     async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
@@ -306,18 +312,27 @@ class _InferEndpoint:
                 body, length, raw_input=inputs[0] if len(inputs) == 1 else None
             )
             max_batch = self._max_batch
+            rows = 0
             for arr in req.inputs.values():
-                if arr.ndim and arr.shape[0] > max_batch:
-                    raise PayloadTooLargeError(
-                        f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
-                    )
+                if arr.ndim:
+                    if arr.shape[0] > max_batch:
+                        raise PayloadTooLargeError(
+                            f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
+                        )
+                    rows = max(rows, arr.shape[0])
             wanted = req.output_names
-            if shadow_model is None:
-                outputs = model.infer(req.inputs, wanted)
+            run_all = shadow_model is not None
+            if rows <= self._inline_max_rows:
+                outputs = model.infer(req.inputs, None if run_all else wanted)
             else:
-                every = model.infer(req.inputs)
-                outputs = every if wanted is None else _pick(every, wanted)
-                self._mirror.submit(shadow_model, req.inputs, every)
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(
+                    None, model.infer, req.inputs, None if run_all else wanted
+                )
+            if shadow_model is not None:
+                self._mirror.submit(shadow_model, req.inputs, outputs)
+                if wanted is not None:
+                    outputs = _pick(outputs, wanted)
             binary: Mapping[str, bool] | bool = (
                 {o.name: req.binary_for(o.name) for o in req.outputs}
                 if req.outputs
@@ -528,8 +543,10 @@ def _control_routes(control: AgentControl) -> list[HttpRoute]:
     def authorised(request: Request) -> Response | None:
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
-        if not control.token or scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), control.token.encode()
+        if (
+            not control.token
+            or scheme.lower() != "bearer"
+            or not hmac.compare_digest(presented.strip().encode(), control.token.encode())
         ):
             return _error(401, "a valid control token is required", {"www-authenticate": "Bearer"})
         return None
@@ -553,7 +570,7 @@ def _control_routes(control: AgentControl) -> list[HttpRoute]:
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
-                return _error(400, "the body must be JSON like {\"reason\": \"...\"}")
+                return _error(400, 'the body must be JSON like {"reason": "..."}')
             if isinstance(doc, dict) and isinstance(doc.get("reason"), str) and doc["reason"]:
                 reason = doc["reason"]
         try:

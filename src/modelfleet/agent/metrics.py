@@ -124,8 +124,9 @@ class AgentMetrics:
     def observe_shadow(self, model: str, version: str, disagreed: bool) -> None:
         """Count one finished shadow comparison of candidate ``version``."""
         self.shadow_compared.labels(model, version).inc()
+        disagreements = self.shadow_disagreements.labels(model, version)  # exists at 0 too
         if disagreed:
-            self.shadow_disagreements.labels(model, version).inc()
+            disagreements.inc()
 
     def observe_shadow_dropped(self) -> None:
         """Count one shadow request dropped at a full queue."""

@@ -12,7 +12,8 @@ from rich.table import Table
 
 __all__ = ["console", "err_console", "print_json", "table"]
 
-console = Console(highlight=False)
+# Piped output has no terminal width; wide enough that digests and timestamps fit.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -41,7 +42,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     """Print a table with the given column headers."""
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for row in rows:
         t.add_row(*(_cell(v) for v in row))
     console.print(t)

@@ -125,7 +125,7 @@ def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConf
         raw = tomllib.loads(hub_home.config_file.read_text("utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(
-            f"{hub_home.root} is not a hub home (no config.toml); run `modelfleet hub init`"
+            f"{hub_home.root} is not a hub home (no config.toml); run `modelfleet init HOME`"
         ) from e
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read {hub_home.config_file}: {e}") from e

@@ -168,7 +168,7 @@ class HubService:
         paths = config.paths
         if not paths.is_initialised():
             raise ConfigError(
-                f"{paths.root} is not an initialised hub home; run `modelfleet hub init`"
+                f"{paths.root} is not an initialised hub home; run `modelfleet init HOME`"
             )
         self.config = config
         self.clock = clock

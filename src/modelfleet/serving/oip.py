@@ -132,8 +132,7 @@ def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: st
         raise _fail(f"input {name!r}: 'data' is not a regular (non-ragged) array: {e}") from None
     if arr.size != count:
         raise _fail(
-            f"input {name!r}: 'data' has {arr.size} elements but shape {list(shape)} "
-            f"needs {count}"
+            f"input {name!r}: 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
         )
     if count == 0:
         return np.zeros(shape, dtype=dtype)
@@ -486,9 +485,7 @@ def encode_infer_response(
         The body and the headers to send with it: ``content-type`` and, when any output is
         binary, ``inference-header-content-length``.
     """
-    body, header_length = encode_infer_body(
-        model_name, model_version, request_id, outputs, binary
-    )
+    body, header_length = encode_infer_body(model_name, model_version, request_id, outputs, binary)
     if header_length is None:
         return body, {"content-type": "application/json"}
     return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_length)}
