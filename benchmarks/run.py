@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("benchmark", nargs="?", default="serving", choices=["serving"])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (5)")
-    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per cell (3)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
+    parser.add_argument("--repeats", type=int, default=5, help="wrk runs per cell (5)")
     parser.add_argument(
         "--concurrency",
         type=_concurrency,

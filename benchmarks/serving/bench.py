@@ -66,8 +66,8 @@ class Options:
         write_docs: replace the generated section of docs/benchmarks.md.
     """
 
-    duration: int = 5
-    repeats: int = 3
+    duration: int = 3
+    repeats: int = 5
     concurrency: tuple[int, ...] = (1, 8, 64)
     warmup: int = 2
     skip_mlserver: bool = False
@@ -99,6 +99,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and the serving files that differ from it (work in progress)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "src/modelfleet/serving", "src/modelfleet/agent")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+        "uncommitted_serving_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
 def machine_info(wrk_path: str) -> dict[str, Any]:
     """nproc, CPU model, kernel, Python, package versions, wrk version, load average."""
     return {
@@ -109,6 +129,7 @@ def machine_info(wrk_path: str) -> dict[str, Any]:
         "packages": _versions(PROJECT_PACKAGES),
         "wrk": wrk.wrk_version(wrk_path),
         "loadavg_start": list(os.getloadavg()),
+        "git": _git_state(),
     }
 
 
@@ -253,6 +274,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rps": med("rps"),
         "p50_ms": med("p50_ms"),
         "p99_ms": med("p99_ms"),
+        "server_cpu_us_per_request": med("server_cpu_us_per_request"),
         "requests": sum(r["requests"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "socket_errors": sum(r["socket_errors"] for r in runs),
@@ -303,12 +325,11 @@ def run(opts: Options) -> int:
 
     print("in-process: bare session.run vs the agent's handler path ...", flush=True)
     warm = max(1000, opts.inproc_calls // 10)
-    in_process = inproc.measure_paths(bench, opts.inproc_calls, warm)
-    in_process.update(inproc.measure_asgi(bench, opts.inproc_calls, warm))
+    in_process = inproc.measure(bench, opts.inproc_calls, warm)
+    functions, app = in_process["agent_functions"], in_process["agent_asgi"]
     print(
-        f"  bare p50 {in_process['bare']['p50_us']:.2f} us, agent path p50 "
-        f"{in_process['agent_path']['p50_us']:.2f} us, overhead "
-        f"{in_process['overhead_p50_us']:.2f} us",
+        f"  bare p50 {functions['bare']['p50_us']:.2f} us; overhead p50: agent functions "
+        f"{functions['overhead_p50_us']:.2f} us, agent app (ASGI) {app['overhead_p50_us']:.2f} us",
         flush=True,
     )
 
@@ -339,9 +360,16 @@ def run(opts: Options) -> int:
         for repeat in range(opts.repeats):
             for c in opts.concurrency:
                 for server in live:
+                    cpu_before = server.cpu_seconds()
                     result, text = wrk.run(wrk_path, server.url, lua, c, opts.duration)
+                    cpu = server.cpu_seconds() - cpu_before
                     (run_dir / f"wrk-{server.key}-c{c}-r{repeat}.txt").write_text(text)
-                    raw[server.key][str(c)].append(result.to_dict())
+                    raw[server.key][str(c)].append(
+                        {
+                            **result.to_dict(),
+                            "server_cpu_us_per_request": cpu * 1e6 / max(1, result.requests),
+                        }
+                    )
                     print(
                         f"[{repeat + 1}/{opts.repeats}] c={c:<3} {server.key:<18} "
                         f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.3f} ms  "

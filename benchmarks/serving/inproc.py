@@ -1,14 +1,19 @@
-"""In-process latency: bare ``session.run`` vs the agent's serving path, no sockets.
-
-Three measurements, all on the benchmark model and body:
+"""In-process latency, no sockets: bare ``session.run`` vs the agent's request path.
 
 * ``bare``: ``InferenceSession.run`` on the decoded row (``intra_op_num_threads=1``).
-* ``agent_path``: the functions the agent's ``infer`` handler calls, in its order: route
-  lookup, ``choose``, ``decode_infer_request``, the batch limit, ``LoadedModel.infer``
-  (validation + run), ``encode_infer_response``, metrics. Timed per call and, separately,
-  per stage. Bare and path calls alternate in one loop so both see the same machine state.
-* ``asgi``: the real Starlette apps (agent and naive) called as ASGI callables with a
-  prepared scope, so routing, request and response objects are included, sockets are not.
+* ``agent_functions``: the serving functions the agent's infer endpoint calls, in its order
+  (route lookup, ``choose``, OIP decoding, batch limit, validation + run, encoding,
+  metrics), without the ASGI plumbing.
+* ``agent_asgi``: the real agent app (``build_agent_app``) called as an ASGI callable with a
+  prepared scope and body: everything the agent does for a request, sockets and the HTTP
+  parser excepted. ``naive_asgi`` and ``naive_fastapi_asgi``: the hand-written baseline,
+  on Starlette and on FastAPI.
+* Each path is measured in its own loop in which a bare call and a path call alternate, so
+  both see the same machine state; overhead = p50(path) − p50(bare).
+* ``stages``: the serving functions the agent's infer endpoint calls, each timed alone
+  (route + ``choose``, ``decode_infer_request``, ``LoadedModel.validate``,
+  ``LoadedModel.infer``, the response encoder, ``AgentMetrics.observe_request``) — a
+  profile of where the overhead goes. Skipped with a note if those functions change shape.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 
 from benchmarks.serving.model import INPUT_NAME, MODEL_NAME, MODEL_VERSION, BenchModel
 
+_PATH = f"/v2/models/{MODEL_NAME}/infer"
+
 
 def _summary(ns: np.ndarray) -> dict[str, float]:
     us = ns / 1e3
@@ -36,6 +43,7 @@ def _summary(ns: np.ndarray) -> dict[str, float]:
 
 
 def _agent_parts(model_path: Path) -> tuple[Any, Any, Any]:
+    """Host, metrics and app, built the way the agent builds them."""
     from modelfleet.agent.app import build_agent_app
     from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.hashing import sha256_file
@@ -52,172 +60,207 @@ def _agent_parts(model_path: Path) -> tuple[Any, Any, Any]:
     return host, metrics, build_agent_app(host, metrics=metrics)
 
 
-def measure_paths(bench: BenchModel, calls: int, warmup: int) -> dict[str, Any]:
-    """Bare ``session.run`` and the agent's handler path, interleaved; plus a stage breakdown.
+class _AsgiCall:
+    """Calls an ASGI app with a fixed POST request; records response statuses."""
+
+    def __init__(self, app: Any, body: bytes) -> None:
+        self.app = app
+        self.statuses: list[int] = []
+        self._scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": _PATH,
+            "raw_path": _PATH.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+            ],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+        }
+        self._message = {"type": "http.request", "body": body, "more_body": False}
+
+    async def _receive(self) -> dict[str, Any]:
+        return self._message
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            self.statuses.append(event["status"])
+
+    async def __call__(self) -> None:
+        scope = dict(self._scope)  # a server builds a fresh scope per request
+        scope["state"] = {}
+        await self.app(scope, self._receive, self._send)
+
+
+def _run(factory: Callable[[], Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(factory())
+    return uvloop.run(factory())
+
+
+def _agent_functions(host: Any, metrics: Any, body: bytes) -> Callable[[], bytes]:
+    """The serving functions the agent's infer endpoint calls, in its order, as one call.
+
+    Mirrors ``_InferEndpoint.__call__`` in ``modelfleet/agent/app.py`` minus the ASGI
+    plumbing: route lookup, ``choose``, ``decode_infer_request``, the batch limit,
+    ``LoadedModel.infer`` (validation + run), the response encoder, the version header,
+    ``AgentMetrics.observe_request``.
+    """
+    from modelfleet.serving import oip
+    from modelfleet.serving.router import choose
+
+    encode_body = getattr(oip, "encode_infer_body", None)
+    decode = oip.decode_infer_request
+    observe = metrics.observe_request
+    rng = random.random
+
+    def path() -> bytes:
+        start = time.perf_counter()
+        route = host.route(MODEL_NAME)
+        model = choose(route, None, None, rng())[0]
+        inputs = model.schema.inputs
+        req = decode(body, None, raw_input=inputs[0] if len(inputs) == 1 else None)
+        for arr in req.inputs.values():
+            if arr.ndim and arr.shape[0] > 4096:
+                raise AssertionError("over the batch limit")
+        outputs = model.infer(req.inputs, req.output_names)
+        if encode_body is not None:
+            content, _ = encode_body(MODEL_NAME, model.version, req.id, outputs, False)
+            headers = [(b"content-length", str(len(content)).encode())]
+            headers.append((b"modelfleet-version", model.version.encode()))
+        else:
+            content, _headers = oip.encode_infer_response(
+                MODEL_NAME, model.version, req.id, outputs, False
+            )
+        observe(MODEL_NAME, model.version, "success", time.perf_counter() - start)
+        return bytes(content)
+
+    return path
+
+
+def measure(bench: BenchModel, calls: int, warmup: int) -> dict[str, Any]:
+    """Bare ``session.run`` against each agent and baseline path, in alternating pairs.
+
+    Each comparison runs its own loop in which one bare call and one call of the path
+    alternate, so both halves of a pair see the same machine state.
 
     Returns:
-        ``{"bare": summary, "agent_path": summary, "overhead_p50_us": ..., "stages": {...}}``
-        where a summary has p50/p99/mean in microseconds.
+        Per path (``agent_functions``, ``agent_asgi``, ``naive_asgi``, ``naive_fastapi_asgi``):
+        ``{"bare": summary, "path": summary, "overhead_p50_us": ..., "overhead_mean_us": ...}``
+        (summaries in µs); ``stages_p50_us`` (or ``stages_error``).
+
+    Raises:
+        RuntimeError: an app answered something other than 200.
     """
     import onnxruntime as ort
 
-    from modelfleet.agent.app import VERSION_HEADER
-    from modelfleet.serving.oip import decode_infer_request, encode_infer_response
-    from modelfleet.serving.router import choose
+    from benchmarks.serving.naive_app import build_naive_app
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(bench.path), options, providers=["CPUExecutionProvider"])
-    row = bench.row
-    feed = {INPUT_NAME: row}
-    host, metrics, _ = _agent_parts(bench.path)
-    observe = metrics.observe_request
-    body = bench.body
-    rng = random.random
-    max_batch = 4096
+    feed = {INPUT_NAME: bench.row}
+    host, metrics, agent = _agent_parts(bench.path)
+    apps = {
+        "agent_asgi": _AsgiCall(agent, bench.body),
+        "naive_asgi": _AsgiCall(build_naive_app(str(bench.path), MODEL_NAME), bench.body),
+        "naive_fastapi_asgi": _AsgiCall(
+            build_naive_app(str(bench.path), MODEL_NAME, fastapi=True), bench.body
+        ),
+    }
+    run = session.run
     perf = time.perf_counter_ns
+    result: dict[str, Any] = {}
 
-    def agent_path() -> bytes:
-        start = time.perf_counter()
-        route = host.route(MODEL_NAME)
-        decision = choose(route, None, None, rng())
-        model = decision.serve
-        inputs = model.schema.inputs
-        req = decode_infer_request(body, None, raw_input=inputs[0] if len(inputs) == 1 else None)
-        for arr in req.inputs.values():
-            if arr.ndim and arr.shape[0] > max_batch:
-                raise AssertionError("batch limit")
-        outputs = model.infer(req.inputs, req.output_names)
-        content, headers = encode_infer_response(
-            MODEL_NAME, model.version, req.id, outputs, req.binary_data_output
-        )
-        headers[VERSION_HEADER] = model.version
-        observe(MODEL_NAME, model.version, "success", time.perf_counter() - start)
-        return content
+    def pairs(bare: np.ndarray, path: np.ndarray, i: int, t0: int, t1: int, t2: int) -> None:
+        if i >= 0:
+            bare[i] = t1 - t0
+            path[i] = t2 - t1
 
-    for _ in range(warmup):
-        session.run(None, feed)
-        agent_path()
-    bare = np.empty(calls, dtype=np.int64)
-    path = np.empty(calls, dtype=np.int64)
-    for i in range(calls):
+    def summarise(key: str, bare: np.ndarray, path: np.ndarray) -> None:
+        b, p = _summary(bare), _summary(path)
+        result[key] = {
+            "bare": b,
+            "path": p,
+            "overhead_p50_us": p["p50_us"] - b["p50_us"],
+            "overhead_mean_us": p["mean_us"] - b["mean_us"],
+        }
+
+    functions = _agent_functions(host, metrics, bench.body)
+    bare, path = np.empty(calls, dtype=np.int64), np.empty(calls, dtype=np.int64)
+    for i in range(-warmup, calls):
         t0 = perf()
-        session.run(None, feed)
+        run(None, feed)
         t1 = perf()
-        agent_path()
-        t2 = perf()
-        bare[i] = t1 - t0
-        path[i] = t2 - t1
+        functions()
+        pairs(bare, path, i, t0, t1, perf())
+    summarise("agent_functions", bare, path)
 
-    # Stage breakdown (each stage timed on its own; timer cost ~0.05 µs per stage).
+    for key, call in apps.items():
+        bare, path = np.empty(calls, dtype=np.int64), np.empty(calls, dtype=np.int64)
+
+        async def loop(
+            call: _AsgiCall = call, bare: np.ndarray = bare, path: np.ndarray = path
+        ) -> None:
+            for i in range(-warmup, calls):
+                t0 = perf()
+                run(None, feed)
+                t1 = perf()
+                await call()
+                pairs(bare, path, i, t0, t1, perf())
+
+        _run(loop)
+        bad = [s for s in call.statuses if s != 200]
+        if bad:
+            raise RuntimeError(f"{key}: the in-process call answered {bad[0]}")
+        summarise(key, bare, path)
+
+    try:
+        result["stages_p50_us"] = _stages(host, metrics, bench.body, calls)
+    except Exception as e:  # the serving API moved: report, do not fail the benchmark
+        result["stages_error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+def _stages(host: Any, metrics: Any, body: bytes, calls: int) -> dict[str, float]:
+    """p50 µs of each serving step the infer endpoint takes, each timed alone."""
+    from modelfleet.serving import oip
+    from modelfleet.serving.oip import decode_infer_request
+    from modelfleet.serving.router import choose
+
+    encode = getattr(oip, "encode_infer_body", None) or oip.encode_infer_response
+    observe = metrics.observe_request
+    rng = random.random
+    perf = time.perf_counter_ns
+    model = host.route(MODEL_NAME).production
+    spec = model.schema.inputs[0]
     names = ["route+choose", "decode", "validate", "infer (validate+run)", "encode", "metrics"]
     stages = {name: np.empty(calls, dtype=np.int64) for name in names}
-    model = host.route(MODEL_NAME).production
     for i in range(calls):
         t0 = perf()
         route = host.route(MODEL_NAME)
         choose(route, None, None, rng())
         t1 = perf()
-        req = decode_infer_request(body, None, raw_input=model.schema.inputs[0])
+        req = decode_infer_request(body, None, raw_input=spec)
         t2 = perf()
         model.validate(req.inputs)
         t3 = perf()
         outputs = model.infer(req.inputs, req.output_names)
         t4 = perf()
-        encode_infer_response(MODEL_NAME, model.version, req.id, outputs, False)
+        encode(MODEL_NAME, model.version, req.id, outputs, False)
         t5 = perf()
         observe(MODEL_NAME, model.version, "success", 0.0002)
         t6 = perf()
-        for name, dt in zip(
-            names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True
-        ):
+        deltas = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+        for name, dt in zip(names, deltas, strict=True):
             stages[name][i] = dt
-    bare_s, path_s = _summary(bare), _summary(path)
-    return {
-        "bare": bare_s,
-        "agent_path": path_s,
-        "overhead_p50_us": path_s["p50_us"] - bare_s["p50_us"],
-        "overhead_mean_us": path_s["mean_us"] - bare_s["mean_us"],
-        "stages_p50_us": {name: float(np.percentile(v, 50)) / 1e3 for name, v in stages.items()},
-    }
-
-
-def _asgi_timer(app: Any, path: str, body: bytes, calls: int, warmup: int) -> np.ndarray:
-    scope_base = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
-    message = {"type": "http.request", "body": body, "more_body": False}
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return message
-
-    async def send(event: dict[str, Any]) -> None:
-        if event["type"] == "http.response.start":
-            statuses.append(event["status"])
-
-    async def loop() -> np.ndarray:
-        perf = time.perf_counter_ns
-        out = np.empty(calls, dtype=np.int64)
-        for i in range(warmup + calls):
-            scope = dict(scope_base)
-            scope["state"] = {}
-            t0 = perf()
-            await app(scope, receive, send)
-            if i >= warmup:
-                out[i - warmup] = perf() - t0
-        return out
-
-    result = _run(loop)
-    bad = [s for s in statuses if s != 200]
-    if bad:
-        raise RuntimeError(f"in-process ASGI call answered {bad[0]}")
-    return result
-
-
-def _run(factory: Callable[[], Any]) -> np.ndarray:
-    try:
-        import uvloop
-
-        result: np.ndarray = uvloop.run(factory())
-    except ImportError:
-        result = asyncio.run(factory())
-    return result
-
-
-def measure_asgi(bench: BenchModel, calls: int, warmup: int) -> dict[str, Any]:
-    """Per-call latency of the agent app and the naive app driven as ASGI callables."""
-    from benchmarks.serving.naive_app import build_naive_app
-
-    _, _, agent = _agent_parts(bench.path)
-    naive = build_naive_app(str(bench.path), MODEL_NAME)
-    path = f"/v2/models/{MODEL_NAME}/infer"
-    results: dict[str, Any] = {}
-    # Alternate in blocks so drift hits both apps alike.
-    blocks = 4
-    agent_ns: list[np.ndarray] = []
-    naive_ns: list[np.ndarray] = []
-    for _ in range(blocks):
-        agent_ns.append(_asgi_timer(agent, path, bench.body, calls // blocks, warmup // blocks))
-        naive_ns.append(_asgi_timer(naive, path, bench.body, calls // blocks, warmup // blocks))
-    results["agent_asgi"] = _summary(np.concatenate(agent_ns))
-    results["naive_asgi"] = _summary(np.concatenate(naive_ns))
-    results["agent_minus_naive_p50_us"] = (
-        results["agent_asgi"]["p50_us"] - results["naive_asgi"]["p50_us"]
-    )
-    return results
+    return {name: float(np.percentile(v, 50)) / 1e3 for name, v in stages.items()}

@@ -21,8 +21,13 @@ _NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np
 _OIP = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.float64): "FP64"}
 
 
-def build_naive_app(model_path: str, model_name: str) -> Starlette:
-    """A Starlette app serving ``POST /v2/models/{model_name}/infer`` and readiness."""
+def build_naive_app(model_path: str, model_name: str, *, fastapi: bool = False) -> Any:
+    """A Starlette app serving ``POST /v2/models/{model_name}/infer`` and readiness.
+
+    With ``fastapi=True`` the same handlers are mounted on a FastAPI app instead (the handler
+    takes the raw ``Request``, so no pydantic model is involved), to see what FastAPI's
+    routing and dependency machinery cost over plain Starlette.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
@@ -49,6 +54,13 @@ def build_naive_app(model_path: str, model_name: str) -> Starlette:
     async def ready(request: Request) -> Response:
         return Response(b"", 200)
 
+    if fastapi:
+        from fastapi import FastAPI
+
+        api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        api.add_api_route(f"/v2/models/{model_name}/infer", infer, methods=["POST"])
+        api.add_api_route("/v2/health/ready", ready, methods=["GET"])
+        return api
     return Starlette(
         routes=[
             Route(f"/v2/models/{model_name}/infer", infer, methods=["POST"]),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
@@ -65,6 +67,24 @@ class Server:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{self.key} was not ready after {timeout:.0f} s; see {self.log}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of every live process in the server's process group."""
+        try:
+            pgid = os.getpgid(self.process.pid)
+        except ProcessLookupError:
+            return 0.0
+        ticks = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ...
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / _CLOCK_TICKS
 
     def stop(self) -> None:
         """SIGINT the process group, again if needed (MLServer hangs on the first), then KILL."""

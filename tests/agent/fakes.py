@@ -52,10 +52,11 @@ class MemorySource:
         candidate: ArtefactRef | None = None,
         mode: Mode = Mode.FULL,
         share: float = 0.0,
+        slo: dict[str, float] | None = None,
     ) -> int:
         serial = self.serial.get(device, 0) + 1
         self.serial[device] = serial
-        a = Assignment(production.model, production, candidate, mode, share)
+        a = Assignment(production.model, production, candidate, mode, share, slo or {})
         self.desired[device] = DesiredState(device, serial, (a,)).to_json()
         return serial
 

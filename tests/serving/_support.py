@@ -99,11 +99,11 @@ class AppClient:
     """A synchronous face on ``httpx.AsyncClient`` over ``ASGITransport``, on one event loop
     that also runs the app's background work (the shadow worker) between requests."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, root_path: str = "") -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://agent"
+            transport=httpx.ASGITransport(app=app, root_path=root_path), base_url="http://agent"
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -173,6 +173,32 @@ def test_bad_tensor_requests_are_400_with_json_error_and_version(
     assert response.headers["modelfleet-version"] == "1"
 
 
+def test_raw_binary_request_is_one_tensor_and_answers_in_binary(
+    client: AppClient, models: Models, v1: LoadedModel
+) -> None:
+    x = models.X[:3]
+    response = client.post(
+        "/v2/models/iris/infer",
+        content=x.tobytes(),
+        headers={"Inference-Header-Content-Length": "0"},
+    )
+    assert response.status_code == 200
+    length = int(response.headers["inference-header-content-length"])
+    doc = orjson.loads(response.content[:length])
+    assert doc["model_version"] == "1"
+    label = doc["outputs"][0]
+    assert label["parameters"]["binary_data_size"] == 3 * 8
+    got = np.frombuffer(response.content[length : length + 24], "<i8")
+    np.testing.assert_array_equal(got, v1.infer({"X": x})["label"])
+
+
+def test_infer_works_under_a_root_path_prefix(host: ModelHost, models: Models) -> None:
+    with AppClient(build_agent_app(host), root_path="/edge") as client:
+        response = infer(client, models.X[:1], path="/edge/v2/models/iris/infer")
+        assert response.json()["model_version"] == "1"
+        assert client.get("/edge/v2/models/iris/ready").status_code == 200
+
+
 def test_bad_header_length_is_400(client: AppClient, models: Models) -> None:
     response = infer(client, models.X[:1], headers={"Inference-Header-Content-Length": "x"})
     assert response.status_code == 400
@@ -377,6 +403,76 @@ def test_metrics_count_requests_per_version_in_a_registry_per_app(
     assert "modelfleet_agent_shadow_dropped_total 0.0" in text
     assert 'modelfleet_agent_active_version_info{candidate="",mode="full"' in text
     assert other.state.metrics.registry is not app.state.metrics.registry
+
+
+def test_metrics_snapshot_gives_per_version_counts_for_the_guard(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, v2, Mode.SHADOW, 1.0))
+    app = build_agent_app(host)
+    with AppClient(app) as client:
+        for _ in range(2):
+            assert infer(client, models.X[:1]).status_code == 200
+        assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
+        client.run(app.state.shadow.join)
+    snap = app.state.metrics.snapshot()
+    mine = snap["iris"]["1"]
+    assert (mine["success"], mine["client_error"], mine["server_error"]) == (2, 1, 0)
+    assert mine["latency_count"] == 3
+    assert mine["latency_buckets"][-1] == ["+Inf", 3]
+    assert snap["iris"]["2"]["shadow_compared"] == 2
+    assert snap["iris"]["2"]["shadow_disagreements"] == 2
+    orjson.dumps(snap)  # JSON-able
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, float, bool, float | None]] = []
+        self.comparisons: list[tuple[str, str, bool]] = []
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        latency_s: float,
+        error: bool = False,
+        confidence: float | None = None,
+    ) -> None:
+        self.requests.append((model, version, latency_s, error, confidence))
+
+    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
+        self.comparisons.append((model, version, disagreed))
+
+
+def test_observer_sees_served_requests_and_comparisons_but_not_caller_errors(
+    v1: LoadedModel, v2: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(v1, v2, Mode.SHADOW, 1.0))
+    recorder = Recorder()
+    app = build_agent_app(host, observer=recorder)
+    x = models.X[:4]
+    with AppClient(app) as client:
+        assert infer(client, x).status_code == 200
+        assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
+        client.run(app.state.shadow.join)
+    [(model, version, latency, error, confidence)] = recorder.requests
+    assert (model, version, error) == ("iris", "1", False)
+    assert 0 < latency < 5
+    want = float(v1.infer({"X": x})["probabilities"].max(axis=1).mean())
+    assert confidence == pytest.approx(want)
+    assert recorder.comparisons == [("iris", "2", True)]
+
+
+def test_observer_sees_server_errors_as_errors(v1: LoadedModel, models: Models) -> None:
+    broken = LoadedModel("iris", "7", "sha256:7", ExplodingSession(), v1.schema)
+    host = ModelHost()
+    host.set_route("iris", Route(broken))
+    recorder = Recorder()
+    with AppClient(build_agent_app(host, observer=recorder)) as client:
+        assert infer(client, models.X[:1]).status_code == 500
+    assert [(m, v, e, c) for m, v, _, e, c in recorder.requests] == [("iris", "7", True, None)]
 
 
 class Control:

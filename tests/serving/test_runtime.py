@@ -76,7 +76,7 @@ BAD_INPUTS: dict[str, tuple[dict[str, np.ndarray], str]] = {
     ),
     "int beyond float32 exactness": (
         {"X": np.full((1, 4), 2**25, np.int64)},
-        "expected datatype FP32, got INT64",
+        "expected datatype FP32, got INT64 (a value is beyond what FP32 holds exactly)",
     ),
     "strings into fp32": (
         {"X": np.array([["a"] * 4], dtype=object)},

@@ -14,8 +14,11 @@ Errors are always ``{"error": "..."}``. Without a version in the URL the router 
 (split/shadow); the response header ``modelfleet-version`` names it, and a caller that sends
 it back pins that version; ``modelfleet-routing-key`` makes a split sticky.
 
-ONNX Runtime runs inline on the event loop: for small models a thread hop costs more than
-the inference itself (see ``research/anchors-measured.md``).
+ONNX Runtime runs inline on the event loop for small batches: for small models a thread hop
+costs more than the inference itself. Batches above ``ServingLimits.inline_max_rows`` go to a
+worker thread. Shadow copies are compared off the request path (:mod:`modelfleet.serving.shadow`).
+Every served request (not 4xx) and shadow comparison can be reported to a
+:class:`RequestObserver` (the SLO guard).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ __all__ = [
     "ROUTING_KEY_HEADER",
     "VERSION_HEADER",
     "AgentControl",
+    "RequestObserver",
     "ServingLimits",
     "ShadowSettings",
     "build_agent_app",
@@ -118,6 +122,31 @@ class ShadowSettings:
 
     queue_size: int = 64
     tolerance: float = 1e-4
+
+
+class RequestObserver(Protocol):
+    """Receives every served request and shadow comparison (e.g. the agent's SLO guard).
+
+    Called on the serving event loop; implementations must be quick and must not block.
+    Requests refused as the caller's fault (4xx) are not reported: they say nothing about
+    the model version.
+    """
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        latency_s: float,
+        error: bool = False,
+        confidence: float | None = None,
+    ) -> None:
+        """One request served by ``version``: its latency, whether the server failed (5xx),
+        and the mean top-class probability when the model has a probabilities output."""
+        ...
+
+    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
+        """One finished shadow comparison of candidate ``version`` against production."""
+        ...
 
 
 class AgentControl(Protocol):
@@ -257,8 +286,10 @@ class _InferEndpoint:
         stats: AgentMetrics,
         limits: ServingLimits,
         rng: Callable[[], float],
+        observer: RequestObserver | None,
     ) -> None:
         self._host = host
+        self._observer = observer
         self._mirror = mirror
         self._observe = stats.observe_request
         self._max_body = limits.max_body_bytes
@@ -283,8 +314,7 @@ class _InferEndpoint:
                 pinned = value.decode("latin-1")
             elif key == _H_CONTENT_ENCODING:
                 encoding = value.lower()
-        host = self._host
-        route = host.route(name)
+        route = self._host.route(name)  # read once: a concurrent swap cannot split a request
         if route is None:
             await _send_error(send, 404, f"unknown model {name!r}", None)
             return
@@ -292,7 +322,7 @@ class _InferEndpoint:
         if version is None:
             model, shadow_model = choose(route, routing_key, pinned, self._rng())
         else:
-            found = host.find_version(name, version)
+            found = route.find(version)
             if found is None:
                 message = f"model {name!r} has no loaded version {version!r}"
                 await _send_error(send, 404, message, None)
@@ -300,6 +330,7 @@ class _InferEndpoint:
             model = found
         served = model.version
         outcome = OUTCOME_SERVER_ERROR
+        confidence: float | None = None
         try:
             body = await _read_body(receive, declared, encoding, self._max_body)
             length: int | None = None
@@ -329,6 +360,8 @@ class _InferEndpoint:
                 outputs = await loop.run_in_executor(
                     None, model.infer, req.inputs, None if run_all else wanted
                 )
+            if self._observer is not None and model.confidence_output is not None:
+                confidence = _mean_top_probability(outputs.get(model.confidence_output))
             if shadow_model is not None:
                 self._mirror.submit(shadow_model, req.inputs, outputs)
                 if wanted is not None:
@@ -363,9 +396,22 @@ class _InferEndpoint:
             await _send_error(send, 500, f"internal error: {type(e).__name__}", served)
             return
         finally:
-            self._observe(name, served, outcome, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self._observe(name, served, outcome, elapsed)
+            if self._observer is not None and outcome != OUTCOME_CLIENT_ERROR:
+                error = outcome == OUTCOME_SERVER_ERROR
+                try:
+                    self._observer.observe(name, served, elapsed, error, confidence)
+                except Exception:  # a broken observer must not fail the request
+                    _log.exception("request observer failed")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+
+def _mean_top_probability(probabilities: np.ndarray | None) -> float | None:
+    if probabilities is None or probabilities.ndim != 2 or probabilities.size == 0:
+        return None
+    return float(probabilities.max(axis=1).mean())
 
 
 async def _send_error(send: _Send, status: int, message: str, version: str | None) -> None:
@@ -397,6 +443,7 @@ def build_agent_app(
     shadow: ShadowSettings = ShadowSettings(),
     metrics: AgentMetrics | None = None,
     rng: Callable[[], float] = random.random,
+    observer: RequestObserver | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -408,14 +455,21 @@ def build_agent_app(
         shadow: shadow queue size and disagreement tolerance.
         metrics: the metrics to record into; by default a fresh registry per app.
         rng: uniform [0, 1) draws for unkeyed splits and shadow sampling.
+        observer: told of every served request and shadow comparison (the SLO guard).
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics`` and ``shadow`` (the
         :class:`ShadowMirror`, whose ``join()`` waits for pending comparisons).
     """
     stats = metrics if metrics is not None else AgentMetrics(host)
+
+    def on_comparison(model: LoadedModel, disagreed: bool) -> None:
+        stats.observe_shadow(model.name, model.version, disagreed)
+        if observer is not None:
+            observer.observe_comparison(model.name, model.version, disagreed)
+
     mirror = ShadowMirror(
-        lambda model, disagreed: stats.observe_shadow(model.name, model.version, disagreed),
+        on_comparison,
         stats.observe_shadow_dropped,
         queue_size=shadow.queue_size,
         tolerance=shadow.tolerance,
@@ -423,7 +477,7 @@ def build_agent_app(
     server_metadata = orjson.dumps(
         {"name": server_name, "version": __version__, "extensions": list(EXTENSIONS)}
     )
-    infer = _InferEndpoint(host, mirror, stats, limits, rng)
+    infer = _InferEndpoint(host, mirror, stats, limits, rng, observer)
 
     def _lookup(request: Request) -> tuple[LoadedModel, list[str]] | Response:
         name: str = request.path_params["model"]
@@ -434,7 +488,7 @@ def build_agent_app(
         versions = [m.version for m in route.versions()]
         if version is None:
             return route.production, versions
-        found = host.find_version(name, version)
+        found = route.find(version)
         if found is None:
             return _error(404, f"model {name!r} has no loaded version {version!r}")
         return found, versions

@@ -18,6 +18,7 @@ import orjson
 
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.agent.config import AgentConfig
+from modelfleet.agent.local_guard import LocalGuard
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ConfigError
@@ -33,13 +34,19 @@ TRUST_ROOT_FILE = "trust-root.json"
 class AgentControlImpl:
     """Local control of a running agent (status, rollback), behind a bearer token."""
 
-    def __init__(self, updater: Updater, loop: UpdateLoop | None = None) -> None:
+    def __init__(
+        self, updater: Updater, loop: UpdateLoop | None = None, guard: LocalGuard | None = None
+    ) -> None:
         self.token = secrets.token_urlsafe(24)
         self._updater = updater
         self._loop = loop
+        self._guard = guard
 
     def status(self) -> dict[str, Any]:
-        return self._updater.status()
+        status = self._updater.status()
+        if self._guard is not None:
+            status["guard"] = self._guard.state()
+        return status
 
     def rollback(self, reason: str) -> dict[str, Any]:
         result = self._updater.rollback(None, reason)
@@ -149,6 +156,10 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     updater = Updater(
         config.device_id, config.state_dir, source, host, clock, config.keep_previous_loaded
     )
+    loop_holder: list[UpdateLoop] = []
+    guard = LocalGuard(
+        updater, host, clock.monotonic, after_rollback=lambda: loop_holder[0].report_soon()
+    )
     for problem in updater.restore():
         log.error("restore: %s", problem)
     hub = HubClient(config.hub_url, config.token, timeout=10.0)
@@ -157,8 +168,14 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         hub.report(config.device_id, status)
 
     loop = UpdateLoop(updater, config.poll_interval, report)
-    control = AgentControlImpl(updater, loop)
-    app = build_agent_app(host, control=control, server_name=f"modelfleet-agent/{config.device_id}")
+    loop_holder.append(loop)
+    control = AgentControlImpl(updater, loop, guard)
+    app = build_agent_app(
+        host,
+        control=control,
+        server_name=f"modelfleet-agent/{config.device_id}",
+        observer=guard,
+    )
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     atomic_write_bytes(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,6 +116,10 @@ class Updater:
         self._lock = threading.RLock()
         self._loaded: dict[str, LoadedModel] = {}
         self.state: AgentState = load_state(self.state_dir, device_id)
+        #: Called after every route switch with (model, slots, fallback_ok): the guard
+        #: re-targets its watch. ``fallback_ok`` is False when the previous version is
+        #: one the device rolled away from (a rollback to it would flap).
+        self.on_route_published: Callable[[str, ModelSlots, bool], None] | None = None
 
     # -- startup -------------------------------------------------------------------------
 
@@ -282,13 +287,22 @@ class Updater:
     # -- rollback ------------------------------------------------------------------------
 
     def rollback(
-        self, model: str | None = None, reason: str = "operator request"
+        self,
+        model: str | None = None,
+        reason: str = "operator request",
+        away_from: int | None = None,
     ) -> dict[str, Any]:
         """Switch back without downloading anything.
 
         A model with a candidate drops the candidate; otherwise the previous version
         becomes active again. The version rolled away from is not re-applied until the
         director issues a new desired state.
+
+        Args:
+            model: one model, or every model when None.
+            reason: kept in the events and reported to the hub.
+            away_from: only roll back if this is the version being rolled away from
+                (the guard's check that nothing changed since it decided).
 
         Returns:
             ``{"rolled_back": [{"model", "from", "to"}], "reason"}``.
@@ -313,9 +327,11 @@ class Updater:
                     to_version = slots.previous.version
                 else:
                     continue
+                if away_from is not None and away.version != away_from:
+                    continue
+                self.state.rolled_back[away.sha256] = self.state.applied_serial
                 self._publish_route(name, new)
                 self.state.models[name] = new
-                self.state.rolled_back[away.sha256] = self.state.applied_serial
                 done.append({"model": name, "from": away.version, "to": to_version})
                 msg = f"{name}: rolled back from v{away.version} to v{to_version} ({reason})"
                 self.state.add_event(self._now(), "rollback", msg)
@@ -359,6 +375,12 @@ class Updater:
             name, Route(production, candidate, Mode(slots.mode), slots.share, previous)
         )
         self._unload_unused()
+        if self.on_route_published is not None:
+            fallback_ok = (
+                slots.previous is not None
+                and self.state.rolled_back.get(slots.previous.sha256) is None
+            )
+            self.on_route_published(name, slots, fallback_ok)
 
     def _unload_unused(self) -> None:
         used = {

@@ -61,9 +61,4 @@ class ModelHost:
     def find_version(self, name: str, version: str) -> LoadedModel | None:
         """The loaded ``version`` of ``name`` (production, candidate or previous), or None."""
         route = self._routes.get(name)
-        if route is None:
-            return None
-        for model in (route.production, route.candidate, route.previous):
-            if model is not None and model.version == version:
-                return model
-        return None
+        return None if route is None else route.find(version)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -46,6 +47,7 @@ _UNSUPPORTED_PARAMETERS: Final = (
     "shared_memory_offset",
 )
 _LENGTH_PREFIX: Final = struct.Struct("<I")
+_NATIVE_IS_LE: Final = sys.byteorder == "little"
 _JSON_KINDS: Final[dict[str, str]] = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 
 
@@ -408,8 +410,9 @@ def _datatype(arr: np.ndarray) -> str:
 def _binary_blob(arr: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         return b"".join(_LENGTH_PREFIX.pack(len(v)) + v for v in _bytes_elements(arr))
-    dtype = _LE_DTYPE[datatype]
-    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+    if _NATIVE_IS_LE and arr.dtype.byteorder != ">":
+        return arr.tobytes()  # C order, whatever the strides
+    return np.ascontiguousarray(arr, dtype=_LE_DTYPE[datatype]).tobytes()
 
 
 def encode_infer_body(

@@ -48,6 +48,13 @@ class Route:
         """The model name (production's)."""
         return self.production.name
 
+    def find(self, version: str) -> LoadedModel | None:
+        """The loaded ``version`` (production, candidate or previous), or None."""
+        for model in (self.production, self.candidate, self.previous):
+            if model is not None and model.version == version:
+                return model
+        return None
+
     def versions(self) -> list[LoadedModel]:
         """Production, candidate and previous, whichever are present, without repeats."""
         seen: dict[str, LoadedModel] = {}

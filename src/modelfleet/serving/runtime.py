@@ -17,7 +17,8 @@ from modelfleet.serving.dtypes import DATATYPE_TO_NUMPY, datatype_of
 
 __all__ = ["LoadedModel"]
 
-#: Largest integer magnitude each float type holds exactly (2 ** mantissa bits + 1).
+#: Largest integer magnitude up to which every integer is exact in each float type
+#: (2 ** significand bits).
 _EXACT_INT_LIMIT: Final[dict[str, int]] = {"FP16": 2**11, "FP32": 2**24, "FP64": 2**53}
 
 
@@ -39,6 +40,7 @@ class _InputCheck:
 def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray:
     """Cast ``arr`` to ``dtype`` when no value can change, else raise InvalidTensorError."""
     got = datatype_of(arr)
+    why = ""
     if spec.datatype == "BYTES":
         if got == "BYTES":
             return _as_str_array(arr, spec.name)
@@ -48,15 +50,16 @@ def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray
         info = np.iinfo(dtype)
         if arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max):
             return arr.astype(dtype)
+        why = f" (a value is outside the {spec.datatype} range)"
     elif arr.dtype.kind in "iu" and dtype.kind == "f":
         limit = _EXACT_INT_LIMIT[spec.datatype]
         if arr.size == 0 or (arr.min() >= -limit and arr.max() <= limit):
             return arr.astype(dtype)
+        why = f" (a value is beyond what {spec.datatype} holds exactly)"
     elif arr.dtype.kind == "f" and dtype.kind == "f" and np.can_cast(arr.dtype, dtype, "safe"):
         return arr.astype(dtype)
     raise InvalidTensorError(
-        f"input {spec.name!r}: expected datatype {spec.datatype}, got {got}"
-        + (" (values would change if converted)" if got != "BYTES" else "")
+        f"input {spec.name!r}: expected datatype {spec.datatype}, got {got}{why}"
     )
 
 
@@ -95,6 +98,7 @@ class LoadedModel:
         "_output_names",
         "_output_set",
         "_session",
+        "confidence_output",
         "digest",
         "name",
         "schema",
@@ -112,6 +116,18 @@ class LoadedModel:
         self._checks = {spec.name: _InputCheck.of(spec) for spec in schema.inputs}
         self._output_names = [spec.name for spec in schema.outputs]
         self._output_set = frozenset(self._output_names)
+        #: A [batch, classes] floating-point output named like probabilities, if any:
+        #: its row maxima are the top-class confidence the SLO guard watches.
+        self.confidence_output: str | None = next(
+            (
+                spec.name
+                for spec in schema.outputs
+                if spec.datatype in ("FP16", "FP32", "FP64")
+                and len(spec.shape) == 2
+                and "prob" in spec.name.lower()
+            ),
+            None,
+        )
 
     @classmethod
     def load(

@@ -1,0 +1,115 @@
+"""The local guard, wired: watch what the updater publishes, roll back on breach.
+
+On a breach the serving route is switched at once on the event loop (a pointer switch on
+the :class:`~modelfleet.serving.host.ModelHost`: the next request is answered by the
+fallback), then the persistent rollback — state file, event, pin, report to the hub —
+runs on a worker thread so the event loop never waits for a disk or a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from modelfleet.agent.guard_monitor import GuardMonitor
+from modelfleet.agent.state import ModelSlots
+from modelfleet.agent.updater import Updater
+from modelfleet.errors import ModelfleetError
+from modelfleet.monitoring.guard import SloPolicy, Verdict
+from modelfleet.rollout.desired_state import Mode
+from modelfleet.serving.host import ModelHost
+from modelfleet.serving.router import Route
+
+__all__ = ["LocalGuard", "policy_of"]
+
+log = logging.getLogger("modelfleet.agent.guard")
+
+
+def policy_of(slo: dict[str, float]) -> SloPolicy:
+    """The deployment's SLO over the defaults; unknown keys fall back to the defaults."""
+    try:
+        return SloPolicy.from_mapping(slo)
+    except ModelfleetError as e:
+        log.error("ignoring invalid SLO %s: %s", slo, e)
+        return SloPolicy()
+
+
+class LocalGuard:
+    """Connects the updater, the serving host and the guard monitor."""
+
+    def __init__(
+        self,
+        updater: Updater,
+        host: ModelHost,
+        monotonic: Callable[[], float],
+        after_rollback: Callable[[], None] | None = None,
+        eval_interval: float = 0.02,
+    ) -> None:
+        self.updater = updater
+        self.host = host
+        self.monitor = GuardMonitor(monotonic, self._on_breach, eval_interval)
+        self._after_rollback = after_rollback
+        self.events: list[dict[str, Any]] = []
+        self.last_persist: threading.Thread | None = None
+        updater.on_route_published = self._on_route
+
+    # the serving app's RequestObserver ------------------------------------------------------
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        latency_s: float,
+        error: bool = False,
+        confidence: float | None = None,
+    ) -> None:
+        self.monitor.observe(model, version, latency_s, error, confidence)
+
+    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
+        self.monitor.observe_comparison(model, version, disagreed)
+
+    # ---------------------------------------------------------------------------------------
+
+    def _on_route(self, model: str, slots: ModelSlots, fallback_ok: bool) -> None:
+        policy = policy_of(slots.slo)
+        if slots.candidate is not None and slots.active is not None:
+            self.monitor.watch(
+                model, policy, str(slots.candidate.version), str(slots.active.version), "candidate"
+            )
+        elif slots.active is not None and slots.previous is not None and fallback_ok:
+            self.monitor.watch(model, policy, str(slots.active.version), None, "production")
+        else:
+            self.monitor.watch(model, policy, None, None, "")
+
+    def _on_breach(self, model: str, version: str, verdict: Verdict) -> None:
+        route = self.host.route(model)
+        if route is None:
+            return
+        if route.candidate is not None and route.candidate.version == version:
+            fallback = Route(route.production, None, Mode.FULL, 0.0, route.previous)
+        elif route.production.version == version and route.previous is not None:
+            fallback = Route(route.previous, None, Mode.FULL, 0.0, route.production)
+        else:
+            return
+        self.host.set_route(model, fallback)  # effective for the very next request
+        reason = "local guard: " + "; ".join(verdict.reasons)
+        log.warning("%s v%s breached its SLO, rolled back: %s", model, version, reason)
+        self.events.append({"model": model, "version": version, "reasons": list(verdict.reasons)})
+        self.last_persist = threading.Thread(
+            target=self._persist, args=(model, int(version), reason), daemon=True
+        )
+        self.last_persist.start()
+
+    def _persist(self, model: str, version: int, reason: str) -> None:
+        try:
+            self.updater.rollback(model, reason, away_from=version)
+        except ModelfleetError as e:
+            log.error("could not record the guard rollback of %s v%s: %s", model, version, e)
+        if self._after_rollback is not None:
+            self._after_rollback()
+
+    def state(self) -> dict[str, Any]:
+        """The monitor's per-model view, for status and metrics."""
+        return self.monitor.state()
