@@ -36,6 +36,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import orjson
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -61,6 +62,7 @@ from modelfleet.errors import (
     PayloadTooLargeError,
     UnauthenticatedError,
 )
+from modelfleet.serving.cascade import CascadeRoute, UpstreamAnswer, UpstreamClient, route_for
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.oip import HEADER_LENGTH, decode_infer_request, encode_infer_body
 from modelfleet.serving.router import choose
@@ -268,6 +270,7 @@ _H_HEADER_LENGTH: Final = HEADER_LENGTH.encode()
 _H_ROUTING_KEY: Final = ROUTING_KEY_HEADER.encode()
 _H_PINNED: Final = PINNED_VERSION_HEADER.encode()
 _H_VERSION: Final = VERSION_HEADER.encode()
+_H_ROUTE: Final = b"modelfleet-route"
 _JSON_HEADER: Final = (b"content-type", b"application/json")
 _BINARY_HEADER: Final = (b"content-type", b"application/octet-stream")
 
@@ -287,9 +290,13 @@ class _InferEndpoint:
         limits: ServingLimits,
         rng: Callable[[], float],
         observer: RequestObserver | None,
+        cascade: UpstreamClient | None = None,
+        count_route: Callable[[str, str], None] | None = None,
     ) -> None:
         self._host = host
         self._observer = observer
+        self._cascade = cascade
+        self._count_route = count_route or (lambda model, route: None)
         self._mirror = mirror
         self._observe = stats.observe_request
         self._max_body = limits.max_body_bytes
@@ -331,6 +338,13 @@ class _InferEndpoint:
         served = model.version
         outcome = OUTCOME_SERVER_ERROR
         confidence: float | None = None
+        cascade = self._cascade
+        if cascade is not None and not cascade.settings.applies_to(name):
+            cascade = None
+        upstream: UpstreamAnswer | None = None
+        cascade_route = CascadeRoute.LOCAL
+        body = b""
+        local_elapsed: float | None = None
         try:
             body = await _read_body(receive, declared, encoding, self._max_body)
             length: int | None = None
@@ -352,7 +366,7 @@ class _InferEndpoint:
                         )
                     rows = max(rows, arr.shape[0])
             wanted = req.output_names
-            run_all = shadow_model is not None
+            run_all = shadow_model is not None or cascade is not None
             if rows <= self._inline_max_rows:
                 outputs = model.infer(req.inputs, None if run_all else wanted)
             else:
@@ -362,10 +376,21 @@ class _InferEndpoint:
                 )
             if self._observer is not None and model.confidence_output is not None:
                 confidence = _mean_top_probability(outputs.get(model.confidence_output))
+            if cascade is not None:
+                local_elapsed = time.perf_counter() - start
+                top = None
+                if model.confidence_output is not None:
+                    top = _min_top_probability(outputs.get(model.confidence_output))
+                if (
+                    route_for(cascade.settings, top, cascade.unhealthy(name))
+                    is CascadeRoute.UPSTREAM
+                ):
+                    upstream = await cascade.forward(name, body, header_length)
+                    cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
             if shadow_model is not None:
                 self._mirror.submit(shadow_model, req.inputs, outputs)
-                if wanted is not None:
-                    outputs = _pick(outputs, wanted)
+            if (shadow_model is not None or cascade is not None) and wanted is not None:
+                outputs = _pick(outputs, wanted)
             binary: Mapping[str, bool] | bool = (
                 {o.name: req.binary_for(o.name) for o in req.outputs}
                 if req.outputs
@@ -393,6 +418,13 @@ class _InferEndpoint:
             return
         except Exception as e:
             _log.exception("inference on %s failed", model)
+            if cascade is not None and body:
+                # the local model is broken: the upstream may still answer the caller
+                upstream = await cascade.forward(name, body, header_length)
+                if upstream is not None:
+                    self._count_route(name, CascadeRoute.UPSTREAM)
+                    await _send_upstream(send, upstream)
+                    return
             await _send_error(send, 500, f"internal error: {type(e).__name__}", served)
             return
         finally:
@@ -401,11 +433,37 @@ class _InferEndpoint:
             if self._observer is not None and outcome != OUTCOME_CLIENT_ERROR:
                 error = outcome == OUTCOME_SERVER_ERROR
                 try:
-                    self._observer.observe(name, served, elapsed, error, confidence)
+                    self._observer.observe(
+                        name, served, local_elapsed or elapsed, error, confidence
+                    )
                 except Exception:  # a broken observer must not fail the request
                     _log.exception("request observer failed")
+        if cascade is not None:
+            self._count_route(name, cascade_route)
+            if upstream is not None:
+                await _send_upstream(send, upstream)
+                return
+            headers.append((_H_ROUTE, cascade_route.value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+
+async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:
+    headers = [
+        (b"content-type", answer.content_type.encode("latin-1")),
+        (b"content-length", str(len(answer.content)).encode()),
+        (_H_ROUTE, CascadeRoute.UPSTREAM.value.encode()),
+    ]
+    if answer.header_length is not None:
+        headers.append((_H_HEADER_LENGTH, answer.header_length.encode("latin-1")))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.content})
+
+
+def _min_top_probability(probabilities: np.ndarray | None) -> float | None:
+    if probabilities is None or probabilities.ndim != 2 or probabilities.size == 0:
+        return None
+    return float(probabilities.max(axis=1).min())
 
 
 def _mean_top_probability(probabilities: np.ndarray | None) -> float | None:
@@ -444,6 +502,7 @@ def build_agent_app(
     metrics: AgentMetrics | None = None,
     rng: Callable[[], float] = random.random,
     observer: RequestObserver | None = None,
+    cascade: UpstreamClient | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -456,6 +515,8 @@ def build_agent_app(
         metrics: the metrics to record into; by default a fresh registry per app.
         rng: uniform [0, 1) draws for unkeyed splits and shadow sampling.
         observer: told of every served request and shadow comparison (the SLO guard).
+        cascade: forward unconfident (or unhealthy) requests to an upstream OIP v2 server;
+            answers carry ``modelfleet-route: local | upstream | fallback``.
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics`` and ``shadow`` (the
@@ -477,7 +538,19 @@ def build_agent_app(
     server_metadata = orjson.dumps(
         {"name": server_name, "version": __version__, "extensions": list(EXTENSIONS)}
     )
-    infer = _InferEndpoint(host, mirror, stats, limits, rng, observer)
+    count_route = None
+    if cascade is not None:
+        routes_total = Counter(
+            "modelfleet_agent_cascade_total",
+            "Inference requests by cascade route (local, upstream, fallback).",
+            ["model", "route"],
+            registry=stats.registry,
+        )
+
+        def count_route(model: str, route: str) -> None:
+            routes_total.labels(model, route).inc()
+
+    infer = _InferEndpoint(host, mirror, stats, limits, rng, observer, cascade, count_route)
 
     def _lookup(request: Request) -> tuple[LoadedModel, list[str]] | Response:
         name: str = request.path_params["model"]
@@ -537,6 +610,8 @@ def build_agent_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await mirror.close()
+        if cascade is not None:
+            await cascade.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

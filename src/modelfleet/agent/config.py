@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfleet.errors import ConfigError
+from modelfleet.serving.cascade import CascadeSettings
 
 __all__ = ["AgentConfig"]
 
@@ -29,6 +30,7 @@ class AgentConfig:
             root cached in ``state_dir``, or fetches it once over the token-authenticated API
             (trust on first use, logged as a warning).
         keep_previous_loaded: keep the previous version in memory so rollback is a switch.
+        cascade: forward unconfident requests to an upstream OIP v2 server (None: off).
     """
 
     hub_url: str
@@ -40,6 +42,7 @@ class AgentConfig:
     poll_interval: float = 10.0
     trust_root: Path | None = None
     keep_previous_loaded: bool = True
+    cascade: CascadeSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -144,6 +144,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
 
     from modelfleet.agent.app import build_agent_app
     from modelfleet.client import HubClient
+    from modelfleet.serving.cascade import UpstreamClient
     from modelfleet.serving.host import ModelHost
     from modelfleet.trust.client import DeviceTrustClient
 
@@ -170,11 +171,16 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     loop = UpdateLoop(updater, config.poll_interval, report)
     loop_holder.append(loop)
     control = AgentControlImpl(updater, loop, guard)
+    cascade = None
+    if config.cascade is not None:
+        cascade = UpstreamClient(config.cascade, unhealthy=guard.monitor.is_unhealthy)
+        log.info("cascade: unsure answers go to %s", config.cascade.upstream)
     app = build_agent_app(
         host,
         control=control,
         server_name=f"modelfleet-agent/{config.device_id}",
         observer=guard,
+        cascade=cascade,
     )
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]

@@ -121,6 +121,11 @@ class GuardMonitor:
             w.armed = False
             self._on_breach(model, w.watched, verdict)
 
+    def is_unhealthy(self, model: str) -> bool:
+        """True while the watched version of ``model`` is in breach (cheap; per request)."""
+        w = self._watches.get(model)
+        return w is not None and w.last_verdict.breach
+
     def state(self) -> dict[str, Any]:
         """Per model: watched version, role, armed, last verdict (for status and metrics)."""
         now = self._now()

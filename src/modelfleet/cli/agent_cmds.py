@@ -123,10 +123,34 @@ def register(agent_app: typer.Typer) -> None:
             Path | None, typer.Option(help="The hub's trust-root.json (pins TUF roots).")
         ] = None,
         log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+        upstream: Annotated[
+            str,
+            typer.Option(help="Cascade: OIP v2 server that answers what this device is unsure of."),
+        ] = "",
+        cascade_threshold: Annotated[
+            float, typer.Option(help="Cascade: forward when top-class probability is below.")
+        ] = 0.8,
+        cascade_timeout_ms: Annotated[
+            float, typer.Option(help="Cascade: wait this long for upstream, then answer locally.")
+        ] = 500.0,
+        cascade_when_unhealthy: Annotated[
+            bool,
+            typer.Option(help="Cascade: send everything upstream while the guard sees a breach."),
+        ] = False,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
         from modelfleet.agent.daemon import run_agent
+        from modelfleet.serving.cascade import CascadeSettings
+
+        cascade = None
+        if upstream:
+            cascade = CascadeSettings(
+                upstream.rstrip("/"),
+                threshold=cascade_threshold,
+                timeout_s=cascade_timeout_ms / 1000,
+                when_unhealthy=cascade_when_unhealthy,
+            )
 
         logging.basicConfig(
             level=log_level.upper(),
@@ -142,6 +166,7 @@ def register(agent_app: typer.Typer) -> None:
                 port=port,
                 poll_interval=poll_interval,
                 trust_root=trust_root,
+                cascade=cascade,
             )
         )
 
