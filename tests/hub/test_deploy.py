@@ -19,9 +19,12 @@ from tests.hub._support import auth, register
 
 @pytest.fixture
 def fleet(
-    http: TestClient, admin_token: str, service: HubService, onnx_bytes: bytes,
+    http: TestClient,
+    admin_token: str,
+    service: HubService,
+    onnx_bytes: bytes,
     onnx_bytes_v2: bytes,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     for d in ("cam-1", "cam-2"):
         service.add_device(d, "plant", [], actor="admin:admin")
     v1 = register(http, admin_token, "iris", onnx_bytes)
@@ -41,8 +44,16 @@ def _state(service: HubService, device_id: str) -> DesiredState:
 def test_full_deploy_signs_desired_state_naming_the_catalog_digests(
     http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any]
 ) -> None:
-    r = _deploy(http, admin_token, model="iris", version=1, all=True, mode="full",
-                slo={"p99_ms": 40}, ticket="CHG-1")  # fmt: skip
+    r = _deploy(
+        http,
+        admin_token,
+        model="iris",
+        version=1,
+        all=True,
+        mode="full",
+        slo={"p99_ms": 40},
+        ticket="CHG-1",
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert [d["device_id"] for d in body["devices"]] == ["cam-1", "cam-2"]
@@ -70,8 +81,9 @@ def test_full_deploy_signs_desired_state_naming_the_catalog_digests(
     version = http.get("/api/v1/models/iris/versions/1", headers=auth(admin_token)).json()
     assert version["published"] is True
     assert {(d["device_id"], d["role"]) for d in version["deployments"]} == {
-        ("cam-1", "production"), ("cam-2", "production"),
-    }  # fmt: skip
+        ("cam-1", "production"),
+        ("cam-2", "production"),
+    }
     entry = service.audit(limit=1000)[-1]
     assert (entry["action"], entry["subject"], entry["ticket"]) == ("deploy", "iris/1", "CHG-1")
 
@@ -80,8 +92,9 @@ def test_split_keeps_production_and_adds_candidate(
     http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any]
 ) -> None:
     _deploy(http, admin_token, model="iris", version=1, devices=["cam-1"])
-    r = _deploy(http, admin_token, model="iris", version=2, devices=["cam-1"], mode="split",
-                share=0.25)  # fmt: skip
+    r = _deploy(
+        http, admin_token, model="iris", version=2, devices=["cam-1"], mode="split", share=0.25
+    )
     assert r.status_code == 201, r.text
     state = _state(service, "cam-1")
     assert state.serial == 2
@@ -97,8 +110,7 @@ def test_split_keeps_production_and_adds_candidate(
 def test_split_or_shadow_without_production_is_a_clear_400(
     mode: str, http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any]
 ) -> None:
-    r = _deploy(http, admin_token, model="iris", version=2, devices=["cam-1"], mode=mode,
-                share=0.1)  # fmt: skip
+    r = _deploy(http, admin_token, model="iris", version=2, devices=["cam-1"], mode=mode, share=0.1)
     assert r.status_code == 400
     assert "deploy one with mode full first" in r.json()["error"]
     assert service.get_device("cam-1")["desired_state"] is None
@@ -118,9 +130,14 @@ def test_split_or_shadow_without_production_is_a_clear_400(
     ],
 )
 def test_bad_deployments_are_refused_without_signing(
-    body: dict[str, Any], status: int, message: str, http: TestClient, admin_token: str,
-    service: HubService, fleet: dict[str, Any],
-) -> None:  # fmt: skip
+    body: dict[str, Any],
+    status: int,
+    message: str,
+    http: TestClient,
+    admin_token: str,
+    service: HubService,
+    fleet: dict[str, Any],
+) -> None:
     r = _deploy(http, admin_token, **body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
@@ -132,8 +149,7 @@ def test_share_out_of_range_is_400(
 ) -> None:
     _deploy(http, admin_token, model="iris", version=1, all=True)
     for share in (0.0, 1.5, -0.1):
-        r = _deploy(http, admin_token, model="iris", version=2, all=True, mode="split",
-                    share=share)  # fmt: skip
+        r = _deploy(http, admin_token, model="iris", version=2, all=True, mode="split", share=share)
         assert r.status_code == 400 and "share" in r.json()["error"]
 
 
@@ -142,8 +158,7 @@ def test_rollback_drops_candidate_then_returns_to_previous_production(
 ) -> None:
     h = auth(admin_token)
     _deploy(http, admin_token, model="iris", version=1, devices=["cam-1"])
-    _deploy(http, admin_token, model="iris", version=2, devices=["cam-1"], mode="shadow",
-            share=0.5)  # fmt: skip
+    _deploy(http, admin_token, model="iris", version=2, devices=["cam-1"], mode="shadow", share=0.5)
     r = http.post("/api/v1/rollbacks", json={"model": "iris", "devices": ["cam-1"]}, headers=h)
     assert r.status_code == 201, r.text
     a = _state(service, "cam-1").assignment("iris")
@@ -175,11 +190,24 @@ def test_revoked_version_leaves_catalog_and_cannot_be_deployed(
 
 
 def test_two_models_on_one_device_share_one_desired_state(
-    http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any],
+    http: TestClient,
+    admin_token: str,
+    service: HubService,
+    fleet: dict[str, Any],
     onnx_bytes: bytes,
-) -> None:  # fmt: skip
+) -> None:
     register(http, admin_token, "other", onnx_bytes)
     _deploy(http, admin_token, model="iris", version=1, devices=["cam-1"])
     _deploy(http, admin_token, model="other", version=1, devices=["cam-1"])
     state = _state(service, "cam-1")
     assert [a.model for a in state.assignments] == ["iris", "other"]
+
+
+def test_unknown_slo_key_is_refused_before_anything_is_signed(
+    http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any]
+) -> None:
+    before = service.trust.repository("director").version("targets")
+    r = _deploy(http, admin_token, model="iris", version=1, all=True, mode="full", slo={"p99": 40})
+    assert r.status_code == 400
+    assert "unknown SLO key" in r.json()["error"]
+    assert service.trust.repository("director").version("targets") == before

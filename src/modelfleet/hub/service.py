@@ -1082,6 +1082,10 @@ def _check_slo(slo: Mapping[str, float] | None) -> dict[str, float]:
         if not math.isfinite(float(value)):
             raise InvalidInputError(f"SLO {key!r} must be finite")
         out[str(key)] = float(value)
+    # The device enforces it: refuse here what the device's guard would not accept.
+    from modelfleet.monitoring.guard import SloPolicy
+
+    SloPolicy.from_mapping(out)
     return out
 
 
