@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelfleet.agent.app import build_agent_app
-from modelfleet.agent.local_guard import LocalGuard
+from modelfleet.agent.local_guard import GuardCollector, LocalGuard
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import ManualClock
 from modelfleet.rollout.desired_state import Mode
@@ -67,6 +67,7 @@ def test_slow_split_candidate_is_rolled_back_by_the_guard(setup) -> None:  # typ
     assert guard.state()["m"]["watched"] == "2"
 
     app = build_agent_app(host, observer=guard)
+    app.state.metrics.registry.register(GuardCollector(guard))
     versions = asyncio.run(send(app, 80, clock))
     assert "2" in versions[:40]  # the candidate did answer before the breach
     assert versions[-20:] == ["1"] * 20  # and then never again
@@ -75,6 +76,13 @@ def test_slow_split_candidate_is_rolled_back_by_the_guard(setup) -> None:  # typ
     assert guard.last_persist is not None
     guard.last_persist.join(timeout=10)
     assert updater.state.models["m"].candidate is None
+    registry = app.state.metrics.registry
+    assert (
+        registry.get_sample_value(
+            "modelfleet_agent_guard_rollbacks_total", {"model": "m", "version": "2"}
+        )
+        == 1
+    )
     events = [e["message"] for e in updater.state.events if e["kind"] == "rollback"]
     assert events and "local guard: p99 latency" in events[-1]
     # the director still says split at the same serial: the guard's decision sticks

@@ -345,6 +345,7 @@ class _InferEndpoint:
         cascade_route = CascadeRoute.LOCAL
         body = b""
         local_elapsed: float | None = None
+        compute: float | None = None
         try:
             body = await _read_body(receive, declared, encoding, self._max_body)
             length: int | None = None
@@ -367,6 +368,7 @@ class _InferEndpoint:
                     rows = max(rows, arr.shape[0])
             wanted = req.output_names
             run_all = shadow_model is not None or cascade is not None
+            compute_start = time.perf_counter()
             if rows <= self._inline_max_rows:
                 outputs = model.infer(req.inputs, None if run_all else wanted)
             else:
@@ -374,6 +376,7 @@ class _InferEndpoint:
                 outputs = await loop.run_in_executor(
                     None, model.infer, req.inputs, None if run_all else wanted
                 )
+            compute = time.perf_counter() - compute_start
             if self._observer is not None and model.confidence_output is not None:
                 confidence = _mean_top_probability(outputs.get(model.confidence_output))
             if cascade is not None:
@@ -429,7 +432,7 @@ class _InferEndpoint:
             return
         finally:
             elapsed = time.perf_counter() - start
-            self._observe(name, served, outcome, elapsed)
+            self._observe(name, served, outcome, elapsed, compute)
             if self._observer is not None and outcome != OUTCOME_CLIENT_ERROR:
                 error = outcome == OUTCOME_SERVER_ERROR
                 try:

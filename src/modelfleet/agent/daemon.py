@@ -18,7 +18,7 @@ import orjson
 
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.agent.config import AgentConfig
-from modelfleet.agent.local_guard import LocalGuard
+from modelfleet.agent.local_guard import GuardCollector, LocalGuard
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ConfigError
@@ -182,6 +182,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         observer=guard,
         cascade=cascade,
     )
+    app.state.metrics.registry.register(GuardCollector(guard))
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     atomic_write_bytes(

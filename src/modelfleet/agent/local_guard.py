@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from modelfleet.agent.guard_monitor import GuardMonitor
 from modelfleet.agent.state import ModelSlots
@@ -22,7 +25,7 @@ from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.router import Route
 
-__all__ = ["LocalGuard", "policy_of"]
+__all__ = ["GuardCollector", "LocalGuard", "policy_of"]
 
 log = logging.getLogger("modelfleet.agent.guard")
 
@@ -113,3 +116,42 @@ class LocalGuard:
     def state(self) -> dict[str, Any]:
         """The monitor's per-model view, for status and metrics."""
         return self.monitor.state()
+
+
+class GuardCollector(Collector):
+    """Prometheus view of the guard: what it watches, whether it is in breach, rollbacks."""
+
+    def __init__(self, guard: LocalGuard) -> None:
+        self._guard = guard
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        watched = GaugeMetricFamily(
+            "modelfleet_agent_guard_watching",
+            "1 for the version the local guard watches, with its role and armed state.",
+            labels=["model", "version", "role", "armed"],
+        )
+        breached = GaugeMetricFamily(
+            "modelfleet_agent_guard_breached",
+            "1 while the watched version's last guard verdict is a breach.",
+            labels=["model", "version"],
+        )
+        for model, st in self._guard.state().items():
+            watched.add_metric([model, st["watched"], st["role"], str(st["armed"]).lower()], 1)
+            breached.add_metric([model, st["watched"]], 1 if st["breach"] else 0)
+        rollbacks = CounterMetricFamily(
+            "modelfleet_agent_guard_rollbacks",
+            "Rollbacks the local guard made, by model and version rolled away from.",
+            labels=["model", "version"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for event in list(self._guard.events):
+            key = (event["model"], event["version"])
+            counts[key] = counts.get(key, 0) + 1
+        for (model, version), n in sorted(counts.items()):
+            rollbacks.add_metric([model, version], n)
+        yield watched
+        yield breached
+        yield rollbacks

@@ -45,23 +45,49 @@ _OUTCOME_INDEX: Final = {name: i for i, name in enumerate(OUTCOMES)}
 
 #: Upper bounds in seconds; small ONNX models answer in well under a millisecond on one core.
 LATENCY_BUCKETS: Final = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 class _Series:
     """Counts of one (model, version): outcomes, latency buckets (not cumulative), sum."""
 
-    __slots__ = ("buckets", "outcomes", "total_seconds")
+    __slots__ = (
+        "buckets",
+        "compute_buckets",
+        "compute_seconds",
+        "outcomes",
+        "queue_buckets",
+        "queue_seconds",
+        "total_seconds",
+    )
 
     def __init__(self) -> None:
         self.outcomes = [0] * len(OUTCOMES)
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.total_seconds = 0.0
+        self.compute_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.compute_seconds = 0.0
+        self.queue_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.queue_seconds = 0.0
 
-    def cumulative(self) -> list[tuple[float, int]]:
+    def cumulative(self, which: list[int] | None = None) -> list[tuple[float, int]]:
         running, out = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
+        counts = self.buckets if which is None else which
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
             running += count
             out.append((bound, running))
         return out
@@ -118,13 +144,31 @@ class _RequestCollector:
             "Time from request start to response body ready, by model and serving version.",
             labels=["model", "version"],
         )
+        compute = HistogramMetricFamily(
+            "modelfleet_agent_compute_seconds",
+            "Time spent in the model runtime per successful request.",
+            labels=["model", "version"],
+        )
+        queue = HistogramMetricFamily(
+            "modelfleet_agent_queue_seconds",
+            "Time per successful request outside the model runtime (read, decode, wait).",
+            labels=["model", "version"],
+        )
         for (model, version), series in self._metrics.series():
             for outcome, count in zip(OUTCOMES, series.outcomes, strict=True):
                 requests.add_metric([model, version, outcome], count)
             buckets = [(_le(bound), count) for bound, count in series.cumulative()]
             latency.add_metric([model, version], buckets, series.total_seconds)
+            for family, counts, total in (
+                (compute, series.compute_buckets, series.compute_seconds),
+                (queue, series.queue_buckets, series.queue_seconds),
+            ):
+                cumulative = [(_le(b), c) for b, c in series.cumulative(counts)]
+                family.add_metric([model, version], cumulative, total)
         yield requests
         yield latency
+        yield compute
+        yield queue
 
 
 class AgentMetrics:
@@ -164,8 +208,18 @@ class AgentMetrics:
         self.registry.register(_RequestCollector(self))
         self.registry.register(_ActiveVersionCollector(host))
 
-    def observe_request(self, model: str, version: str, outcome: str, seconds: float) -> None:
+    def observe_request(
+        self,
+        model: str,
+        version: str,
+        outcome: str,
+        seconds: float,
+        compute_seconds: float | None = None,
+    ) -> None:
         """Count one inference request and record its duration.
+
+        ``compute_seconds`` (time inside the runtime) splits a successful request's
+        duration into compute and queue time.
 
         Raises:
             KeyError: ``outcome`` is not one of :data:`OUTCOMES`.
@@ -179,6 +233,12 @@ class AgentMetrics:
             series.outcomes[index] += 1
             series.buckets[bucket] += 1
             series.total_seconds += seconds
+            if compute_seconds is not None:
+                queue_seconds = max(seconds - compute_seconds, 0.0)
+                series.compute_buckets[bisect_left(LATENCY_BUCKETS, compute_seconds)] += 1
+                series.compute_seconds += compute_seconds
+                series.queue_buckets[bisect_left(LATENCY_BUCKETS, queue_seconds)] += 1
+                series.queue_seconds += queue_seconds
 
     def series(self) -> list[tuple[tuple[str, str], _Series]]:
         """A consistent copy of the per-version request series, sorted by (model, version)."""
@@ -189,6 +249,10 @@ class AgentMetrics:
                 copy.outcomes = list(series.outcomes)
                 copy.buckets = list(series.buckets)
                 copy.total_seconds = series.total_seconds
+                copy.compute_buckets = list(series.compute_buckets)
+                copy.compute_seconds = series.compute_seconds
+                copy.queue_buckets = list(series.queue_buckets)
+                copy.queue_seconds = series.queue_seconds
                 copies.append((key, copy))
         return copies
 
