@@ -24,6 +24,7 @@ __all__ = [
     "CompatibilityError",
     "ConfigError",
     "ConflictError",
+    "DeadlineExceededError",
     "ForbiddenError",
     "InvalidInputError",
     "InvalidModelError",
@@ -112,6 +113,10 @@ class SmokeTestError(RefusedUpdateError):
 
 class TransportError(ModelfleetError):
     """The peer (hub, mirror, upstream) could not be reached or answered badly."""
+
+
+class DeadlineExceededError(TransportError):
+    """An operation took longer than its configured limit (request timeout)."""
 
 
 class StorageError(ModelfleetError):

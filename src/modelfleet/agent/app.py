@@ -54,6 +54,7 @@ from modelfleet.agent.metrics import (
 from modelfleet.errors import (
     AuthError,
     ConflictError,
+    DeadlineExceededError,
     ForbiddenError,
     InvalidInputError,
     InvalidTensorError,
@@ -106,11 +107,15 @@ class ServingLimits:
         inline_max_rows: requests up to this batch run ONNX Runtime inline on the event
             loop (a thread hop costs more than a small model's inference); larger ones run
             on a worker thread so they do not stall other requests (ORT releases the GIL).
+        request_timeout_s: a body that has not fully arrived, or an off-loop inference
+            that has not finished, within this many seconds gets 503 (inline inference of
+            small batches is never interrupted).
     """
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 4096
     inline_max_rows: int = 64
+    request_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,7 @@ class AgentControl(Protocol):
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[ModelfleetError], int], ...]] = (
     (PayloadTooLargeError, 413),
+    (DeadlineExceededError, 503),
     (NotFoundError, 404),
     (InvalidInputError, 400),
     (UnauthenticatedError, 401),
@@ -302,6 +308,7 @@ class _InferEndpoint:
         self._max_body = limits.max_body_bytes
         self._max_batch = limits.max_batch
         self._inline_max_rows = limits.inline_max_rows
+        self._timeout = limits.request_timeout_s
         self._rng = rng
 
     async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
@@ -347,7 +354,13 @@ class _InferEndpoint:
         local_elapsed: float | None = None
         compute: float | None = None
         try:
-            body = await _read_body(receive, declared, encoding, self._max_body)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    body = await _read_body(receive, declared, encoding, self._max_body)
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"the request body did not arrive within {self._timeout:g} s"
+                ) from None
             length: int | None = None
             if header_length is not None:
                 if not header_length.isdigit():
@@ -373,9 +386,17 @@ class _InferEndpoint:
                 outputs = model.infer(req.inputs, None if run_all else wanted)
             else:
                 loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(
-                    None, model.infer, req.inputs, None if run_all else wanted
-                )
+                try:
+                    async with asyncio.timeout_at(
+                        start - time.perf_counter() + loop.time() + self._timeout
+                    ):
+                        outputs = await loop.run_in_executor(
+                            None, model.infer, req.inputs, None if run_all else wanted
+                        )
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"inference did not finish within {self._timeout:g} s"
+                    ) from None
             compute = time.perf_counter() - compute_start
             if self._observer is not None and model.confidence_output is not None:
                 confidence = _mean_top_probability(outputs.get(model.confidence_output))

@@ -31,6 +31,9 @@ class AgentConfig:
             (trust on first use, logged as a warning).
         keep_previous_loaded: keep the previous version in memory so rollback is a switch.
         cascade: forward unconfident requests to an upstream OIP v2 server (None: off).
+        max_body_bytes: largest inference request body (413 above).
+        max_batch: largest batch (first dimension) per request (413 above).
+        request_timeout_s: limit for a body to arrive or an off-loop inference (503).
     """
 
     hub_url: str
@@ -43,11 +46,18 @@ class AgentConfig:
     trust_root: Path | None = None
     keep_previous_loaded: bool = True
     cascade: CascadeSettings | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 4096
+    request_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:
             raise ConfigError(f"invalid device id {self.device_id!r}")
         if not 0.05 <= self.poll_interval <= 86400:
             raise ConfigError("poll interval must be between 0.05 s and one day")
+        if not 1.0 <= self.request_timeout_s <= 3600:
+            raise ConfigError("request timeout must be between 1 s and 1 h")
+        if self.max_body_bytes < 1024 or self.max_batch < 1:
+            raise ConfigError("body limit must be at least 1 KiB and batch at least 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")

@@ -142,7 +142,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     """Run the agent until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
-    from modelfleet.agent.app import build_agent_app
+    from modelfleet.agent.app import ServingLimits, build_agent_app
     from modelfleet.client import HubClient
     from modelfleet.serving.cascade import UpstreamClient
     from modelfleet.serving.host import ModelHost
@@ -181,6 +181,11 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         server_name=f"modelfleet-agent/{config.device_id}",
         observer=guard,
         cascade=cascade,
+        limits=ServingLimits(
+            max_body_bytes=config.max_body_bytes,
+            max_batch=config.max_batch,
+            request_timeout_s=config.request_timeout_s,
+        ),
     )
     app.state.metrics.registry.register(GuardCollector(guard))
     sock = bind_socket(config.host, config.port)

@@ -123,6 +123,13 @@ def register(agent_app: typer.Typer) -> None:
             Path | None, typer.Option(help="The hub's trust-root.json (pins TUF roots).")
         ] = None,
         log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+        keep_previous: Annotated[
+            bool, typer.Option(help="Keep the previous version loaded for instant rollback.")
+        ] = True,
+        request_timeout: Annotated[
+            float, typer.Option(help="Seconds for a request body to arrive (else 503).")
+        ] = 30.0,
+        max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 16.0,
         upstream: Annotated[
             str,
             typer.Option(help="Cascade: OIP v2 server that answers what this device is unsure of."),
@@ -167,6 +174,9 @@ def register(agent_app: typer.Typer) -> None:
                 poll_interval=poll_interval,
                 trust_root=trust_root,
                 cascade=cascade,
+                keep_previous_loaded=keep_previous,
+                request_timeout_s=request_timeout,
+                max_body_bytes=int(max_body_mb * 1024 * 1024),
             )
         )
 
