@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -101,7 +102,6 @@ def _cpu_model() -> str:
 
 def _git_state() -> dict[str, Any]:
     """The commit measured, and the serving files that differ from it (work in progress)."""
-    import subprocess
 
     def git(*args: str) -> str:
         try:
@@ -356,12 +356,26 @@ def run(opts: Options) -> int:
             print(f"{server.key}: ready, answer checked (label {bench.label})", flush=True)
         for server in live:
             if opts.warmup > 0:
-                wrk.run(wrk_path, server.url, lua, 8, opts.warmup)
+                try:
+                    wrk.run(wrk_path, server.url, lua, 8, opts.warmup)
+                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+                    notes.append(f"{server.key} warm-up: {e}")
         for repeat in range(opts.repeats):
             for c in opts.concurrency:
                 for server in live:
+                    if server.process.poll() is not None:
+                        continue  # died earlier; noted then
                     cpu_before = server.cpu_seconds()
-                    result, text = wrk.run(wrk_path, server.url, lua, c, opts.duration)
+                    try:
+                        result, text = wrk.run(wrk_path, server.url, lua, c, opts.duration)
+                    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+                        alive = server.process.poll() is None
+                        message = f"{server.key} c={c} run {repeat + 1}: {e}" + (
+                            "" if alive else f" (the server exited; see {server.log})"
+                        )
+                        print(message, flush=True)
+                        notes.append(message)
+                        continue
                     cpu = server.cpu_seconds() - cpu_before
                     (run_dir / f"wrk-{server.key}-c{c}-r{repeat}.txt").write_text(text)
                     raw[server.key][str(c)].append(

@@ -46,6 +46,7 @@ class AgentControlImpl:
         status = self._updater.status()
         if self._guard is not None:
             status["guard"] = self._guard.state()
+            status["guard_events"] = list(self._guard.events)
         return status
 
     def rollback(self, reason: str) -> dict[str, Any]:

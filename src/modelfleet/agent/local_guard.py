@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -99,7 +100,16 @@ class LocalGuard:
         self.host.set_route(model, fallback)  # effective for the very next request
         reason = "local guard: " + "; ".join(verdict.reasons)
         log.warning("%s v%s breached its SLO, rolled back: %s", model, version, reason)
-        self.events.append({"model": model, "version": version, "reasons": list(verdict.reasons)})
+        self.events.append(
+            {
+                "model": model,
+                "version": version,
+                "to": fallback.production.version,
+                "reasons": list(verdict.reasons),
+                "at_unix": time.time(),
+            }
+        )
+        del self.events[:-100]
         self.last_persist = threading.Thread(
             target=self._persist, args=(model, int(version), reason), daemon=True
         )
