@@ -367,7 +367,7 @@ def run(opts: Options) -> int:
                         continue  # died earlier; noted then
                     cpu_before = server.cpu_seconds()
                     try:
-                        result, text = wrk.run(wrk_path, server.url, lua, c, opts.duration)
+                        measured, text = wrk.run(wrk_path, server.url, lua, c, opts.duration)
                     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
                         alive = server.process.poll() is None
                         message = f"{server.key} c={c} run {repeat + 1}: {e}" + (
@@ -380,15 +380,15 @@ def run(opts: Options) -> int:
                     (run_dir / f"wrk-{server.key}-c{c}-r{repeat}.txt").write_text(text)
                     raw[server.key][str(c)].append(
                         {
-                            **result.to_dict(),
-                            "server_cpu_us_per_request": cpu * 1e6 / max(1, result.requests),
+                            **measured.to_dict(),
+                            "server_cpu_us_per_request": cpu * 1e6 / max(1, measured.requests),
                         }
                     )
                     print(
                         f"[{repeat + 1}/{opts.repeats}] c={c:<3} {server.key:<18} "
-                        f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.3f} ms  "
-                        f"p99 {result.p99_ms:7.3f} ms  non-2xx {result.non_2xx}  "
-                        f"sock-err {result.socket_errors}",
+                        f"{measured.rps:9.0f} req/s  p50 {measured.p50_ms:7.3f} ms  "
+                        f"p99 {measured.p99_ms:7.3f} ms  non-2xx {measured.non_2xx}  "
+                        f"sock-err {measured.socket_errors}",
                         flush=True,
                     )
     finally:
