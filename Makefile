@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run serving
+	$(BIN)/python -m benchmarks.run all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pg

@@ -1,6 +1,6 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving] [--duration N] [--repeats K] [--skip-mlserver] ...``
+``python -m benchmarks.run [serving|lifecycle|all] [--duration N] [--repeats K] ...``
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("benchmark", nargs="?", default="serving", choices=["serving"])
+    parser.add_argument(
+        "benchmark", nargs="?", default="serving", choices=["serving", "lifecycle", "all"]
+    )
+    parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
+    parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
     parser.add_argument("--repeats", type=int, default=5, help="wrk runs per cell (5)")
     parser.add_argument(
@@ -56,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.repeats < 1 or args.inproc_calls < 100:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
+    status = 0
+    if args.benchmark in ("lifecycle", "all"):
+        from benchmarks.agent_lifecycle import main as lifecycle
+
+        status = lifecycle(["--cycles", str(args.cycles), "--swaps", str(args.swaps)])
+        if args.benchmark == "lifecycle":
+            return status
+
     from benchmarks.serving.bench import Options, run
 
     opts = Options(
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         write_docs=not args.no_docs,
         argv=args_in,
     )
-    return run(opts)
+    return run(opts) or status
 
 
 if __name__ == "__main__":
