@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+from tests.helpers import logistic_onnx, slow_logistic_onnx
 
 from modelfleet.demo import Process, free_port, modelfleet_cmd, start, wait_until
 
@@ -37,48 +38,13 @@ BODY = orjson.dumps(
 
 
 def fast_model(seed: int) -> bytes:
-    from sklearn.datasets import make_classification
-    from sklearn.linear_model import LogisticRegression
-
-    from modelfleet.packaging.sklearn import sklearn_to_onnx
-
-    x, y = make_classification(2000, 10, n_informative=6, n_classes=3, random_state=0)
-    x = x.astype(np.float32)
-    return sklearn_to_onnx(LogisticRegression(C=0.5 + seed, max_iter=500).fit(x, y), x)
+    """A logistic regression; each seed gives different weights (a distinct version)."""
+    return logistic_onnx(seed=0, c=0.5 + seed)[0]
 
 
-def slow_model(seed: int, size: int = 700) -> bytes:
-    """The fast model plus a side branch that costs ~10 ms and changes nothing."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load_from_string(fast_model(seed))
-    graph = model.graph
-    for node in graph.node:
-        for i, out in enumerate(node.output):
-            if out == "probabilities":
-                node.output[i] = "probabilities_fast"
-    w = np.random.default_rng(seed).standard_normal((size, size)).astype(np.float32) / size
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(w, "slow_w"),
-            numpy_helper.from_array(np.array([size, size], dtype=np.int64), "slow_shape"),
-            numpy_helper.from_array(np.array([0.0], dtype=np.float32), "slow_zero"),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node("ReduceSum", ["X"], ["slow_s"], keepdims=0),
-            helper.make_node("Expand", ["slow_s", "slow_shape"], ["slow_e"]),
-            helper.make_node("MatMul", ["slow_e", "slow_w"], ["slow_m1"]),
-            helper.make_node("MatMul", ["slow_m1", "slow_w"], ["slow_m2"]),
-            helper.make_node("ReduceSum", ["slow_m2"], ["slow_r"], keepdims=0),
-            helper.make_node("Mul", ["slow_r", "slow_zero"], ["slow_z"]),
-            helper.make_node("Add", ["probabilities_fast", "slow_z"], ["probabilities"]),
-        ]
-    )
-    data: bytes = model.SerializeToString()
-    return data
+def slow_model(seed: int) -> bytes:
+    """The same answers as a fast model, ~10 ms slower per call (tests.helpers)."""
+    return slow_logistic_onnx(seed=seed)
 
 
 @dataclass
