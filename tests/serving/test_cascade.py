@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from modelfleet.agent.app import build_agent_app
+from modelfleet.agent.upstream import UpstreamClient
 from modelfleet.errors import ConfigError
-from modelfleet.serving.cascade import CascadeRoute, CascadeSettings, UpstreamClient, route_for
+from modelfleet.serving.cascade import CascadeRoute, CascadeSettings, route_for
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.router import Route
 from modelfleet.serving.runtime import LoadedModel

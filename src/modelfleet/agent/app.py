@@ -51,6 +51,7 @@ from modelfleet.agent.metrics import (
     OUTCOME_SUCCESS,
     AgentMetrics,
 )
+from modelfleet.agent.upstream import UpstreamAnswer, UpstreamClient
 from modelfleet.errors import (
     AuthError,
     ConflictError,
@@ -63,7 +64,7 @@ from modelfleet.errors import (
     PayloadTooLargeError,
     UnauthenticatedError,
 )
-from modelfleet.serving.cascade import CascadeRoute, UpstreamAnswer, UpstreamClient, route_for
+from modelfleet.serving.cascade import CascadeRoute, route_for
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.oip import HEADER_LENGTH, decode_infer_request, encode_infer_body
 from modelfleet.serving.router import choose

@@ -144,8 +144,8 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     import uvicorn
 
     from modelfleet.agent.app import ServingLimits, build_agent_app
+    from modelfleet.agent.upstream import UpstreamClient
     from modelfleet.client import HubClient
-    from modelfleet.serving.cascade import UpstreamClient
     from modelfleet.serving.host import ModelHost
     from modelfleet.trust.client import DeviceTrustClient
 
