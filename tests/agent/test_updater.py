@@ -208,3 +208,23 @@ def test_desired_state_for_another_device_is_ignored(
     result = make_updater(tmp_path, source, host).run_cycle()
     assert "not this one" in result.error
     assert host.route("m") is None
+
+
+def test_previous_is_not_kept_loaded_when_memory_is_short(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelfleet.agent.updater as updater_module
+
+    host = ModelHost()
+    updater = make_updater(tmp_path, source, host)
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    updater._loaded.clear()  # as after a restart: v1 is on disk only
+    monkeypatch.setattr(updater_module, "available_memory_bytes", lambda: 64 << 20)
+    source.assign(DEVICE, source.publish("m", 2, models[2]))
+    updater.run_cycle()
+    route = host.route("m")
+    assert route is not None and route.previous is None
+    assert updater.state.models["m"].previous is not None  # still on disk for rollback
+    updater.rollback()
+    assert served_version(host) == "1"

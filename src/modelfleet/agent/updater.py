@@ -370,7 +370,16 @@ class Updater:
         candidate = self._load(name, slots.candidate) if slots.candidate else None
         previous = None
         if slots.previous is not None and self.keep_previous_loaded:
-            previous = self._load(name, slots.previous)
+            model_file = Path(slots.previous.path) / MODEL_FILE
+            if slots.previous.sha256 in self._loaded or memory_allows(model_file):
+                previous = self._load(name, slots.previous)
+            else:
+                log.warning(
+                    "not keeping %s v%s loaded: too little free memory (rollback will "
+                    "load it from disk)",
+                    name,
+                    slots.previous.version,
+                )
         self.host.set_route(
             name, Route(production, candidate, Mode(slots.mode), slots.share, previous)
         )
@@ -426,6 +435,34 @@ class Updater:
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where the kernel does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_allows(model_file: Path, headroom: float = 4.0) -> bool:
+    """Whether keeping another copy of this model in memory leaves room to spare.
+
+    ONNX Runtime needs a few times the file size for a session; ``headroom`` times the
+    file size plus 256 MiB must stay available. Unknown memory counts as enough.
+    """
+    available = available_memory_bytes()
+    if available is None:
+        return True
+    try:
+        size = model_file.stat().st_size
+    except OSError:
+        return False
+    return available > size * headroom + (256 << 20)
 
 
 def check_manifest_matches(manifest: PackageManifest, ref: ArtefactRef) -> None:
