@@ -110,7 +110,7 @@ def _run(factory: Callable[[], Any]) -> Any:
 def _agent_functions(host: Any, metrics: Any, body: bytes) -> Callable[[], bytes]:
     """The serving functions the agent's infer endpoint calls, in its order, as one call.
 
-    Mirrors ``_InferEndpoint.__call__`` in ``modelfleet/agent/app.py`` minus the ASGI
+    Mirrors ``_InferEndpoint.__call__`` in ``modelfleet/agent/_infer.py`` minus the ASGI
     plumbing: route lookup, ``choose``, ``decode_infer_request``, the batch limit,
     ``LoadedModel.infer`` (validation + run), the response encoder, the version header,
     ``AgentMetrics.observe_request``.

@@ -25,7 +25,7 @@ _WHERE = {
     "HubHome": "modelfleet.hub.config",
     "load_hub_config": "modelfleet.hub.config",
     "HubService": "modelfleet.hub.service",
-    "init_home": "modelfleet.hub.service",
+    "init_home": "modelfleet.hub.home",
     "build_hub_app": "modelfleet.hub.app",
     "serve": "modelfleet.hub.app",
     "migrate": "modelfleet.hub.db",

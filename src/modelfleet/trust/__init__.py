@@ -12,8 +12,9 @@ from modelfleet.trust.bundle import (
     parse_trust_root_bundle,
 )
 from modelfleet.trust.client import DeviceTrustClient
+from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.keys import ROLES, generate_keys, load_signers
-from modelfleet.trust.repository import ExpiryPolicy, HubTrust, TargetSpec, TufRepository
+from modelfleet.trust.repository import ExpiryPolicy, TargetSpec, TufRepository
 
 __all__ = [
     "REPOSITORIES",

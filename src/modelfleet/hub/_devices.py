@@ -1,0 +1,222 @@
+"""The hub service's tokens, devices and device reports (a mixin of ``HubService``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelfleet.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthenticatedError,
+)
+from modelfleet.hub import db
+from modelfleet.hub._reports import report_changes
+from modelfleet.hub._service_base import _ServiceBase
+from modelfleet.hub._values import JSONDict, _check_name, _iso
+from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_role
+
+
+class _DeviceOps(_ServiceBase):
+    """Tokens, devices and device reports."""
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def create_token(self, role: Role | str, subject: str, actor: str) -> str:
+        """Mint a token; only its hash is stored.
+
+        Args:
+            role: the token's role.
+            subject: who holds it (a user name, or the device id for ``device``).
+            actor: who asks (for the audit log).
+
+        Returns:
+            The token; it cannot be recovered later.
+
+        Raises:
+            InvalidInputError: unknown role or empty subject.
+            NotFoundError: a device token for an unknown device.
+        """
+        role = parse_role(str(role))
+        if not subject or len(subject) > 256:
+            raise InvalidInputError("a token needs a subject of 1 to 256 characters")
+        token = new_token()
+        with self._write() as s:
+            if role is Role.DEVICE and s.get(db.Device, subject) is None:
+                raise NotFoundError(f"no device {subject!r}")
+            self._add_token(s, token, role, subject, actor)
+            self._audit(s, actor, "token.create", subject, {"role": role.value})
+        return token
+
+    def _add_token(self, s: Session, token: str, role: Role, subject: str, actor: str) -> None:
+        s.add(
+            db.Token(
+                token_sha256=hash_token(token),
+                role=role.value,
+                subject=subject,
+                created_at=self.clock.now(),
+                created_by=actor,
+                revoked=False,
+            )
+        )
+
+    def authenticate(self, token: str | None) -> Principal:
+        """Who holds ``token``.
+
+        Raises:
+            UnauthenticatedError: no token, or not a valid, unrevoked one.
+        """
+        if not token:
+            raise UnauthenticatedError("a bearer token is required")
+        with self._read() as s:
+            row = s.scalars(
+                select(db.Token).where(db.Token.token_sha256 == hash_token(token))
+            ).first()
+        if row is None or row.revoked:
+            raise UnauthenticatedError("the token is not valid")
+        return Principal(Role(row.role), row.subject)
+
+    # -- devices -------------------------------------------------------------------------
+
+    def add_device(
+        self,
+        device_id: str,
+        site: str | None = "",
+        tags: Sequence[str] | None = None,
+        actor: str = "system",
+        ticket: str | None = None,
+    ) -> tuple[JSONDict, str]:
+        """Enrol a device and mint its token.
+
+        Returns:
+            ``(device, token)``; the token is shown only this once.
+
+        Raises:
+            InvalidInputError: a malformed id, site or tags.
+            ConflictError: the id is taken.
+        """
+        _check_name("device id", device_id)
+        site = site or ""
+        if not isinstance(site, str) or len(site) > 128:
+            raise InvalidInputError("site must be a string of at most 128 characters")
+        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags or ()):
+            raise InvalidInputError("tags must be a list of non-empty strings")
+        tag_list = sorted(set(tags or ()))
+        token = new_token()
+        with self._write() as s:
+            if s.get(db.Device, device_id) is not None:
+                raise ConflictError(f"device {device_id!r} already exists")
+            s.add(
+                db.Device(
+                    id=device_id,
+                    site=site,
+                    tags=tag_list,
+                    created_at=self.clock.now(),
+                    last_seen=None,
+                    reported=None,
+                )
+            )
+            s.flush()
+            self._add_token(s, token, Role.DEVICE, device_id, actor)
+            self._audit(s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket)
+        return self.get_device(device_id), token
+
+    def list_devices(self) -> list[JSONDict]:
+        """Every device with its assignments, desired state and last report."""
+        with self._read() as s:
+            return [
+                self._device_view(s, d) for d in s.scalars(select(db.Device).order_by(db.Device.id))
+            ]
+
+    def get_device(self, device_id: str) -> JSONDict:
+        """One device (see :meth:`list_devices`).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        with self._read() as s:
+            return self._device_view(s, self._device_row(s, device_id))
+
+    def _device_row(self, s: Session, device_id: str) -> db.Device:
+        row = s.get(db.Device, device_id)
+        if row is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        return row
+
+    def _device_view(self, s: Session, d: db.Device) -> JSONDict:
+        assignments = s.scalars(
+            select(db.Assignment)
+            .where(db.Assignment.device_id == d.id)
+            .order_by(db.Assignment.model)
+        )
+        state = s.get(db.DeviceState, d.id)
+        return {
+            "id": d.id,
+            "site": d.site,
+            "tags": list(d.tags),
+            "created_at": _iso(d.created_at),
+            "last_seen": _iso(d.last_seen),
+            "report": d.reported,
+            "assignments": [
+                {
+                    "model": a.model,
+                    "production": a.production_version,
+                    "candidate": a.candidate_version,
+                    "previous": a.previous_version,
+                    "mode": a.mode,
+                    "share": a.share,
+                    "slo": dict(a.slo),
+                    "rollout_id": a.rollout_id,
+                }
+                for a in assignments
+            ],
+            "desired_state": None
+            if state is None
+            else {
+                "serial": state.serial,
+                "sha256": state.sha256,
+                "length": state.length,
+                "issued_at": _iso(state.issued_at),
+            },
+        }
+
+    def record_report(self, device_id: str, report: Mapping[str, Any]) -> None:
+        """Store a device's check-in report.
+
+        The report is kept as sent (the agent sends its state: ``applied_serial``,
+        ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
+        "mode", "share"}}``, ``last_refusal``, ``events``, ...). What the hub reads of
+        it (see :func:`report_changes`) goes to the audit log when it changed: what the
+        device runs, the serial it applied, a new refusal, and new events.
+
+        Raises:
+            NotFoundError: no such device.
+            InvalidInputError: the report is not a JSON object.
+            PayloadTooLargeError: the report exceeds ``max_report_bytes``.
+        """
+        if not isinstance(report, Mapping):
+            raise InvalidInputError("a device report must be a JSON object")
+        try:
+            raw = orjson.dumps(dict(report))
+        except TypeError as e:
+            raise InvalidInputError(f"the report is not JSON-able: {e}") from e
+        if len(raw) > self.config.max_report_bytes:
+            raise PayloadTooLargeError(
+                f"the report exceeds the limit of {self.config.max_report_bytes} bytes"
+            )
+        data: JSONDict = orjson.loads(raw)
+        now = self.clock.now()
+        with self._write() as s:
+            device = self._device_row(s, device_id)
+            changes = report_changes(device.reported or {}, data)
+            device.reported = data
+            device.last_seen = now
+            s.add(db.DeviceReport(device_id=device_id, received_at=now, report=data))
+            if changes:
+                self._audit(s, f"device:{device_id}", "device.report", device_id, changes)

@@ -1,0 +1,67 @@
+"""Creating a hub home: folders, config, database, keys, TUF repositories, admin token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelfleet._atomic import atomic_write_bytes, atomic_write_text
+from modelfleet.clock import Clock, SystemClock
+from modelfleet.errors import ConfigError
+from modelfleet.hub import db
+from modelfleet.hub.auth import Role
+from modelfleet.hub.config import HubConfig, HubHome, render_config_toml
+from modelfleet.trust.hub_trust import HubTrust
+from modelfleet.trust.keys import generate_keys
+
+__all__ = ["init_home"]
+
+
+def init_home(home: Path, clock: Clock | None = None, database_url: str | None = None) -> str:
+    """Create a hub home: folders, config, database, keys, TUF repositories, admin token.
+
+    Args:
+        home: the folder to initialise (created if missing; may exist empty).
+        clock: time source for the initial metadata (the system clock if None).
+        database_url: SQLAlchemy URL; SQLite in ``home`` if None.
+
+    Returns:
+        The admin token (also written to ``home/admin.token``, mode 0600).
+
+    Raises:
+        ConfigError: ``home`` is already (or partly) initialised, or not usable.
+        StorageError: the database or a file could not be written.
+    """
+    clock = clock or SystemClock()
+    paths = HubHome(Path(home))
+    leftovers = [
+        p.name
+        for p in (paths.config_file, paths.keys, paths.tuf, paths.admin_token, paths.trust_root)
+        if p.exists()
+    ]
+    if leftovers:
+        raise ConfigError(
+            f"{paths.root} is already initialised (found {', '.join(leftovers)}); "
+            "use another folder or remove it first"
+        )
+    try:
+        paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.artefacts.mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {paths.root}: {e.strerror or e}") from e
+    config = HubConfig(home=paths.root, database_url=database_url or "")
+    db.migrate(config.database_url)
+    generate_keys(paths.keys)
+    trust = HubTrust.init(paths.tuf, paths.keys, clock)
+    atomic_write_bytes(paths.trust_root, trust.trust_root_bundle(), mode=0o644)
+    # The config file goes last: it marks the home as complete.
+    atomic_write_text(paths.config_file, render_config_toml(config), mode=0o600)
+    # Imported here: modelfleet.hub.service imports this module.
+    from modelfleet.hub.service import HubService
+
+    service = HubService(config, clock, migrate_db=False)
+    try:
+        token = service.create_token(Role.ADMIN, "admin", actor="system:init")
+    finally:
+        service.close()
+    atomic_write_text(paths.admin_token, token + "\n", mode=0o600)
+    return token

@@ -1,0 +1,312 @@
+"""The hub's two TUF repositories (catalog and director) kept together under one lock.
+
+:class:`HubTrust` wraps one :class:`~modelfleet.trust.repository.TufRepository` per
+repository name and serialises every change across threads and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import Signer
+
+from modelfleet.catalog.artefacts import is_sha256
+from modelfleet.clock import Clock
+from modelfleet.errors import ConflictError, InvalidInputError, StorageError
+from modelfleet.rollout.desired_state import (
+    desired_state_target_path,
+    manifest_target_path,
+    model_target_path,
+)
+from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
+from modelfleet.trust.keys import load_signers
+from modelfleet.trust.repository import ExpiryPolicy, TargetSpec, TufRepository
+
+__all__ = ["HubTrust"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class HubTrust:
+    """The hub's two repositories (catalog and director) under one lock.
+
+    Layout: ``tuf_dir/catalog/``, ``tuf_dir/director/`` (metadata folders) and
+    ``tuf_dir/.lock``. Every change takes an exclusive ``flock`` on the lock file and
+    re-reads the metadata first, so several hub processes (or threads) never sign two
+    different files with the same version. Reads take a shared lock and re-read only when
+    ``timestamp.json`` or the root version changed on disk.
+    """
+
+    def __init__(self, tuf_dir: Path, repos: Mapping[str, TufRepository]) -> None:
+        """Wrap already loaded repositories; use :meth:`init` or :meth:`open`, not this."""
+        self.tuf_dir = Path(tuf_dir)
+        self._repos = dict(repos)
+        self._thread_lock = threading.Lock()
+
+    # -- construction ------------------------------------------------------------------
+
+    @staticmethod
+    def _repo_args(
+        tuf_dir: Path, key_dir: Path, clock: Clock, expiry: ExpiryPolicy | None
+    ) -> dict[str, tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float]]:
+        policy = expiry or ExpiryPolicy()
+        keys = load_signers(key_dir)
+        director_key = keys["director"]
+        signers = {
+            "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
+            "director": {
+                "root": keys["root"],
+                "targets": director_key,
+                "snapshot": director_key,
+                "timestamp": director_key,
+            },
+        }
+        return {
+            repo: (
+                Path(tuf_dir) / repo,
+                signers[repo],
+                clock,
+                policy.lifetimes(repo),
+                policy.refresh_margin,
+            )
+            for repo in REPOSITORIES
+        }
+
+    @classmethod
+    def init(
+        cls,
+        tuf_dir: Path,
+        key_dir: Path,
+        clock: Clock,
+        expiry: ExpiryPolicy | None = None,
+    ) -> HubTrust:
+        """Create both repositories' initial signed metadata.
+
+        Keys must already exist (see :func:`modelfleet.trust.keys.generate_keys`).
+
+        Raises:
+            ConfigError: keys missing or corrupt.
+            ConflictError: a repository already exists under ``tuf_dir``.
+            StorageError: ``tuf_dir`` is not writable.
+        """
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        hub = cls(tuf_dir, {})
+        with hub._locked(exclusive=True):
+            for repo in REPOSITORIES:
+                if any((Path(tuf_dir) / repo).glob("*.root.json")):
+                    raise ConflictError(f"TUF repositories already exist in {tuf_dir}")
+            hub._repos = {repo: TufRepository.create(*args[repo]) for repo in REPOSITORIES}
+        return hub
+
+    @classmethod
+    def open(
+        cls,
+        tuf_dir: Path,
+        key_dir: Path,
+        clock: Clock,
+        expiry: ExpiryPolicy | None = None,
+    ) -> HubTrust:
+        """Open existing repositories.
+
+        Raises:
+            ConfigError: keys or repositories missing, corrupt, or not matching.
+        """
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        hub = cls(tuf_dir, {})
+        with hub._locked(exclusive=False):
+            hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
+        return hub
+
+    # -- catalog -----------------------------------------------------------------------
+
+    def publish_package(
+        self,
+        name: str,
+        version: int,
+        model_sha256: str,
+        model_length: int,
+        manifest_sha256: str,
+        manifest_length: int,
+        custom: dict[str, Any],
+    ) -> None:
+        """List a package version's model and manifest in the catalog (one targets version).
+
+        Idempotent: publishing the same hashes again signs nothing.
+
+        Args:
+            name: model name (letters, digits, ``._-``; no ``/``).
+            version: package version (positive).
+            model_sha256, model_length: the ONNX artefact's digest and size.
+            manifest_sha256, manifest_length: the manifest's digest and size.
+            custom: opaque fields signed with the model target (``model``, ``version``,
+                ``opset``, ``runtime``, ``ir_version``...).
+
+        Raises:
+            InvalidInputError: bad name, version, digest or length.
+            ConflictError: the version is already listed with other hashes (package
+                versions are immutable).
+            StorageError: the metadata could not be written.
+        """
+        _check_name("model name", name)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidInputError(f"package version must be a positive integer: {version!r}")
+        wanted: dict[str, TargetSpec] = {
+            model_target_path(name, version): (model_length, model_sha256, dict(custom)),
+            manifest_target_path(name, version): (manifest_length, manifest_sha256, None),
+        }
+        with self._locked(exclusive=True):
+            catalog = self._repos["catalog"]
+            for path, (length, sha256, _) in wanted.items():
+                tf = catalog.target(path)
+                if tf is not None and (tf.length != length or tf.hashes.get("sha256") != sha256):
+                    raise ConflictError(
+                        f"{path} is already published with other content; "
+                        "package versions are immutable"
+                    )
+            todo = {p: spec for p, spec in wanted.items() if catalog.target(p) is None}
+            if todo:
+                catalog.add_targets(todo)
+
+    def revoke_package(self, name: str, version: int) -> None:
+        """Remove a package version from the catalog; devices will then refuse it.
+
+        Idempotent: revoking a version that is not listed signs nothing.
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        with self._locked(exclusive=True):
+            self._repos["catalog"].remove_targets(
+                [model_target_path(name, version), manifest_target_path(name, version)]
+            )
+
+    # -- director ----------------------------------------------------------------------
+
+    def set_desired_states(self, states: Mapping[str, tuple[str, int]]) -> None:
+        """List devices' desired-state blobs in the director (one targets version for all).
+
+        Args:
+            states: ``{device id: (sha256, length)}`` of each device's
+                ``DesiredState.to_json()`` bytes (stored by the caller).
+
+        Raises:
+            InvalidInputError: a bad device id, digest or length.
+            StorageError: the metadata could not be written.
+        """
+        entries: dict[str, TargetSpec] = {}
+        for device_id, (sha256, length) in states.items():
+            _check_name("device id", device_id)
+            entries[desired_state_target_path(device_id)] = (length, sha256, None)
+        if not entries:
+            return
+        with self._locked(exclusive=True):
+            self._repos["director"].add_targets(entries)
+
+    def remove_desired_states(self, device_ids: Iterable[str]) -> None:
+        """Stop listing devices in the director (e.g. decommissioned devices).
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        paths = [desired_state_target_path(d) for d in device_ids]
+        with self._locked(exclusive=True):
+            self._repos["director"].remove_targets(paths)
+
+    # -- serving -----------------------------------------------------------------------
+
+    def trust_root_bundle(self) -> bytes:
+        """The current roots of both repositories, for device bootstrap (``trust-root.json``)."""
+        with self._locked(exclusive=False):
+            return make_trust_root_bundle({r: self._repos[r].root_json() for r in REPOSITORIES})
+
+    def metadata_path(self, repo: str, filename: str) -> Path | None:
+        """The metadata file to serve for ``GET /tuf/<repo>/metadata/<filename>``, or None.
+
+        None for an unknown repository, a name that is not TUF metadata, path
+        traversal attempts, and versions that do not exist (or were pruned).
+        """
+        r = self._repos.get(repo)
+        return r.metadata_path(filename) if r is not None else None
+
+    def target_digest(self, repo: str, url_path: str) -> str | None:
+        """Resolve a consistent-snapshot target URL path to the blob digest to serve.
+
+        Args:
+            repo: ``catalog`` or ``director``.
+            url_path: e.g. ``models/iris/2/<sha256>.model.onnx``.
+
+        Returns:
+            The sha256 if the target (``models/iris/2/model.onnx``) is listed now with
+            that hash; otherwise None (unknown, revoked, replaced, or malformed).
+        """
+        if repo not in self._repos:
+            return None
+        dirname, sep, filename = url_path.rpartition("/")
+        digest, dot, basename = filename.partition(".")
+        if not dot or not basename or not is_sha256(digest):
+            return None
+        path = f"{dirname}{sep}{basename}"
+        with self._locked(exclusive=False):
+            return digest if self._repos[repo].has_target(path, digest) else None
+
+    def repository(self, repo: str) -> TufRepository:
+        """The ``catalog`` or ``director`` repository, synced with the disk (read-only use).
+
+        Raises:
+            InvalidInputError: unknown repository name.
+        """
+        if repo not in self._repos:
+            raise InvalidInputError(f"unknown TUF repository {repo!r}")
+        with self._locked(exclusive=False):
+            return self._repos[repo]
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    def refresh_expiring(self) -> list[str]:
+        """Re-sign roles close to expiry in both repositories.
+
+        Returns:
+            ``"<repo>/<role>"`` for every role re-signed, e.g. ``"director/timestamp"``.
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        done: list[str] = []
+        with self._locked(exclusive=True):
+            for repo in REPOSITORIES:
+                done += [f"{repo}/{role}" for role in self._repos[repo].refresh_expiring()]
+        return done
+
+    # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        with self._thread_lock:
+            try:
+                self.tuf_dir.mkdir(parents=True, exist_ok=True)
+                fd = open(self.tuf_dir / ".lock", "a+b")  # noqa: SIM115
+            except OSError as e:
+                raise StorageError(f"cannot open lock file in {self.tuf_dir}: {e}") from e
+            with fd:
+                fcntl.flock(fd.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                try:
+                    for r in self._repos.values():
+                        if not r.is_current():
+                            r.reload()
+                    yield
+                finally:
+                    fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+
+
+def _check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidInputError(
+            f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-' (max 128)"
+        )
