@@ -64,6 +64,13 @@ class Process:
                 self.popen.kill()
                 self.popen.wait(timeout=5)
 
+    def output(self) -> str:
+        """Everything the process wrote so far."""
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelfleet.demo import free_port
+from modelfleet.demo import Process, free_port, modelfleet_cmd, start
 
-__all__ = ["free_port"]
+__all__ = ["Proc", "free_port", "start_agent"]
 
 
 def cli(
@@ -45,22 +45,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
     return False
 
 
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+Proc = Process
 
 
 @pytest.fixture
@@ -68,12 +53,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     procs: list[Proc] = []
 
     def _spawn(name: str, *args: str) -> Proc:
-        log = tmp_path / f"{name}.log"
-        fh = open(log, "wb")  # noqa: SIM115
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "modelfleet", *args], stdout=fh, stderr=subprocess.STDOUT
-        )
-        proc = Proc(popen, log)
+        proc = start(name, modelfleet_cmd(*args), tmp_path)
         procs.append(proc)
         return proc
 
@@ -105,3 +85,37 @@ def hub(tmp_path: Path, spawn: Callable[..., Proc]) -> Hub:
     url = f"http://127.0.0.1:{port}"
     assert wait_for(lambda: httpx.get(f"{url}/api/v1/health").status_code == 200), proc.output()
     return Hub(home, url, token, proc)
+
+
+def start_agent(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path, device: str, *extra: str
+) -> tuple[str, Path, Proc]:
+    """Enroll ``device`` and run its agent; return (base URL, state folder, process)."""
+    added = cli("device", "add", device, "--site", "plant-a", "--json", env=hub.env())
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    port = free_port()
+    state = tmp_path / device
+    proc = spawn(
+        f"agent-{device}",
+        "agent",
+        "run",
+        "--hub",
+        hub.url,
+        "--device-id",
+        device,
+        "--token",
+        token,
+        "--state-dir",
+        str(state),
+        "--port",
+        str(port),
+        "--poll-interval",
+        "0.2",
+        "--trust-root",
+        str(hub.home / "trust-root.json"),
+        *extra,
+    )
+    url = f"http://127.0.0.1:{port}"
+    assert wait_for(lambda: httpx.get(f"{url}/v2/health/live").status_code == 200), proc.output()
+    return url, state, proc

@@ -10,50 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Hub, Proc, cli, free_port, wait_for
+from tests.e2e.conftest import Hub, Proc, cli, start_agent, wait_for
 from tests.helpers import logistic_onnx, slow_logistic_onnx
 
 pytestmark = pytest.mark.e2e
 
 BODY = {"inputs": [{"name": "X", "shape": [1, 10], "datatype": "FP32", "data": [0.1] * 10}]}
-
-
-def enroll(hub: Hub, device: str) -> str:
-    added = cli("device", "add", device, "--json", env=hub.env())
-    assert added.returncode == 0, added.stderr
-    token: str = json.loads(added.stdout)["token"]
-    return token
-
-
-def run_agent(
-    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path, device: str, *extra: str
-) -> tuple[str, Path, Proc]:
-    token = enroll(hub, device)
-    port = free_port()
-    state = tmp_path / device
-    proc = spawn(
-        f"agent-{device}",
-        "agent",
-        "run",
-        "--hub",
-        hub.url,
-        "--device-id",
-        device,
-        "--token",
-        token,
-        "--state-dir",
-        str(state),
-        "--port",
-        str(port),
-        "--poll-interval",
-        "0.2",
-        "--trust-root",
-        str(hub.home / "trust-root.json"),
-        *extra,
-    )
-    url = f"http://127.0.0.1:{port}"
-    assert wait_for(lambda: httpx.get(f"{url}/v2/health/live").status_code == 200), proc.output()
-    return url, state, proc
 
 
 def register(hub: Hub, tmp_path: Path, name: str, model: bytes) -> int:
@@ -73,7 +35,7 @@ def status(state: Path) -> dict:  # type: ignore[type-arg]
 def test_guard_rolls_back_a_slow_version_and_tells_the_hub(
     hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    url, state, agent = run_agent(hub, spawn, tmp_path, "edge-g")
+    url, state, agent = start_agent(hub, spawn, tmp_path, "edge-g")
     v1 = register(hub, tmp_path, "fast.onnx", logistic_onnx()[0])
     assert cli("deploy", "m", str(v1), "--all", env=hub.env()).returncode == 0
     infer = f"{url}/v2/models/m/infer"
@@ -108,8 +70,8 @@ def test_guard_rolls_back_a_slow_version_and_tells_the_hub(
 def test_cascade_sends_unsure_requests_to_the_upstream_agent(
     hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
-    upstream_url, _, _ = run_agent(hub, spawn, tmp_path, "site-server")
-    edge_url, _, edge = run_agent(
+    upstream_url, _, _ = start_agent(hub, spawn, tmp_path, "site-server")
+    edge_url, _, edge = start_agent(
         hub, spawn, tmp_path, "edge-c", "--upstream", upstream_url, "--cascade-threshold", "0.99"
     )
     register(hub, tmp_path, "m.onnx", logistic_onnx()[0])

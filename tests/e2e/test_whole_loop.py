@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Hub, Proc, cli, free_port, wait_for
+from tests.e2e.conftest import Hub, Proc, cli, free_port, start_agent, wait_for
 from tests.helpers import logistic_onnx
 
 pytestmark = pytest.mark.e2e
@@ -30,38 +30,6 @@ def agent_status(state_dir: Path) -> dict:  # type: ignore[type-arg]
     assert result.returncode == 0, result.stderr
     data: dict = json.loads(result.stdout)  # type: ignore[type-arg]
     return data
-
-
-def start_agent(
-    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path, device: str
-) -> tuple[str, Path, Proc]:
-    added = cli("device", "add", device, "--site", "plant-a", "--json", env=hub.env())
-    assert added.returncode == 0, added.stderr
-    token = json.loads(added.stdout)["token"]
-    port = free_port()
-    state = tmp_path / device
-    proc = spawn(
-        f"agent-{device}",
-        "agent",
-        "run",
-        "--hub",
-        hub.url,
-        "--device-id",
-        device,
-        "--token",
-        token,
-        "--state-dir",
-        str(state),
-        "--port",
-        str(port),
-        "--poll-interval",
-        "0.2",
-        "--trust-root",
-        str(hub.home / "trust-root.json"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    assert wait_for(lambda: httpx.get(f"{url}/v2/health/live").status_code == 200), proc.output()
-    return url, state, proc
 
 
 def register(hub: Hub, tmp_path: Path, version_seed: int) -> dict:  # type: ignore[type-arg]
