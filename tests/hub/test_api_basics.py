@@ -21,8 +21,13 @@ def test_openapi_document_is_served_under_api_v1(http: TestClient) -> None:
     assert r.status_code == 200
     doc = r.json()
     assert doc["info"]["title"] == "modelfleet hub"
-    for path in ("/api/v1/devices", "/api/v1/models/{name}/versions", "/api/v1/deployments",
-                 "/api/v1/blobs", "/tuf/{repo}/metadata/{filename}"):  # fmt: skip
+    for path in (
+        "/api/v1/devices",
+        "/api/v1/models/{name}/versions",
+        "/api/v1/deployments",
+        "/api/v1/blobs",
+        "/tuf/{repo}/metadata/{filename}",
+    ):
         assert path in doc["paths"], path
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
 
@@ -76,11 +81,23 @@ def _agent_report(active: int, candidate: int | None = None, **extra: Any) -> di
         return {"version": v, "sha256": "ab" * 32, "path": f"/slots/{v}"} if v else None
 
     return {
-        "device_id": "dev-1", "applied_serial": 1, "last_check": "t0", "last_refusal": None,
-        "models": {"iris": {"active": rec(active), "previous": None, "candidate": rec(candidate),
-                            "mode": "split" if candidate else "full", "share": 0.0, "slo": {}}},
-        "events": [], **extra,
-    }  # fmt: skip
+        "device_id": "dev-1",
+        "applied_serial": 1,
+        "last_check": "t0",
+        "last_refusal": None,
+        "models": {
+            "iris": {
+                "active": rec(active),
+                "previous": None,
+                "candidate": rec(candidate),
+                "mode": "split" if candidate else "full",
+                "share": 0.0,
+                "slo": {},
+            }
+        },
+        "events": [],
+        **extra,
+    }
 
 
 def test_report_is_stored_and_shown_with_the_device(
@@ -119,12 +136,16 @@ def test_reports_are_audited_only_when_something_changed(
     )
     details = logged()[-1]["details"]
     assert details == {"last_refusal": refusal, "new_events": [event]}
-    http.post("/api/v1/devices/dev-1/report", json=_agent_report(1, 2, last_refusal=refusal,
-              events=[event]), headers=h)  # fmt: skip
+    http.post(
+        "/api/v1/devices/dev-1/report",
+        json=_agent_report(1, 2, last_refusal=refusal, events=[event]),
+        headers=h,
+    )
     assert logged()[-1]["details"] == {
-        "running": {"iris": {"active": 1, "candidate": 2, "previous": None, "mode": "split",
-                             "share": 0.0}},
-    }  # fmt: skip
+        "running": {
+            "iris": {"active": 1, "candidate": 2, "previous": None, "mode": "split", "share": 0.0}
+        },
+    }
     assert service.verify_audit() is None
 
 
@@ -134,9 +155,12 @@ def test_report_must_be_an_object(http: TestClient, tokens: dict[str, str]) -> N
 
 
 def test_tuf_routes_serve_metadata_and_listed_targets_only(
-    http: TestClient, admin_token: str, tokens: dict[str, str], service: HubService,
+    http: TestClient,
+    admin_token: str,
+    tokens: dict[str, str],
+    service: HubService,
     onnx_bytes: bytes,
-) -> None:  # fmt: skip
+) -> None:
     h = auth(tokens["device"])
     for repo in ("catalog", "director"):
         root = http.get(f"/tuf/{repo}/metadata/1.root.json", headers=h)
@@ -190,16 +214,38 @@ def test_refresh_resigns_expiring_metadata_and_logs_it(
     ],
 )
 def test_server_faults_are_json_without_traceback(
-    fault: Exception, status: int, message: str, service: HubService, admin_token: str,
+    fault: Exception,
+    status: int,
+    message: str,
+    service: HubService,
+    admin_token: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     def broken() -> list[dict[str, Any]]:
         raise fault
 
     monkeypatch.setattr(service, "list_models", broken)
-    with TestClient(build_hub_app(service, refresh_interval_s=0),
-                    raise_server_exceptions=False) as http:  # fmt: skip
+    with TestClient(
+        build_hub_app(service, refresh_interval_s=0), raise_server_exceptions=False
+    ) as http:
         r = http.get("/api/v1/models", headers=auth(admin_token))
     assert r.status_code == status
     assert message in r.json()["error"]
     assert "Traceback" not in r.text and "secret internals" not in r.text
+
+
+def test_device_cannot_read_another_devices_desired_state(
+    http: TestClient,
+    admin_token: str,
+    tokens: dict[str, str],
+    service: HubService,
+    onnx_bytes: bytes,
+) -> None:
+    service.add_device("dev-2", "plant", [], actor="admin:admin")
+    register(http, admin_token, "iris", onnx_bytes)
+    service.deploy("iris", 1, ["dev-1", "dev-2"], actor="admin:admin")
+    other = service.get_device("dev-2")["desired_state"]
+    url = f"/tuf/director/targets/devices/dev-2/{other['sha256']}.desired-state.json"
+    r = http.get(url, headers=auth(tokens["device"]))  # the token of dev-1
+    assert r.status_code == 403 and "own desired state" in r.json()["error"]
+    assert http.get(url, headers=auth(admin_token)).status_code == 200

@@ -39,7 +39,7 @@ from modelfleet.errors import (
     TransportError,
     UnauthenticatedError,
 )
-from modelfleet.hub.auth import Permission, Principal, check
+from modelfleet.hub.auth import Permission, Principal, Role, check
 from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.service import ALL_DEVICES, HubService
 
@@ -377,8 +377,18 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
 
     @app.get("/tuf/{repo}/targets/{path:path}", tags=["trust"])
     def tuf_target(repo: str, path: str, who: Who) -> FileResponse:
-        """A listed target by its consistent-snapshot path (any valid token)."""
+        """A listed target by its consistent-snapshot path (any valid token).
+
+        A device token reads only its own director targets: one device cannot learn what
+        another is told to run.
+        """
         check(who, Permission.TUF)
+        if (
+            who.role is Role.DEVICE
+            and repo == "director"
+            and not path.startswith(f"devices/{who.subject}/")
+        ):
+            raise ForbiddenError("a device may read only its own desired state")
         return FileResponse(service.tuf_target(repo, path), media_type="application/octet-stream")
 
     return app
