@@ -228,3 +228,19 @@ def test_previous_is_not_kept_loaded_when_memory_is_short(
     assert updater.state.models["m"].previous is not None  # still on disk for rollback
     updater.rollback()
     assert served_version(host) == "1"
+
+
+def test_byte_identical_versions_are_still_distinct_versions(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    host = ModelHost()
+    updater = make_updater(tmp_path, source, host)
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    source.assign(DEVICE, source.publish("m", 2, models[1]))  # same bytes, new version
+    updater.run_cycle()
+    assert served_version(host) == "2"
+    slots = updater.state.models["m"]
+    assert (slots.active.version, slots.previous.version) == (2, 1)  # type: ignore[union-attr]
+    updater.rollback()
+    assert served_version(host) == "1"

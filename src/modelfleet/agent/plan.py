@@ -12,14 +12,31 @@ from dataclasses import dataclass
 from modelfleet.agent.state import ModelSlots, SlotRecord
 from modelfleet.rollout.desired_state import ArtefactRef, Assignment, Mode
 
-__all__ = ["SlotPlan", "plan_slots"]
+__all__ = ["SlotPlan", "plan_slots", "slot_key"]
 
 
-def _find(current: ModelSlots, sha256: str) -> SlotRecord | None:
+def slot_key(sha256: str, version: int | str) -> str:
+    """Identity of an installed version: its bytes *and* its version number.
+
+    Two versions may have byte-identical artefacts; they are still different versions
+    (they answer with different ``model_version`` and are rolled back separately).
+    """
+    return f"{sha256}:{int(version)}"
+
+
+def _key(rec: SlotRecord | ArtefactRef) -> str:
+    return slot_key(rec.sha256, rec.version)
+
+
+def _find(current: ModelSlots, ref: ArtefactRef) -> SlotRecord | None:
     for rec in (current.active, current.candidate, current.previous):
-        if rec is not None and rec.sha256 == sha256:
+        if rec is not None and _key(rec) == _key(ref):
             return rec
     return None
+
+
+def _same(a: SlotRecord | None, b: SlotRecord | None) -> bool:
+    return a is not None and b is not None and _key(a) == _key(b)
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,8 @@ class SlotPlan:
     def resolve(self, current: ModelSlots, installed: Mapping[str, SlotRecord]) -> ModelSlots:
         """Return the new slots given the records of the versions that installed.
 
+        ``installed`` is keyed by :func:`slot_key`.
+
         Production that failed to install leaves the active version in place; a candidate
         that failed is simply absent (production keeps serving everything).
         """
@@ -41,18 +60,18 @@ class SlotPlan:
         def record(ref: ArtefactRef | None) -> SlotRecord | None:
             if ref is None:
                 return None
-            return _find(current, ref.sha256) or installed.get(ref.sha256)
+            return _find(current, ref) or installed.get(_key(ref))
 
         active = record(self.production) or current.active
         if current.active is not None and active is not None:
-            changed = active.sha256 != current.active.sha256
+            changed = not _same(active, current.active)
         else:
             changed = active is not current.active
         previous = current.active if changed else current.previous
-        if previous is not None and active is not None and previous.sha256 == active.sha256:
+        if _same(previous, active):
             previous = None
         candidate = record(self.candidate)
-        if candidate is not None and active is not None and candidate.sha256 == active.sha256:
+        if _same(candidate, active):
             candidate = None
         mode = self.assignment.mode.value if candidate is not None else Mode.FULL.value
         share = self.assignment.share if candidate is not None else 0.0
@@ -90,6 +109,6 @@ def plan_slots(
     to_install = tuple(
         ref
         for ref in (production, candidate)
-        if ref is not None and _find(current, ref.sha256) is None
+        if ref is not None and _find(current, ref) is None
     )
     return SlotPlan(assignment, production, candidate, to_install)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelfleet.agent.plan import SlotPlan, plan_slots
+from modelfleet.agent.plan import SlotPlan, plan_slots, slot_key
 from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE, SlotStore
 from modelfleet.agent.state import (
     AgentState,
@@ -213,7 +213,7 @@ class Updater:
         installed: dict[str, SlotRecord] = {}
         for ref in plan.to_install:
             try:
-                installed[ref.sha256] = self._install(ref)
+                installed[slot_key(ref.sha256, ref.version)] = self._install(ref)
             except (TrustError, RefusedUpdateError, InvalidInputError) as e:
                 refusals.append(self._refuse(ref, serial, e))
             except ModelfleetError as e:  # transport, storage: retry next cycle
@@ -353,13 +353,14 @@ class Updater:
     # -- internals -----------------------------------------------------------------------
 
     def _load(self, name: str, rec: SlotRecord) -> LoadedModel:
-        model = self._loaded.get(rec.sha256)
+        key = slot_key(rec.sha256, rec.version)
+        model = self._loaded.get(key)
         if model is None:
             model = LoadedModel.load(
                 name, str(rec.version), Path(rec.path) / MODEL_FILE, rec.sha256
             )
             model.warm_up()
-            self._loaded[rec.sha256] = model
+            self._loaded[key] = model
         return model
 
     def _publish_route(self, name: str, slots: ModelSlots) -> None:
@@ -371,7 +372,8 @@ class Updater:
         previous = None
         if slots.previous is not None and self.keep_previous_loaded:
             model_file = Path(slots.previous.path) / MODEL_FILE
-            if slots.previous.sha256 in self._loaded or memory_allows(model_file):
+            loaded = slot_key(slots.previous.sha256, slots.previous.version) in self._loaded
+            if loaded or memory_allows(model_file):
                 previous = self._load(name, slots.previous)
             else:
                 log.warning(
@@ -393,7 +395,7 @@ class Updater:
 
     def _unload_unused(self) -> None:
         used = {
-            r.sha256
+            slot_key(r.sha256, r.version)
             for s in self.state.models.values()
             for r in (s.active, s.candidate, s.previous if self.keep_previous_loaded else None)
             if r is not None
@@ -404,10 +406,10 @@ class Updater:
                 continue
             for m in (route.production, route.candidate, route.previous):
                 if m is not None:
-                    used.add(m.digest)
-        for digest in list(self._loaded):
-            if digest not in used:
-                del self._loaded[digest]
+                    used.add(slot_key(m.digest, m.version))
+        for key in list(self._loaded):
+            if key not in used:
+                del self._loaded[key]
 
     def _describe_switch(self, name: str, old: ModelSlots, new: ModelSlots) -> None:
         def v(r: SlotRecord | None) -> str:
