@@ -107,8 +107,6 @@ def plan_slots(
     production = usable(assignment.production)
     candidate = usable(assignment.candidate) if assignment.mode != Mode.FULL else None
     to_install = tuple(
-        ref
-        for ref in (production, candidate)
-        if ref is not None and _find(current, ref) is None
+        ref for ref in (production, candidate) if ref is not None and _find(current, ref) is None
     )
     return SlotPlan(assignment, production, candidate, to_install)
