@@ -132,10 +132,24 @@ def device_list(
                 d.get("site"),
                 d.get("tags"),
                 d.get("last_seen"),
+                _desired(d.get("assignments")),
                 _served(d.get("report")),
             )
         )
-    table("Devices", ["id", "site", "tags", "last seen", "serving"], rows)
+    table("Devices", ["id", "site", "tags", "last seen", "desired", "serving"], rows)
+
+
+def _desired(assignments: Any) -> str:
+    """The director's word for a device, as one line (compare with what it serves)."""
+    if not isinstance(assignments, list):
+        return "-"
+    parts = []
+    for a in assignments:
+        text = f"{a.get('model')} v{a.get('production')}"
+        if a.get("candidate"):
+            text += f" + v{a['candidate']} ({a.get('mode')} {a.get('share', 0):.0%})"
+        parts.append(text)
+    return "; ".join(parts) or "-"
 
 
 def _served(report: Any) -> str:
@@ -279,7 +293,7 @@ def _parse_slo(text: str) -> dict[str, float]:
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = item.partition("=")
         try:
-            if not sep:
+            if not sep or not key.strip():
                 raise ValueError
             slo[key.strip()] = float(value)
         except ValueError:
