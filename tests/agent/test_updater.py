@@ -244,3 +244,21 @@ def test_byte_identical_versions_are_still_distinct_versions(
     assert (slots.active.version, slots.previous.version) == (2, 1)  # type: ignore[union-attr]
     updater.rollback()
     assert served_version(host) == "1"
+
+
+def test_idle_polls_do_not_rewrite_the_state_file(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    clock = ManualClock()
+    updater = Updater(DEVICE, tmp_path, source, ModelHost(), clock)
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    state_file = tmp_path / "state.json"
+    written = state_file.stat().st_ino
+    for _ in range(5):
+        clock.advance(10)
+        updater.run_cycle()
+    assert state_file.stat().st_ino == written  # atomic replace would change the inode
+    clock.advance(300)
+    updater.run_cycle()
+    assert state_file.stat().st_ino != written

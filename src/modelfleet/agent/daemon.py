@@ -56,13 +56,32 @@ class AgentControlImpl:
         return result
 
 
-class UpdateLoop:
-    """Background thread: run a cycle, report to the hub, wait ``interval`` or a nudge."""
+#: Status fields that change every cycle without anything having happened.
+_VOLATILE_STATUS = ("last_check", "loaded", "guard")
 
-    def __init__(self, updater: Updater, interval: float, reporter: Any | None = None) -> None:
+
+class UpdateLoop:
+    """Background thread: run a cycle, report to the hub, wait ``interval`` or a nudge.
+
+    A check-in is sent when the status changed, when :meth:`report_soon` asked for one,
+    or every ``heartbeat`` seconds — not every poll, so an idle fleet does not flood the
+    hub's report table.
+    """
+
+    def __init__(
+        self,
+        updater: Updater,
+        interval: float,
+        reporter: Any | None = None,
+        heartbeat: float = 60.0,
+    ) -> None:
         self.updater = updater
         self.interval = interval
         self.reporter = reporter
+        self.heartbeat = heartbeat
+        self._forced = True
+        self._last_sent_key = b""
+        self._last_sent_at = float("-inf")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelfleet-updater", daemon=True)
@@ -76,6 +95,7 @@ class UpdateLoop:
         self._thread.join(timeout=30)
 
     def report_soon(self) -> None:
+        self._forced = True
         self._wake.set()
 
     def _run(self) -> None:
@@ -91,10 +111,23 @@ class UpdateLoop:
     def _report(self) -> None:
         if self.reporter is None:
             return
+        status = self.updater.status()
+        key = orjson.dumps(
+            {k: v for k, v in status.items() if k not in _VOLATILE_STATUS},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        now = self.updater.clock.monotonic()
+        unchanged = key == self._last_sent_key
+        if unchanged and not self._forced and now - self._last_sent_at < self.heartbeat:
+            return
         try:
-            self.reporter(self.updater.status())
+            self.reporter(status)
         except Exception as e:  # reporting is best effort
             log.debug("check-in failed (will retry): %s", e)
+            return
+        self._forced = False
+        self._last_sent_key = key
+        self._last_sent_at = now
 
 
 def load_trust_root(config: AgentConfig) -> bytes:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from modelfleet.agent.plan import SlotPlan, plan_slots, slot_key
 from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE, SlotStore
 from modelfleet.agent.state import (
@@ -52,6 +54,8 @@ __all__ = ["CycleResult", "PackageSource", "Updater"]
 log = logging.getLogger("modelfleet.agent")
 
 SUPPORTED_RUNTIMES = frozenset({"onnxruntime"})
+#: An unchanged state is still rewritten this often, so ``last_check`` on disk stays recent.
+STATE_REFRESH_S = 300.0
 
 
 def max_supported_opset() -> int:
@@ -120,6 +124,8 @@ class Updater:
         #: re-targets its watch. ``fallback_ok`` is False when the previous version is
         #: one the device rolled away from (a rollback to it would flap).
         self.on_route_published: Callable[[str, ModelSlots, bool], None] | None = None
+        self._persisted_key = b""
+        self._persisted_at = float("-inf")
 
     # -- startup -------------------------------------------------------------------------
 
@@ -433,7 +439,18 @@ class Updater:
         self.slots.garbage_collect(keep)
 
     def _save(self) -> None:
+        """Persist the state when it changed (the time of the last check alone does not
+        count, so an idle device does not rewrite and fsync its flash every poll), and at
+        least every :data:`STATE_REFRESH_S` seconds."""
+        content = self.state.to_dict()
+        content.pop("last_check", None)
+        key = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        now = self.clock.monotonic()
+        if key == self._persisted_key and now - self._persisted_at < STATE_REFRESH_S:
+            return
         save_state(self.state_dir, self.state)
+        self._persisted_key = key
+        self._persisted_at = now
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()
