@@ -209,8 +209,8 @@ def test_refresh_resigns_expiring_metadata_and_logs_it(
 @pytest.mark.parametrize(
     ("fault", "status", "message"),
     [
-        (RuntimeError("boom: secret internals"), 500, "internal error"),
-        (StorageError("disk full"), 500, "disk full"),
+        pytest.param(RuntimeError("boom: secret internals"), 500, "internal error", id="bug"),
+        pytest.param(StorageError("disk full"), 503, "disk full", id="storage-is-503"),
     ],
 )
 def test_server_faults_are_json_without_traceback(

@@ -1,0 +1,52 @@
+"""What every router needs: the service, the authenticated caller, bounded parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from modelfleet.errors import PayloadTooLargeError
+from modelfleet.hub.auth import Principal
+from modelfleet.hub.service import HubService
+
+__all__ = ["INT32_MAX", "Service", "VersionNumber", "Who", "check_length"]
+
+# Version numbers, serials and audit sequence numbers are 32-bit INTEGER columns on
+# PostgreSQL (SQLite's are 64-bit): bound every integer parameter by the narrower, so an
+# out-of-range number is a 400, never an OverflowError (issue 6, defect 4).
+INT32_MAX = 2**31 - 1
+
+_bearer = HTTPBearer(auto_error=False, description="a hub token")
+
+
+def _service(request: Request) -> HubService:
+    service: HubService = request.app.state.service
+    return service
+
+
+Service = Annotated[HubService, Depends(_service)]
+
+
+def _principal(
+    service: Service,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    return service.authenticate(creds.credentials if creds else None)
+
+
+Who = Annotated[Principal, Depends(_principal)]
+
+VersionNumber = Annotated[int, Path(ge=1, le=INT32_MAX, description="a version number")]
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a body whose declared length exceeds ``limit`` before reading it.
+
+    Raises:
+        PayloadTooLargeError: ``Content-Length`` is above ``limit``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")

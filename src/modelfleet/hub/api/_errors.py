@@ -1,0 +1,134 @@
+"""The one place where errors become HTTP answers.
+
+The service raises the :mod:`modelfleet.errors` tree and never an HTTP exception; this
+module maps each kind to a status code, answers every failure as JSON
+``{"error": "...", "type": "..."}`` and never lets a traceback reach a client. It also
+says which error answers each route documents (:func:`error_responses`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelfleet.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    ModelfleetError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RefusedUpdateError,
+    StorageError,
+    TransportError,
+    UnauthenticatedError,
+)
+
+__all__ = ["ErrorBody", "error_responses", "install_error_handlers", "status_of"]
+
+log = logging.getLogger("modelfleet.hub")
+
+# Most specific first: the first matching kind decides.
+_STATUS: tuple[tuple[type[ModelfleetError], int], ...] = (
+    (PayloadTooLargeError, 413),
+    (InvalidInputError, 400),
+    (RefusedUpdateError, 400),
+    (UnauthenticatedError, 401),
+    (ForbiddenError, 403),
+    (AuthError, 401),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (TransportError, 502),
+    (StorageError, 503),  # the database or the store is unavailable: retry later
+)
+
+_DESCRIPTIONS = {
+    400: "Invalid request: malformed or out-of-range parameters or body",
+    401: "Missing or invalid bearer token",
+    403: "The token's role does not allow this",
+    404: "Not found",
+    409: "Conflicts with existing state",
+    413: "The request body exceeds the configured limit",
+    503: "Storage unavailable (database or artefact store); retry later",
+}
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str = Field(description="what went wrong, for a person")
+    type: str | None = Field(default=None, description="the modelfleet error class, if any")
+
+
+def status_of(error: ModelfleetError) -> int:
+    """The HTTP status for a modelfleet error (500 for config and trust faults)."""
+    for kind, status in _STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that may answer ``statuses`` (plus 503, which any
+    route touching storage may answer)."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in sorted({*statuses, 503})
+    }
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    kind = error.get("type")
+    if kind == "enum":
+        # e.g. "body.mode: unknown mode 'yolo'; use 'full', 'split' or 'shadow'"
+        field = str(error["loc"][-1]) if error.get("loc") else "value"
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{where}: unknown {field} {error.get('input')!r}; use {expected}"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer modelfleet errors, request validation failures, HTTP errors (unknown
+    route, wrong method) and anything unexpected as JSON error bodies."""
+
+    async def modelfleet_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ModelfleetError)
+        status = status_of(exc)
+        if status >= 500:
+            log.error("request failed: %s: %s", type(exc).__name__, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        body = ErrorBody(error=str(exc), type=type(exc).__name__)
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        body = ErrorBody(error=f"invalid request: {problems}", type="InvalidInputError")
+        return JSONResponse(body.model_dump(), status_code=400)
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse(
+            ErrorBody(error=str(exc.detail)).model_dump(),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return JSONResponse(
+            ErrorBody(error="internal error; see the hub log").model_dump(), status_code=500
+        )
+
+    app.add_exception_handler(ModelfleetError, modelfleet_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

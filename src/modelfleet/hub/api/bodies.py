@@ -1,0 +1,259 @@
+"""Request and response bodies of the hub API (what the OpenAPI document describes).
+
+Response models describe the service's JSON-ready dicts (see
+:mod:`modelfleet.hub.service`) and keep fields they do not name, so a field the service
+adds reaches clients before it is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelfleet.hub.api._deps import INT32_MAX
+from modelfleet.hub.auth import Role
+from modelfleet.rollout.desired_state import Mode
+
+__all__ = [
+    "AssignmentOut",
+    "AuditEntryOut",
+    "AuditPageOut",
+    "AuditVerifyOut",
+    "BlobOut",
+    "DeploymentIn",
+    "DeploymentOut",
+    "DesiredStateOut",
+    "DeviceChangeOut",
+    "DeviceIn",
+    "DeviceOut",
+    "DeviceWithTokenOut",
+    "HealthOut",
+    "ModelOut",
+    "ModelSummaryOut",
+    "ReportOut",
+    "RevokeIn",
+    "RollbackIn",
+    "RollbackOut",
+    "TokenIn",
+    "TokenOut",
+    "VersionDeploymentOut",
+    "VersionIn",
+    "VersionOut",
+    "WhoAmIOut",
+]
+
+Version = Field(ge=1, le=INT32_MAX)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class TokenIn(BaseModel):
+    role: Role = Field(description="what the token may do")
+    subject: str = Field(description="who holds the token (the device id for device tokens)")
+
+
+class DeviceIn(BaseModel):
+    id: str = Field(description="device id: letters, digits, '.', '_' or '-'")
+    site: str | None = ""
+    tags: list[str] = Field(default_factory=list)
+    ticket: str | None = None
+
+
+class VersionIn(BaseModel):
+    blob: str = Field(description="sha256 of the uploaded ONNX model blob")
+    sample_input_blob: str | None = Field(
+        default=None, description="sha256 of an uploaded .npy array of sample rows"
+    )
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    ticket: str | None = None
+
+
+class RevokeIn(BaseModel):
+    ticket: str | None = None
+
+
+class DeploymentIn(BaseModel):
+    model: str
+    version: int = Version
+    devices: list[str] | None = Field(default=None, description="device ids (or all=true)")
+    all: bool = Field(default=False, description="every enrolled device")
+    mode: Mode = Mode.FULL
+    share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="candidate share, in (0, 1] for split/shadow"
+    )
+    slo: dict[str, float] = Field(
+        default_factory=dict, description='the device guard\'s SLO, e.g. {"p99_ms": 50}'
+    )
+    ticket: str | None = None
+
+
+class RollbackIn(BaseModel):
+    model: str
+    devices: list[str] | None = None
+    all: bool = False
+    ticket: str | None = None
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+class HealthOut(_Out):
+    status: Literal["ok"]
+    version: str
+
+
+class WhoAmIOut(_Out):
+    subject: str
+    role: Role
+    device_id: str | None = Field(description="set only for device tokens")
+
+
+class TokenOut(_Out):
+    token: str = Field(description="shown only in this answer")
+    role: Role
+    subject: str
+
+
+class AssignmentOut(_Out):
+    model: str
+    production: int
+    candidate: int | None
+    previous: int | None
+    mode: Mode
+    share: float
+    slo: dict[str, float]
+    rollout_id: str | None
+
+
+class DesiredStateOut(_Out):
+    serial: int
+    sha256: str
+    length: int
+    issued_at: str | None
+
+
+class DeviceOut(_Out):
+    id: str
+    site: str
+    tags: list[str]
+    created_at: str | None
+    last_seen: str | None
+    report: dict[str, Any] | None = Field(description="the device's last check-in, as sent")
+    assignments: list[AssignmentOut]
+    desired_state: DesiredStateOut | None
+
+
+class DeviceWithTokenOut(DeviceOut):
+    token: str = Field(description="the device's token, shown only in this answer")
+
+
+class ReportOut(_Out):
+    status: Literal["recorded"]
+    applied_rollbacks: list[str] = Field(
+        default_factory=list, description="ids of the report's rollbacks the hub has applied"
+    )
+
+
+class BlobOut(_Out):
+    sha256: str
+    length: int
+
+
+class VersionDeploymentOut(_Out):
+    device_id: str
+    role: Literal["production", "candidate"]
+    mode: Mode
+    share: float
+    rollout_id: str | None
+
+
+class VersionOut(_Out):
+    model: str
+    version: int
+    sha256: str
+    length: int
+    manifest_sha256: str
+    manifest_length: int
+    opset: int
+    ir_version: int
+    schema_: dict[str, Any] = Field(alias="schema", description="input/output tensor schema")
+    lineage: dict[str, Any]
+    smoke_vectors: int
+    created_at: str | None
+    created_by: str
+    published: bool
+    revoked: bool
+    model_path: str
+    manifest_path: str
+    deployments: list[VersionDeploymentOut]
+
+
+class ModelSummaryOut(_Out):
+    name: str
+    description: str
+    created_at: str | None
+    latest_version: int | None
+    versions: int = Field(description="how many versions")
+
+
+class ModelOut(_Out):
+    name: str
+    description: str
+    created_at: str | None
+    created_by: str
+    latest_version: int | None
+    versions: list[VersionOut]
+
+
+class DeviceChangeOut(_Out):
+    device_id: str
+    production: int
+    candidate: int | None
+    mode: Mode
+    share: float
+    serial: int
+    desired_state_sha256: str
+    desired_state_length: int
+
+
+class DeploymentOut(_Out):
+    model: str
+    version: int
+    mode: Mode
+    share: float
+    slo: dict[str, float]
+    rollout_id: str
+    devices: list[DeviceChangeOut]
+
+
+class RollbackOut(_Out):
+    model: str
+    rollout_id: str
+    devices: list[DeviceChangeOut]
+
+
+class AuditEntryOut(_Out):
+    seq: int
+    at: str | None
+    actor: str
+    action: str
+    subject: str
+    ticket: str | None
+    details: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+
+class AuditPageOut(_Out):
+    entries: list[AuditEntryOut]
+
+
+class AuditVerifyOut(_Out):
+    intact: bool
+    first_broken_seq: int | None

@@ -1,0 +1,49 @@
+"""Health, who-am-I and tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from modelfleet import __version__
+from modelfleet.hub.api._deps import Service, Who
+from modelfleet.hub.api._errors import error_responses
+from modelfleet.hub.api.bodies import HealthOut, TokenIn, TokenOut, WhoAmIOut
+from modelfleet.hub.auth import Permission, Role, check
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["hub"], response_model=HealthOut, responses=error_responses())
+def health() -> dict[str, Any]:
+    """Liveness; needs no token."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/whoami", tags=["auth"], response_model=WhoAmIOut, responses=error_responses(401))
+def whoami(who: Who) -> dict[str, Any]:
+    """Who holds this token (any valid token): its subject, role, and for a device token
+    the device id."""
+    return {
+        "subject": who.subject,
+        "role": who.role.value,
+        "device_id": who.subject if who.role is Role.DEVICE else None,
+    }
+
+
+@router.post(
+    "/tokens",
+    status_code=201,
+    tags=["auth"],
+    response_model=TokenOut,
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def create_token(body: TokenIn, who: Who, service: Service) -> dict[str, Any]:
+    """Mint a token (admin). The token is shown only in this answer; a device token
+    needs an enrolled device (404 otherwise)."""
+    check(who, Permission.ADMIN)
+    token = service.create_token(body.role, body.subject, actor=who.actor)
+    return {"token": token, "role": body.role.value, "subject": body.subject}
