@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from modelfleet.errors import PayloadTooLargeError
+from modelfleet.errors import InvalidInputError, PayloadTooLargeError
 from modelfleet.hub.auth import Principal
 from modelfleet.hub.service import HubService
 
-__all__ = ["INT32_MAX", "Service", "VersionNumber", "Who", "check_length"]
+__all__ = [
+    "INT32_MAX",
+    "Service",
+    "VersionNumber",
+    "Who",
+    "check_length",
+    "refuse_unknown_query",
+]
 
 # Version numbers, serials and audit sequence numbers are 32-bit INTEGER columns on
 # PostgreSQL (SQLite's are 64-bit): bound every integer parameter by the narrower, so an
@@ -50,3 +59,34 @@ def check_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+
+
+_declared: dict[int, frozenset[str]] = {}
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare (a typo such as
+    ``?after_sequence=`` would otherwise be ignored without a word).
+
+    Raises:
+        InvalidInputError: a query parameter the route does not know.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = _declared.get(id(route))
+    if known is None:
+        known = frozenset(_query_names(route.dependant))
+        _declared[id(route)] = known
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        allowed = ", ".join(sorted(known)) or "none"
+        raise InvalidInputError(f"unknown query parameter {names} (this route takes: {allowed})")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names

@@ -75,12 +75,12 @@ def status_of(error: ModelfleetError) -> int:
     return 500
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The ``responses=`` of a route that may answer ``statuses`` (plus 503, which any
-    route touching storage may answer)."""
+def error_responses(*statuses: int, storage: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that may answer ``statuses``, plus 503 when it
+    touches storage (every route that checks a token does)."""
     return {
         status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in sorted({*statuses, 503})
+        for status in sorted({*statuses, *((503,) if storage else ())})
     }
 
 

@@ -13,7 +13,7 @@ import importlib.resources
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
@@ -51,13 +51,14 @@ def docs_router(docs_url: str, openapi_url: str, title: str) -> APIRouter | None
     assets = f"{docs_url}/assets"
 
     @router.get(docs_url)
-    def swagger_ui() -> HTMLResponse:
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")  # behind a proxy prefix
         return get_swagger_ui_html(
-            openapi_url=openapi_url,
+            openapi_url=f"{root}{openapi_url}",
             title=f"{title} - API docs",
-            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
-            swagger_css_url=f"{assets}/swagger-ui.css",
-            swagger_favicon_url=f"{assets}/favicon.png",
+            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{assets}/favicon.png",
             oauth2_redirect_url=None,
             swagger_ui_parameters={"validatorUrl": None},
         )

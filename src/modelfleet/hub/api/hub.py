@@ -17,7 +17,7 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-@router.get("/health", tags=["hub"], response_model=HealthOut, responses=error_responses())
+@router.get("/health", tags=["hub"], response_model=HealthOut)
 def health() -> dict[str, Any]:
     """Liveness; needs no token."""
     return {"status": "ok", "version": __version__}

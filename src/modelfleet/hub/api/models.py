@@ -99,9 +99,7 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
     )
 
 
-@router.get(
-    "/models", response_model=list[ModelSummaryOut], responses=error_responses(401, 403)
-)
+@router.get("/models", response_model=list[ModelSummaryOut], responses=error_responses(401, 403))
 def list_models(who: Who, service: Service) -> list[dict[str, Any]]:
     """Every model with its latest version number and version count (viewer)."""
     check(who, Permission.READ)

@@ -1,0 +1,67 @@
+"""Integer parameters are bounded (issue 6, defect 4): out of range is a 400, never a 500
+(SQLite raises OverflowError beyond 64 bits; PostgreSQL's INTEGER columns are 32-bit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from modelfleet.hub.service import HubService
+from tests.hub._support import auth
+
+HUGE = 2**64  # one past what SQLite can bind
+NEAR = 2**31  # one past PostgreSQL's INTEGER
+
+
+@pytest.fixture
+def hub(http: TestClient, service: HubService, onnx_bytes: bytes) -> TestClient:
+    service.add_device("dev-1", "", [], actor="admin:admin")
+    service.register_version("iris", onnx_bytes, actor="admin:admin")
+    return http
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("GET", f"/api/v1/audit?after_seq={HUGE}", None),
+        ("GET", f"/api/v1/audit?after_seq={NEAR}", None),
+        ("GET", "/api/v1/audit?after_seq=-1", None),
+        ("GET", f"/api/v1/audit?limit={HUGE}", None),
+        ("GET", "/api/v1/audit?limit=0", None),
+        ("GET", f"/api/v1/models/iris/versions/{HUGE}", None),
+        ("GET", f"/api/v1/models/iris/versions/{NEAR}", None),
+        ("GET", "/api/v1/models/iris/versions/0", None),
+        ("GET", f"/api/v1/models/iris/versions/{-HUGE}", None),
+        ("GET", f"/api/v1/models/iris/versions/{HUGE}/manifest", None),
+        ("POST", f"/api/v1/models/iris/versions/{HUGE}/revoke", {}),
+        ("POST", "/api/v1/deployments", {"model": "iris", "version": HUGE, "all": True}),
+        ("POST", "/api/v1/deployments", {"model": "iris", "version": NEAR, "all": True}),
+        ("POST", "/api/v1/deployments", {"model": "iris", "version": 1, "all": True, "share": 2}),
+    ],
+)
+def test_out_of_range_integers_are_400_not_500(
+    method: str, url: str, body: Any, hub: TestClient, admin_token: str
+) -> None:
+    r = hub.request(method, url, json=body, headers=auth(admin_token))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("invalid request:")
+
+
+def test_largest_in_range_numbers_are_plain_not_found_or_empty(
+    hub: TestClient, admin_token: str
+) -> None:
+    h = auth(admin_token)
+    top = 2**31 - 1
+    assert hub.get(f"/api/v1/models/iris/versions/{top}", headers=h).status_code == 404
+    r = hub.get(f"/api/v1/audit?after_seq={top}&limit=100000", headers=h)
+    assert r.status_code == 200 and r.json() == {"entries": []}
+
+
+def test_unknown_query_parameter_is_400_not_ignored(hub: TestClient, admin_token: str) -> None:
+    r = hub.get("/api/v1/audit?after_sequence=5", headers=auth(admin_token))
+    assert r.status_code == 400
+    assert "after_sequence" in r.json()["error"] and "after_seq" in r.json()["error"]
+    r = hub.get("/api/v1/models?x=1", headers=auth(admin_token))
+    assert r.status_code == 400
