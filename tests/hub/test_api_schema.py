@@ -23,7 +23,7 @@ from modelfleet.hub.app import build_hub_app
 from modelfleet.hub.service import HubService
 from tests.hub._support import auth
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 
 _KNOWN_PATH = {"name": "iris", "version": 1, "device_id": "dev-1", "repo": "catalog"}
 _KNOWN_BODY = {"model": "iris", "version": 1, "devices": ["dev-1"], "all": False}
