@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from modelfleet.clock import ManualClock
 from modelfleet.errors import StorageError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.hub.app import build_hub_app
+from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService
 from modelfleet.trust.bundle import parse_trust_root_bundle
 from tests.hub._support import auth, register
@@ -249,3 +251,37 @@ def test_device_cannot_read_another_devices_desired_state(
     r = http.get(url, headers=auth(tokens["device"]))  # the token of dev-1
     assert r.status_code == 403 and "own desired state" in r.json()["error"]
     assert http.get(url, headers=auth(admin_token)).status_code == 200
+
+
+def test_report_answer_lists_no_applied_rollbacks_for_a_plain_report(
+    http: TestClient, tokens: dict[str, str]
+) -> None:
+    r = http.post(
+        "/api/v1/devices/dev-1/report", json=_agent_report(1), headers=auth(tokens["device"])
+    )
+    assert r.status_code == 200
+    assert r.json() == {"status": "recorded", "applied_rollbacks": []}
+
+
+class _RollbackAwareService(HubService):
+    """The service as issue 6 contract 2 has it: record_report answers what it applied."""
+
+    # Any: the base answers None until hub-core's change lands, then this same dict.
+    def record_report(self, device_id: str, report: Mapping[str, Any]) -> Any:
+        super().record_report(device_id, report)
+        return {"applied_rollbacks": [r["id"] for r in report.get("rollbacks", [])]}
+
+
+def test_report_answer_carries_the_rollbacks_the_service_applied(
+    hub_home: tuple[Any, str], clock: ManualClock
+) -> None:
+    service = _RollbackAwareService(load_hub_config(hub_home[0]), clock)
+    try:
+        _, token = service.add_device("dev-1", "", [], actor="admin:admin")
+        body = {**_agent_report(1), "rollbacks": [{"id": "ab" * 16, "kind": "candidate"}]}
+        with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
+            r = http.post("/api/v1/devices/dev-1/report", json=body, headers=auth(token))
+        assert r.status_code == 200
+        assert r.json() == {"status": "recorded", "applied_rollbacks": ["ab" * 16]}
+    finally:
+        service.close()

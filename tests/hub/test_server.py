@@ -81,3 +81,21 @@ def test_background_task_resigns_expiring_metadata(service: HubService, clock: M
             lambda: any(e["action"] == "tuf.refresh" for e in service.audit(limit=1000))
         )
     assert service.refresh_expiring() == []  # nothing left to re-sign
+
+
+def test_edge_refusals_over_real_http(live_url: str, admin_token: str) -> None:
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=live_url, headers=headers, timeout=30) as http:
+        empty = http.post("/api/v1/blobs", content=iter([b"", b""]))  # chunked, no bytes
+        assert empty.status_code == 400 and "empty" in empty.json()["error"]
+        huge = http.get("/api/v1/audit", params={"after_seq": str(2**64)})
+        assert huge.status_code == 400
+        assert http.get("/api/v1/whoami").json() == {
+            "subject": "admin",
+            "role": "admin",
+            "device_id": None,
+        }
+        assert http.get("/api/v1/whoami", headers={"Authorization": "Bearer x"}).status_code == 401
+        page = http.get("/api/v1/docs")
+        assert page.status_code == 200 and "://" not in page.text
+        assert http.get("/api/v1/docs/assets/swagger-ui-bundle.js").status_code == 200
