@@ -213,6 +213,15 @@ def test_refresh_resigns_expiring_metadata_and_logs_it(
     [
         pytest.param(RuntimeError("boom: secret internals"), 500, "internal error", id="bug"),
         pytest.param(StorageError("disk full"), 503, "disk full", id="storage-is-503"),
+        pytest.param(
+            StorageError(
+                "database error: (sqlite3.OperationalError) database is locked\n"
+                "[SQL: SELECT secret internals FROM tokens]\n[parameters: ('secret internals',)]"
+            ),
+            503,
+            "database is locked",
+            id="storage-error-without-its-sql",
+        ),
     ],
 )
 def test_server_faults_are_json_without_traceback(

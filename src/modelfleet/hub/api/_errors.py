@@ -102,10 +102,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def modelfleet_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ModelfleetError)
         status = status_of(exc)
+        message = str(exc)
         if status >= 500:
             log.error("request failed: %s: %s", type(exc).__name__, exc)
+            # The first line only: a database error goes on with the SQL statement and
+            # its parameters, which are for the hub log, not for clients.
+            message = message.partition("\n")[0][:300]
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        body = ErrorBody(error=str(exc), type=type(exc).__name__)
+        body = ErrorBody(error=message, type=type(exc).__name__)
         return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
