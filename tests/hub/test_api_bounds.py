@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from modelfleet.hub.service import HubService
+from modelfleet.clock import ManualClock
+from modelfleet.hub.app import build_hub_app
+from modelfleet.hub.config import load_hub_config
+from modelfleet.hub.service import HubService, init_home
 from tests.hub._support import auth
 
 HUGE = 2**64  # one past what SQLite can bind
@@ -66,3 +75,79 @@ def test_unknown_query_parameter_is_400_not_ignored(hub: TestClient, admin_token
     # a route that takes no query parameters ignores a query string (a probe's cache-buster)
     assert hub.get("/api/v1/models?x=1", headers=auth(admin_token)).status_code == 200
     assert hub.get("/api/v1/health?t=123").status_code == 200
+
+
+@pytest.fixture
+def pg_hub(tmp_path: Path, onnx_bytes: bytes) -> Iterator[tuple[TestClient, str]]:
+    """The API over a fresh PostgreSQL database (32-bit INTEGER columns)."""
+    base = os.environ.get("MODELFLEET_TEST_PG_URL")
+    if not base:
+        pytest.skip("MODELFLEET_TEST_PG_URL is not set")
+    name = f"modelfleet_bounds_{secrets.token_hex(4)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    clock = ManualClock()
+    token = init_home(tmp_path / "hub", clock, database_url=url)
+    service = HubService(load_hub_config(tmp_path / "hub"), clock)
+    try:
+        service.register_version("iris", onnx_bytes, actor="admin:admin")
+        with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
+            yield http, token
+    finally:
+        service.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_on_postgres_the_bounds_keep_numbers_within_its_integer_columns(
+    pg_hub: tuple[TestClient, str],
+) -> None:
+    http, token = pg_hub
+    h = auth(token)
+    top = 2**31 - 1
+    assert http.get(f"/api/v1/models/iris/versions/{top}", headers=h).status_code == 404
+    assert http.get(f"/api/v1/audit?after_seq={top}", headers=h).json() == {"entries": []}
+    r = http.post(
+        "/api/v1/deployments", json={"model": "iris", "version": top, "all": True}, headers=h
+    )
+    assert r.status_code == 404  # no such version, not a database error
+    for url in (f"/api/v1/models/iris/versions/{NEAR}", f"/api/v1/audit?after_seq={NEAR}"):
+        assert http.get(url, headers=h).status_code == 400, url
+
+
+_NUL_CASES = [
+    ("POST", "/api/v1/devices", {"id": "d1", "site": "a\x00b"}),
+    ("POST", "/api/v1/devices", {"id": "d\x00"}),
+    ("POST", "/api/v1/devices", {"id": "d3", "ticket": "t\x00"}),
+    ("GET", "/api/v1/models/a%00b", None),
+    ("GET", "/api/v1/devices/a%00b", None),
+    ("GET", "/api/v1/models/a%00b/versions/1", None),
+    ("POST", "/api/v1/models/iris/versions/1/revoke", {"ticket": "t\x00"}),
+    ("POST", "/api/v1/models/iris/versions", {"blob": "\x00"}),
+    ("POST", "/api/v1/tokens", {"role": "viewer", "subject": "a\x00"}),
+    ("POST", "/api/v1/deployments", {"model": "a\x00", "version": 1, "all": True}),
+    ("POST", "/api/v1/deployments", {"model": "iris", "version": 1, "devices": ["a\x00"]}),
+    ("POST", "/api/v1/rollbacks", {"model": "a\x00", "all": True}),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "body"), _NUL_CASES)
+def test_nul_characters_are_400_before_they_reach_the_database(
+    method: str, url: str, body: Any, hub: TestClient, admin_token: str
+) -> None:
+    r = hub.request(method, url, json=body, headers=auth(admin_token))
+    assert r.status_code == 400, r.text
+    assert "NUL" in r.json()["error"]
+
+
+@pytest.mark.postgres
+def test_on_postgres_nul_characters_are_400_not_503(pg_hub: tuple[TestClient, str]) -> None:
+    # PostgreSQL text columns cannot hold NUL: without the check these were 503s.
+    http, token = pg_hub
+    for method, url, body in _NUL_CASES:
+        r = http.request(method, url, json=body, headers=auth(token))
+        assert r.status_code == 400, (url, body, r.text)

@@ -24,7 +24,7 @@ from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ModelfleetError
 from modelfleet.hub.api import audit, devices, hub, models, rollout, tuf
-from modelfleet.hub.api._deps import refuse_unknown_query
+from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
 from modelfleet.hub.api._errors import install_error_handlers, status_of
 from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
@@ -82,7 +82,7 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
         docs_url=None,  # our own page, with local assets (see hub/api/docs.py)
         redoc_url=None,
         lifespan=lifespan,
-        dependencies=[Depends(refuse_unknown_query)],
+        dependencies=[Depends(refuse_unknown_query), Depends(refuse_nul_in_path_and_query)],
     )
     app.state.service = service
     install_error_handlers(app)

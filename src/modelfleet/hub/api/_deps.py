@@ -19,6 +19,8 @@ __all__ = [
     "VersionNumber",
     "Who",
     "check_length",
+    "no_nul",
+    "refuse_nul_in_path_and_query",
     "refuse_unknown_query",
 ]
 
@@ -85,3 +87,29 @@ def _query_names(dependant: Dependant) -> set[str]:
     for sub in dependant.dependencies:
         names |= _query_names(sub)
     return names
+
+
+def no_nul(value: str) -> str:
+    """``value``, if it holds no NUL character (PostgreSQL text cannot store one: the
+    request would fail in the database as a 503 instead of a 400).
+
+    Raises:
+        ValueError: it does (pydantic reports it as a validation error, so a 400).
+    """
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def refuse_nul_in_path_and_query(request: Request) -> None:
+    """Refuse NUL characters in path and query parameters (see :func:`no_nul`).
+
+    Raises:
+        InvalidInputError: a parameter holds one.
+    """
+    for where, params in (("path", request.path_params), ("query", request.query_params)):
+        for name, value in params.items():
+            if "\x00" in str(value) or "\x00" in name:
+                raise InvalidInputError(
+                    f"{where} parameter {name!r} must not contain NUL characters"
+                )

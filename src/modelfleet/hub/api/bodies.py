@@ -7,11 +7,11 @@ adds reaches clients before it is described here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from modelfleet.hub.api._deps import INT32_MAX
+from modelfleet.hub.api._deps import INT32_MAX, no_nul
 from modelfleet.hub.auth import Role
 from modelfleet.rollout.desired_state import Mode
 
@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 Version = Field(ge=1, le=INT32_MAX)
+# Every string of a request body that reaches a text column.
+Text = Annotated[str, AfterValidator(no_nul)]
 
 
 class _Out(BaseModel):
@@ -55,33 +57,33 @@ class _Out(BaseModel):
 
 class TokenIn(BaseModel):
     role: Role = Field(description="what the token may do")
-    subject: str = Field(description="who holds the token (the device id for device tokens)")
+    subject: Text = Field(description="who holds the token (the device id for device tokens)")
 
 
 class DeviceIn(BaseModel):
-    id: str = Field(description="device id: letters, digits, '.', '_' or '-'")
-    site: str | None = ""
-    tags: list[str] = Field(default_factory=list)
-    ticket: str | None = None
+    id: Text = Field(description="device id: letters, digits, '.', '_' or '-'")
+    site: Text | None = ""
+    tags: list[Text] = Field(default_factory=list)
+    ticket: Text | None = None
 
 
 class VersionIn(BaseModel):
-    blob: str = Field(description="sha256 of the uploaded ONNX model blob")
-    sample_input_blob: str | None = Field(
+    blob: Text = Field(description="sha256 of the uploaded ONNX model blob")
+    sample_input_blob: Text | None = Field(
         default=None, description="sha256 of an uploaded .npy array of sample rows"
     )
     lineage: dict[str, Any] = Field(default_factory=dict)
-    ticket: str | None = None
+    ticket: Text | None = None
 
 
 class RevokeIn(BaseModel):
-    ticket: str | None = None
+    ticket: Text | None = None
 
 
 class DeploymentIn(BaseModel):
-    model: str
+    model: Text
     version: int = Version
-    devices: list[str] | None = Field(default=None, description="device ids (or all=true)")
+    devices: list[Text] | None = Field(default=None, description="device ids (or all=true)")
     all: bool = Field(default=False, description="every enrolled device")
     mode: Mode = Mode.FULL
     share: float = Field(
@@ -90,14 +92,14 @@ class DeploymentIn(BaseModel):
     slo: dict[str, float] = Field(
         default_factory=dict, description='the device guard\'s SLO, e.g. {"p99_ms": 50}'
     )
-    ticket: str | None = None
+    ticket: Text | None = None
 
 
 class RollbackIn(BaseModel):
-    model: str
-    devices: list[str] | None = None
+    model: Text
+    devices: list[Text] | None = None
     all: bool = False
-    ticket: str | None = None
+    ticket: Text | None = None
 
 
 # -- responses -----------------------------------------------------------------------------
