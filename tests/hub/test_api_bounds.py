@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from modelfleet.clock import ManualClock
 from modelfleet.hub.app import build_hub_app
 from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService, init_home
+from tests.hub._pg import pg_database
 from tests.hub._support import auth
 
 HUGE = 2**64  # one past what SQLite can bind
@@ -80,26 +77,16 @@ def test_unknown_query_parameter_is_400_not_ignored(hub: TestClient, admin_token
 @pytest.fixture
 def pg_hub(tmp_path: Path, onnx_bytes: bytes) -> Iterator[tuple[TestClient, str]]:
     """The API over a fresh PostgreSQL database (32-bit INTEGER columns)."""
-    base = os.environ.get("MODELFLEET_TEST_PG_URL")
-    if not base:
-        pytest.skip("MODELFLEET_TEST_PG_URL is not set")
-    name = f"modelfleet_bounds_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    clock = ManualClock()
-    token = init_home(tmp_path / "hub", clock, database_url=url)
-    service = HubService(load_hub_config(tmp_path / "hub"), clock)
-    try:
-        service.register_version("iris", onnx_bytes, actor="admin:admin")
-        with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
-            yield http, token
-    finally:
-        service.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database() as url:
+        clock = ManualClock()
+        token = init_home(tmp_path / "hub", clock, database_url=url)
+        service = HubService(load_hub_config(tmp_path / "hub"), clock)
+        try:
+            service.register_version("iris", onnx_bytes, actor="admin:admin")
+            with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
+                yield http, token
+        finally:
+            service.close()
 
 
 @pytest.mark.postgres

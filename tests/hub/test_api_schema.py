@@ -9,6 +9,7 @@ too, not only the 4xx.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hypothesis.errors
@@ -19,8 +20,11 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from modelfleet.clock import ManualClock
 from modelfleet.hub.app import build_hub_app
-from modelfleet.hub.service import HubService
+from modelfleet.hub.config import load_hub_config
+from modelfleet.hub.service import HubService, init_home
+from tests.hub._pg import pg_database
 from tests.hub._support import auth
 
 MAX_EXAMPLES = 20
@@ -107,4 +111,22 @@ def test_schemathesis_with_a_device_token_meets_only_documented_refusals(
 ) -> None:
     # The 403s (and a device's own reads) are answers too: each must be documented.
     failures = _failures(deployed, tokens["device"], (schemathesis.GenerationMode.POSITIVE,), 5)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.postgres
+def test_schemathesis_on_postgres_finds_no_server_error(tmp_path: Path, onnx_bytes: bytes) -> None:
+    # PostgreSQL refuses what SQLite takes (32-bit INTEGER, no NUL in text): each was a 5xx.
+    with pg_database() as url:
+        clock = ManualClock()
+        token = init_home(tmp_path / "hub", clock, database_url=url)
+        service = HubService(load_hub_config(tmp_path / "hub"), clock)
+        try:
+            service.add_device("dev-1", "", [], actor="admin:admin")
+            service.register_version("iris", onnx_bytes, actor="admin:admin")
+            service.deploy("iris", 1, ["dev-1"], actor="admin:admin")
+            modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+            failures = _failures(service, token, modes, 10)
+        finally:
+            service.close()
     assert not failures, "\n\n".join(failures)
