@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -23,9 +22,9 @@ from fastapi import Depends, FastAPI
 from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ModelfleetError
-from modelfleet.hub.api import audit, devices, hub, models, rollout, tuf
+from modelfleet.hub.api import audit, devices, health, models, rollout, tokens, tuf
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
-from modelfleet.hub.api._errors import install_error_handlers, status_of
+from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.service import HubService
@@ -87,7 +86,8 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
     app.state.service = service
     install_error_handlers(app)
     for area in (
-        hub.router,
+        health.router,
+        tokens.router,
         tuf.api_router,
         devices.router,
         models.router,
@@ -99,23 +99,8 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
     docs = docs_router(f"{API_PREFIX}/docs", openapi_url, _TITLE)
     if docs is not None:
         app.include_router(docs)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_with_400s(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document without the 422 answers it adds to every route with parameters:
-    the hub answers invalid requests with 400 and the error body (hub/api/_errors.py)."""
-    if app.openapi_schema is None:
-        doc = FastAPI.openapi(app)
-        for operations in doc.get("paths", {}).values():
-            for operation in operations.values():
-                operation.get("responses", {}).pop("422", None)
-        schemas = doc.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schemas.pop(unused, None)
-        app.openapi_schema = doc
-    return app.openapi_schema
 
 
 def serve(

@@ -1,7 +1,8 @@
 """The hub's REST API, one router per area; :func:`modelfleet.hub.app.build_hub_app`
 assembles them.
 
-* :mod:`.hub` - health, who-am-I, tokens
+* :mod:`.health` - liveness
+* :mod:`.tokens` - who-am-I, tokens
 * :mod:`.devices` - enrolment, device records, check-in reports
 * :mod:`.models` - blob uploads, model versions
 * :mod:`.rollout` - deployments and rollbacks

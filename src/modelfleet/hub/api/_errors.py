@@ -31,7 +31,13 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 
-__all__ = ["ErrorBody", "error_responses", "install_error_handlers", "status_of"]
+__all__ = [
+    "ErrorBody",
+    "error_responses",
+    "install_error_handlers",
+    "openapi_with_400s",
+    "status_of",
+]
 
 log = logging.getLogger("modelfleet.hub")
 
@@ -136,3 +142,19 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+def openapi_with_400s(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document without the 422 answers it adds to every route with
+    parameters: the hub answers invalid requests with 400 and :class:`ErrorBody`, which
+    each route documents through :func:`error_responses`."""
+    if app.openapi_schema is None:
+        doc = FastAPI.openapi(app)
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = doc.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+    return app.openapi_schema

@@ -1,4 +1,4 @@
-"""Health, who-am-I and tokens."""
+"""Who-am-I and tokens."""
 
 from __future__ import annotations
 
@@ -6,24 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from modelfleet import __version__
 from modelfleet.hub.api._deps import Service, Who
 from modelfleet.hub.api._errors import error_responses
-from modelfleet.hub.api.bodies import HealthOut, TokenIn, TokenOut, WhoAmIOut
+from modelfleet.hub.api.bodies import TokenIn, TokenOut, WhoAmIOut
 from modelfleet.hub.auth import Permission, Role, check
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(tags=["auth"])
 
 
-@router.get("/health", tags=["hub"], response_model=HealthOut)
-def health() -> dict[str, Any]:
-    """Liveness; needs no token."""
-    return {"status": "ok", "version": __version__}
-
-
-@router.get("/whoami", tags=["auth"], response_model=WhoAmIOut, responses=error_responses(401))
+@router.get("/whoami", response_model=WhoAmIOut, responses=error_responses(401))
 def whoami(who: Who) -> dict[str, Any]:
     """Who holds this token (any valid token): its subject, role, and for a device token
     the device id."""
@@ -37,7 +30,6 @@ def whoami(who: Who) -> dict[str, Any]:
 @router.post(
     "/tokens",
     status_code=201,
-    tags=["auth"],
     response_model=TokenOut,
     responses=error_responses(400, 401, 403, 404, 409),
 )
