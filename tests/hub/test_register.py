@@ -75,7 +75,6 @@ def test_versions_are_numbered_one_two_and_listed(
     [
         ("not_onnx", "not an ONNX model"),
         ("ort_unloadable", "ONNX Runtime cannot load the model"),
-        # an empty upload is refused at POST /blobs (tests/hub/test_api_blobs.py)
     ],
 )
 def test_invalid_model_is_refused_and_nothing_is_registered(
