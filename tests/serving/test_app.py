@@ -172,6 +172,31 @@ def test_bad_tensor_requests_are_400_with_json_error_and_version(
     assert response.headers["modelfleet-version"] == "1"
 
 
+def test_shape_of_66_dimensions_is_400_in_json_and_binary(client: AppClient) -> None:
+    # Issue 6, defect 11 (was 500 "internal error: ValueError", which the guard counted).
+    tensor = {"name": "X", "shape": [1] * 66, "datatype": "FP32"}
+    as_json = orjson.dumps({"inputs": [{**tensor, "data": [1.0]}]})
+    header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 4}}]})
+    for content, headers in (
+        (as_json, {}),
+        (header + b"\x00" * 4, {"Inference-Header-Content-Length": str(len(header))}),
+    ):
+        response = client.post("/v2/models/iris/infer", content=content, headers=headers)
+        assert response.status_code == 400
+        assert "66 dimensions" in response.json()["error"]
+
+
+def test_int64_data_for_the_fp32_input_is_400_not_cast(client: AppClient) -> None:
+    # Issue 6, defect 6: INT64/INT32/FP16/UINT8 for FP32 were silently cast.
+    for datatype in ("INT64", "INT32", "FP16", "UINT8"):
+        content = orjson.dumps(
+            {"inputs": [{"name": "X", "shape": [1, 4], "datatype": datatype, "data": [1, 2, 3, 4]}]}
+        )
+        response = client.post("/v2/models/iris/infer", content=content)
+        assert response.status_code == 400
+        assert f"expected datatype FP32, got {datatype}" in response.json()["error"]
+
+
 def test_raw_binary_request_is_one_tensor_and_answers_in_binary(
     client: AppClient, models: Models, v1: LoadedModel
 ) -> None:
