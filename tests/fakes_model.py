@@ -123,7 +123,10 @@ def linear_classifier(
         logits = inputs["X"].astype(np.float64) @ w
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-        return {"label": probabilities.argmax(axis=1).astype(np.int64), "probabilities": probabilities}
+        return {
+            "label": probabilities.argmax(axis=1).astype(np.int64),
+            "probabilities": probabilities,
+        }
 
     schema = ModelSchema(
         (TensorSpec("X", "FP32", (-1, n)),),

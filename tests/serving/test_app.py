@@ -3,7 +3,6 @@ split/pin/shadow through HTTP, control-token protection and per-app metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 from collections.abc import AsyncIterator, Iterator
 from typing import Any

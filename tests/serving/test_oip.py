@@ -305,7 +305,9 @@ UNBUILDABLE: dict[str, tuple[tuple[bytes, int | None], str]] = {
         "non-negative",
     ),
     "empty but absurdly large, json": (
-        _json({"inputs": [{"name": "x", "shape": [0, 2**62, 2**62], "datatype": "FP32", "data": []}]}),
+        _json(
+            {"inputs": [{"name": "x", "shape": [0, 2**62, 2**62], "datatype": "FP32", "data": []}]}
+        ),
         "no tensor of shape [0, 4611686018427387904, 4611686018427387904] can be built",
     ),
     "empty but absurdly large, binary": (
@@ -325,7 +327,9 @@ UNBUILDABLE: dict[str, tuple[tuple[bytes, int | None], str]] = {
         "can be built",
     ),
     "huge shape, little data, json": (
-        _json({"inputs": [{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": [1]}]}),
+        _json(
+            {"inputs": [{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": [1]}]}
+        ),
         "'data' has 1 elements but shape",
     ),
     "huge shape, little data, binary": (
@@ -355,7 +359,7 @@ def test_64_dimensions_still_decode() -> None:
 
 
 def test_json_response_carries_version_id_and_flat_data() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "label": np.array([2, 0], dtype=np.int64),
         "probabilities": np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=np.float32),
     }

@@ -62,9 +62,7 @@ def test_split_is_sticky_whatever_the_random_draw(v1: Servable, v2: Servable) ->
         assert all(choose(route, key, None, rng.random()).serve is first for _ in range(5))
 
 
-def test_growing_a_split_keeps_keys_already_on_the_candidate(
-    v1: Servable, v2: Servable
-) -> None:
+def test_growing_a_split_keeps_keys_already_on_the_candidate(v1: Servable, v2: Servable) -> None:
     small = Route(v1, v2, Mode.SPLIT, 0.1)
     large = Route(v1, v2, Mode.SPLIT, 0.4)
     on_small = {k for k in keys(5000) if choose(small, k, None, 0.0).serve is v2}
@@ -101,16 +99,12 @@ def test_replayed_version_pins_production_or_candidate(v1: Servable, v2: Servabl
         assert choose(route, key, "1", 0.0).serve is v1
 
 
-def test_pin_to_an_unknown_version_falls_back_to_the_split(
-    v1: Servable, v2: Servable
-) -> None:
+def test_pin_to_an_unknown_version_falls_back_to_the_split(v1: Servable, v2: Servable) -> None:
     route = Route(v1, v2, Mode.SPLIT, 0.0)
     assert choose(route, "k", "99", 0.0).serve is v1
 
 
-def test_shadow_serves_production_and_mirrors_a_sampled_share(
-    v1: Servable, v2: Servable
-) -> None:
+def test_shadow_serves_production_and_mirrors_a_sampled_share(v1: Servable, v2: Servable) -> None:
     route = Route(v1, v2, Mode.SHADOW, 0.25)
     rng = random.Random(3)
     decisions = [choose(route, None, None, rng.random()) for _ in range(10_000)]

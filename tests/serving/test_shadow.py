@@ -4,7 +4,7 @@ bounded and reports failures as disagreements."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +128,7 @@ def test_comparison_is_truthy_only_when_disagreed_for_callbacks_taking_a_bool() 
 
 def _run_mirror(
     candidate: Servable,
-    requests: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
+    requests: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]],
     queue_size: int = 256,
 ) -> tuple[list[bool], list[Comparison], int]:
     results: list[Comparison] = []

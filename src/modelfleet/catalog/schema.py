@@ -170,11 +170,7 @@ def infer_decision(spec: TensorSpec) -> OutputDecision:
     if spec.datatype not in _FLOAT_TYPES:
         return OutputDecision("label")
     lowered = spec.name.lower()
-    if (
-        len(spec.shape) == 2
-        and spec.shape[1] > 1
-        and any(word in lowered for word in _SCORE_WORDS)
-    ):
+    if len(spec.shape) == 2 and spec.shape[1] > 1 and any(word in lowered for word in _SCORE_WORDS):
         return OutputDecision("argmax")
     return REGRESSION_DEFAULT
 

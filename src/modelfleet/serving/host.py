@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from types import MappingProxyType
 
-from modelfleet.serving.router import Route
 from modelfleet.serving.model import Servable
+from modelfleet.serving.router import Route
 
 __all__ = ["ModelHost"]
 

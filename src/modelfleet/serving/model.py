@@ -45,9 +45,7 @@ class RuntimeSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.providers, tuple) or not self.providers:
-            raise ConfigError(
-                "providers must be a non-empty tuple, e.g. ('CPUExecutionProvider',)"
-            )
+            raise ConfigError("providers must be a non-empty tuple, e.g. ('CPUExecutionProvider',)")
         if len(set(self.providers)) != len(self.providers):
             raise ConfigError(f"execution providers repeat: {list(self.providers)}")
         for name, value in (
