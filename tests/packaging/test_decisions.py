@@ -24,6 +24,7 @@ from modelfleet.catalog.schema import (
 from modelfleet.errors import InvalidInputError
 from modelfleet.packaging.build import build_manifest
 from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.onnx_model import inspect_onnx
 from tests.helpers import logistic_onnx
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -160,6 +161,8 @@ NO_ONNX = textwrap.dedent(
                              decisions=manifest.effective_decisions())
     model.warm_up()
     out = model.infer({"X": np.zeros((2, 10), np.float32)})
+    from modelfleet.catalog.onnx_session import max_supported_opset
+    assert max_supported_opset() >= manifest.opset
     assert "onnx" not in sys.modules
     print(sorted(out))
     """
@@ -189,6 +192,15 @@ def test_the_agents_side_loads_checks_and_serves_without_the_onnx_package(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['label', 'probabilities']"
+
+
+def test_device_opset_is_read_from_onnx_runtime_not_the_onnx_package() -> None:
+    from modelfleet.catalog.onnx_session import max_supported_opset
+
+    opset = max_supported_opset()
+    assert opset >= 17  # what sklearn_to_onnx targets; ORT 1.17 already ran opset 20
+    model, _ = logistic_onnx()
+    assert inspect_onnx(model).opset <= opset
 
 
 def test_schema_round_trip_is_unchanged_by_decisions() -> None:

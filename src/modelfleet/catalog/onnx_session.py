@@ -19,6 +19,7 @@ __all__ = [
     "available_providers",
     "check_providers",
     "create_session",
+    "max_supported_opset",
     "schema_of_session",
 ]
 
@@ -31,6 +32,16 @@ def available_providers() -> list[str]:
 
     providers: list[str] = ort.get_available_providers()
     return providers
+
+
+def max_supported_opset() -> int:
+    """Highest default-domain ONNX opset this ONNX Runtime implements, read from the operator
+    schemas it bundles (every opset changes at least one operator), without the ``onnx``
+    package."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    schemas = ort_state.get_all_operator_schema()
+    return max(int(s.since_version) for s in schemas if s.domain in ("", "ai.onnx"))
 
 
 def check_providers(providers: Sequence[str]) -> None:
