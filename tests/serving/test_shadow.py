@@ -92,6 +92,13 @@ CASES: dict[
         False,
         None,
     ),
+    "booleans declared regression are compared as labels": (
+        {"flag": np.array([True, False])},
+        {"flag": np.array([True, True])},
+        {"flag": REGRESSION},
+        True,
+        None,
+    ),
     "missing output: disagree": ({"label": np.array([1])}, {}, {"label": LABEL}, True, None),
     "other shape: disagree": (
         {"p": P},

@@ -57,7 +57,7 @@ class Comparison:
 #: The comparison of a candidate that failed or refused what production accepted.
 FAILED: Final = Comparison(True, None)
 
-_NUMERIC: Final = frozenset("biuf")
+_NUMERIC: Final = frozenset("iuf")  # booleans are labels whatever was declared
 
 
 def _decision(
