@@ -21,7 +21,7 @@ test: $(STAMP)
 	bash scripts/with-postgres.sh $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e and not postgres"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

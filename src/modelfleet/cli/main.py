@@ -61,6 +61,7 @@ def _root(
 ) -> None:
     """Ship ML models to fleets of edge devices and keep them healthy there."""
 
+
 HubOpt = Annotated[
     str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
 ]
