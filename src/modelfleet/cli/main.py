@@ -9,9 +9,10 @@ at import time: the agent-only install (``pip install modelfleet``) runs it too.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -258,18 +259,28 @@ def model_register(
             raise UsageError("a scikit-learn pickle needs --sample-input to be converted to ONNX")
         model = _load_sklearn_pickle(file)
     client = _client(hub, token)
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
-    ) as progress:
-        progress.add_task(f"uploading and checking {file.name}", total=None)
+    with _spinner(f"uploading and checking {file.name}"):
         result = client.register_version(name, model, sample_input=sample_input)
     if json_out:
         print_json(result)
         return
     console.print(f"[green]Registered[/] {name} version {result['version']}")
     _print_version(result)
+
+
+@contextlib.contextmanager
+def _spinner(text: str) -> Iterator[None]:
+    """A spinner on a terminal; nothing when stderr is a pipe (it would leave a blank line)."""
+    if not err_console.is_terminal:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
+    ) as progress:
+        progress.add_task(text, total=None)
+        yield
 
 
 SKLEARN_SUFFIXES = (".pkl", ".pickle", ".joblib")
