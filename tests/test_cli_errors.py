@@ -8,40 +8,17 @@ here runs ``python -m modelfleet …`` as a subprocess, as a user would.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 import modelfleet
 from modelfleet.cli._errors import ExitCode
-from modelfleet.demo import Process, free_port, modelfleet_cmd, start
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, prelude: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """``python -m modelfleet ARGS``; with ``prelude``, that Python runs first (to hide a
-    module, as an install without an extra would)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    if prelude:
-        code = f"{prelude}\nfrom modelfleet.cli.main import main\nmain({list(args)!r})"
-        cmd = [sys.executable, "-c", code]
-    else:
-        cmd = [sys.executable, "-m", "modelfleet", *args]
-    return subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**base, **(env or {}), "COLUMNS": "200"},
-    )
+from modelfleet.demo import free_port
+from tests.cli_run import ServedHub, run_cli, served_hub
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -187,40 +164,12 @@ def test_registering_a_pickle_without_sklearn_names_the_extra(tmp_path: Path) ->
 # -- errors the hub answers ---------------------------------------------------------------
 
 
-@dataclass
-class Hub:
-    url: str
-    token: str
-
-    def env(self, token: str | None = None) -> dict[str, str]:
-        return {"MODELFLEET_HUB": self.url, "MODELFLEET_TOKEN": token or self.token}
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/v1/health").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHub]:
     root = tmp_path_factory.mktemp("cli-errors")
-    home = root / "hub"
-    assert run_cli("init", str(home)).returncode == 0
-    port = free_port()
-    proc: Process = start(
-        "hub", modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port)), root
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60  # a real process: poll it
-        while not _healthy(url) and proc.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _healthy(url), proc.output()
-        yield Hub(url, (home / "admin.token").read_text().strip())
-    finally:
-        proc.stop()
+    assert run_cli("init", str(root / "hub")).returncode == 0
+    with served_hub(root / "hub", root) as served:
+        yield served
 
 
 HUB_CASES = [
@@ -236,7 +185,7 @@ HUB_CASES = [
     ("args", "token", "code", "kind"), [c[1:] for c in HUB_CASES], ids=[c[0] for c in HUB_CASES]
 )
 def test_hub_error_has_its_exit_code(
-    hub: Hub, args: tuple[str, ...], token: str | None, code: int, kind: str
+    hub: ServedHub, args: tuple[str, ...], token: str | None, code: int, kind: str
 ) -> None:
     result = run_cli(*args, env=hub.env(token))
     assert "Traceback" not in result.stderr and result.returncode == code, result.stderr
@@ -245,7 +194,7 @@ def test_hub_error_has_its_exit_code(
 
 
 @pytest.mark.e2e
-def test_a_model_the_hub_refuses_is_a_plain_error(hub: Hub, tmp_path: Path) -> None:
+def test_a_model_the_hub_refuses_is_a_plain_error(hub: ServedHub, tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not onnx")
     result = run_cli("model", "register", "m", str(bad), env=hub.env())
