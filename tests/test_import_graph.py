@@ -293,7 +293,7 @@ def eager_closure(start: str) -> dict[str, Import | None]:
 
 
 def _chain(reached: dict[str, Import | None], name: str) -> str:
-    links = []
+    links: list[str] = []
     imp = reached.get(name)
     while imp is not None and len(links) < 20:
         links.append(imp.where)
