@@ -83,6 +83,13 @@ CASES = [
     ),
     Case("no-token", ("device", "list"), 4, "auth", "no token"),
     Case(
+        "unreadable-token-file",
+        ("device", "list", "--token-file", "/nonexistent/token"),
+        2,
+        "usage",
+        "cannot read --token-file",
+    ),
+    Case(
         "hub-unreachable",
         ("device", "list", "--token", "t", "--hub", f"http://127.0.0.1:{DEAD_PORT}"),
         5,
@@ -199,3 +206,17 @@ def test_a_model_the_hub_refuses_is_a_plain_error(hub: ServedHub, tmp_path: Path
     bad.write_bytes(b"this is not onnx")
     result = run_cli("model", "register", "m", str(bad), env=hub.env())
     assert_one_line_error(result, ExitCode.ERROR, "ONNX")
+
+
+@pytest.mark.e2e
+def test_token_from_a_file_keeps_it_off_the_command_line(hub: ServedHub, tmp_path: Path) -> None:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(hub.token + "\n")
+    by_option = run_cli("device", "list", "--json", "--token-file", str(token_file),
+                        env={"MODELFLEET_HUB": hub.url})  # fmt: skip
+    assert by_option.returncode == 0, by_option.stderr
+    by_env = run_cli(
+        "device", "list", "--json",
+        env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN_FILE": str(token_file)},
+    )  # fmt: skip
+    assert by_env.returncode == 0, by_env.stderr

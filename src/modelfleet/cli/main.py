@@ -69,14 +69,33 @@ HubOpt = Annotated[
 TokenOpt = Annotated[
     str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
 ]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="MODELFLEET_TOKEN_FILE",
+        help="Read the API token from this file (keeps it out of `ps`); used when no --token.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _client(hub: str, token: str) -> Any:
+def _client(hub: str, token: str, token_file: Path | None = None) -> Any:
     from modelfleet.client import HubClient
 
+    if not token and token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read --token-file {token_file}: {e.strerror or e}") from e
+        if not token:
+            raise UnauthenticatedError(f"--token-file {token_file} is empty")
     if not token:
-        raise UnauthenticatedError("no token: pass --token or set MODELFLEET_TOKEN")
+        raise UnauthenticatedError(
+            "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
+            "or pass --token"
+        )
     return HubClient(hub, token)
 
 
@@ -156,11 +175,12 @@ def device_add(
     tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a device and print its device token."""
     tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-    result = _client(hub, token).add_device(device_id, site=site or None, tags=tag_list)
+    result = _client(hub, token, token_file).add_device(device_id, site=site or None, tags=tag_list)
     if json_out:
         print_json(result)
         return
@@ -170,10 +190,13 @@ def device_add(
 
 @device_app.command("list")
 def device_list(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """List enrolled devices and what they last reported."""
-    devices = _client(hub, token).list_devices()
+    devices = _client(hub, token, token_file).list_devices()
     if json_out:
         print_json(devices)
         return
@@ -246,6 +269,7 @@ def model_register(
     ] = None,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register FILE as the next immutable version of NAME."""
@@ -258,7 +282,7 @@ def model_register(
         if sample_input is None:
             raise UsageError("a scikit-learn pickle needs --sample-input to be converted to ONNX")
         model = _load_sklearn_pickle(file)
-    client = _client(hub, token)
+    client = _client(hub, token, token_file)
     with _spinner(f"uploading and checking {file.name}"):
         result = client.register_version(name, model, sample_input=sample_input)
     if json_out:
@@ -332,10 +356,13 @@ def _print_version(v: dict[str, Any]) -> None:
 
 @model_app.command("list")
 def model_list(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """List registered models."""
-    models = _client(hub, token).list_models()
+    models = _client(hub, token, token_file).list_models()
     if json_out:
         print_json(models)
         return
@@ -354,10 +381,11 @@ def model_show(
     ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's versions, or one version in detail."""
-    client = _client(hub, token)
+    client = _client(hub, token, token_file)
     name, _, version = ref.partition(":")
     if version:
         if not version.isdigit():
@@ -417,6 +445,7 @@ def deploy_cmd(
     ticket: Annotated[str, typer.Option(help="Change ticket recorded in the audit log.")] = "",
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign NAME:VERSION into the catalog and the devices' desired state into the director."""
@@ -427,7 +456,7 @@ def deploy_cmd(
         raise UsageError(f"--mode must be full, split or shadow, not {mode!r}")
     if not 0.0 <= share <= 1.0:
         raise UsageError("--share must be between 0 and 1")
-    result = _client(hub, token).deploy(
+    result = _client(hub, token, token_file).deploy(
         name,
         version,
         devices=None if all_devices else device_list_,
@@ -464,13 +493,14 @@ def rollback_cmd(
     all_devices: Annotated[bool, typer.Option("--all", help="Every device running it.")] = False,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Assign devices back to their previous production version (a new director assignment)."""
     device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
     if bool(device_list_) == all_devices:
         raise UsageError("give either --devices ID,ID… or --all")
-    result = _client(hub, token).rollback(
+    result = _client(hub, token, token_file).rollback(
         name, devices=None if all_devices else device_list_, all_devices=all_devices
     )
     if json_out:
@@ -486,10 +516,13 @@ def rollback_cmd(
 
 @app.command("audit")
 def audit_cmd(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show the hash-chained audit log."""
-    entries = _client(hub, token).audit()
+    entries = _client(hub, token, token_file).audit()
     if json_out:
         print_json(entries)
         return
