@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench bench-install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run all
+
+# Installed size and agent RSS: `pip install modelfleet` (agent only) vs the full install.
+bench-install: $(STAMP)
+	$(BIN)/python -m benchmarks.install_size --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pg

@@ -195,6 +195,17 @@ def test_the_graph_sees_function_level_and_relative_imports() -> None:
     assert "src/modelfleet/cli/main.py:1" in fake.where
 
 
+def test_cycle_finder_reports_cycles_and_only_cycles() -> None:
+    imp = Import("modelfleet.a", "modelfleet.b", 1, False, False)
+    graph = {
+        "a": {"b": [imp]},
+        "b": {"c": [imp]},
+        "c": {"a": [imp], "d": [imp]},
+        "d": {"e": [imp]},
+    }
+    assert strongly_connected(graph) == [["a", "b", "c"]]
+
+
 def test_no_import_cycle_between_packages() -> None:
     graph = package_graph()
     problems = []
