@@ -267,9 +267,7 @@ def test_garbage_collection_keeps_desired_states(
     assert service.store.exists(state)
 
 
-def test_upkeep_round_collects_garbage(
-    service: HubService, clock: ManualClock
-) -> None:
+def test_upkeep_round_collects_garbage(service: HubService, clock: ManualClock) -> None:
     old, _ = service.put_blob([b"orphan"], actor="admin:admin")
     _age(service, old, clock, 7200)
     service.refresh_expiring()

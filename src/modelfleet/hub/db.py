@@ -63,7 +63,6 @@ NAMING_CONVENTION = {
 }
 
 
-
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend (SQLite stores naive UTC)."""
 

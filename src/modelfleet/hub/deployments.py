@@ -28,7 +28,7 @@ from modelfleet.hub.director import Director, StagedState
 from modelfleet.rollout import assignment as rules
 from modelfleet.rollout.desired_state import Mode
 
-__all__ = ["MAX_ROLLBACK_EVENTS", "DeviceRollback", "Deployments", "parse_rollback_events"]
+__all__ = ["MAX_ROLLBACK_EVENTS", "Deployments", "DeviceRollback", "parse_rollback_events"]
 
 MAX_ROLLBACK_EVENTS = 50
 """The agent keeps (and sends) its last 50 rollbacks; more in one report are ignored."""
@@ -71,6 +71,12 @@ class DeviceRollback:
         self.fields = dict(fields)
 
 
+def _version(v: object) -> int | None:
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_VERSION:
+        return v
+    return None
+
+
 def parse_rollback_events(raw: object) -> list[DeviceRollback]:
     """The well-formed rollback events of a report's ``"rollbacks"`` value (pure).
 
@@ -84,24 +90,17 @@ def parse_rollback_events(raw: object) -> list[DeviceRollback]:
         if not isinstance(e, Mapping):
             continue
         event_id, model, kind = e.get("id"), e.get("model"), e.get("kind")
-        versions = e.get("from_version"), e.get("to_version")
+        from_v, to_v = _version(e.get("from_version")), _version(e.get("to_version"))
         if not (isinstance(event_id, str) and _EVENT_ID.match(event_id)):
             continue
         if not (isinstance(model, str) and 0 < len(model) <= 128):
             continue
         if kind not in (rules.RollbackKind.CANDIDATE.value, rules.RollbackKind.PRODUCTION.value):
             continue
-        if not all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _MAX_VERSION
-            for v in versions
-        ):
+        if from_v is None or to_v is None:
             continue
         kept = {k: e.get(k) for k in ("at", "reason", "serial") if k in e}
-        out.append(
-            DeviceRollback(
-                event_id, model, rules.RollbackKind(kind), int(versions[0]), int(versions[1]), kept
-            )
-        )
+        out.append(DeviceRollback(event_id, model, rules.RollbackKind(kind), from_v, to_v, kept))
     return out
 
 

@@ -29,9 +29,13 @@ from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.hub import db
 from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
-from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
+from modelfleet.rollout.desired_state import (
+    ArtefactRef,
+    DesiredState,
+    Mode,
+    desired_state_target_path,
+)
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
-from modelfleet.rollout.desired_state import desired_state_target_path
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.repository import TargetSpec
 

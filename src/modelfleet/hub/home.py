@@ -18,9 +18,7 @@ from modelfleet.trust.keys import generate_keys
 __all__ = ["init_home"]
 
 
-def init_home(
-    home: Path, clock: Clock | None = None, *, database_url: str | None = None
-) -> str:
+def init_home(home: Path, clock: Clock | None = None, *, database_url: str | None = None) -> str:
     """Create a hub home: folders, config, database, keys, TUF repositories, admin token.
 
     The home folder is made mode 0700; ``config.toml``, ``admin.token`` and the SQLite

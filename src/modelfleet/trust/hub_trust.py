@@ -235,9 +235,7 @@ class HubTrust:
 
     # -- reconciling with a source of truth ---------------------------------------------
 
-    def sync(
-        self, repo: str, prefix: str, wanted: Callable[[], Mapping[str, TargetSpec]]
-    ) -> bool:
+    def sync(self, repo: str, prefix: str, wanted: Callable[[], Mapping[str, TargetSpec]]) -> bool:
         """Make ``repo``'s targets under ``prefix`` exactly what ``wanted()`` returns.
 
         ``wanted`` is called while the exclusive lock is held, so a writer that read an

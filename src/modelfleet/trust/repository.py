@@ -94,6 +94,7 @@ class MemoryRoleCounters:
         for role, v in versions.items():
             mine[role] = max(mine.get(role, 0), v)
 
+
 # Versioned targets/snapshot files kept behind the current one, so a client that read an
 # older timestamp a moment ago still finds what it names. Root versions are never pruned:
 # clients walk them one by one.
@@ -426,9 +427,7 @@ class TufRepository:
             StorageError: the metadata could not be written.
         """
         changes = self._target_files(wanted)
-        gone = [
-            p for p in self._targets.signed.targets if p.startswith(prefix) and p not in wanted
-        ]
+        gone = [p for p in self._targets.signed.targets if p.startswith(prefix) and p not in wanted]
         if not changes and not gone:
             return False
         with self._rollback_on_error():

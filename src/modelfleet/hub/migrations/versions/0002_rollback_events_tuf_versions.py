@@ -38,9 +38,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_device_rollback_events"),
         sa.UniqueConstraint("device_id", "event_id", name="uq_device_rollback_events_event"),
     )
-    op.create_index(
-        "ix_device_rollback_events_device_id", "device_rollback_events", ["device_id"]
-    )
+    op.create_index("ix_device_rollback_events_device_id", "device_rollback_events", ["device_id"])
     op.create_table(
         "tuf_role_versions",
         sa.Column("repo", sa.String(32), nullable=False),
