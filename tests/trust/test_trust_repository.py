@@ -292,7 +292,7 @@ def test_with_counters_an_older_store_copy_is_signed_above_the_published_version
     """Defect 14 at the trust layer: the counters, not the files, say what was published."""
     import shutil
 
-    from modelfleet.trust.repository import MemoryRoleCounters
+    from modelfleet.trust.repository import MemoryRoleCounters, TargetSpec
 
     counters = MemoryRoleCounters()
     clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
@@ -303,7 +303,8 @@ def test_with_counters_an_older_store_copy_is_signed_above_the_published_version
     }  # fmt: skip
     shutil.copytree(tmp_path / "tuf" / "director", tmp_path / "backup")
     for i in range(3):
-        trust.sync("director", "devices/", lambda i=i: {f"devices/d{i}/x": (1, SHA_A, None)})
+        wanted: dict[str, TargetSpec] = {f"devices/d{i}/x": (1, SHA_A, None)}
+        trust.sync("director", "devices/", wanted.copy)
     published = dict(counters.published("director"))
     assert published["timestamp"] == 4
     shutil.rmtree(tmp_path / "tuf" / "director")
