@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.state import load_state
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import ManualClock
-from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.errors import InvalidInputError, TransportError
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
@@ -82,7 +81,9 @@ def test_upgrade_keeps_previous_version_for_rollback(
     assert route is not None and route.previous is not None and route.previous.version == "1"
     downloads = source.downloads
     result = updater.rollback(reason="test")
-    assert [{k: r[k] for k in ("model", "from", "to", "kind")} for r in result["rolled_back"]] == [{"model": "m", "from": 2, "to": 1, "kind": "production"}]
+    assert [{k: r[k] for k in ("model", "from", "to", "kind")} for r in result["rolled_back"]] == [
+        {"model": "m", "from": 2, "to": 1, "kind": "production"}
+    ]
     assert served_version(host) == "1"
     assert source.downloads == downloads  # rollback never downloads
     # the director still says v2 at the same serial: the rollback must stick
@@ -369,7 +370,13 @@ def test_failed_retries_back_off_exponentially_up_to_the_cap(
 ) -> None:
     clock = ManualClock()
     updater = Updater(
-        DEVICE, tmp_path, source, ModelHost(), clock, retry=BackoffPolicy(2.0, 10.0), rand=lambda: 0.99
+        DEVICE,
+        tmp_path,
+        source,
+        ModelHost(),
+        clock,
+        retry=BackoffPolicy(2.0, 10.0),
+        rand=lambda: 0.99,
     )
     source.assign(DEVICE, source.publish("m", 1, models[1]))
     waits = []

@@ -13,7 +13,7 @@ from modelfleet.errors import InvalidInputError
 from modelfleet.rollout.assignment import Rollback, Slots, roll_back
 from modelfleet.rollout.desired_state import DesiredState, Mode
 
-__all__ = ["Screened", "rollback_slots", "screen_desired", "describe_pending", "to_slots"]
+__all__ = ["Screened", "describe_pending", "rollback_slots", "screen_desired", "to_slots"]
 
 
 @dataclass(frozen=True)

@@ -188,4 +188,3 @@ def _status_error(method: str, path: str, r: httpx.Response) -> Exception:
     if r.status_code in (400, 409, 422):
         return InvalidInputError(msg)
     return TransportError(msg)
-

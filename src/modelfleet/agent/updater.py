@@ -265,9 +265,7 @@ class Updater:
         with self._lock:
             if desired.serial < self.state.desired_serial:
                 return CycleResult(False, self.state.applied_serial, superseded=True)
-            new_serial = (
-                self.state.desired is None or desired.serial != self.state.desired_serial
-            )
+            new_serial = self.state.desired is None or desired.serial != self.state.desired_serial
             if new_serial:
                 self.state.pending = []
                 self._retry_failures = 0
@@ -293,7 +291,9 @@ class Updater:
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))
         with self._lock:
-            if (cancel is not None and cancel.is_set()) or desired.serial < self.state.desired_serial:
+            if (
+                cancel is not None and cancel.is_set()
+            ) or desired.serial < self.state.desired_serial:
                 log.info("serial %d superseded before it was applied", desired.serial)
                 return CycleResult(False, self.state.applied_serial, superseded=True)
             return self._finish(desired, installed, refused, failed, new_serial)
@@ -346,9 +346,7 @@ class Updater:
             self._retry_at = self.clock.monotonic() + delay
             status.append(describe_pending(pending, delay))
             for p in pending:
-                self.state.add_event(
-                    self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}"
-                )
+                self.state.add_event(self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}")
                 log.warning(
                     "install of %s v%s failed (attempt %d), retrying in %.0f s: %s",
                     p.model,
@@ -368,7 +366,9 @@ class Updater:
         self._collect_garbage()
         return CycleResult(changed, serial, tuple(refusals), retrying=tuple(pending))
 
-    def _switch(self, assignment: Assignment, serial: int, installed: dict[str, SlotRecord]) -> bool:
+    def _switch(
+        self, assignment: Assignment, serial: int, installed: dict[str, SlotRecord]
+    ) -> bool:
         name = assignment.model
         current = self.state.models.get(name, ModelSlots())
         plan = plan_slots(current, assignment, serial, self.state.refused, self.state.rolled_back)
