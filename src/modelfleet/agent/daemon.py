@@ -178,7 +178,8 @@ class UpdateLoop:
         job = self._job
         if job is not None:
             job.cancel.set()
-        self._thread.join(timeout=30)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=30)
         if job is not None:
             job.thread.join(timeout=30)
 

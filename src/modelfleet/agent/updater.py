@@ -348,7 +348,7 @@ class Updater:
             for p in pending:
                 self.state.add_event(self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}")
                 log.warning(
-                    "install of %s v%s failed (attempt %d), retrying in %.0f s: %s",
+                    "install of %s v%s failed (attempt %d), retrying in %.1f s: %s",
                     p.model,
                     p.version,
                     p.attempts,
