@@ -81,9 +81,7 @@ def test_client_errors_are_not_retried(status: int, error: type[Exception]) -> N
     ],
     ids=["own-device", "admin", "operator", "other-device", "empty-answer"],
 )
-def test_only_this_devices_token_is_accepted(
-    identity: dict[str, Any], refused: str | None
-) -> None:
+def test_only_this_devices_token_is_accepted(identity: dict[str, Any], refused: str | None) -> None:
     if refused is None:
         check_identity(identity, "edge-1")
         return

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import (
     ArtefactVerificationError,
     ConfigError,
@@ -20,7 +21,6 @@ from modelfleet.errors import (
 from modelfleet.hashing import sha256_file
 from modelfleet.rollout.desired_state import DesiredState
 from modelfleet.trust import DeviceTrustClient
-from modelfleet.delivery.http_fetcher import DownloadSettings
 from tests.trust._trust_support import TOKEN, Hub, make_hub, serve
 
 

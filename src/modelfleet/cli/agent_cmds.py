@@ -128,6 +128,8 @@ def print_status(status: dict[str, Any]) -> None:
             "applied desired-state serial": status.get("applied_serial"),
             "last check": status.get("last_check") or "never",
             "last error": status.get("last_error") or "-",
+            "update": status.get("update_status") or "-",
+            "rollbacks not yet acknowledged by the hub": len(status.get("rollbacks") or []),
         },
     )
     rows = []
