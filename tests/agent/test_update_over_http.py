@@ -3,6 +3,7 @@ freezes status and rollback nor outlives its deadline (issue 6, defects 12 and 1
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.daemon import AgentControlImpl, UpdateLoop
 from modelfleet.agent.updater import Updater
+from modelfleet.cli.agent_cmds import configure_logging
 from modelfleet.clock import ManualClock
 from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.packaging.build import build_manifest
@@ -104,3 +106,24 @@ def test_dripping_download_leaves_status_and_rollback_answering_and_hits_its_dea
     clock.advance(5.0)
     step(loop)
     assert serving(updater) == "3"
+
+
+def test_idle_polls_log_nothing_at_info_not_even_tufs_404_for_the_next_root(
+    rig, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    # issue 6, defect 7: httpx logged every request at INFO, the normal 404 included
+    hub, updater, loop, clock = rig
+    hub.assign(DEVICE, publish(hub, 1))
+    step(loop)
+    levels = {n: logging.getLogger(n).level for n in ("httpx", "httpcore")}
+    configure_logging("info")
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            for _ in range(3):
+                step(loop)
+        assert any("root.json" in p for p in hub.faults.served)  # the probe did happen
+        assert [r.getMessage() for r in caplog.records] == []
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -112,6 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, b"unauthenticated")
             return
         hub = self.server.hub
+        hub.faults.served.append(self.path)
         parts = urlsplit(self.path).path.split("/", 4)
         if len(parts) != 5 or parts[1] != "tuf":
             self._send(404)
@@ -129,7 +130,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404)
             return
         faults = hub.faults
-        faults.served.append(self.path)
         for key, left in list(faults.unavailable.items()):
             if key in self.path and left > 0:
                 faults.unavailable[key] = left - 1

@@ -53,6 +53,22 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+def configure_logging(level: str) -> None:
+    """The agent's logging: what an operator needs at info, routine polling at debug.
+
+    httpx logs every request at INFO: two lines per idle poll, one of them TUF's normal
+    404 for the next root, which reads as an error (issue 6, defect 7). Below debug the
+    HTTP libraries only say what went wrong.
+    """
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
+
+
 def resolve_device_token(
     token: str | None, token_file: Path | None, environ: dict[str, str]
 ) -> str:
@@ -240,15 +256,7 @@ def register(agent_app: typer.Typer) -> None:
                 when_unhealthy=cascade_when_unhealthy,
             )
 
-        logging.basicConfig(
-            level=log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        if log_level.lower() != "debug":
-            # httpx logs every request at INFO: two lines per idle poll, one of them TUF's
-            # normal 404 for the next root (issue 6, defect 7). Polling is debug.
-            for name in ("httpx", "httpcore"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+        configure_logging(log_level)
         try:
             device_token = resolve_device_token(token, token_file, dict(os.environ))
         except ConfigError as e:
