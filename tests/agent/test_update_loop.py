@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from modelfleet.agent.backoff import BackoffPolicy, jittered_interval
-from modelfleet.agent.daemon import IdentityCheck, Reporter, UpdateLoop
 from modelfleet.agent.hub_link import check_identity
+from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import ManualClock
 from modelfleet.rollout.desired_state import Mode

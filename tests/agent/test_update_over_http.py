@@ -33,8 +33,11 @@ def publish(hub: Hub, version: int) -> ArtefactRef:
     return hub.publish("m", version, model, manifest)
 
 
+Rig = tuple[Hub, Updater, UpdateLoop, ManualClock]
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[Hub, Updater, UpdateLoop, ManualClock]]:
+def rig(tmp_path: Path) -> Iterator[Rig]:
     hub = make_hub(tmp_path / "hub")
     with serve(hub) as url:
         source = DeviceTrustClient(
@@ -62,7 +65,7 @@ def serving(updater: Updater) -> str:
     return route.production.version if route else "-"
 
 
-def test_one_http_503_on_the_artefact_is_retried_and_the_version_installs(rig) -> None:  # type: ignore[no-untyped-def]
+def test_one_http_503_on_the_artefact_is_retried_and_the_version_installs(rig: Rig) -> None:
     hub, updater, loop, clock = rig
     hub.assign(DEVICE, publish(hub, 1))
     hub.faults.unavailable["model.onnx"] = 1
@@ -77,7 +80,9 @@ def test_one_http_503_on_the_artefact_is_retried_and_the_version_installs(rig) -
     assert updater.status()["update_status"] == "up to date (serial 1)"
 
 
-def test_dripping_download_leaves_status_and_rollback_answering_and_hits_its_deadline(rig) -> None:  # type: ignore[no-untyped-def]
+def test_dripping_download_leaves_status_and_rollback_answering_and_hits_its_deadline(
+    rig: Rig,
+) -> None:
     hub, updater, loop, clock = rig
     hub.assign(DEVICE, publish(hub, 1))
     step(loop)
@@ -109,10 +114,10 @@ def test_dripping_download_leaves_status_and_rollback_answering_and_hits_its_dea
 
 
 def test_idle_polls_log_nothing_at_info_not_even_tufs_404_for_the_next_root(
-    rig, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     # issue 6, defect 7: httpx logged every request at INFO, the normal 404 included
-    hub, updater, loop, clock = rig
+    hub, _, loop, _ = rig
     hub.assign(DEVICE, publish(hub, 1))
     step(loop)
     levels = {n: logging.getLogger(n).level for n in ("httpx", "httpcore")}
