@@ -8,6 +8,7 @@ free memory, asked of a :data:`MemoryProbe` the caller passes in (tests give a f
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def _load(name: str, version: str, path: Path, sha256: str) -> LoadedModel:
 
 
 class ModelCache:
-    """Loaded versions by slot key. Not thread-safe: the updater calls it under its lock.
+    """Loaded versions by slot key; thread-safe.
+
+    Loading runs outside the cache's own lock, so the updater can load a new version
+    before it takes its state lock to switch (status never waits on a model load).
 
     Args:
         memory: the free-memory probe.
@@ -65,19 +69,23 @@ class ModelCache:
         self._memory = memory
         self._loader = loader
         self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
 
     def get(self, name: str, rec: SlotRecord) -> LoadedModel:
         """The loaded, warmed-up model of ``rec`` (loaded now if it is not yet)."""
         key = slot_key(rec.sha256, rec.version)
-        model = self._loaded.get(key)
-        if model is None:
-            model = self._loader(name, str(rec.version), Path(rec.path) / MODEL_FILE, rec.sha256)
-            model.warm_up()
-            self._loaded[key] = model
-        return model
+        with self._lock:
+            model = self._loaded.get(key)
+        if model is not None:
+            return model
+        model = self._loader(name, str(rec.version), Path(rec.path) / MODEL_FILE, rec.sha256)
+        model.warm_up()
+        with self._lock:
+            return self._loaded.setdefault(key, model)
 
     def is_loaded(self, rec: SlotRecord) -> bool:
-        return slot_key(rec.sha256, rec.version) in self._loaded
+        with self._lock:
+            return slot_key(rec.sha256, rec.version) in self._loaded
 
     def may_keep(self, rec: SlotRecord) -> bool:
         """Whether ``rec`` can be (or stay) in memory beside what serves now."""
@@ -92,10 +100,12 @@ class ModelCache:
     def retain(self, keys: Iterable[str]) -> None:
         """Unload every version whose slot key is not in ``keys``."""
         keep = set(keys)
-        for key in list(self._loaded):
-            if key not in keep:
-                del self._loaded[key]
+        with self._lock:
+            for key in list(self._loaded):
+                if key not in keep:
+                    del self._loaded[key]
 
     def describe(self) -> list[str]:
         """``["m v2", ...]``, for status."""
-        return sorted(f"{m.name} v{m.version}" for m in self._loaded.values())
+        with self._lock:
+            return sorted(f"{m.name} v{m.version}" for m in self._loaded.values())

@@ -290,6 +290,7 @@ class Updater:
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))
+        self._preload(installed, to_install, cancel)
         with self._lock:
             if (
                 cancel is not None and cancel.is_set()
@@ -297,6 +298,22 @@ class Updater:
                 log.info("serial %d superseded before it was applied", desired.serial)
                 return CycleResult(False, self.state.applied_serial, superseded=True)
             return self._finish(desired, installed, refused, failed, new_serial)
+
+    def _preload(
+        self,
+        installed: dict[str, SlotRecord],
+        refs: list[ArtefactRef],
+        cancel: threading.Event | None,
+    ) -> None:
+        """Load what installed before taking the lock, so the switch itself is quick."""
+        for ref in refs:
+            rec = installed.get(slot_key(ref.sha256, ref.version))
+            if rec is None or (cancel is not None and cancel.is_set()):
+                continue
+            try:
+                self.models.get(ref.model, rec)
+            except ModelfleetError as e:  # the switch will report it
+                log.debug("preloading %s v%s failed: %s", ref.model, ref.version, e)
 
     def _to_install(self, desired: DesiredState) -> list[ArtefactRef]:
         seen: dict[str, ArtefactRef] = {}
