@@ -8,16 +8,29 @@ free memory, asked of a :data:`MemoryProbe` the caller passes in (tests give a f
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from modelfleet.agent.plan import slot_key
 from modelfleet.agent.slots import MODEL_FILE
-from modelfleet.agent.state import SlotRecord
+from modelfleet.agent.state import ModelSlots, SlotRecord
+from modelfleet.rollout.desired_state import Mode
+from modelfleet.serving.host import ModelHost
+from modelfleet.serving.router import Route
 from modelfleet.serving.runtime import LoadedModel
 
-__all__ = ["MemoryProbe", "ModelCache", "ModelLoader", "memory_allows", "proc_meminfo_available"]
+__all__ = [
+    "MemoryProbe",
+    "ModelCache",
+    "ModelLoader",
+    "memory_allows",
+    "proc_meminfo_available",
+    "publish_route",
+]
+
+log = logging.getLogger("modelfleet.agent")
 
 #: Bytes of memory available now, or None when the platform does not say.
 MemoryProbe = Callable[[], int | None]
@@ -109,3 +122,46 @@ class ModelCache:
         """``["m v2", ...]``, for status."""
         with self._lock:
             return sorted(f"{m.name} v{m.version}" for m in self._loaded.values())
+
+
+def publish_route(
+    host: ModelHost,
+    cache: ModelCache,
+    name: str,
+    slots: ModelSlots,
+    keep_previous: bool,
+    used: set[str],
+) -> None:
+    """Load what ``slots`` serve and switch the host's route; unload what nothing uses.
+
+    The previous version stays loaded (instant rollback) only when ``keep_previous`` and
+    memory allows. ``used``: slot keys other models' slots still name.
+
+    Raises:
+        ModelfleetError: a version does not load (the route is left as it was).
+    """
+    if slots.active is None:
+        host.remove(name)
+        return
+    production = cache.get(name, slots.active)
+    candidate = cache.get(name, slots.candidate) if slots.candidate else None
+    previous = None
+    if slots.previous is not None and keep_previous:
+        if cache.may_keep(slots.previous):
+            previous = cache.get(name, slots.previous)
+        else:
+            log.warning(
+                "not keeping %s v%s loaded: too little free memory (rollback will "
+                "load it from disk)",
+                name,
+                slots.previous.version,
+            )
+    host.set_route(name, Route(production, candidate, Mode(slots.mode), slots.share, previous))
+    for other in host.names():
+        route = host.route(other)
+        if route is None:
+            continue
+        for m in (route.production, route.candidate, route.previous):
+            if m is not None:
+                used.add(slot_key(m.digest, m.version))
+    cache.retain(used)

@@ -8,6 +8,7 @@ new pointer, never a mix.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "Refusal",
     "RollbackRecord",
     "SlotRecord",
+    "StateFile",
     "load_state",
     "save_state",
 ]
@@ -32,6 +34,8 @@ STATE_FILE = "state.json"
 MAX_EVENTS = 50
 #: Rollbacks kept (and sent in every check-in) until the hub acknowledges them (contract 2).
 MAX_ROLLBACKS = 50
+#: An unchanged state is still rewritten this often, so ``last_check`` on disk stays recent.
+STATE_REFRESH_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -312,3 +316,31 @@ def read_state_file(state_dir: Path) -> dict[str, Any] | None:
         data = orjson.loads((Path(state_dir) / STATE_FILE).read_bytes())
         return data if isinstance(data, dict) else None
     return None
+
+
+class StateFile:
+    """Writes ``state.json`` when the state changed, and at least every ``refresh_s``.
+
+    The time of the last check alone does not count as a change, so an idle device does
+    not rewrite and fsync its flash every poll.
+    """
+
+    def __init__(
+        self, state_dir: Path, monotonic: Callable[[], float], refresh_s: float = STATE_REFRESH_S
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._monotonic = monotonic
+        self._refresh_s = refresh_s
+        self._key = b""
+        self._at = float("-inf")
+
+    def save(self, state: AgentState) -> None:
+        content = state.to_dict()
+        content.pop("last_check", None)
+        key = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        now = self._monotonic()
+        if key == self._key and now - self._at < self._refresh_s:
+            return
+        save_state(self.state_dir, state)
+        self._key = key
+        self._at = now

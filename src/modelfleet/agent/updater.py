@@ -22,14 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.cycle import (
-    describe_pending,
+    describe_switch,
     needs_work,
+    pending_after,
+    rollback_record,
     rollback_slots,
     screen_desired,
+    to_install,
+    update_status,
+    used_slot_keys,
 )
 from modelfleet.agent.install import (
     PackageSource,
@@ -38,7 +41,13 @@ from modelfleet.agent.install import (
     is_refusal,
     smoke_test,
 )
-from modelfleet.agent.models import MemoryProbe, ModelCache, ModelLoader, proc_meminfo_available
+from modelfleet.agent.models import (
+    MemoryProbe,
+    ModelCache,
+    ModelLoader,
+    proc_meminfo_available,
+    publish_route,
+)
 from modelfleet.agent.plan import SlotPlan, plan_slots, slot_key
 from modelfleet.agent.slots import SlotStore
 from modelfleet.agent.state import (
@@ -46,16 +55,14 @@ from modelfleet.agent.state import (
     ModelSlots,
     PendingInstall,
     Refusal,
-    RollbackRecord,
     SlotRecord,
+    StateFile,
     load_state,
-    save_state,
 )
 from modelfleet.clock import Clock
 from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
-from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState, Mode
+from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
 from modelfleet.serving.host import ModelHost
-from modelfleet.serving.router import Route
 
 __all__ = [
     "Check",
@@ -69,8 +76,6 @@ __all__ = [
 
 log = logging.getLogger("modelfleet.agent")
 
-#: An unchanged state is still rewritten this often, so ``last_check`` on disk stays recent.
-STATE_REFRESH_S = 300.0
 #: Retries of a failed install: from a few seconds up to five minutes apart.
 DEFAULT_RETRY = BackoffPolicy(base_s=2.0, cap_s=300.0)
 
@@ -148,8 +153,7 @@ class Updater:
         #: re-targets its watch. ``fallback_ok`` is False when the previous version is
         #: one the device rolled away from (a rollback to it would flap).
         self.on_route_published: Callable[[str, ModelSlots, bool], None] | None = None
-        self._persisted_key = b""
-        self._persisted_at = float("-inf")
+        self._file = StateFile(self.state_dir, clock.monotonic)
         self._retry_failures = 0
         self._retry_at = float("-inf")
         self._hub_ok: bool | None = None
@@ -273,15 +277,15 @@ class Updater:
                 "serial": desired.serial,
                 "assignments": [a.to_dict() for a in desired.assignments],
             }
-            to_install = self._to_install(desired)
-            if to_install:
-                names = ", ".join(f"{r.model} v{r.version}" for r in to_install)
+            refs = to_install(desired, self.state)
+            if refs:
+                names = ", ".join(f"{r.model} v{r.version}" for r in refs)
                 self.state.update_status = f"downloading: {names} (serial {desired.serial})"
             self._save()
         installed: dict[str, SlotRecord] = {}
         refused: list[tuple[ArtefactRef, ModelfleetError]] = []
         failed: list[tuple[ArtefactRef, ModelfleetError]] = []
-        for ref in to_install:
+        for ref in refs:
             if cancel is not None and cancel.is_set():
                 break
             try:
@@ -290,7 +294,7 @@ class Updater:
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))
-        self._preload(installed, to_install, cancel)
+        self._preload(installed, refs, cancel)
         with self._lock:
             if (
                 cancel is not None and cancel.is_set()
@@ -315,17 +319,6 @@ class Updater:
             except ModelfleetError as e:  # the switch will report it
                 log.debug("preloading %s v%s failed: %s", ref.model, ref.version, e)
 
-    def _to_install(self, desired: DesiredState) -> list[ArtefactRef]:
-        seen: dict[str, ArtefactRef] = {}
-        for assignment in desired.assignments:
-            current = self.state.models.get(assignment.model, ModelSlots())
-            plan = plan_slots(
-                current, assignment, desired.serial, self.state.refused, self.state.rolled_back
-            )
-            for ref in plan.to_install:
-                seen.setdefault(slot_key(ref.sha256, ref.version), ref)
-        return list(seen.values())
-
     def _finish(
         self,
         desired: DesiredState,
@@ -343,25 +336,13 @@ class Updater:
             if desired.assignment(name) is None:
                 self._unassign(name)
                 changed = True
-        attempts = {slot_key(p.sha256, p.version): p.attempts for p in self.state.pending}
-        pending = [
-            PendingInstall(
-                ref.model,
-                ref.version,
-                ref.sha256,
-                serial,
-                attempts.get(slot_key(ref.sha256, ref.version), 0) + 1,
-                str(e),
-            )
-            for ref, e in failed
-        ]
+        pending = pending_after([(r, str(e)) for r, e in failed], self.state.pending, serial)
         self.state.pending = pending
-        status: list[str] = []
+        delay: float | None = None
         if pending:
             self._retry_failures += 1
             delay = self._retry.delay(self._retry_failures, self._rand)
             self._retry_at = self.clock.monotonic() + delay
-            status.append(describe_pending(pending, delay))
             for p in pending:
                 self.state.add_event(self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}")
                 log.warning(
@@ -375,10 +356,7 @@ class Updater:
         else:
             self._retry_failures = 0
             self.state.applied_serial = serial
-        last = self.state.last_refusal
-        if last is not None and last.serial == serial:
-            status.append(f"refused: {last.model} v{last.version}: {last.reason}")
-        self.state.update_status = "; ".join(status) or f"up to date (serial {serial})"
+        self.state.update_status = update_status(serial, pending, delay, self.state.last_refusal)
         self._save()
         self._collect_garbage()
         return CycleResult(changed, serial, tuple(refusals), retrying=tuple(pending))
@@ -398,7 +376,9 @@ class Updater:
             self.state.add_event(self._now(), "error", f"{name}: cannot serve: {e}")
             log.error("%s: cannot serve: %s", name, e)
             return False
-        self._describe_switch(name, current, new_slots)
+        msg = describe_switch(name, current, new_slots)
+        self.state.add_event(self._now(), "switch", msg)
+        log.info(msg)
         self.state.models[name] = new_slots
         return True
 
@@ -471,16 +451,7 @@ class Updater:
                 self._publish_route(name, new)
                 self.state.models[name] = new
                 now = self._now()
-                record = RollbackRecord(
-                    uuid.uuid4().hex,
-                    now,
-                    name,
-                    rb.kind.value,
-                    rb.away.version,
-                    rb.to.version,
-                    reason,
-                    serial,
-                )
+                record = rollback_record(uuid.uuid4().hex, now, name, rb, reason, serial)
                 self.state.add_rollback(record)
                 done.append(
                     {
@@ -525,60 +496,14 @@ class Updater:
     # -- internals -----------------------------------------------------------------------
 
     def _publish_route(self, name: str, slots: ModelSlots) -> None:
-        if slots.active is None:
-            self.host.remove(name)
-            return
-        production = self.models.get(name, slots.active)
-        candidate = self.models.get(name, slots.candidate) if slots.candidate else None
-        previous = None
-        if slots.previous is not None and self.keep_previous_loaded:
-            if self.models.may_keep(slots.previous):
-                previous = self.models.get(name, slots.previous)
-            else:
-                log.warning(
-                    "not keeping %s v%s loaded: too little free memory (rollback will "
-                    "load it from disk)",
-                    name,
-                    slots.previous.version,
-                )
-        self.host.set_route(
-            name, Route(production, candidate, Mode(slots.mode), slots.share, previous)
-        )
-        self._unload_unused()
-        if self.on_route_published is not None:
+        used = used_slot_keys(self.state.models, self.keep_previous_loaded)
+        publish_route(self.host, self.models, name, slots, self.keep_previous_loaded, used)
+        if self.on_route_published is not None and slots.active is not None:
             fallback_ok = (
                 slots.previous is not None
                 and self.state.rolled_back.get(slots.previous.sha256) is None
             )
             self.on_route_published(name, slots, fallback_ok)
-
-    def _unload_unused(self) -> None:
-        used = {
-            slot_key(r.sha256, r.version)
-            for s in self.state.models.values()
-            for r in (s.active, s.candidate, s.previous if self.keep_previous_loaded else None)
-            if r is not None
-        }
-        for name in self.host.names():
-            route = self.host.route(name)
-            if route is None:
-                continue
-            for m in (route.production, route.candidate, route.previous):
-                if m is not None:
-                    used.add(slot_key(m.digest, m.version))
-        self.models.retain(used)
-
-    def _describe_switch(self, name: str, old: ModelSlots, new: ModelSlots) -> None:
-        def v(r: SlotRecord | None) -> str:
-            return f"v{r.version}" if r else "none"
-
-        share = f" {new.share:.0%}" if new.candidate else ""
-        msg = (
-            f"{name}: active {v(old.active)} -> {v(new.active)}, candidate {v(new.candidate)} "
-            f"({new.mode}{share}), previous {v(new.previous)}"
-        )
-        self.state.add_event(self._now(), "switch", msg)
-        log.info(msg)
 
     def _collect_garbage(self) -> None:
         keep = {
@@ -606,18 +531,7 @@ class Updater:
         return new and bool(message)
 
     def _save(self) -> None:
-        """Persist the state when it changed (the time of the last check alone does not
-        count, so an idle device does not rewrite and fsync its flash every poll), and at
-        least every :data:`STATE_REFRESH_S` seconds."""
-        content = self.state.to_dict()
-        content.pop("last_check", None)
-        key = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
-        now = self.clock.monotonic()
-        if key == self._persisted_key and now - self._persisted_at < STATE_REFRESH_S:
-            return
-        save_state(self.state_dir, self.state)
-        self._persisted_key = key
-        self._persisted_at = now
+        self._file.save(self.state)
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()
