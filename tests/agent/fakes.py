@@ -42,8 +42,10 @@ class MemorySource:
         self.waiting = threading.Event()
         self.cancelled = 0
 
-    def publish(self, name: str, version: int, model: bytes, sample=None) -> ArtefactRef:  # type: ignore[no-untyped-def]
-        manifest = build_manifest(name, version, model, sample_input=sample).to_json()
+    def publish(self, name: str, version: int, model: bytes, sample=None, decisions=None) -> ArtefactRef:  # type: ignore[no-untyped-def]
+        manifest = build_manifest(
+            name, version, model, sample_input=sample, decisions=decisions
+        ).to_json()
         for path, data in (
             (model_target_path(name, version), model),
             (manifest_target_path(name, version), manifest),

@@ -11,6 +11,7 @@ from pathlib import Path
 from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
 from modelfleet.serving.cascade import CascadeSettings
+from modelfleet.serving.model import RuntimeSettings
 
 __all__ = ["AgentConfig"]
 
@@ -40,6 +41,7 @@ class AgentConfig:
         backoff_cap_s: longest wait between polls while the hub is unreachable (capped
             exponential backoff with full jitter from ``poll_interval``; up to one day).
         download: deadlines of every download (minimum rate, caps).
+        runtime: ONNX Runtime execution providers and thread counts for every model.
     """
 
     hub_url: str
@@ -58,6 +60,7 @@ class AgentConfig:
     heartbeat_s: float = 60.0
     backoff_cap_s: float = 300.0
     download: DownloadSettings = field(default_factory=DownloadSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

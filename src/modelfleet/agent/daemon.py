@@ -21,8 +21,10 @@ from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.config import AgentConfig
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard
+from modelfleet.agent.models import onnx_loader
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop, verify_token
 from modelfleet.agent.updater import Updater
+from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ConfigError, TransportError
 
@@ -137,8 +139,15 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         config.state_dir / "tuf", config.hub_url, config.token, trust_root, download=config.download
     )
     host = ModelHost()
+    check_providers(config.runtime.providers)
     updater = Updater(
-        config.device_id, config.state_dir, source, host, clock, config.keep_previous_loaded
+        config.device_id,
+        config.state_dir,
+        source,
+        host,
+        clock,
+        config.keep_previous_loaded,
+        loader=onnx_loader(config.runtime),
     )
     loop_holder: list[UpdateLoop] = []
     guard = LocalGuard(

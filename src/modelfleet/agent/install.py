@@ -7,6 +7,7 @@ thread (a newer desired state superseded this one) stops the download.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE, SlotStore
 from modelfleet.agent.state import SlotRecord
+from modelfleet.catalog.onnx_session import max_supported_opset as _runtime_max_opset
 from modelfleet.errors import (
     ArtefactVerificationError,
     CompatibilityError,
@@ -67,11 +69,11 @@ def is_refusal(error: Exception) -> bool:
     return isinstance(error, TrustError | RefusedUpdateError | InvalidInputError)
 
 
+@functools.cache
 def max_supported_opset() -> int:
-    """Highest default-domain opset this device's ONNX stack knows."""
-    import onnx.defs
-
-    return int(onnx.defs.onnx_opset_version())
+    """Highest default-domain opset this device's ONNX Runtime implements (no ``onnx``
+    package needed on the device)."""
+    return _runtime_max_opset()
 
 
 def install_version(

@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from modelfleet.agent.plan import slot_key
-from modelfleet.agent.slots import MODEL_FILE
+from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE
 from modelfleet.agent.state import ModelSlots, SlotRecord
+from modelfleet.catalog.schema import OutputDecision
+from modelfleet.errors import InvalidInputError
+from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
+from modelfleet.serving.model import RuntimeSettings
 from modelfleet.serving.router import Route
 from modelfleet.serving.runtime import LoadedModel
 
@@ -26,6 +30,7 @@ __all__ = [
     "ModelCache",
     "ModelLoader",
     "memory_allows",
+    "onnx_loader",
     "proc_meminfo_available",
     "publish_route",
 ]
@@ -61,8 +66,29 @@ def memory_allows(model_bytes: int, available: int | None, headroom: float = 4.0
     return available > model_bytes * headroom + (256 << 20)
 
 
-def _load(name: str, version: str, path: Path, sha256: str) -> LoadedModel:
-    return LoadedModel.load(name, version, path, sha256)
+def _decisions_beside(model_file: Path) -> dict[str, OutputDecision] | None:
+    """The output decisions of the verified manifest installed next to ``model_file``
+    (None when there is none: the runtime then infers them from the schema)."""
+    try:
+        raw = (model_file.parent / MANIFEST_FILE).read_bytes()
+        return PackageManifest.from_json(raw).effective_decisions()
+    except (OSError, InvalidInputError):
+        return None
+
+
+def onnx_loader(settings: RuntimeSettings | None = None) -> ModelLoader:
+    """A loader of installed versions into ONNX Runtime with ``settings`` (execution
+    providers, thread counts), each with the output decisions its signed manifest declares
+    (what a shadow comparison judges)."""
+    runtime = settings or RuntimeSettings()
+
+    def load(name: str, version: str, path: Path, sha256: str) -> LoadedModel:
+        return LoadedModel.load(name, version, path, sha256, runtime, _decisions_beside(path))
+
+    return load
+
+
+_load = onnx_loader()
 
 
 class ModelCache:

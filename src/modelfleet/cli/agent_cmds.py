@@ -227,6 +227,20 @@ def register(agent_app: typer.Typer) -> None:
             float, typer.Option(help="Seconds for a request body to arrive (else 503).")
         ] = 30.0,
         max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 16.0,
+        execution_provider: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--execution-provider",
+                help="ONNX Runtime execution provider, in order of preference (repeatable; "
+                "default CPUExecutionProvider).",
+            ),
+        ] = None,
+        intra_op_threads: Annotated[
+            int, typer.Option(help="ONNX Runtime threads within an operator (0: its choice).")
+        ] = 1,
+        inter_op_threads: Annotated[
+            int, typer.Option(help="ONNX Runtime threads across operators (0: its choice).")
+        ] = 1,
         upstream: Annotated[
             str,
             typer.Option(help="Cascade: OIP v2 server that answers what this device is unsure of."),
@@ -246,7 +260,13 @@ def register(agent_app: typer.Typer) -> None:
         from modelfleet.agent.config import AgentConfig
         from modelfleet.agent.daemon import run_agent
         from modelfleet.serving.cascade import CascadeSettings
+        from modelfleet.serving.model import RuntimeSettings
 
+        runtime = RuntimeSettings(
+            providers=tuple(execution_provider or ("CPUExecutionProvider",)),
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
         cascade = None
         if upstream:
             cascade = CascadeSettings(
@@ -275,6 +295,7 @@ def register(agent_app: typer.Typer) -> None:
             keep_previous_loaded=keep_previous,
             request_timeout_s=request_timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            runtime=runtime,
         )
         try:
             run_agent(config)
