@@ -42,7 +42,9 @@ class MemorySource:
         self.waiting = threading.Event()
         self.cancelled = 0
 
-    def publish(self, name: str, version: int, model: bytes, sample=None, decisions=None) -> ArtefactRef:  # type: ignore[no-untyped-def]
+    def publish(  # type: ignore[no-untyped-def]
+        self, name: str, version: int, model: bytes, sample=None, decisions=None
+    ) -> ArtefactRef:
         manifest = build_manifest(
             name, version, model, sample_input=sample, decisions=decisions
         ).to_json()

@@ -127,6 +127,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     from modelfleet.serving.host import ModelHost
     from modelfleet.trust.client import DeviceTrustClient
 
+    check_providers(config.runtime.providers)  # before anything else: a typo fails fast
     clock = clock or SystemClock()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
@@ -139,7 +140,6 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         config.state_dir / "tuf", config.hub_url, config.token, trust_root, download=config.download
     )
     host = ModelHost()
-    check_providers(config.runtime.providers)
     updater = Updater(
         config.device_id,
         config.state_dir,
