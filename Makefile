@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench bench-install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	bash scripts/with-postgres.sh $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e and not postgres"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run all
+
+# Installed size and agent RSS: `pip install modelfleet` (agent only) vs the full install.
+bench-install: $(STAMP)
+	$(BIN)/python -m benchmarks.install_size --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pg

@@ -136,11 +136,12 @@ def modelfleet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "modelfleet", *args]
 
 
-def start(name: str, args: list[str], logdir: Path) -> Process:
+def start(name: str, args: list[str], logdir: Path, env: dict[str, str] | None = None) -> Process:
+    """Start ``args`` with output to ``logdir/NAME.log`` (environment: ``env`` or ours)."""
     log = logdir / f"{name}.log"
     fh = open(log, "wb")  # noqa: SIM115 - the child owns it for its whole life
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    child_env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=child_env)
     return Process(name, popen, log)
 
 

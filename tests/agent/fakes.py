@@ -7,9 +7,10 @@ bytes it serves) and can be told to fail: tampered bytes, unreachable hub, revok
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
-from modelfleet.errors import ArtefactVerificationError, TransportError
+from modelfleet.errors import ArtefactVerificationError, ModelfleetError, TransportError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.packaging.build import build_manifest
 from modelfleet.rollout.desired_state import (
@@ -32,9 +33,21 @@ class MemorySource:
         self.serial: dict[str, int] = {}
         self.offline = False
         self.downloads = 0
+        #: Raised, one per artefact fetch, before anything else (fault injection).
+        self.failures: list[ModelfleetError] = []
+        #: While set to an unset event, artefact fetches block until it is set or the
+        #: caller cancels (a download in progress, without sleeping).
+        self.gate: threading.Event | None = None
+        #: Set when a fetch is waiting at the gate.
+        self.waiting = threading.Event()
+        self.cancelled = 0
 
-    def publish(self, name: str, version: int, model: bytes, sample=None) -> ArtefactRef:  # type: ignore[no-untyped-def]
-        manifest = build_manifest(name, version, model, sample_input=sample).to_json()
+    def publish(  # type: ignore[no-untyped-def]
+        self, name: str, version: int, model: bytes, sample=None, decisions=None
+    ) -> ArtefactRef:
+        manifest = build_manifest(
+            name, version, model, sample_input=sample, decisions=decisions
+        ).to_json()
         for path, data in (
             (model_target_path(name, version), model),
             (manifest_target_path(name, version), manifest),
@@ -68,10 +81,24 @@ class MemorySource:
         return self.desired.get(device_id)
 
     def fetch_package_file(
-        self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
+        self,
+        target_path: str,
+        expected_sha256: str,
+        expected_length: int,
+        dest: Path,
+        cancel: threading.Event | None = None,
     ) -> Path:
         if self.offline:
             raise TransportError("hub unreachable (test)")
+        if self.failures:
+            raise self.failures.pop(0)
+        gate = self.gate
+        if gate is not None:
+            self.waiting.set()
+            while not gate.wait(0.01):
+                if cancel is not None and cancel.is_set():
+                    self.cancelled += 1
+                    raise TransportError(f"{target_path}: download cancelled")
         signed = self.catalog.get(target_path)
         if signed is None:
             raise ArtefactVerificationError(f"{target_path} is not in the catalog")

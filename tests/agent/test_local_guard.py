@@ -107,7 +107,8 @@ def test_slow_new_production_falls_back_to_previous(setup) -> None:  # type: ign
     assert versions[0] == "2" and versions[-1] == "1"
     guard.last_persist.join(timeout=10)  # type: ignore[union-attr]
     slots = updater.state.models["m"]
-    assert (slots.active.version, slots.previous.version) == (1, 2)  # type: ignore[union-attr]
+    # contract 1: after a production rollback there is no previous (no flip-back)
+    assert slots.active is not None and slots.active.version == 1 and slots.previous is None
     # the guard now watches nothing: falling back to the slow version would flap
     assert "m" not in guard.state()
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.state import load_state
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import ManualClock
-from modelfleet.errors import InvalidInputError
+from modelfleet.errors import InvalidInputError, TransportError
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
 from tests.agent.fakes import MemorySource
@@ -79,7 +81,9 @@ def test_upgrade_keeps_previous_version_for_rollback(
     assert route is not None and route.previous is not None and route.previous.version == "1"
     downloads = source.downloads
     result = updater.rollback(reason="test")
-    assert result["rolled_back"] == [{"model": "m", "from": 2, "to": 1}]
+    assert [{k: r[k] for k in ("model", "from", "to", "kind")} for r in result["rolled_back"]] == [
+        {"model": "m", "from": 2, "to": 1, "kind": "production"}
+    ]
     assert served_version(host) == "1"
     assert source.downloads == downloads  # rollback never downloads
     # the director still says v2 at the same serial: the rollback must stick
@@ -211,16 +215,13 @@ def test_desired_state_for_another_device_is_ignored(
 
 
 def test_previous_is_not_kept_loaded_when_memory_is_short(
-    tmp_path: Path, source: MemorySource, models: dict[int, bytes], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
 ) -> None:
-    import modelfleet.agent.updater as updater_module
-
-    host = ModelHost()
-    updater = make_updater(tmp_path, source, host)
     source.assign(DEVICE, source.publish("m", 1, models[1]))
-    updater.run_cycle()
-    updater._loaded.clear()  # as after a restart: v1 is on disk only
-    monkeypatch.setattr(updater_module, "available_memory_bytes", lambda: 64 << 20)
+    make_updater(tmp_path, source).run_cycle()
+    # a restarted agent on a device with 64 MiB free: v1 is on disk only
+    host = ModelHost()
+    updater = Updater(DEVICE, tmp_path, source, host, ManualClock(), memory=lambda: 64 << 20)
     source.assign(DEVICE, source.publish("m", 2, models[2]))
     updater.run_cycle()
     route = host.route("m")
@@ -262,3 +263,201 @@ def test_idle_polls_do_not_rewrite_the_state_file(
     clock.advance(300)
     updater.run_cycle()
     assert state_file.stat().st_ino != written
+
+
+def test_production_rollback_leaves_no_previous_to_flip_back_to(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    host = ModelHost()
+    updater = make_updater(tmp_path, source, host)
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    source.assign(DEVICE, source.publish("m", 2, models[2]))
+    updater.run_cycle()
+    updater.rollback(reason="bad v2")
+    slots = updater.state.models["m"]
+    assert slots.active is not None and slots.active.version == 1 and slots.previous is None
+    with pytest.raises(InvalidInputError, match="nothing to roll back"):
+        updater.rollback()  # a second rollback does not flip back to v2
+    assert served_version(host) == "1"
+
+
+def test_rollbacks_are_kept_as_structured_records_until_the_hub_applies_them(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    updater = make_updater(tmp_path, source)
+    v1 = source.publish("m", 1, models[1])
+    source.assign(DEVICE, v1)
+    updater.run_cycle()
+    serial = source.assign(DEVICE, v1, source.publish("m", 2, models[2]), Mode.SPLIT, 0.5)
+    updater.run_cycle()
+    done = updater.rollback(reason="guard: p99 too high")["rolled_back"][0]
+    records = updater.status()["rollbacks"]
+    assert records == [
+        {
+            "id": done["id"],
+            "at": records[0]["at"],
+            "model": "m",
+            "kind": "candidate",
+            "from_version": 2,
+            "to_version": 1,
+            "reason": "guard: p99 too high",
+            "serial": serial,
+        }
+    ]
+    assert len(done["id"]) == 32
+    # kept across a restart, dropped once the hub lists it in applied_rollbacks
+    assert load_state(tmp_path, DEVICE).rollbacks[0].id == done["id"]
+    updater.acknowledge_rollbacks(["unknown"])
+    assert len(updater.status()["rollbacks"]) == 1
+    updater.acknowledge_rollbacks([done["id"]])
+    assert updater.status()["rollbacks"] == []
+    assert load_state(tmp_path, DEVICE).rollbacks == []
+
+
+def test_only_the_last_50_rollbacks_are_kept(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    updater = make_updater(tmp_path, source)
+    v1 = source.publish("m", 1, models[1])
+    v2 = source.publish("m", 2, models[2])
+    source.assign(DEVICE, v1)
+    updater.run_cycle()
+    for _ in range(55):
+        source.assign(DEVICE, v1, v2, Mode.SPLIT, 0.5)
+        updater.run_cycle()
+        updater.rollback()
+    assert len(updater.status()["rollbacks"]) == 50
+
+
+def test_one_transient_download_failure_is_retried_until_installed(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    # issue 6, defect 12: one HTTP 503 used to leave the version never installed
+    clock = ManualClock()
+    host = ModelHost()
+    updater = Updater(
+        DEVICE, tmp_path, source, host, clock, retry=BackoffPolicy(2.0, 60.0), rand=lambda: 0.5
+    )
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    source.assign(DEVICE, source.publish("m", 2, models[2]))
+    source.failures.append(TransportError("artefact models/m/2/model.onnx: HTTP 503"))
+    result = updater.run_cycle()
+    assert [p.version for p in result.retrying] == [2] and not result.refusals
+    status = updater.status()
+    assert status["update_status"].startswith("retrying: m v2: artefact models/m/2/model.onnx")
+    assert status["pending"][0]["attempts"] == 1
+    assert status["applied_serial"] == 1  # not advanced past a failed install
+    assert served_version(host) == "1"
+    # not retried before its backoff (2 s * 0.5) is over ...
+    downloads = source.downloads
+    assert not updater.run_cycle().changed
+    assert source.downloads == downloads
+    assert updater.retry_in() == pytest.approx(1.0)
+    # ... then installed
+    clock.advance(1.0)
+    result = updater.run_cycle()
+    assert result.changed and not result.retrying
+    assert served_version(host) == "2"
+    status = updater.status()
+    assert status["applied_serial"] == 2 and status["pending"] == []
+    assert status["update_status"] == "up to date (serial 2)"
+
+
+def test_failed_retries_back_off_exponentially_up_to_the_cap(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    clock = ManualClock()
+    updater = Updater(
+        DEVICE,
+        tmp_path,
+        source,
+        ModelHost(),
+        clock,
+        retry=BackoffPolicy(2.0, 10.0),
+        rand=lambda: 0.99,
+    )
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    waits = []
+    for _ in range(5):
+        source.failures.append(TransportError("HTTP 503"))
+        updater.run_cycle()
+        wait = updater.retry_in()
+        assert wait is not None
+        waits.append(round(wait, 2))
+        clock.advance(wait)
+    assert waits == [1.98, 3.96, 7.92, 9.9, 9.9]
+    assert updater.status()["pending"][0]["attempts"] == 5
+    updater.run_cycle()
+    assert served_version(updater.host) == "1"
+
+
+def test_trust_refusal_is_reported_as_refused_not_retrying(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    updater = make_updater(tmp_path, source)
+    v1 = source.publish("m", 1, models[1])
+    path = "models/m/1/model.onnx"
+    source.blobs[path] = source.blobs[path][:-1] + b"\x00"
+    source.assign(DEVICE, v1)
+    result = updater.run_cycle()
+    assert result.refusals and not result.retrying
+    status = updater.status()
+    assert status["update_status"].startswith("refused: m v1: ")
+    assert status["pending"] == []
+    downloads = source.downloads
+    updater.run_cycle()  # same serial: not retried
+    assert source.downloads == downloads
+
+
+def test_status_and_rollback_answer_while_a_download_is_in_progress(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    # issue 6, defect 13: the cycle held the updater's lock for the whole download
+    host = ModelHost()
+    updater = make_updater(tmp_path, source, host)
+    v1 = source.publish("m", 1, models[1])
+    source.assign(DEVICE, v1)
+    updater.run_cycle()
+    source.assign(DEVICE, v1, source.publish("m", 2, models[2]), Mode.SPLIT, 0.5)
+    updater.run_cycle()
+    source.assign(DEVICE, source.publish("m", 3, models[3]))
+    source.gate = threading.Event()
+    worker = threading.Thread(target=updater.run_cycle)
+    worker.start()
+    try:
+        assert source.waiting.wait(10)
+        assert updater.status()["update_status"].startswith("downloading: m v3")
+        done = updater.rollback(reason="operator")  # answered while v3 downloads
+        assert done["rolled_back"][0]["from"] == 2
+    finally:
+        source.gate.set()
+        worker.join(10)
+    assert served_version(host) == "3"
+
+
+def test_a_newer_desired_state_supersedes_the_one_being_downloaded(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    host = ModelHost()
+    updater = make_updater(tmp_path, source, host)
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    source.assign(DEVICE, source.publish("m", 2, models[2]))
+    check = updater.check()
+    assert check.desired is not None and updater.due(check.desired)
+    source.gate = threading.Event()
+    cancel = threading.Event()
+    results = []
+    worker = threading.Thread(target=lambda: results.append(updater.apply(check.desired, cancel)))  # type: ignore[arg-type]
+    worker.start()
+    assert source.waiting.wait(10)
+    cancel.set()  # what the update loop does when serial 3 arrives
+    worker.join(10)
+    assert results[0].superseded and source.cancelled == 1
+    assert served_version(host) == "1"
+    source.gate = None
+    source.assign(DEVICE, source.publish("m", 3, models[3]))
+    assert updater.run_cycle().changed
+    assert served_version(host) == "3"

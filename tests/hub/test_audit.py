@@ -19,6 +19,7 @@ from modelfleet.audit.log import (
 )
 from modelfleet.clock import ManualClock
 from modelfleet.hub import db
+from modelfleet.hub.audit_rows import SqlAuditStore
 from modelfleet.hub.service import HubService
 from tests.hub._support import auth, register
 
@@ -57,14 +58,14 @@ def test_intact_chain_verifies_over_the_api(
 
 
 def test_edited_entry_breaks_the_chain_at_that_entry(busy_service: HubService) -> None:
-    with busy_service._sessions.begin() as s:
+    with busy_service.context.sessions.begin() as s:
         s.execute(update(db.AuditEntry).where(db.AuditEntry.seq == 3).values(actor="mallory"))
     assert busy_service.verify_audit() == 3
 
 
 def test_edited_details_break_the_chain(busy_service: HubService) -> None:
     deploy_seq = busy_service.audit(limit=1000)[-1]["seq"]
-    with busy_service._sessions.begin() as s:
+    with busy_service.context.sessions.begin() as s:
         s.execute(
             update(db.AuditEntry)
             .where(db.AuditEntry.seq == deploy_seq)
@@ -76,7 +77,7 @@ def test_edited_details_break_the_chain(busy_service: HubService) -> None:
 def test_deleted_entry_breaks_the_chain(
     busy_service: HubService, http: TestClient, admin_token: str
 ) -> None:
-    with busy_service._sessions.begin() as s:
+    with busy_service.context.sessions.begin() as s:
         s.execute(delete(db.AuditEntry).where(db.AuditEntry.seq == 2))
     assert busy_service.verify_audit() == 3
     r = http.get("/api/v1/audit/verify", headers=auth(admin_token))
@@ -85,7 +86,7 @@ def test_deleted_entry_breaks_the_chain(
 
 def test_rehashed_forgery_is_found_at_the_next_link(busy_service: HubService) -> None:
     """Rewriting an entry and its own hash still breaks the following entry's prev_hash."""
-    with busy_service._sessions.begin() as s:
+    with busy_service.context.sessions.begin() as s:
         row = s.get(db.AuditEntry, 2)
         assert row is not None
         forged = AuditRecord.of(row)
@@ -108,9 +109,9 @@ def test_pure_chain_check_on_records() -> None:
 def test_append_in_a_rolled_back_transaction_leaves_no_entry(service: HubService) -> None:
     before = len(service.audit(limit=1000))
     clock = ManualClock()
-    with service._sessions() as s:
-        append_entry(s, clock.now(), "x", "y", "z")
+    with service.context.sessions() as s:
+        append_entry(SqlAuditStore(s), clock.now(), "x", "y", "z")
         s.rollback()
-    with service._sessions() as s:
-        assert verify_chain(s) is None
+    with service.context.sessions() as s:
+        assert verify_chain(SqlAuditStore(s)) is None
     assert len(service.audit(limit=1000)) == before

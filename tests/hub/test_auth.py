@@ -82,7 +82,7 @@ def test_tokens_are_stored_hashed(service: HubService, tokens: dict[str, str]) -
 
     from modelfleet.hub import db
 
-    with service._sessions() as s:
+    with service.context.sessions() as s:
         stored = set(s.scalars(select(db.Token.token_sha256)))
     assert not set(tokens.values()) & stored
     assert all(len(h) == 64 for h in stored)

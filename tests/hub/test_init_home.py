@@ -37,6 +37,34 @@ def test_init_home_writes_layout_with_private_modes(hub_home: tuple[Path, str]) 
     assert isinstance(bundle, dict)
 
 
+def test_hub_home_and_database_are_not_world_readable(
+    tmp_path: Path, clock: ManualClock, onnx_bytes: bytes
+) -> None:
+    """Defect 5: hub.db (token hashes) was created world-readable, and so were -wal/-shm."""
+    home = tmp_path / "hub"
+    home.mkdir(mode=0o755)  # an existing, empty folder is tightened too
+    init_home(home, clock)
+    paths = HubHome(home)
+    assert _mode(home) == 0o700
+    svc = HubService(load_hub_config(home), clock)
+    try:
+        svc.register_version("iris", onnx_bytes, actor="admin:admin")  # writes the WAL
+        files = [paths.database_file, *home.glob("hub.db-*")]
+        assert {p.name for p in files} >= {"hub.db", "hub.db-wal", "hub.db-shm"}
+        assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
+    finally:
+        svc.close()
+
+
+def test_init_home_writes_the_database_url_into_the_config(tmp_path: Path) -> None:
+    """Defect 2: the URL given to init is the one `hub serve` uses, with no environment."""
+    url = f"sqlite:///{tmp_path / 'elsewhere' / 'fleet.db'}"
+    init_home(tmp_path / "hub", ManualClock(), database_url=url)
+    assert load_hub_config(tmp_path / "hub").database_url == url
+    assert 'database_url = "' in (tmp_path / "hub" / "config.toml").read_text()
+    assert _mode(tmp_path / "elsewhere" / "fleet.db") == 0o600
+
+
 def test_admin_token_from_init_authenticates_as_admin(
     service: HubService, admin_token: str
 ) -> None:

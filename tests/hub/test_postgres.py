@@ -58,7 +58,7 @@ def test_hub_on_postgres_migrates_registers_deploys(
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0001"
+            assert context.get_current_revision() == "0002"
     finally:
         engine.dispose()
 
@@ -107,3 +107,43 @@ def test_two_replicas_on_one_postgres_keep_versions_and_audit_linear(
     finally:
         for r in replicas:
             r.close()
+
+
+def test_init_home_with_a_postgres_url_writes_it_and_migrates_that_database(
+    pg_url: str, tmp_path: Path, onnx_bytes: bytes
+) -> None:
+    """Defect 2 (service side): `init --database-url` puts the hub on PostgreSQL for good."""
+    clock = ManualClock()
+    home = tmp_path / "hub"
+    token = init_home(home, clock, database_url=pg_url)
+    assert f'database_url = "{pg_url}"' in (home / "config.toml").read_text()
+    assert not (home / "hub.db").exists()  # nothing went to SQLite
+    engine = make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            tokens = conn.execute(text("SELECT role FROM tokens")).scalars().all()
+            counters = conn.execute(text("SELECT count(*) FROM tuf_role_versions")).scalar()
+        assert tokens == ["admin"] and counters == 8  # 4 roles x 2 repositories
+    finally:
+        engine.dispose()
+
+    service = HubService(load_hub_config(home), clock)  # no environment needed
+    try:
+        assert service.authenticate(token).role.value == "admin"
+        service.add_device("cam-1", actor="admin:admin")
+        service.register_version("iris", onnx_bytes, actor="admin:admin")
+        service.register_version("iris", onnx_bytes, lineage={"n": 2}, actor="admin:admin")
+        service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+        service.deploy("iris", 2, ["cam-1"], actor="admin:admin")
+        event = {"id": "a" * 32, "model": "iris", "kind": "production",
+                 "from_version": 2, "to_version": 1}  # fmt: skip
+        for _ in range(2):  # a replay applies once
+            assert service.record_report("cam-1", {"rollbacks": [event]}) == {
+                "applied_rollbacks": [event["id"]]
+            }
+        a = service.get_device("cam-1")["assignments"][0]
+        assert (a["production"], a["previous"]) == (1, None)
+        assert service.get_device("cam-1")["desired_state"]["serial"] == 3
+        assert service.verify_audit() is None
+    finally:
+        service.close()

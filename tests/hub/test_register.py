@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelfleet.clock import ManualClock
-from modelfleet.errors import InvalidModelError, NotFoundError
+from modelfleet.errors import InvalidInputError, InvalidModelError, NotFoundError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.hub.service import HubService
 from modelfleet.packaging.manifest import PackageManifest
@@ -77,7 +77,7 @@ def test_versions_are_numbered_one_two_and_listed(
         ("ort_unloadable", "ONNX Runtime cannot load the model"),
     ],
 )
-def test_invalid_model_is_refused_and_nothing_is_registered(
+def test_invalid_model_is_refused_and_its_blob_is_not_kept(
     case: str,
     message: str,
     http: TestClient,
@@ -89,15 +89,18 @@ def test_invalid_model_is_refused_and_nothing_is_registered(
     data = {"not_onnx": b"this is a pickle, honestly", "ort_unloadable": ort_unloadable_onnx}[case]
     h = auth(admin_token)
     digest = http.post("/api/v1/blobs", content=data, headers=h).json()["sha256"]
-    files_before = _store_files(service)
+    assert digest in _store_files(service)
     audit_before = len(service.audit(limit=1000))
     r = http.post("/api/v1/models/broken/versions", json={"blob": digest}, headers=h)
     assert r.status_code == 400
     assert message in r.json()["error"]
     assert r.json()["type"] == "InvalidModelError"
     assert http.get("/api/v1/models/broken", headers=h).status_code == 404
-    assert _store_files(service) == files_before
-    assert len(service.audit(limit=1000)) == audit_before
+    # defect 5: the refused upload does not stay on disk, and its removal is audited
+    assert _store_files(service) == set()
+    entries = service.audit(limit=1000)
+    assert [e["action"] for e in entries[audit_before:]] == ["blob.discard"]
+    assert entries[-1]["details"]["blobs"] == [digest]
     # no version number was consumed
     assert register(http, admin_token, "broken", onnx_bytes)["version"] == 1
 
@@ -132,10 +135,11 @@ def test_sample_input_that_does_not_fit_is_400(
     http: TestClient, admin_token: str, onnx_bytes: bytes
 ) -> None:
     h = auth(admin_token)
-    blob = http.post("/api/v1/blobs", content=onnx_bytes, headers=h).json()["sha256"]
     bad = http.post("/api/v1/blobs", content=_npy(np.zeros((3, 7))), headers=h).json()["sha256"]
     pickle = http.post("/api/v1/blobs", content=b"\x80\x04garbage", headers=h).json()["sha256"]
     for sample, message in ((bad, "does not fit"), (pickle, "not a valid .npy")):
+        # each refusal discards the model blob it named: upload it for each try
+        blob = http.post("/api/v1/blobs", content=onnx_bytes, headers=h).json()["sha256"]
         r = http.post(
             "/api/v1/models/iris/versions",
             json={"blob": blob, "sample_input_blob": sample},
@@ -195,3 +199,82 @@ def test_concurrent_registrations_get_distinct_versions_and_a_linear_audit_chain
         )
     assert sorted(v["version"] for v in versions) == [1, 2, 3, 4]
     assert service.verify_audit() is None
+
+
+def test_empty_upload_is_refused_and_stores_nothing(
+    http: TestClient, admin_token: str, service: HubService
+) -> None:
+    r = http.post("/api/v1/blobs", content=b"", headers=auth(admin_token))
+    assert r.status_code == 400, r.text
+    assert "empty" in r.json()["error"]
+    with pytest.raises(InvalidInputError, match="empty"):
+        service.put_blob(iter([b"", b""]), actor="admin:admin")
+    assert _store_files(service) == set()
+    assert "blob.upload" not in [e["action"] for e in service.audit(limit=1000)]
+
+
+def test_refused_registration_keeps_a_blob_an_existing_version_uses(
+    service: HubService, onnx_bytes: bytes
+) -> None:
+    v1 = service.register_version("iris", onnx_bytes, actor="admin:admin")
+    digest, _ = service.put_blob([onnx_bytes], actor="admin:admin")
+    assert digest == v1["sha256"]
+    with pytest.raises(InvalidInputError, match="invalid model name"):
+        service.register_version("bad name", digest, actor="admin:admin")
+    assert service.store.exists(digest)
+
+
+def _age(service: HubService, digest: str, clock: ManualClock, seconds: float) -> None:
+    """Make a blob's file look ``seconds`` old on the hub's clock."""
+    t = clock.now().timestamp() - seconds
+    os.utime(service.store.path(digest), (t, t))
+
+
+def test_garbage_collection_deletes_only_old_unreferenced_blobs(
+    service: HubService, clock: ManualClock, onnx_bytes: bytes
+) -> None:
+    v1 = service.register_version("iris", onnx_bytes, actor="admin:admin")
+    old, _ = service.put_blob([b"orphan upload, long ago"], actor="admin:admin")
+    fresh, _ = service.put_blob([b"orphan upload, just now"], actor="admin:admin")
+    for digest in (old, v1["sha256"], v1["manifest_sha256"]):
+        _age(service, digest, clock, 7200)
+    _age(service, fresh, clock, 60)
+
+    result = service.collect_garbage(older_than_s=3600)
+
+    assert result["deleted"] == [old] and result["deleted_count"] == 1
+    assert result["freed_bytes"] == len(b"orphan upload, long ago")
+    assert result["kept_recent"] == 1
+    assert not service.store.exists(old)
+    for digest in (fresh, v1["sha256"], v1["manifest_sha256"]):
+        assert service.store.exists(digest)
+    assert service.audit(limit=1000)[-1]["action"] == "blob.gc"
+    # an unreferenced blob goes once it passes the grace period
+    clock.advance(3600)
+    assert service.collect_garbage(older_than_s=3600)["deleted"] == [fresh]
+
+
+def test_garbage_collection_keeps_desired_states(
+    service: HubService, clock: ManualClock, onnx_bytes: bytes
+) -> None:
+    service.register_version("iris", onnx_bytes, actor="admin:admin")
+    service.add_device("cam-1", actor="admin:admin")
+    service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+    state = service.get_device("cam-1")["desired_state"]["sha256"]
+    for digest in _store_files(service):
+        _age(service, digest, clock, 7200)
+    assert service.collect_garbage(older_than_s=0)["deleted"] == []
+    assert service.store.exists(state)
+
+
+def test_upkeep_round_collects_garbage(service: HubService, clock: ManualClock) -> None:
+    old, _ = service.put_blob([b"orphan"], actor="admin:admin")
+    _age(service, old, clock, 7200)
+    service.refresh_expiring()
+    assert not service.store.exists(old)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_garbage_collection_refuses_a_bad_grace_period(service: HubService, bad: float) -> None:
+    with pytest.raises(InvalidInputError):
+        service.collect_garbage(older_than_s=bad)

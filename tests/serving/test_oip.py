@@ -276,8 +276,90 @@ def test_malformed_requests_are_refused_with_a_clear_message(case: str) -> None:
     assert expected in str(info.value)
 
 
+def _deep_bytes_data(depth: int) -> bytes:
+    data = b"[" * depth + b'"a"' + b"]" * depth
+    return b'{"inputs":[{"name":"s","shape":[1],"datatype":"BYTES","data":' + data + b"}]}"
+
+
+# Issue 6, defect 11: numpy refusing to build the array was an HTTP 500 (ValueError).
+# name: (request, message); every case exists in the JSON and in the binary encoding.
+UNBUILDABLE: dict[str, tuple[tuple[bytes, int | None], str]] = {
+    "66 dimensions, json": (
+        _json({"inputs": [{"name": "x", "shape": [1] * 66, "datatype": "FP32", "data": [1]}]}),
+        "'shape' has 66 dimensions; at most 64",
+    ),
+    "66 dimensions, binary": (
+        _framed(_binary_input("x", "FP32", [1] * 66, 4), b"\x00" * 4),
+        "'shape' has 66 dimensions; at most 64",
+    ),
+    "65 empty dimensions, json": (
+        _json({"inputs": [{"name": "x", "shape": [0] * 65, "datatype": "FP32", "data": []}]}),
+        "65 dimensions",
+    ),
+    "65 empty dimensions, binary": (
+        _framed(_binary_input("x", "FP32", [0] * 65, 0), b""),
+        "65 dimensions",
+    ),
+    "negative dimension, binary": (
+        _framed(_binary_input("x", "FP32", [-4], 16), b"\x00" * 16),
+        "non-negative",
+    ),
+    "empty but absurdly large, json": (
+        _json(
+            {"inputs": [{"name": "x", "shape": [0, 2**62, 2**62], "datatype": "FP32", "data": []}]}
+        ),
+        "no tensor of shape [0, 4611686018427387904, 4611686018427387904] can be built",
+    ),
+    "empty but absurdly large, binary": (
+        _framed(_binary_input("x", "FP32", [0, 2**62, 2**62], 0), b""),
+        "can be built",
+    ),
+    "empty BYTES but absurdly large, binary": (
+        _framed(_binary_input("x", "BYTES", [0, 2**62, 2**62], 0), b""),
+        "can be built",
+    ),
+    "dimension beyond int64, json": (
+        _json({"inputs": [{"name": "x", "shape": [0, 2**64 - 1], "datatype": "FP32", "data": []}]}),
+        "can be built",
+    ),
+    "dimension beyond int64, binary": (
+        _framed(_binary_input("x", "INT8", [0, 2**64 - 1], 0), b""),
+        "can be built",
+    ),
+    "huge shape, little data, json": (
+        _json(
+            {"inputs": [{"name": "x", "shape": [2**40, 2**40], "datatype": "FP32", "data": [1]}]}
+        ),
+        "'data' has 1 elements but shape",
+    ),
+    "huge shape, little data, binary": (
+        _framed(_binary_input("x", "FP32", [2**40, 2**40], 4), b"\x00" * 4),
+        "binary_data_size is 4 bytes",
+    ),
+    "BYTES data nested too deep to walk, json": (
+        (_deep_bytes_data(1000), None),
+        "no tensor of shape [1] can be built",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNBUILDABLE))
+def test_shapes_numpy_cannot_build_are_invalid_tensors_not_server_errors(case: str) -> None:
+    (body, length), expected = UNBUILDABLE[case]
+    with pytest.raises(InvalidTensorError) as info:
+        decode_infer_request(body, length)
+    assert expected in str(info.value)
+
+
+def test_64_dimensions_still_decode() -> None:
+    doc = {"inputs": [{"name": "x", "shape": [1] * 64, "datatype": "FP32", "data": [2]}]}
+    assert decode_infer_request(orjson.dumps(doc), None).inputs["x"].ndim == 64
+    body, length = _framed(_binary_input("x", "FP32", [1] * 64, 4), b"\x00" * 4)
+    assert decode_infer_request(body, length).inputs["x"].ndim == 64
+
+
 def test_json_response_carries_version_id_and_flat_data() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "label": np.array([2, 0], dtype=np.int64),
         "probabilities": np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=np.float32),
     }

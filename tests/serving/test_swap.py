@@ -61,7 +61,11 @@ def test_set_route_while_clients_send_requests_has_zero_failures(models: Models)
                 fresh = load(path, str(swap))
                 with progress:
                     target = done[0] + REQUESTS_BETWEEN_SWAPS
-                    assert progress.wait_for(lambda t=target: done[0] >= t, timeout=30)
+
+                    def reached(t: int = target) -> bool:
+                        return done[0] >= t
+
+                    assert progress.wait_for(reached, timeout=30)
                 assert previous is not None
                 mode = Mode.SPLIT if swap % 3 == 0 else Mode.FULL
                 host.set_route(

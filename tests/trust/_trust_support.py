@@ -26,6 +26,20 @@ TOKEN = "device-token-for-tests"
 
 
 @dataclass
+class Faults:
+    """What the loopback server does wrong, by a substring of the request path.
+
+    Attributes:
+        unavailable: answer HTTP 503 this many more times.
+        drip: send the body one byte every this many seconds (a slow link).
+    """
+
+    unavailable: dict[str, int] = field(default_factory=dict)
+    drip: dict[str, float] = field(default_factory=dict)
+    served: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Hub:
     """A signed hub as the trust tests see it."""
 
@@ -34,12 +48,20 @@ class Hub:
     trust: HubTrust
     store: FileArtefactStore
     serial: dict[str, int] = field(default_factory=dict)
+    faults: Faults = field(default_factory=Faults)
 
-    def publish(self, name: str, version: int, payload: bytes | None = None) -> ArtefactRef:
+    def publish(
+        self,
+        name: str,
+        version: int,
+        payload: bytes | None = None,
+        manifest: bytes | None = None,
+    ) -> ArtefactRef:
         """Store a package's bytes and list it in the catalog."""
         # The trust layer never parses the model; any bytes stand in for an ONNX file.
         model = payload if payload is not None else f"model {name} v{version}".encode() * 50
-        manifest = f'{{"model": "{name}", "version": {version}}}'.encode()
+        if manifest is None:
+            manifest = f'{{"model": "{name}", "version": {version}}}'.encode()
         self.store.put_bytes(model)
         self.store.put_bytes(manifest)
         ref = ArtefactRef(
@@ -90,6 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, b"unauthenticated")
             return
         hub = self.server.hub
+        hub.faults.served.append(self.path)
         parts = urlsplit(self.path).path.split("/", 4)
         if len(parts) != 5 or parts[1] != "tuf":
             self._send(404)
@@ -106,7 +129,31 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             self._send(404)
             return
-        self._send(200, path.read_bytes())
+        faults = hub.faults
+        for key, left in list(faults.unavailable.items()):
+            if key in self.path and left > 0:
+                faults.unavailable[key] = left - 1
+                self._send(503, b"busy")
+                return
+        body = path.read_bytes()
+        for key, interval in faults.drip.items():
+            if key in self.path:
+                self._drip(body, interval)
+                return
+        self._send(200, body)
+
+    def _drip(self, body: bytes, interval: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(len(body)):
+                if self.server.closing.wait(interval):
+                    return
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+        except OSError:  # the client gave up: what a deadline does
+            return
 
 
 class _HubServer(ThreadingHTTPServer):
@@ -115,6 +162,7 @@ class _HubServer(ThreadingHTTPServer):
     def __init__(self, hub: Hub) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hub = hub
+        self.closing = threading.Event()
 
 
 @contextmanager
@@ -127,6 +175,7 @@ def serve(hub: Hub) -> Iterator[str]:
         host, port = server.server_address[:2]
         yield f"http://{host!s}:{port}"
     finally:
+        server.closing.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import httpx
 import pytest
 from tuf.api.exceptions import (
@@ -12,6 +17,12 @@ from tuf.api.exceptions import (
 )
 
 from modelfleet.delivery import HttpFetcher
+from modelfleet.delivery.http_fetcher import (
+    DownloadCancelledError,
+    DownloadDeadlineError,
+    DownloadSettings,
+)
+from modelfleet.errors import ConfigError
 
 
 def _fetcher(handler: httpx.MockTransport, chunk_size: int = 1 << 16) -> HttpFetcher:
@@ -77,3 +88,122 @@ def test_no_token_sends_no_authorization_header() -> None:
     with HttpFetcher(None, client=httpx.Client(transport=httpx.MockTransport(handler))) as f:
         list(f.fetch("http://hub/x"))
     assert "Authorization" not in seen[0].headers
+
+
+# -- deadlines and cancellation (issue 6, defect 13) --------------------------------------
+
+
+def test_deadline_is_sized_by_length_and_a_minimum_rate_and_capped() -> None:
+    settings = DownloadSettings(min_rate_bytes_s=1000.0, base_s=10.0, max_s=100.0)
+    assert settings.deadline_s(0) == 10.0
+    assert settings.deadline_s(50_000) == 60.0
+    assert settings.deadline_s(10**9) == 100.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_rate_bytes_s": 0.0},
+        {"base_s": 0.0},
+        {"max_s": float("inf")},
+        {"read_timeout_s": 3600.0},
+        {"connect_timeout_s": float("nan")},
+    ],
+    ids=["zero-rate", "zero-base", "no-cap", "read-timeout-too-long", "nan"],
+)
+def test_download_settings_outside_their_bounds_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        DownloadSettings(**bad)
+
+
+class _Steps:
+    """A monotonic clock that moves one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_body_slower_than_the_minimum_rate_misses_its_deadline() -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b"z" * 10
+
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body()))
+    f = HttpFetcher(
+        settings=DownloadSettings(min_rate_bytes_s=100.0, base_s=1.0),
+        client=httpx.Client(transport=transport),
+        monotonic=_Steps(),  # every piece "takes" a second: 10 B/s against 100 B/s
+    )
+    with pytest.raises(DownloadDeadlineError, match="11 s deadline"):
+        f.download_bytes("http://hub/x", 1000)  # deadline 1 s + 1000 B / 100 B/s
+
+
+def test_cancelled_download_stops_at_the_next_piece() -> None:
+    cancel = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"a" * 10
+        cancel.set()  # e.g. a newer desired state arrived
+        yield b"b" * 10
+        raise AssertionError("read on after cancellation")
+
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body()))
+    f = HttpFetcher(client=httpx.Client(transport=transport))
+    with f.cancelled_by(cancel), pytest.raises(DownloadCancelledError):
+        f.download_bytes("http://hub/x", 100)
+    # outside the block the event no longer applies
+    transport2 = httpx.MockTransport(lambda r: httpx.Response(200, content=b"ok"))
+    g = HttpFetcher(client=httpx.Client(transport=transport2))
+    with g.cancelled_by(cancel):
+        pass
+    assert g.download_bytes("http://hub/x", 10) == b"ok"
+
+
+class _Drip(BaseHTTPRequestHandler):
+    server: _DripServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                if self.server.closing.wait(0.1):
+                    return
+                self.wfile.write(b"d")
+                self.wfile.flush()
+        except OSError:
+            return
+
+
+class _DripServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Drip)
+        self.closing = threading.Event()
+
+
+def test_dripping_loopback_server_hits_the_deadline_not_the_read_timeout() -> None:
+    server = _DripServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    settings = DownloadSettings(read_timeout_s=30.0, min_rate_bytes_s=1000.0, base_s=0.5)
+    try:
+        with HttpFetcher(settings=settings) as f:
+            started = time.monotonic()
+            with pytest.raises(DownloadDeadlineError):
+                f.download_bytes(f"http://{host!s}:{port}/artefact", 1000)  # deadline 1.5 s
+            assert time.monotonic() - started < 3.0  # each byte arrives well within 30 s
+    finally:
+        server.closing.set()
+        server.shutdown()
+        server.server_close()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import (
     ArtefactVerificationError,
     ConfigError,
+    DeadlineExceededError,
     MetadataVerificationError,
     TransportError,
 )
@@ -264,3 +268,74 @@ def test_already_verified_file_is_not_downloaded_again(
     before = dest.stat().st_mtime_ns
     assert client.fetch_package_file(ref.model_path, ref.sha256, ref.length, dest) == dest
     assert dest.stat().st_mtime_ns == before
+
+
+# -- transient failures and slow links (issue 6, defects 12 and 13) ----------------------
+
+#: Tight limits so a 1-byte-per-0.2-s artefact misses its deadline in about a second.
+TIGHT = DownloadSettings(read_timeout_s=2.0, min_rate_bytes_s=1024.0, base_s=1.0, max_s=5.0)
+
+
+def test_http_503_on_an_artefact_is_a_transport_error_and_the_next_try_succeeds(
+    hub: Hub, client: DeviceTrustClient, tmp_path: Path
+) -> None:
+    ref = hub.publish("iris", 1)
+    hub.assign("dev-1", ref)
+    hub.faults.unavailable["model.onnx"] = 1
+    assert client.fetch_desired_state("dev-1") is not None
+    dest = tmp_path / "m.onnx"
+    with pytest.raises(TransportError, match="HTTP 503") as err:
+        client.fetch_package_file(ref.model_path, ref.sha256, ref.length, dest)
+    assert not isinstance(err.value, DeadlineExceededError)
+    client.fetch_package_file(ref.model_path, ref.sha256, ref.length, dest)
+    assert sha256_file(dest) == (ref.sha256, ref.length)
+
+
+def test_dripping_artefact_misses_its_deadline_sized_by_length(
+    hub: Hub, hub_url: str, tmp_path: Path
+) -> None:
+    c = DeviceTrustClient(
+        tmp_path / "dev", hub_url, TOKEN, hub.trust.trust_root_bundle(), download=TIGHT
+    )
+    ref = hub.publish("iris", 1, b"x" * 2048)  # deadline: 1 s + 2048 B / 1024 B/s = 3 s
+    hub.assign("dev-1", ref)
+    hub.faults.drip["model.onnx"] = 0.2
+    assert c.fetch_desired_state("dev-1") is not None
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="deadline"):
+        c.fetch_package_file(ref.model_path, ref.sha256, ref.length, tmp_path / "m.onnx")
+    assert 2.5 < time.monotonic() - started < 6.0
+    assert not (tmp_path / "m.onnx").exists()
+    c.close()
+
+
+def test_director_can_be_polled_while_an_artefact_downloads_and_cancel_stops_it(
+    hub: Hub, hub_url: str, tmp_path: Path
+) -> None:
+    c = DeviceTrustClient(tmp_path / "dev", hub_url, TOKEN, hub.trust.trust_root_bundle())
+    ref = hub.publish("iris", 1)
+    hub.assign("dev-1", ref)
+    hub.faults.drip["model.onnx"] = 0.05
+    assert c.fetch_desired_state("dev-1") is not None
+    cancel = threading.Event()
+    errors: list[Exception] = []
+
+    def download() -> None:
+        try:
+            c.fetch_package_file(ref.model_path, ref.sha256, ref.length, tmp_path / "m", cancel)
+        except TransportError as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=download)
+    worker.start()
+    try:
+        newer = hub.assign("dev-1", hub.publish("iris", 2))
+        started = time.monotonic()
+        assert c.fetch_desired_state("dev-1") == newer  # not blocked by the download
+        assert time.monotonic() - started < 2.0
+    finally:
+        cancel.set()
+        worker.join(5)
+    assert not worker.is_alive()
+    assert "cancelled" in str(errors[0])
+    c.close()

@@ -284,3 +284,45 @@ def test_metadata_is_signed_with_the_hub_clock(tmp_path: Path) -> None:
     start = datetime(2020, 1, 1, tzinfo=UTC)
     hub = make_hub(tmp_path / "hub", start=start)
     assert hub.trust.repository("catalog").expires("timestamp") == start + timedelta(days=1)
+
+
+def test_with_counters_an_older_store_copy_is_signed_above_the_published_versions(
+    tmp_path: Path,
+) -> None:
+    """Defect 14 at the trust layer: the counters, not the files, say what was published."""
+    import shutil
+
+    from modelfleet.trust.repository import MemoryRoleCounters, TargetSpec
+
+    counters = MemoryRoleCounters()
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    generate_keys(tmp_path / "keys")
+    trust = HubTrust.init(tmp_path / "tuf", tmp_path / "keys", clock, counters=counters)
+    assert counters.published("director") == {
+        "root": 1, "targets": 1, "snapshot": 1, "timestamp": 1
+    }  # fmt: skip
+    shutil.copytree(tmp_path / "tuf" / "director", tmp_path / "backup")
+    for i in range(3):
+        wanted: dict[str, TargetSpec] = {f"devices/d{i}/x": (1, SHA_A, None)}
+        trust.sync("director", "devices/", wanted.copy)
+    published = dict(counters.published("director"))
+    assert published["timestamp"] == 4
+    shutil.rmtree(tmp_path / "tuf" / "director")
+    shutil.copytree(tmp_path / "backup", tmp_path / "tuf" / "director")
+
+    assert trust.behind() == [
+        "director/snapshot: store 1, published 4",
+        "director/targets: store 1, published 4",
+        "director/timestamp: store 1, published 4",
+    ]
+    trust.sync("director", "devices/", lambda: {"devices/d9/x": (1, SHA_B, None)})
+    director = trust.repository("director")
+    assert [director.version(r) for r in ("targets", "snapshot", "timestamp")] == [5, 5, 5]
+    assert director.target_paths() == ["devices/d9/x"]  # exactly what the source said
+    assert trust.behind() == []
+
+
+def test_sync_refuses_targets_outside_its_prefix(hub: Hub) -> None:
+    with pytest.raises(InvalidInputError, match="outside"):
+        hub.trust.sync("director", "devices/", lambda: {"models/x/1/model.onnx": (1, SHA_A, None)})
+    assert hub.trust.repository("director").version("targets") == 1

@@ -5,11 +5,13 @@ The environment (``MODELFLEET_*``) is read only by the CLI, at the process edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
 from modelfleet.serving.cascade import CascadeSettings
+from modelfleet.serving.model import RuntimeSettings
 
 __all__ = ["AgentConfig"]
 
@@ -21,7 +23,8 @@ class AgentConfig:
     Attributes:
         hub_url: base URL of the hub (``http://host:port``).
         device_id: this device's enrolled id.
-        token: the device token printed by ``modelfleet device add``.
+        token: the device token printed by ``modelfleet device add`` (never shown in repr;
+            the agent refuses a token the hub says is not this device's).
         state_dir: where slots, state and TUF caches live; survives restarts.
         host: address the inference server binds (loopback by default).
         port: inference server port (0 picks a free one).
@@ -34,11 +37,16 @@ class AgentConfig:
         max_body_bytes: largest inference request body (413 above).
         max_batch: largest batch (first dimension) per request (413 above).
         request_timeout_s: limit for a body to arrive or an off-loop inference (503).
+        heartbeat_s: longest time between two check-ins when nothing changed (5 s to 1 day).
+        backoff_cap_s: longest wait between polls while the hub is unreachable (capped
+            exponential backoff with full jitter from ``poll_interval``; up to one day).
+        download: deadlines of every download (minimum rate, caps).
+        runtime: ONNX Runtime execution providers and thread counts for every model.
     """
 
     hub_url: str
     device_id: str
-    token: str
+    token: str = field(repr=False)
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 8080
@@ -49,6 +57,10 @@ class AgentConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 4096
     request_timeout_s: float = 30.0
+    heartbeat_s: float = 60.0
+    backoff_cap_s: float = 300.0
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:
@@ -59,5 +71,11 @@ class AgentConfig:
             raise ConfigError("request timeout must be between 1 s and 1 h")
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("body limit must be at least 1 KiB and batch at least 1")
+        if not self.token:
+            raise ConfigError("no device token")
+        if not 5.0 <= self.heartbeat_s <= 86400:
+            raise ConfigError("heartbeat must be between 5 s and one day")
+        if not self.poll_interval <= self.backoff_cap_s <= 86400:
+            raise ConfigError("backoff cap must be between the poll interval and one day")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")

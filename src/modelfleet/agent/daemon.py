@@ -10,20 +10,33 @@ import logging
 import os
 import secrets
 import socket
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from modelfleet._atomic import atomic_write_bytes
+from modelfleet.agent.backoff import BackoffPolicy
 from modelfleet.agent.config import AgentConfig
+from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard
+from modelfleet.agent.models import onnx_loader
+from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop, verify_token
 from modelfleet.agent.updater import Updater
+from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, TransportError
 
-__all__ = ["AgentControlImpl", "UpdateLoop", "load_trust_root", "run_agent"]
+__all__ = [
+    "AgentControlImpl",
+    "IdentityCheck",
+    "Reporter",
+    "UpdateLoop",
+    "load_trust_root",
+    "run_agent",
+    "verify_token",
+]
 
 log = logging.getLogger("modelfleet.agent")
 
@@ -32,7 +45,10 @@ TRUST_ROOT_FILE = "trust-root.json"
 
 
 class AgentControlImpl:
-    """Local control of a running agent (status, rollback), behind a bearer token."""
+    """Local control of a running agent (status, rollback), behind a bearer token.
+
+    Neither waits on a download: the updater's lock is never held while one runs.
+    """
 
     def __init__(
         self, updater: Updater, loop: UpdateLoop | None = None, guard: LocalGuard | None = None
@@ -56,81 +72,7 @@ class AgentControlImpl:
         return result
 
 
-#: Status fields that change every cycle without anything having happened.
-_VOLATILE_STATUS = ("last_check", "loaded", "guard")
-
-
-class UpdateLoop:
-    """Background thread: run a cycle, report to the hub, wait ``interval`` or a nudge.
-
-    A check-in is sent when the status changed, when :meth:`report_soon` asked for one,
-    or every ``heartbeat`` seconds — not every poll, so an idle fleet does not flood the
-    hub's report table.
-    """
-
-    def __init__(
-        self,
-        updater: Updater,
-        interval: float,
-        reporter: Any | None = None,
-        heartbeat: float = 60.0,
-    ) -> None:
-        self.updater = updater
-        self.interval = interval
-        self.reporter = reporter
-        self.heartbeat = heartbeat
-        self._forced = True
-        self._last_sent_key = b""
-        self._last_sent_at = float("-inf")
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="modelfleet-updater", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-
-    def report_soon(self) -> None:
-        self._forced = True
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.updater.run_cycle()
-            except Exception:  # the loop must survive anything; the reason is logged
-                log.exception("update cycle failed")
-            self._report()
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-    def _report(self) -> None:
-        if self.reporter is None:
-            return
-        status = self.updater.status()
-        key = orjson.dumps(
-            {k: v for k, v in status.items() if k not in _VOLATILE_STATUS},
-            option=orjson.OPT_SORT_KEYS,
-        )
-        now = self.updater.clock.monotonic()
-        unchanged = key == self._last_sent_key
-        if unchanged and not self._forced and now - self._last_sent_at < self.heartbeat:
-            return
-        try:
-            self.reporter(status)
-        except Exception as e:  # reporting is best effort
-            log.debug("check-in failed (will retry): %s", e)
-            return
-        self._forced = False
-        self._last_sent_key = key
-        self._last_sent_at = now
-
-
-def load_trust_root(config: AgentConfig) -> bytes:
+def load_trust_root(config: AgentConfig, link: HubLink | None = None) -> bytes:
     """Return the trust-root bundle: given file, else cached, else fetched once (TOFU).
 
     Raises:
@@ -147,13 +89,16 @@ def load_trust_root(config: AgentConfig) -> bytes:
         return data
     if cached.exists():
         return cached.read_bytes()
-    from modelfleet.client import HubClient
-
+    if link is None:
+        raise ConfigError("no trust root: pass --trust-root (the hub's trust-root.json)")
     log.warning(
         "no --trust-root given: trusting the hub's root on first use; pass the hub's "
         "trust-root.json to pin it"
     )
-    data = HubClient(config.hub_url, config.token).trust_root()
+    try:
+        data = link.trust_root()
+    except TransportError as e:
+        raise ConfigError(f"no trust root cached and the hub cannot be asked: {e}") from e
     atomic_write_bytes(cached, data, mode=0o600)
     return data
 
@@ -177,19 +122,32 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     import uvicorn
 
     from modelfleet.agent.app import ServingLimits, build_agent_app
+    from modelfleet.agent.hub_link import HttpHubLink
     from modelfleet.agent.upstream import UpstreamClient
-    from modelfleet.client import HubClient
     from modelfleet.serving.host import ModelHost
     from modelfleet.trust.client import DeviceTrustClient
 
+    check_providers(config.runtime.providers)  # before anything else: a typo fails fast
     clock = clock or SystemClock()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
-    trust_root = load_trust_root(config)
-    source = DeviceTrustClient(config.state_dir / "tuf", config.hub_url, config.token, trust_root)
+    hub = HttpHubLink(config.hub_url, config.token, timeout=10.0)
+    # Contract 3: refuse a token that is not this device's before using it at all. With
+    # the hub out of reach, serve from disk and check on first contact (the loop).
+    identity_checked = verify_token(hub, config.device_id)
+    trust_root = load_trust_root(config, hub)
+    source = DeviceTrustClient(
+        config.state_dir / "tuf", config.hub_url, config.token, trust_root, download=config.download
+    )
     host = ModelHost()
     updater = Updater(
-        config.device_id, config.state_dir, source, host, clock, config.keep_previous_loaded
+        config.device_id,
+        config.state_dir,
+        source,
+        host,
+        clock,
+        config.keep_previous_loaded,
+        loader=onnx_loader(config.runtime),
     )
     loop_holder: list[UpdateLoop] = []
     guard = LocalGuard(
@@ -197,12 +155,18 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     )
     for problem in updater.restore():
         log.error("restore: %s", problem)
-    hub = HubClient(config.hub_url, config.token, timeout=10.0)
 
-    def report(status: dict[str, Any]) -> None:
-        hub.report(config.device_id, status)
+    def report(status: dict[str, Any]) -> Mapping[str, Any]:
+        return hub.check_in(config.device_id, status)
 
-    loop = UpdateLoop(updater, config.poll_interval, report)
+    loop = UpdateLoop(
+        updater,
+        config.poll_interval,
+        report,
+        config.heartbeat_s,
+        backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
+        identity=None if identity_checked else lambda: verify_token(hub, config.device_id),
+    )
     loop_holder.append(loop)
     control = AgentControlImpl(updater, loop, guard)
     cascade = None

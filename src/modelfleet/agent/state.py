@@ -8,6 +8,7 @@ new pointer, never a mix.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,24 @@ import orjson
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.errors import StorageError
 
-__all__ = ["AgentState", "ModelSlots", "Refusal", "SlotRecord", "load_state", "save_state"]
+__all__ = [
+    "AgentState",
+    "ModelSlots",
+    "PendingInstall",
+    "Refusal",
+    "RollbackRecord",
+    "SlotRecord",
+    "StateFile",
+    "load_state",
+    "save_state",
+]
 
 STATE_FILE = "state.json"
 MAX_EVENTS = 50
+#: Rollbacks kept (and sent in every check-in) until the hub acknowledges them (contract 2).
+MAX_ROLLBACKS = 50
+#: An unchanged state is still rewritten this often, so ``last_check`` on disk stays recent.
+STATE_REFRESH_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,81 @@ class Refusal:
         )
 
 
+@dataclass(frozen=True)
+class RollbackRecord:
+    """A rollback done on this device, reported to the hub until it acknowledges it.
+
+    The wire format of issue 6, contract 2 (``rollbacks`` in the check-in report).
+    """
+
+    id: str
+    at: str
+    model: str
+    kind: str  # "candidate" | "production"
+    from_version: int
+    to_version: int
+    reason: str
+    serial: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "model": self.model,
+            "kind": self.kind,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "reason": self.reason,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RollbackRecord:
+        return cls(
+            str(d["id"]),
+            str(d["at"]),
+            str(d["model"]),
+            str(d["kind"]),
+            int(d["from_version"]),
+            int(d["to_version"]),
+            str(d.get("reason", "")),
+            int(d.get("serial", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PendingInstall:
+    """A version whose install failed for a transient reason and will be retried."""
+
+    model: str
+    version: int
+    sha256: str
+    serial: int
+    attempts: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "sha256": self.sha256,
+            "serial": self.serial,
+            "attempts": self.attempts,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PendingInstall:
+        return cls(
+            str(d["model"]),
+            int(d["version"]),
+            str(d["sha256"]),
+            int(d["serial"]),
+            int(d.get("attempts", 0)),
+            str(d.get("reason", "")),
+        )
+
+
 @dataclass
 class AgentState:
     """Everything the agent must remember across restarts."""
@@ -126,10 +216,34 @@ class AgentState:
     last_check: str = ""
     last_error: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Versions of the desired state that failed to install and are being retried.
+    pending: list[PendingInstall] = field(default_factory=list)
+    #: One line for people: "up to date", "retrying: …", "refused: …", "downloading: …".
+    update_status: str = ""
+    #: Rollbacks not yet acknowledged by the hub (newest last, at most MAX_ROLLBACKS).
+    rollbacks: list[RollbackRecord] = field(default_factory=list)
 
     def add_event(self, at: str, kind: str, message: str) -> None:
         self.events.append({"at": at, "kind": kind, "message": message})
         del self.events[:-MAX_EVENTS]
+
+    def add_rollback(self, record: RollbackRecord) -> None:
+        self.rollbacks.append(record)
+        del self.rollbacks[:-MAX_ROLLBACKS]
+
+    def acknowledge_rollbacks(self, ids: set[str]) -> bool:
+        """Drop the rollbacks the hub has applied; whether any was dropped."""
+        kept = [r for r in self.rollbacks if r.id not in ids]
+        dropped = len(kept) != len(self.rollbacks)
+        self.rollbacks = kept
+        return dropped
+
+    @property
+    def desired_serial(self) -> int:
+        """Serial of the newest desired state accepted (applied or still being applied)."""
+        if self.desired is None:
+            return self.applied_serial
+        return int(self.desired.get("serial", self.applied_serial))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +257,9 @@ class AgentState:
             "last_check": self.last_check,
             "last_error": self.last_error,
             "events": self.events,
+            "pending": [p.to_dict() for p in self.pending],
+            "update_status": self.update_status,
+            "rollbacks": [r.to_dict() for r in self.rollbacks],
         }
 
     @classmethod
@@ -159,6 +276,9 @@ class AgentState:
             last_check=str(d.get("last_check", "")),
             last_error=str(d.get("last_error", "")),
             events=list(d.get("events") or []),
+            pending=[PendingInstall.from_dict(p) for p in d.get("pending") or []],
+            update_status=str(d.get("update_status", "")),
+            rollbacks=[RollbackRecord.from_dict(r) for r in d.get("rollbacks") or []],
         )
 
 
@@ -196,3 +316,31 @@ def read_state_file(state_dir: Path) -> dict[str, Any] | None:
         data = orjson.loads((Path(state_dir) / STATE_FILE).read_bytes())
         return data if isinstance(data, dict) else None
     return None
+
+
+class StateFile:
+    """Writes ``state.json`` when the state changed, and at least every ``refresh_s``.
+
+    The time of the last check alone does not count as a change, so an idle device does
+    not rewrite and fsync its flash every poll.
+    """
+
+    def __init__(
+        self, state_dir: Path, monotonic: Callable[[], float], refresh_s: float = STATE_REFRESH_S
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._monotonic = monotonic
+        self._refresh_s = refresh_s
+        self._key = b""
+        self._at = float("-inf")
+
+    def save(self, state: AgentState) -> None:
+        content = state.to_dict()
+        content.pop("last_check", None)
+        key = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        now = self._monotonic()
+        if key == self._key and now - self._at < self._refresh_s:
+            return
+        save_state(self.state_dir, state)
+        self._key = key
+        self._at = now

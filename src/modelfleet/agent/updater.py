@@ -1,82 +1,98 @@
-"""The device's update cycle: fetch the director's word, verify, install, smoke-test, switch.
+"""The device's update cycle, a thin shell: fetch the director's word, install, switch.
 
-The shell around :mod:`modelfleet.agent.plan` (pure decisions). Every step that fails
-leaves the device serving what it had; the reason is kept in the state and reported at
-the next check-in.
+The decisions are pure and live elsewhere: :mod:`modelfleet.agent.cycle` (screening a
+desired state, the rollback rule of :mod:`modelfleet.rollout.assignment`),
+:mod:`modelfleet.agent.plan` (what to install, the slots that result). Installing is
+:mod:`modelfleet.agent.install`, the loaded-model cache :mod:`modelfleet.agent.models`.
+
+The state lock is held only to read or change the state and to switch routes, never while
+anything downloads (issue 6, defect 13): status and rollback answer during a download. An
+install that fails for a transient reason is retried with backoff until it succeeds or is
+refused (defect 12); ``update_status`` says which.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
-
+from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.agent.cycle import (
+    describe_switch,
+    needs_work,
+    pending_after,
+    rollback_record,
+    rollback_slots,
+    screen_desired,
+    to_install,
+    update_status,
+    used_slot_keys,
+)
+from modelfleet.agent.install import (
+    PackageSource,
+    check_manifest_matches,
+    install_version,
+    is_refusal,
+    smoke_test,
+)
+from modelfleet.agent.models import (
+    MemoryProbe,
+    ModelCache,
+    ModelLoader,
+    proc_meminfo_available,
+    publish_route,
+)
 from modelfleet.agent.plan import SlotPlan, plan_slots, slot_key
-from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE, SlotStore
+from modelfleet.agent.slots import SlotStore
 from modelfleet.agent.state import (
     AgentState,
     ModelSlots,
+    PendingInstall,
     Refusal,
     SlotRecord,
+    StateFile,
     load_state,
-    save_state,
 )
 from modelfleet.clock import Clock
-from modelfleet.errors import (
-    ArtefactVerificationError,
-    CompatibilityError,
-    InvalidInputError,
-    ModelfleetError,
-    RefusedUpdateError,
-    TransportError,
-    TrustError,
-)
-from modelfleet.packaging.manifest import PackageManifest
-from modelfleet.packaging.onnx_model import load_session
-from modelfleet.packaging.smoke import check_smoke
-from modelfleet.rollout.desired_state import (
-    ArtefactRef,
-    Assignment,
-    DesiredState,
-    Mode,
-)
+from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
+from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
 from modelfleet.serving.host import ModelHost
-from modelfleet.serving.router import Route
-from modelfleet.serving.runtime import LoadedModel
 
-__all__ = ["CycleResult", "PackageSource", "Updater"]
+__all__ = [
+    "Check",
+    "CycleResult",
+    "PackageSource",
+    "SlotPlan",
+    "Updater",
+    "check_manifest_matches",
+    "smoke_test",
+]
 
 log = logging.getLogger("modelfleet.agent")
 
-SUPPORTED_RUNTIMES = frozenset({"onnxruntime"})
-#: An unchanged state is still rewritten this often, so ``last_check`` on disk stays recent.
-STATE_REFRESH_S = 300.0
+#: Retries of a failed install: from a few seconds up to five minutes apart.
+DEFAULT_RETRY = BackoffPolicy(base_s=2.0, cap_s=300.0)
 
 
-def max_supported_opset() -> int:
-    """Highest default-domain opset this device's ONNX stack knows."""
-    import onnx.defs
+@dataclass(frozen=True)
+class Check:
+    """What one look at the director found.
 
-    return int(onnx.defs.onnx_opset_version())
+    Attributes:
+        reachable: the hub answered (even if what it said was refused).
+        desired: the screened desired state, or None (none, or refused: see ``error``).
+        error: why nothing can be applied, or "".
+    """
 
-
-class PackageSource(Protocol):
-    """Where verified desired states and package files come from (TUF over HTTP, media…)."""
-
-    def fetch_desired_state(self, device_id: str) -> bytes | None:
-        """Return this device's verified desired-state bytes, or None if it has none."""
-        ...
-
-    def fetch_package_file(
-        self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
-    ) -> Path:
-        """Download a catalog target, verified, and cross-checked against the director."""
-        ...
+    reachable: bool
+    desired: DesiredState | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,8 @@ class CycleResult:
     serial: int
     refusals: tuple[Refusal, ...] = ()
     error: str = ""
+    retrying: tuple[PendingInstall, ...] = ()
+    superseded: bool = False
 
 
 class Updater:
@@ -97,8 +115,12 @@ class Updater:
         state_dir: persistent folder (state.json, models/).
         source: verified package source.
         host: the serving host whose routes are switched.
-        clock: wall clock for timestamps in the state.
+        clock: wall clock for timestamps, monotonic clock for retry timing.
         keep_previous_loaded: keep the previous version in memory for instant rollback.
+        memory: free-memory probe (whether the previous version may stay loaded).
+        loader: how a version is loaded into memory (default: ONNX Runtime).
+        retry: backoff between retries of a failed install.
+        rand: uniform random source in [0, 1) for the retry jitter.
     """
 
     def __init__(
@@ -109,6 +131,11 @@ class Updater:
         host: ModelHost,
         clock: Clock,
         keep_previous_loaded: bool = True,
+        *,
+        memory: MemoryProbe = proc_meminfo_available,
+        loader: ModelLoader | None = None,
+        retry: BackoffPolicy = DEFAULT_RETRY,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.device_id = device_id
         self.state_dir = Path(state_dir)
@@ -117,15 +144,20 @@ class Updater:
         self.clock = clock
         self.keep_previous_loaded = keep_previous_loaded
         self.slots = SlotStore(self.state_dir / "models")
+        self.models = ModelCache(memory, loader) if loader else ModelCache(memory)
+        self._retry = retry
+        self._rand = rand
         self._lock = threading.RLock()
-        self._loaded: dict[str, LoadedModel] = {}
         self.state: AgentState = load_state(self.state_dir, device_id)
         #: Called after every route switch with (model, slots, fallback_ok): the guard
         #: re-targets its watch. ``fallback_ok`` is False when the previous version is
         #: one the device rolled away from (a rollback to it would flap).
         self.on_route_published: Callable[[str, ModelSlots, bool], None] | None = None
-        self._persisted_key = b""
-        self._persisted_at = float("-inf")
+        self._file = StateFile(self.state_dir, clock.monotonic)
+        self._retry_failures = 0
+        self._retry_at = float("-inf")
+        self._hub_ok: bool | None = None
+        self._last_problem = ""
 
     # -- startup -------------------------------------------------------------------------
 
@@ -147,126 +179,208 @@ class Updater:
 
     # -- the cycle -----------------------------------------------------------------------
 
+    @property
+    def hub_reachable(self) -> bool | None:
+        """Whether the last look at the director reached the hub (None: not tried yet)."""
+        return self._hub_ok
+
     def run_cycle(self) -> CycleResult:
-        """Check the director once and apply any change.
+        """Check the director once and apply any change that is due, synchronously.
 
         Never raises for hub or verification problems: they are recorded in the state.
         """
+        check = self.check()
+        if check.desired is None:
+            return CycleResult(False, self.state.applied_serial, error=check.error)
+        if not self.due(check.desired):
+            with self._lock:
+                return CycleResult(
+                    False, self.state.applied_serial, retrying=tuple(self.state.pending)
+                )
+        return self.apply(check.desired)
+
+    def check(self) -> Check:
+        """Fetch and screen this device's desired state (no lock held while fetching)."""
         if self.source is None:
-            return CycleResult(False, self.state.applied_serial, error="no package source")
+            return Check(False, error="no package source")
         now = self._now()
         try:
             raw = self.source.fetch_desired_state(self.device_id)
         except TransportError as e:
+            self._hub_contact(False, str(e))
             with self._lock:
                 self.state.last_check = now
                 self.state.last_error = f"hub unreachable: {e}"
                 self._save()
-            return CycleResult(False, self.state.applied_serial, error=str(e))
+            return Check(False, error=str(e))
         except TrustError as e:
+            self._hub_contact(True)
+            msg = f"director metadata refused: {e}"
             with self._lock:
                 self.state.last_check = now
-                self.state.last_error = f"director metadata refused: {e}"
-                self.state.add_event(now, "refused", f"director metadata refused: {e}")
+                self.state.last_error = msg
+                self.state.update_status = f"refused: {msg}"
+                if self._problem(msg):
+                    self.state.add_event(now, "refused", msg)
+                    log.error("%s", msg)
                 self._save()
-            log.error("director metadata refused: %s", e)
-            return CycleResult(False, self.state.applied_serial, error=str(e))
+            return Check(True, error=str(e))
+        self._hub_contact(True)
         with self._lock:
             self.state.last_check = now
             self.state.last_error = ""
-            if raw is None:
-                self._save()
-                return CycleResult(False, self.state.applied_serial)
-            try:
-                desired = DesiredState.from_json(raw)
-            except InvalidInputError as e:
-                self.state.last_error = str(e)
-                self._save()
-                return CycleResult(False, self.state.applied_serial, error=str(e))
-            if desired.device_id != self.device_id:
-                msg = f"desired state is for device {desired.device_id!r}, not this one"
-                self.state.last_error = msg
-                self._save()
-                return CycleResult(False, self.state.applied_serial, error=msg)
-            if desired.serial < self.state.applied_serial:
-                msg = f"desired state serial {desired.serial} is older than applied"
-                self.state.last_error = msg
-                self._save()
-                return CycleResult(False, self.state.applied_serial, error=msg)
-            if desired.serial == self.state.applied_serial and self.state.desired is not None:
-                self._save()
-                return CycleResult(False, desired.serial)
-            refusals: list[Refusal] = []
-            for assignment in desired.assignments:
-                refusals.extend(self._apply(assignment, desired.serial))
-            for name in list(self.state.models):
-                if desired.assignment(name) is None:
-                    self._unassign(name)
-            self.state.applied_serial = desired.serial
+            screened = screen_desired(raw, self.device_id, self.state)
+            if screened.error:
+                self.state.last_error = screened.error
+                if self._problem(screened.error):
+                    log.warning("desired state not applied: %s", screened.error)
+            else:
+                self._problem("")
+                log.debug(
+                    "poll: director serial %s, applied %d",
+                    screened.desired.serial if screened.desired else "-",
+                    self.state.applied_serial,
+                )
+            self._save()
+        return Check(True, screened.desired, screened.error)
+
+    def due(self, desired: DesiredState) -> bool:
+        """Whether ``desired`` needs applying now (new, or a retry whose backoff is over)."""
+        with self._lock:
+            if not needs_work(desired, self.state):
+                return False
+            retrying = desired.serial == self.state.desired_serial and self.state.pending
+            return not retrying or self.clock.monotonic() >= self._retry_at
+
+    def retry_in(self) -> float | None:
+        """Seconds until a failed install is due for a retry, or None when none is pending."""
+        with self._lock:
+            if not self.state.pending:
+                return None
+            return max(0.0, self._retry_at - self.clock.monotonic())
+
+    def apply(self, desired: DesiredState, cancel: threading.Event | None = None) -> CycleResult:
+        """Install what ``desired`` needs and switch to it.
+
+        Downloads run with no lock held. When ``cancel`` is set meanwhile (a newer desired
+        state arrived) nothing is switched and the result says ``superseded``.
+        """
+        assert self.source is not None
+        with self._lock:
+            if desired.serial < self.state.desired_serial:
+                return CycleResult(False, self.state.applied_serial, superseded=True)
+            new_serial = self.state.desired is None or desired.serial != self.state.desired_serial
+            if new_serial:
+                self.state.pending = []
+                self._retry_failures = 0
             self.state.desired = {
                 "serial": desired.serial,
                 "assignments": [a.to_dict() for a in desired.assignments],
             }
+            refs = to_install(desired, self.state)
+            if refs:
+                names = ", ".join(f"{r.model} v{r.version}" for r in refs)
+                self.state.update_status = f"downloading: {names} (serial {desired.serial})"
             self._save()
-            self._collect_garbage()
-            return CycleResult(True, desired.serial, tuple(refusals))
+        installed: dict[str, SlotRecord] = {}
+        refused: list[tuple[ArtefactRef, ModelfleetError]] = []
+        failed: list[tuple[ArtefactRef, ModelfleetError]] = []
+        for ref in refs:
+            if cancel is not None and cancel.is_set():
+                break
+            try:
+                installed[slot_key(ref.sha256, ref.version)] = install_version(
+                    self.source, self.slots, ref, cancel
+                )
+            except ModelfleetError as e:
+                (refused if is_refusal(e) else failed).append((ref, e))
+        self._preload(installed, refs, cancel)
+        with self._lock:
+            if (
+                cancel is not None and cancel.is_set()
+            ) or desired.serial < self.state.desired_serial:
+                log.info("serial %d superseded before it was applied", desired.serial)
+                return CycleResult(False, self.state.applied_serial, superseded=True)
+            return self._finish(desired, installed, refused, failed, new_serial)
 
-    def _apply(self, assignment: Assignment, serial: int) -> list[Refusal]:
+    def _preload(
+        self,
+        installed: dict[str, SlotRecord],
+        refs: list[ArtefactRef],
+        cancel: threading.Event | None,
+    ) -> None:
+        """Load what installed before taking the lock, so the switch itself is quick."""
+        for ref in refs:
+            rec = installed.get(slot_key(ref.sha256, ref.version))
+            if rec is None or (cancel is not None and cancel.is_set()):
+                continue
+            try:
+                self.models.get(ref.model, rec)
+            except ModelfleetError as e:  # the switch will report it
+                log.debug("preloading %s v%s failed: %s", ref.model, ref.version, e)
+
+    def _finish(
+        self,
+        desired: DesiredState,
+        installed: dict[str, SlotRecord],
+        refused: list[tuple[ArtefactRef, ModelfleetError]],
+        failed: list[tuple[ArtefactRef, ModelfleetError]],
+        new_serial: bool,
+    ) -> CycleResult:
+        serial = desired.serial
+        refusals = [self._refuse(ref, serial, e) for ref, e in refused]
+        changed = new_serial
+        for assignment in desired.assignments:
+            changed |= self._switch(assignment, serial, installed)
+        for name in list(self.state.models):
+            if desired.assignment(name) is None:
+                self._unassign(name)
+                changed = True
+        pending = pending_after([(r, str(e)) for r, e in failed], self.state.pending, serial)
+        self.state.pending = pending
+        delay: float | None = None
+        if pending:
+            self._retry_failures += 1
+            delay = self._retry.delay(self._retry_failures, self._rand)
+            self._retry_at = self.clock.monotonic() + delay
+            for p in pending:
+                self.state.add_event(self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}")
+                log.warning(
+                    "install of %s v%s failed (attempt %d), retrying in %.1f s: %s",
+                    p.model,
+                    p.version,
+                    p.attempts,
+                    delay,
+                    p.reason,
+                )
+        else:
+            self._retry_failures = 0
+            self.state.applied_serial = serial
+        self.state.update_status = update_status(serial, pending, delay, self.state.last_refusal)
+        self._save()
+        self._collect_garbage()
+        return CycleResult(changed, serial, tuple(refusals), retrying=tuple(pending))
+
+    def _switch(
+        self, assignment: Assignment, serial: int, installed: dict[str, SlotRecord]
+    ) -> bool:
         name = assignment.model
         current = self.state.models.get(name, ModelSlots())
         plan = plan_slots(current, assignment, serial, self.state.refused, self.state.rolled_back)
-        refusals: list[Refusal] = []
-        installed: dict[str, SlotRecord] = {}
-        for ref in plan.to_install:
-            try:
-                installed[slot_key(ref.sha256, ref.version)] = self._install(ref)
-            except (TrustError, RefusedUpdateError, InvalidInputError) as e:
-                refusals.append(self._refuse(ref, serial, e))
-            except ModelfleetError as e:  # transport, storage: retry next cycle
-                self.state.add_event(self._now(), "error", f"{name} v{ref.version}: {e}")
-                log.warning("install of %s v%s failed: %s", name, ref.version, e)
         new_slots = plan.resolve(current, installed)
-        if new_slots != current or name not in self.host.names():
-            try:
-                self._publish_route(name, new_slots)
-            except ModelfleetError as e:
-                self.state.add_event(self._now(), "error", f"{name}: cannot serve: {e}")
-                return refusals
-            self._describe_switch(name, current, new_slots)
-            self.state.models[name] = new_slots
-        return refusals
-
-    def _install(self, ref: ArtefactRef) -> SlotRecord:
-        """Download, verify, smoke-test one version; return its slot record."""
-        assert self.source is not None
-        if self.slots.has(ref.model, ref.sha256):
-            final = self.slots.version_dir(ref.model, ref.sha256)
-            manifest = PackageManifest.from_json((final / MANIFEST_FILE).read_bytes())
-        else:
-            staging = self.slots.staging_dir()
-            try:
-                self.source.fetch_package_file(
-                    ref.model_path, ref.sha256, ref.length, staging / MODEL_FILE
-                )
-                self.source.fetch_package_file(
-                    ref.manifest_path,
-                    ref.manifest_sha256,
-                    ref.manifest_length,
-                    staging / MANIFEST_FILE,
-                )
-                manifest = PackageManifest.from_json((staging / MANIFEST_FILE).read_bytes())
-                check_manifest_matches(manifest, ref)
-            except BaseException:
-                self.slots.discard(staging)
-                raise
-            final = self.slots.commit(staging, ref.model, ref.sha256)
+        if new_slots == current and name in self.host.names():
+            return False
         try:
-            smoke_test(final / MODEL_FILE, manifest)
-        except ModelfleetError:
-            self.slots.discard(final)
-            raise
-        log.info("installed %s v%s (%s)", ref.model, ref.version, ref.sha256[:12])
-        return SlotRecord(ref.version, ref.sha256, str(final))
+            self._publish_route(name, new_slots)
+        except ModelfleetError as e:
+            self.state.add_event(self._now(), "error", f"{name}: cannot serve: {e}")
+            log.error("%s: cannot serve: %s", name, e)
+            return False
+        msg = describe_switch(name, current, new_slots)
+        self.state.add_event(self._now(), "switch", msg)
+        log.info(msg)
+        self.state.models[name] = new_slots
+        return True
 
     def _refuse(self, ref: ArtefactRef, serial: int, error: ModelfleetError) -> Refusal:
         kind = "trust" if isinstance(error, TrustError) else "check"
@@ -289,6 +403,7 @@ class Updater:
         self.host.remove(name)
         self.state.models.pop(name, None)
         self.state.add_event(self._now(), "unassigned", f"{name} is no longer assigned")
+        log.info("%s is no longer assigned: not serving it", name)
 
     # -- rollback ------------------------------------------------------------------------
 
@@ -298,11 +413,13 @@ class Updater:
         reason: str = "operator request",
         away_from: int | None = None,
     ) -> dict[str, Any]:
-        """Switch back without downloading anything.
+        """Switch back without downloading anything (never waits on a download).
 
-        A model with a candidate drops the candidate; otherwise the previous version
-        becomes active again. The version rolled away from is not re-applied until the
-        director issues a new desired state.
+        The rule is :func:`modelfleet.rollout.assignment.roll_back`: a model with a
+        candidate drops the candidate; otherwise the previous version becomes production
+        and there is no previous any more. The version rolled away from is not re-applied
+        until the director issues a new desired state. Each rollback is kept as a
+        structured record and reported to the hub until it acknowledges it.
 
         Args:
             model: one model, or every model when None.
@@ -311,7 +428,7 @@ class Updater:
                 (the guard's check that nothing changed since it decided).
 
         Returns:
-            ``{"rolled_back": [{"model", "from", "to"}], "reason"}``.
+            ``{"rolled_back": [{"model", "from", "to", "kind", "id"}], "reason"}``.
 
         Raises:
             InvalidInputError: nothing to roll back to.
@@ -323,29 +440,49 @@ class Updater:
                 slots = self.state.models.get(name)
                 if slots is None or slots.active is None:
                     continue
-                if slots.candidate is not None:
-                    away = slots.candidate
-                    new = ModelSlots(slots.active, slots.previous, None, "full", 0.0, slots.slo)
-                    to_version = slots.active.version
-                elif slots.previous is not None:
-                    away = slots.active
-                    new = ModelSlots(slots.previous, slots.active, None, "full", 0.0, slots.slo)
-                    to_version = slots.previous.version
-                else:
+                result = rollback_slots(slots)
+                if result is None:
                     continue
-                if away_from is not None and away.version != away_from:
+                new, rb = result
+                if away_from is not None and rb.away.version != away_from:
                     continue
-                self.state.rolled_back[away.sha256] = self.state.applied_serial
+                serial = self.state.desired_serial
+                self.state.rolled_back[rb.away.sha256] = serial
                 self._publish_route(name, new)
                 self.state.models[name] = new
-                done.append({"model": name, "from": away.version, "to": to_version})
-                msg = f"{name}: rolled back from v{away.version} to v{to_version} ({reason})"
-                self.state.add_event(self._now(), "rollback", msg)
+                now = self._now()
+                record = rollback_record(uuid.uuid4().hex, now, name, rb, reason, serial)
+                self.state.add_rollback(record)
+                done.append(
+                    {
+                        "model": name,
+                        "from": rb.away.version,
+                        "to": rb.to.version,
+                        "kind": rb.kind.value,
+                        "id": record.id,
+                    }
+                )
+                msg = f"{name}: rolled back from v{rb.away.version} to v{rb.to.version} ({reason})"
+                self.state.add_event(now, "rollback", msg)
                 log.warning(msg)
             if not done:
                 raise InvalidInputError("nothing to roll back: no previous version or candidate")
             self._save()
             return {"rolled_back": done, "reason": reason}
+
+    def acknowledge_rollbacks(self, ids: list[str] | set[str]) -> None:
+        """Forget the rollbacks the hub says it has applied (``applied_rollbacks``)."""
+        with self._lock:
+            if self.state.acknowledge_rollbacks(set(ids)):
+                self._save()
+
+    def note_problem(self, message: str) -> None:
+        """Record a problem found outside the cycle (e.g. the token was refused)."""
+        with self._lock:
+            self.state.last_error = message
+            self.state.update_status = f"refused: {message}"
+            self.state.add_event(self._now(), "refused", message)
+            self._save()
 
     # -- status --------------------------------------------------------------------------
 
@@ -353,81 +490,20 @@ class Updater:
         """The state as a JSON-able dict, plus what is loaded in memory."""
         with self._lock:
             data = self.state.to_dict()
-            data["loaded"] = sorted(f"{m.name} v{m.version}" for m in self._loaded.values())
+            data["loaded"] = self.models.describe()
             return data
 
     # -- internals -----------------------------------------------------------------------
 
-    def _load(self, name: str, rec: SlotRecord) -> LoadedModel:
-        key = slot_key(rec.sha256, rec.version)
-        model = self._loaded.get(key)
-        if model is None:
-            model = LoadedModel.load(
-                name, str(rec.version), Path(rec.path) / MODEL_FILE, rec.sha256
-            )
-            model.warm_up()
-            self._loaded[key] = model
-        return model
-
     def _publish_route(self, name: str, slots: ModelSlots) -> None:
-        if slots.active is None:
-            self.host.remove(name)
-            return
-        production = self._load(name, slots.active)
-        candidate = self._load(name, slots.candidate) if slots.candidate else None
-        previous = None
-        if slots.previous is not None and self.keep_previous_loaded:
-            model_file = Path(slots.previous.path) / MODEL_FILE
-            loaded = slot_key(slots.previous.sha256, slots.previous.version) in self._loaded
-            if loaded or memory_allows(model_file):
-                previous = self._load(name, slots.previous)
-            else:
-                log.warning(
-                    "not keeping %s v%s loaded: too little free memory (rollback will "
-                    "load it from disk)",
-                    name,
-                    slots.previous.version,
-                )
-        self.host.set_route(
-            name, Route(production, candidate, Mode(slots.mode), slots.share, previous)
-        )
-        self._unload_unused()
-        if self.on_route_published is not None:
+        used = used_slot_keys(self.state.models, self.keep_previous_loaded)
+        publish_route(self.host, self.models, name, slots, self.keep_previous_loaded, used)
+        if self.on_route_published is not None and slots.active is not None:
             fallback_ok = (
                 slots.previous is not None
                 and self.state.rolled_back.get(slots.previous.sha256) is None
             )
             self.on_route_published(name, slots, fallback_ok)
-
-    def _unload_unused(self) -> None:
-        used = {
-            slot_key(r.sha256, r.version)
-            for s in self.state.models.values()
-            for r in (s.active, s.candidate, s.previous if self.keep_previous_loaded else None)
-            if r is not None
-        }
-        for name in self.host.names():
-            route = self.host.route(name)
-            if route is None:
-                continue
-            for m in (route.production, route.candidate, route.previous):
-                if m is not None:
-                    used.add(slot_key(m.digest, m.version))
-        for key in list(self._loaded):
-            if key not in used:
-                del self._loaded[key]
-
-    def _describe_switch(self, name: str, old: ModelSlots, new: ModelSlots) -> None:
-        def v(r: SlotRecord | None) -> str:
-            return f"v{r.version}" if r else "none"
-
-        share = f" {new.share:.0%}" if new.candidate else ""
-        msg = (
-            f"{name}: active {v(old.active)} -> {v(new.active)}, candidate {v(new.candidate)} "
-            f"({new.mode}{share}), previous {v(new.previous)}"
-        )
-        self.state.add_event(self._now(), "switch", msg)
-        log.info(msg)
 
     def _collect_garbage(self) -> None:
         keep = {
@@ -438,91 +514,24 @@ class Updater:
         }
         self.slots.garbage_collect(keep)
 
+    def _hub_contact(self, ok: bool, error: str = "") -> None:
+        """Log hub lost / regained once each, not every poll (issue 6, defect 7)."""
+        if ok and self._hub_ok is False:
+            log.info("hub reachable again")
+        elif not ok and self._hub_ok is not False:
+            log.warning("hub unreachable, serving what is installed: %s", error)
+        elif not ok:
+            log.debug("hub still unreachable: %s", error)
+        self._hub_ok = ok
+
+    def _problem(self, message: str) -> bool:
+        """Whether ``message`` is new (so it is logged once, not every poll)."""
+        new = message != self._last_problem
+        self._last_problem = message
+        return new and bool(message)
+
     def _save(self) -> None:
-        """Persist the state when it changed (the time of the last check alone does not
-        count, so an idle device does not rewrite and fsync its flash every poll), and at
-        least every :data:`STATE_REFRESH_S` seconds."""
-        content = self.state.to_dict()
-        content.pop("last_check", None)
-        key = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
-        now = self.clock.monotonic()
-        if key == self._persisted_key and now - self._persisted_at < STATE_REFRESH_S:
-            return
-        save_state(self.state_dir, self.state)
-        self._persisted_key = key
-        self._persisted_at = now
+        self._file.save(self.state)
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where the kernel does not say."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def memory_allows(model_file: Path, headroom: float = 4.0) -> bool:
-    """Whether keeping another copy of this model in memory leaves room to spare.
-
-    ONNX Runtime needs a few times the file size for a session; ``headroom`` times the
-    file size plus 256 MiB must stay available. Unknown memory counts as enough.
-    """
-    available = available_memory_bytes()
-    if available is None:
-        return True
-    try:
-        size = model_file.stat().st_size
-    except OSError:
-        return False
-    return available > size * headroom + (256 << 20)
-
-
-def check_manifest_matches(manifest: PackageManifest, ref: ArtefactRef) -> None:
-    """The signed manifest must describe exactly the artefact the director named.
-
-    Raises:
-        ArtefactVerificationError: name, version or digest differ.
-        CompatibilityError: runtime or opset this device cannot run.
-    """
-    if (manifest.name, manifest.version, manifest.sha256) != (ref.model, ref.version, ref.sha256):
-        raise ArtefactVerificationError(
-            f"manifest describes {manifest.name} v{manifest.version} ({manifest.sha256[:12]}), "
-            f"director named {ref.model} v{ref.version} ({ref.sha256[:12]})"
-        )
-    if manifest.runtime not in SUPPORTED_RUNTIMES:
-        raise CompatibilityError(f"runtime {manifest.runtime!r} is not supported on this device")
-    if manifest.opset > max_supported_opset():
-        raise CompatibilityError(
-            f"model needs ONNX opset {manifest.opset}; this device supports up to "
-            f"{max_supported_opset()}"
-        )
-
-
-def smoke_test(model_path: Path, manifest: PackageManifest) -> None:
-    """Load the model, compare its schema with the manifest, replay the smoke vectors.
-
-    Raises:
-        InvalidModelError: ONNX Runtime cannot load it.
-        RefusedUpdateError: schema differs from the signed manifest.
-        SmokeTestError: an output differs from the recorded one.
-    """
-    from modelfleet.packaging.onnx_model import schema_of_session
-
-    session = load_session(str(model_path))
-    schema = schema_of_session(session)
-    if schema != manifest.schema:
-        raise RefusedUpdateError(
-            "the model's input/output schema differs from its signed manifest: "
-            + "; ".join(manifest.schema.compatible_with(schema) or ["shapes differ"])
-        )
-    check_smoke(session, manifest.smoke)
-
-
-__all__ += ["SlotPlan", "check_manifest_matches", "smoke_test"]

@@ -3,6 +3,8 @@
 from modelfleet.audit.log import (
     GENESIS_HASH,
     AuditRecord,
+    AuditRow,
+    AuditStore,
     append_entry,
     entry_hash,
     first_broken,
@@ -13,6 +15,8 @@ from modelfleet.audit.log import (
 __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
+    "AuditRow",
+    "AuditStore",
     "append_entry",
     "entry_hash",
     "first_broken",

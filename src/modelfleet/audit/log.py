@@ -1,4 +1,4 @@
-"""Append-only, hash-chained audit log kept in the hub database.
+"""Append-only, hash-chained audit log (the hub keeps it in its database).
 
 Each entry's ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of
 its fields, including ``prev_hash``, the hash of the entry before it (64 zeros for the
@@ -6,9 +6,11 @@ first). Changing, inserting or deleting an entry in the middle breaks the chain 
 point; :func:`verify_chain` finds the first broken link. Deleting entries at the *end*
 leaves a valid shorter chain: compare the head hash with a copy kept elsewhere for that.
 
-The pure part (:func:`entry_hash`, :func:`first_broken`) works on plain records; the
-shell (:func:`append_entry`, :func:`verify_chain`) reads and writes the ``audit_log``
-table in the caller's transaction, so a state change and its entry commit together.
+The pure part (:func:`entry_hash`, :func:`first_broken`) works on plain records;
+:func:`append_entry`, :func:`list_entries` and :func:`verify_chain` work through an
+:class:`AuditStore` (the hub's is ``modelfleet.hub.audit_rows.SqlAuditStore``, bound to the
+caller's transaction, so a state change and its entry commit together). This package
+imports nothing of ``modelfleet.hub`` (issue 6 contract 10).
 """
 
 from __future__ import annotations
@@ -17,17 +19,15 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
-
-from modelfleet.hub.db import AuditEntry
 
 __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
+    "AuditRow",
+    "AuditStore",
     "append_entry",
     "entry_hash",
     "first_broken",
@@ -36,8 +36,29 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-# Any constant; serialises appends across PostgreSQL sessions (pg_advisory_xact_lock).
-_PG_LOCK_KEY = 0x6D66_6175_6469
+
+
+class AuditRow(Protocol):
+    """Anything with an audit entry's fields (a database row, say)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def ticket(self) -> str | None: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+    @property
+    def prev_hash(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +89,7 @@ class AuditRecord:
         }
 
     @classmethod
-    def of(cls, row: AuditEntry) -> AuditRecord:
+    def of(cls, row: AuditRow) -> AuditRecord:
         return cls(
             row.seq,
             row.at,
@@ -114,8 +135,28 @@ def _canonical_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
     return result
 
 
+class AuditStore(Protocol):
+    """Where the chain is kept; one store is bound to one transaction of its caller.
+
+    The store serialises appenders itself (a lock held until the caller's commit), so
+    :meth:`last` and :meth:`add` see no concurrent append between them.
+    """
+
+    def last(self) -> AuditRecord | None:
+        """The entry with the highest ``seq``, or None for an empty log."""
+        ...
+
+    def add(self, record: AuditRecord) -> None:
+        """Store ``record`` (it commits or rolls back with the caller)."""
+        ...
+
+    def page(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Entries with ``seq > after_seq`` in order, at most ``limit``."""
+        ...
+
+
 def append_entry(
-    session: Session,
+    store: AuditStore,
     at: datetime,
     actor: str,
     action: str,
@@ -126,7 +167,7 @@ def append_entry(
     """Add an entry to the log inside the caller's transaction.
 
     Args:
-        session: an open session; the entry commits (or rolls back) with it.
+        store: the log, bound to the caller's transaction.
         at: when the change happened (aware datetime).
         actor: who did it, e.g. ``"operator:alice"`` or ``"device:cam-7"``.
         action: what was done, e.g. ``"model.register"``.
@@ -137,9 +178,7 @@ def append_entry(
     Returns:
         The stored record with its hash.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    last = session.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    last = store.last()
     # Stored datetimes keep microseconds on SQLite and PostgreSQL; hash what will be read back.
     record = AuditRecord(
         seq=(last.seq + 1) if last else 1,
@@ -152,20 +191,7 @@ def append_entry(
         prev_hash=last.hash if last else GENESIS_HASH,
     )
     record = AuditRecord(**{**_fields(record), "hash": entry_hash(record)})
-    session.add(
-        AuditEntry(
-            seq=record.seq,
-            at=record.at,
-            actor=record.actor,
-            action=record.action,
-            subject=record.subject,
-            ticket=record.ticket,
-            details=record.details,
-            prev_hash=record.prev_hash,
-            hash=record.hash,
-        )
-    )
-    session.flush()
+    store.add(record)
     return record
 
 
@@ -173,21 +199,18 @@ def _fields(r: AuditRecord) -> dict[str, Any]:
     return {s: getattr(r, s) for s in AuditRecord.__slots__}
 
 
-def list_entries(session: Session, after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
+def list_entries(store: AuditStore, after_seq: int = 0, limit: int = 100) -> list[AuditRecord]:
     """Entries with ``seq > after_seq`` in order, at most ``limit``."""
-    rows = session.scalars(
-        select(AuditEntry).where(AuditEntry.seq > after_seq).order_by(AuditEntry.seq).limit(limit)
-    )
-    return [AuditRecord.of(r) for r in rows]
+    return store.page(after_seq, limit)
 
 
-def verify_chain(session: Session, batch: int = 1000) -> int | None:
+def verify_chain(store: AuditStore, batch: int = 1000) -> int | None:
     """Walk the whole log and return the first broken ``seq``, or None if it is intact."""
 
     def records() -> Iterable[AuditRecord]:
         after = 0
         while True:
-            page = list_entries(session, after, batch)
+            page = store.page(after, batch)
             yield from page
             if len(page) < batch:
                 return

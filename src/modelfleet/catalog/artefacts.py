@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -53,6 +53,18 @@ class ArtefactStore(Protocol):
 
     def exists(self, digest: str) -> bool:
         """True if a blob with this digest is stored."""
+        ...
+
+    def blobs(self) -> Iterator[tuple[str, float]]:
+        """Every stored blob as ``(digest, modified at, POSIX seconds)``, in no order."""
+        ...
+
+    def delete(self, digest: str) -> bool:
+        """Remove a blob; True if it was there.
+
+        Raises:
+            StorageError: it is there but cannot be removed.
+        """
         ...
 
 
@@ -115,6 +127,34 @@ class FileArtefactStore:
 
     def exists(self, digest: str) -> bool:
         return is_sha256(digest) and self._file(digest).is_file()
+
+    def blobs(self) -> Iterator[tuple[str, float]]:
+        for f in (self.root / "sha256").glob("??/*"):
+            if is_sha256(f.name) and f.parent.name == f.name[:2]:
+                with contextlib.suppress(FileNotFoundError):
+                    yield f.name, f.stat().st_mtime
+
+    def delete(self, digest: str) -> bool:
+        f = self._file(digest)
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StorageError(f"cannot delete artefact {digest}: {e.strerror or e}") from e
+        fsync_dir(f.parent)
+        return True
+
+    def stale_staging(self, older_than: float) -> list[Path]:
+        """Temporary files of uploads that never finished, modified before ``older_than``
+        (POSIX seconds)."""
+        staging = self.root / "staging"
+        out = []
+        for f in staging.glob("*") if staging.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                if f.is_file() and f.stat().st_mtime < older_than:
+                    out.append(f)
+        return out
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,15 +1,33 @@
-"""Input/output schema of a model: tensor names, OIP datatypes and shapes.
+"""Input/output schema of a model: tensor names, OIP datatypes and shapes; and what each
+output decides (:class:`OutputDecision`), which says when two versions disagree.
 
 A dimension of ``-1`` is variable (a symbolic or unknown dimension in the ONNX graph).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
-__all__ = ["ModelSchema", "TensorSpec"]
+from modelfleet.errors import InvalidInputError
+
+__all__ = [
+    "DecisionKind",
+    "ModelSchema",
+    "OutputDecision",
+    "TensorSpec",
+    "decisions_from_dict",
+    "decisions_to_dict",
+    "infer_decision",
+    "infer_decisions",
+]
+
+DecisionKind = Literal["label", "argmax", "regression", "ignore"]
+_KINDS: Final[frozenset[str]] = frozenset(get_args(DecisionKind))
+_FLOAT_TYPES: Final = frozenset({"FP16", "FP32", "FP64"})
+_SCORE_WORDS: Final = ("prob", "score", "logit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +106,107 @@ class ModelSchema:
                         f"{kind} {spec.name!r} rank {len(got.shape)} != {len(spec.shape)}"
                     )
         return problems
+
+
+@dataclass(frozen=True, slots=True)
+class OutputDecision:
+    """What one output decides, and so when two versions' values of it disagree.
+
+    Attributes:
+        kind: ``label``: values must be equal (class ids, strings, flags). ``argmax``: a
+            ``[batch, k]`` score output; the top-1 class of each row must be equal, the
+            scores themselves may move. ``regression``: values must agree within
+            ``numpy.isclose(rtol, atol)``. ``ignore``: never compared.
+        rtol: relative tolerance of a regression output.
+        atol: absolute tolerance of a regression output.
+
+    Raises:
+        InvalidInputError: an unknown kind, or a negative or non-finite tolerance.
+    """
+
+    kind: DecisionKind
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise InvalidInputError(
+                f"unknown output decision kind {self.kind!r}; expected one of {sorted(_KINDS)}"
+            )
+        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InvalidInputError(f"output decision {name} must be >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rtol": self.rtol, "atol": self.atol}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutputDecision:
+        """Parse ``{"kind": ..., "rtol": ..., "atol": ...}`` (tolerances default to 0).
+
+        Raises:
+            InvalidInputError: not an object, or see the class.
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidInputError(f"an output decision must be an object, got {data!r}")
+        try:
+            rtol, atol = float(data.get("rtol", 0.0)), float(data.get("atol", 0.0))
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"output decision tolerance is not a number: {e}") from e
+        return cls(data.get("kind"), rtol, atol)  # type: ignore[arg-type]  # checked above
+
+
+#: The decision inferred for a regression output (contract 6 of issue 6).
+REGRESSION_DEFAULT: Final = OutputDecision("regression", rtol=1e-3, atol=1e-6)
+
+
+def infer_decision(spec: TensorSpec) -> OutputDecision:
+    """The decision an output makes, guessed from its datatype, shape and name.
+
+    Integer, boolean and BYTES outputs are labels; a ``[batch, k > 1]`` floating-point output
+    named like ``prob``/``score``/``logit`` is argmax; any other float is regression
+    (rtol 1e-3, atol 1e-6).
+    """
+    if spec.datatype not in _FLOAT_TYPES:
+        return OutputDecision("label")
+    lowered = spec.name.lower()
+    if len(spec.shape) == 2 and spec.shape[1] > 1 and any(word in lowered for word in _SCORE_WORDS):
+        return OutputDecision("argmax")
+    return REGRESSION_DEFAULT
+
+
+def infer_decisions(
+    schema: ModelSchema, declared: Mapping[str, OutputDecision] | None = None
+) -> dict[str, OutputDecision]:
+    """Every output's decision: ``declared`` where given, else :func:`infer_decision`.
+
+    Returns:
+        Output name -> decision, in graph order.
+
+    Raises:
+        InvalidInputError: ``declared`` names an output the schema does not have.
+    """
+    declared = declared or {}
+    names = [spec.name for spec in schema.outputs]
+    unknown = sorted(set(declared) - set(names))
+    if unknown:
+        raise InvalidInputError(
+            f"decisions name unknown output(s) {unknown}; the model has {names}"
+        )
+    return {spec.name: declared.get(spec.name) or infer_decision(spec) for spec in schema.outputs}
+
+
+def decisions_to_dict(decisions: Mapping[str, OutputDecision]) -> dict[str, dict[str, Any]]:
+    """The manifest form: ``{"<output>": {"kind": ..., "rtol": ..., "atol": ...}}``."""
+    return {name: d.to_dict() for name, d in decisions.items()}
+
+
+def decisions_from_dict(data: Any) -> dict[str, OutputDecision]:
+    """Inverse of :func:`decisions_to_dict`.
+
+    Raises:
+        InvalidInputError: not an object of output name -> decision object.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidInputError(f"'decisions' must be an object, got {type(data).__name__}")
+    return {str(name): OutputDecision.from_dict(d) for name, d in data.items()}

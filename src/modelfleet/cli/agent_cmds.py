@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,11 +14,95 @@ import orjson
 import typer
 
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
-from modelfleet.errors import InvalidInputError, TransportError
+from modelfleet.errors import ConfigError, ForbiddenError, InvalidInputError, TransportError
 
 __all__ = ["register"]
 
 StateDirOpt = Annotated[Path, typer.Option("--state-dir", help="The agent's state folder.")]
+
+#: The agent's token comes from here (never from MODELFLEET_TOKEN, the operator's token).
+DEVICE_TOKEN_ENV = "MODELFLEET_DEVICE_TOKEN"
+_MAX_TOKEN_FILE = 4096
+
+
+def read_token_file(path: Path) -> str:
+    """Read a token file safely: a regular file, not readable by group or others, small.
+
+    Raises:
+        ConfigError: missing, not a regular file, too open, too large or empty.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise ConfigError(f"cannot read token file {path}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"token file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"token file {path} is readable by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):o}): chmod 600 {path}"
+            )
+        data = f.read(_MAX_TOKEN_FILE + 1)
+    if len(data) > _MAX_TOKEN_FILE:
+        raise ConfigError(f"token file {path} is too large for a token")
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
+def configure_logging(level: str) -> None:
+    """The agent's logging: what an operator needs at info, routine polling at debug.
+
+    httpx logs every request at INFO: two lines per idle poll, one of them TUF's normal
+    404 for the next root, which reads as an error (issue 6, defect 7). Below debug the
+    HTTP libraries only say what went wrong.
+    """
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def resolve_device_token(
+    token: str | None, token_file: Path | None, environ: dict[str, str]
+) -> str:
+    """The device token from ``--token-file``, ``--token`` or MODELFLEET_DEVICE_TOKEN.
+
+    Issue 6, defect 3: the agent used to take MODELFLEET_TOKEN, which the walkthrough sets
+    to the admin token. It never does now.
+
+    Raises:
+        ConfigError: none given, or more than one.
+    """
+    given = [x for x in (token, token_file) if x]
+    if len(given) > 1:
+        raise ConfigError("give the device token once: --token or --token-file")
+    if token_file is not None:
+        return read_token_file(token_file)
+    if token:
+        err_console.print(
+            "warning: --token is visible to every user in the process list; "
+            f"prefer --token-file or {DEVICE_TOKEN_ENV}"
+        )
+        return token
+    env = environ.get(DEVICE_TOKEN_ENV, "").strip()
+    if env:
+        return env
+    hint = (
+        " (MODELFLEET_TOKEN is the operator's token and is not used by the agent)"
+        if environ.get("MODELFLEET_TOKEN")
+        else ""
+    )
+    raise ConfigError(
+        f"no device token: pass --token-file FILE or set {DEVICE_TOKEN_ENV} to the token "
+        f"`modelfleet device add` printed{hint}"
+    )
 
 
 def _version(rec: Any) -> str:
@@ -57,6 +144,8 @@ def print_status(status: dict[str, Any]) -> None:
             "applied desired-state serial": status.get("applied_serial"),
             "last check": status.get("last_check") or "never",
             "last error": status.get("last_error") or "-",
+            "update": status.get("update_status") or "-",
+            "rollbacks not yet acknowledged by the hub": len(status.get("rollbacks") or []),
         },
     )
     rows = []
@@ -112,10 +201,18 @@ def register(agent_app: typer.Typer) -> None:
     def agent_run(
         hub: Annotated[str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL.")],
         device_id: Annotated[str, typer.Option("--device-id", help="This device's id.")],
-        token: Annotated[
-            str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="Device token.")
-        ],
         state_dir: StateDirOpt,
+        token: Annotated[
+            str | None,
+            typer.Option(
+                "--token",
+                help=f"Device token (visible in `ps`: prefer --token-file or {DEVICE_TOKEN_ENV}).",
+            ),
+        ] = None,
+        token_file: Annotated[
+            Path | None,
+            typer.Option("--token-file", help="File holding the device token (mode 600)."),
+        ] = None,
         port: Annotated[int, typer.Option(help="Inference port (OIP v2).")] = 8080,
         host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
         poll_interval: Annotated[float, typer.Option(help="Seconds between update checks.")] = 10.0,
@@ -130,6 +227,20 @@ def register(agent_app: typer.Typer) -> None:
             float, typer.Option(help="Seconds for a request body to arrive (else 503).")
         ] = 30.0,
         max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 16.0,
+        execution_provider: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--execution-provider",
+                help="ONNX Runtime execution provider, in order of preference (repeatable; "
+                "default CPUExecutionProvider).",
+            ),
+        ] = None,
+        intra_op_threads: Annotated[
+            int, typer.Option(help="ONNX Runtime threads within an operator (0: its choice).")
+        ] = 1,
+        inter_op_threads: Annotated[
+            int, typer.Option(help="ONNX Runtime threads across operators (0: its choice).")
+        ] = 1,
         upstream: Annotated[
             str,
             typer.Option(help="Cascade: OIP v2 server that answers what this device is unsure of."),
@@ -149,7 +260,13 @@ def register(agent_app: typer.Typer) -> None:
         from modelfleet.agent.config import AgentConfig
         from modelfleet.agent.daemon import run_agent
         from modelfleet.serving.cascade import CascadeSettings
+        from modelfleet.serving.model import RuntimeSettings
 
+        runtime = RuntimeSettings(
+            providers=tuple(execution_provider or ("CPUExecutionProvider",)),
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
         cascade = None
         if upstream:
             cascade = CascadeSettings(
@@ -159,26 +276,32 @@ def register(agent_app: typer.Typer) -> None:
                 when_unhealthy=cascade_when_unhealthy,
             )
 
-        logging.basicConfig(
-            level=log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        configure_logging(log_level)
+        try:
+            device_token = resolve_device_token(token, token_file, dict(os.environ))
+        except ConfigError as e:
+            err_console.print(f"[red]error:[/] {e}")
+            sys.exit(2)
+        config = AgentConfig(
+            hub_url=hub.rstrip("/"),
+            device_id=device_id,
+            token=device_token,
+            state_dir=state_dir,
+            host=host,
+            port=port,
+            poll_interval=poll_interval,
+            trust_root=trust_root,
+            cascade=cascade,
+            keep_previous_loaded=keep_previous,
+            request_timeout_s=request_timeout,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            runtime=runtime,
         )
-        run_agent(
-            AgentConfig(
-                hub_url=hub.rstrip("/"),
-                device_id=device_id,
-                token=token,
-                state_dir=state_dir,
-                host=host,
-                port=port,
-                poll_interval=poll_interval,
-                trust_root=trust_root,
-                cascade=cascade,
-                keep_previous_loaded=keep_previous,
-                request_timeout_s=request_timeout,
-                max_body_bytes=int(max_body_mb * 1024 * 1024),
-            )
-        )
+        try:
+            run_agent(config)
+        except ForbiddenError as e:  # contract 3: a token that is not this device's
+            err_console.print(f"[red]error:[/] {e}")
+            sys.exit(2)
 
     @agent_app.command("status")
     def agent_status(

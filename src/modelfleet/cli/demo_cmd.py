@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from modelfleet.cli._errors import require_extra
+
 __all__ = ["register"]
 
 
@@ -24,6 +26,9 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Init a hub, start it and three agents, register, deploy, split, refuse, roll back."""
+        what = "`modelfleet demo`"
+        require_extra("hub", "fastapi", "sqlalchemy", "alembic", "uvicorn", what=what)
+        require_extra("sklearn", "sklearn", "skl2onnx", what=what)
         from modelfleet.demo import run_demo
 
         ok = run_demo(workdir=workdir, keep=keep)

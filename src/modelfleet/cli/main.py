@@ -2,19 +2,27 @@
 
 Client commands talk to the hub over its REST API (``--hub``/``--token`` or
 ``MODELFLEET_HUB``/``MODELFLEET_TOKEN``); each prints a table, or JSON with ``--json``.
+Errors print one line on stderr and exit with the codes of :class:`ExitCode`
+(see :mod:`modelfleet.cli._errors`). This module imports no hub or scikit-learn library
+at import time: the agent-only install (``pip install modelfleet``) runs it too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from modelfleet import __version__
 from modelfleet.cli import agent_cmds, demo_cmd
+from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
-from modelfleet.errors import InvalidInputError, ModelfleetError
+from modelfleet.errors import InvalidInputError, UnauthenticatedError
 
 __all__ = ["app", "main"]
 
@@ -34,20 +42,60 @@ app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
 app.add_typer(agent_app, name="agent")
 
+HUB_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"modelfleet {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Ship ML models to fleets of edge devices and keep them healthy there."""
+
+
 HubOpt = Annotated[
     str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
 ]
 TokenOpt = Annotated[
     str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
 ]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="MODELFLEET_TOKEN_FILE",
+        help="Read the API token from this file (keeps it out of `ps`); used when no --token.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _client(hub: str, token: str) -> Any:
+def _client(hub: str, token: str, token_file: Path | None = None) -> Any:
     from modelfleet.client import HubClient
 
+    if not token and token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read --token-file {token_file}: {e.strerror or e}") from e
+        if not token:
+            raise UnauthenticatedError(f"--token-file {token_file} is empty")
     if not token:
-        raise InvalidInputError("no token: pass --token or set MODELFLEET_TOKEN")
+        raise UnauthenticatedError(
+            "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
+            "or pass --token"
+        )
     return HubClient(hub, token)
 
 
@@ -57,21 +105,44 @@ def _client(hub: str, token: str) -> Any:
 @app.command("init")
 def init_cmd(
     home: Annotated[Path, typer.Argument(help="Folder for the new hub home.")],
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database-url",
+            envvar="MODELFLEET_DATABASE_URL",
+            help="SQLAlchemy URL of the hub's database, e.g. "
+            "postgresql+psycopg://user@db.example/modelfleet (default: SQLite in HOME). "
+            "Written into HOME/config.toml.",
+            show_default=False,
+        ),
+    ] = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Create a hub home: config, database, artefact store, TUF keys and metadata."""
+    scheme = database_url.partition("://")[0] if database_url else ""
+    if database_url and "://" not in database_url:
+        raise UsageError(f"--database-url is not a URL: {_hide_password(database_url)!r}")
+    if scheme in ("postgres", "postgresql"):
+        raise UsageError(
+            "--database-url: name the driver, postgresql+psycopg://… (psycopg 3 comes with "
+            "modelfleet[hub])"
+        )
+    require_extra("hub", *HUB_MODULES, what="`modelfleet init`")
+    if scheme.startswith("postgresql+psycopg"):
+        require_extra("hub", "psycopg", what="a PostgreSQL database")
     from modelfleet.hub.service import init_home
 
-    token = init_home(home)
+    token = init_home(home, database_url=database_url or None)
+    database = _hide_password(database_url) if database_url else home / "hub.db"
     if json_out:
-        print_json({"home": str(home), "admin_token": token})
+        print_json({"home": str(home), "database": str(database), "admin_token": token})
         return
     console.print(f"[green]Initialised hub home[/] {home}")
     key_values(
         None,
         {
             "config": home / "config.toml",
-            "database": home / "hub.db",
+            "database": database,
             "artefact store": home / "artefacts",
             "TUF keys (ed25519)": home / "keys",
             "trust root for agents": home / "trust-root.json",
@@ -88,6 +159,7 @@ def hub_serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
+    require_extra("hub", *HUB_MODULES, what="`modelfleet hub serve`")
     from modelfleet.hub.app import serve
 
     serve(home, host=host, port=port)
@@ -103,11 +175,12 @@ def device_add(
     tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll a device and print its device token."""
     tag_list = [t.strip() for t in tags.split(",") if t.strip()]
-    result = _client(hub, token).add_device(device_id, site=site or None, tags=tag_list)
+    result = _client(hub, token, token_file).add_device(device_id, site=site or None, tags=tag_list)
     if json_out:
         print_json(result)
         return
@@ -117,10 +190,13 @@ def device_add(
 
 @device_app.command("list")
 def device_list(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """List enrolled devices and what they last reported."""
-    devices = _client(hub, token).list_devices()
+    devices = _client(hub, token, token_file).list_devices()
     if json_out:
         print_json(devices)
         return
@@ -137,6 +213,11 @@ def device_list(
             )
         )
     table("Devices", ["id", "site", "tags", "last seen", "desired", "serving"], rows)
+
+
+def _hide_password(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (for printing)."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _desired(assignments: Any) -> str:
@@ -172,31 +253,78 @@ def _served(report: Any) -> str:
 @model_app.command("register")
 def model_register(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    file: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="ONNX model file, or a pickled fitted scikit-learn model (.pkl, .pickle, "
+            ".joblib; only files you trust: unpickling runs code) converted with skl2onnx."
+        ),
+    ],
     sample_input: Annotated[
-        Path | None, typer.Option("--sample-input", help=".npy array of example inputs (rows).")
+        Path | None,
+        typer.Option(
+            "--sample-input",
+            help=".npy or .csv array of example inputs (rows); required for a pickle.",
+        ),
     ] = None,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register FILE as the next immutable version of NAME."""
     if not file.is_file():
-        raise InvalidInputError(f"no such file: {file}")
+        raise UsageError(f"no such file: {file}")
     if sample_input is not None and not sample_input.is_file():
-        raise InvalidInputError(f"no such file: {sample_input}")
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
-    ) as progress:
-        progress.add_task(f"uploading and checking {file.name}", total=None)
-        result = _client(hub, token).register_version(name, file, sample_input=sample_input)
+        raise UsageError(f"no such file: {sample_input}")
+    model: Path | Any = file
+    if file.suffix.lower() in SKLEARN_SUFFIXES:
+        if sample_input is None:
+            raise UsageError("a scikit-learn pickle needs --sample-input to be converted to ONNX")
+        model = _load_sklearn_pickle(file)
+    client = _client(hub, token, token_file)
+    with _spinner(f"uploading and checking {file.name}"):
+        result = client.register_version(name, model, sample_input=sample_input)
     if json_out:
         print_json(result)
         return
     console.print(f"[green]Registered[/] {name} version {result['version']}")
     _print_version(result)
+
+
+@contextlib.contextmanager
+def _spinner(text: str) -> Iterator[None]:
+    """A spinner on a terminal; nothing when stderr is a pipe (it would leave a blank line)."""
+    if not err_console.is_terminal:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
+    ) as progress:
+        progress.add_task(text, total=None)
+        yield
+
+
+SKLEARN_SUFFIXES = (".pkl", ".pickle", ".joblib")
+
+
+def _load_sklearn_pickle(path: Path) -> Any:
+    """Unpickle a fitted estimator (the operator's own file) for skl2onnx."""
+    what = "registering a scikit-learn pickle"
+    require_extra("sklearn", "sklearn", "skl2onnx", what=what)
+    try:
+        if path.suffix.lower() == ".joblib":
+            import joblib
+
+            return joblib.load(path)
+        import pickle
+
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+        raise InvalidInputError(f"cannot unpickle {path}: {e}") from e
 
 
 def _print_version(v: dict[str, Any]) -> None:
@@ -228,10 +356,13 @@ def _print_version(v: dict[str, Any]) -> None:
 
 @model_app.command("list")
 def model_list(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """List registered models."""
-    models = _client(hub, token).list_models()
+    models = _client(hub, token, token_file).list_models()
     if json_out:
         print_json(models)
         return
@@ -250,14 +381,15 @@ def model_show(
     ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's versions, or one version in detail."""
-    client = _client(hub, token)
+    client = _client(hub, token, token_file)
     name, _, version = ref.partition(":")
     if version:
         if not version.isdigit():
-            raise InvalidInputError(f"version must be a number, got {version!r}")
+            raise UsageError(f"version must be a number, got {version!r}")
         data = client.get_version(name, int(version))
         if json_out:
             print_json(data)
@@ -297,7 +429,7 @@ def _parse_slo(text: str) -> dict[str, float]:
                 raise ValueError
             slo[key.strip()] = float(value)
         except ValueError:
-            raise InvalidInputError(f"--slo expects key=value pairs, got {item!r}") from None
+            raise UsageError(f"--slo expects key=value pairs, got {item!r}") from None
     return slo
 
 
@@ -313,17 +445,18 @@ def deploy_cmd(
     ticket: Annotated[str, typer.Option(help="Change ticket recorded in the audit log.")] = "",
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign NAME:VERSION into the catalog and the devices' desired state into the director."""
     device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
     if bool(device_list_) == all_devices:
-        raise InvalidInputError("give either --devices ID,ID… or --all")
+        raise UsageError("give either --devices ID,ID… or --all")
     if mode not in ("full", "split", "shadow"):
-        raise InvalidInputError(f"--mode must be full, split or shadow, not {mode!r}")
+        raise UsageError(f"--mode must be full, split or shadow, not {mode!r}")
     if not 0.0 <= share <= 1.0:
-        raise InvalidInputError("--share must be between 0 and 1")
-    result = _client(hub, token).deploy(
+        raise UsageError("--share must be between 0 and 1")
+    result = _client(hub, token, token_file).deploy(
         name,
         version,
         devices=None if all_devices else device_list_,
@@ -360,13 +493,14 @@ def rollback_cmd(
     all_devices: Annotated[bool, typer.Option("--all", help="Every device running it.")] = False,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Assign devices back to their previous production version (a new director assignment)."""
     device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
     if bool(device_list_) == all_devices:
-        raise InvalidInputError("give either --devices ID,ID… or --all")
-    result = _client(hub, token).rollback(
+        raise UsageError("give either --devices ID,ID… or --all")
+    result = _client(hub, token, token_file).rollback(
         name, devices=None if all_devices else device_list_, all_devices=all_devices
     )
     if json_out:
@@ -382,10 +516,13 @@ def rollback_cmd(
 
 @app.command("audit")
 def audit_cmd(
-    hub: HubOpt = "http://127.0.0.1:8700", token: TokenOpt = "", json_out: JsonOpt = False
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show the hash-chained audit log."""
-    entries = _client(hub, token).audit()
+    entries = _client(hub, token, token_file).audit()
     if json_out:
         print_json(entries)
         return
@@ -413,24 +550,22 @@ agent_cmds.register(agent_app)
 demo_cmd.register(app)
 
 
-def main() -> None:
-    """Entry point: run the CLI; modelfleet errors become one clear line and exit 1."""
-    try:
-        app(standalone_mode=False)
-    except ModelfleetError as e:
-        err_console.print(f"[red]error:[/] {e}")
-        sys.exit(1)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit codes
-        import click
+def _wants_json(args: Sequence[str]) -> bool:
+    """``--json`` among the options (not after ``--``): errors are JSON then too."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: run the CLI and exit with a code of :class:`ExitCode`.
+
+    Every error, usage errors included, is one line on stderr (one JSON object with
+    ``--json``); no Python traceback unless ``MODELFLEET_TRACEBACK=1``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(args=args, prog_name="modelfleet", standalone_mode=False)
+    except (Exception, KeyboardInterrupt) as e:
+        sys.exit(report_failure(e, json_errors=_wants_json(args)))
+    # Without standalone mode, typer returns the code of a ``typer.Exit`` instead of exiting.
+    sys.exit(result if isinstance(result, int) else ExitCode.OK)

@@ -6,72 +6,180 @@ maps HTTP answers to the exceptions ngclient understands: a non-200 status becom
 ``DownloadHTTPError(msg, status)`` (ngclient relies on 403/404 to stop probing for newer
 root versions), a timeout ``SlowRetrievalError``, any other transport failure
 ``DownloadError``.
+
+Every download also has an overall deadline sized by the length it may have (issue 6,
+defect 13: an artefact dripping at 1 byte/s froze the agent): ``base_s + max_length /
+min_rate``, capped at ``max_s``. A download can be cancelled from another thread (a newer
+desired state supersedes it); both are checked after every piece the socket delivers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
+from typing import IO
 
 import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 from tuf.ngclient.fetcher import FetcherInterface
 
-__all__ = ["HttpFetcher"]
+from modelfleet.errors import ConfigError
+
+__all__ = [
+    "DownloadCancelledError",
+    "DownloadDeadlineError",
+    "DownloadSettings",
+    "HttpFetcher",
+]
 
 DEFAULT_CHUNK = 1 << 16
+
+
+class DownloadDeadlineError(SlowRetrievalError):
+    """A download ran past its overall deadline (too slow for its length)."""
+
+
+class DownloadCancelledError(DownloadError):
+    """A download was cancelled by its caller (e.g. superseded by a newer desired state)."""
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """Limits of one download; every field is bounded.
+
+    Attributes:
+        connect_timeout_s: connection timeout (0.1 s to 5 min).
+        read_timeout_s: longest gap between bytes (0.1 s to 10 min).
+        min_rate_bytes_s: slowest acceptable average rate; sizes the deadline (>= 1 B/s).
+        base_s: allowance on top of ``length / min_rate`` for the request itself (0.1 s
+            to 10 min).
+        max_s: no download, however long, may take longer than this (1 s to 1 day).
+    """
+
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    min_rate_bytes_s: float = 64 * 1024
+    base_s: float = 30.0
+    max_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("connect_timeout_s", self.connect_timeout_s, 0.1, 300.0),
+            ("read_timeout_s", self.read_timeout_s, 0.1, 600.0),
+            ("min_rate_bytes_s", self.min_rate_bytes_s, 1.0, float(1 << 40)),
+            ("base_s", self.base_s, 0.1, 600.0),
+            ("max_s", self.max_s, 1.0, 86400.0),
+        )
+        for name, value, low, high in checks:
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"download setting {name}={value} is outside [{low}, {high}]")
+
+    def deadline_s(self, max_length: int) -> float:
+        """Seconds a download of at most ``max_length`` bytes may take in all."""
+        return min(self.max_s, self.base_s + max(0, max_length) / self.min_rate_bytes_s)
+
+
+class _Limits(threading.local):
+    """Per-thread limits of the download in progress (ngclient calls ``_fetch(url)`` only)."""
+
+    max_length: int | None = None
+    cancel: threading.Event | None = None
 
 
 class HttpFetcher(FetcherInterface):
     """``FetcherInterface`` over one ``httpx.Client`` (connection reuse, streaming).
 
     Use :meth:`download_bytes` / :meth:`download_file` (from the base class) for plain
-    GETs too: they enforce a maximum length.
+    GETs too: they enforce a maximum length and the deadline sized by it. Safe to use
+    from several threads at once (each download's limits are per thread).
     """
 
     def __init__(
         self,
         token: str | None = None,
         *,
-        timeout_s: float = 30.0,
-        connect_timeout_s: float = 10.0,
+        settings: DownloadSettings | None = None,
         chunk_size: int = DEFAULT_CHUNK,
         headers: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create a fetcher.
 
         Args:
             token: bearer token sent as ``Authorization: Bearer <token>`` (None or empty: no
                 header).
-            timeout_s: read/write/pool timeout, i.e. the longest gap between bytes.
-            connect_timeout_s: connection timeout.
-            chunk_size: bytes per yielded chunk.
+            settings: timeouts, minimum rate and deadline bounds.
+            chunk_size: most bytes per yielded chunk.
             headers: extra headers for every request (e.g. ``User-Agent``).
             client: a ready ``httpx.Client`` (tests pass one with a ``MockTransport``);
                 the fetcher then does not own it and :meth:`close` leaves it open.
+            monotonic: the clock deadlines are measured on.
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
         if token:
             base["Authorization"] = f"Bearer {token}"
+        self.settings = settings or DownloadSettings()
         self._headers = base
         self._chunk = chunk_size
+        self._monotonic = monotonic
+        self._limits = _Limits()
         self._owns_client = client is None
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            timeout=httpx.Timeout(
+                self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
+            ),
             follow_redirects=False,
         )
+
+    @contextmanager
+    def cancelled_by(self, event: threading.Event | None) -> Iterator[None]:
+        """Downloads this thread starts inside the block stop when ``event`` is set."""
+        before = self._limits.cancel
+        self._limits.cancel = event
+        try:
+            yield
+        finally:
+            self._limits.cancel = before
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """As the base class, with the deadline sized by ``max_length``."""
+        before = self._limits.max_length
+        self._limits.max_length = max_length
+        try:
+            with super().download_file(url, max_length) as f:
+                yield f
+        finally:
+            self._limits.max_length = before
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         """Start a GET and return its body as chunks.
 
         Raises:
             DownloadHTTPError: any status other than 200 (the body is discarded).
-            SlowRetrievalError: connect or read timeout.
+            SlowRetrievalError: connect or read timeout; :class:`DownloadDeadlineError`
+                past the overall deadline.
+            DownloadCancelledError: cancelled before it started.
             DownloadError: any other transport failure.
         """
-        request = self._client.build_request("GET", url, headers=self._headers)
+        cancel = self._limits.cancel
+        max_length = self._limits.max_length
+        deadline_s = (
+            self.settings.deadline_s(max_length) if max_length is not None else self.settings.max_s
+        )
+        deadline = self._monotonic() + deadline_s
+        if cancel is not None and cancel.is_set():
+            raise DownloadCancelledError(f"GET {url}: cancelled")
+        read_s = min(self.settings.read_timeout_s, deadline_s)
+        timeout = httpx.Timeout(read_s, connect=min(self.settings.connect_timeout_s, deadline_s))
+        request = self._client.build_request("GET", url, headers=self._headers, timeout=timeout)
         try:
             response = self._client.send(request, stream=True)
         except httpx.TimeoutException as e:
@@ -81,12 +189,39 @@ class HttpFetcher(FetcherInterface):
         if response.status_code != 200:
             response.close()
             raise DownloadHTTPError(f"GET {url}: HTTP {response.status_code}", response.status_code)
-        return self._chunks(url, response)
+        return self._chunks(url, response, deadline, deadline_s, cancel)
 
-    def _chunks(self, url: str, response: httpx.Response) -> Iterator[bytes]:
+    def _chunks(
+        self,
+        url: str,
+        response: httpx.Response,
+        deadline: float,
+        deadline_s: float,
+        cancel: threading.Event | None,
+    ) -> Iterator[bytes]:
+        buffered = bytearray()
         try:
-            yield from response.iter_bytes(self._chunk)
+            # No chunk size: each piece the socket delivers comes back at once, so the
+            # deadline and cancellation are checked even when bytes arrive one by one.
+            for piece in response.iter_bytes():
+                if cancel is not None and cancel.is_set():
+                    raise DownloadCancelledError(f"GET {url}: cancelled")
+                if self._monotonic() > deadline:
+                    raise DownloadDeadlineError(
+                        f"GET {url}: not finished within its {deadline_s:.0f} s deadline "
+                        f"(minimum rate {self.settings.min_rate_bytes_s:.0f} B/s)"
+                    )
+                buffered += piece
+                while len(buffered) >= self._chunk:
+                    yield bytes(buffered[: self._chunk])
+                    del buffered[: self._chunk]
+            if buffered:
+                yield bytes(buffered)
         except httpx.TimeoutException as e:
+            if self._monotonic() > deadline:
+                raise DownloadDeadlineError(
+                    f"GET {url}: not finished within its {deadline_s:.0f} s deadline"
+                ) from e
             raise SlowRetrievalError(f"GET {url}: timed out mid-body") from e
         except httpx.HTTPError as e:
             raise DownloadError(f"GET {url}: body interrupted: {e}") from e

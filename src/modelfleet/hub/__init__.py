@@ -1,7 +1,7 @@
 """modelfleet.hub: the control plane (database, services, REST API, TUF serving).
 
-Names are imported lazily so that ``modelfleet.audit`` can use ``modelfleet.hub.db``
-without pulling in the whole service.
+Names are imported lazily: importing a submodule (``modelfleet.hub.db``, say) does not pull
+in the whole service and its web framework.
 """
 
 from __future__ import annotations

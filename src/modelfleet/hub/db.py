@@ -6,6 +6,7 @@ The schema is created and changed only by the Alembic migrations in
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    text,
 )
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from modelfleet.errors import ConfigError, StorageError
+from modelfleet.hub import locks
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -41,10 +42,12 @@ __all__ = [
     "Base",
     "Device",
     "DeviceReport",
+    "DeviceRollbackEvent",
     "DeviceState",
     "Model",
     "ModelVersion",
     "Token",
+    "TufRoleVersion",
     "UTCDateTime",
     "make_engine",
     "make_sessionmaker",
@@ -58,9 +61,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-_PG_MIGRATE_LOCK = 0x6D66_6875_626D  # any constant shared by every hub replica
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -199,6 +199,38 @@ class DeviceReport(Base):
     report: Mapped[dict[str, Any]]
 
 
+class DeviceRollbackEvent(Base):
+    """A rollback a device reported (issue 6 contract 2), stored so it applies at most once.
+
+    ``applied`` is False for a stale event: the hub had moved on when it arrived.
+    """
+
+    __tablename__ = "device_rollback_events"
+    __table_args__ = (
+        UniqueConstraint("device_id", "event_id", name="uq_device_rollback_events_event"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[int] = mapped_column(BigInteger)
+    to_version: Mapped[int] = mapped_column(BigInteger)
+    applied: Mapped[bool] = mapped_column(Boolean)
+    received_at: Mapped[datetime]
+
+
+class TufRoleVersion(Base):
+    """The highest version of one TUF role ever published (ADR 0007, defect 14)."""
+
+    __tablename__ = "tuf_role_versions"
+
+    repo: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 class AuditEntry(Base):
     """One link of the hash-chained audit log (see :mod:`modelfleet.audit.log`)."""
 
@@ -236,12 +268,23 @@ def make_engine(database_url: str) -> Engine:
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             path = engine.url.database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:"):
+                _create_private_file(Path(path))
             return engine
         return create_engine(database_url, pool_pre_ping=True)
     except (ArgumentError, ImportError, OSError) as e:
         raise ConfigError(f"unusable database URL: {e}") from e
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file mode 0600 if missing: SQLite gives its ``-wal`` and ``-shm``
+    files the mode of the database file, and the database holds token hashes (defect 5)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
@@ -265,9 +308,7 @@ def migrate(database_url: str | Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Replicas starting together migrate one after the other.
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK}
-                )
+                locks.xact_lock(connection, locks.MIGRATE)
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:

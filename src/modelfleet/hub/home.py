@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from modelfleet._atomic import atomic_write_bytes, atomic_write_text
@@ -10,19 +11,25 @@ from modelfleet.errors import ConfigError
 from modelfleet.hub import db
 from modelfleet.hub.auth import Role
 from modelfleet.hub.config import HubConfig, HubHome, render_config_toml
+from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.keys import generate_keys
 
 __all__ = ["init_home"]
 
 
-def init_home(home: Path, clock: Clock | None = None, database_url: str | None = None) -> str:
+def init_home(home: Path, clock: Clock | None = None, *, database_url: str | None = None) -> str:
     """Create a hub home: folders, config, database, keys, TUF repositories, admin token.
+
+    The home folder is made mode 0700; ``config.toml``, ``admin.token`` and the SQLite
+    database (with its ``-wal``/``-shm`` files) are 0600.
 
     Args:
         home: the folder to initialise (created if missing; may exist empty).
         clock: time source for the initial metadata (the system clock if None).
-        database_url: SQLAlchemy URL; SQLite in ``home`` if None.
+        database_url: SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``;
+            written into ``config.toml`` (so ``hub serve`` uses it without the
+            environment) and migrated here. SQLite ``home/hub.db`` if None or empty.
 
     Returns:
         The admin token (also written to ``home/admin.token``, mode 0600).
@@ -45,13 +52,19 @@ def init_home(home: Path, clock: Clock | None = None, database_url: str | None =
         )
     try:
         paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(paths.root, 0o700)
         paths.artefacts.mkdir(exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create {paths.root}: {e.strerror or e}") from e
     config = HubConfig(home=paths.root, database_url=database_url or "")
-    db.migrate(config.database_url)
-    generate_keys(paths.keys)
-    trust = HubTrust.init(paths.tuf, paths.keys, clock)
+    engine = db.make_engine(config.database_url)
+    try:
+        db.migrate(engine)
+        generate_keys(paths.keys)
+        counters = DbRoleCounters(db.make_sessionmaker(engine))
+        trust = HubTrust.init(paths.tuf, paths.keys, clock, counters=counters)
+    finally:
+        engine.dispose()
     atomic_write_bytes(paths.trust_root, trust.trust_root_bundle(), mode=0o644)
     # The config file goes last: it marks the home as complete.
     atomic_write_text(paths.config_file, render_config_toml(config), mode=0o600)

@@ -1,9 +1,18 @@
 """The hub's operations: enrol devices, register versions, deploy, roll back, audit.
 
-No HTTP in here: :mod:`modelfleet.hub.app` is a thin adapter over :class:`HubService`.
+No HTTP in here: the API layer is a thin adapter over :class:`HubService`, a facade over
+small collaborators that each own one concern:
+
+* :class:`~modelfleet.hub.context.HubContext` - sessions, the write lock, the audit log;
+* :class:`~modelfleet.hub.catalog.Catalog` - blobs, models, versions;
+* :class:`~modelfleet.hub.fleet.Fleet` - tokens, devices, reports;
+* :class:`~modelfleet.hub.deployments.Deployments` - deploy and rollback (pure rules);
+* :class:`~modelfleet.hub.director.Director` - desired states, signing after the commit;
+* :class:`~modelfleet.hub.upkeep.Upkeep` - audit reads, TUF serving, re-signing, GC.
+
 Every state change commits together with its audit entry in one database transaction;
-changes to the signed TUF metadata happen inside that transaction, so a failure to sign
-rolls the database back too.
+the TUF metadata is signed from the database *after* the commit, and whatever a crash
+left unsigned is signed at start-up (see :mod:`modelfleet.hub.director`).
 
 Return values are JSON-ready dicts (the same shapes the REST API serves):
 
@@ -22,36 +31,38 @@ Return values are JSON-ready dicts (the same shapes the REST API serves):
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+import numpy as np
 
-from modelfleet.audit.log import append_entry
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError, ConflictError, StorageError
+from modelfleet.errors import ConfigError
 from modelfleet.hub import db
-from modelfleet.hub._deployments import _DeploymentOps
-from modelfleet.hub._devices import _DeviceOps
 from modelfleet.hub._reports import report_changes
-from modelfleet.hub._upkeep import _UpkeepOps
-from modelfleet.hub._values import ALL_DEVICES, load_npy
-from modelfleet.hub._versions import _VersionOps
+from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
+from modelfleet.hub.auth import Principal, Role
+from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.config import HubConfig
+from modelfleet.hub.context import HubContext
+from modelfleet.hub.deployments import Deployments
+from modelfleet.hub.director import Director
+from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
+from modelfleet.hub.tuf_versions import DbRoleCounters
+from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
+from modelfleet.rollout.desired_state import Mode
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
 
-_PG_WRITE_LOCK = 0x6D66_6875_6277  # any constant shared by every hub replica
+_log = logging.getLogger(__name__)
 
 
-class HubService(_DeviceOps, _DeploymentOps, _VersionOps, _UpkeepOps):
+class HubService:
     """The hub's operations over its database, artefact store and TUF repositories.
 
     Args:
@@ -60,8 +71,10 @@ class HubService(_DeviceOps, _DeploymentOps, _VersionOps, _UpkeepOps):
         migrate_db: bring the database schema up to date first.
 
     Raises:
-        ConfigError: the home is not initialised or its keys/metadata are unusable.
-        StorageError: the database cannot be reached or migrated.
+        ConfigError: the home is not initialised, its keys/metadata are unusable, or its
+            TUF root is older than one already published.
+        StorageError: the database cannot be reached or migrated, or the metadata lacks
+            committed changes and cannot be signed.
     """
 
     def __init__(self, config: HubConfig, clock: Clock, *, migrate_db: bool = True) -> None:
@@ -74,14 +87,31 @@ class HubService(_DeviceOps, _DeploymentOps, _VersionOps, _UpkeepOps):
         self.clock = clock
         self.paths = paths
         self.engine = db.make_engine(config.database_url)
-        if migrate_db:
-            db.migrate(self.engine)
-        self._sessions = db.make_sessionmaker(self.engine)
-        self.store = FileArtefactStore(paths.artefacts)
-        self.trust = HubTrust.open(paths.tuf, paths.keys, clock)
-        # One writer at a time in this process: SQLite has one writer anyway, and the
-        # audit chain and desired-state serials are read-modify-write.
-        self._write_lock = threading.RLock()
+        try:
+            if migrate_db:
+                db.migrate(self.engine)
+            sessions = db.make_sessionmaker(self.engine)
+            self.context = HubContext(config, clock, self.engine, sessions)
+            self.store = FileArtefactStore(paths.artefacts)
+            self.trust = HubTrust.open(
+                paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
+            )
+            self.catalog = Catalog(self.context, self.store)
+            self.director = Director(self.context, self.store, self.trust, self.catalog)
+            self.deployments = Deployments(self.context, self.catalog, self.director)
+            self.fleet = Fleet(self.context, self.deployments, self.director)
+            self.upkeep = Upkeep(self.context, self.store, self.trust, self.catalog, self.director)
+            behind = self.trust.behind()
+            if behind:
+                _log.warning(
+                    "the TUF store is older than what was published (%s); the next "
+                    "signing goes above the published versions (ADR 0007)",
+                    "; ".join(behind),
+                )
+            self.director.repair()
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     init_home = staticmethod(init_home)
 
@@ -89,40 +119,308 @@ class HubService(_DeviceOps, _DeploymentOps, _VersionOps, _UpkeepOps):
         """Release database connections."""
         self.engine.dispose()
 
-    # -- sessions ------------------------------------------------------------------------
+    # -- tokens and devices --------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self._write_lock:
-            try:
-                with self._sessions.begin() as session:
-                    if session.get_bind().dialect.name == "postgresql":
-                        # Hub replicas sharing one PostgreSQL take turns at writing, so
-                        # version numbers, serials and the audit chain stay linear.
-                        session.execute(
-                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK}
-                        )
-                    yield session
-            except IntegrityError as e:
-                raise ConflictError(f"the change clashes with a concurrent one: {e.orig}") from e
-            except SQLAlchemyError as e:
-                raise StorageError(f"database error: {e}") from e
+    def create_token(self, role: Role | str, subject: str, actor: str) -> str:
+        """Mint a token; only its hash is stored.
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        try:
-            with self._sessions() as session:
-                yield session
-        except SQLAlchemyError as e:
-            raise StorageError(f"database error: {e}") from e
+        Args:
+            role: the token's role.
+            subject: who holds it (a user name, or the device id for ``device``).
+            actor: who asks (for the audit log).
 
-    def _audit(
+        Returns:
+            The token; it cannot be recovered later.
+
+        Raises:
+            InvalidInputError: unknown role or empty subject.
+            NotFoundError: a device token for an unknown device.
+        """
+        return self.fleet.create_token(role, subject, actor)
+
+    def authenticate(self, token: str | None) -> Principal:
+        """Who holds ``token``.
+
+        Raises:
+            UnauthenticatedError: no token, or not a valid, unrevoked one.
+        """
+        return self.fleet.authenticate(token)
+
+    def add_device(
         self,
-        session: Session,
-        actor: str,
-        action: str,
-        subject: str,
-        details: Mapping[str, Any] | None = None,
+        device_id: str,
+        site: str | None = "",
+        tags: Sequence[str] | None = None,
+        actor: str = "system",
         ticket: str | None = None,
-    ) -> None:
-        append_entry(session, self.clock.now(), actor, action, subject, details, ticket)
+    ) -> tuple[JSONDict, str]:
+        """Enrol a device and mint its token.
+
+        Returns:
+            ``(device, token)``; the token is shown only this once.
+
+        Raises:
+            InvalidInputError: a malformed id, site or tags.
+            ConflictError: the id is taken.
+        """
+        return self.fleet.add_device(device_id, site, tags, actor, ticket)
+
+    def list_devices(self) -> list[JSONDict]:
+        """Every device with its assignments, desired state and last report."""
+        return self.fleet.list_devices()
+
+    def get_device(self, device_id: str) -> JSONDict:
+        """One device (see :meth:`list_devices`).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        return self.fleet.get_device(device_id)
+
+    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+        """Store a device's check-in report and apply the rollbacks it reports.
+
+        The report is kept as sent (the agent sends its state: ``applied_serial``,
+        ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
+        "mode", "share"}}``, ``last_refusal``, ``events``, ``rollbacks``, ...). What the
+        hub reads of it (see :func:`report_changes`) goes to the audit log when it
+        changed. Each ``rollbacks`` event (issue 6 contract 2) is applied at most once,
+        when the hub's assignment still matches it (audited as ``device-rollback``); the
+        device's new desired state is signed after the commit. Stale events are recorded
+        and ignored.
+
+        Returns:
+            ``{"applied_rollbacks": [event id, ...]}``: the report's events applied now
+            or earlier.
+
+        Raises:
+            NotFoundError: no such device.
+            InvalidInputError: the report is not a JSON object.
+            PayloadTooLargeError: the report exceeds ``max_report_bytes``.
+        """
+        return self.fleet.record_report(device_id, report)
+
+    # -- blobs and versions --------------------------------------------------------------
+
+    def put_blob(self, chunks: Iterable[bytes], actor: str) -> tuple[str, int]:
+        """Stream a blob into the artefact store.
+
+        Returns:
+            ``(sha256, length)``.
+
+        Raises:
+            InvalidInputError: the upload is empty; nothing is stored.
+            PayloadTooLargeError: more than ``max_upload_bytes``; nothing is kept.
+            StorageError: the store is not writable.
+        """
+        return self.catalog.put_blob(chunks, actor)
+
+    def register_version(
+        self,
+        name: str,
+        model: bytes | str,
+        sample_input: np.ndarray | str | None = None,
+        *,
+        actor: str,
+        lineage: Mapping[str, Any] | None = None,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """Register the next immutable version of ``name`` (creating the model if new).
+
+        The model is checked (ONNX, loadable by ONNX Runtime, tensor signature) and
+        smoke vectors are recorded before anything is stored. A refused registration
+        deletes the uploaded blobs it named when no version references them (audited
+        as ``blob.discard``).
+
+        Args:
+            name: model name.
+            model: ONNX bytes, or the sha256 of an uploaded blob.
+            sample_input: rows to record smoke vectors from (array, or the sha256 of an
+                uploaded ``.npy`` blob); generated from the schema if None.
+            actor: who registers (for the audit log).
+            lineage: free-form provenance (dataset digest, run id, commit...).
+            ticket: change ticket.
+
+        Returns:
+            The version (see the module docstring).
+
+        Raises:
+            InvalidModelError: not ONNX or not loadable; no version is created.
+            InvalidInputError: a bad name, blob digest or sample input.
+            SmokeTestError: the model does not reproduce its own outputs.
+        """
+        return self.catalog.register_version(
+            name, model, sample_input, actor=actor, lineage=lineage, ticket=ticket
+        )
+
+    def revoke_version(
+        self, name: str, version: int, actor: str, ticket: str | None = None
+    ) -> JSONDict:
+        """Remove a version from the signed catalog; devices refuse it from then on.
+
+        Devices that run it keep their assignment until redeployed or rolled back.
+
+        Raises:
+            NotFoundError: no such version.
+            StorageError: the catalog could not be re-signed (it is at the next change).
+        """
+        self.catalog.mark_revoked(name, version, actor, ticket)
+        self.director.publish()
+        return self.catalog.get_version(name, version)
+
+    def list_models(self) -> list[JSONDict]:
+        """Every model: ``{"name", "description", "created_at", "latest_version", "versions"}``
+        (``versions`` is the count)."""
+        return self.catalog.list_models()
+
+    def get_model(self, name: str) -> JSONDict:
+        """A model and all its versions.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+        return self.catalog.get_model(name)
+
+    def get_version(self, name: str, version: int) -> JSONDict:
+        """One version, with the devices it is deployed to and in which role.
+
+        Raises:
+            NotFoundError: no such model or version.
+        """
+        return self.catalog.get_version(name, version)
+
+    def manifest_bytes(self, name: str, version: int) -> bytes:
+        """The stored package manifest JSON of a version.
+
+        Raises:
+            NotFoundError: no such model or version.
+        """
+        return self.catalog.manifest_bytes(name, version)
+
+    # -- deployments ---------------------------------------------------------------------
+
+    def deploy(
+        self,
+        name: str,
+        version: int,
+        devices: Sequence[str] | Literal["all"],
+        mode: Mode | str = Mode.FULL,
+        share: float = 0.0,
+        slo: Mapping[str, float] | None = None,
+        *,
+        actor: str,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """Assign a version to devices; commit, then sign their new desired states.
+
+        ``full`` makes the version production (the old production is kept as the
+        rollback target); ``split`` and ``shadow`` keep each device's production and add
+        the version as candidate, taking ``share`` of the requests (split) or a
+        mirrored sample of that share (shadow). The transitions are
+        :func:`modelfleet.rollout.assignment.deploy`.
+
+        Args:
+            name, version: the package to deploy.
+            devices: device ids, or ``"all"`` for every enrolled device.
+            mode: ``full``, ``split`` or ``shadow``.
+            share: candidate share in (0, 1] for split/shadow; ignored for full.
+            slo: the device guard's SLO policy, e.g. ``{"p99_ms": 50, "error_rate": 0.01}``.
+            actor: who deploys; ticket: change ticket.
+
+        Returns:
+            ``{"model", "version", "mode", "share", "slo", "rollout_id", "devices":
+            [{"device_id", "production", "candidate", "mode", "share", "serial",
+            "desired_state_sha256", "desired_state_length"}]}``
+
+        Raises:
+            NotFoundError: unknown model, version or device.
+            InvalidInputError: bad mode/share/slo, a revoked version, or split/shadow on
+                a device without a production version of this model.
+            StorageError: the database failed, or signing after the commit failed (the
+                committed deployment is signed at the next change or start-up).
+        """
+        return self.deployments.deploy(
+            name, version, devices, mode, share, slo, actor=actor, ticket=ticket
+        )
+
+    def rollback(
+        self,
+        name: str,
+        devices: Sequence[str] | Literal["all"],
+        *,
+        actor: str,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """Point devices back at their last good version of ``name`` (a new director
+        assignment with a higher serial, never a metadata rollback).
+
+        The rule is :func:`modelfleet.rollout.assignment.roll_back`: a device with a
+        candidate drops it and keeps its production; a device without one goes back to
+        the production it had before the last full deploy, and has no previous after.
+
+        Args:
+            devices: device ids, or ``"all"`` for every device that has ``name``.
+
+        Returns:
+            ``{"model", "rollout_id", "devices": [{"device_id", "production",
+            "candidate", "mode", "share", "serial", "desired_state_sha256",
+            "desired_state_length"}]}``
+
+        Raises:
+            NotFoundError: unknown model or device.
+            InvalidInputError: a device has nothing of ``name`` to roll back to.
+        """
+        return self.deployments.rollback(name, devices, actor=actor, ticket=ticket)
+
+    # -- audit and upkeep ----------------------------------------------------------------
+
+    def audit(self, after_seq: int = 0, limit: int = 100) -> list[JSONDict]:
+        """Audit entries with ``seq > after_seq``, oldest first, at most ``limit``
+        (capped by ``audit_page_limit``): ``{"seq", "at", "actor", "action", "subject",
+        "ticket", "details", "prev_hash", "hash"}``."""
+        return self.upkeep.audit(after_seq, limit)
+
+    def verify_audit(self) -> int | None:
+        """The first broken ``seq`` of the audit chain, or None if it is intact."""
+        return self.upkeep.verify_audit()
+
+    def trust_root(self) -> bytes:
+        """The trust-root bundle devices bootstrap from."""
+        return self.upkeep.trust_root()
+
+    def refresh_expiring(self) -> list[str]:
+        """The periodic upkeep round: sign committed changes the metadata lacks, re-sign
+        TUF roles close to expiry, and collect garbage (at most hourly).
+
+        Returns:
+            ``"<repo>/<role>"`` of each role re-signed for expiry.
+        """
+        return self.upkeep.refresh_expiring()
+
+    def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:
+        """Delete unreferenced blobs older than ``older_than_s`` seconds.
+
+        Returns:
+            ``{"deleted", "deleted_count", "freed_bytes", "kept_recent",
+            "staging_removed"}`` (see :meth:`Upkeep.collect_garbage`).
+
+        Raises:
+            InvalidInputError: a negative or non-finite ``older_than_s``.
+        """
+        return self.upkeep.collect_garbage(older_than_s=older_than_s)
+
+    def tuf_metadata(self, repo: str, filename: str) -> Path:
+        """The metadata file behind ``GET /tuf/<repo>/metadata/<filename>``.
+
+        Raises:
+            NotFoundError: unknown repository or file.
+        """
+        return self.upkeep.tuf_metadata(repo, filename)
+
+    def tuf_target(self, repo: str, url_path: str) -> Path:
+        """The blob behind ``GET /tuf/<repo>/targets/<dir>/<sha256>.<name>``.
+
+        Raises:
+            NotFoundError: the path is not a target listed now with that hash.
+        """
+        return self.upkeep.tuf_target(repo, url_path)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from modelfleet.catalog.schema import OutputDecision, infer_decisions
 from modelfleet.hashing import sha256_bytes
 from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.packaging.onnx_model import inspect_onnx, load_session
@@ -27,6 +29,7 @@ def build_manifest(
     sample_input: np.ndarray | None = None,
     lineage: dict[str, Any] | None = None,
     created_at: datetime | None = None,
+    decisions: Mapping[str, OutputDecision] | None = None,
 ) -> PackageManifest:
     """Check ``model`` and describe it as version ``version`` of ``name``.
 
@@ -34,12 +37,19 @@ def build_manifest(
     deterministic inputs generated from the schema; their outputs are recorded with
     ONNX Runtime, then replayed once to make sure the model is deterministic.
 
+    Every output gets a decision (what a shadow comparison judges): ``decisions`` where it
+    names the output, else inferred from the schema (integer/BYTES/BOOL: label; a
+    ``[batch, k > 1]`` float named like prob/score/logit: argmax; other floats: regression
+    with rtol 1e-3, atol 1e-6).
+
     Raises:
         InvalidModelError: the bytes are not a loadable ONNX model.
-        InvalidInputError: the sample input does not fit the model.
+        InvalidInputError: the sample input does not fit the model, or ``decisions`` names
+            an output the model does not have.
         SmokeTestError: the model does not reproduce its own outputs.
     """
     info = inspect_onnx(model)
+    all_decisions = infer_decisions(info.schema, decisions)
     session = load_session(model)
     if sample_input is not None:
         input_sets = inputs_from_sample(info.schema, sample_input)
@@ -58,4 +68,5 @@ def build_manifest(
         smoke=tuple(vectors),
         created_at=(created_at or datetime.now(UTC)).replace(microsecond=0).isoformat(),
         lineage={"producer": info.producer, **(lineage or {})},
+        decisions=all_decisions,
     )

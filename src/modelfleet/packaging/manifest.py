@@ -6,12 +6,19 @@ fields are kept on a round trip so older agents can carry newer manifests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from modelfleet.catalog.schema import ModelSchema
+from modelfleet.catalog.schema import (
+    ModelSchema,
+    OutputDecision,
+    decisions_from_dict,
+    decisions_to_dict,
+    infer_decisions,
+)
 from modelfleet.errors import InvalidInputError
 from modelfleet.packaging.smoke import SmokeVector
 
@@ -31,6 +38,7 @@ _KNOWN = {
     "smoke",
     "created_at",
     "lineage",
+    "decisions",
 }
 
 
@@ -47,6 +55,9 @@ class PackageManifest:
         opset: default-domain ONNX opset the graph needs.
         smoke: smoke vectors recorded at registration.
         runtime: the runtime family the package targets.
+        decisions: what each output decides (when two versions disagree), keyed by output
+            name; written as ``"decisions"`` when not empty. Manifests from before issue 6
+            have none: use :meth:`effective_decisions`.
     """
 
     name: str
@@ -61,10 +72,17 @@ class PackageManifest:
     created_at: str = ""
     lineage: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    decisions: Mapping[str, OutputDecision] = field(default_factory=dict)
+
+    def effective_decisions(self) -> dict[str, OutputDecision]:
+        """Every output's decision: the declared ones, the rest inferred from the schema."""
+        return infer_decisions(self.schema, self.decisions)
 
     def to_dict(self) -> dict[str, Any]:
+        decisions = {"decisions": decisions_to_dict(self.decisions)} if self.decisions else {}
         return {
             **self.extra,
+            **decisions,
             "format": MANIFEST_FORMAT,
             "name": self.name,
             "version": self.version,
@@ -106,6 +124,7 @@ class PackageManifest:
                 runtime=str(data.get("runtime", "onnxruntime")),
                 created_at=str(data.get("created_at", "")),
                 lineage=dict(data.get("lineage") or {}),
+                decisions=decisions_from_dict(data.get("decisions") or {}),
                 extra={k: v for k, v in data.items() if k not in _KNOWN},
             )
         except (KeyError, TypeError, ValueError) as e:

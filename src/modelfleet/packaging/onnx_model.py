@@ -1,13 +1,17 @@
-"""Read and check ONNX models: is it ONNX, can ONNX Runtime load it, what is its schema."""
+"""Read and check ONNX models: is it ONNX, can ONNX Runtime load it, what is its schema.
+
+Only :func:`inspect_onnx` (hub side) needs the ``onnx`` package; sessions and schemas come
+from :mod:`modelfleet.catalog.onnx_session`, which serving uses too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from modelfleet.catalog.schema import ModelSchema, TensorSpec
+from modelfleet.catalog.onnx_session import create_session, schema_of_session
+from modelfleet.catalog.schema import ModelSchema
 from modelfleet.errors import InvalidModelError
-from modelfleet.serving.dtypes import ONNX_TYPE_TO_DATATYPE
 
 __all__ = ["OnnxInfo", "inspect_onnx", "load_session", "schema_of_session"]
 
@@ -25,43 +29,13 @@ class OnnxInfo:
 def load_session(model: bytes | str, intra_op_threads: int = 1) -> Any:
     """Create an ONNX Runtime CPU session from model bytes or a file path.
 
+    Registration replays smoke vectors on the CPU; serving makes its sessions with its own
+    runtime settings (providers, thread counts).
+
     Raises:
         InvalidModelError: ONNX Runtime cannot load the model.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidModelError(f"ONNX Runtime cannot load the model: {first_line}") from e
-
-
-def _spec(arg: Any, kind: str) -> TensorSpec:
-    datatype = ONNX_TYPE_TO_DATATYPE.get(arg.type)
-    if datatype is None:
-        hint = " (convert scikit-learn classifiers with zipmap=False)" if "map" in arg.type else ""
-        raise InvalidModelError(
-            f"{kind} {arg.name!r} has type {arg.type}; modelfleet serves tensors only{hint}"
-        )
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
-    return TensorSpec(arg.name, datatype, shape)
-
-
-def schema_of_session(session: Any) -> ModelSchema:
-    """Read the input/output schema of an ONNX Runtime session.
-
-    Raises:
-        InvalidModelError: an input or output is not a tensor of a supported type.
-    """
-    return ModelSchema(
-        tuple(_spec(a, "input") for a in session.get_inputs()),
-        tuple(_spec(a, "output") for a in session.get_outputs()),
-    )
+    return create_session(model, intra_op_threads=intra_op_threads)
 
 
 def inspect_onnx(data: bytes) -> OnnxInfo:

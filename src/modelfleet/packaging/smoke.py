@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from modelfleet.catalog.dtypes import datatype_of, numpy_dtype
 from modelfleet.catalog.schema import ModelSchema, TensorSpec
 from modelfleet.errors import InvalidInputError, SmokeTestError
-from modelfleet.serving.dtypes import datatype_of, numpy_dtype
 
 __all__ = [
     "DEFAULT_ATOL",

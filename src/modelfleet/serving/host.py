@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from types import MappingProxyType
 
+from modelfleet.serving.model import Servable
 from modelfleet.serving.router import Route
-from modelfleet.serving.runtime import LoadedModel
 
 __all__ = ["ModelHost"]
 
@@ -58,7 +58,7 @@ class ModelHost:
         """Names of the models served, sorted."""
         return sorted(self._routes)
 
-    def find_version(self, name: str, version: str) -> LoadedModel | None:
+    def find_version(self, name: str, version: str) -> Servable | None:
         """The loaded ``version`` of ``name`` (production, candidate or previous), or None."""
         route = self._routes.get(name)
         return None if route is None else route.find(version)

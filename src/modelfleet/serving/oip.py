@@ -49,6 +49,11 @@ _UNSUPPORTED_PARAMETERS: Final = (
 _LENGTH_PREFIX: Final = struct.Struct("<I")
 _NATIVE_IS_LE: Final = sys.byteorder == "little"
 _JSON_KINDS: Final[dict[str, str]] = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+#: numpy's limit on the number of dimensions (``numpy.ndarray``: 64 since numpy 2.0).
+MAX_DIMS: Final = 64
+#: What numpy raises when it cannot build an array of a shape (too many or too large
+#: dimensions, no memory) and what a nested BYTES ``data`` list too deep to walk raises.
+_CONSTRUCTION_ERRORS: Final = (ValueError, OverflowError, MemoryError, RecursionError, TypeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +116,23 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if isinstance(raw, list):
+        if len(raw) > MAX_DIMS:
+            raise _fail(
+                f"input {name!r}: 'shape' has {len(raw)} dimensions; at most {MAX_DIMS} are "
+                "supported"
+            )
         for dim in raw:
             if type(dim) is not int or dim < 0:
                 break
         else:
             return tuple(raw)
     raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r}")
+
+
+def _unbuildable(name: str, shape: tuple[int, ...], error: BaseException) -> InvalidTensorError:
+    # Issue 6, defect 11: numpy's refusal is the caller's mistake (400), not a server error.
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _fail(f"input {name!r}: no tensor of shape {list(shape)} can be built: {reason}")
 
 
 def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -355,9 +371,15 @@ def decode_infer_request(
                 )
             blob = binary[offset : offset + size]
             offset += size
-            inputs[name] = _decode_binary(blob, datatype, shape, f"input {name!r}")
+            try:
+                inputs[name] = _decode_binary(blob, datatype, shape, f"input {name!r}")
+            except _CONSTRUCTION_ERRORS as e:
+                raise _unbuildable(name, shape, e) from None
         elif "data" in item:
-            inputs[name] = _decode_json_data(item["data"], datatype, shape, name)
+            try:
+                inputs[name] = _decode_json_data(item["data"], datatype, shape, name)
+            except _CONSTRUCTION_ERRORS as e:
+                raise _unbuildable(name, shape, e) from None
         else:
             raise _fail(f"input {name!r}: has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from modelfleet.rollout.desired_state import Mode
-from modelfleet.serving.runtime import LoadedModel
+from modelfleet.serving.model import Servable
 
 __all__ = ["Decision", "Route", "bucket_of", "choose"]
 
@@ -33,11 +33,11 @@ class Route:
         previous: the version that production replaced, kept warm for rollback.
     """
 
-    production: LoadedModel
-    candidate: LoadedModel | None = None
+    production: Servable
+    candidate: Servable | None = None
     mode: Mode = Mode.FULL
     share: float = 0.0
-    previous: LoadedModel | None = None
+    previous: Servable | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0:
@@ -48,16 +48,16 @@ class Route:
         """The model name (production's)."""
         return self.production.name
 
-    def find(self, version: str) -> LoadedModel | None:
+    def find(self, version: str) -> Servable | None:
         """The loaded ``version`` (production, candidate or previous), or None."""
         for model in (self.production, self.candidate, self.previous):
             if model is not None and model.version == version:
                 return model
         return None
 
-    def versions(self) -> list[LoadedModel]:
+    def versions(self) -> list[Servable]:
         """Production, candidate and previous, whichever are present, without repeats."""
-        seen: dict[str, LoadedModel] = {}
+        seen: dict[str, Servable] = {}
         for model in (self.production, self.candidate, self.previous):
             if model is not None and model.version not in seen:
                 seen[model.version] = model
@@ -67,8 +67,8 @@ class Route:
 class Decision(NamedTuple):
     """Which version answers, and which one (if any) sees a mirrored copy."""
 
-    serve: LoadedModel
-    shadow: LoadedModel | None = None
+    serve: Servable
+    shadow: Servable | None = None
 
 
 def bucket_of(model_name: str, routing_key: str) -> float:

@@ -1,19 +1,25 @@
-"""One loaded ONNX model version: checks request tensors against its schema and runs it."""
+"""One loaded ONNX model version: checks request tensors against its schema and runs it.
+
+:class:`LoadedModel` is the ONNX Runtime implementation of
+:class:`~modelfleet.serving.model.Servable`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from modelfleet.catalog.schema import ModelSchema, TensorSpec
+from modelfleet.catalog.dtypes import DATATYPE_TO_NUMPY, datatype_of
+from modelfleet.catalog.onnx_session import create_session, schema_of_session
+from modelfleet.catalog.schema import ModelSchema, OutputDecision, TensorSpec, infer_decisions
 from modelfleet.errors import InvalidTensorError
-from modelfleet.packaging.onnx_model import load_session, schema_of_session
-from modelfleet.serving.dtypes import DATATYPE_TO_NUMPY, datatype_of
+from modelfleet.serving.model import RuntimeSettings
 
 __all__ = ["LoadedModel"]
 
@@ -37,14 +43,34 @@ class _InputCheck:
         return cls(spec, dtype, len(spec.shape), fixed, spec.datatype == "BYTES")
 
 
+_DEFAULT_SETTINGS: Final = RuntimeSettings()
+
+
+def _convert(
+    arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any], allow_cast: bool
+) -> np.ndarray:
+    """Make ``arr`` what ONNX Runtime takes for ``spec``, or raise InvalidTensorError.
+
+    BYTES become ``str`` object arrays. Any other datatype must match exactly, as Triton
+    requires (issue 6, defect 6), unless the model allows casting (see :func:`_cast`).
+    """
+    got = datatype_of(arr)
+    if spec.datatype == "BYTES":
+        if got == "BYTES":
+            return _as_str_array(arr, spec.name)
+    elif allow_cast:
+        return _cast(arr, spec, dtype)
+    raise InvalidTensorError(
+        f"input {spec.name!r}: expected datatype {spec.datatype}, got {got} "
+        "(datatypes must match; this model does not cast)"
+    )
+
+
 def _cast(arr: np.ndarray, spec: TensorSpec, dtype: np.dtype[Any]) -> np.ndarray:
     """Cast ``arr`` to ``dtype`` when no value can change, else raise InvalidTensorError."""
     got = datatype_of(arr)
     why = ""
-    if spec.datatype == "BYTES":
-        if got == "BYTES":
-            return _as_str_array(arr, spec.name)
-    elif arr.dtype.kind in "iu" and dtype.kind in "iu":
+    if arr.dtype.kind in "iu" and dtype.kind in "iu":
         if np.can_cast(arr.dtype, dtype, casting="safe"):
             return arr.astype(dtype)
         info = np.iinfo(dtype)
@@ -94,7 +120,9 @@ class LoadedModel:
     """
 
     __slots__ = (
+        "_allow_cast",
         "_checks",
+        "_decisions",
         "_output_names",
         "_output_set",
         "_session",
@@ -106,13 +134,28 @@ class LoadedModel:
     )
 
     def __init__(
-        self, name: str, version: str, digest: str, session: Any, schema: ModelSchema
+        self,
+        name: str,
+        version: str,
+        digest: str,
+        session: Any,
+        schema: ModelSchema,
+        decisions: Mapping[str, OutputDecision] | None = None,
+        *,
+        allow_cast: bool = False,
     ) -> None:
+        """Wrap a session (see :meth:`load` for the arguments).
+
+        Raises:
+            InvalidInputError: ``decisions`` names an output the schema does not have.
+        """
         self.name = name
         self.version = version
         self.digest = digest
         self.schema = schema
         self._session = session
+        self._decisions = MappingProxyType(infer_decisions(schema, decisions))
+        self._allow_cast = allow_cast
         self._checks = {spec.name: _InputCheck.of(spec) for spec in schema.inputs}
         self._output_names = [spec.name for spec in schema.outputs]
         self._output_set = frozenset(self._output_names)
@@ -136,23 +179,50 @@ class LoadedModel:
         version: str,
         model_path: Path,
         digest: str,
-        intra_op_threads: int = 1,
+        settings: RuntimeSettings = _DEFAULT_SETTINGS,
+        decisions: Mapping[str, OutputDecision] | None = None,
+        *,
+        allow_cast: bool = False,
     ) -> LoadedModel:
-        """Load an ONNX file into an ONNX Runtime CPU session.
+        """Load an ONNX file into an ONNX Runtime session.
 
         Args:
             name: model name as clients address it.
             version: version string reported in responses.
             model_path: the ``.onnx`` file.
             digest: sha256 of the file, kept for status reports.
-            intra_op_threads: ONNX Runtime intra-op threads (1 suits small models).
+            settings: execution providers and thread counts.
+            decisions: the manifest's output decisions; outputs it does not name (all of
+                them when None) get the decision inferred from the schema.
+            allow_cast: accept request tensors of another datatype when every value
+                survives the cast exactly (integers into floats or wider integers); off by
+                default, as in Triton.
 
         Raises:
+            ConfigError: an execution provider is unavailable or fails to initialise (the
+                message lists the available ones).
             InvalidModelError: ONNX Runtime cannot load the file, or an input or output is
                 not a tensor of a supported type.
+            InvalidInputError: ``decisions`` names an output the model does not have.
         """
-        session = load_session(str(model_path), intra_op_threads)
-        return cls(name, version, digest, session, schema_of_session(session))
+        session = create_session(
+            str(model_path),
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+        schema = schema_of_session(session)
+        return cls(name, version, digest, session, schema, decisions, allow_cast=allow_cast)
+
+    @property
+    def decisions(self) -> Mapping[str, OutputDecision]:
+        """What each output decides (every output has an entry), read-only."""
+        return self._decisions
+
+    @property
+    def allow_cast(self) -> bool:
+        """Whether request tensors of another datatype are cast when no value changes."""
+        return self._allow_cast
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.name!r}, version={self.version!r})"
@@ -160,8 +230,9 @@ class LoadedModel:
     def validate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check request tensors against the schema and return what ONNX Runtime can take.
 
-        Integer tensors are cast to a float or wider integer input only when every value
-        survives exactly; BYTES become ``str`` object arrays.
+        Datatypes must match the schema exactly unless the model was loaded with
+        ``allow_cast`` (then integer tensors are cast to a float or wider integer input when
+        every value survives exactly); BYTES become ``str`` object arrays.
 
         Raises:
             InvalidTensorError: an input is missing or unknown, has the wrong datatype, or
@@ -178,7 +249,7 @@ class LoadedModel:
             dtype = arr.dtype
             # ``is`` first: builtin dtypes are singletons and ``!=`` costs a visible 0.2 µs
             if check.cast_always or (dtype is not check.dtype and dtype != check.dtype):
-                arr = _cast(arr, check.spec, check.dtype)
+                arr = _convert(arr, check.spec, check.dtype, self._allow_cast)
             shape = arr.shape
             if len(shape) != check.rank:
                 raise _shape_error(check.spec, shape)

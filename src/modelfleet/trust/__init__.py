@@ -14,7 +14,13 @@ from modelfleet.trust.bundle import (
 from modelfleet.trust.client import DeviceTrustClient
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.keys import ROLES, generate_keys, load_signers
-from modelfleet.trust.repository import ExpiryPolicy, TargetSpec, TufRepository
+from modelfleet.trust.repository import (
+    ExpiryPolicy,
+    MemoryRoleCounters,
+    RoleCounters,
+    TargetSpec,
+    TufRepository,
+)
 
 __all__ = [
     "REPOSITORIES",
@@ -23,6 +29,8 @@ __all__ = [
     "DeviceTrustClient",
     "ExpiryPolicy",
     "HubTrust",
+    "MemoryRoleCounters",
+    "RoleCounters",
     "TargetSpec",
     "TufRepository",
     "generate_keys",

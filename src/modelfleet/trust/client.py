@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from tuf.api.exceptions import (
     BadVersionNumberError,
@@ -43,10 +45,16 @@ from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from modelfleet._atomic import fsync_dir
-from modelfleet.delivery.http_fetcher import HttpFetcher
+from modelfleet.delivery.http_fetcher import (
+    DownloadCancelledError,
+    DownloadDeadlineError,
+    DownloadSettings,
+    HttpFetcher,
+)
 from modelfleet.errors import (
     ArtefactVerificationError,
     ConfigError,
+    DeadlineExceededError,
     MetadataVerificationError,
     StorageError,
     TransportError,
@@ -58,7 +66,11 @@ __all__ = ["DeviceTrustClient"]
 
 
 class _TrackingFetcher(FetcherInterface):
-    """Delegates to another fetcher and remembers the last URL, to name failed files."""
+    """Delegates to another fetcher and remembers the last URL, to name failed files.
+
+    ``download_file`` is delegated whole, so the inner fetcher sees the length a download
+    may have (the :class:`HttpFetcher` sizes its deadline by it).
+    """
 
     def __init__(self, inner: FetcherInterface) -> None:
         self.inner = inner
@@ -68,6 +80,12 @@ class _TrackingFetcher(FetcherInterface):
         self.last_url = url
         return self.inner.fetch(url)
 
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        self.last_url = url
+        with self.inner.download_file(url, max_length) as f:
+            yield f
+
 
 class DeviceTrustClient:
     """Verified access to the hub's director and catalog repositories for one device.
@@ -76,7 +94,9 @@ class DeviceTrustClient:
     refresh). The catalog is refreshed once per cycle, lazily, on the first
     :meth:`fetch_package_file`; later calls in the same cycle reuse that verified
     snapshot (consistent view of the catalog). :meth:`begin_cycle` starts a new cycle
-    explicitly. Not thread-safe; one instance per cache folder (ngclient's rule).
+    explicitly. One instance per cache folder (ngclient's rule). The director and the
+    catalog each have their own lock, so the director can be polled while an artefact
+    downloads (a newer desired state supersedes the download: see ``cancel``).
     """
 
     def __init__(
@@ -86,6 +106,7 @@ class DeviceTrustClient:
         token: str,
         trust_root: bytes | None,
         fetcher: FetcherInterface | None = None,
+        download: DownloadSettings | None = None,
     ) -> None:
         """Set up the client and cache the bundle's roots; nothing is fetched yet.
 
@@ -96,6 +117,7 @@ class DeviceTrustClient:
             trust_root: the hub's ``trust-root.json`` bundle bytes, the trust anchor. None
                 means: use the roots already in the cache (from an earlier run).
             fetcher: transport to use instead of an :class:`HttpFetcher` with ``token``.
+            download: deadlines of the default fetcher's downloads (minimum rate, caps).
 
         Raises:
             ConfigError: the bundle is malformed or its roots do not verify, or it is None
@@ -106,7 +128,10 @@ class DeviceTrustClient:
         self.cache_dir = Path(cache_dir)
         self._hub = hub_url.rstrip("/")
         self._own_fetcher = fetcher is None
-        self._inner = fetcher or HttpFetcher(token)
+        self._inner = fetcher or HttpFetcher(token, settings=download)
+        self._director_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        self._catalog_stale = True
         self._fetcher = _TrackingFetcher(self._inner)
         self._roots: dict[str, bytes | None]
         if trust_root is not None:
@@ -133,7 +158,7 @@ class DeviceTrustClient:
 
     def begin_cycle(self) -> None:
         """Forget this cycle's catalog view; the next package fetch refreshes it."""
-        self._catalog = None
+        self._catalog_stale = True
 
     def fetch_desired_state(self, device_id: str) -> bytes | None:
         """Refresh the director and return this device's verified desired-state bytes.
@@ -156,20 +181,26 @@ class DeviceTrustClient:
         """
         self.begin_cycle()
         target = desired_state_target_path(device_id)
-        with self._translate("director"):
-            updater = self._updater("director")
-            updater.refresh()
-            info = updater.get_targetinfo(target)
-        if info is None:
-            return None
-        with self._translate("director", artefact=target):
-            path = updater.find_cached_target(info) or updater.download_target(info)
-            data = Path(path).read_bytes()
-            info.verify_length_and_hashes(data)
+        with self._director_lock:
+            with self._translate("director"):
+                updater = self._updater("director")
+                updater.refresh()
+                info = updater.get_targetinfo(target)
+            if info is None:
+                return None
+            with self._translate("director", artefact=target):
+                path = updater.find_cached_target(info) or updater.download_target(info)
+                data = Path(path).read_bytes()
+                info.verify_length_and_hashes(data)
         return data
 
     def fetch_package_file(
-        self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
+        self,
+        target_path: str,
+        expected_sha256: str,
+        expected_length: int,
+        dest: Path,
+        cancel: threading.Event | None = None,
     ) -> Path:
         """Download a catalog artefact the director named, verified, to ``dest``.
 
@@ -183,6 +214,8 @@ class DeviceTrustClient:
             expected_sha256: sha256 the director's desired state names.
             expected_length: length the director's desired state names.
             dest: where the verified file goes.
+            cancel: when set (from another thread), the download stops with a
+                TransportError (checked as bytes arrive; default fetcher only).
 
         Returns:
             ``dest``.
@@ -191,15 +224,24 @@ class DeviceTrustClient:
             ArtefactVerificationError: not in the catalog (revoked or never approved),
                 director and catalog disagree, or the bytes do not match.
             MetadataVerificationError: catalog metadata failed a check.
-            TransportError: the hub could not be reached or refused.
+            TransportError: the hub could not be reached or refused, or ``cancel`` was
+                set; DeadlineExceededError when the download was too slow for its length.
             StorageError: ``dest`` could not be written.
         """
+        with self._catalog_lock, self._cancellable(cancel):
+            return self._fetch_package_file(target_path, expected_sha256, expected_length, dest)
+
+    def _fetch_package_file(
+        self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
+    ) -> Path:
         with self._translate("catalog"):
-            if self._catalog is None:
+            if self._catalog is None or self._catalog_stale:
                 updater = self._updater("catalog")
                 updater.refresh()
                 self._catalog = updater
-            info = self._catalog.get_targetinfo(target_path)
+                self._catalog_stale = False
+            catalog = self._catalog
+            info = catalog.get_targetinfo(target_path)
         if info is None:
             raise ArtefactVerificationError(
                 f"artefact {target_path}: not in the catalog (revoked or never approved)"
@@ -215,10 +257,10 @@ class DeviceTrustClient:
         tmp = dest.with_name(f".{dest.name}.partial")
         with self._translate("catalog", artefact=target_path):
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if self._catalog.find_cached_target(info, str(dest)) is not None:
+            if catalog.find_cached_target(info, str(dest)) is not None:
                 return dest
             try:
-                self._catalog.download_target(info, str(tmp))
+                catalog.download_target(info, str(tmp))
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(tmp, dest)
@@ -234,6 +276,14 @@ class DeviceTrustClient:
             self._inner.close()
 
     # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _cancellable(self, cancel: threading.Event | None) -> Iterator[None]:
+        if cancel is not None and isinstance(self._inner, HttpFetcher):
+            with self._inner.cancelled_by(cancel):
+                yield
+        else:
+            yield
 
     def _metadata_dir(self, repo: str) -> Path:
         return self.cache_dir / repo / "metadata"
@@ -268,8 +318,12 @@ class DeviceTrustClient:
             raise MetadataVerificationError(
                 f"{self._what(repo, None)}: longer than allowed ({e})"
             ) from e
+        except DownloadDeadlineError as e:
+            raise DeadlineExceededError(f"{self._what(repo, artefact)}: {e}") from e
         except SlowRetrievalError as e:
             raise TransportError(f"{self._what(repo, artefact)}: timed out") from e
+        except DownloadCancelledError as e:
+            raise TransportError(f"{self._what(repo, artefact)}: download cancelled") from e
         except DownloadError as e:
             cause = e.__cause__ or e
             raise TransportError(f"{self._what(repo, artefact)}: {cause}") from e

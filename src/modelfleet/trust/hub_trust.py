@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from modelfleet.rollout.desired_state import (
 )
 from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
 from modelfleet.trust.keys import load_signers
-from modelfleet.trust.repository import ExpiryPolicy, TargetSpec, TufRepository
+from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, TufRepository
 
 __all__ = ["HubTrust"]
 
@@ -42,6 +42,10 @@ class HubTrust:
     re-reads the metadata first, so several hub processes (or threads) never sign two
     different files with the same version. Reads take a shared lock and re-read only when
     ``timestamp.json`` or the root version changed on disk.
+
+    With :class:`~modelfleet.trust.repository.RoleCounters` (the hub passes its database),
+    no role is ever signed at or below a version already published, even after an older
+    copy of the store was put back (ADR 0007).
     """
 
     def __init__(self, tuf_dir: Path, repos: Mapping[str, TufRepository]) -> None:
@@ -54,8 +58,15 @@ class HubTrust:
 
     @staticmethod
     def _repo_args(
-        tuf_dir: Path, key_dir: Path, clock: Clock, expiry: ExpiryPolicy | None
-    ) -> dict[str, tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float]]:
+        tuf_dir: Path,
+        key_dir: Path,
+        clock: Clock,
+        expiry: ExpiryPolicy | None,
+        counters: RoleCounters | None,
+    ) -> dict[
+        str,
+        tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
+    ]:
         policy = expiry or ExpiryPolicy()
         keys = load_signers(key_dir)
         director_key = keys["director"]
@@ -75,6 +86,7 @@ class HubTrust:
                 clock,
                 policy.lifetimes(repo),
                 policy.refresh_margin,
+                counters,
             )
             for repo in REPOSITORIES
         }
@@ -86,6 +98,7 @@ class HubTrust:
         key_dir: Path,
         clock: Clock,
         expiry: ExpiryPolicy | None = None,
+        counters: RoleCounters | None = None,
     ) -> HubTrust:
         """Create both repositories' initial signed metadata.
 
@@ -96,7 +109,7 @@ class HubTrust:
             ConflictError: a repository already exists under ``tuf_dir``.
             StorageError: ``tuf_dir`` is not writable.
         """
-        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
         hub = cls(tuf_dir, {})
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
@@ -112,13 +125,14 @@ class HubTrust:
         key_dir: Path,
         clock: Clock,
         expiry: ExpiryPolicy | None = None,
+        counters: RoleCounters | None = None,
     ) -> HubTrust:
         """Open existing repositories.
 
         Raises:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
-        args = cls._repo_args(tuf_dir, key_dir, clock, expiry)
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
         hub = cls(tuf_dir, {})
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
@@ -218,6 +232,44 @@ class HubTrust:
         paths = [desired_state_target_path(d) for d in device_ids]
         with self._locked(exclusive=True):
             self._repos["director"].remove_targets(paths)
+
+    # -- reconciling with a source of truth ---------------------------------------------
+
+    def sync(self, repo: str, prefix: str, wanted: Callable[[], Mapping[str, TargetSpec]]) -> bool:
+        """Make ``repo``'s targets under ``prefix`` exactly what ``wanted()`` returns.
+
+        ``wanted`` is called while the exclusive lock is held, so a writer that read an
+        older truth cannot sign over a newer one (the hub reads its database there: the
+        database is committed first, the metadata follows it; issue 6).
+
+        Returns:
+            True if a new targets version was signed.
+
+        Raises:
+            InvalidInputError: unknown repository, or a bad path, digest or length.
+            StorageError: the metadata could not be written.
+        """
+        if repo not in REPOSITORIES:
+            raise InvalidInputError(f"unknown TUF repository {repo!r}")
+        with self._locked(exclusive=True):
+            entries = dict(wanted())
+            outside = [p for p in entries if not p.startswith(prefix)]
+            if outside:
+                raise InvalidInputError(f"targets outside {prefix!r}: {outside[:3]}")
+            return self._repos[repo].update_targets(entries, prefix)
+
+    def behind(self) -> list[str]:
+        """Roles whose file on disk is older than a version already published.
+
+        Returns:
+            ``"<repo>/<role>: store N, published M"`` per such role (empty when in step).
+        """
+        with self._locked(exclusive=False):
+            return [
+                f"{repo}/{role}: store {disk}, published {published}"
+                for repo in REPOSITORIES
+                for role, (disk, published) in self._repos[repo].behind().items()
+            ]
 
     # -- serving -----------------------------------------------------------------------
 

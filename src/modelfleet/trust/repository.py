@@ -22,12 +22,13 @@ Only metadata is signed here; the hub's artefact store holds the bytes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import RepositoryError
@@ -49,10 +50,50 @@ from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError, ConflictError, InvalidInputError
 from modelfleet.hashing import sha256_bytes
 
-__all__ = ["ExpiryPolicy", "TargetSpec", "TufRepository"]
+__all__ = ["ExpiryPolicy", "MemoryRoleCounters", "RoleCounters", "TargetSpec", "TufRepository"]
+
+_log = logging.getLogger(__name__)
 
 TargetSpec = tuple[int, str, dict[str, Any] | None]
 """``(length, sha256 hex, custom or None)`` of one target file."""
+
+
+class RoleCounters(Protocol):
+    """The highest version of each role ever published, kept where a file copy cannot
+    roll it back (the hub's database; ADR 0007, issue 6 defect 14).
+
+    :class:`TufRepository` never signs a role at or below its counter: a store restored
+    from an older copy is signed *above* the counter, so devices, which refuse any
+    version lower than one they hold, accept the next metadata.
+    """
+
+    def published(self, repo: str) -> Mapping[str, int]:
+        """``{role: highest version published}`` of ``repo`` (roles never seen: absent)."""
+        ...
+
+    def record(self, repo: str, versions: Mapping[str, int]) -> None:
+        """Raise the counters of ``repo`` to at least ``versions`` (never lowers one).
+
+        Raises:
+            StorageError: the counters could not be stored (nothing is signed then).
+        """
+        ...
+
+
+class MemoryRoleCounters:
+    """:class:`RoleCounters` in memory, for tests and tools that keep no database."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, dict[str, int]] = {}
+
+    def published(self, repo: str) -> Mapping[str, int]:
+        return dict(self.versions.get(repo, {}))
+
+    def record(self, repo: str, versions: Mapping[str, int]) -> None:
+        mine = self.versions.setdefault(repo, {})
+        for role, v in versions.items():
+            mine[role] = max(mine.get(role, 0), v)
+
 
 # Versioned targets/snapshot files kept behind the current one, so a client that read an
 # older timestamp a moment ago still finds what it names. Root versions are never pruned:
@@ -138,15 +179,19 @@ class TufRepository:
         clock: Clock,
         lifetimes: Mapping[str, timedelta],
         refresh_margin: float = 1 / 3,
+        counters: RoleCounters | None = None,
     ) -> None:
         """Bind a folder and its keys; use :meth:`create` or :meth:`open`, not this.
 
         Args:
-            metadata_dir: the repository's metadata folder.
+            metadata_dir: the repository's metadata folder (its name names the repository
+                in ``counters``).
             signers: a signer for each of ``root``, ``targets``, ``snapshot``, ``timestamp``.
             clock: source of ``now`` for expiry dates.
             lifetimes: lifetime per role (see :meth:`ExpiryPolicy.lifetimes`).
             refresh_margin: see :attr:`ExpiryPolicy.refresh_margin`.
+            counters: the published-version counters; without them only the files on
+                disk say which versions were published.
         """
         missing = TOP_LEVEL_ROLE_NAMES - set(signers)
         if missing:
@@ -156,6 +201,8 @@ class TufRepository:
         self._clock = clock
         self._lifetimes = dict(lifetimes)
         self._margin = refresh_margin
+        self._counters = counters
+        self.name = self.metadata_dir.name
         self._root: Metadata[Root] = Metadata(Root())
         self._targets: Metadata[Targets] = Metadata(Targets())
         self._snapshot: Metadata[Snapshot] = Metadata(Snapshot())
@@ -173,6 +220,7 @@ class TufRepository:
         clock: Clock,
         lifetimes: Mapping[str, timedelta],
         refresh_margin: float = 1 / 3,
+        counters: RoleCounters | None = None,
     ) -> TufRepository:
         """Write version 1 of all four roles into an empty folder.
 
@@ -180,7 +228,7 @@ class TufRepository:
             ConflictError: the folder already holds a repository.
             StorageError: the folder is not writable.
         """
-        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin)
+        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin, counters)
         if repo.metadata_dir.exists() and any(repo.metadata_dir.glob("*.root.json")):
             raise ConflictError(f"a TUF repository already exists in {repo.metadata_dir}")
         now = _utc(clock.now())
@@ -191,6 +239,7 @@ class TufRepository:
         repo._targets = Metadata(Targets(expires=now + repo._lifetimes[Targets.type]))
         repo._snapshot = Metadata(Snapshot(expires=now + repo._lifetimes[Snapshot.type]))
         repo._timestamp = Metadata(Timestamp(expires=now + repo._lifetimes[Timestamp.type]))
+        repo._record({r: 1 for r in TOP_LEVEL_ROLE_NAMES})
         for role in (Root.type, Targets.type, Snapshot.type, Timestamp.type):
             repo._store(role)
         return repo
@@ -203,15 +252,23 @@ class TufRepository:
         clock: Clock,
         lifetimes: Mapping[str, timedelta],
         refresh_margin: float = 1 / 3,
+        counters: RoleCounters | None = None,
     ) -> TufRepository:
         """Load the current metadata of an existing repository.
 
+        The versions on disk are recorded in ``counters`` (adopting a store signed before
+        the counters existed); versions on disk *below* the counters are reported by
+        :meth:`behind` and signed above the counters at the next change.
+
         Raises:
-            ConfigError: no repository there, its files are corrupt or badly signed, or
-                the given keys are not the ones its root trusts.
+            ConfigError: no repository there, its files are corrupt or badly signed, the
+                given keys are not the ones its root trusts, or the root on disk is older
+                than a root already published (see :meth:`reload`).
+            StorageError: the counters could not be read or written.
         """
-        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin)
+        repo = cls(metadata_dir, signers, clock, lifetimes, refresh_margin, counters)
         repo.reload()
+        repo._record({r: repo.version(r) for r in TOP_LEVEL_ROLE_NAMES})
         return repo
 
     def reload(self) -> None:
@@ -249,6 +306,15 @@ class TufRepository:
         for role in TOP_LEVEL_ROLE_NAMES:
             if self._signers[role].public_key.keyid not in root.signed.roles[role].keyids:
                 raise ConfigError(f"the {role} key does not match the root metadata in {d}")
+        published_root = self._published().get(Root.type, 0)
+        if root.signed.version < published_root:
+            # Devices walk roots one by one from the one they hold: a root cannot be
+            # re-signed above a missing one, so this store cannot be repaired by signing.
+            raise ConfigError(
+                f"the TUF store {d} holds root version {root.signed.version}, but root "
+                f"version {published_root} was already published (the store was restored "
+                "from an older copy?): restore the newer root files into it"
+            )
         self._root, self._timestamp, self._snapshot, self._targets = (
             root,
             timestamp,
@@ -278,6 +344,20 @@ class TufRepository:
         """Current expiry of a top-level role."""
         signed: Signed = self._md(role).signed
         return signed.expires
+
+    def behind(self) -> dict[str, tuple[int, int]]:
+        """Roles whose version on disk is below the published counter.
+
+        Returns:
+            ``{role: (version on disk, highest version published)}``; empty when the store
+            is up to date (or there are no counters).
+        """
+        published = self._published()
+        return {
+            role: (self.version(role), published[role])
+            for role in sorted(TOP_LEVEL_ROLE_NAMES)
+            if published.get(role, 0) > self.version(role)
+        }
 
     def target(self, path: str) -> TargetFile | None:
         """The signed entry for ``path``, or None if not listed."""
@@ -323,6 +403,41 @@ class TufRepository:
             InvalidInputError: a bad path, length or digest.
             StorageError: the metadata could not be written.
         """
+        changes = self._target_files(entries)
+        if not changes:
+            return False
+        with self._rollback_on_error():
+            self._targets.signed.targets.update(changes)
+            self._commit(targets=True)
+        return True
+
+    def update_targets(self, wanted: Mapping[str, TargetSpec], prefix: str = "") -> bool:
+        """Make the targets under ``prefix`` exactly ``wanted``, in one new targets version.
+
+        Args:
+            wanted: ``{target path: (length, sha256 hex, custom or None)}``; every path
+                must start with ``prefix``.
+            prefix: listed paths starting with it that are not in ``wanted`` are removed.
+
+        Returns:
+            True if anything changed (False: nothing was signed).
+
+        Raises:
+            InvalidInputError: a bad path, length or digest.
+            StorageError: the metadata could not be written.
+        """
+        changes = self._target_files(wanted)
+        gone = [p for p in self._targets.signed.targets if p.startswith(prefix) and p not in wanted]
+        if not changes and not gone:
+            return False
+        with self._rollback_on_error():
+            for p in gone:
+                del self._targets.signed.targets[p]
+            self._targets.signed.targets.update(changes)
+            self._commit(targets=True)
+        return True
+
+    def _target_files(self, entries: Mapping[str, TargetSpec]) -> dict[str, TargetFile]:
         changes: dict[str, TargetFile] = {}
         for path, (length, sha256, custom) in entries.items():
             _check_target_path(path)
@@ -332,12 +447,7 @@ class TufRepository:
             tf = TargetFile(length, {"sha256": sha256}, path, fields)
             if self.target(path) != tf:
                 changes[path] = tf
-        if not changes:
-            return False
-        with self._rollback_on_error():
-            self._targets.signed.targets.update(changes)
-            self._commit(targets=True)
-        return True
+        return changes
 
     def remove_targets(self, paths: Iterable[str]) -> bool:
         """Remove target files, in one new targets version.
@@ -380,6 +490,9 @@ class TufRepository:
             if due(Root.type):
                 self._bump(Root.type, t)
                 self._store(Root.type)
+                # Recorded after the file: a root version counted but never written would
+                # leave a gap devices cannot walk over (see reload).
+                self._record({Root.type: self.version(Root.type)})
                 done.append(Root.type)
             targets = due(Targets.type)
             snapshot = targets or due(Snapshot.type)
@@ -428,10 +541,17 @@ class TufRepository:
                 self.reload()
             raise
 
-    def _bump(self, role: str, now: datetime) -> None:
+    def _bump(self, role: str, now: datetime, floor: int = 0) -> None:
         signed: Signed = self._md(role).signed
-        signed.version += 1
+        signed.version = max(signed.version, floor) + 1
         signed.expires = now + self._lifetimes[role]
+
+    def _published(self) -> Mapping[str, int]:
+        return self._counters.published(self.name) if self._counters is not None else {}
+
+    def _record(self, versions: Mapping[str, int]) -> None:
+        if self._counters is not None:
+            self._counters.record(self.name, versions)
 
     def _commit(
         self,
@@ -442,16 +562,36 @@ class TufRepository:
         now: datetime | None = None,
     ) -> None:
         t = now or _utc(self._clock.now())
-        if targets:
-            self._bump(Targets.type, t)
-            self._store(Targets.type)
-        if targets or snapshot:
-            self._bump(Snapshot.type, t)
-            self._store(Snapshot.type)
-        if targets or snapshot or timestamp:
-            self._bump(Timestamp.type, t)
-            self._store(Timestamp.type)
-            self._prune()
+        roles = [
+            role
+            for role, flag in (
+                (Targets.type, targets),
+                (Snapshot.type, targets or snapshot),
+                (Timestamp.type, targets or snapshot or timestamp),
+            )
+            if flag
+        ]
+        if not roles:
+            return
+        published = self._published()
+        for role in roles:
+            if published.get(role, 0) > self.version(role):
+                _log.warning(
+                    "TUF store %s holds %s version %d but version %d was published "
+                    "(restored from an older copy?); signing version %d",
+                    self.metadata_dir,
+                    role,
+                    self.version(role),
+                    published[role],
+                    published[role] + 1,
+                )
+            self._bump(role, t, published.get(role, 0))
+        # Counted before any file is written: a crash in between skips a version, which
+        # clients accept, but never lets a later signing reuse one.
+        self._record({role: self.version(role) for role in roles})
+        for role in roles:
+            self._store(role)
+        self._prune()
 
     def _store(self, role: str) -> None:
         md = self._md(role)

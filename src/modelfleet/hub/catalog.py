@@ -1,8 +1,15 @@
-"""The hub service's blobs, models and versions (a mixin of ``HubService``)."""
+"""The hub's catalog: uploaded blobs, models and their immutable versions.
+
+Owns the ``models`` and ``model_versions`` rows and the artefact store's blobs. It decides
+what the signed catalog repository must list (:meth:`Catalog.signed_targets`: every
+published, unrevoked version) but never signs: :class:`~modelfleet.hub.director.Director`
+does, after the commit.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -11,43 +18,65 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelfleet.catalog.artefacts import is_sha256
-from modelfleet.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from modelfleet.catalog.artefacts import FileArtefactStore, is_sha256
+from modelfleet.errors import (
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RefusedUpdateError,
+)
 from modelfleet.hub import db
-from modelfleet.hub._service_base import _ServiceBase
 from modelfleet.hub._values import JSONDict, _check_name, _iso, load_npy
+from modelfleet.hub.context import HubContext
 from modelfleet.packaging.build import build_manifest
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
+from modelfleet.trust.repository import TargetSpec
+
+__all__ = ["CATALOG_PREFIX", "Catalog"]
+
+CATALOG_PREFIX = "models/"
+"""Every catalog target path starts with this (see :func:`model_target_path`)."""
 
 
-class _VersionOps(_ServiceBase):
-    """Uploaded blobs, models and their versions."""
+class Catalog:
+    """Blobs, models and versions.
 
-    # -- blobs and versions --------------------------------------------------------------
+    Args:
+        ctx: the hub's sessions, clock and audit log.
+        store: the artefact store holding every blob.
+    """
+
+    def __init__(self, ctx: HubContext, store: FileArtefactStore) -> None:
+        self._ctx = ctx
+        self.store = store
+
+    # -- blobs ---------------------------------------------------------------------------
 
     def put_blob(self, chunks: Iterable[bytes], actor: str) -> tuple[str, int]:
-        """Stream a blob into the artefact store.
-
-        Returns:
-            ``(sha256, length)``.
+        """Stream a blob into the artefact store (see ``HubService.put_blob``).
 
         Raises:
+            InvalidInputError: the upload is empty; nothing is stored (defect 5).
             PayloadTooLargeError: more than ``max_upload_bytes``; nothing is kept.
             StorageError: the store is not writable.
         """
-        limit = self.config.max_upload_bytes
+        limit = self._ctx.config.max_upload_bytes
+        it = iter(chunks)
+        first = next((c for c in it if c), None)
+        if first is None:
+            raise InvalidInputError("the upload is empty: a blob needs at least one byte")
 
         def bounded() -> Iterator[bytes]:
             total = 0
-            for chunk in chunks:
+            for chunk in itertools.chain([first], it):
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLargeError(f"the upload exceeds the limit of {limit} bytes")
                 yield chunk
 
         digest, length = self.store.put_stream(bounded())
-        with self._write() as s:
-            self._audit(s, actor, "blob.upload", digest, {"length": length})
+        with self._ctx.write() as s:
+            self._ctx.audit(s, actor, "blob.upload", digest, {"length": length})
         return digest, length
 
     def _blob(self, digest: str, what: str) -> bytes:
@@ -57,6 +86,34 @@ class _VersionOps(_ServiceBase):
             return self.store.read(digest)
         except NotFoundError as e:
             raise InvalidInputError(f"{what} {digest} was not uploaded; POST it to /blobs") from e
+
+    def referenced_blobs(self, s: Session) -> set[str]:
+        """Digests that must stay: every version's model and manifest, every device's
+        current desired state."""
+        out: set[str] = set()
+        for sha, manifest_sha in s.execute(
+            select(db.ModelVersion.sha256, db.ModelVersion.manifest_sha256)
+        ):
+            out.update((sha, manifest_sha))
+        out.update(s.scalars(select(db.DeviceState.sha256)))
+        return out
+
+    def discard_unreferenced(self, digests: Iterable[str], actor: str, why: str) -> list[str]:
+        """Delete uploaded blobs that no version references (a refused registration's).
+
+        Returns:
+            The digests deleted (audited as ``blob.discard``).
+        """
+        wanted = {d for d in digests if isinstance(d, str) and is_sha256(d)}
+        if not wanted:
+            return []
+        with self._ctx.write() as s:
+            gone = sorted(d for d in wanted - self.referenced_blobs(s) if self.store.delete(d))
+            if gone:
+                self._ctx.audit(s, actor, "blob.discard", gone[0], {"blobs": gone, "why": why})
+        return gone
+
+    # -- versions ------------------------------------------------------------------------
 
     def register_version(
         self,
@@ -68,28 +125,27 @@ class _VersionOps(_ServiceBase):
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
     ) -> JSONDict:
-        """Register the next immutable version of ``name`` (creating the model if new).
+        """Register the next version of ``name`` (see ``HubService.register_version``).
 
-        The model is checked (ONNX, loadable by ONNX Runtime, tensor signature) and
-        smoke vectors are recorded before anything is stored.
-
-        Args:
-            name: model name.
-            model: ONNX bytes, or the sha256 of an uploaded blob.
-            sample_input: rows to record smoke vectors from (array, or the sha256 of an
-                uploaded ``.npy`` blob); generated from the schema if None.
-            actor: who registers (for the audit log).
-            lineage: free-form provenance (dataset digest, run id, commit...).
-            ticket: change ticket.
-
-        Returns:
-            The version (see the module docstring).
-
-        Raises:
-            InvalidModelError: not ONNX or not loadable; no version is created.
-            InvalidInputError: a bad name, blob digest or sample input.
-            SmokeTestError: the model does not reproduce its own outputs.
+        A refused registration deletes the blobs it named (model and sample input) when
+        no version references them: nothing of a refused model stays stored (defect 5).
         """
+        uploaded = [d for d in (model, sample_input) if isinstance(d, str)]
+        try:
+            return self._register(name, model, sample_input, actor, lineage, ticket)
+        except (InvalidInputError, RefusedUpdateError) as e:
+            self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
+            raise
+
+    def _register(
+        self,
+        name: str,
+        model: bytes | str,
+        sample_input: np.ndarray | str | None,
+        actor: str,
+        lineage: Mapping[str, Any] | None,
+        ticket: str | None,
+    ) -> JSONDict:
         _check_name("model name", name)
         data = self._blob(model, "model blob") if isinstance(model, str) else bytes(model)
         sample = (
@@ -102,15 +158,15 @@ class _VersionOps(_ServiceBase):
             orjson.dumps(lineage_dict)
         except TypeError as e:
             raise InvalidInputError(f"lineage must be JSON-able: {e}") from e
-        now = self.clock.now()
+        now = self._ctx.now()
         draft = build_manifest(name, 1, data, sample, lineage_dict, created_at=now)
-        with self._write() as s:
+        with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
             if model_row is None:
                 model_row = db.Model(name=name, description="", created_at=now, created_by=actor)
                 s.add(model_row)
                 s.flush()
-                self._audit(s, actor, "model.create", name, None, ticket)
+                self._ctx.audit(s, actor, "model.create", name, None, ticket)
             latest = s.scalar(
                 select(func.max(db.ModelVersion.version)).where(
                     db.ModelVersion.model_id == model_row.id
@@ -140,7 +196,7 @@ class _VersionOps(_ServiceBase):
                     revoked=False,
                 )
             )
-            self._audit(
+            self._ctx.audit(
                 s,
                 actor,
                 "model.register",
@@ -156,22 +212,17 @@ class _VersionOps(_ServiceBase):
             )
         return self.get_version(name, version)
 
-    def revoke_version(
-        self, name: str, version: int, actor: str, ticket: str | None = None
-    ) -> JSONDict:
-        """Remove a version from the signed catalog; devices refuse it from then on.
-
-        Devices that run it keep their assignment until redeployed or rolled back.
+    def mark_revoked(self, name: str, version: int, actor: str, ticket: str | None) -> None:
+        """Mark a version revoked and audit it (the catalog is re-signed after the commit).
 
         Raises:
             NotFoundError: no such version.
         """
-        with self._write() as s:
-            row = self._version_row(s, name, version)
-            self.trust.revoke_package(name, version)
+        with self._ctx.write() as s:
+            row = self.version_row(s, name, version)
             row.revoked = True
-            users = self._deployments_of(s, name, version)
-            self._audit(
+            users = self.deployments_of(s, name, version)
+            self._ctx.audit(
                 s,
                 actor,
                 "model.revoke",
@@ -179,16 +230,43 @@ class _VersionOps(_ServiceBase):
                 {"still_assigned": sorted({d["device_id"] for d in users})},
                 ticket,
             )
-        return self.get_version(name, version)
 
-    def _model_row(self, s: Session, name: str) -> db.Model:
+    def signed_targets(self, s: Session) -> dict[str, TargetSpec]:
+        """What the catalog repository must list: every published, unrevoked version."""
+        rows = s.execute(
+            select(db.Model.name, db.ModelVersion)
+            .join(db.ModelVersion, db.ModelVersion.model_id == db.Model.id)
+            .where(db.ModelVersion.published.is_(True), db.ModelVersion.revoked.is_(False))
+        ).all()
+        out: dict[str, TargetSpec] = {}
+        for name, v in rows:
+            custom = {
+                "model": name,
+                "version": v.version,
+                "opset": v.opset,
+                "runtime": "onnxruntime",
+                "ir_version": v.ir_version,
+            }
+            out[model_target_path(name, v.version)] = (v.length, v.sha256, custom)
+            out[manifest_target_path(name, v.version)] = (
+                v.manifest_length,
+                v.manifest_sha256,
+                None,
+            )
+        return out
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def model_row(self, s: Session, name: str) -> db.Model:
+        """Raises: NotFoundError: no model ``name``."""
         row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
         if row is None:
             raise NotFoundError(f"no model {name!r}")
         return row
 
-    def _version_row(self, s: Session, name: str, version: int) -> db.ModelVersion:
-        model = self._model_row(s, name)
+    def version_row(self, s: Session, name: str, version: int) -> db.ModelVersion:
+        """Raises: NotFoundError: no such model or version."""
+        model = self.model_row(s, name)
         row = s.scalars(
             select(db.ModelVersion).where(
                 db.ModelVersion.model_id == model.id, db.ModelVersion.version == version
@@ -220,7 +298,8 @@ class _VersionOps(_ServiceBase):
             "manifest_path": manifest_target_path(name, v.version),
         }
 
-    def _deployments_of(self, s: Session, name: str, version: int) -> list[JSONDict]:
+    def deployments_of(self, s: Session, name: str, version: int) -> list[JSONDict]:
+        """``[{"device_id", "role", "mode", "share", "rollout_id"}]`` of a version."""
         rows = s.scalars(
             select(db.Assignment)
             .where(db.Assignment.model == name)
@@ -245,9 +324,8 @@ class _VersionOps(_ServiceBase):
         return out
 
     def list_models(self) -> list[JSONDict]:
-        """Every model: ``{"name", "description", "created_at", "latest_version", "versions"}``
-        (``versions`` is the count)."""
-        with self._read() as s:
+        """See ``HubService.list_models``."""
+        with self._ctx.read() as s:
             rows = s.execute(
                 select(db.Model, func.max(db.ModelVersion.version), func.count(db.ModelVersion.id))
                 .join(db.ModelVersion, db.ModelVersion.model_id == db.Model.id, isouter=True)
@@ -266,13 +344,9 @@ class _VersionOps(_ServiceBase):
             ]
 
     def get_model(self, name: str) -> JSONDict:
-        """A model and all its versions.
-
-        Raises:
-            NotFoundError: no such model.
-        """
-        with self._read() as s:
-            m = self._model_row(s, name)
+        """See ``HubService.get_model``."""
+        with self._ctx.read() as s:
+            m = self.model_row(s, name)
             versions = s.scalars(
                 select(db.ModelVersion)
                 .where(db.ModelVersion.model_id == m.id)
@@ -287,31 +361,23 @@ class _VersionOps(_ServiceBase):
                 "versions": [
                     {
                         **self._version_summary(name, v),
-                        "deployments": self._deployments_of(s, name, v.version),
+                        "deployments": self.deployments_of(s, name, v.version),
                     }
                     for v in versions
                 ],
             }
 
     def get_version(self, name: str, version: int) -> JSONDict:
-        """One version, with the devices it is deployed to and in which role.
-
-        Raises:
-            NotFoundError: no such model or version.
-        """
-        with self._read() as s:
-            row = self._version_row(s, name, version)
+        """See ``HubService.get_version``."""
+        with self._ctx.read() as s:
+            row = self.version_row(s, name, version)
             return {
                 **self._version_summary(name, row),
-                "deployments": self._deployments_of(s, name, version),
+                "deployments": self.deployments_of(s, name, version),
             }
 
     def manifest_bytes(self, name: str, version: int) -> bytes:
-        """The stored package manifest JSON of a version.
-
-        Raises:
-            NotFoundError: no such model or version.
-        """
-        with self._read() as s:
-            digest = self._version_row(s, name, version).manifest_sha256
+        """See ``HubService.manifest_bytes``."""
+        with self._ctx.read() as s:
+            digest = self.version_row(s, name, version).manifest_sha256
         return self.store.read(digest)

@@ -1,4 +1,9 @@
-"""The hub service's tokens, devices and device reports (a mixin of ``HubService``)."""
+"""The hub's fleet: API tokens, enrolled devices, and their check-in reports.
+
+A report's ``"rollbacks"`` (issue 6 contract 2) are handed to
+:meth:`~modelfleet.hub.deployments.Deployments.apply_device_rollbacks` in the report's own
+transaction; the device's new desired state is signed after the commit.
+"""
 
 from __future__ import annotations
 
@@ -18,40 +23,42 @@ from modelfleet.errors import (
 )
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
-from modelfleet.hub._service_base import _ServiceBase
 from modelfleet.hub._values import JSONDict, _check_name, _iso
 from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_role
+from modelfleet.hub.context import HubContext
+from modelfleet.hub.deployments import Deployments, parse_rollback_events
+from modelfleet.hub.director import Director
+
+__all__ = ["Fleet"]
 
 
-class _DeviceOps(_ServiceBase):
-    """Tokens, devices and device reports."""
+class Fleet:
+    """Tokens, devices and device reports.
+
+    Args:
+        ctx: the hub's sessions, clock and audit log.
+        deployments: applies the rollbacks devices report.
+        director: signs a device's desired state after a reported rollback.
+    """
+
+    def __init__(self, ctx: HubContext, deployments: Deployments, director: Director) -> None:
+        self._ctx = ctx
+        self._deployments = deployments
+        self._director = director
 
     # -- tokens --------------------------------------------------------------------------
 
     def create_token(self, role: Role | str, subject: str, actor: str) -> str:
-        """Mint a token; only its hash is stored.
-
-        Args:
-            role: the token's role.
-            subject: who holds it (a user name, or the device id for ``device``).
-            actor: who asks (for the audit log).
-
-        Returns:
-            The token; it cannot be recovered later.
-
-        Raises:
-            InvalidInputError: unknown role or empty subject.
-            NotFoundError: a device token for an unknown device.
-        """
+        """See ``HubService.create_token``."""
         role = parse_role(str(role))
         if not subject or len(subject) > 256:
             raise InvalidInputError("a token needs a subject of 1 to 256 characters")
         token = new_token()
-        with self._write() as s:
+        with self._ctx.write() as s:
             if role is Role.DEVICE and s.get(db.Device, subject) is None:
                 raise NotFoundError(f"no device {subject!r}")
             self._add_token(s, token, role, subject, actor)
-            self._audit(s, actor, "token.create", subject, {"role": role.value})
+            self._ctx.audit(s, actor, "token.create", subject, {"role": role.value})
         return token
 
     def _add_token(self, s: Session, token: str, role: Role, subject: str, actor: str) -> None:
@@ -60,21 +67,17 @@ class _DeviceOps(_ServiceBase):
                 token_sha256=hash_token(token),
                 role=role.value,
                 subject=subject,
-                created_at=self.clock.now(),
+                created_at=self._ctx.now(),
                 created_by=actor,
                 revoked=False,
             )
         )
 
     def authenticate(self, token: str | None) -> Principal:
-        """Who holds ``token``.
-
-        Raises:
-            UnauthenticatedError: no token, or not a valid, unrevoked one.
-        """
+        """See ``HubService.authenticate``."""
         if not token:
             raise UnauthenticatedError("a bearer token is required")
-        with self._read() as s:
+        with self._ctx.read() as s:
             row = s.scalars(
                 select(db.Token).where(db.Token.token_sha256 == hash_token(token))
             ).first()
@@ -92,15 +95,7 @@ class _DeviceOps(_ServiceBase):
         actor: str = "system",
         ticket: str | None = None,
     ) -> tuple[JSONDict, str]:
-        """Enrol a device and mint its token.
-
-        Returns:
-            ``(device, token)``; the token is shown only this once.
-
-        Raises:
-            InvalidInputError: a malformed id, site or tags.
-            ConflictError: the id is taken.
-        """
+        """See ``HubService.add_device``."""
         _check_name("device id", device_id)
         site = site or ""
         if not isinstance(site, str) or len(site) > 128:
@@ -109,7 +104,7 @@ class _DeviceOps(_ServiceBase):
             raise InvalidInputError("tags must be a list of non-empty strings")
         tag_list = sorted(set(tags or ()))
         token = new_token()
-        with self._write() as s:
+        with self._ctx.write() as s:
             if s.get(db.Device, device_id) is not None:
                 raise ConflictError(f"device {device_id!r} already exists")
             s.add(
@@ -117,39 +112,39 @@ class _DeviceOps(_ServiceBase):
                     id=device_id,
                     site=site,
                     tags=tag_list,
-                    created_at=self.clock.now(),
+                    created_at=self._ctx.now(),
                     last_seen=None,
                     reported=None,
                 )
             )
             s.flush()
             self._add_token(s, token, Role.DEVICE, device_id, actor)
-            self._audit(s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket)
+            self._ctx.audit(
+                s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket
+            )
         return self.get_device(device_id), token
 
     def list_devices(self) -> list[JSONDict]:
-        """Every device with its assignments, desired state and last report."""
-        with self._read() as s:
+        """See ``HubService.list_devices``."""
+        with self._ctx.read() as s:
             return [
                 self._device_view(s, d) for d in s.scalars(select(db.Device).order_by(db.Device.id))
             ]
 
     def get_device(self, device_id: str) -> JSONDict:
-        """One device (see :meth:`list_devices`).
-
-        Raises:
-            NotFoundError: no such device.
-        """
-        with self._read() as s:
+        """See ``HubService.get_device``."""
+        with self._ctx.read() as s:
             return self._device_view(s, self._device_row(s, device_id))
 
-    def _device_row(self, s: Session, device_id: str) -> db.Device:
+    @staticmethod
+    def _device_row(s: Session, device_id: str) -> db.Device:
         row = s.get(db.Device, device_id)
         if row is None:
             raise NotFoundError(f"no device {device_id!r}")
         return row
 
-    def _device_view(self, s: Session, d: db.Device) -> JSONDict:
+    @staticmethod
+    def _device_view(s: Session, d: db.Device) -> JSONDict:
         assignments = s.scalars(
             select(db.Assignment)
             .where(db.Assignment.device_id == d.id)
@@ -186,37 +181,31 @@ class _DeviceOps(_ServiceBase):
             },
         }
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> None:
-        """Store a device's check-in report.
+    # -- reports -------------------------------------------------------------------------
 
-        The report is kept as sent (the agent sends its state: ``applied_serial``,
-        ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
-        "mode", "share"}}``, ``last_refusal``, ``events``, ...). What the hub reads of
-        it (see :func:`report_changes`) goes to the audit log when it changed: what the
-        device runs, the serial it applied, a new refusal, and new events.
-
-        Raises:
-            NotFoundError: no such device.
-            InvalidInputError: the report is not a JSON object.
-            PayloadTooLargeError: the report exceeds ``max_report_bytes``.
-        """
+    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+        """See ``HubService.record_report``."""
         if not isinstance(report, Mapping):
             raise InvalidInputError("a device report must be a JSON object")
         try:
             raw = orjson.dumps(dict(report))
         except TypeError as e:
             raise InvalidInputError(f"the report is not JSON-able: {e}") from e
-        if len(raw) > self.config.max_report_bytes:
-            raise PayloadTooLargeError(
-                f"the report exceeds the limit of {self.config.max_report_bytes} bytes"
-            )
+        limit = self._ctx.config.max_report_bytes
+        if len(raw) > limit:
+            raise PayloadTooLargeError(f"the report exceeds the limit of {limit} bytes")
         data: JSONDict = orjson.loads(raw)
-        now = self.clock.now()
-        with self._write() as s:
+        events = parse_rollback_events(data.get("rollbacks"))
+        now = self._ctx.now()
+        with self._ctx.write() as s:
             device = self._device_row(s, device_id)
             changes = report_changes(device.reported or {}, data)
             device.reported = data
             device.last_seen = now
             s.add(db.DeviceReport(device_id=device_id, received_at=now, report=data))
             if changes:
-                self._audit(s, f"device:{device_id}", "device.report", device_id, changes)
+                self._ctx.audit(s, f"device:{device_id}", "device.report", device_id, changes)
+            applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
+        if changed:
+            self._director.publish()
+        return {"applied_rollbacks": applied}

@@ -1,0 +1,190 @@
+"""The agent's own link to the hub (issue 6, contract 8): who am I, the trust root, check-in.
+
+The agent never imports the operator SDK (``modelfleet.client``) or the hub. This is the
+one interface the agent has to the hub's API; TUF metadata and artefacts travel through
+:class:`~modelfleet.trust.client.DeviceTrustClient` instead. Tests use an in-memory
+:class:`HubLink` or :class:`HttpHubLink` over an ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.errors import (
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    TransportError,
+    UnauthenticatedError,
+)
+
+__all__ = ["HttpHubLink", "HubLink", "check_identity"]
+
+log = logging.getLogger("modelfleet.agent.hub")
+
+#: Statuses worth another try: the hub is there but busy or restarting.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class HubLink(Protocol):
+    """What the agent asks of the hub's API."""
+
+    def whoami(self) -> dict[str, Any]:
+        """``{"subject", "role", "device_id"}`` of the token in use (contract 3)."""
+        ...
+
+    def trust_root(self) -> bytes:
+        """The hub's trust-root bundle (only for trust on first use)."""
+        ...
+
+    def check_in(self, device_id: str, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Post a check-in report; returns the hub's answer (``applied_rollbacks``...)."""
+        ...
+
+
+def check_identity(identity: Mapping[str, Any], device_id: str) -> None:
+    """Refuse a token that is not this device's (issue 6, defect 3).
+
+    Raises:
+        ForbiddenError: the token's role is not ``device`` or it belongs to another device.
+    """
+    role = identity.get("role")
+    owner = identity.get("device_id")
+    if role != "device":
+        raise ForbiddenError(
+            f"the token given to the agent is a {role!r} token (subject "
+            f"{identity.get('subject')!r}), not device {device_id!r}'s: refusing to use it; "
+            "pass the token printed by `modelfleet device add` (--token-file or "
+            "MODELFLEET_DEVICE_TOKEN)"
+        )
+    if owner != device_id:
+        raise ForbiddenError(
+            f"the token given to the agent belongs to device {owner!r}, not {device_id!r}: "
+            "refusing to use it"
+        )
+
+
+class HttpHubLink:
+    """:class:`HubLink` over httpx with retries (capped exponential backoff, full jitter).
+
+    Args:
+        hub_url: the hub's base URL.
+        token: this device's bearer token.
+        timeout: seconds per request (connect and each read).
+        attempts: tries per call for transport failures and 429/502/503/504 (1 to 10).
+        backoff: delays between tries.
+        sleep: how to wait between tries (tests pass a recorder).
+        rand: uniform random source in [0, 1) for the jitter.
+        transport: an httpx transport (tests pass a ``MockTransport``).
+    """
+
+    def __init__(
+        self,
+        hub_url: str,
+        token: str,
+        timeout: float = 10.0,
+        *,
+        attempts: int = 3,
+        backoff: BackoffPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not 1 <= attempts <= 10:
+            raise InvalidInputError("attempts must be between 1 and 10")
+        self.base_url = hub_url.rstrip("/")
+        self._attempts = attempts
+        self._backoff = backoff or BackoffPolicy(base_s=0.5, cap_s=5.0)
+        self._sleep = sleep
+        self._rand = rand
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "modelfleet-agent"},
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def whoami(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/api/v1/whoami"))
+
+    def trust_root(self) -> bytes:
+        return self._request("GET", "/api/v1/trust-root").content
+
+    def check_in(self, device_id: str, report: Mapping[str, Any]) -> dict[str, Any]:
+        body = orjson.dumps(dict(report))
+        r = self._request(
+            "POST",
+            f"/api/v1/devices/{device_id}/report",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            return self._json(r)
+        except TransportError:
+            return {}  # an older hub may answer with no body
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        failures = 0
+        while True:
+            error: TransportError
+            try:
+                r = self._http.request(method, path, content=content, headers=headers)
+            except httpx.HTTPError as e:
+                error = TransportError(f"cannot reach the hub at {self.base_url}: {e}")
+                error.__cause__ = e
+            else:
+                if r.is_success:
+                    return r
+                if r.status_code not in _RETRY_STATUSES:
+                    raise _status_error(method, path, r)
+                error = TransportError(f"{method} {path}: hub answered HTTP {r.status_code}")
+            failures += 1
+            if failures >= self._attempts:
+                raise error
+            delay = self._backoff.delay(failures, self._rand)
+            log.debug("%s (retry %d in %.2f s)", error, failures, delay)
+            self._sleep(delay)
+
+    @staticmethod
+    def _json(r: httpx.Response) -> dict[str, Any]:
+        try:
+            data = orjson.loads(r.content)
+        except orjson.JSONDecodeError as e:
+            raise TransportError(f"the hub answered {r.request.url.path} with invalid JSON") from e
+        if not isinstance(data, dict):
+            raise TransportError(f"the hub answered {r.request.url.path} with a non-object")
+        return data
+
+
+def _status_error(method: str, path: str, r: httpx.Response) -> Exception:
+    msg = f"{method} {path}: hub answered HTTP {r.status_code}"
+    if r.status_code == 401:
+        return UnauthenticatedError(f"{msg}: the hub does not accept this device token")
+    if r.status_code == 403:
+        return ForbiddenError(f"{msg}: the token may not do this")
+    if r.status_code == 404:
+        return NotFoundError(msg)
+    if r.status_code in (400, 409, 422):
+        return InvalidInputError(msg)
+    return TransportError(msg)

@@ -1,0 +1,158 @@
+"""Installing one version: download both files, verify, smoke-test, commit to a slot.
+
+The only step of the update cycle that downloads, and it runs with no lock held: status
+and rollback never wait on it (issue 6, defect 13). A ``cancel`` event set from another
+thread (a newer desired state superseded this one) stops the download.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE, SlotStore
+from modelfleet.agent.state import SlotRecord
+from modelfleet.catalog.onnx_session import max_supported_opset as _runtime_max_opset
+from modelfleet.errors import (
+    ArtefactVerificationError,
+    CompatibilityError,
+    InvalidInputError,
+    ModelfleetError,
+    RefusedUpdateError,
+    TransportError,
+    TrustError,
+)
+from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.onnx_model import load_session
+from modelfleet.packaging.smoke import check_smoke
+from modelfleet.rollout.desired_state import ArtefactRef
+
+__all__ = [
+    "SUPPORTED_RUNTIMES",
+    "PackageSource",
+    "check_manifest_matches",
+    "install_version",
+    "is_refusal",
+    "max_supported_opset",
+    "smoke_test",
+]
+
+log = logging.getLogger("modelfleet.agent")
+
+SUPPORTED_RUNTIMES = frozenset({"onnxruntime"})
+
+
+class PackageSource(Protocol):
+    """Where verified desired states and package files come from (TUF over HTTP, media…)."""
+
+    def fetch_desired_state(self, device_id: str) -> bytes | None:
+        """Return this device's verified desired-state bytes, or None if it has none."""
+        ...
+
+    def fetch_package_file(
+        self,
+        target_path: str,
+        expected_sha256: str,
+        expected_length: int,
+        dest: Path,
+        cancel: threading.Event | None = None,
+    ) -> Path:
+        """Download a catalog target, verified, and cross-checked against the director."""
+        ...
+
+
+def is_refusal(error: Exception) -> bool:
+    """Whether an install failure is final for this serial (trust or check), not transient."""
+    return isinstance(error, TrustError | RefusedUpdateError | InvalidInputError)
+
+
+@functools.cache
+def max_supported_opset() -> int:
+    """Highest default-domain opset this device's ONNX Runtime implements (no ``onnx``
+    package needed on the device)."""
+    return _runtime_max_opset()
+
+
+def install_version(
+    source: PackageSource,
+    slots: SlotStore,
+    ref: ArtefactRef,
+    cancel: threading.Event | None = None,
+) -> SlotRecord:
+    """Download, verify and smoke-test one version; return its slot record.
+
+    Raises:
+        TrustError, RefusedUpdateError, InvalidInputError: refused (see :func:`is_refusal`).
+        TransportError: the download failed or was cancelled (retry later).
+        StorageError: the disk failed.
+    """
+    if slots.has(ref.model, ref.sha256):
+        final = slots.version_dir(ref.model, ref.sha256)
+        manifest = PackageManifest.from_json((final / MANIFEST_FILE).read_bytes())
+    else:
+        staging = slots.staging_dir()
+        try:
+            for path, sha, length, name in (
+                (ref.model_path, ref.sha256, ref.length, MODEL_FILE),
+                (ref.manifest_path, ref.manifest_sha256, ref.manifest_length, MANIFEST_FILE),
+            ):
+                if cancel is not None and cancel.is_set():
+                    raise TransportError(f"{ref.model} v{ref.version}: download cancelled")
+                source.fetch_package_file(path, sha, length, staging / name, cancel=cancel)
+            manifest = PackageManifest.from_json((staging / MANIFEST_FILE).read_bytes())
+            check_manifest_matches(manifest, ref)
+        except BaseException:
+            slots.discard(staging)
+            raise
+        final = slots.commit(staging, ref.model, ref.sha256)
+    try:
+        smoke_test(final / MODEL_FILE, manifest)
+    except ModelfleetError:
+        slots.discard(final)
+        raise
+    log.info("installed %s v%s (%s)", ref.model, ref.version, ref.sha256[:12])
+    return SlotRecord(ref.version, ref.sha256, str(final))
+
+
+def check_manifest_matches(manifest: PackageManifest, ref: ArtefactRef) -> None:
+    """The signed manifest must describe exactly the artefact the director named.
+
+    Raises:
+        ArtefactVerificationError: name, version or digest differ.
+        CompatibilityError: runtime or opset this device cannot run.
+    """
+    if (manifest.name, manifest.version, manifest.sha256) != (ref.model, ref.version, ref.sha256):
+        raise ArtefactVerificationError(
+            f"manifest describes {manifest.name} v{manifest.version} ({manifest.sha256[:12]}), "
+            f"director named {ref.model} v{ref.version} ({ref.sha256[:12]})"
+        )
+    if manifest.runtime not in SUPPORTED_RUNTIMES:
+        raise CompatibilityError(f"runtime {manifest.runtime!r} is not supported on this device")
+    if manifest.opset > max_supported_opset():
+        raise CompatibilityError(
+            f"model needs ONNX opset {manifest.opset}; this device supports up to "
+            f"{max_supported_opset()}"
+        )
+
+
+def smoke_test(model_path: Path, manifest: PackageManifest) -> None:
+    """Load the model, compare its schema with the manifest, replay the smoke vectors.
+
+    Raises:
+        InvalidModelError: ONNX Runtime cannot load it.
+        RefusedUpdateError: schema differs from the signed manifest.
+        SmokeTestError: an output differs from the recorded one.
+    """
+    from modelfleet.packaging.onnx_model import schema_of_session
+
+    session = load_session(str(model_path))
+    schema = schema_of_session(session)
+    if schema != manifest.schema:
+        raise RefusedUpdateError(
+            "the model's input/output schema differs from its signed manifest: "
+            + "; ".join(manifest.schema.compatible_with(schema) or ["shapes differ"])
+        )
+    check_smoke(session, manifest.smoke)

@@ -1,0 +1,233 @@
+"""The update loop: poll the director, apply on a worker, check in with the hub.
+
+A shell around :class:`~modelfleet.agent.updater.Updater`; its timing is pure
+(:mod:`modelfleet.agent.backoff`) and its random source injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modelfleet.agent.backoff import BackoffPolicy, jittered_interval
+from modelfleet.agent.hub_link import HubLink, check_identity
+from modelfleet.agent.updater import Updater
+from modelfleet.errors import ForbiddenError, NotFoundError, TransportError, UnauthenticatedError
+from modelfleet.rollout.desired_state import DesiredState
+
+__all__ = ["IdentityCheck", "Reporter", "UpdateLoop", "verify_token"]
+
+log = logging.getLogger("modelfleet.agent")
+
+
+#: Status fields that change every cycle without anything having happened.
+_VOLATILE_STATUS = ("last_check", "loaded", "guard")
+
+#: (report) -> the hub's answer (``{"applied_rollbacks": [...]}``), or None.
+Reporter = Callable[[dict[str, Any]], Mapping[str, Any] | None]
+
+
+def verify_token(link: HubLink, device_id: str) -> bool:
+    """Ask the hub who the token is and refuse one that is not this device's (contract 3).
+
+    Returns:
+        True when checked (or the hub is too old to say), False when the hub could not
+        be asked (unreachable, or it did not accept the token): ask again later.
+
+    Raises:
+        ForbiddenError: the token is another role's or another device's.
+    """
+    try:
+        check_identity(link.whoami(), device_id)
+    except NotFoundError:
+        log.warning("the hub has no /api/v1/whoami: cannot check that the token is this device's")
+    except UnauthenticatedError as e:
+        log.error("%s", e)
+        return False
+    except TransportError as e:
+        log.debug("cannot check the token yet: %s", e)
+        return False
+    return True
+
+
+IdentityCheck = Callable[[], bool]
+
+
+@dataclass
+class _Job:
+    """An apply in progress on its own thread (so the loop keeps polling meanwhile)."""
+
+    serial: int
+    thread: threading.Thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class UpdateLoop:
+    """Background thread: poll the director, apply on a worker, report to the hub.
+
+    Polls are spread by jitter; while the hub is unreachable they back off (capped
+    exponential, full jitter) so a fleet does not return in lockstep. An apply runs on
+    its own thread: the loop keeps polling, and a newer desired state cancels a download
+    still in progress. A check-in is sent when the status changed, when
+    :meth:`report_soon` asked for one, or every ``heartbeat`` seconds.
+
+    Args:
+        updater: the update cycle.
+        interval: seconds between routine polls (before jitter).
+        reporter: sends a check-in; its answer's ``applied_rollbacks`` are acknowledged.
+        heartbeat: longest time between two check-ins.
+        backoff: delays between polls while the hub is unreachable.
+        rand: uniform random source in [0, 1) for jitter.
+        identity: checks the token on first contact (see :func:`verify_token`); until it
+            passes nothing is polled or reported.
+    """
+
+    def __init__(
+        self,
+        updater: Updater,
+        interval: float,
+        reporter: Reporter | None = None,
+        heartbeat: float = 60.0,
+        *,
+        backoff: BackoffPolicy | None = None,
+        rand: Callable[[], float] = random.random,
+        identity: IdentityCheck | None = None,
+    ) -> None:
+        self.updater = updater
+        self.interval = interval
+        self.reporter = reporter
+        self.heartbeat = heartbeat
+        self.backoff = backoff or BackoffPolicy(base_s=interval, cap_s=max(interval, 300.0))
+        self._rand = rand
+        self._identity = identity
+        self.refused = ""
+        self._failures = 0
+        self._forced = True
+        self._last_sent_key = b""
+        self._last_sent_at = float("-inf")
+        self._job: _Job | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="modelfleet-updater", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        job = self._job
+        if job is not None:
+            job.cancel.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=30)
+        if job is not None:
+            job.thread.join(timeout=30)
+
+    def report_soon(self) -> None:
+        self._forced = True
+        self._wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for the apply in progress, if any, to end; whether it did."""
+        job = self._job
+        if job is None:
+            return True
+        job.thread.join(timeout)
+        return not job.thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.tick()
+            except Exception:  # the loop must survive anything; the reason is logged
+                log.exception("update cycle failed")
+                delay = self.interval
+            if delay is None:
+                return
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def tick(self) -> float | None:
+        """One poll (and check-in); returns the seconds to wait, or None to stop."""
+        if self._identity is not None:
+            try:
+                checked = self._identity()
+            except ForbiddenError as e:
+                self.refused = str(e)
+                log.error("%s; updates and check-ins stopped (still serving from disk)", e)
+                self.updater.note_problem(f"token refused: {e}")
+                return None
+            if not checked:
+                self._failures += 1
+                return self.backoff.delay(self._failures, self._rand)
+            self._identity = None
+        check = self.updater.check()
+        self._failures = 0 if check.reachable else self._failures + 1
+        if check.desired is not None:
+            self._maybe_apply(check.desired)
+        self._report()
+        if not check.reachable:
+            return self.backoff.delay(self._failures, self._rand)
+        delay = jittered_interval(self.interval, self._rand)
+        retry = self.updater.retry_in()
+        return min(delay, retry) if retry is not None else delay
+
+    def _maybe_apply(self, desired: DesiredState) -> None:
+        job = self._job
+        if job is not None and job.thread.is_alive():
+            if desired.serial > job.serial and not job.cancel.is_set():
+                log.info(
+                    "desired state serial %d supersedes serial %d: abandoning its download",
+                    desired.serial,
+                    job.serial,
+                )
+                job.cancel.set()
+            return
+        if not self.updater.due(desired):
+            return
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                self.updater.apply(desired, cancel)
+            except Exception:
+                log.exception("applying serial %d failed", desired.serial)
+            finally:
+                self._forced = True
+                self._wake.set()  # report now, and pick up a newer serial at once
+
+        thread = threading.Thread(target=work, name=f"modelfleet-apply-{desired.serial}")
+        thread.daemon = True
+        self._job = _Job(desired.serial, thread, cancel)
+        thread.start()
+
+    def _report(self) -> None:
+        if self.reporter is None:
+            return
+        status = self.updater.status()
+        key = orjson.dumps(
+            {k: v for k, v in status.items() if k not in _VOLATILE_STATUS},
+            option=orjson.OPT_SORT_KEYS,
+        )
+        now = self.updater.clock.monotonic()
+        unchanged = key == self._last_sent_key
+        if unchanged and not self._forced and now - self._last_sent_at < self.heartbeat:
+            return
+        try:
+            answer = self.reporter(status)
+        except Exception as e:  # reporting is best effort
+            log.debug("check-in failed (will retry): %s", e)
+            return
+        self._forced = False
+        self._last_sent_key = key
+        self._last_sent_at = now
+        applied = (answer or {}).get("applied_rollbacks")
+        if isinstance(applied, list) and applied:
+            self.updater.acknowledge_rollbacks([str(i) for i in applied])

@@ -1,0 +1,98 @@
+"""What every hub collaborator shares: config, clock, database sessions, the write lock and
+the audit log.
+
+A state change runs in :meth:`HubContext.write`: one transaction, taken one at a time in
+this process (an ``RLock``) and across replicas on PostgreSQL (advisory lock
+:data:`~modelfleet.hub.locks.WRITE`), that commits together with its audit entries.
+Signing TUF metadata is never done inside it (see :mod:`modelfleet.hub.director`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelfleet.audit.log import append_entry
+from modelfleet.clock import Clock
+from modelfleet.errors import ConflictError, StorageError
+from modelfleet.hub import locks
+from modelfleet.hub.audit_rows import SqlAuditStore
+from modelfleet.hub.config import HubConfig
+
+__all__ = ["HubContext"]
+
+
+class HubContext:
+    """Sessions, the write lock and the audit log of one hub process.
+
+    Args:
+        config: the hub's config.
+        clock: time source for records.
+        engine: the database engine (owned by the caller, who disposes of it).
+        sessions: a session factory over ``engine``.
+    """
+
+    def __init__(
+        self, config: HubConfig, clock: Clock, engine: Engine, sessions: sessionmaker[Any]
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.engine = engine
+        self.sessions = sessions
+        # One writer at a time in this process: SQLite has one writer anyway, and the
+        # audit chain and desired-state serials are read-modify-write.
+        self._write_lock = threading.RLock()
+
+    def now(self) -> datetime:
+        """The clock's current time (aware UTC)."""
+        return self.clock.now()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that commits when the block ends without an exception.
+
+        Raises:
+            ConflictError: a uniqueness clash with a concurrent change.
+            StorageError: any other database failure.
+        """
+        with self._write_lock:
+            try:
+                with self.sessions.begin() as session:
+                    locks.xact_lock(session, locks.WRITE)
+                    yield session
+            except IntegrityError as e:
+                raise ConflictError(f"the change clashes with a concurrent one: {e.orig}") from e
+            except SQLAlchemyError as e:
+                raise StorageError(f"database error: {e}") from e
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading (nothing it changes is committed).
+
+        Raises:
+            StorageError: a database failure.
+        """
+        try:
+            with self.sessions() as session:
+                yield session
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {e}") from e
+
+    def audit(
+        self,
+        session: Session,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any] | None = None,
+        ticket: str | None = None,
+    ) -> None:
+        """Append an audit entry in ``session``'s transaction (it commits with the change)."""
+        append_entry(SqlAuditStore(session), self.now(), actor, action, subject, details, ticket)

@@ -1,0 +1,178 @@
+"""The hub's upkeep: the audit log, the trust root and TUF files it serves, re-signing
+before expiry, and blob garbage collection.
+
+:meth:`Upkeep.refresh_expiring` is the periodic round (the API's background task calls
+it): it first signs committed changes the metadata lacks
+(:meth:`~modelfleet.hub.director.Director.repair`), then re-signs roles close to expiry,
+then collects garbage at most once per :data:`GC_INTERVAL_S`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from modelfleet.audit.log import list_entries, verify_chain
+from modelfleet.catalog.artefacts import FileArtefactStore
+from modelfleet.errors import InvalidInputError, NotFoundError
+from modelfleet.hub._values import JSONDict
+from modelfleet.hub.audit_rows import SqlAuditStore
+from modelfleet.hub.catalog import Catalog
+from modelfleet.hub.context import HubContext
+from modelfleet.hub.director import Director
+from modelfleet.trust.bundle import REPOSITORIES
+from modelfleet.trust.hub_trust import HubTrust
+
+__all__ = ["GC_GRACE_S", "GC_INTERVAL_S", "Upkeep"]
+
+GC_GRACE_S = 3600.0
+"""Unreferenced blobs younger than this are kept: an upload waits for its registration."""
+
+GC_INTERVAL_S = 3600.0
+"""How often the upkeep round collects garbage."""
+
+_MAX_LOGGED = 100
+
+
+class Upkeep:
+    """Audit access, TUF serving and housekeeping.
+
+    Args:
+        ctx: the hub's sessions, clock and audit log.
+        store: the artefact store.
+        trust: the signed repositories.
+        catalog: which blobs versions and desired states reference.
+        director: signs what the database has and the metadata lacks.
+    """
+
+    def __init__(
+        self,
+        ctx: HubContext,
+        store: FileArtefactStore,
+        trust: HubTrust,
+        catalog: Catalog,
+        director: Director,
+    ) -> None:
+        self._ctx = ctx
+        self._store = store
+        self._trust = trust
+        self._catalog = catalog
+        self._director = director
+        self._last_gc: float | None = None
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def audit(self, after_seq: int = 0, limit: int = 100) -> list[JSONDict]:
+        """See ``HubService.audit``."""
+        limit = max(1, min(int(limit), self._ctx.config.audit_page_limit))
+        with self._ctx.read() as s:
+            return [r.to_dict() for r in list_entries(SqlAuditStore(s), int(after_seq), limit)]
+
+    def verify_audit(self) -> int | None:
+        """See ``HubService.verify_audit``."""
+        with self._ctx.read() as s:
+            return verify_chain(SqlAuditStore(s))
+
+    # -- TUF -----------------------------------------------------------------------------
+
+    def trust_root(self) -> bytes:
+        """The trust-root bundle devices bootstrap from."""
+        return self._trust.trust_root_bundle()
+
+    def refresh_expiring(self) -> list[str]:
+        """One upkeep round: repair, re-sign roles close to expiry, maybe collect garbage.
+
+        Returns:
+            ``"<repo>/<role>"`` of each role re-signed for expiry (audited as
+            ``tuf.refresh``).
+
+        Raises:
+            StorageError: the metadata or the database could not be written.
+        """
+        self._director.repair()
+        done = self._trust.refresh_expiring()
+        if done:
+            with self._ctx.write() as s:
+                self._ctx.audit(s, "system:refresh", "tuf.refresh", "tuf", {"roles": done})
+        mono = self._ctx.clock.monotonic()
+        if self._last_gc is None or mono - self._last_gc >= GC_INTERVAL_S:
+            self._last_gc = mono
+            self.collect_garbage(older_than_s=GC_GRACE_S)
+        return done
+
+    def tuf_metadata(self, repo: str, filename: str) -> Path:
+        """See ``HubService.tuf_metadata``."""
+        path = self._trust.metadata_path(repo, filename)
+        if path is None or not path.is_file():
+            raise NotFoundError(f"no metadata {repo}/{filename}")
+        return path
+
+    def tuf_target(self, repo: str, url_path: str) -> Path:
+        """See ``HubService.tuf_target``."""
+        digest = self._trust.target_digest(repo, url_path)
+        if digest is None:
+            raise NotFoundError(f"no target {repo}/{url_path}")
+        return self._store.path(digest)
+
+    # -- garbage -------------------------------------------------------------------------
+
+    def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:
+        """Delete blobs nothing references that are older than ``older_than_s`` (defect 5).
+
+        Referenced: every version's model and manifest, every device's current desired
+        state, and whatever either signed repository lists now. Age is the blob file's
+        modification time against the hub's clock. Unfinished uploads in the store's
+        staging folder older than the grace period go too.
+
+        Returns:
+            ``{"deleted": [digest, ...] (at most 100 shown), "deleted_count", "freed_bytes",
+            "kept_recent", "staging_removed"}``; audited as ``blob.gc`` when anything went.
+
+        Raises:
+            InvalidInputError: ``older_than_s`` is negative or not finite.
+            StorageError: the database or the store failed.
+        """
+        if not (isinstance(older_than_s, (int, float)) and math.isfinite(older_than_s)):
+            raise InvalidInputError("older_than_s must be a finite number of seconds")
+        if older_than_s < 0:
+            raise InvalidInputError("older_than_s must not be negative")
+        cutoff = self._ctx.now().timestamp() - float(older_than_s)
+        listed: set[str] = set()
+        for repo in REPOSITORIES:
+            r = self._trust.repository(repo)
+            for p in r.target_paths():
+                tf = r.target(p)
+                if tf is not None and "sha256" in tf.hashes:
+                    listed.add(tf.hashes["sha256"])
+        deleted: list[str] = []
+        freed = kept_recent = 0
+        # In a write transaction: no registration or deployment can start referencing a
+        # blob between the check and the deletion.
+        with self._ctx.write() as s:
+            keep = self._catalog.referenced_blobs(s) | listed
+            for digest, mtime in list(self._store.blobs()):
+                if digest in keep:
+                    continue
+                if mtime >= cutoff:
+                    kept_recent += 1
+                    continue
+                try:
+                    size = self._store.path(digest).stat().st_size
+                except (NotFoundError, OSError):
+                    continue
+                if self._store.delete(digest):
+                    deleted.append(digest)
+                    freed += size
+            staging = self._store.stale_staging(cutoff)
+            for f in staging:
+                f.unlink(missing_ok=True)
+            result: JSONDict = {
+                "deleted": sorted(deleted)[:_MAX_LOGGED],
+                "deleted_count": len(deleted),
+                "freed_bytes": freed,
+                "kept_recent": kept_recent,
+                "staging_removed": len(staging),
+            }
+            if deleted or staging:
+                self._ctx.audit(s, "system:gc", "blob.gc", "artefacts", result)
+        return result
