@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from modelfleet.clock import ManualClock
 from modelfleet.errors import StorageError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.hub.app import build_hub_app
-from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService
 from modelfleet.trust.bundle import parse_trust_root_bundle
 from tests.hub._support import auth, register
@@ -272,25 +270,32 @@ def test_report_answer_lists_no_applied_rollbacks_for_a_plain_report(
     assert r.json() == {"status": "recorded", "applied_rollbacks": []}
 
 
-class _RollbackAwareService(HubService):
-    """The service as issue 6 contract 2 has it: record_report answers what it applied."""
-
-    # Any: the base answers None until hub-core's change lands, then this same dict.
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> Any:
-        super().record_report(device_id, report)
-        return {"applied_rollbacks": [r["id"] for r in report.get("rollbacks", [])]}
-
-
-def test_report_answer_carries_the_rollbacks_the_service_applied(
-    hub_home: tuple[Any, str], clock: ManualClock
+def test_report_answer_carries_the_rollbacks_the_hub_applied(
+    http: TestClient,
+    tokens: dict[str, str],
+    service: HubService,
+    onnx_bytes: bytes,
+    onnx_bytes_v2: bytes,
 ) -> None:
-    service = _RollbackAwareService(load_hub_config(hub_home[0]), clock)
-    try:
-        _, token = service.add_device("dev-1", "", [], actor="admin:admin")
-        body = {**_agent_report(1), "rollbacks": [{"id": "ab" * 16, "kind": "candidate"}]}
-        with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
-            r = http.post("/api/v1/devices/dev-1/report", json=body, headers=auth(token))
-        assert r.status_code == 200
-        assert r.json() == {"status": "recorded", "applied_rollbacks": ["ab" * 16]}
-    finally:
-        service.close()
+    # issue 6 contract 2: the device's own rollback reaches the hub in its report.
+    service.register_version("iris", onnx_bytes, actor="admin:admin")
+    service.register_version("iris", onnx_bytes_v2, actor="admin:admin")
+    service.deploy("iris", 1, ["dev-1"], actor="admin:admin")
+    service.deploy("iris", 2, ["dev-1"], mode="split", share=0.2, actor="admin:admin")
+    event = {
+        "id": "ab" * 16,
+        "at": "2026-01-01T00:00:00+00:00",
+        "model": "iris",
+        "kind": "candidate",
+        "from_version": 2,
+        "to_version": 1,
+        "reason": "guard: error rate",
+        "serial": 2,
+    }
+    body = {**_agent_report(1, 2), "rollbacks": [event]}
+    h = auth(tokens["device"])
+    for _ in range(2):  # the replay names it again: applied earlier
+        r = http.post("/api/v1/devices/dev-1/report", json=body, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "recorded", "applied_rollbacks": [event["id"]]}
+    assert service.get_device("dev-1")["assignments"][0]["candidate"] is None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
@@ -69,14 +68,5 @@ def report(
     rollbacks in the report that the hub has applied (now or earlier)."""
     check(who, Permission.ADMIN, device_id=device_id)
     check_length(request, service.config.max_report_bytes)
-    reports: _Reports = service
-    outcome = reports.record_report(device_id, body)
-    return {**(outcome or {}), "status": "recorded"}
-
-
-class _Reports(Protocol):
-    # HubService.record_report answers {"applied_rollbacks": [...]} (issue 6 contract 2);
-    # an older service answers None, and the answer then lists none.
-    def record_report(
-        self, device_id: str, report: Mapping[str, Any]
-    ) -> Mapping[str, Any] | None: ...
+    outcome = service.record_report(device_id, body)  # {"applied_rollbacks": [...]}
+    return {**outcome, "status": "recorded"}
