@@ -4,10 +4,13 @@ describes the answers the hub really gives (defect 4)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
+from modelfleet.hub.api.docs import docs_router
 
 _URL_ATTR = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|\burl\s*:\s*["']([^"']+)["']""")
 
@@ -110,3 +113,7 @@ def test_openapi_describes_whoami(doc: dict[str, Any]) -> None:
     assert ref.endswith("/WhoAmIOut")
     props = doc["components"]["schemas"]["WhoAmIOut"]["properties"]
     assert set(props) == {"subject", "role", "device_id"}
+
+
+def test_without_the_assets_there_is_no_docs_page_rather_than_a_cdn_one(tmp_path: Path) -> None:
+    assert docs_router("/api/v1/docs", "/api/v1/openapi.json", "hub", tmp_path) is None

@@ -36,15 +36,20 @@ def _asset_folder() -> Path | None:
         folder = importlib.resources.files("fastapi_offline") / "static"
     except ModuleNotFoundError:
         return None
-    path = Path(str(folder))
-    return path if all((path / f).is_file() for f, _ in ASSETS.values()) else None
+    return Path(str(folder))
 
 
-def docs_router(docs_url: str, openapi_url: str, title: str) -> APIRouter | None:
+def docs_router(
+    docs_url: str, openapi_url: str, title: str, assets_from: Path | None = None
+) -> APIRouter | None:
     """The docs page at ``docs_url`` and its assets under ``docs_url/assets/``, or None
-    when the assets are not installed."""
-    folder = _asset_folder()
-    if folder is None:
+    when the assets are not installed (never a page that would fetch them elsewhere).
+
+    Args:
+        assets_from: the folder holding the assets (the installed package's if None).
+    """
+    folder = _asset_folder() if assets_from is None else assets_from
+    if folder is None or not all((folder / f).is_file() for f, _ in ASSETS.values()):
         log.info("no API docs page: install modelfleet[hub] for its assets")
         return None
     router = APIRouter(include_in_schema=False)
