@@ -218,7 +218,7 @@ def agent_serving(
         f"agent-{device_id}",
         args,
         workdir,
-        env={**(env or os.environ), "MODELFLEET_TOKEN": device_token},
+        env={**(env or os.environ), "MODELFLEET_DEVICE_TOKEN": device_token},
     )
     try:
         yield ServingAgent(f"http://127.0.0.1:{port}", proc)

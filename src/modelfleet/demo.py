@@ -314,8 +314,6 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
                 hub_url,
                 "--device-id",
                 device_id,
-                "--token",
-                agent.token,
                 "--state-dir",
                 str(agent.state_dir),
                 "--port",
@@ -326,6 +324,8 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
                 str(home / "trust-root.json"),
             ),
             logs,
+            # the device token by environment, not on the command line (visible in `ps`)
+            env={**os.environ, "MODELFLEET_DEVICE_TOKEN": agent.token},
         )
         processes.append(agent.process)
         agents.append(agent)
