@@ -3,7 +3,9 @@
 This is the serving hot path (benchmarked in ``benchmarks/serving``): it reads headers from
 the ASGI scope once, bounds the body's size and arrival time, runs the model (inline or on a
 worker thread), optionally cascades to an upstream server, and sends raw ASGI messages.
-:func:`modelfleet.agent.app.build_agent_app` mounts it.
+:func:`modelfleet.agent.app.build_agent_app` mounts it; it imports nothing of ``app``.
+What happened to each request goes to one
+:class:`~modelfleet.agent.observers.ObserverFanout` (issue 6, contract 7).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 import numpy as np
 import orjson
 
-from modelfleet.agent.metrics import (
+from modelfleet.agent.observers import (
     OUTCOME_CLIENT_ERROR,
+    OUTCOME_OK,
     OUTCOME_SERVER_ERROR,
-    OUTCOME_SUCCESS,
-    AgentMetrics,
+    OUTCOME_TIMEOUT,
+    ObserverFanout,
+    Outcome,
 )
 from modelfleet.agent.upstream import UpstreamAnswer, UpstreamClient
 from modelfleet.errors import (
@@ -40,12 +45,9 @@ from modelfleet.errors import (
 from modelfleet.serving.cascade import CascadeRoute, route_for
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.oip import HEADER_LENGTH, decode_infer_request, encode_infer_body
-from modelfleet.serving.router import choose
+from modelfleet.serving.router import Route, choose
 from modelfleet.serving.runtime import LoadedModel
 from modelfleet.serving.shadow import ShadowMirror
-
-if TYPE_CHECKING:
-    from modelfleet.agent.app import RequestObserver, ServingLimits
 
 # The logger keeps the name it had before the endpoint moved out of modelfleet.agent.app.
 _log = logging.getLogger("modelfleet.agent.app")
@@ -56,6 +58,31 @@ VERSION_HEADER: Final = "modelfleet-version"
 PINNED_VERSION_HEADER: Final = "modelfleet-version"
 #: Request header whose value makes a split sticky (a user, session or device id).
 ROUTING_KEY_HEADER: Final = "modelfleet-routing-key"
+#: The ``role`` observers are told: what the route made of the serving version.
+ROLE_PRODUCTION: Final = "production"
+ROLE_CANDIDATE: Final = "candidate"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingLimits:
+    """Bounds on what one inference request may ask for.
+
+    Attributes:
+        max_body_bytes: largest request body (after decompression), else 413.
+        max_batch: largest first dimension of any input tensor, else 413.
+        inline_max_rows: requests up to this batch run ONNX Runtime inline on the event
+            loop (a thread hop costs more than a small model's inference); larger ones run
+            on a worker thread so they do not stall other requests (ORT releases the GIL).
+        request_timeout_s: a body that has not fully arrived, or an off-loop inference
+            that has not finished, within this many seconds gets 503 (inline inference of
+            small batches is never interrupted).
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 4096
+    inline_max_rows: int = 64
+    request_timeout_s: float = 30.0
+
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[ModelfleetError], int], ...]] = (
     (PayloadTooLargeError, 413),
@@ -69,7 +96,8 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[ModelfleetError], int], ...]] = (
 )
 
 
-def _status_of(error: ModelfleetError) -> int:
+def status_of(error: ModelfleetError) -> int:
+    """The HTTP status of a service error."""
     for kind, status in _STATUS_BY_ERROR:
         if isinstance(error, kind):
             return status
@@ -94,8 +122,9 @@ class _BodyDeadlines:
     :class:`DeadlineExceededError`.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, timer: Callable[[], float] = time.perf_counter) -> None:
         self._timeout = timeout_s
+        self._clock = timer
         self._period = min(max(timeout_s / 4, 0.005), 1.0)
         self._pending: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
@@ -127,7 +156,7 @@ class _BodyDeadlines:
         self._timer = None
         if not self._pending:
             return
-        limit = time.perf_counter() - self._timeout
+        limit = self._clock() - self._timeout
         for task, started in list(self._pending.items()):
             if started < limit and task not in self._expired:
                 self._expired.add(task)
@@ -213,35 +242,47 @@ class _InferEndpoint:
     """``POST .../infer`` as a bare ASGI app.
 
     Starlette's Request/Response objects cost more than the inference of a small model, so
-    this endpoint reads the headers once from the scope and sends raw ASGI messages.
+    this endpoint reads the headers once from the scope and sends raw ASGI messages. What
+    happened to each request goes to one :class:`ObserverFanout` (metrics, guard, …).
+
+    Args:
+        host: the route table.
+        mirror: where shadow copies go.
+        fanout: told of every request and (through ``mirror``) shadow comparison.
+        limits: body, batch and time bounds.
+        rng: uniform [0, 1) draws for unkeyed splits and shadow sampling.
+        cascade: the upstream for unconfident answers, if any.
+        count_route: counts each cascaded request's route.
+        timer: seconds, monotonic (``time.perf_counter``; injected by tests).
     """
 
     def __init__(
         self,
         host: ModelHost,
         mirror: ShadowMirror,
-        stats: AgentMetrics,
+        fanout: ObserverFanout,
         limits: ServingLimits,
         rng: Callable[[], float],
-        observer: RequestObserver | None,
         cascade: UpstreamClient | None = None,
         count_route: Callable[[str, str], None] | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._host = host
-        self._observer = observer
+        self._fanout = fanout
         self._cascade = cascade
         self._count_route = count_route or (lambda model, route: None)
         self._mirror = mirror
-        self._observe = stats.observe_request
         self._max_body = limits.max_body_bytes
         self._max_batch = limits.max_batch
         self._inline_max_rows = limits.inline_max_rows
         self._timeout = limits.request_timeout_s
-        self._deadlines = _BodyDeadlines(limits.request_timeout_s)
+        self._deadlines = _BodyDeadlines(limits.request_timeout_s, timer)
         self._rng = rng
+        self._timer = timer
 
     async def __call__(self, scope: dict[str, Any], receive: _Receive, send: _Send) -> None:
-        start = time.perf_counter()
+        timer = self._timer
+        start = timer()
         params = scope["path_params"]
         name: str = params["model"]
         version: str | None = params.get("version")
@@ -272,103 +313,46 @@ class _InferEndpoint:
                 return
             model = found
         served = model.version
-        outcome = OUTCOME_SERVER_ERROR
-        confidence: float | None = None
         cascade = self._cascade
         if cascade is not None and not cascade.settings.applies_to(name):
             cascade = None
-        upstream: UpstreamAnswer | None = None
-        cascade_route = CascadeRoute.LOCAL
-        body = b""
-        local_elapsed: float | None = None
-        compute: float | None = None
+        run = _Run(model, start)
         try:
             body = await self._deadlines.read(
                 _read_body(receive, declared, encoding, self._max_body), start
             )
-            length: int | None = None
-            if header_length is not None:
-                if not header_length.isdigit():
-                    raise InvalidTensorError("Inference-Header-Content-Length is not an integer")
-                length = int(header_length)
-            inputs = model.schema.inputs
-            req = decode_infer_request(
-                body, length, raw_input=inputs[0] if len(inputs) == 1 else None
-            )
-            max_batch = self._max_batch
-            rows = 0
-            for arr in req.inputs.values():
-                if arr.ndim:
-                    if arr.shape[0] > max_batch:
-                        raise PayloadTooLargeError(
-                            f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
-                        )
-                    rows = max(rows, arr.shape[0])
-            wanted = req.output_names
-            run_all = shadow_model is not None or cascade is not None
-            compute_start = time.perf_counter()
-            if rows <= self._inline_max_rows:
-                outputs = model.infer(req.inputs, None if run_all else wanted)
-            else:
-                loop = asyncio.get_running_loop()
-                try:
-                    async with asyncio.timeout_at(
-                        start - time.perf_counter() + loop.time() + self._timeout
-                    ):
-                        outputs = await loop.run_in_executor(
-                            None, model.infer, req.inputs, None if run_all else wanted
-                        )
-                except TimeoutError:
-                    raise DeadlineExceededError(
-                        f"inference did not finish within {self._timeout:g} s"
-                    ) from None
-            compute = time.perf_counter() - compute_start
-            if self._observer is not None and model.confidence_output is not None:
-                confidence = _mean_top_probability(outputs.get(model.confidence_output))
-            if cascade is not None:
-                local_elapsed = time.perf_counter() - start
-                top = None
-                if model.confidence_output is not None:
-                    top = _min_top_probability(outputs.get(model.confidence_output))
-                if (
-                    route_for(cascade.settings, top, cascade.unhealthy(name))
-                    is CascadeRoute.UPSTREAM
-                ):
-                    upstream = await cascade.forward(name, body, header_length)
-                    cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
-            if shadow_model is not None:
-                self._mirror.submit(shadow_model, req.inputs, outputs)
-            if (shadow_model is not None or cascade is not None) and wanted is not None:
-                outputs = _pick(outputs, wanted)
-            binary: Mapping[str, bool] | bool = (
-                {o.name: req.binary_for(o.name) for o in req.outputs}
-                if req.outputs
-                else req.binary_data_output
-            )
-            content, json_length = encode_infer_body(name, served, req.id, outputs, binary)
-            headers = [
-                _JSON_HEADER if json_length is None else _BINARY_HEADER,
-                (b"content-length", str(len(content)).encode()),
-                (_H_VERSION, served.encode()),
-            ]
-            if json_length is not None:
-                headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
-            outcome = OUTCOME_SUCCESS
         except _ClientGone:
-            outcome = OUTCOME_CLIENT_ERROR
+            run.outcome = OUTCOME_CLIENT_ERROR
+            body = None
+        except ModelfleetError as e:  # too large, corrupt, or too slow: the caller's doing
+            run.outcome = OUTCOME_CLIENT_ERROR
+            await _send_error(send, status_of(e), str(e), served)
+            body = None
+        if body is None:
+            self._report(name, route, run, scope)
             return
+        run.body_done = timer()
+        try:
+            reply = await self._answer(run, body, header_length, shadow_model, cascade)
         except ModelfleetError as e:
-            status = _status_of(e)
+            status = status_of(e)
             if status < 500:
-                outcome = OUTCOME_CLIENT_ERROR
+                run.outcome = OUTCOME_CLIENT_ERROR
             else:
+                run.outcome = (
+                    OUTCOME_TIMEOUT
+                    if isinstance(e, DeadlineExceededError)
+                    else OUTCOME_SERVER_ERROR
+                )
                 _log.error("inference on %s failed: %s", model, e)
             await _send_error(send, status, str(e), served)
             return
         except Exception as e:
             _log.exception("inference on %s failed", model)
-            if cascade is not None and body:
+            run.outcome = OUTCOME_SERVER_ERROR
+            if cascade is not None:
                 # the local model is broken: the upstream may still answer the caller
+                self._report(name, route, run, scope)
                 upstream = await cascade.forward(name, body, header_length)
                 if upstream is not None:
                     self._count_route(name, CascadeRoute.UPSTREAM)
@@ -377,16 +361,9 @@ class _InferEndpoint:
             await _send_error(send, 500, f"internal error: {type(e).__name__}", served)
             return
         finally:
-            elapsed = time.perf_counter() - start
-            self._observe(name, served, outcome, elapsed, compute)
-            if self._observer is not None and outcome != OUTCOME_CLIENT_ERROR:
-                error = outcome == OUTCOME_SERVER_ERROR
-                try:
-                    self._observer.observe(
-                        name, served, local_elapsed or elapsed, error, confidence
-                    )
-                except Exception:  # a broken observer must not fail the request
-                    _log.exception("request observer failed")
+            if not run.reported:
+                self._report(name, route, run, scope)
+        content, headers, upstream, cascade_route = reply
         if cascade is not None:
             self._count_route(name, cascade_route)
             if upstream is not None:
@@ -395,6 +372,119 @@ class _InferEndpoint:
             headers.append((_H_ROUTE, cascade_route.value.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+    async def _answer(
+        self,
+        run: _Run,
+        body: bytes,
+        header_length: bytes | None,
+        shadow_model: LoadedModel | None,
+        cascade: UpstreamClient | None,
+    ) -> tuple[bytes, list[tuple[bytes, bytes]], UpstreamAnswer | None, CascadeRoute]:
+        """Decode, run, mirror, cascade and encode; timing compute and queue into ``run``."""
+        timer = self._timer
+        model = run.model
+        name = model.name
+        length: int | None = None
+        if header_length is not None:
+            if not header_length.isdigit():
+                raise InvalidTensorError("Inference-Header-Content-Length is not an integer")
+            length = int(header_length)
+        inputs = model.schema.inputs
+        req = decode_infer_request(body, length, raw_input=inputs[0] if len(inputs) == 1 else None)
+        max_batch = self._max_batch
+        rows = 0
+        for arr in req.inputs.values():
+            if arr.ndim:
+                if arr.shape[0] > max_batch:
+                    raise PayloadTooLargeError(
+                        f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
+                    )
+                rows = max(rows, arr.shape[0])
+        wanted = req.output_names
+        run_all = shadow_model is not None or cascade is not None
+        compute_start = timer()
+        if rows <= self._inline_max_rows:
+            outputs = model.infer(req.inputs, None if run_all else wanted)
+        else:
+            outputs = await self._off_loop(run, req.inputs, None if run_all else wanted)
+        run.compute = timer() - compute_start
+        if self._fanout.wants_confidence and model.confidence_output is not None:
+            run.confidence = _mean_top_probability(outputs.get(model.confidence_output))
+        upstream: UpstreamAnswer | None = None
+        cascade_route = CascadeRoute.LOCAL
+        if cascade is not None:
+            top = None
+            if model.confidence_output is not None:
+                top = _min_top_probability(outputs.get(model.confidence_output))
+            if route_for(cascade.settings, top, cascade.unhealthy(name)) is CascadeRoute.UPSTREAM:
+                run.done = timer()  # the upstream's time is not this model's
+                upstream = await cascade.forward(name, body, header_length)
+                cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
+        if shadow_model is not None:
+            self._mirror.submit(shadow_model, req.inputs, outputs)
+        if run_all and wanted is not None:
+            outputs = _pick(outputs, wanted)
+        binary: Mapping[str, bool] | bool = (
+            {o.name: req.binary_for(o.name) for o in req.outputs}
+            if req.outputs
+            else req.binary_data_output
+        )
+        content, json_length = encode_infer_body(name, model.version, req.id, outputs, binary)
+        headers = [
+            _JSON_HEADER if json_length is None else _BINARY_HEADER,
+            (b"content-length", str(len(content)).encode()),
+            (_H_VERSION, model.version.encode()),
+        ]
+        if json_length is not None:
+            headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
+        run.outcome = OUTCOME_OK
+        return content, headers, upstream, cascade_route
+
+    async def _off_loop(
+        self, run: _Run, inputs: Mapping[str, np.ndarray], wanted: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        """Run a large batch on a worker thread, within what is left of the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout - (self._timer() - run.started)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await loop.run_in_executor(None, run.model.infer, inputs, wanted)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"inference did not finish within {self._timeout:g} s"
+            ) from None
+
+    def _report(self, name: str, route: Route, run: _Run, scope: dict[str, Any]) -> None:
+        run.reported = True
+        queue: float | None = None
+        if run.body_done is not None:
+            done = run.done if run.done is not None else self._timer()
+            queue = max(done - run.body_done - (run.compute or 0.0), 0.0)
+        model = run.model
+        role = ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION
+        client = scope.get("client")
+        caller: str = client[0] if client else ""
+        self._fanout.on_request(
+            name, model.version, role, run.outcome, run.compute, queue, run.confidence, caller
+        )
+
+
+class _Run:
+    """What one request did, for the observers."""
+
+    __slots__ = ("body_done", "compute", "confidence", "done", "model", "outcome", "reported",
+                 "started")  # fmt: skip
+
+    def __init__(self, model: LoadedModel, started: float) -> None:
+        self.model = model
+        self.outcome: Outcome = OUTCOME_SERVER_ERROR
+        self.started = started
+        self.body_done: float | None = None
+        self.compute: float | None = None
+        self.done: float | None = None
+        self.confidence: float | None = None
+        self.reported = False
 
 
 async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:
@@ -418,6 +508,8 @@ def _min_top_probability(probabilities: np.ndarray | None) -> float | None:
 def _mean_top_probability(probabilities: np.ndarray | None) -> float | None:
     if probabilities is None or probabilities.ndim != 2 or probabilities.size == 0:
         return None
+    if probabilities.shape[0] == 1:  # the common case, at a third of the cost
+        return float(probabilities.max())
     return float(probabilities.max(axis=1).mean())
 
 
