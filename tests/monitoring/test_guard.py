@@ -176,3 +176,13 @@ def test_window_splits_by_caller_and_bounds_how_many() -> None:
     per = window.caller_stats(now=1.0)
     assert {k: v.count for k, v in per.items()} == {"a": 2, "b": 1, OTHER_CALLERS: 2}
     assert window.stats(now=1.0).count == 5
+
+
+def test_sparse_window_reaches_back_for_enough_samples_of_a_heavy_model() -> None:
+    window = SlidingWindow(span_s=30)
+    for i in range(50):  # one 700 ms request after another: 35 s for 50 of them
+        window.record(now=100.0 + i * 0.7, latency_s=0.7)
+    now = 100.0 + 49 * 0.7
+    assert window.stats(now).count < 50
+    assert window.stats(now, at_least=50).count == 50
+    assert window.stats(now + 1000, at_least=50).count == 0  # but not beyond its reach

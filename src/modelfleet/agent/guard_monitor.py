@@ -142,7 +142,8 @@ class GuardMonitor:
         if not w.armed or now - w.last_eval < self._interval:
             return
         w.last_eval = now
-        subject = w.window.stats(now)
+        at_least = w.policy.min_samples
+        subject = w.window.stats(now, at_least)
         baseline = None
         name = "the previous version"
         if w.baseline is not None:
@@ -151,7 +152,7 @@ class GuardMonitor:
             baseline = tally.stats() if tally is not None else None
         verdict = evaluate(w.policy, subject, baseline, baseline_name=name)
         if verdict.breach:  # one caller alone must not be able to make it: ask them all
-            callers = w.window.caller_stats(now)
+            callers = w.window.caller_stats(now, at_least)
             verdict = evaluate(w.policy, subject, baseline, callers, baseline_name=name)
         w.last_verdict = verdict
         if verdict.breach:
@@ -168,7 +169,7 @@ class GuardMonitor:
         now = self._now()
         out: dict[str, Any] = {}
         for model, w in self._watches.items():
-            stats = w.window.stats(now)
+            stats = w.window.stats(now, w.policy.min_samples)
             out[model] = {
                 "watched": w.watched,
                 "role": w.role,

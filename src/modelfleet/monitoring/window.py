@@ -104,26 +104,34 @@ class _Bucket:
 
 
 class SlidingWindow:
-    """The last ``span_s`` seconds of one version's traffic.
+    """The last ``span_s`` seconds of one version's traffic, stretched back when sparse.
+
+    A heavy model served at one request every 0.7 s never has 50 requests in 30 s; so
+    :meth:`stats` and :meth:`caller_stats` can be asked for ``at_least`` requests, and then
+    reach further back, up to ``reach`` times the span, until they have them.
 
     Args:
         span_s: window length, 1 s … 1 h.
         max_callers: distinct callers kept apart per second; more are counted together
             under :data:`OTHER_CALLERS` (bounds memory whatever the traffic).
+        reach: how many spans back a sparse window may stretch.
 
     Not thread-safe by itself: the agent records from the event loop only.
     """
 
-    def __init__(self, span_s: float = 30.0, max_callers: int = 32) -> None:
+    def __init__(self, span_s: float = 30.0, max_callers: int = 32, reach: int = 10) -> None:
         if not 1.0 <= span_s <= 3600.0:
             raise ValueError("window span must be between 1 s and 1 h")
+        if reach < 1:
+            raise ValueError("reach must be at least 1")
         self.span = math.ceil(span_s)
         self._max_callers = max_callers
-        self._buckets: list[_Bucket | None] = [None] * self.span
+        self._size = self.span * reach
+        self._buckets: list[_Bucket | None] = [None] * self._size
 
     def _bucket(self, now: float) -> _Bucket:
         second = int(now)
-        slot = second % self.span
+        slot = second % self._size
         b = self._buckets[slot]
         if b is None or b.second != second:
             b = _Bucket(second)
@@ -156,26 +164,39 @@ class SlidingWindow:
         if disagreed:
             b.disagreed += 1
 
-    def _live(self, now: float) -> list[_Bucket]:
-        oldest = int(now) - self.span + 1
+    def _live(self, now: float, at_least: int) -> list[_Bucket]:
         newest = int(now)
-        return [b for b in self._buckets if b is not None and oldest <= b.second <= newest]
+        span_start = newest - self.span + 1
+        live: list[_Bucket] = []
+        seen = 0
+        buckets, size = self._buckets, self._size
+        for second in range(newest, newest - size, -1):
+            if second < span_start and seen >= at_least:
+                break
+            b = buckets[second % size]
+            if b is None or b.second != second:
+                continue
+            live.append(b)
+            if second < span_start or at_least:
+                seen += sum(t.count for t in b.callers.values())
+        return live
 
-    def stats(self, now: float) -> WindowStats:
-        """Aggregate all callers over the last ``span`` seconds before ``now``."""
+    def stats(self, now: float, at_least: int = 0) -> WindowStats:
+        """Aggregate all callers over the last ``span`` seconds before ``now`` (further back,
+        up to ``reach`` spans, until it holds ``at_least`` requests)."""
         total = Tally()
         compared = disagreed = 0
-        for b in self._live(now):
+        for b in self._live(now, at_least):
             compared += b.compared
             disagreed += b.disagreed
             for tally in b.callers.values():
                 total.merge(tally)
         return total.stats(compared, disagreed)
 
-    def caller_stats(self, now: float) -> dict[str, WindowStats]:
-        """Per caller, what the last ``span`` seconds before ``now`` saw of it."""
+    def caller_stats(self, now: float, at_least: int = 0) -> dict[str, WindowStats]:
+        """Per caller, what :meth:`stats` with the same arguments covers."""
         per: dict[str, Tally] = {}
-        for b in self._live(now):
+        for b in self._live(now, at_least):
             for caller, tally in b.callers.items():
                 mine = per.get(caller)
                 if mine is None:
@@ -184,4 +205,4 @@ class SlidingWindow:
         return {caller: tally.stats() for caller, tally in per.items()}
 
     def clear(self) -> None:
-        self._buckets = [None] * self.span
+        self._buckets = [None] * self._size
