@@ -471,20 +471,18 @@ class _InferEndpoint:
 
 
 class _Run:
-    """What one request did, for the observers."""
+    """What one request did, for the observers (class defaults: cheap to create)."""
 
-    __slots__ = ("body_done", "compute", "confidence", "done", "model", "outcome", "reported",
-                 "started")  # fmt: skip
+    outcome: Outcome = OUTCOME_SERVER_ERROR
+    body_done: float | None = None
+    compute: float | None = None
+    done: float | None = None
+    confidence: float | None = None
+    reported = False
 
     def __init__(self, model: LoadedModel, started: float) -> None:
         self.model = model
-        self.outcome: Outcome = OUTCOME_SERVER_ERROR
         self.started = started
-        self.body_done: float | None = None
-        self.compute: float | None = None
-        self.done: float | None = None
-        self.confidence: float | None = None
-        self.reported = False
 
 
 async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:

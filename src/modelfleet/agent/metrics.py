@@ -15,6 +15,7 @@ shadow events use ordinary ``prometheus_client`` counters.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -49,6 +50,7 @@ OUTCOME_LABELS: Final[dict[Outcome, str]] = {
 }
 _LABELS: Final = tuple(OUTCOME_LABELS[o] for o in OUTCOMES)
 _OUTCOME_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(OUTCOMES)}
+_EDGES: Final = LATENCY_EDGES_S
 
 
 class _Series:
@@ -164,7 +166,7 @@ class AgentMetrics:
     def __init__(self, host: ModelHost, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[str, dict[str, _Series]] = {}
         self.shadow_compared = Counter(
             "modelfleet_agent_shadow_compared",
             "Shadow comparisons completed, by model and candidate version.",
@@ -210,16 +212,27 @@ class AgentMetrics:
             KeyError: ``outcome`` is not one of :data:`~modelfleet.agent.observers.OUTCOMES`.
         """
         index = _OUTCOME_INDEX[outcome]
+        # inlined Histogram.record: this runs for every request (see the module docstring)
         with self._lock:
-            series = self._series.get((model, version))
+            versions = self._series.get(model)
+            if versions is None:
+                versions = self._series[model] = {}
+            series = versions.get(version)
             if series is None:
-                series = self._series[(model, version)] = _Series()
+                series = versions[version] = _Series()
             series.outcomes[index] += 1
             if queue_s is not None:
-                series.queue.record(queue_s)
-                series.latency.record(queue_s if compute_s is None else queue_s + compute_s)
+                hist = series.queue
+                hist.counts[bisect_left(_EDGES, queue_s)] += 1
+                hist.total += queue_s
+                total = queue_s if compute_s is None else queue_s + compute_s
+                hist = series.latency
+                hist.counts[bisect_left(_EDGES, total)] += 1
+                hist.total += total
             if compute_s is not None:
-                series.compute.record(compute_s)
+                hist = series.compute
+                hist.counts[bisect_left(_EDGES, compute_s)] += 1
+                hist.total += compute_s
 
     def on_comparison(
         self, model: str, candidate_version: str, comparison: ComparisonResult
@@ -234,7 +247,11 @@ class AgentMetrics:
     def series(self) -> list[tuple[tuple[str, str], _Series]]:
         """A consistent copy of the per-version request series, sorted by (model, version)."""
         with self._lock:
-            return [(key, series.copy()) for key, series in sorted(self._series.items())]
+            return sorted(
+                ((model, version), series.copy())
+                for model, versions in self._series.items()
+                for version, series in versions.items()
+            )
 
     def observe_shadow(self, model: str, version: str, disagreed: bool) -> None:
         """Count one finished shadow comparison of candidate ``version``."""

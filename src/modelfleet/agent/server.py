@@ -72,49 +72,51 @@ class ServerSettings:
 
 
 class _BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline and a connection cap."""
+    """uvicorn's httptools protocol with a header deadline and a connection cap.
+
+    Per request it only notes when it started waiting for headers (one clock read); one
+    sweep per server, every quarter of the deadline while connections are open, closes the
+    connections that waited too long. A timer per request would cost a timer scheduled and
+    cancelled on every request of every keep-alive connection.
+    """
 
     header_timeout_s: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 256
+    _sweep_timer: ClassVar[asyncio.TimerHandle | None] = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
+    #: loop time since which the next request's headers are awaited; None while they are in
+    awaiting_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             transport.close()  # connection_lost removes it from the set
             return
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
+        self.awaiting_since = self.loop.time()
+        cls = type(self)
+        if cls._sweep_timer is None:
+            cls._sweep_timer = self.loop.call_later(self.header_timeout_s / 4, self._sweep)
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
+        self.awaiting_since = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # a pipelined request's headers are already in
         super().on_response_complete()
-        if not pipelined and not self.transport.is_closing():
-            self._arm_header_timer()
+        if not pipelined:
+            self.awaiting_since = self.loop.time()
 
-    def _arm_header_timer(self) -> None:
-        self._disarm_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
-
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+    def _sweep(self) -> None:
+        cls = type(self)
+        cls._sweep_timer = None
+        late = self.loop.time() - self.header_timeout_s
+        for conn in list(self.connections):
+            since = getattr(conn, "awaiting_since", None)
+            if since is not None and since < late and not conn.transport.is_closing():
+                conn.transport.close()
+        if self.connections:
+            cls._sweep_timer = self.loop.call_later(self.header_timeout_s / 4, self._sweep)
 
 
 def _protocol(settings: ServerSettings) -> type[asyncio.Protocol]:
