@@ -152,7 +152,7 @@ POISON = 999.0
 
 
 def scripted(model: LoadedModel, clock: ManualClock, cost_s: float) -> LoadedModel:
-    session = ScriptedSession(model._session, clock, cost_s)  # noqa: SLF001 - test wrapper
+    session = ScriptedSession(model._session, clock, cost_s)
     return LoadedModel(model.name, model.version, model.digest, session, model.schema)
 
 
@@ -263,7 +263,7 @@ def test_slow_uploads_over_real_sockets_do_not_count_as_model_latency(
     Real sockets against a real server: the old guard timed from the request's start and
     saw the upload ("p99 608 ms > 250 ms"); the limit here is 100 ms, the uploads take 300.
     """
-    source, updater, host, _, clock = setup
+    source, updater, host, _, _clock = setup
     guard = LocalGuard(updater, host, time.monotonic)  # real time: the uploads are real
     v1 = source.publish("m", 1, logistic_onnx()[0])
     source.assign(DEVICE, v1)
@@ -272,9 +272,8 @@ def test_slow_uploads_over_real_sockets_do_not_count_as_model_latency(
     source.assign(DEVICE, source.publish("m", 2, logistic_onnx(seed=1)[0]), slo=slo)
     updater.run_cycle()
     payload = orjson.dumps(body(np.zeros((1, 10), np.float32)))
-    head = (
-        b"POST /v2/models/m/infer HTTP/1.1\r\nhost: agent\r\n"
-        b"content-length: %d\r\n\r\n" % len(payload)
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nhost: agent\r\ncontent-length: %d\r\n\r\n" % len(
+        payload
     )
 
     async def slow_uploads(port: int) -> list[bytes]:
