@@ -129,13 +129,15 @@ class LocalGuard:
         self.host.set_route(model, fallback)  # effective for the very next request
         reason = "local guard: " + "; ".join(verdict.reasons)
         log.warning("%s v%s breached its SLO, rolled back: %s", model, version, reason)
+        now = self.updater.clock.now()  # the injected clock, not time.time()
         self.events.append(
             {
                 "model": model,
                 "version": version,
                 "to": fallback.production.version,
                 "reasons": list(verdict.reasons),
-                "at": self.updater.clock.now().isoformat(),
+                "at": now.isoformat(),
+                "at_unix": now.timestamp(),  # benchmarks/agent_lifecycle.py times from it
             }
         )
         del self.events[:-100]
