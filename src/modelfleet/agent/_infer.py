@@ -44,7 +44,12 @@ from modelfleet.errors import (
 )
 from modelfleet.serving.cascade import CascadeRoute, route_for
 from modelfleet.serving.host import ModelHost
-from modelfleet.serving.oip import HEADER_LENGTH, decode_infer_request, encode_infer_body
+from modelfleet.serving.oip import (
+    HEADER_LENGTH,
+    InferRequest,
+    decode_infer_request,
+    encode_infer_body,
+)
 from modelfleet.serving.router import Route, choose
 from modelfleet.serving.runtime import LoadedModel
 from modelfleet.serving.shadow import ShadowMirror
@@ -317,40 +322,52 @@ class _InferEndpoint:
         if cascade is not None and not cascade.settings.applies_to(name):
             cascade = None
         run = _Run(model, start)
+        body = b""
         try:
             body = await self._deadlines.read(
                 _read_body(receive, declared, encoding, self._max_body), start
             )
+            run.body_done = timer()
+            req, rows = self._decode(model, body, header_length)
+            wanted = req.output_names
+            run_all = shadow_model is not None or cascade is not None
+            compute_start = timer()
+            if rows <= self._inline_max_rows:
+                outputs = model.infer(req.inputs, None if run_all else wanted)
+            else:
+                outputs = await self._off_loop(run, req.inputs, None if run_all else wanted)
+            run.compute = timer() - compute_start
+            if self._fanout.wants_confidence and model.confidence_output is not None:
+                run.confidence = _mean_top_probability(outputs.get(model.confidence_output))
+            upstream: UpstreamAnswer | None = None
+            cascade_route = CascadeRoute.LOCAL
+            if cascade is not None and self._unsure(cascade, model, outputs):
+                run.done = timer()  # the upstream's time is not this model's
+                upstream = await cascade.forward(name, body, header_length)
+                cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
+            if shadow_model is not None:
+                self._mirror.submit(shadow_model, req.inputs, outputs)
+            if run_all and wanted is not None:
+                outputs = _pick(outputs, wanted)
+            content, headers = _encode(req, model, outputs)
+            run.outcome = OUTCOME_OK
         except _ClientGone:
             run.outcome = OUTCOME_CLIENT_ERROR
-            body = None
-        except ModelfleetError as e:  # too large, corrupt, or too slow: the caller's doing
-            run.outcome = OUTCOME_CLIENT_ERROR
-            await _send_error(send, status_of(e), str(e), served)
-            body = None
-        if body is None:
-            self._report(name, route, run, scope)
             return
-        run.body_done = timer()
-        try:
-            reply = await self._answer(run, body, header_length, shadow_model, cascade)
         except ModelfleetError as e:
             status = status_of(e)
-            if status < 500:
+            if status < 500 or run.body_done is None:  # refused, or uploaded too slowly
                 run.outcome = OUTCOME_CLIENT_ERROR
             else:
-                run.outcome = (
-                    OUTCOME_TIMEOUT
-                    if isinstance(e, DeadlineExceededError)
-                    else OUTCOME_SERVER_ERROR
-                )
+                timeout = isinstance(e, DeadlineExceededError)
+                run.outcome = OUTCOME_TIMEOUT if timeout else OUTCOME_SERVER_ERROR
                 _log.error("inference on %s failed: %s", model, e)
             await _send_error(send, status, str(e), served)
             return
         except Exception as e:
             _log.exception("inference on %s failed", model)
             run.outcome = OUTCOME_SERVER_ERROR
-            if cascade is not None:
+            if cascade is not None and body:
                 # the local model is broken: the upstream may still answer the caller
                 self._report(name, route, run, scope)
                 upstream = await cascade.forward(name, body, header_length)
@@ -363,7 +380,6 @@ class _InferEndpoint:
         finally:
             if not run.reported:
                 self._report(name, route, run, scope)
-        content, headers, upstream, cascade_route = reply
         if cascade is not None:
             self._count_route(name, cascade_route)
             if upstream is not None:
@@ -373,18 +389,10 @@ class _InferEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    async def _answer(
-        self,
-        run: _Run,
-        body: bytes,
-        header_length: bytes | None,
-        shadow_model: LoadedModel | None,
-        cascade: UpstreamClient | None,
-    ) -> tuple[bytes, list[tuple[bytes, bytes]], UpstreamAnswer | None, CascadeRoute]:
-        """Decode, run, mirror, cascade and encode; timing compute and queue into ``run``."""
-        timer = self._timer
-        model = run.model
-        name = model.name
+    def _decode(
+        self, model: LoadedModel, body: bytes, header_length: bytes | None
+    ) -> tuple[InferRequest, int]:
+        """The request, and its batch size (checked against the limit)."""
         length: int | None = None
         if header_length is not None:
             if not header_length.isdigit():
@@ -401,45 +409,17 @@ class _InferEndpoint:
                         f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
                     )
                 rows = max(rows, arr.shape[0])
-        wanted = req.output_names
-        run_all = shadow_model is not None or cascade is not None
-        compute_start = timer()
-        if rows <= self._inline_max_rows:
-            outputs = model.infer(req.inputs, None if run_all else wanted)
-        else:
-            outputs = await self._off_loop(run, req.inputs, None if run_all else wanted)
-        run.compute = timer() - compute_start
-        if self._fanout.wants_confidence and model.confidence_output is not None:
-            run.confidence = _mean_top_probability(outputs.get(model.confidence_output))
-        upstream: UpstreamAnswer | None = None
-        cascade_route = CascadeRoute.LOCAL
-        if cascade is not None:
-            top = None
-            if model.confidence_output is not None:
-                top = _min_top_probability(outputs.get(model.confidence_output))
-            if route_for(cascade.settings, top, cascade.unhealthy(name)) is CascadeRoute.UPSTREAM:
-                run.done = timer()  # the upstream's time is not this model's
-                upstream = await cascade.forward(name, body, header_length)
-                cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
-        if shadow_model is not None:
-            self._mirror.submit(shadow_model, req.inputs, outputs)
-        if run_all and wanted is not None:
-            outputs = _pick(outputs, wanted)
-        binary: Mapping[str, bool] | bool = (
-            {o.name: req.binary_for(o.name) for o in req.outputs}
-            if req.outputs
-            else req.binary_data_output
-        )
-        content, json_length = encode_infer_body(name, model.version, req.id, outputs, binary)
-        headers = [
-            _JSON_HEADER if json_length is None else _BINARY_HEADER,
-            (b"content-length", str(len(content)).encode()),
-            (_H_VERSION, model.version.encode()),
-        ]
-        if json_length is not None:
-            headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
-        run.outcome = OUTCOME_OK
-        return content, headers, upstream, cascade_route
+        return req, rows
+
+    @staticmethod
+    def _unsure(
+        cascade: UpstreamClient, model: LoadedModel, outputs: dict[str, np.ndarray]
+    ) -> bool:
+        top = None
+        if model.confidence_output is not None:
+            top = _min_top_probability(outputs.get(model.confidence_output))
+        unhealthy = cascade.unhealthy(model.name)
+        return route_for(cascade.settings, top, unhealthy) is CascadeRoute.UPSTREAM
 
     async def _off_loop(
         self, run: _Run, inputs: Mapping[str, np.ndarray], wanted: list[str] | None
@@ -483,6 +463,26 @@ class _Run:
     def __init__(self, model: LoadedModel, started: float) -> None:
         self.model = model
         self.started = started
+
+
+def _encode(
+    req: InferRequest, model: LoadedModel, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and headers (JSON, or binary when the request asked for it)."""
+    binary: Mapping[str, bool] | bool = (
+        {o.name: req.binary_for(o.name) for o in req.outputs}
+        if req.outputs
+        else req.binary_data_output
+    )
+    content, json_length = encode_infer_body(model.name, model.version, req.id, outputs, binary)
+    headers = [
+        _JSON_HEADER if json_length is None else _BINARY_HEADER,
+        (b"content-length", str(len(content)).encode()),
+        (_H_VERSION, model.version.encode()),
+    ]
+    if json_length is not None:
+        headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
+    return content, headers
 
 
 async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:
