@@ -135,6 +135,29 @@ class _BodyDeadlines:
         self._expired: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
+    def enter(self, started: float) -> asyncio.Task[Any] | None:
+        """Register the current task's body read, begun at ``started``; pass the result to
+        :meth:`leave` when the read ends (inline form of :meth:`read`, one coroutine less)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._pending[task] = started
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._period, self._tick)
+        return task
+
+    def leave(self, task: asyncio.Task[Any] | None) -> None:
+        """The read registered by :meth:`enter` ended."""
+        if task is not None:
+            del self._pending[task]
+
+    def overran(self, task: asyncio.Task[Any] | None) -> DeadlineExceededError | None:
+        """After a cancellation: the deadline error if this registry cancelled ``task``."""
+        if task is None or task not in self._expired:
+            return None
+        self._expired.discard(task)
+        task.uncancel()
+        return DeadlineExceededError(f"the request body did not arrive within {self._timeout:g} s")
+
     async def read(self, reading: Any, started: float) -> bytes:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always inside a task under ASGI servers
@@ -324,9 +347,16 @@ class _InferEndpoint:
         run = _Run(model, start)
         body = b""
         try:
-            body = await self._deadlines.read(
-                _read_body(receive, declared, encoding, self._max_body), start
-            )
+            reading = self._deadlines.enter(start)
+            try:
+                body = await _read_body(receive, declared, encoding, self._max_body)
+            except asyncio.CancelledError:
+                overran = self._deadlines.overran(reading)
+                if overran is None:
+                    raise
+                raise overran from None
+            finally:
+                self._deadlines.leave(reading)
             run.body_done = timer()
             req, rows = self._decode(model, body, header_length)
             wanted = req.output_names
@@ -437,16 +467,27 @@ class _InferEndpoint:
 
     def _report(self, name: str, route: Route, run: _Run, scope: dict[str, Any]) -> None:
         run.reported = True
+        compute = run.compute
         queue: float | None = None
-        if run.body_done is not None:
-            done = run.done if run.done is not None else self._timer()
-            queue = max(done - run.body_done - (run.compute or 0.0), 0.0)
+        body_done = run.body_done
+        if body_done is not None:
+            done = run.done
+            queue = (self._timer() if done is None else done) - body_done
+            if compute is not None:
+                queue -= compute
+            if queue < 0.0:
+                queue = 0.0
         model = run.model
-        role = ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION
         client = scope.get("client")
-        caller: str = client[0] if client else ""
         self._fanout.on_request(
-            name, model.version, role, run.outcome, run.compute, queue, run.confidence, caller
+            name,
+            model.version,
+            ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION,
+            run.outcome,
+            compute,
+            queue,
+            run.confidence,
+            client[0] if client else "",
         )
 
 

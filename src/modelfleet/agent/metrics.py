@@ -5,16 +5,16 @@ one process, e.g. a simulated fleet or a test run). :class:`AgentMetrics` is a
 :class:`~modelfleet.agent.observers.RequestObserver` of the request path's fan-out.
 
 The per-request series (request count by outcome, latency histograms) are kept in plain
-integer lists behind one lock and exposed by a collector at scrape time: that costs about a
-quarter of ``prometheus_client``'s labelled ``Counter.inc`` + ``Histogram.observe``. Latency
-uses the one fixed-edge :class:`~modelfleet.monitoring.histogram.Histogram` the guard uses,
-exposed at the usual coarser ``le`` bounds (a subset of its edges, so exact). The rare
-shadow events use ordinary ``prometheus_client`` counters.
+integer lists, written by the event loop alone, and exposed by a collector at scrape time:
+that costs about a quarter of ``prometheus_client``'s labelled ``Counter.inc`` +
+``Histogram.observe``. Latency uses the one fixed-edge
+:class:`~modelfleet.monitoring.histogram.Histogram` the guard uses, exposed at the usual
+coarser ``le`` bounds (a subset of its edges, so exact). The rare shadow events use ordinary
+``prometheus_client`` counters.
 """
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Final
@@ -165,7 +165,6 @@ class AgentMetrics:
 
     def __init__(self, host: ModelHost, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._lock = threading.Lock()
         self._series: dict[str, dict[str, _Series]] = {}
         self.shadow_compared = Counter(
             "modelfleet_agent_shadow_compared",
@@ -212,27 +211,27 @@ class AgentMetrics:
             KeyError: ``outcome`` is not one of :data:`~modelfleet.agent.observers.OUTCOMES`.
         """
         index = _OUTCOME_INDEX[outcome]
-        # inlined Histogram.record: this runs for every request (see the module docstring)
-        with self._lock:
-            versions = self._series.get(model)
-            if versions is None:
-                versions = self._series[model] = {}
-            series = versions.get(version)
-            if series is None:
-                series = versions[version] = _Series()
-            series.outcomes[index] += 1
-            if queue_s is not None:
-                hist = series.queue
-                hist.counts[bisect_left(_EDGES, queue_s)] += 1
-                hist.total += queue_s
-                total = queue_s if compute_s is None else queue_s + compute_s
-                hist = series.latency
-                hist.counts[bisect_left(_EDGES, total)] += 1
-                hist.total += total
-            if compute_s is not None:
-                hist = series.compute
-                hist.counts[bisect_left(_EDGES, compute_s)] += 1
-                hist.total += compute_s
+        # Inlined Histogram.record, and no lock: this runs for every request, always on the
+        # event loop (the one writer); readers copy (:meth:`series`).
+        versions = self._series.get(model)
+        if versions is None:
+            versions = self._series[model] = {}
+        series = versions.get(version)
+        if series is None:
+            series = versions[version] = _Series()
+        series.outcomes[index] += 1
+        if queue_s is not None:
+            hist = series.queue
+            hist.counts[bisect_left(_EDGES, queue_s)] += 1
+            hist.total += queue_s
+            total = queue_s if compute_s is None else queue_s + compute_s
+            hist = series.latency
+            hist.counts[bisect_left(_EDGES, total)] += 1
+            hist.total += total
+        if compute_s is not None:
+            hist = series.compute
+            hist.counts[bisect_left(_EDGES, compute_s)] += 1
+            hist.total += compute_s
 
     def on_comparison(
         self, model: str, candidate_version: str, comparison: ComparisonResult
@@ -245,13 +244,15 @@ class AgentMetrics:
     # -----------------------------------------------------------------------------------------
 
     def series(self) -> list[tuple[tuple[str, str], _Series]]:
-        """A consistent copy of the per-version request series, sorted by (model, version)."""
-        with self._lock:
-            return sorted(
-                ((model, version), series.copy())
-                for model, versions in self._series.items()
-                for version, series in versions.items()
-            )
+        """A copy of the per-version request series, sorted by (model, version).
+
+        Safe from any thread; a copy taken while a request is being counted may lag that
+        request in one of its series."""
+        return sorted(  # list(): a C-level copy, safe against the writer adding keys
+            ((model, version), series.copy())
+            for model, versions in list(self._series.items())
+            for version, series in list(versions.items())
+        )
 
     def observe_shadow(self, model: str, version: str, disagreed: bool) -> None:
         """Count one finished shadow comparison of candidate ``version``."""
