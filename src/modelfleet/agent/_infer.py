@@ -547,8 +547,10 @@ def _min_top_probability(probabilities: np.ndarray | None) -> float | None:
 def _mean_top_probability(probabilities: np.ndarray | None) -> float | None:
     if probabilities is None or probabilities.ndim != 2 or probabilities.size == 0:
         return None
-    if probabilities.shape[0] == 1:  # the common case, at a third of the cost
-        return float(probabilities.max())
+    rows = probabilities.shape[0]
+    if rows <= 16:  # small batches: Python floats cost a twentieth of numpy's reductions
+        top: float = sum(map(max, probabilities.tolist())) / rows
+        return top
     return float(probabilities.max(axis=1).mean())
 
 
