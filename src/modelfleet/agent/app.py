@@ -305,6 +305,8 @@ class _AgentApp(Starlette):
     def __init__(self, infer: _InferEndpoint, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._infer = infer
+        # path -> its infer path params (None: not an infer path); bounded, read-only values
+        self._paths: dict[str, dict[str, str] | None] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -312,18 +314,32 @@ class _AgentApp(Starlette):
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            parts = path.split("/")
-            # "", "v2", "models", m, "infer"  |  "", "v2", "models", m, "versions", v, "infer"
-            if parts[-1] == "infer" and parts[1:3] == ["v2", "models"] and all(parts[3:-1]):
-                if len(parts) == 5:
-                    scope["path_params"] = {"model": parts[3]}
-                    await self._infer(scope, receive, send)
-                    return
-                if len(parts) == 7 and parts[4] == "versions":
-                    scope["path_params"] = {"model": parts[3], "version": parts[5]}
-                    await self._infer(scope, receive, send)
-                    return
+            try:
+                params = self._paths[path]
+            except KeyError:
+                params = _infer_params(path)
+                if len(self._paths) < _PATH_CACHE_SIZE:
+                    self._paths[path] = params
+            if params is not None:
+                scope["path_params"] = params
+                await self._infer(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+
+_PATH_CACHE_SIZE: Final = 1024
+
+
+def _infer_params(path: str) -> dict[str, str] | None:
+    """``{"model": m}`` or ``{"model": m, "version": v}`` for an infer path, else None."""
+    parts = path.split("/")
+    # "", "v2", "models", m, "infer"  |  "", "v2", "models", m, "versions", v, "infer"
+    if parts[-1] == "infer" and parts[1:3] == ["v2", "models"] and all(parts[3:-1]):
+        if len(parts) == 5:
+            return {"model": parts[3]}
+        if len(parts) == 7 and parts[4] == "versions":
+            return {"model": parts[3], "version": parts[5]}
+    return None
 
 
 def _control_routes(control: AgentControl) -> list[HttpRoute]:
