@@ -201,46 +201,52 @@ class _ClientGone(Exception):
     """The client disconnected before the body was read."""
 
 
-async def _read_body(
-    receive: _Receive, declared: bytes | None, encoding: bytes | None, limit: int
-) -> bytes:
-    """Read the request body, refusing more than ``limit`` bytes before buffering them all.
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+
+
+def _check_declared(declared: bytes, limit: int) -> None:
+    """Refuse a bad or too large Content-Length before reading a byte of the body.
 
     Raises:
-        PayloadTooLargeError: the body (or its decompressed form) exceeds ``limit``.
-        InvalidTensorError: a bad Content-Length or compressed body.
+        PayloadTooLargeError: it declares more than ``limit``.
+        InvalidTensorError: it is not an integer.
+    """
+    if not declared.isdigit():
+        raise InvalidTensorError("Content-Length is not an integer")
+    if int(declared) > limit:
+        raise _too_large(limit)
+
+
+async def _read_more(receive: _Receive, first: bytes, limit: int) -> bytes:
+    """The rest of a body that came in several messages, refusing more than ``limit``.
+
+    Raises:
+        PayloadTooLargeError: the body exceeds ``limit``.
         _ClientGone: the client went away.
     """
-    too_large = f"the request body exceeds the limit of {limit} bytes"
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidTensorError("Content-Length is not an integer")
-        if int(declared) > limit:
-            raise PayloadTooLargeError(too_large)
-    message = await receive()
-    if message["type"] != "http.request":
-        raise _ClientGone
-    body: bytes = message.get("body", b"")
-    if message.get("more_body", False):
-        chunks = [body]
-        size = len(body)
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(too_large)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-    elif len(body) > limit:
-        raise PayloadTooLargeError(too_large)
-    if encoding is None or encoding == b"identity":
-        return body
-    # tritonclient's request_compression_algorithm="gzip"|"deflate"
+    chunks = [first]
+    size = len(first)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _inflate(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """Decompress a body sent with tritonclient's ``request_compression_algorithm``.
+
+    Raises:
+        PayloadTooLargeError: the decompressed body exceeds ``limit``.
+        InvalidTensorError: an unsupported encoding, or a corrupt or truncated body.
+    """
     if encoding not in (b"gzip", b"deflate"):
         raise InvalidTensorError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
     inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == b"gzip" else 0))
@@ -249,7 +255,7 @@ async def _read_body(
     except zlib.error as e:
         raise InvalidTensorError(f"the compressed request body is corrupt: {e}") from None
     if len(plain) > limit:
-        raise PayloadTooLargeError(too_large)
+        raise _too_large(limit)
     if not inflater.eof:
         raise InvalidTensorError("the compressed request body is truncated")
     return plain
@@ -347,9 +353,17 @@ class _InferEndpoint:
         run = _Run(model, start)
         body = b""
         try:
+            limit = self._max_body
+            if declared is not None:
+                _check_declared(declared, limit)
             reading = self._deadlines.enter(start)
-            try:
-                body = await _read_body(receive, declared, encoding, self._max_body)
+            try:  # the body, within its deadline (usually one message, already here)
+                received = await receive()
+                if received["type"] != "http.request":
+                    raise _ClientGone
+                body = received.get("body", b"")
+                if received.get("more_body", False):
+                    body = await _read_more(receive, body, limit)
             except asyncio.CancelledError:
                 overran = self._deadlines.overran(reading)
                 if overran is None:
@@ -357,6 +371,10 @@ class _InferEndpoint:
                 raise overran from None
             finally:
                 self._deadlines.leave(reading)
+            if len(body) > limit:
+                raise _too_large(limit)
+            if encoding is not None and encoding != b"identity":
+                body = _inflate(body, encoding, limit)
             run.body_done = timer()
             req, rows = self._decode(model, body, header_length)
             wanted = req.output_names
