@@ -178,7 +178,7 @@ def _start_servers(
 ) -> list[processes.Server]:
     servers: list[processes.Server] = []
     python = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}  # this checkout
     infer_path = f"/v2/models/{MODEL_NAME}/infer"
 
     def ours(
@@ -245,7 +245,8 @@ def _start_servers(
             print(message, flush=True)
             notes.append(message)
         else:
-            granian_env_vars = {**env, "PYTHONPATH": f"{pkgs}{os.pathsep}{REPO}"}
+            path = f"{pkgs}{os.pathsep}{REPO / 'src'}{os.pathsep}{REPO}"
+            granian_env_vars = {**env, "PYTHONPATH": path}
             ours(
                 "agent_granian",
                 f"modelfleet agent app (granian {granian_env.version(pkgs)}, ASGI, uvloop)",
