@@ -26,7 +26,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serving import granian_env, inproc, mlserver, processes, report, wrk
+from benchmarks.serving import (
+    daemon_agent,
+    granian_env,
+    inproc,
+    mlserver,
+    processes,
+    report,
+    wrk,
+)
 from benchmarks.serving.model import MODEL_NAME, BenchModel, make_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,11 +170,15 @@ def _check_answer(server: processes.Server, bench: BenchModel) -> dict[str, Any]
 
 
 def _start_servers(
-    opts: Options, bench: BenchModel, run_dir: Path, notes: list[str]
+    opts: Options,
+    bench: BenchModel,
+    run_dir: Path,
+    notes: list[str],
+    companions: list[processes.Server],
 ) -> list[processes.Server]:
     servers: list[processes.Server] = []
     python = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}  # this checkout
     infer_path = f"/v2/models/{MODEL_NAME}/infer"
 
     def ours(
@@ -209,7 +221,16 @@ def _start_servers(
             )
         )
 
-    ours("agent", "modelfleet agent app (uvicorn, httptools, uvloop)", "agent", "httptools")
+    # the agent as `modelfleet agent run` starts it, enrolled with a hub (issue 6)
+    agent, hub = daemon_agent.start_enrolled_agent(bench.path, run_dir, env, REPO)
+    companions.append(hub)
+    servers.append(agent)
+    ours(
+        "agent_app",
+        "modelfleet agent app on the benchmark's harness (agent/server.py)",
+        "agent",
+        "httptools",
+    )
     if opts.h11:
         ours("agent_h11", "modelfleet agent app (uvicorn, h11, uvloop)", "agent", "h11")
     ours(
@@ -224,7 +245,8 @@ def _start_servers(
             print(message, flush=True)
             notes.append(message)
         else:
-            granian_env_vars = {**env, "PYTHONPATH": f"{pkgs}{os.pathsep}{REPO}"}
+            path = f"{pkgs}{os.pathsep}{REPO / 'src'}{os.pathsep}{REPO}"
+            granian_env_vars = {**env, "PYTHONPATH": path}
             ours(
                 "agent_granian",
                 f"modelfleet agent app (granian {granian_env.version(pkgs)}, ASGI, uvloop)",
@@ -288,7 +310,8 @@ def _ratios(summary: dict[str, dict[str, Any]], concurrency: tuple[int, ...]) ->
     agent = summary.get("agent")
     if agent is None:
         return out
-    for other in ("mlserver_tuned", "mlserver_defaults", "naive", "agent_h11", "agent_granian"):
+    others = ("mlserver_tuned", "mlserver_defaults", "naive", "agent_app", "agent_h11")
+    for other in (*others, "agent_granian"):
         if other not in summary:
             continue
         per_c: dict[str, Any] = {}
@@ -337,8 +360,9 @@ def run(opts: Options) -> int:
     labels: dict[str, str] = {}
     answers: dict[str, Any] = {}
     servers: list[processes.Server] = []
+    companions: list[processes.Server] = []
     try:
-        servers = _start_servers(opts, bench, run_dir, notes)
+        servers = _start_servers(opts, bench, run_dir, notes, companions)
         live: list[processes.Server] = []
         for server in servers:
             try:
@@ -395,6 +419,8 @@ def run(opts: Options) -> int:
         # In parallel: MLServer needs a second SIGINT and up to seconds to exit.
         with ThreadPoolExecutor(max(1, len(servers))) as pool:
             list(pool.map(lambda server: server.stop(), servers))
+        for companion in companions:
+            companion.stop()
     info["loadavg_end"] = list(os.getloadavg())
     if not opts.skip_mlserver and MLSERVER_VENV.exists():
         info["mlserver_venv_packages"] = mlserver.versions(MLSERVER_VENV)

@@ -12,7 +12,7 @@
   both see the same machine state; overhead = p50(path) − p50(bare).
 * ``stages``: the serving functions the agent's infer endpoint calls, each timed alone
   (route + ``choose``, ``decode_infer_request``, ``LoadedModel.validate``,
-  ``LoadedModel.infer``, the response encoder, ``AgentMetrics.observe_request``) — a
+  ``LoadedModel.infer``, the response encoder, ``AgentMetrics.on_request``) — a
   profile of where the overhead goes. Skipped with a note if those functions change shape.
 """
 
@@ -113,14 +113,14 @@ def _agent_functions(host: Any, metrics: Any, body: bytes) -> Callable[[], bytes
     Mirrors ``_InferEndpoint.__call__`` in ``modelfleet/agent/_infer.py`` minus the ASGI
     plumbing: route lookup, ``choose``, ``decode_infer_request``, the batch limit,
     ``LoadedModel.infer`` (validation + run), the response encoder, the version header,
-    ``AgentMetrics.observe_request``.
+    ``AgentMetrics.on_request``.
     """
     from modelfleet.serving import oip
     from modelfleet.serving.router import choose
 
     encode_body = getattr(oip, "encode_infer_body", None)
     decode = oip.decode_infer_request
-    observe = metrics.observe_request
+    observe = metrics.on_request
     rng = random.random
 
     def path() -> bytes:
@@ -141,7 +141,8 @@ def _agent_functions(host: Any, metrics: Any, body: bytes) -> Callable[[], bytes
             content, _headers = oip.encode_infer_response(
                 MODEL_NAME, model.version, req.id, outputs, False
             )
-        observe(MODEL_NAME, model.version, "success", time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        observe(MODEL_NAME, model.version, "production", "ok", elapsed, 0.0, None, "127.0.0.1")
         return bytes(content)
 
     return path
@@ -238,7 +239,7 @@ def _stages(host: Any, metrics: Any, body: bytes, calls: int) -> dict[str, float
     from modelfleet.serving.router import choose
 
     encode = getattr(oip, "encode_infer_body", None) or oip.encode_infer_response
-    observe = metrics.observe_request
+    observe = metrics.on_request
     rng = random.random
     perf = time.perf_counter_ns
     model = host.route(MODEL_NAME).production
@@ -258,7 +259,7 @@ def _stages(host: Any, metrics: Any, body: bytes, calls: int) -> dict[str, float
         t4 = perf()
         encode(MODEL_NAME, model.version, req.id, outputs, False)
         t5 = perf()
-        observe(MODEL_NAME, model.version, "success", 0.0002)
+        observe(MODEL_NAME, model.version, "production", "ok", 0.0002, 0.00001, None, "::1")
         t6 = perf()
         deltas = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
         for name, dt in zip(names, deltas, strict=True):

@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.server == "granian":
         _serve_granian(args.app, args.model, args.port, args.loop)
         return
+    if args.app == "agent" and args.http == "httptools" and args.loop == "uvloop":
+        from modelfleet.agent.daemon import bind_socket
+        from modelfleet.agent.server import serve
+
+        # the server exactly as the daemon starts it (agent/server.py)
+        serve(build_agent(args.model), bind_socket("127.0.0.1", args.port))
+        return
     if args.app == "agent":
         app = build_agent(args.model)
     else:

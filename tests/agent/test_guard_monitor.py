@@ -71,3 +71,22 @@ def test_shadow_disagreement_fires() -> None:
         clock.advance(0.01)
         monitor.observe_comparison("m", "2", disagreed=i % 2 == 0)
     assert fired and "disagreement" in fired[0][2].reasons[0]
+
+
+def test_new_production_is_judged_against_the_previous_versions_own_measurements() -> None:
+    """Defect 17: v1 was measured while nothing was watched; v2 is judged relative to it."""
+    monitor, clock, fired = make()
+    relative = SloPolicy(min_samples=20, window_s=10)  # the defaults: no absolute limits
+    for _ in range(40):  # v1 alone in production: not watched, but measured
+        clock.advance(0.25)
+        monitor.observe("m", "1", 0.230, caller="10.0.0.1")
+    monitor.watch("m", relative, watched="2", baseline="1", role="production")
+    for i in range(40):  # as slow as v1: a heavy model, but no worse
+        clock.advance(0.25)
+        monitor.observe("m", "2", 0.235, caller=f"10.0.0.{i % 2}")
+    assert fired == []
+    for i in range(40):
+        clock.advance(0.25)
+        monitor.observe("m", "2", 0.700, caller=f"10.0.0.{i % 2}")
+    assert [v for _, v, _ in fired] == ["2"]
+    assert "> 2x v1's" in fired[0][2].reasons[0]

@@ -4,6 +4,7 @@ split/pin/shadow through HTTP, control-token protection and per-app metrics."""
 from __future__ import annotations
 
 import gzip
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -53,16 +54,20 @@ def infer(client: AppClient, x: np.ndarray, path: str = "/v2/models/iris/infer",
     return client.post(path, content=body(x), **kw)
 
 
-def test_health_live_and_ready_follow_the_route_table(v1: LoadedModel) -> None:
+def test_ready_is_503_not_400_until_a_model_is_loaded(v1: LoadedModel) -> None:
+    """Issue 6, defect 6: load balancers and KServe/Triton clients read 503 as not ready."""
     host = ModelHost()
     with AppClient(build_agent_app(host)) as client:
         assert client.get("/v2/health/live").status_code == 200
-        not_ready = client.get("/v2/health/ready")
-        assert not_ready.status_code == 400
-        assert "error" in not_ready.json()
+        for path in ("/v2/health/ready", "/v2/models/iris/ready"):
+            not_ready = client.get(path)
+            assert not_ready.status_code == 503, path
+            assert "error" in not_ready.json()
         host.set_route("iris", Route(v1))
         ready = client.get("/v2/health/ready")
         assert (ready.status_code, ready.content) == (200, b"")
+        assert client.get("/v2/models/iris/ready").status_code == 200
+        assert client.get("/v2/models/iris/versions/9/ready").status_code == 503
 
 
 def test_server_metadata_advertises_binary_tensor_data(client: AppClient) -> None:
@@ -94,9 +99,7 @@ def test_model_metadata_lists_versions_and_schema(models: Models, v1: LoadedMode
 
 NOT_FOUND = [
     ("GET", "/v2/models/nope"),
-    ("GET", "/v2/models/nope/ready"),
     ("GET", "/v2/models/iris/versions/9"),
-    ("GET", "/v2/models/iris/versions/9/ready"),
     ("POST", "/v2/models/nope/infer"),
     ("POST", "/v2/models/iris/versions/9/infer"),
     ("GET", "/v2/no/such/path"),
@@ -289,6 +292,16 @@ class ExplodingSession:
         raise RuntimeError("device lost")
 
 
+class SlowSession:
+    """Holds its worker thread until released (the test's deadline passes meanwhile)."""
+
+    release = threading.Event()
+
+    def run(self, names: Any, feed: Any) -> Any:
+        self.release.wait(timeout=2)  # released at the end of the test
+        raise RuntimeError("too late anyway")
+
+
 def test_runtime_failure_is_500_with_json_error(v1: LoadedModel, models: Models) -> None:
     broken = LoadedModel("iris", "7", "sha256:7", ExplodingSession(), v1.schema)
     host = ModelHost()
@@ -420,53 +433,75 @@ def test_metrics_snapshot_gives_per_version_counts_for_the_guard(
 
 
 class Recorder:
+    """A request observer that writes down what the fan-out tells it."""
+
+    wants_confidence = True
+
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str, float, bool, float | None]] = []
+        self.requests: list[tuple[Any, ...]] = []
         self.comparisons: list[tuple[str, str, bool]] = []
 
-    def observe(
-        self,
-        model: str,
-        version: str,
-        latency_s: float,
-        error: bool = False,
-        confidence: float | None = None,
-    ) -> None:
-        self.requests.append((model, version, latency_s, error, confidence))
+    def on_request(self, *args: Any) -> None:
+        self.requests.append(args)
 
-    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
-        self.comparisons.append((model, version, disagreed))
+    def on_comparison(self, model: str, version: str, comparison: Any) -> None:
+        self.comparisons.append((model, version, comparison.disagreed))
 
 
-def test_observer_sees_served_requests_and_comparisons_but_not_caller_errors(
+class Broken:
+    def on_request(self, *args: Any) -> None:
+        raise RuntimeError("observer bug")
+
+    def on_comparison(self, *args: Any) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_every_observer_hears_each_request_once_with_outcome_role_and_caller(
     v1: LoadedModel, v2: LoadedModel, models: Models
 ) -> None:
     host = ModelHost()
     host.set_route("iris", Route(v1, v2, Mode.SHADOW, 1.0))
-    recorder = Recorder()
-    app = build_agent_app(host, observer=recorder)
+    first, second = Recorder(), Recorder()
+    app = build_agent_app(host, observers=[first, Broken(), second])
     x = models.X[:4]
     with AppClient(app) as client:
         assert infer(client, x).status_code == 200
         assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
         client.run(app.state.shadow.join)
-    [(model, version, latency, error, confidence)] = recorder.requests
-    assert (model, version, error) == ("iris", "1", False)
-    assert 0 < latency < 5
+    assert first.requests == second.requests  # a broken observer between them changes nothing
+    (ok, refused) = first.requests
+    model, version, role, outcome, compute, queue, confidence, caller = ok
+    assert (model, version, role, outcome, caller) == ("iris", "1", "production", "ok", "127.0.0.1")
+    assert 0 < compute < 5 and 0 <= queue < 5
     want = float(v1.infer({"X": x})["probabilities"].max(axis=1).mean())
     assert confidence == pytest.approx(want)
-    # the mirror passes a Comparison, truthy when it disagreed (issue 6, contract 6)
-    assert [(m, v, bool(d)) for m, v, d in recorder.comparisons] == [("iris", "2", True)]
+    assert refused[3] == "client_error" and refused[4] is None  # the model never ran
+    # the mirror passes a Comparison (issue 6, contract 6); disagreed is its decision
+    assert first.comparisons == [("iris", "2", True)]
 
 
-def test_observer_sees_server_errors_as_errors(v1: LoadedModel, models: Models) -> None:
+def test_observer_sees_server_errors_as_server_errors(v1: LoadedModel, models: Models) -> None:
     broken = LoadedModel("iris", "7", "sha256:7", ExplodingSession(), v1.schema)
     host = ModelHost()
     host.set_route("iris", Route(broken))
     recorder = Recorder()
-    with AppClient(build_agent_app(host, observer=recorder)) as client:
+    with AppClient(build_agent_app(host, observers=[recorder])) as client:
         assert infer(client, models.X[:1]).status_code == 500
-    assert [(m, v, e, c) for m, v, _, e, c in recorder.requests] == [("iris", "7", True, None)]
+    [(model, version, role, outcome, *_)] = recorder.requests
+    assert (model, version, role, outcome) == ("iris", "7", "production", "server_error")
+
+
+def test_slow_offloop_inference_is_a_timeout_not_a_client_error(
+    v1: LoadedModel, models: Models
+) -> None:
+    host = ModelHost()
+    host.set_route("iris", Route(LoadedModel("iris", "8", "sha256:8", SlowSession(), v1.schema)))
+    recorder = Recorder()
+    limits = ServingLimits(request_timeout_s=0.01, inline_max_rows=0)
+    with AppClient(build_agent_app(host, observers=[recorder], limits=limits)) as client:
+        assert infer(client, models.X[:1]).status_code == 503
+    SlowSession.release.set()
+    assert [r[3] for r in recorder.requests] == ["timeout"]
 
 
 class Control:

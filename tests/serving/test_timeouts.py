@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
+import pytest
 
 from modelfleet.agent.app import ServingLimits, build_agent_app
+from modelfleet.agent.daemon import bind_socket
+from modelfleet.agent.server import ServerSettings, build_server
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.router import Route
 from modelfleet.serving.runtime import LoadedModel
@@ -82,3 +89,91 @@ def test_slow_offloop_inference_gets_503(tmp_path: Path) -> None:
     r = asyncio.run(go())
     assert r.status_code == 503
     assert "did not finish" in r.json()["error"]
+
+
+# --- issue 6, defect 15: header deadline and connection cap, real sockets on loopback -----
+
+
+class AgentServer:
+    """The agent's own server (agent/server.py) on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any, settings: ServerSettings) -> None:
+        self.sock = bind_socket("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.server = build_server(app, settings)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> AgentServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:  # readiness poll: uvicorn offers no start callback
+            assert self.thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+
+def closed_within(conn: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``conn`` within ``seconds`` (reading whatever it sends)."""
+    conn.settimeout(seconds)
+    try:
+        while conn.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Any:
+    app = app_with(tmp_path, logistic_onnx()[0], ServingLimits())
+    with AgentServer(app, ServerSettings(header_timeout_s=0.5, max_connections=8)) as server:
+        yield server
+
+
+def test_headers_dripping_one_byte_at_a_time_are_cut_off(served: AgentServer) -> None:
+    conn = socket.create_connection(("127.0.0.1", served.port))
+    started = time.monotonic()
+    request = b"GET /v2/health/live HTTP/1.1\r\nhost: a\r\n"  # never finished
+    try:
+        for byte in request:
+            conn.sendall(bytes([byte]))
+            if closed_within(conn, 0.1):  # one byte every 0.1 s
+                break
+        else:
+            pytest.fail("the server kept a connection whose headers never ended")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert time.monotonic() - started < 2.0
+    conn.close()
+
+
+def test_idle_connections_are_closed_and_capped(served: AgentServer) -> None:
+    conns = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(12)]
+    try:
+        # the four beyond the cap of 8 are closed at once, the others at the header deadline
+        time.sleep(0.2)  # real sockets: let the server accept (and refuse) them all
+        readable, _, _ = select.select(conns, [], [], 0)
+        assert len(readable) == 4 and all(c.recv(1) == b"" for c in readable)
+        assert all(closed_within(c, 2.0) for c in conns)
+        # and the server still answers a well-behaved client
+        with httpx.Client(base_url=f"http://127.0.0.1:{served.port}") as client:
+            assert client.get("/v2/health/live").status_code == 200
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_keep_alive_requests_within_the_header_deadline_are_served(served: AgentServer) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{served.port}") as client:
+        for _ in range(3):
+            response = client.post("/v2/models/m/infer", content=BODY)
+            assert response.status_code == 200

@@ -2,9 +2,10 @@
 
 Endpoints (KServe ``required_api.md`` plus Triton's binary tensor extension):
 
-* ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready iff a model is routed)
+* ``GET /v2/health/live``, ``GET /v2/health/ready`` (200 iff a model is routed, else 503
+  as Triton and KServe answer)
 * ``GET /v2`` server metadata; ``GET /v2/models/{m}[/versions/{v}]`` model metadata
-* ``GET /v2/models/{m}[/versions/{v}]/ready``
+* ``GET /v2/models/{m}[/versions/{v}]/ready`` (503 while that model or version is not loaded)
 * ``POST /v2/models/{m}[/versions/{v}]/infer`` (no Content-Type needed: ``tritonclient``
   sends none)
 * ``GET /agent/status``, ``POST /agent/rollback`` (bearer control token)
@@ -17,15 +18,17 @@ it back pins that version; ``modelfleet-routing-key`` makes a split sticky.
 ONNX Runtime runs inline on the event loop for small batches: for small models a thread hop
 costs more than the inference itself. Batches above ``ServingLimits.inline_max_rows`` go to a
 worker thread. Shadow copies are compared off the request path (:mod:`modelfleet.serving.shadow`).
-Every served request (not 4xx) and shadow comparison can be reported to a
-:class:`RequestObserver` (the SLO guard).
+Every request and shadow comparison is reported once, to an
+:class:`~modelfleet.agent.observers.ObserverFanout` whose observers are the metrics, the
+SLO guard and whatever else the daemon adds (issue 6, contract 7).
 """
 
 from __future__ import annotations
 
 import hmac
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -44,14 +47,16 @@ from modelfleet.agent._infer import (
     PINNED_VERSION_HEADER,
     ROUTING_KEY_HEADER,
     VERSION_HEADER,
+    ServingLimits,
     _InferEndpoint,
-    _status_of,
+    status_of,
 )
 from modelfleet.agent.metrics import AgentMetrics
+from modelfleet.agent.observers import ComparisonResult, ObserverFanout, RequestObserver
 from modelfleet.agent.upstream import UpstreamClient
 from modelfleet.errors import ModelfleetError
 from modelfleet.serving.host import ModelHost
-from modelfleet.serving.runtime import LoadedModel
+from modelfleet.serving.model import Servable
 from modelfleet.serving.shadow import ShadowMirror
 
 __all__ = [
@@ -71,27 +76,7 @@ PLATFORM: Final = "onnx_onnxv1"
 EXTENSIONS: Final = ("binary_tensor_data",)
 
 _JSON: Final = "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class ServingLimits:
-    """Bounds on what one inference request may ask for.
-
-    Attributes:
-        max_body_bytes: largest request body (after decompression), else 413.
-        max_batch: largest first dimension of any input tensor, else 413.
-        inline_max_rows: requests up to this batch run ONNX Runtime inline on the event
-            loop (a thread hop costs more than a small model's inference); larger ones run
-            on a worker thread so they do not stall other requests (ORT releases the GIL).
-        request_timeout_s: a body that has not fully arrived, or an off-loop inference
-            that has not finished, within this many seconds gets 503 (inline inference of
-            small batches is never interrupted).
-    """
-
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_batch: int = 4096
-    inline_max_rows: int = 64
-    request_timeout_s: float = 30.0
+_DEFAULT_LIMITS: Final = ServingLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,29 +92,20 @@ class ShadowSettings:
     tolerance: float = 1e-4
 
 
-class RequestObserver(Protocol):
-    """Receives every served request and shadow comparison (e.g. the agent's SLO guard).
+@dataclass(frozen=True, slots=True)
+class _Compared:
+    """A shadow comparison reported as a plain ``disagreed`` flag."""
 
-    Called on the serving event loop; implementations must be quick and must not block.
-    Requests refused as the caller's fault (4xx) are not reported: they say nothing about
-    the model version.
-    """
+    disagreed: bool
+    score_shift: float | None = None
 
-    def observe(
-        self,
-        model: str,
-        version: str,
-        latency_s: float,
-        error: bool = False,
-        confidence: float | None = None,
-    ) -> None:
-        """One request served by ``version``: its latency, whether the server failed (5xx),
-        and the mean top-class probability when the model has a probabilities output."""
-        ...
 
-    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
-        """One finished shadow comparison of candidate ``version`` against production."""
-        ...
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
 
 class AgentControl(Protocol):
@@ -161,7 +137,7 @@ def _json(doc: Any) -> Response:
     return Response(orjson.dumps(doc), 200, None, _JSON)
 
 
-def _model_metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
+def _model_metadata(model: Servable, versions: list[str]) -> dict[str, Any]:
     schema = model.schema
     return {
         "name": model.name,
@@ -177,12 +153,14 @@ def build_agent_app(
     *,
     server_name: str = "modelfleet",
     control: AgentControl | None = None,
-    limits: ServingLimits = ServingLimits(),
+    limits: ServingLimits = _DEFAULT_LIMITS,
     shadow: ShadowSettings = ShadowSettings(),
     metrics: AgentMetrics | None = None,
     rng: Callable[[], float] = random.random,
+    observers: Iterable[RequestObserver] = (),
     observer: RequestObserver | None = None,
     cascade: UpstreamClient | None = None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -192,22 +170,28 @@ def build_agent_app(
         control: the daemon's control surface; without it ``/agent/*`` is not mounted.
         limits: body and batch limits.
         shadow: shadow queue size and disagreement tolerance.
-        metrics: the metrics to record into; by default a fresh registry per app.
+        metrics: the metrics to record into (the first observer); by default a fresh
+            registry per app.
         rng: uniform [0, 1) draws for unkeyed splits and shadow sampling.
-        observer: told of every served request and shadow comparison (the SLO guard).
+        observers: told of every request and shadow comparison after the metrics (the
+            SLO guard, telemetry).
+        observer: one more observer, after ``observers``.
         cascade: forward unconfident (or unhealthy) requests to an upstream OIP v2 server;
             answers carry ``modelfleet-route: local | upstream | fallback``.
+        timer: monotonic seconds for the request path's own timings (compute, queue,
+            body deadline); injected by tests.
 
     Returns:
-        A Starlette app; ``app.state`` holds ``host``, ``metrics`` and ``shadow`` (the
-        :class:`ShadowMirror`, whose ``join()`` waits for pending comparisons).
+        A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
+        :class:`ObserverFanout`) and ``shadow`` (the :class:`ShadowMirror`, whose
+        ``join()`` waits for pending comparisons).
     """
     stats = metrics if metrics is not None else AgentMetrics(host)
+    fanout = ObserverFanout([stats, *observers, *([observer] if observer is not None else [])])
 
-    def on_comparison(model: LoadedModel, disagreed: bool) -> None:
-        stats.observe_shadow(model.name, model.version, disagreed)
-        if observer is not None:
-            observer.observe_comparison(model.name, model.version, disagreed)
+    def on_comparison(model: _Named, result: bool | ComparisonResult) -> None:
+        comparison = _Compared(result) if isinstance(result, bool) else result
+        fanout.on_comparison(model.name, model.version, comparison)
 
     mirror = ShadowMirror(
         on_comparison,
@@ -230,20 +214,21 @@ def build_agent_app(
         def count_route(model: str, route: str) -> None:
             routes_total.labels(model, route).inc()
 
-    infer = _InferEndpoint(host, mirror, stats, limits, rng, observer, cascade, count_route)
+    infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer)
 
-    def _lookup(request: Request) -> tuple[LoadedModel, list[str]] | Response:
+    def _lookup(request: Request, missing: int = 404) -> tuple[Servable, list[str]] | Response:
         name: str = request.path_params["model"]
         version: str | None = request.path_params.get("version")
         route = host.route(name)
         if route is None:
-            return _error(404, f"unknown model {name!r}")
+            what = "unknown model" if missing == 404 else "not loaded: model"
+            return _error(missing, f"{what} {name!r}")
         versions = [m.version for m in route.versions()]
         if version is None:
             return route.production, versions
         found = route.find(version)
         if found is None:
-            return _error(404, f"model {name!r} has no loaded version {version!r}")
+            return _error(missing, f"model {name!r} has no loaded version {version!r}")
         return found, versions
 
     async def model_metadata(request: Request) -> Response:
@@ -253,7 +238,7 @@ def build_agent_app(
         return _json(_model_metadata(*found))
 
     async def model_ready(request: Request) -> Response:
-        found = _lookup(request)
+        found = _lookup(request, missing=503)  # not ready (yet), as KServe answers
         return found if isinstance(found, Response) else Response(b"", 200)
 
     async def live(request: Request) -> Response:
@@ -262,7 +247,7 @@ def build_agent_app(
     async def ready(request: Request) -> Response:
         if host.routes():
             return Response(b"", 200)
-        return _error(400, "no model is loaded yet")
+        return _error(503, "no model is loaded yet")
 
     async def server_meta(request: Request) -> Response:
         return Response(server_metadata, 200, None, _JSON)
@@ -303,6 +288,7 @@ def build_agent_app(
     )
     app.state.host = host
     app.state.metrics = stats
+    app.state.fanout = fanout
     app.state.shadow = mirror
     return app
 
@@ -319,6 +305,8 @@ class _AgentApp(Starlette):
     def __init__(self, infer: _InferEndpoint, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._infer = infer
+        # path -> its infer path params (None: not an infer path); bounded, read-only values
+        self._paths: dict[str, dict[str, str] | None] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -326,18 +314,32 @@ class _AgentApp(Starlette):
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            parts = path.split("/")
-            # "", "v2", "models", m, "infer"  |  "", "v2", "models", m, "versions", v, "infer"
-            if parts[-1] == "infer" and parts[1:3] == ["v2", "models"] and all(parts[3:-1]):
-                if len(parts) == 5:
-                    scope["path_params"] = {"model": parts[3]}
-                    await self._infer(scope, receive, send)
-                    return
-                if len(parts) == 7 and parts[4] == "versions":
-                    scope["path_params"] = {"model": parts[3], "version": parts[5]}
-                    await self._infer(scope, receive, send)
-                    return
+            try:
+                params = self._paths[path]
+            except KeyError:
+                params = _infer_params(path)
+                if len(self._paths) < _PATH_CACHE_SIZE:
+                    self._paths[path] = params
+            if params is not None:
+                scope["path_params"] = params
+                await self._infer(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+
+_PATH_CACHE_SIZE: Final = 1024
+
+
+def _infer_params(path: str) -> dict[str, str] | None:
+    """``{"model": m}`` or ``{"model": m, "version": v}`` for an infer path, else None."""
+    parts = path.split("/")
+    # "", "v2", "models", m, "infer"  |  "", "v2", "models", m, "versions", v, "infer"
+    if parts[-1] == "infer" and parts[1:3] == ["v2", "models"] and all(parts[3:-1]):
+        if len(parts) == 5:
+            return {"model": parts[3]}
+        if len(parts) == 7 and parts[4] == "versions":
+            return {"model": parts[3], "version": parts[5]}
+    return None
 
 
 def _control_routes(control: AgentControl) -> list[HttpRoute]:
@@ -359,7 +361,7 @@ def _control_routes(control: AgentControl) -> list[HttpRoute]:
         try:
             return _json(await run_in_threadpool(control.status))
         except ModelfleetError as e:
-            return _error(_status_of(e), str(e))
+            return _error(status_of(e), str(e))
 
     async def rollback(request: Request) -> Response:
         refused = authorised(request)
@@ -377,7 +379,7 @@ def _control_routes(control: AgentControl) -> list[HttpRoute]:
         try:
             return _json(await run_in_threadpool(control.rollback, reason))
         except ModelfleetError as e:
-            return _error(_status_of(e), str(e))
+            return _error(status_of(e), str(e))
 
     return [
         HttpRoute("/agent/status", status, methods=["GET"]),

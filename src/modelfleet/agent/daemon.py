@@ -119,10 +119,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     """Run the agent until interrupted (SIGINT/SIGTERM)."""
-    import uvicorn
-
     from modelfleet.agent.app import ServingLimits, build_agent_app
     from modelfleet.agent.hub_link import HttpHubLink
+    from modelfleet.agent.server import serve
     from modelfleet.agent.upstream import UpstreamClient
     from modelfleet.serving.host import ModelHost
     from modelfleet.trust.client import DeviceTrustClient
@@ -197,18 +196,8 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     )
     log.info("agent %s serving OIP v2 on http://%s:%d", config.device_id, config.host, port)
     loop.start()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            http="httptools",
-            loop="uvloop",
-            lifespan="on",
-        )
-    )
     try:
-        server.run(sockets=[sock])
+        serve(app, sock)  # agent/server.py: the one way the agent's HTTP server starts
     finally:
         loop.stop()
         (config.state_dir / CONTROL_FILE).unlink(missing_ok=True)

@@ -1,26 +1,35 @@
 """The stateful shell around the pure SLO guard.
 
-The serving path reports every request here (latency, error, top-class confidence) and
-every shadow comparison. Per model the monitor watches one version — the candidate when
-there is one, otherwise a production that still has a previous version to fall back to —
-and evaluates :func:`modelfleet.monitoring.guard.evaluate` at most every
-``eval_interval`` seconds of traffic. A breach calls ``on_breach`` once; the monitor then
+The request path reports every request the server answered or failed (server-side latency,
+error, top-class confidence, caller) and every shadow comparison here; caller mistakes
+never arrive (issue 6, defect 10). Per model the monitor watches one version — the
+candidate when there is one, otherwise a production that still has a previous version to
+fall back to — and evaluates :func:`modelfleet.monitoring.guard.evaluate` at most every
+``eval_interval`` seconds of traffic, against the version it would fall back to as
+measured on this device (defect 17). A breach calls ``on_breach`` once; the monitor then
 stays disarmed for that model until :meth:`GuardMonitor.watch` is called again for a new
 route, so a rollback can never flap back.
+
+Every version's requests are tallied (cumulative since the agent started, a few versions
+per model), watched or not: the version a new production replaces was measured while it
+served, before anything was watched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from modelfleet.monitoring.guard import SloPolicy, Verdict, evaluate
-from modelfleet.monitoring.window import SlidingWindow
+from modelfleet.monitoring.window import SlidingWindow, Tally
 
 __all__ = ["GuardMonitor", "Watch"]
 
 BreachHandler = Callable[[str, str, Verdict], None]
+
+#: Versions per model whose cumulative tallies are kept (baselines for the next watch).
+_TALLIED_VERSIONS: Final = 4
 
 
 @dataclass
@@ -29,18 +38,15 @@ class Watch:
 
     policy: SloPolicy
     watched: str  # version under watch
-    baseline: str | None  # version it is compared with (production in split/shadow)
+    baseline: str | None  # version it is compared with (production, or the previous one)
     role: str  # "candidate" or "production"
     armed: bool = True
     last_eval: float = float("-inf")
     last_verdict: Verdict = field(default_factory=lambda: Verdict(False, waiting="no traffic"))
-    windows: dict[str, SlidingWindow] = field(default_factory=dict)
+    window: SlidingWindow = field(init=False)
 
-    def window(self, version: str) -> SlidingWindow:
-        w = self.windows.get(version)
-        if w is None:
-            w = self.windows[version] = SlidingWindow(self.policy.window_s)
-        return w
+    def __post_init__(self) -> None:
+        self.window = SlidingWindow(self.policy.window_s)
 
 
 class GuardMonitor:
@@ -63,6 +69,7 @@ class GuardMonitor:
         self._on_breach = on_breach
         self._interval = eval_interval
         self._watches: dict[str, Watch] = {}
+        self._tallies: dict[str, dict[str, Tally]] = {}
 
     def watch(
         self,
@@ -72,7 +79,11 @@ class GuardMonitor:
         baseline: str | None,
         role: str,
     ) -> None:
-        """Start (or stop, with ``watched=None``) watching ``model``; resets its windows."""
+        """Start (or stop, with ``watched=None``) watching ``model``; resets its window.
+
+        ``baseline`` is the version ``watched`` is judged against: production for a
+        candidate, the previous version for a new production.
+        """
         if watched is None:
             self._watches.pop(model, None)
             return
@@ -89,15 +100,29 @@ class GuardMonitor:
         latency_s: float,
         error: bool = False,
         confidence: float | None = None,
+        caller: str = "",
     ) -> None:
-        """Record one request's outcome; may evaluate and fire."""
+        """Record one request the server answered or failed; may evaluate and fire.
+
+        Args:
+            latency_s: server-side seconds (compute + queue), never the upload.
+            error: the server failed it (5xx or an inference timeout).
+            caller: the peer address it came from.
+        """
+        tallies = self._tallies.get(model)
+        if tallies is None:
+            tallies = self._tallies[model] = {}
+        tally = tallies.get(version)
+        if tally is None:
+            if len(tallies) >= _TALLIED_VERSIONS:
+                del tallies[next(iter(tallies))]  # the oldest version seen
+            tally = tallies[version] = Tally()
+        tally.record(latency_s, error, confidence)
         w = self._watches.get(model)
-        if w is None:
-            return
-        if version != w.watched and version != w.baseline:
+        if w is None or version != w.watched:
             return
         now = self._now()
-        w.window(version).record(now, latency_s, error, confidence)
+        w.window.record(now, latency_s, error, confidence, caller)
         self._maybe_evaluate(model, w, now)
 
     def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
@@ -106,16 +131,29 @@ class GuardMonitor:
         if w is None or version != w.watched:
             return
         now = self._now()
-        w.window(version).record_comparison(now, disagreed)
+        w.window.record_comparison(now, disagreed)
         self._maybe_evaluate(model, w, now)
+
+    def measured(self, model: str, version: str) -> Tally | None:
+        """Everything recorded of ``version`` since the agent started (None: nothing)."""
+        return self._tallies.get(model, {}).get(version)
 
     def _maybe_evaluate(self, model: str, w: Watch, now: float) -> None:
         if not w.armed or now - w.last_eval < self._interval:
             return
         w.last_eval = now
-        subject = w.window(w.watched).stats(now)
-        baseline = w.window(w.baseline).stats(now) if w.baseline else None
-        verdict = evaluate(w.policy, subject, baseline)
+        at_least = w.policy.min_samples
+        subject = w.window.stats(now, at_least)
+        baseline = None
+        name = "the previous version"
+        if w.baseline is not None:
+            name = f"v{w.baseline}"
+            tally = self.measured(model, w.baseline)
+            baseline = tally.stats() if tally is not None else None
+        verdict = evaluate(w.policy, subject, baseline, baseline_name=name)
+        if verdict.breach:  # one caller alone must not be able to make it: ask them all
+            callers = w.window.caller_stats(now, at_least)
+            verdict = evaluate(w.policy, subject, baseline, callers, baseline_name=name)
         w.last_verdict = verdict
         if verdict.breach:
             w.armed = False
@@ -131,7 +169,7 @@ class GuardMonitor:
         now = self._now()
         out: dict[str, Any] = {}
         for model, w in self._watches.items():
-            stats = w.window(w.watched).stats(now)
+            stats = w.window.stats(now, w.policy.min_samples)
             out[model] = {
                 "watched": w.watched,
                 "role": w.role,

@@ -1,5 +1,10 @@
 """The local guard, wired: watch what the updater publishes, roll back on breach.
 
+It is a :class:`~modelfleet.agent.observers.RequestObserver` of the request path's fan-out
+and judges the model, not the callers (issue 6, defect 10; ADR 0010): client errors are
+not counted, the latency it sees is server-side (compute + queue, never the upload), and
+a breach must be confirmed by several callers' own traffic.
+
 On a breach the serving route is switched at once on the event loop (a pointer switch on
 the :class:`~modelfleet.serving.host.ModelHost`: the next request is answered by the
 fallback), then the persistent rollback — state file, event, pin, report to the hub —
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +22,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelfleet.agent.guard_monitor import GuardMonitor
+from modelfleet.agent.observers import (
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_OK,
+    ComparisonResult,
+    Outcome,
+)
 from modelfleet.agent.state import ModelSlots
 from modelfleet.agent.updater import Updater
 from modelfleet.errors import ModelfleetError
@@ -59,20 +69,33 @@ class LocalGuard:
         self.last_persist: threading.Thread | None = None
         updater.on_route_published = self._on_route
 
-    # the serving app's RequestObserver ------------------------------------------------------
+    # the request path's RequestObserver -----------------------------------------------------
 
-    def observe(
+    #: The fan-out computes the top-class confidence only when an observer wants it.
+    wants_confidence = True
+
+    def on_request(
         self,
         model: str,
         version: str,
-        latency_s: float,
-        error: bool = False,
-        confidence: float | None = None,
+        role: str,
+        outcome: Outcome,
+        compute_s: float | None,
+        queue_s: float | None,
+        confidence: float | None,
+        caller: str,
     ) -> None:
-        self.monitor.observe(model, version, latency_s, error, confidence)
+        """Feed one request to the monitor, unless the caller caused its failure."""
+        if outcome == OUTCOME_CLIENT_ERROR:
+            return
+        latency = (compute_s or 0.0) + (queue_s or 0.0)
+        self.monitor.observe(model, version, latency, outcome != OUTCOME_OK, confidence, caller)
 
-    def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
-        self.monitor.observe_comparison(model, version, disagreed)
+    def on_comparison(
+        self, model: str, candidate_version: str, comparison: ComparisonResult
+    ) -> None:
+        """Feed one shadow comparison to the monitor."""
+        self.monitor.observe_comparison(model, candidate_version, comparison.disagreed)
 
     # ---------------------------------------------------------------------------------------
 
@@ -83,7 +106,13 @@ class LocalGuard:
                 model, policy, str(slots.candidate.version), str(slots.active.version), "candidate"
             )
         elif slots.active is not None and slots.previous is not None and fallback_ok:
-            self.monitor.watch(model, policy, str(slots.active.version), None, "production")
+            self.monitor.watch(
+                model,
+                policy,
+                str(slots.active.version),
+                str(slots.previous.version),
+                "production",
+            )
         else:
             self.monitor.watch(model, policy, None, None, "")
 
@@ -100,13 +129,15 @@ class LocalGuard:
         self.host.set_route(model, fallback)  # effective for the very next request
         reason = "local guard: " + "; ".join(verdict.reasons)
         log.warning("%s v%s breached its SLO, rolled back: %s", model, version, reason)
+        now = self.updater.clock.now()  # the injected clock, not time.time()
         self.events.append(
             {
                 "model": model,
                 "version": version,
                 "to": fallback.production.version,
                 "reasons": list(verdict.reasons),
-                "at_unix": time.time(),
+                "at": now.isoformat(),
+                "at_unix": now.timestamp(),  # benchmarks/agent_lifecycle.py times from it
             }
         )
         del self.events[:-100]

@@ -1,23 +1,25 @@
 """Prometheus metrics of the agent's serving app, in a registry of its own.
 
 Each app gets its own :class:`prometheus_client.CollectorRegistry` (several apps may live in
-one process, e.g. a simulated fleet or a test run).
+one process, e.g. a simulated fleet or a test run). :class:`AgentMetrics` is a
+:class:`~modelfleet.agent.observers.RequestObserver` of the request path's fan-out.
 
-The per-request series (request count by outcome, latency histogram) are kept in plain
-integer lists behind one lock and exposed by a collector at scrape time: that costs about a
-quarter of ``prometheus_client``'s labelled ``Counter.inc`` + ``Histogram.observe``, which was
-2-3 % of a small model's whole request on the reference 2-core box. The rare shadow events
-use ordinary ``prometheus_client`` counters.
+The per-request series (request count by outcome, latency histograms) are kept in plain
+integer lists, written by the event loop alone, and exposed by a collector at scrape time:
+that costs about a quarter of ``prometheus_client``'s labelled ``Counter.inc`` +
+``Histogram.observe``. Latency uses the one fixed-edge
+:class:`~modelfleet.monitoring.histogram.Histogram` the guard uses, exposed at the usual
+coarser ``le`` bounds (a subset of its edges, so exact). The rare shadow events use ordinary
+``prometheus_client`` counters.
 """
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     HistogramMetricFamily,
@@ -26,75 +28,57 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from modelfleet.agent.observers import OUTCOMES, ComparisonResult, Outcome
+from modelfleet.monitoring.histogram import (
+    LATENCY_EDGES_S,
+    PROMETHEUS_LATENCY_EDGES_S,
+    Histogram,
+)
 from modelfleet.serving.host import ModelHost
 
-__all__ = [
-    "LATENCY_BUCKETS",
-    "OUTCOMES",
-    "OUTCOME_CLIENT_ERROR",
-    "OUTCOME_SERVER_ERROR",
-    "OUTCOME_SUCCESS",
-    "AgentMetrics",
-]
+__all__ = ["LATENCY_BUCKETS", "OUTCOME_LABELS", "AgentMetrics"]
 
-OUTCOME_SUCCESS: Final = "success"
-OUTCOME_CLIENT_ERROR: Final = "client_error"
-OUTCOME_SERVER_ERROR: Final = "server_error"
-OUTCOMES: Final = (OUTCOME_SUCCESS, OUTCOME_CLIENT_ERROR, OUTCOME_SERVER_ERROR)
-_OUTCOME_INDEX: Final = {name: i for i, name in enumerate(OUTCOMES)}
+#: The ``le`` bounds of the latency series (seconds).
+LATENCY_BUCKETS: Final = PROMETHEUS_LATENCY_EDGES_S
 
-#: Upper bounds in seconds; small ONNX models answer in well under a millisecond on one core.
-LATENCY_BUCKETS: Final = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
+#: The ``outcome`` label of each request outcome (``ok`` keeps its old label ``success``).
+OUTCOME_LABELS: Final[dict[Outcome, str]] = {
+    "ok": "success",
+    "client_error": "client_error",
+    "server_error": "server_error",
+    "timeout": "timeout",
+}
+_LABELS: Final = tuple(OUTCOME_LABELS[o] for o in OUTCOMES)
+_OUTCOME_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(OUTCOMES)}
+_EDGES: Final = LATENCY_EDGES_S
 
 
 class _Series:
-    """Counts of one (model, version): outcomes, latency buckets (not cumulative), sum."""
+    """Counts of one (model, version): outcomes, latency histograms."""
 
-    __slots__ = (
-        "buckets",
-        "compute_buckets",
-        "compute_seconds",
-        "outcomes",
-        "queue_buckets",
-        "queue_seconds",
-        "total_seconds",
-    )
+    __slots__ = ("compute", "latency", "outcomes", "queue")
 
     def __init__(self) -> None:
         self.outcomes = [0] * len(OUTCOMES)
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.total_seconds = 0.0
-        self.compute_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.compute_seconds = 0.0
-        self.queue_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.queue_seconds = 0.0
+        self.latency = Histogram(LATENCY_EDGES_S)  # server-side: compute + queue
+        self.compute = Histogram(LATENCY_EDGES_S)
+        self.queue = Histogram(LATENCY_EDGES_S)
 
-    def cumulative(self, which: list[int] | None = None) -> list[tuple[float, int]]:
-        running, out = 0, []
-        counts = self.buckets if which is None else which
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
+    def copy(self) -> _Series:
+        twin = _Series()
+        twin.outcomes = list(self.outcomes)
+        twin.latency = self.latency.copy()
+        twin.compute = self.compute.copy()
+        twin.queue = self.queue.copy()
+        return twin
 
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def _buckets(hist: Histogram) -> list[tuple[str, int]]:
+    return [(_le(b), n) for b, n in hist.cumulative(LATENCY_BUCKETS)]
 
 
 class _ActiveVersionCollector:
@@ -141,30 +125,25 @@ class _RequestCollector:
         )
         latency = HistogramMetricFamily(
             "modelfleet_agent_request_seconds",
-            "Time from request start to response body ready, by model and serving version.",
+            "Server-side time per request (compute + queue, not the upload), by model, version.",
             labels=["model", "version"],
         )
         compute = HistogramMetricFamily(
             "modelfleet_agent_compute_seconds",
-            "Time spent in the model runtime per successful request.",
+            "Time spent in the model runtime per request.",
             labels=["model", "version"],
         )
         queue = HistogramMetricFamily(
             "modelfleet_agent_queue_seconds",
-            "Time per successful request outside the model runtime (read, decode, wait).",
+            "Server-side time per request outside the model runtime (decode, wait, encode).",
             labels=["model", "version"],
         )
         for (model, version), series in self._metrics.series():
-            for outcome, count in zip(OUTCOMES, series.outcomes, strict=True):
-                requests.add_metric([model, version, outcome], count)
-            buckets = [(_le(bound), count) for bound, count in series.cumulative()]
-            latency.add_metric([model, version], buckets, series.total_seconds)
-            for family, counts, total in (
-                (compute, series.compute_buckets, series.compute_seconds),
-                (queue, series.queue_buckets, series.queue_seconds),
-            ):
-                cumulative = [(_le(b), c) for b, c in series.cumulative(counts)]
-                family.add_metric([model, version], cumulative, total)
+            for label, count in zip(_LABELS, series.outcomes, strict=True):
+                requests.add_metric([model, version, label], count)
+            for family, hist in ((latency, series.latency), (compute, series.compute),
+                                 (queue, series.queue)):  # fmt: skip
+                family.add_metric([model, version], _buckets(hist), hist.total)
         yield requests
         yield latency
         yield compute
@@ -186,8 +165,7 @@ class AgentMetrics:
 
     def __init__(self, host: ModelHost, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[str, dict[str, _Series]] = {}
         self.shadow_compared = Counter(
             "modelfleet_agent_shadow_compared",
             "Shadow comparisons completed, by model and candidate version.",
@@ -205,56 +183,76 @@ class AgentMetrics:
             "Shadow requests dropped because the shadow queue was full.",
             registry=self.registry,
         )
+        self.shadow_score_shift = Gauge(
+            "modelfleet_agent_shadow_score_shift",
+            "Mean absolute change of the candidate's scores vs production, last comparison.",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self.registry.register(_RequestCollector(self))
         self.registry.register(_ActiveVersionCollector(host))
 
-    def observe_request(
+    # the RequestObserver of the request path ------------------------------------------------
+
+    def on_request(
         self,
         model: str,
         version: str,
-        outcome: str,
-        seconds: float,
-        compute_seconds: float | None = None,
+        role: str,
+        outcome: Outcome,
+        compute_s: float | None,
+        queue_s: float | None,
+        confidence: float | None,
+        caller: str,
     ) -> None:
-        """Count one inference request and record its duration.
-
-        ``compute_seconds`` (time inside the runtime) splits a successful request's
-        duration into compute and queue time.
+        """Count one inference request and record its server-side times.
 
         Raises:
-            KeyError: ``outcome`` is not one of :data:`OUTCOMES`.
+            KeyError: ``outcome`` is not one of :data:`~modelfleet.agent.observers.OUTCOMES`.
         """
         index = _OUTCOME_INDEX[outcome]
-        bucket = bisect_left(LATENCY_BUCKETS, seconds)  # le semantics: bound >= value
-        with self._lock:
-            series = self._series.get((model, version))
-            if series is None:
-                series = self._series[(model, version)] = _Series()
-            series.outcomes[index] += 1
-            series.buckets[bucket] += 1
-            series.total_seconds += seconds
-            if compute_seconds is not None:
-                queue_seconds = max(seconds - compute_seconds, 0.0)
-                series.compute_buckets[bisect_left(LATENCY_BUCKETS, compute_seconds)] += 1
-                series.compute_seconds += compute_seconds
-                series.queue_buckets[bisect_left(LATENCY_BUCKETS, queue_seconds)] += 1
-                series.queue_seconds += queue_seconds
+        # Inlined Histogram.record, and no lock: this runs for every request, always on the
+        # event loop (the one writer); readers copy (:meth:`series`).
+        versions = self._series.get(model)
+        if versions is None:
+            versions = self._series[model] = {}
+        series = versions.get(version)
+        if series is None:
+            series = versions[version] = _Series()
+        series.outcomes[index] += 1
+        if queue_s is not None:
+            hist = series.queue
+            hist.counts[bisect_left(_EDGES, queue_s)] += 1
+            hist.total += queue_s
+            total = queue_s if compute_s is None else queue_s + compute_s
+            hist = series.latency
+            hist.counts[bisect_left(_EDGES, total)] += 1
+            hist.total += total
+        if compute_s is not None:
+            hist = series.compute
+            hist.counts[bisect_left(_EDGES, compute_s)] += 1
+            hist.total += compute_s
+
+    def on_comparison(
+        self, model: str, candidate_version: str, comparison: ComparisonResult
+    ) -> None:
+        """Count one finished shadow comparison (and its score shift, when measured)."""
+        self.observe_shadow(model, candidate_version, comparison.disagreed)
+        if comparison.score_shift is not None:
+            self.shadow_score_shift.labels(model, candidate_version).set(comparison.score_shift)
+
+    # -----------------------------------------------------------------------------------------
 
     def series(self) -> list[tuple[tuple[str, str], _Series]]:
-        """A consistent copy of the per-version request series, sorted by (model, version)."""
-        with self._lock:
-            copies = []
-            for key, series in sorted(self._series.items()):
-                copy = _Series()
-                copy.outcomes = list(series.outcomes)
-                copy.buckets = list(series.buckets)
-                copy.total_seconds = series.total_seconds
-                copy.compute_buckets = list(series.compute_buckets)
-                copy.compute_seconds = series.compute_seconds
-                copy.queue_buckets = list(series.queue_buckets)
-                copy.queue_seconds = series.queue_seconds
-                copies.append((key, copy))
-        return copies
+        """A copy of the per-version request series, sorted by (model, version).
+
+        Safe from any thread; a copy taken while a request is being counted may lag that
+        request in one of its series."""
+        return sorted(  # list(): a C-level copy, safe against the writer adding keys
+            ((model, version), series.copy())
+            for model, versions in list(self._series.items())
+            for version, series in list(versions.items())
+        )
 
     def observe_shadow(self, model: str, version: str, disagreed: bool) -> None:
         """Count one finished shadow comparison of candidate ``version``."""
@@ -268,13 +266,14 @@ class AgentMetrics:
         self.shadow_dropped.inc()
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Cumulative per-version figures for the guard and telemetry windows.
+        """Cumulative per-version figures for telemetry.
 
         Returns:
             ``{model: {version: {"success": n, "client_error": n, "server_error": n,
-            "latency_count": n, "latency_sum": seconds, "latency_buckets": [[le, n], ...],
-            "shadow_compared": n, "shadow_disagreements": n}}}``, counts cumulative since
-            the app started (JSON-able; ``le`` of the last bucket is ``"+Inf"``).
+            "timeout": n, "latency_count": n, "latency_sum": seconds,
+            "latency_buckets": [[le, n], ...], "shadow_compared": n,
+            "shadow_disagreements": n}}}``, counts cumulative since the app started
+            (JSON-able; ``le`` of the last bucket is ``"+Inf"``; latency is server-side).
         """
         out: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -282,7 +281,7 @@ class AgentMetrics:
             return out.setdefault(model, {}).setdefault(
                 version,
                 {
-                    **dict.fromkeys(OUTCOMES, 0),
+                    **dict.fromkeys(_LABELS, 0),
                     "latency_count": 0,
                     "latency_sum": 0.0,
                     "latency_buckets": [],
@@ -293,12 +292,12 @@ class AgentMetrics:
 
         for (model, version), series in self.series():
             figures = entry(model, version)
-            figures.update(zip(OUTCOMES, series.outcomes, strict=True))
-            figures["latency_count"] = sum(series.buckets)
-            figures["latency_sum"] = series.total_seconds
+            figures.update(zip(_LABELS, series.outcomes, strict=True))
+            figures["latency_count"] = series.latency.count
+            figures["latency_sum"] = series.latency.total
             figures["latency_buckets"] = [
                 ["+Inf" if bound == float("inf") else bound, count]
-                for bound, count in series.cumulative()
+                for bound, count in series.latency.cumulative(LATENCY_BUCKETS)
             ]
         for metric, key in (
             (self.shadow_compared, "shadow_compared"),

@@ -1,30 +1,36 @@
-"""Sliding windows of per-version serving statistics, in one-second buckets.
+"""Sliding windows of per-version serving statistics, in one-second buckets, per caller.
 
-Each bucket holds counts and a fixed-edge latency histogram, so windows merge by addition
-and the p99 comes from the histogram (an upper bound at bucket resolution, ~12 % wide).
-Time is passed in by the caller (a monotonic reading): nothing here reads a clock.
+Each bucket holds, per caller, counts and a fixed-edge latency :class:`Histogram`, so
+windows merge by addition and the p99 comes from the histogram (an upper bound at bucket
+resolution, ≤ 14 % wide). The per-caller split lets the guard ask whether a breach is
+seen by several callers or made by one (ADR 0010). Time is passed in by the caller (a
+monotonic reading): nothing here reads a clock.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["LATENCY_EDGES_S", "SlidingWindow", "WindowStats"]
+from modelfleet.monitoring.histogram import LATENCY_EDGES_S, Histogram
 
-#: Latency bucket upper edges in seconds: 50 µs … ~60 s, geometric with ratio 1.12.
-LATENCY_EDGES_S: tuple[float, ...] = tuple(50e-6 * 1.12**i for i in range(125))
+__all__ = ["LATENCY_EDGES_S", "OTHER_CALLERS", "SlidingWindow", "Tally", "WindowStats"]
+
+#: The caller key under which callers beyond ``max_callers`` in one second are counted.
+OTHER_CALLERS: Final = "(other)"
 
 
 @dataclass(frozen=True, slots=True)
 class WindowStats:
-    """What a window saw.
+    """What a window (or a tally) saw.
 
     Attributes:
-        count: requests answered or failed.
-        errors: requests that failed inside the model (not caller mistakes).
-        p99_s: 99th percentile latency in seconds (bucket upper edge), None when empty.
+        count: requests answered or failed by the server.
+        errors: requests that failed inside the server (not caller mistakes).
+        p99_s: 99th percentile server-side latency in seconds (bucket upper edge), None
+            when empty.
         mean_confidence: mean top-class probability, None when no classifier output was seen.
         compared: shadow comparisons made.
         disagreed: shadow comparisons that disagreed.
@@ -46,33 +52,89 @@ class WindowStats:
         return self.disagreed / self.compared if self.compared else 0.0
 
 
+class Tally:
+    """Counts of one stream of requests: errors, confidence, latency histogram."""
+
+    __slots__ = ("confidence_n", "confidence_sum", "count", "errors", "latency")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors = 0
+        self.confidence_sum = 0.0
+        self.confidence_n = 0
+        self.latency = Histogram(LATENCY_EDGES_S)
+
+    def record(self, latency_s: float, error: bool, confidence: float | None) -> None:
+        """Count one request."""
+        self.count += 1
+        if error:
+            self.errors += 1
+        latency = self.latency  # Histogram.record, inlined: once per request
+        latency.counts[bisect_left(latency.edges, latency_s)] += 1
+        latency.total += latency_s
+        if confidence is not None:
+            self.confidence_sum += confidence
+            self.confidence_n += 1
+
+    def merge(self, other: Tally) -> None:
+        """Add ``other`` into this tally."""
+        self.count += other.count
+        self.errors += other.errors
+        self.confidence_sum += other.confidence_sum
+        self.confidence_n += other.confidence_n
+        self.latency.merge(other.latency)
+
+    def stats(self, compared: int = 0, disagreed: int = 0) -> WindowStats:
+        """This tally as :class:`WindowStats`."""
+        return WindowStats(
+            count=self.count,
+            errors=self.errors,
+            p99_s=self.latency.quantile(0.99),
+            mean_confidence=(
+                self.confidence_sum / self.confidence_n if self.confidence_n else None
+            ),
+            compared=compared,
+            disagreed=disagreed,
+        )
+
+
 @dataclass(slots=True)
 class _Bucket:
     second: int
-    count: int = 0
-    errors: int = 0
-    confidence_sum: float = 0.0
-    confidence_n: int = 0
+    callers: dict[str, Tally] = field(default_factory=dict)
     compared: int = 0
     disagreed: int = 0
-    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_S) + 1))
 
 
 class SlidingWindow:
-    """The last ``span_s`` seconds of one version's traffic.
+    """The last ``span_s`` seconds of one version's traffic, stretched back when sparse.
+
+    A heavy model served at one request every 0.7 s never has 50 requests in 30 s; so
+    :meth:`stats` and :meth:`caller_stats` can be asked for ``at_least`` requests, and then
+    reach further back, up to ``reach`` times the span, until they have them.
+
+    Args:
+        span_s: window length, 1 s … 1 h.
+        max_callers: distinct callers kept apart per second; more are counted together
+            under :data:`OTHER_CALLERS` (bounds memory whatever the traffic).
+        reach: how many spans back a sparse window may stretch.
 
     Not thread-safe by itself: the agent records from the event loop only.
     """
 
-    def __init__(self, span_s: float = 30.0) -> None:
+    def __init__(self, span_s: float = 30.0, max_callers: int = 32, reach: int = 10) -> None:
         if not 1.0 <= span_s <= 3600.0:
             raise ValueError("window span must be between 1 s and 1 h")
+        if reach < 1:
+            raise ValueError("reach must be at least 1")
         self.span = math.ceil(span_s)
-        self._buckets: list[_Bucket | None] = [None] * self.span
+        self._max_callers = max_callers
+        self._size = self.span * reach
+        self._buckets: list[_Bucket | None] = [None] * self._size
 
     def _bucket(self, now: float) -> _Bucket:
         second = int(now)
-        slot = second % self.span
+        slot = second % self._size
         b = self._buckets[slot]
         if b is None or b.second != second:
             b = _Bucket(second)
@@ -85,16 +147,18 @@ class SlidingWindow:
         latency_s: float,
         error: bool = False,
         confidence: float | None = None,
+        caller: str = "",
     ) -> None:
-        """Count one request at monotonic time ``now``."""
-        b = self._bucket(now)
-        b.count += 1
-        if error:
-            b.errors += 1
-        b.latency[bisect.bisect_left(LATENCY_EDGES_S, latency_s)] += 1
-        if confidence is not None:
-            b.confidence_sum += confidence
-            b.confidence_n += 1
+        """Count one request from ``caller`` at monotonic time ``now``."""
+        callers = self._bucket(now).callers
+        tally = callers.get(caller)
+        if tally is None:
+            if len(callers) >= self._max_callers:
+                caller = OTHER_CALLERS
+                tally = callers.get(caller)
+            if tally is None:
+                tally = callers[caller] = Tally()
+        tally.record(latency_s, error, confidence)
 
     def record_comparison(self, now: float, disagreed: bool) -> None:
         """Count one shadow comparison at monotonic time ``now``."""
@@ -103,45 +167,45 @@ class SlidingWindow:
         if disagreed:
             b.disagreed += 1
 
-    def stats(self, now: float) -> WindowStats:
-        """Aggregate the buckets of the last ``span`` seconds before ``now``."""
-        oldest = int(now) - self.span + 1
-        count = errors = compared = disagreed = conf_n = 0
-        conf_sum = 0.0
-        hist = [0] * (len(LATENCY_EDGES_S) + 1)
-        for b in self._buckets:
-            if b is None or b.second < oldest or b.second > int(now):
+    def _live(self, now: float, at_least: int) -> list[_Bucket]:
+        newest = int(now)
+        span_start = newest - self.span + 1
+        live: list[_Bucket] = []
+        seen = 0
+        buckets, size = self._buckets, self._size
+        for second in range(newest, newest - size, -1):
+            if second < span_start and seen >= at_least:
+                break
+            b = buckets[second % size]
+            if b is None or b.second != second:
                 continue
-            count += b.count
-            errors += b.errors
+            live.append(b)
+            if second < span_start or at_least:
+                seen += sum(t.count for t in b.callers.values())
+        return live
+
+    def stats(self, now: float, at_least: int = 0) -> WindowStats:
+        """Aggregate all callers over the last ``span`` seconds before ``now`` (further back,
+        up to ``reach`` spans, until it holds ``at_least`` requests)."""
+        total = Tally()
+        compared = disagreed = 0
+        for b in self._live(now, at_least):
             compared += b.compared
             disagreed += b.disagreed
-            conf_sum += b.confidence_sum
-            conf_n += b.confidence_n
-            for i, n in enumerate(b.latency):
-                if n:
-                    hist[i] += n
-        return WindowStats(
-            count=count,
-            errors=errors,
-            p99_s=_quantile(hist, 0.99),
-            mean_confidence=conf_sum / conf_n if conf_n else None,
-            compared=compared,
-            disagreed=disagreed,
-        )
+            for tally in b.callers.values():
+                total.merge(tally)
+        return total.stats(compared, disagreed)
+
+    def caller_stats(self, now: float, at_least: int = 0) -> dict[str, WindowStats]:
+        """Per caller, what :meth:`stats` with the same arguments covers."""
+        per: dict[str, Tally] = {}
+        for b in self._live(now, at_least):
+            for caller, tally in b.callers.items():
+                mine = per.get(caller)
+                if mine is None:
+                    mine = per[caller] = Tally()
+                mine.merge(tally)
+        return {caller: tally.stats() for caller, tally in per.items()}
 
     def clear(self) -> None:
-        self._buckets = [None] * self.span
-
-
-def _quantile(hist: list[int], q: float) -> float | None:
-    total = sum(hist)
-    if total == 0:
-        return None
-    rank = math.ceil(q * total)
-    seen = 0
-    for i, n in enumerate(hist):
-        seen += n
-        if seen >= rank:
-            return LATENCY_EDGES_S[i] if i < len(LATENCY_EDGES_S) else math.inf
-    return math.inf  # pragma: no cover
+        self._buckets = [None] * self._size
