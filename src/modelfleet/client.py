@@ -213,6 +213,7 @@ class HubClient:
         sample_input: np.ndarray | Path | str | None = None,
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
+        decisions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Upload a model and register it as the next version of ``name``.
 
@@ -257,6 +258,7 @@ class HubClient:
                 "sample_input_blob": sample_digest,
                 "lineage": dict(lineage or {}),
                 "ticket": ticket,
+                "decisions": {k: dict(v) for k, v in decisions.items()} if decisions else None,
             },
         )
         return result

@@ -250,6 +250,28 @@ def _served(report: Any) -> str:
 # -- models --------------------------------------------------------------------------------
 
 
+def _parse_decisions(items: list[str]) -> dict[str, dict[str, Any]] | None:
+    """``OUTPUT=KIND[:RTOL]`` options as the API's ``decisions`` object.
+
+    Raises:
+        UsageError: a malformed item or tolerance.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        output, sep, spec = item.partition("=")
+        kind, _, rtol = spec.partition(":")
+        if not sep or not output or not kind:
+            raise UsageError(f"--decision wants OUTPUT=KIND[:RTOL], got {item!r}")
+        entry: dict[str, Any] = {"kind": kind}
+        if rtol:
+            try:
+                entry["rtol"] = float(rtol)
+            except ValueError:
+                raise UsageError(f"--decision tolerance is not a number: {rtol!r}") from None
+        out[output] = entry
+    return out or None
+
+
 @model_app.command("register")
 def model_register(
     name: Annotated[str, typer.Argument(help="Model name.")],
@@ -267,12 +289,21 @@ def model_register(
             help=".npy or .csv array of example inputs (rows); required for a pickle.",
         ),
     ] = None,
+    decision: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--decision",
+            help="What an output decides, OUTPUT=KIND[:RTOL] (KIND: label, argmax, regression, "
+            "ignore); shadow disagreement compares decisions. Repeatable; default inferred.",
+        ),
+    ] = None,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
     token_file: TokenFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register FILE as the next immutable version of NAME."""
+    decisions = _parse_decisions(decision or [])
     if not file.is_file():
         raise UsageError(f"no such file: {file}")
     if sample_input is not None and not sample_input.is_file():
@@ -284,7 +315,9 @@ def model_register(
         model = _load_sklearn_pickle(file)
     client = _client(hub, token, token_file)
     with _spinner(f"uploading and checking {file.name}"):
-        result = client.register_version(name, model, sample_input=sample_input)
+        result = client.register_version(
+            name, model, sample_input=sample_input, decisions=decisions
+        )
     if json_out:
         print_json(result)
         return

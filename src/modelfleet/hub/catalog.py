@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore, is_sha256
+from modelfleet.catalog.schema import OutputDecision
 from modelfleet.errors import (
     InvalidInputError,
     NotFoundError,
@@ -124,6 +125,7 @@ class Catalog:
         actor: str,
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
+        decisions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> JSONDict:
         """Register the next version of ``name`` (see ``HubService.register_version``).
 
@@ -132,7 +134,7 @@ class Catalog:
         """
         uploaded = [d for d in (model, sample_input) if isinstance(d, str)]
         try:
-            return self._register(name, model, sample_input, actor, lineage, ticket)
+            return self._register(name, model, sample_input, actor, lineage, ticket, decisions)
         except (InvalidInputError, RefusedUpdateError) as e:
             self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
             raise
@@ -145,8 +147,14 @@ class Catalog:
         actor: str,
         lineage: Mapping[str, Any] | None,
         ticket: str | None,
+        decisions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> JSONDict:
         _check_name("model name", name)
+        declared = (
+            {str(k): OutputDecision.from_dict(v) for k, v in decisions.items()}
+            if decisions
+            else None
+        )
         data = self._blob(model, "model blob") if isinstance(model, str) else bytes(model)
         sample = (
             load_npy(self._blob(sample_input, "sample input blob"))
@@ -159,7 +167,9 @@ class Catalog:
         except TypeError as e:
             raise InvalidInputError(f"lineage must be JSON-able: {e}") from e
         now = self._ctx.now()
-        draft = build_manifest(name, 1, data, sample, lineage_dict, created_at=now)
+        draft = build_manifest(
+            name, 1, data, sample, lineage_dict, created_at=now, decisions=declared
+        )
         with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
             if model_row is None:

@@ -224,6 +224,7 @@ class HubService:
         actor: str,
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
+        decisions: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> JSONDict:
         """Register the next immutable version of ``name`` (creating the model if new).
 
@@ -240,6 +241,9 @@ class HubService:
             actor: who registers (for the audit log).
             lineage: free-form provenance (dataset digest, run id, commit...).
             ticket: change ticket.
+            decisions: what each output decides, overriding the inferred ones, e.g.
+                ``{"score": {"kind": "regression", "rtol": 0.05}}`` (kinds: label,
+                argmax, regression, ignore); signed into the manifest.
 
         Returns:
             The version (see the module docstring).
@@ -250,7 +254,13 @@ class HubService:
             SmokeTestError: the model does not reproduce its own outputs.
         """
         return self.catalog.register_version(
-            name, model, sample_input, actor=actor, lineage=lineage, ticket=ticket
+            name,
+            model,
+            sample_input,
+            actor=actor,
+            lineage=lineage,
+            ticket=ticket,
+            decisions=decisions,
         )
 
     def revoke_version(

@@ -67,6 +67,12 @@ class DeviceIn(BaseModel):
     ticket: Text | None = None
 
 
+class DecisionIn(BaseModel):
+    kind: Literal["label", "argmax", "regression", "ignore"]
+    rtol: float = Field(default=0.0, ge=0.0, le=1e6, allow_inf_nan=False)
+    atol: float = Field(default=0.0, ge=0.0, le=1e12, allow_inf_nan=False)
+
+
 class VersionIn(BaseModel):
     blob: Text = Field(description="sha256 of the uploaded ONNX model blob")
     sample_input_blob: Text | None = Field(
@@ -74,6 +80,11 @@ class VersionIn(BaseModel):
     )
     lineage: dict[str, Any] = Field(default_factory=dict)
     ticket: Text | None = None
+    decisions: dict[Text, DecisionIn] | None = Field(
+        default=None,
+        description="what each output decides (shadow disagreement), overriding the ones "
+        "inferred from the schema",
+    )
 
 
 class RevokeIn(BaseModel):

@@ -96,6 +96,9 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
         actor=who.actor,
         lineage=body.lineage,
         ticket=body.ticket,
+        decisions={k: d.model_dump() for k, d in body.decisions.items()}
+        if body.decisions
+        else None,
     )
 
 
