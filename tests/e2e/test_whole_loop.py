@@ -148,7 +148,7 @@ def test_wrong_tensor_and_unknown_model_get_oip_errors(
 
 def test_cli_without_token_and_with_wrong_role_fail_cleanly(hub: Hub, tmp_path: Path) -> None:
     no_token = cli("model", "list", env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN": ""})
-    assert no_token.returncode == 1 and "token" in no_token.stderr
+    assert no_token.returncode == 4 and "token" in no_token.stderr  # auth (cli/_errors.py)
     added = cli("device", "add", "edge-9", "--json", env=hub.env())
     device_token = json.loads(added.stdout)["token"]
     forbidden = cli(
@@ -157,13 +157,13 @@ def test_cli_without_token_and_with_wrong_role_fail_cleanly(hub: Hub, tmp_path: 
         "edge-10",
         env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN": device_token},
     )
-    assert forbidden.returncode == 1 and "Traceback" not in forbidden.stderr
+    assert forbidden.returncode == 4 and "Traceback" not in forbidden.stderr
     dead = cli(
         "model",
         "list",
         env={"MODELFLEET_HUB": f"http://127.0.0.1:{free_port()}", "MODELFLEET_TOKEN": hub.token},
     )
-    assert dead.returncode == 1 and "cannot reach" in dead.stderr
+    assert dead.returncode == 5 and "cannot reach" in dead.stderr  # unreachable
 
 
 def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
