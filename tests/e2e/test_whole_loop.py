@@ -96,6 +96,61 @@ def test_register_deploy_serve_tamper_and_rollback(
     assert v2["version"] == 2
 
 
+def test_a_rollback_on_the_device_moves_the_hubs_view_of_it(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Issue 6, contract 2: a rollback done on the device reaches the hub as a structured
+    event; the hub's production and previous follow the device's, audited once, and the
+    re-signed desired state keeps the device where it is."""
+    url, state, agent = start_agent(hub, spawn, tmp_path, "edge-4")
+    x = np.zeros((1, 10), np.float32)
+    for seed, version in ((0, "1"), (1, "2")):
+        register(hub, tmp_path, seed)
+        assert cli("deploy", "m", version, "--devices", "edge-4", env=hub.env()).returncode == 0
+        assert wait_for(lambda v=version: infer(url, x).json()["model_version"] == v)
+    before = agent_status(state)["applied_serial"]
+
+    rolled = cli("agent", "rollback", "--state-dir", str(state))
+    assert rolled.returncode == 0, rolled.stderr
+    assert infer(url, x).json()["model_version"] == "1"
+
+    def hub_assignment() -> dict:  # type: ignore[type-arg]
+        devices = json.loads(cli("device", "list", "--json", env=hub.env()).stdout)
+        [device] = [d for d in devices if d["id"] == "edge-4"]
+        [assignment] = device["assignments"]
+        return assignment  # type: ignore[no-any-return]
+
+    assert wait_for(lambda: hub_assignment()["production"] == 1), agent.output()
+    assert hub_assignment()["previous"] is None
+    audit = json.loads(cli("audit", "--json", env=hub.env()).stdout)
+    events = [e for e in audit if e["action"] == "device-rollback"]
+    assert len(events) == 1 and events[0]["actor"] == "device:edge-4"
+    assert wait_for(lambda: agent_status(state)["applied_serial"] > before), agent.output()
+    assert infer(url, x).json()["model_version"] == "1"
+    assert agent_status(state).get("last_refusal") is None
+
+
+def test_agent_refuses_a_token_that_is_not_its_devices(hub: Hub, tmp_path: Path) -> None:
+    """Defect 3: the walkthrough's admin token (MODELFLEET_TOKEN) is never taken as the
+    device's, and a token of another device or role is refused at startup."""
+    cli("device", "add", "edge-7", "--json", env=hub.env())
+    other = json.loads(cli("device", "add", "edge-8", "--json", env=hub.env()).stdout)["token"]
+    base = ["agent", "run", "--hub", hub.url, "--device-id", "edge-7",
+            "--trust-root", str(hub.home / "trust-root.json"), "--port", "0"]  # fmt: skip
+    no_token = cli(*base, "--state-dir", str(tmp_path / "a"), env=hub.env(), timeout=60)
+    assert no_token.returncode == 2 and "token" in no_token.stderr, no_token.stderr
+    for name, token in (("admin", hub.token), ("other-device", other)):
+        r = cli(
+            *base,
+            "--state-dir",
+            str(tmp_path / name),
+            env={"MODELFLEET_DEVICE_TOKEN": token},
+            timeout=60,
+        )
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and "edge-7" in r.stderr, r.stderr
+
+
 def test_tampered_metadata_is_refused_and_agent_keeps_serving(
     hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
