@@ -14,7 +14,13 @@ import orjson
 import typer
 
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
-from modelfleet.errors import ConfigError, ForbiddenError, InvalidInputError, TransportError
+from modelfleet.errors import (
+    ConfigError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    TransportError,
+)
 
 __all__ = ["register"]
 
@@ -323,7 +329,7 @@ def register(agent_app: typer.Typer) -> None:
         if status is None:
             status = read_state_file(state_dir)
         if status is None:
-            raise InvalidInputError(f"no agent state in {state_dir}")
+            raise NotFoundError(f"no agent state in {state_dir}")
         status["running"] = running
         if json_out:
             print_json(status)
@@ -341,7 +347,7 @@ def register(agent_app: typer.Typer) -> None:
         """Switch back to the previous model (or drop the candidate); no download."""
         control = _control(state_dir)
         if control is None:
-            raise InvalidInputError(f"no running agent found in {state_dir} (control.json missing)")
+            raise NotFoundError(f"no running agent found in {state_dir} (control.json missing)")
         result = _call_agent(control, "POST", "/agent/rollback", {"reason": reason})
         if json_out:
             print_json(result)
