@@ -8,14 +8,13 @@ Runs against the PostgreSQL that ``scripts/with-postgres.sh`` starts (MODELFLEET
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli_run import run_cli, served_hub
+from tests.pg import pg_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -23,22 +22,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
-    base = os.environ.get("MODELFLEET_TEST_PG_URL")
-    if not base:
-        pytest.skip("MODELFLEET_TEST_PG_URL is not set")
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"modelfleet_cli_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database() as url:
+        yield url
 
 
 @pytest.mark.parametrize("given_by", ["option", "environment"])

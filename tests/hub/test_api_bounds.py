@@ -14,8 +14,8 @@ from modelfleet.clock import ManualClock
 from modelfleet.hub.app import build_hub_app
 from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService, init_home
-from tests.hub._pg import pg_database
 from tests.hub._support import auth
+from tests.pg import pg_database
 
 HUGE = 2**64  # one past what SQLite can bind
 NEAR = 2**31  # one past PostgreSQL's INTEGER

@@ -24,8 +24,8 @@ from modelfleet.clock import ManualClock
 from modelfleet.hub.app import build_hub_app
 from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService, init_home
-from tests.hub._pg import pg_database
 from tests.hub._support import auth
+from tests.pg import pg_database
 
 MAX_EXAMPLES = 20
 

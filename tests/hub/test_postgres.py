@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from modelfleet.client import HubClient
 from modelfleet.clock import ManualClock
@@ -21,6 +18,7 @@ from modelfleet.hub.config import ENV_DATABASE_URL, load_hub_config
 from modelfleet.hub.db import Base, make_engine
 from modelfleet.hub.service import HubService, init_home
 from modelfleet.rollout.desired_state import DesiredState
+from tests.pg import pg_database
 
 pytestmark = pytest.mark.postgres
 
@@ -28,19 +26,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
-    base = os.environ.get("MODELFLEET_TEST_PG_URL")
-    if not base:
-        pytest.skip("MODELFLEET_TEST_PG_URL is not set")
-    name = f"modelfleet_test_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database() as url:
+        yield url
 
 
 def test_hub_on_postgres_migrates_registers_deploys(

@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL database for API tests (needs MODELFLEET_TEST_PG_URL)."""
+"""A throw-away PostgreSQL database for tests (needs MODELFLEET_TEST_PG_URL)."""
 
 from __future__ import annotations
 
