@@ -23,15 +23,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from modelfleet.demo import Process, free_port, start
+from modelfleet.demo import Process, free_port, start, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 #: What every fresh venv holds before anything is installed; not counted.
@@ -111,19 +110,6 @@ def rss_bytes(pid: int) -> int:
 def clean_env() -> dict[str, str]:
     """The environment for a process that must use only its own venv's packages."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll a condition on another process (real time: these are real processes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (httpx.HTTPError, OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    return False
 
 
 @dataclass
