@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.hub_link import HttpHubLink, check_identity
 from modelfleet.errors import (
     ForbiddenError,

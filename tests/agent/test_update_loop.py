@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelfleet.agent.backoff import BackoffPolicy, jittered_interval
+from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.agent.hub_link import check_identity
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop
 from modelfleet.agent.updater import Updater

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.daemon import AgentControlImpl, UpdateLoop
 from modelfleet.agent.updater import Updater
 from modelfleet.cli.agent_cmds import configure_logging

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.state import load_state
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import ManualClock

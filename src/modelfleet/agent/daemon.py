@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from modelfleet._atomic import atomic_write_bytes
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.config import AgentConfig
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard

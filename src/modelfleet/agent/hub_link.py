@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.errors import (
     ForbiddenError,
     InvalidInputError,

@@ -1,7 +1,7 @@
 """The update loop: poll the director, apply on a worker, check in with the hub.
 
 A shell around :class:`~modelfleet.agent.updater.Updater`; its timing is pure
-(:mod:`modelfleet.agent.backoff`) and its random source injected.
+(:mod:`modelfleet.backoff`) and its random source injected.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from modelfleet.agent.backoff import BackoffPolicy, jittered_interval
+from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.agent.hub_link import HubLink, check_identity
 from modelfleet.agent.updater import Updater
 from modelfleet.errors import ForbiddenError, NotFoundError, TransportError, UnauthenticatedError

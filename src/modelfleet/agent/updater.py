@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfleet.agent.backoff import BackoffPolicy
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.cycle import (
     describe_switch,
     needs_work,
