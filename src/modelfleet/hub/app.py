@@ -22,7 +22,17 @@ from fastapi import Depends, FastAPI
 from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ModelfleetError
-from modelfleet.hub.api import audit, devices, health, metrics, models, rollout, tokens, tuf
+from modelfleet.hub.api import (
+    audit,
+    devices,
+    health,
+    metrics,
+    models,
+    rollout,
+    telemetry,
+    tokens,
+    tuf,
+)
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
@@ -97,6 +107,7 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
         models.router,
         rollout.router,
         audit.router,
+        telemetry.router,
     ):
         app.include_router(area, prefix=API_PREFIX)
     app.include_router(tuf.tuf_router)

@@ -101,7 +101,7 @@ class HubConfig:
     metrics_cache_s: float = 5.0
     telemetry_raw_days: int = 14
     telemetry_rollup_days: int = 400
-    retention_batch: int = 20_000
+    retention_batch: int = 200_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,8 +128,8 @@ class HubConfig:
             raise ConfigError(
                 "telemetry_rollup_days must be at least telemetry_raw_days and at most 36500"
             )
-        if not 100 <= self.retention_batch <= 1_000_000:
-            raise ConfigError("retention_batch must be between 100 and 1000000")
+        if not 100 <= self.retention_batch <= 10_000_000:
+            raise ConfigError("retention_batch must be between 100 and 10000000")
 
     @property
     def paths(self) -> HubHome:

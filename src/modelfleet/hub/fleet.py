@@ -28,6 +28,7 @@ from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_ro
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.deployments import Deployments, parse_rollback_events
 from modelfleet.hub.director import Director
+from modelfleet.hub.telemetry import telemetry_view
 
 __all__ = ["Fleet"]
 
@@ -143,14 +144,14 @@ class Fleet:
             raise NotFoundError(f"no device {device_id!r}")
         return row
 
-    @staticmethod
-    def _device_view(s: Session, d: db.Device) -> JSONDict:
+    def _device_view(self, s: Session, d: db.Device) -> JSONDict:
         assignments = s.scalars(
             select(db.Assignment)
             .where(db.Assignment.device_id == d.id)
             .order_by(db.Assignment.model)
         )
         state = s.get(db.DeviceState, d.id)
+        stream = s.get(db.DeviceTelemetry, d.id)
         return {
             "id": d.id,
             "site": d.site,
@@ -179,6 +180,7 @@ class Fleet:
                 "length": state.length,
                 "issued_at": _iso(state.issued_at),
             },
+            "telemetry": telemetry_view(stream, self._ctx.now()),
         }
 
     # -- reports -------------------------------------------------------------------------
