@@ -221,17 +221,87 @@ def device_list(
         return
     rows = []
     for d in devices:
+        tel = d.get("telemetry") or {}
         rows.append(
             (
                 d.get("id"),
                 d.get("site"),
                 d.get("tags"),
                 d.get("last_seen"),
+                _seconds(tel.get("lag_s")),
+                tel.get("buffered"),
                 _desired(d.get("assignments")),
                 _served(d.get("report")),
             )
         )
-    table("Devices", ["id", "site", "tags", "last seen", "desired", "serving"], rows)
+    table(
+        "Devices",
+        ["id", "site", "tags", "last seen", "telemetry lag", "buffered", "desired", "serving"],
+        rows,
+    )
+
+
+@device_app.command("show")
+def device_show(
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Recent records to show.")] = 20,
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one device, its telemetry stream and its recent telemetry records."""
+    client = _client(hub, token, token_file)
+    device = client.get_device(device_id)
+    windows = client.device_windows(device_id, limit=limit)
+    if json_out:
+        print_json({"device": device, "windows": windows})
+        return
+    tel = device.get("telemetry") or {}
+    key_values(
+        f"Device {device.get('id')}",
+        {
+            "site": device.get("site"),
+            "tags": device.get("tags"),
+            "last seen": device.get("last_seen"),
+            "desired": _desired(device.get("assignments")),
+            "serving": _served(device.get("report")),
+            "telemetry last batch": tel.get("last_at"),
+            "telemetry lag": _seconds(tel.get("lag_s")),
+            "buffered on device": tel.get("buffered"),
+            "evicted on device": tel.get("evicted_total"),
+            "clock skew": _seconds(tel.get("clock_skew_s"))
+            + (" (flagged)" if tel.get("skew_flagged") else ""),
+            "highest seq": tel.get("highest_seq"),
+        },
+    )
+    table(
+        "Recent telemetry (newest first)",
+        ["seq", "kind", "model", "version", "role", "device time", "requests", "received"],
+        [
+            (
+                w.get("seq"),
+                w.get("kind"),
+                w.get("model"),
+                w.get("version"),
+                w.get("role") or w.get("event"),
+                w.get("closed_at") or w.get("at"),
+                w.get("requests"),
+                w.get("received_at"),
+            )
+            for w in windows
+        ],
+    )
+
+
+def _seconds(value: Any) -> str:
+    """``12.3 s``, ``4.5 h``, ``-3.1 d`` for a number of seconds; ``-`` for none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if abs(value) >= 2 * size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.1f} s"
 
 
 def _hide_password(url: str) -> str:
