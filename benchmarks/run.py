@@ -1,6 +1,9 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|all] [--duration N] [--repeats K] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry-hub|all] [--duration N] ...``
+
+``telemetry-hub`` drains windows into a real ``hub serve`` (SQLite; with
+``--database-url postgres`` a fresh PostgreSQL database, see ``benchmarks/telemetry_hub.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -27,8 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "benchmark", nargs="?", default="serving", choices=["serving", "lifecycle", "all"]
+        "benchmark",
+        nargs="?",
+        default="serving",
+        choices=["serving", "lifecycle", "telemetry-hub", "all"],
     )
+    parser.add_argument(
+        "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
+    )
+    parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
@@ -61,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark == "telemetry-hub":
+        from benchmarks.telemetry_hub import main as telemetry_hub
+
+        return telemetry_hub(["--database-url", args.database_url, "--windows", str(args.windows)])
     if args.benchmark in ("lifecycle", "all"):
         from benchmarks.agent_lifecycle import main as lifecycle
 

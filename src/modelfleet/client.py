@@ -167,7 +167,9 @@ class HubClient:
 
     def list_devices(self) -> list[dict[str, Any]]:
         """Every device: ``{"id", "site", "tags", "created_at", "last_seen", "report",
-        "assignments", "desired_state"}``."""
+        "assignments", "desired_state", "telemetry"}`` (``telemetry``: ``{"last_at",
+        "lag_s", "buffered", "evicted_total", "clock_skew_s", "skew_flagged",
+        "highest_seq", "buffer_id"}`` or None before the first batch)."""
         result: list[dict[str, Any]] = self._json("GET", "/api/v1/devices")
         return result
 
@@ -180,6 +182,35 @@ class HubClient:
         """Post a device check-in: the agent's state dict (``applied_serial``,
         ``models``, ``last_refusal``, ``events``, ...), kept by the hub as sent."""
         self._request("POST", f"/api/v1/devices/{device_id}/report", json=dict(report))
+
+    # -- telemetry -----------------------------------------------------------------------
+
+    def send_telemetry(self, device_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Post a telemetry batch (wire format v1) for ``device_id`` (its token, or admin).
+
+        Returns:
+            ``{"stored", "duplicates", "acked_through", "status": "recorded"}``.
+        """
+        result: dict[str, Any] = self._json(
+            "POST", f"/api/v1/devices/{device_id}/telemetry", json=dict(batch)
+        )
+        return result
+
+    def device_windows(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A device's most recent raw telemetry records, newest first, each as sent plus
+        ``"buffer_id"`` and ``"received_at"``."""
+        result: list[dict[str, Any]] = self._json(
+            "GET", f"/api/v1/devices/{device_id}/windows", params={"limit": limit}
+        )
+        return result
+
+    def telemetry_summary(self, **query: str | None) -> dict[str, Any]:
+        """Merged window totals (viewer). Keyword filters: ``model``, ``version``, ``role``,
+        ``site``, ``tag``, ``rollout_id``, ``device_id``, and ``since`` / ``until`` (ISO
+        8601); None ones are left out. See ``HubService.telemetry_summary``."""
+        params = {k: v for k, v in query.items() if v is not None}
+        result: dict[str, Any] = self._json("GET", "/api/v1/telemetry/summary", params=params)
+        return result
 
     # -- models --------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ at import time: the agent-only install (``pip install modelfleet``) runs it too.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,6 +23,7 @@ from modelfleet import __version__
 from modelfleet.cli import agent_cmds, demo_cmd
 from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
+from modelfleet.clock import Clock, parse_scaled_clock
 from modelfleet.errors import InvalidInputError, UnauthenticatedError
 
 __all__ = ["app", "main"]
@@ -43,6 +45,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(agent_app, name="agent")
 
 HUB_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn")
+SIM_CLOCK_ENV = "MODELFLEET_SIM_CLOCK"
 
 
 def _show_version(value: bool) -> None:
@@ -162,7 +165,23 @@ def hub_serve(
     require_extra("hub", *HUB_MODULES, what="`modelfleet hub serve`")
     from modelfleet.hub.app import serve
 
-    serve(home, host=host, port=port)
+    serve(home, host=host, port=port, clock=sim_clock_from_env(os.environ))
+
+
+def sim_clock_from_env(env: Mapping[str, str]) -> Clock | None:
+    """The scaled clock ``MODELFLEET_SIM_CLOCK=ORIGIN:RATE`` asks for (simulations and
+    time-compressed tests only), or None for the system clock.
+
+    Raises:
+        UsageError: the value is malformed.
+    """
+    spec = env.get(SIM_CLOCK_ENV, "").strip()
+    if not spec:
+        return None
+    try:
+        return parse_scaled_clock(spec)
+    except ValueError as e:
+        raise UsageError(f"{SIM_CLOCK_ENV}: {e}") from e
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -202,17 +221,87 @@ def device_list(
         return
     rows = []
     for d in devices:
+        tel = d.get("telemetry") or {}
         rows.append(
             (
                 d.get("id"),
                 d.get("site"),
                 d.get("tags"),
                 d.get("last_seen"),
+                _seconds(tel.get("lag_s")),
+                tel.get("buffered"),
                 _desired(d.get("assignments")),
                 _served(d.get("report")),
             )
         )
-    table("Devices", ["id", "site", "tags", "last seen", "desired", "serving"], rows)
+    table(
+        "Devices",
+        ["id", "site", "tags", "last seen", "telemetry lag", "buffered", "desired", "serving"],
+        rows,
+    )
+
+
+@device_app.command("show")
+def device_show(
+    device_id: Annotated[str, typer.Argument(metavar="ID")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Recent records to show.")] = 20,
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one device, its telemetry stream and its recent telemetry records."""
+    client = _client(hub, token, token_file)
+    device = client.get_device(device_id)
+    windows = client.device_windows(device_id, limit=limit)
+    if json_out:
+        print_json({"device": device, "windows": windows})
+        return
+    tel = device.get("telemetry") or {}
+    key_values(
+        f"Device {device.get('id')}",
+        {
+            "site": device.get("site"),
+            "tags": device.get("tags"),
+            "last seen": device.get("last_seen"),
+            "desired": _desired(device.get("assignments")),
+            "serving": _served(device.get("report")),
+            "telemetry last batch": tel.get("last_at"),
+            "telemetry lag": _seconds(tel.get("lag_s")),
+            "buffered on device": tel.get("buffered"),
+            "evicted on device": tel.get("evicted_total"),
+            "clock skew": _seconds(tel.get("clock_skew_s"))
+            + (" (flagged)" if tel.get("skew_flagged") else ""),
+            "highest seq": tel.get("highest_seq"),
+        },
+    )
+    table(
+        "Recent telemetry (newest first)",
+        ["seq", "kind", "model", "version", "role", "device time", "requests", "received"],
+        [
+            (
+                w.get("seq"),
+                w.get("kind"),
+                w.get("model"),
+                w.get("version"),
+                w.get("role") or w.get("event"),
+                w.get("closed_at") or w.get("at"),
+                w.get("requests"),
+                w.get("received_at"),
+            )
+            for w in windows
+        ],
+    )
+
+
+def _seconds(value: Any) -> str:
+    """``12.3 s``, ``4.5 h``, ``-3.1 d`` for a number of seconds; ``-`` for none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if abs(value) >= 2 * size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.1f} s"
 
 
 def _hide_password(url: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +66,37 @@ class HubContext:
             try:
                 with self.sessions.begin() as session:
                     locks.xact_lock(session, locks.WRITE)
+                    yield session
+            except IntegrityError as e:
+                raise ConflictError(f"the change clashes with a concurrent one: {e.orig}") from e
+            except SQLAlchemyError as e:
+                raise StorageError(f"database error: {e}") from e
+
+    @contextmanager
+    def telemetry_write(self, lock_key: int | None = None) -> Iterator[Session]:
+        """A transaction for telemetry (ingest, retention): it touches neither the audit
+        chain nor serials, so it takes no :data:`~modelfleet.hub.locks.WRITE` lock, and
+        hub replicas on PostgreSQL ingest in parallel (a record's identity is unique and
+        inserted with ON CONFLICT DO NOTHING). SQLite has one writer per file: there the
+        process write lock is taken, so a batch queues behind other writes instead of
+        failing on a busy database.
+
+        Args:
+            lock_key: an advisory lock to take too (PostgreSQL; e.g. retention's, so two
+                replicas never roll up the same rows).
+
+        Raises:
+            ConflictError: a uniqueness clash with a concurrent change.
+            StorageError: any other database failure.
+        """
+        guard: AbstractContextManager[object] = (
+            self._write_lock if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
+        with guard:
+            try:
+                with self.sessions.begin() as session:
+                    if lock_key is not None:
+                        locks.xact_lock(session, lock_key)
                     yield session
             except IntegrityError as e:
                 raise ConflictError(f"the change clashes with a concurrent one: {e.orig}") from e

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -22,12 +22,13 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 from modelfleet.hub import db
-from modelfleet.hub._reports import report_changes
+from modelfleet.hub._reports import report_changes, served_versions
 from modelfleet.hub._values import JSONDict, _check_name, _iso
 from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_role
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.deployments import Deployments, parse_rollback_events
 from modelfleet.hub.director import Director
+from modelfleet.hub.telemetry import telemetry_view
 
 __all__ = ["Fleet"]
 
@@ -143,14 +144,14 @@ class Fleet:
             raise NotFoundError(f"no device {device_id!r}")
         return row
 
-    @staticmethod
-    def _device_view(s: Session, d: db.Device) -> JSONDict:
+    def _device_view(self, s: Session, d: db.Device) -> JSONDict:
         assignments = s.scalars(
             select(db.Assignment)
             .where(db.Assignment.device_id == d.id)
             .order_by(db.Assignment.model)
         )
         state = s.get(db.DeviceState, d.id)
+        stream = s.get(db.DeviceTelemetry, d.id)
         return {
             "id": d.id,
             "site": d.site,
@@ -179,6 +180,7 @@ class Fleet:
                 "length": state.length,
                 "issued_at": _iso(state.issued_at),
             },
+            "telemetry": telemetry_view(stream, self._ctx.now()),
         }
 
     # -- reports -------------------------------------------------------------------------
@@ -203,9 +205,20 @@ class Fleet:
             device.reported = data
             device.last_seen = now
             s.add(db.DeviceReport(device_id=device_id, received_at=now, report=data))
+            if "running" in changes:
+                self._record_serving(s, device_id, data)
             if changes:
                 self._ctx.audit(s, f"device:{device_id}", "device.report", device_id, changes)
             applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
         if changed:
             self._director.publish()
         return {"applied_rollbacks": applied}
+
+    @staticmethod
+    def _record_serving(s: Session, device_id: str, report: Mapping[str, Any]) -> None:
+        """Replace the device's ``device_serving`` rows by what ``report`` serves."""
+        s.execute(delete(db.DeviceServing).where(db.DeviceServing.device_id == device_id))
+        s.add_all(
+            db.DeviceServing(device_id=device_id, model=model, slot=slot, version=version)
+            for model, slot, version in served_versions(report)
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-__all__ = ["AUDIT", "MIGRATE", "TUF_COUNTERS", "WRITE", "xact_lock"]
+__all__ = ["AUDIT", "MIGRATE", "RETENTION", "TUF_COUNTERS", "WRITE", "xact_lock"]
 
 WRITE = 0x6D66_6875_6277
 """Every state-changing transaction: version numbers, serials and the audit chain stay linear."""
@@ -24,6 +24,9 @@ AUDIT = 0x6D66_6175_6469
 
 TUF_COUNTERS = 0x6D66_7475_6676
 """Raising the published TUF role-version counters (ADR 0007)."""
+
+RETENTION = 0x6D66_7465_6C72
+"""Telemetry retention: one replica at a time rolls raw windows up (issue 7, ADR 0011)."""
 
 
 def xact_lock(bind: Session | Connection, key: int) -> None:

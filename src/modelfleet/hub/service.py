@@ -8,7 +8,10 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.fleet.Fleet` - tokens, devices, reports;
 * :class:`~modelfleet.hub.deployments.Deployments` - deploy and rollback (pure rules);
 * :class:`~modelfleet.hub.director.Director` - desired states, signing after the commit;
-* :class:`~modelfleet.hub.upkeep.Upkeep` - audit reads, TUF serving, re-signing, GC.
+* :class:`~modelfleet.hub.upkeep.Upkeep` - audit reads, TUF serving, re-signing, GC,
+  telemetry retention;
+* :class:`~modelfleet.hub.telemetry.Telemetry` - telemetry ingest, summaries, retention;
+* :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry.
 
 Every state change commits together with its audit entry in one database transaction;
 the TUF metadata is signed from the database *after* the commit, and whatever a crash
@@ -26,13 +29,15 @@ Return values are JSON-ready dicts (the same shapes the REST API serves):
 * device: ``{"id", "site", "tags", "created_at", "last_seen", "report",
   "assignments": [{"model", "production", "candidate", "previous", "mode", "share",
   "slo", "rollout_id"}], "desired_state": {"serial", "sha256", "length", "issued_at"}
-  | None}``
+  | None, "telemetry": {"last_at", "lag_s", "buffered", "evicted_total", "clock_skew_s",
+  "skew_flagged", "highest_seq", "buffer_id"} | None}``
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +57,8 @@ from modelfleet.hub.deployments import Deployments
 from modelfleet.hub.director import Director
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
+from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
+from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
@@ -100,7 +107,11 @@ class HubService:
             self.director = Director(self.context, self.store, self.trust, self.catalog)
             self.deployments = Deployments(self.context, self.catalog, self.director)
             self.fleet = Fleet(self.context, self.deployments, self.director)
-            self.upkeep = Upkeep(self.context, self.store, self.trust, self.catalog, self.director)
+            self.metrics = HubMetrics(self._read_gauges, clock, config.metrics_cache_s)
+            self.telemetry = Telemetry(self.context, self.metrics)
+            self.upkeep = Upkeep(
+                self.context, self.store, self.trust, self.catalog, self.director, self.telemetry
+            )
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -118,6 +129,14 @@ class HubService:
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
+
+    def _read_gauges(self) -> FleetGauges:
+        with self.context.read() as s:
+            return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of the hub's metrics (``GET /metrics``)."""
+        return self.metrics.render()
 
     # -- tokens and devices --------------------------------------------------------------
 
@@ -198,7 +217,120 @@ class HubService:
             InvalidInputError: the report is not a JSON object.
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
-        return self.fleet.record_report(device_id, report)
+        outcome = self.fleet.record_report(device_id, report)
+        self.metrics.checkins.inc()
+        return outcome
+
+    # -- telemetry -----------------------------------------------------------------------
+
+    def ingest_telemetry(self, device_id: str, body: bytes) -> JSONDict:
+        """Store a telemetry batch (wire format v1, :mod:`modelfleet.telemetry.wire`)
+        sent by ``device_id``, in one transaction: every new record or none.
+
+        Records already stored (same ``(device_id, buffer_id, seq)``) are duplicates:
+        counted, not stored again, and a batch of only duplicates is still accepted (an
+        agent killed after the hub stored but before it deleted can clear its buffer).
+        The device's stream state is kept: last batch time, clock skew (hub time minus
+        ``sent_at``, flagged beyond 300 s), highest seq, reported ``buffered`` and
+        ``evicted_total``, newest window ``closed_at``.
+
+        Args:
+            device_id: the sending device (the caller checked the token).
+            body: the batch JSON bytes as received.
+
+        Returns:
+            ``{"stored", "duplicates", "acked_through" (the batch's highest seq),
+            "status": "recorded"}``.
+
+        Raises:
+            PayloadTooLargeError: over ``max_telemetry_bytes``; nothing stored.
+            InvalidInputError: not JSON, or any record malformed; nothing stored.
+            NotFoundError: no such device.
+            StorageError: the database failed; nothing stored (the agent retries).
+        """
+        return self.telemetry.ingest(device_id, body)
+
+    def telemetry_summary(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        role: str | None = None,
+        site: str | None = None,
+        tag: str | None = None,
+        rollout_id: str | None = None,
+        device_id: str | None = None,
+    ) -> JSONDict:
+        """Windows merged exactly over raw records and hourly roll-ups (what the rollout
+        gates of issue 8 call in-process).
+
+        A window counts when its device-time ``closed_at`` is in ``[since, until)``; a
+        roll-up when its hour starts in it (so whole-hour ranges give the same totals
+        before and after roll-up). Filters left None match anything; ``rollout_id=""``
+        matches windows outside any rollout. ``tag`` and ``device_id`` filters see raw
+        windows only (roll-ups are not kept per device; ADR 0011): then roll-ups in the
+        range are left out and ``"partial"`` is True.
+
+        Args:
+            since: start (default: ``until`` minus 24 hours); naive times are UTC.
+            until: end, exclusive (default: now).
+
+        Returns:
+            :meth:`WindowTotals.to_record` (``windows``, ``requests``, ``guard``,
+            ``shadow``, ``cascade``, ``refusals``, ``updates``, histograms) plus
+            ``"devices"`` (distinct), ``"error_rate"`` ((server errors + timeouts) /
+            requests, None without requests), ``"latency_p50_s"``, ``"latency_p99_s"``
+            (upper bucket edges; None when empty or above the last edge),
+            ``"sources": {"windows", "rollups", "rollups_left_out"}``, ``"partial"`` and
+            ``"query"`` (the query echoed).
+
+        Raises:
+            InvalidInputError: ``until`` is not after ``since``.
+            StorageError: the database failed.
+        """
+        end = until if until is not None else self.clock.now()
+        start = since if since is not None else end - timedelta(hours=24)
+        query = SummaryQuery(
+            since=start,
+            until=end,
+            model=model,
+            version=version,
+            role=role,
+            site=site,
+            tag=tag,
+            rollout_id=rollout_id,
+            device_id=device_id,
+        )
+        return self.telemetry.summary(query)
+
+    def device_windows(self, device_id: str, limit: int = 50) -> list[JSONDict]:
+        """A device's most recent raw telemetry records, newest first (at most
+        ``limit``, capped at 1000): each as sent, plus ``"buffer_id"`` and
+        ``"received_at"`` (hub time).
+
+        Raises:
+            NotFoundError: no such device.
+        """
+        return self.telemetry.recent(device_id, limit)
+
+    def apply_retention(self) -> JSONDict:
+        """One bounded retention round (the upkeep round runs it): raw records received
+        more than ``telemetry_raw_days`` ago are deleted, windows among them merged into
+        their hourly roll-up first; roll-ups older than ``telemetry_rollup_days`` and
+        device reports older than ``telemetry_raw_days`` (but each device's newest) are
+        deleted. At most ``retention_batch`` rows of each kind per round, in short
+        transactions; replicas take turns (advisory lock).
+
+        Returns:
+            ``{"rolled_up", "records_deleted", "rollups_deleted", "reports_deleted",
+            "more"}`` (``more``: the budget ran out; the next round goes on).
+
+        Raises:
+            StorageError: the database failed (what committed stays consistent).
+        """
+        return self.telemetry.apply_retention()
 
     # -- blobs and versions --------------------------------------------------------------
 

@@ -4,7 +4,8 @@ before expiry, and blob garbage collection.
 :meth:`Upkeep.refresh_expiring` is the periodic round (the API's background task calls
 it): it first signs committed changes the metadata lacks
 (:meth:`~modelfleet.hub.director.Director.repair`), then re-signs roles close to expiry,
-then collects garbage at most once per :data:`GC_INTERVAL_S`.
+then collects garbage at most once per :data:`GC_INTERVAL_S`, then runs one bounded round
+of telemetry retention (:meth:`~modelfleet.hub.telemetry.Telemetry.apply_retention`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelfleet.hub.audit_rows import SqlAuditStore
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
+from modelfleet.hub.telemetry import Telemetry
 from modelfleet.trust.bundle import REPOSITORIES
 from modelfleet.trust.hub_trust import HubTrust
 
@@ -43,6 +45,7 @@ class Upkeep:
         trust: the signed repositories.
         catalog: which blobs versions and desired states reference.
         director: signs what the database has and the metadata lacks.
+        telemetry: applies the telemetry and report retention each round.
     """
 
     def __init__(
@@ -52,12 +55,14 @@ class Upkeep:
         trust: HubTrust,
         catalog: Catalog,
         director: Director,
+        telemetry: Telemetry,
     ) -> None:
         self._ctx = ctx
         self._store = store
         self._trust = trust
         self._catalog = catalog
         self._director = director
+        self._telemetry = telemetry
         self._last_gc: float | None = None
 
     # -- audit ---------------------------------------------------------------------------
@@ -80,7 +85,8 @@ class Upkeep:
         return self._trust.trust_root_bundle()
 
     def refresh_expiring(self) -> list[str]:
-        """One upkeep round: repair, re-sign roles close to expiry, maybe collect garbage.
+        """One upkeep round: repair, re-sign roles close to expiry, maybe collect garbage,
+        then one bounded round of telemetry retention.
 
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry (audited as
@@ -98,6 +104,7 @@ class Upkeep:
         if self._last_gc is None or mono - self._last_gc >= GC_INTERVAL_S:
             self._last_gc = mono
             self.collect_garbage(older_than_s=GC_GRACE_S)
+        self._telemetry.apply_retention()  # bounded; what is left goes in the next round
         return done
 
     def tuf_metadata(self, repo: str, filename: str) -> Path:

@@ -116,18 +116,18 @@ def decode_histogram(obj: Any, expected_edges: str | None = None) -> Histogram:
     if not isinstance(counts, list):
         raise InvalidInputError("histogram counts must be a list of [index, count] pairs")
     seen: set[int] = set()
-    for pair in counts:
-        if (
-            not isinstance(pair, list)
-            or len(pair) != 2
-            or not all(type(v) is int for v in pair)
-            or not 0 <= pair[0] < len(hist.counts)
-            or pair[1] < 0
-            or pair[0] in seen
-        ):
+    buckets = hist.counts
+    size = len(buckets)
+    for pair in counts:  # the hub checks every bucket of every window: kept lean
+        if type(pair) is not list or len(pair) != 2:
             raise InvalidInputError(f"bad histogram bucket {pair!r}")
-        seen.add(pair[0])
-        hist.counts[pair[0]] = pair[1]
+        index, n = pair
+        if type(index) is not int or type(n) is not int or not 0 <= index < size or n < 0:
+            raise InvalidInputError(f"bad histogram bucket {pair!r}")
+        if index in seen:
+            raise InvalidInputError(f"bad histogram bucket {pair!r}")
+        seen.add(index)
+        buckets[index] = n
     total = obj.get("sum", 0.0)
     if isinstance(total, bool) or not isinstance(total, int | float) or not math.isfinite(total):
         raise InvalidInputError("a histogram's sum must be a finite number")

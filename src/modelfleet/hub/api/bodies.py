@@ -27,6 +27,7 @@ __all__ = [
     "DeviceChangeOut",
     "DeviceIn",
     "DeviceOut",
+    "DeviceTelemetryOut",
     "DeviceWithTokenOut",
     "HealthOut",
     "ModelOut",
@@ -35,6 +36,8 @@ __all__ = [
     "RevokeIn",
     "RollbackIn",
     "RollbackOut",
+    "SummaryOut",
+    "TelemetryIngestOut",
     "TokenIn",
     "TokenOut",
     "VersionDeploymentOut",
@@ -151,6 +154,16 @@ class DesiredStateOut(_Out):
     issued_at: str | None
 
 
+class DeviceTelemetryOut(_Out):
+    last_at: str | None = Field(description="hub time of the device's last telemetry batch")
+    lag_s: float | None = Field(description="hub now minus the newest window closed_at received")
+    buffered: int = Field(description="records the device reported still buffered")
+    evicted_total: int = Field(description="records the device's buffer evicted in total")
+    clock_skew_s: float = Field(description="hub time minus the last batch's sent_at")
+    skew_flagged: bool = Field(description="|clock_skew_s| > 300")
+    highest_seq: int
+
+
 class DeviceOut(_Out):
     id: str
     site: str
@@ -160,6 +173,9 @@ class DeviceOut(_Out):
     report: dict[str, Any] | None = Field(description="the device's last check-in, as sent")
     assignments: list[AssignmentOut]
     desired_state: DesiredStateOut | None
+    telemetry: DeviceTelemetryOut | None = Field(
+        default=None, description="the device's telemetry stream; null before its first batch"
+    )
 
 
 class DeviceWithTokenOut(DeviceOut):
@@ -270,3 +286,22 @@ class AuditPageOut(_Out):
 class AuditVerifyOut(_Out):
     intact: bool
     first_broken_seq: int | None
+
+
+class TelemetryIngestOut(_Out):
+    stored: int = Field(description="records stored now")
+    duplicates: int = Field(description="records the hub already had (not stored again)")
+    acked_through: int = Field(description="the batch's highest seq")
+    status: Literal["recorded"]
+
+
+class SummaryOut(_Out):
+    windows: int = Field(description="windows merged (a roll-up counts its windows)")
+    requests: dict[str, int]
+    devices: int = Field(description="distinct devices the windows came from")
+    error_rate: float | None = Field(description="(server_error + timeout) / requests")
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    sources: dict[str, int] = Field(description="raw windows, roll-ups, roll-ups left out")
+    partial: bool = Field(description="roll-ups in the range were left out (tag/device filter)")
+    query: dict[str, Any]
