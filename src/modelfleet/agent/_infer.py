@@ -570,11 +570,13 @@ class _InferEndpoint:
         rows = 0
         for arr in req.inputs.values():
             if arr.ndim:
-                if arr.shape[0] > max_batch:
-                    raise PayloadTooLargeError(
-                        f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
-                    )
-                rows = max(rows, arr.shape[0])
+                batch = arr.shape[0]
+                if batch > rows:
+                    if batch > max_batch:
+                        raise PayloadTooLargeError(
+                            f"batch of {batch} exceeds the limit of {max_batch}"
+                        )
+                    rows = batch
         return req, rows
 
     @staticmethod
@@ -653,15 +655,20 @@ def _encode(
         if req.outputs
         else req.binary_data_output
     )
-    content, json_length = encode_infer_body(model.name, model.version, req.id, outputs, binary)
-    headers = [
-        _JSON_HEADER if json_length is None else _BINARY_HEADER,
-        (b"content-length", str(len(content)).encode()),
-        (_H_VERSION, model.version.encode()),
+    version = model.version
+    content, json_length = encode_infer_body(model.name, version, req.id, outputs, binary)
+    if json_length is None:
+        return content, [
+            _JSON_HEADER,
+            (b"content-length", b"%d" % len(content)),
+            (_H_VERSION, version.encode()),
+        ]
+    return content, [
+        _BINARY_HEADER,
+        (b"content-length", b"%d" % len(content)),
+        (_H_VERSION, version.encode()),
+        (_H_HEADER_LENGTH, b"%d" % json_length),
     ]
-    if json_length is not None:
-        headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
-    return content, headers
 
 
 async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:
