@@ -25,6 +25,10 @@ Server settings differing from uvicorn's defaults, and why:
 * ``gc.freeze()`` before serving (in :func:`serve`): the objects of startup (ONNX Runtime,
   TUF, httpx, …) are moved out of the collector's sight, so the collections that request
   garbage triggers do not walk them again and again.
+* one write per response: uvicorn writes a response's status line and headers, then its
+  body, each with its own ``send()`` system call and TCP segment (``TCP_NODELAY``); the
+  connection's transport holds the headers back until the body follows (issue 6: a
+  system call and a segment less per request, for the server and for the client).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import asyncio
 import gc
 import socket
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -71,6 +75,61 @@ class ServerSettings:
             raise ConfigError("backlog must be between 1 and 65536")
 
 
+class _OneWrite:
+    """A connection's transport that sends a response's headers together with its body.
+
+    After :meth:`hold_next`, the next write (uvicorn's status line and headers) is held
+    and sent with the write after it (the body) as one; whatever is held goes out at the
+    latest when the response completes (:meth:`flush`) or the connection is closed.
+    Everything else is the transport's own.
+    """
+
+    __slots__ = ("_held", "_hold", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._hold = False
+
+    def hold_next(self) -> None:
+        """Hold the next write back until the one after it."""
+        self._hold = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + bytes(data))
+        elif self._hold:
+            self._hold = False
+            self._held = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held, if anything."""
+        self._hold = False
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        if not self._transport.is_closing():
+            self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # the rest (get_extra_info, set_protocol, …)
+        return getattr(self._transport, name)
+
+
 class _BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header deadline and a connection cap.
 
@@ -86,9 +145,12 @@ class _BoundedHttpTools(HttpToolsProtocol):
 
     #: loop time since which the next request's headers are awaited; None while they are in
     awaiting_since: float | None = None
+    _one_write: _OneWrite
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._one_write = _OneWrite(transport)
+        self.transport = cast(asyncio.Transport, self._one_write)
         if len(self.connections) > self.max_connections:
             transport.close()  # connection_lost removes it from the set
             return
@@ -99,9 +161,12 @@ class _BoundedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.awaiting_since = None
+        if not self.expect_100_continue:  # a "100 Continue" must go out alone, at once
+            self._one_write.hold_next()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self._one_write.flush()  # a HEAD response has no body write to carry the headers
         pipelined = bool(self.pipeline)  # a pipelined request's headers are already in
         super().on_response_complete()
         if not pipelined:
