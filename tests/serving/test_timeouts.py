@@ -268,3 +268,17 @@ def test_a_head_answer_without_a_body_write_is_not_held_back(served: AgentServer
             assert chunk, received
             received += chunk
     assert received.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_s(tmp_path: Path) -> None:
+    app = app_with(tmp_path, logistic_onnx()[0], ServingLimits())
+    settings = ServerSettings(header_timeout_s=30.0, keep_alive_s=1)
+    with AgentServer(app, settings) as served:
+        request = b"POST /v2/models/m/infer HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", served.port)) as conn:
+            conn.settimeout(5)
+            conn.sendall(request % len(BODY) + BODY)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            answered = time.monotonic()
+            assert closed_within(conn, 3.0)  # idle: closed, long before the header deadline
+            assert 0.9 < time.monotonic() - answered < 1.6
