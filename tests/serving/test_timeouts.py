@@ -36,14 +36,20 @@ def app_with(tmp_path: Path, model: bytes, limits: ServingLimits) -> Any:
     return build_agent_app(host, limits=limits)
 
 
-async def call_with_stalled_body(app: Any) -> tuple[int, bytes]:
+async def call_with_stalled_body(
+    app: Any, first_after_s: float | None = None, first: bytes = BODY[:20]
+) -> tuple[int, bytes]:
+    """Call ``app`` with a body whose first message comes after ``first_after_s`` (None: at
+    once), and whose rest never comes unless ``first`` is the whole body."""
     messages = [
-        {"type": "http.request", "body": BODY[:20], "more_body": True},
+        {"type": "http.request", "body": first, "more_body": first != BODY},
     ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         if messages:
+            if first_after_s is not None:
+                await asyncio.sleep(first_after_s)  # the body is not there yet
             return messages.pop(0)
         await asyncio.sleep(10)  # the client stalls mid-body
         return {"type": "http.disconnect"}
@@ -73,6 +79,20 @@ def test_stalled_body_gets_503_within_the_timeout(tmp_path: Path) -> None:
     status, body = asyncio.run(call_with_stalled_body(app))
     assert status == 503
     assert b"did not arrive within 0.05 s" in body
+
+
+def test_a_first_body_message_that_never_comes_gets_503(tmp_path: Path) -> None:
+    app = app_with(tmp_path, logistic_onnx()[0], ServingLimits(request_timeout_s=0.05))
+    status, body = asyncio.run(call_with_stalled_body(app, first_after_s=10))
+    assert status == 503
+    assert b"did not arrive within 0.05 s" in body
+
+
+def test_a_body_that_comes_late_but_in_time_is_answered(tmp_path: Path) -> None:
+    app = app_with(tmp_path, logistic_onnx()[0], ServingLimits(request_timeout_s=5))
+    status, body = asyncio.run(call_with_stalled_body(app, first_after_s=0.05, first=BODY))
+    assert status == 200
+    assert b'"model_version":"1"' in body
 
 
 def test_slow_offloop_inference_gets_503(tmp_path: Path) -> None:
