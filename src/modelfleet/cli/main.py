@@ -157,9 +157,25 @@ def hub_serve(
     home: Annotated[Path, typer.Option("--home", help="Hub home made by `modelfleet init`.")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="MODELFLEET_LOG_FORMAT",
+            help="text | json (one object a line; uvicorn's access and error lines too).",
+        ),
+    ] = "text",
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
+    from modelfleet.errors import ConfigError
+    from modelfleet.telemetry.logs import configure_logging, parse_log_format
+
+    try:
+        fmt = parse_log_format(log_format)
+    except ConfigError as e:
+        raise UsageError(f"--log-format: {e}") from e
     require_extra("hub", *HUB_MODULES, what="`modelfleet hub serve`")
+    configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
     serve(home, host=host, port=port)
