@@ -25,6 +25,8 @@ from modelfleet.errors import (
 
 __all__ = ["register"]
 
+_log = logging.getLogger("modelfleet.cli.agent")
+
 StateDirOpt = Annotated[Path, typer.Option("--state-dir", help="The agent's state folder.")]
 
 #: The agent's token comes from here (never from MODELFLEET_TOKEN, the operator's token).
@@ -97,9 +99,9 @@ def resolve_device_token(
     if token_file is not None:
         return read_token_file(token_file)
     if token:
-        err_console.print(
-            "warning: --token is visible to every user in the process list; "
-            f"prefer --token-file or {DEVICE_TOKEN_ENV}"
+        _log.warning(  # a log line: with --log-format json it is JSON like the others
+            "--token is visible to every user in the process list; prefer --token-file or %s",
+            DEVICE_TOKEN_ENV,
         )
         return token
     env = environ.get(DEVICE_TOKEN_ENV, "").strip()

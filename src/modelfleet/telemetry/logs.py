@@ -27,6 +27,7 @@ import contextvars
 import datetime as dt
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, TextIO
@@ -150,6 +151,18 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("modelfleet.thread").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=exc_info,  # type: ignore[arg-type]
+    )
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed, so a second call replaces it."""
 
@@ -165,7 +178,8 @@ def configure_logging(
 
     Replaces a handler installed by an earlier call (and only that one: a test's capture
     handler stays). The ``uvicorn*`` loggers are made to propagate to the root, so the
-    servers' error and access lines use the same formatter.
+    servers' error and access lines use the same formatter; Python warnings and uncaught
+    exceptions in threads are logged too (as ``py.warnings`` and ``modelfleet.thread``).
 
     Args:
         fmt: ``"text"`` or ``"json"``.
@@ -194,6 +208,8 @@ def configure_logging(
     handler.setFormatter(JsonFormatter(static) if fmt == "json" else _TextFormatter(static))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become records too, not bare stderr
+    threading.excepthook = _log_thread_exception
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         for own in list(logger.handlers):
