@@ -52,3 +52,19 @@ def report_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> JSONDict:
     if fresh:
         changes["new_events"] = fresh[-_MAX_EVENTS_LOGGED:]
     return changes
+
+
+_MAX_SERVED = 64
+
+
+def served_versions(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(model, slot, version)`` for each version a report says the device serves now
+    (slots ``active`` and ``candidate``; pure). At most 64 entries, names cut to the
+    column widths, so a malformed report cannot flood the ``device_serving`` table."""
+    out: list[tuple[str, str, str]] = []
+    for name, entry in _running(report).items():
+        for slot in ("active", "candidate"):
+            version = entry.get(slot)
+            if version is not None and not isinstance(version, bool | dict | list):
+                out.append((name[:128], slot, str(version)[:64]))
+    return out[:_MAX_SERVED]

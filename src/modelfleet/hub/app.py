@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI
 from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ModelfleetError
-from modelfleet.hub.api import audit, devices, health, models, rollout, tokens, tuf
+from modelfleet.hub.api import audit, devices, health, metrics, models, rollout, tokens, tuf
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
@@ -37,8 +37,12 @@ log = logging.getLogger("modelfleet.hub")
 
 
 async def _refresh_loop(service: HubService, interval_s: float) -> None:
+    # Clock time: under a scaled clock (MODELFLEET_SIM_CLOCK) the rounds come as often
+    # in simulated time as they would in real time.
+    real_seconds = getattr(service.clock, "real_seconds", None)
+    wait_s = float(real_seconds(interval_s)) if callable(real_seconds) else interval_s
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(wait_s)
         try:
             done = await anyio.to_thread.run_sync(service.refresh_expiring)
             if done:
@@ -96,6 +100,7 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
     ):
         app.include_router(area, prefix=API_PREFIX)
     app.include_router(tuf.tuf_router)
+    app.include_router(metrics.router)
     docs = docs_router(f"{API_PREFIX}/docs", openapi_url, _TITLE)
     if docs is not None:
         app.include_router(docs)

@@ -73,6 +73,18 @@ class HubConfig:
         max_report_bytes: largest device report accepted.
         refresh_interval_s: how often the background task re-signs expiring metadata.
         audit_page_limit: most audit entries returned by one request.
+        max_telemetry_bytes: largest telemetry batch body accepted (issue 7).
+        stale_after_s: a device whose last check-in is older than this is ``stale``
+            in the ``modelfleet_hub_devices`` gauge.
+        metrics_token_required: ``/metrics`` asks for a viewer token when True.
+        metrics_cache_s: how long ``/metrics`` reuses the gauges it read from the
+            database (a scrape storm costs one set of queries per period).
+        telemetry_raw_days: raw telemetry records (and device reports but each device's
+            newest) are kept this many days after they were received; older windows
+            are merged into hourly roll-ups.
+        telemetry_rollup_days: hourly roll-ups are kept this many days.
+        retention_batch: most raw records (and reports) one upkeep round rolls up or
+            deletes, so a round stays short however far behind it is.
     """
 
     home: Path
@@ -83,6 +95,13 @@ class HubConfig:
     max_report_bytes: int = 1 * _MIB
     refresh_interval_s: float = 300.0
     audit_page_limit: int = 1000
+    max_telemetry_bytes: int = 8 * _MIB
+    stale_after_s: float = 300.0
+    metrics_token_required: bool = False
+    metrics_cache_s: float = 5.0
+    telemetry_raw_days: int = 14
+    telemetry_rollup_days: int = 400
+    retention_batch: int = 20_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +116,20 @@ class HubConfig:
             raise ConfigError("refresh_interval_s must be between 1 and 86400 seconds")
         if not 1 <= self.audit_page_limit <= 100_000:
             raise ConfigError("audit_page_limit must be between 1 and 100000")
+        if not 1024 <= self.max_telemetry_bytes <= 1024 * _MIB:
+            raise ConfigError("max_telemetry_bytes must be between 1 KiB and 1 GiB")
+        if not 1.0 <= self.stale_after_s <= 30 * 86400.0:
+            raise ConfigError("stale_after_s must be between 1 second and 30 days")
+        if not 0.0 <= self.metrics_cache_s <= 300.0:
+            raise ConfigError("metrics_cache_s must be between 0 and 300 seconds")
+        if not 1 <= self.telemetry_raw_days <= 3650:
+            raise ConfigError("telemetry_raw_days must be between 1 and 3650")
+        if not self.telemetry_raw_days <= self.telemetry_rollup_days <= 36500:
+            raise ConfigError(
+                "telemetry_rollup_days must be at least telemetry_raw_days and at most 36500"
+            )
+        if not 100 <= self.retention_batch <= 1_000_000:
+            raise ConfigError("retention_batch must be between 100 and 1000000")
 
     @property
     def paths(self) -> HubHome:
@@ -154,6 +187,11 @@ def render_config_toml(config: HubConfig) -> str:
         f"max_report_bytes = {config.max_report_bytes}",
         f"refresh_interval_s = {config.refresh_interval_s}",
         f"audit_page_limit = {config.audit_page_limit}",
+        f"max_telemetry_bytes = {config.max_telemetry_bytes}",
+        f"stale_after_s = {config.stale_after_s}",
+        f"metrics_token_required = {'true' if config.metrics_token_required else 'false'}",
+        f"telemetry_raw_days = {config.telemetry_raw_days}",
+        f"telemetry_rollup_days = {config.telemetry_rollup_days}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -43,9 +44,13 @@ __all__ = [
     "Device",
     "DeviceReport",
     "DeviceRollbackEvent",
+    "DeviceServing",
     "DeviceState",
+    "DeviceTelemetry",
     "Model",
     "ModelVersion",
+    "TelemetryRecord",
+    "TelemetryRollup",
     "Token",
     "TufRoleVersion",
     "UTCDateTime",
@@ -189,14 +194,114 @@ class DeviceState(Base):
 
 
 class DeviceReport(Base):
-    """One check-in report of a device, kept as received."""
+    """One check-in report of a device, kept as received (for ``telemetry_raw_days``,
+    and each device's newest for good)."""
 
     __tablename__ = "device_reports"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    received_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(index=True)
     report: Mapped[dict[str, Any]]
+
+
+class DeviceServing(Base):
+    """What a device's last report says it serves: one row per model and slot
+    (``active`` or ``candidate``), so ``/metrics`` counts with a GROUP BY."""
+
+    __tablename__ = "device_serving"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+
+
+# 64-bit ids on PostgreSQL; SQLite's rowid alias must be spelled INTEGER.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class TelemetryRecord(Base):
+    """One telemetry record (window, event or a newer kind) as a device sent it (issue 7).
+
+    Identity ``(device_id, buffer_id, seq)`` is unique: a replayed record is never stored
+    twice. ``device_at`` is the device's time (a window's ``closed_at``, an event's
+    ``at``), ``received_at`` the hub's; ``body`` is the record's JSON, unknown fields kept.
+    ``site`` is the device's site when the record arrived.
+    """
+
+    __tablename__ = "telemetry_records"
+    __table_args__ = (
+        UniqueConstraint("device_id", "buffer_id", "seq", name="uq_telemetry_records_identity"),
+        Index("ix_telemetry_records_model_time", "model", "device_at"),
+        Index("ix_telemetry_records_device_recent", "device_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    buffer_id: Mapped[str] = mapped_column(String(256))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    site: Mapped[str] = mapped_column(String(128))
+    device_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class TelemetryRollup(Base):
+    """Windows of one hour merged exactly (``wire.merge_windows``), per
+    ``(hour, model, version, role, site, rollout_id)`` (``rollout_id`` ``""`` for none).
+
+    ``body`` is :meth:`WindowTotals.to_record` as JSON; ``device_ids`` the JSON list of
+    the devices whose windows it holds (for an exact device count).
+    """
+
+    __tablename__ = "telemetry_rollups"
+    __table_args__ = (
+        UniqueConstraint(
+            "hour",
+            "model",
+            "version",
+            "role",
+            "site",
+            "rollout_id",
+            name="uq_telemetry_rollups_key",
+        ),
+        Index("ix_telemetry_rollups_model_hour", "model", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    hour: Mapped[datetime]
+    model: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    site: Mapped[str] = mapped_column(String(128))
+    rollout_id: Mapped[str] = mapped_column(String(256))
+    windows: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+    device_ids: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class DeviceTelemetry(Base):
+    """Per device: the state of its telemetry stream as of its last batch."""
+
+    __tablename__ = "device_telemetry"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    buffer_id: Mapped[str] = mapped_column(String(256))
+    highest_seq: Mapped[int] = mapped_column(BigInteger)
+    last_at: Mapped[datetime]
+    sent_at: Mapped[datetime]
+    newest_closed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    clock_skew_s: Mapped[float] = mapped_column(Float)
+    skew_flagged: Mapped[bool] = mapped_column(Boolean)
+    buffered: Mapped[int] = mapped_column(BigInteger)
+    evicted_total: Mapped[int] = mapped_column(BigInteger)
 
 
 class DeviceRollbackEvent(Base):

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -22,7 +22,7 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 from modelfleet.hub import db
-from modelfleet.hub._reports import report_changes
+from modelfleet.hub._reports import report_changes, served_versions
 from modelfleet.hub._values import JSONDict, _check_name, _iso
 from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_role
 from modelfleet.hub.context import HubContext
@@ -203,9 +203,20 @@ class Fleet:
             device.reported = data
             device.last_seen = now
             s.add(db.DeviceReport(device_id=device_id, received_at=now, report=data))
+            if "running" in changes:
+                self._record_serving(s, device_id, data)
             if changes:
                 self._ctx.audit(s, f"device:{device_id}", "device.report", device_id, changes)
             applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
         if changed:
             self._director.publish()
         return {"applied_rollbacks": applied}
+
+    @staticmethod
+    def _record_serving(s: Session, device_id: str, report: Mapping[str, Any]) -> None:
+        """Replace the device's ``device_serving`` rows by what ``report`` serves."""
+        s.execute(delete(db.DeviceServing).where(db.DeviceServing.device_id == device_id))
+        s.add_all(
+            db.DeviceServing(device_id=device_id, model=model, slot=slot, version=version)
+            for model, slot, version in served_versions(report)
+        )

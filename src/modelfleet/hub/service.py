@@ -52,6 +52,7 @@ from modelfleet.hub.deployments import Deployments
 from modelfleet.hub.director import Director
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
+from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
@@ -101,6 +102,7 @@ class HubService:
             self.deployments = Deployments(self.context, self.catalog, self.director)
             self.fleet = Fleet(self.context, self.deployments, self.director)
             self.upkeep = Upkeep(self.context, self.store, self.trust, self.catalog, self.director)
+            self.metrics = HubMetrics(self._read_gauges, clock, config.metrics_cache_s)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -118,6 +120,14 @@ class HubService:
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
+
+    def _read_gauges(self) -> FleetGauges:
+        with self.context.read() as s:
+            return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of the hub's metrics (``GET /metrics``)."""
+        return self.metrics.render()
 
     # -- tokens and devices --------------------------------------------------------------
 
@@ -198,7 +208,9 @@ class HubService:
             InvalidInputError: the report is not a JSON object.
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
-        return self.fleet.record_report(device_id, report)
+        outcome = self.fleet.record_report(device_id, report)
+        self.metrics.checkins.inc()
+        return outcome
 
     # -- blobs and versions --------------------------------------------------------------
 

@@ -1,0 +1,209 @@
+"""The hub's Prometheus metrics (issue 7 contract 3): counters kept in-process, fleet gauges
+read from the database at scrape time.
+
+No series carries a device label: the number of series grows with sites, models and
+versions, never with the fleet. The gauges come from a few ``GROUP BY`` queries whose
+answers are cached for ``metrics_cache_s`` (read on the injected clock), so a storm of
+scrapes costs one set of queries per period, and scrapes never run them concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from modelfleet import __version__
+from modelfleet.clock import Clock
+from modelfleet.errors import ModelfleetError
+from modelfleet.hub import db
+
+__all__ = [
+    "BATCH_RESULTS",
+    "INGEST_LAG_BUCKETS_S",
+    "RECORD_RESULTS",
+    "FleetGauges",
+    "HubMetrics",
+    "read_fleet_gauges",
+]
+
+log = logging.getLogger("modelfleet.hub")
+
+BATCH_RESULTS = ("stored", "duplicate", "invalid", "refused")
+RECORD_RESULTS = ("stored", "duplicate")
+DEVICE_STATES = ("fresh", "stale", "never_seen")
+
+#: Buckets of hub receive time minus window close time: a minute-window agent on a good
+#: link lands in the first few; an agent back from a 72 h outage in the last ones.
+INGEST_LAG_BUCKETS_S = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    6 * 3600.0, 24 * 3600.0, 72 * 3600.0, 7 * 86400.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FleetGauges:
+    """What the fleet looks like now, as the gauges report it.
+
+    Attributes:
+        devices: state (``fresh``, ``stale``, ``never_seen``) -> device count.
+        clock_skewed: devices whose last telemetry batch was flagged for clock skew.
+        serving: ``(site, model, version)`` -> devices whose last report serves it.
+        buffered: the sum of what devices last reported still buffered.
+        evicted: the sum of the devices' reported eviction totals.
+    """
+
+    devices: dict[str, int] = field(default_factory=dict)
+    clock_skewed: int = 0
+    serving: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    buffered: int = 0
+    evicted: int = 0
+
+
+def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetGauges:
+    """The gauges from the database: four aggregate queries, each answering a number
+    of rows bounded by sites x models x versions (never by the fleet)."""
+    cutoff = now - timedelta(seconds=stale_after_s)
+    state = case(
+        (db.Device.last_seen.is_(None), "never_seen"),
+        (db.Device.last_seen < cutoff, "stale"),
+        else_="fresh",
+    )
+    devices = dict.fromkeys(DEVICE_STATES, 0)
+    for name, n in s.execute(select(state, func.count()).group_by(state)):
+        devices[str(name)] = int(n)
+    skewed, buffered, evicted = s.execute(
+        select(
+            func.count().filter(db.DeviceTelemetry.skew_flagged.is_(True)),
+            func.coalesce(func.sum(db.DeviceTelemetry.buffered), 0),
+            func.coalesce(func.sum(db.DeviceTelemetry.evicted_total), 0),
+        )
+    ).one()
+    serving_rows = s.execute(
+        select(db.Device.site, db.DeviceServing.model, db.DeviceServing.version, func.count())
+        .join(db.Device, db.Device.id == db.DeviceServing.device_id)
+        .group_by(db.Device.site, db.DeviceServing.model, db.DeviceServing.version)
+    )
+    return FleetGauges(
+        devices=devices,
+        clock_skewed=int(skewed or 0),
+        serving={(site, model, version): int(n) for site, model, version, n in serving_rows},
+        buffered=int(buffered or 0),
+        evicted=int(evicted or 0),
+    )
+
+
+class _FleetCollector(Collector):
+    """Gauges from :func:`read_fleet_gauges`, cached for ``cache_s`` clock seconds."""
+
+    def __init__(self, read: Callable[[], FleetGauges], clock: Clock, cache_s: float) -> None:
+        self._read = read
+        self._clock = clock
+        self._cache_s = cache_s
+        self._lock = threading.Lock()
+        self._cached: FleetGauges | None = None
+        self._read_at = 0.0
+
+    def _gauges(self) -> FleetGauges | None:
+        with self._lock:  # concurrent scrapes wait for one read instead of each doing it
+            mono = self._clock.monotonic()
+            if self._cached is None or mono - self._read_at >= self._cache_s:
+                try:
+                    self._cached = self._read()
+                    self._read_at = mono
+                except ModelfleetError as e:
+                    log.error("cannot read the fleet gauges: %s", e)
+            return self._cached
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._gauges()
+        if g is None:
+            return
+        devices = GaugeMetricFamily(
+            "modelfleet_hub_devices", "Enrolled devices by check-in state", labels=["state"]
+        )
+        for state in DEVICE_STATES:
+            devices.add_metric([state], g.devices.get(state, 0))
+        yield devices
+        yield GaugeMetricFamily(
+            "modelfleet_hub_devices_clock_skewed",
+            "Devices whose clock is more than 300 s off the hub's (last telemetry batch)",
+            value=g.clock_skewed,
+        )
+        serving = GaugeMetricFamily(
+            "modelfleet_hub_devices_serving",
+            "Devices whose last report says they serve this version (active or candidate)",
+            labels=["site", "model", "version"],
+        )
+        for (site, model, version), n in sorted(g.serving.items()):
+            serving.add_metric([site, model, version], n)
+        yield serving
+        yield GaugeMetricFamily(
+            "modelfleet_hub_telemetry_buffered_records",
+            "Telemetry records the devices last reported still buffered",
+            value=g.buffered,
+        )
+        yield GaugeMetricFamily(
+            "modelfleet_hub_telemetry_evicted_records",
+            "Telemetry records the devices' buffers report evicted in total",
+            value=g.evicted,
+        )
+
+
+class HubMetrics:
+    """The hub process's metrics registry.
+
+    Args:
+        read_gauges: reads :class:`FleetGauges` (from the database).
+        clock: the hub's clock (for the gauge cache).
+        cache_s: how long gauges are reused.
+    """
+
+    def __init__(
+        self, read_gauges: Callable[[], FleetGauges], clock: Clock, cache_s: float
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.checkins = Counter(
+            "modelfleet_hub_checkins", "Device check-in reports recorded", registry=self.registry
+        )
+        self.batches = Counter(
+            "modelfleet_hub_telemetry_batches",
+            "Telemetry batches by outcome (duplicate: every record was already stored)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.records = Counter(
+            "modelfleet_hub_telemetry_records",
+            "Telemetry records received, stored or already stored",
+            ["result"],
+            registry=self.registry,
+        )
+        self.ingest_lag = Histogram(
+            "modelfleet_hub_telemetry_ingest_lag_seconds",
+            "Hub receive time minus window close time (device clock), clamped at 0",
+            buckets=INGEST_LAG_BUCKETS_S,
+            registry=self.registry,
+        )
+        for result in BATCH_RESULTS:
+            self.batches.labels(result)
+        for result in RECORD_RESULTS:
+            self.records.labels(result)
+        info = Gauge(
+            "modelfleet_hub_info", "The hub's version", ["version"], registry=self.registry
+        )
+        info.labels(__version__).set(1)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_FleetCollector(read_gauges, clock, cache_s))
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
