@@ -212,3 +212,27 @@ def test_hub_with_json_logs_formats_uvicorn_access_lines_as_json(
     assert all(line["service"] == "hub" for line in lines)
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
     assert any("GET /api/v1/health" in line["msg"] for line in access), lines
+
+
+def test_agent_exports_its_request_metrics_over_otlp_to_a_real_receiver(
+    hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra")
+    from tests.observability.otlp_receiver import Received, otlp_receiver
+
+    with otlp_receiver() as received:
+        agent_url, _, agent = start_agent(
+            hub, spawn, tmp_path, "press-03",
+            "--otlp-endpoint", received.url, "--otlp-interval", "1", "--trace-sample", "1",
+        )  # fmt: skip
+        deploy_model(hub, tmp_path, agent_url)
+        with httpx.Client() as client:
+            for _ in range(3):
+                assert client.post(f"{agent_url}/v2/models/m/infer", json=BODY).status_code == 200
+
+        def counted(r: Received) -> bool:
+            points = r.metrics.get("modelfleet_agent_requests", [])
+            return sum(v for a, v in points if a.get("outcome") == "success") >= 3
+
+        assert received.wait(counted, 30), (received.paths, agent.output()[-2000:])
+        agent.stop()
