@@ -104,8 +104,25 @@ def test_extra_fields_are_kept_and_odd_values_do_not_break_the_line(
     assert line["batch"] == 3 and "object" in line["obj"]
 
 
-def test_uvicorn_lines_go_through_the_same_formatter(stream: io.StringIO) -> None:
-    access = logging.getLogger("uvicorn.access")
+@pytest.fixture
+def uvicorn_loggers() -> Iterator[tuple[logging.Logger, logging.Logger]]:
+    """uvicorn's loggers at INFO, as ``uvicorn.Config(log_level="info")`` leaves them
+    (another test's server may have set them otherwise); restored afterwards."""
+    loggers = (logging.getLogger("uvicorn.access"), logging.getLogger("uvicorn.error"))
+    saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)
+    yield loggers
+    for lg, (level, propagate, handlers) in zip(loggers, saved, strict=True):
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers[:] = handlers
+
+
+def test_uvicorn_lines_go_through_the_same_formatter(
+    stream: io.StringIO, uvicorn_loggers: tuple[logging.Logger, logging.Logger]
+) -> None:
+    access, _ = uvicorn_loggers
     access.addHandler(logging.StreamHandler(io.StringIO()))  # as uvicorn's dictConfig would
     access.propagate = False
     configure_logging("json", "info", {"device_id": "d"}, stream=stream)
