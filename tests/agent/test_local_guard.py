@@ -298,3 +298,22 @@ def test_slow_uploads_over_real_sockets_do_not_count_as_model_latency(
     assert (state["watched"], state["samples"], state["breach"]) == ("2", 60, False)
     assert state["p99_ms"] < 100
     assert guard.last_persist is None
+
+
+def test_confidence_is_computed_only_while_a_watched_version_judges_it(setup) -> None:  # type: ignore[no-untyped-def]
+    """Issue 6: the top-class confidence costs every request; nothing unwatched needs it."""
+    source, updater, host, guard, clock = setup
+    v1 = source.publish("m", 1, logistic_onnx()[0])
+    source.assign(DEVICE, v1)
+    updater.run_cycle()
+    app = build_agent_app(host, observers=[guard])
+    fanout = app.state.fanout
+    assert not guard.wants_confidence and not fanout.wants_confidence  # nothing watched
+    candidate = source.publish("m", 2, logistic_onnx()[0])
+    source.assign(DEVICE, v1, candidate, Mode.SPLIT, 0.5)
+    updater.run_cycle()
+    assert guard.state()["m"]["watched"] == "2"
+    assert guard.wants_confidence and fanout.wants_confidence  # the default SLO judges it
+    asyncio.run(send(app, 10, clock))
+    tally = guard.monitor.measured("m", "2")
+    assert tally is not None and tally.confidence_n > 0

@@ -540,3 +540,45 @@ def test_control_routes_need_the_bearer_token(host: ModelHost) -> None:
 
 def test_without_control_the_control_routes_do_not_exist(client: AppClient) -> None:
     assert client.get("/agent/status").status_code == 404
+
+
+class FakeTracer:
+    """A request tracer that samples as told and writes down what it is given."""
+
+    def __init__(self, sample: bool) -> None:
+        self.sample = sample
+        self.asked: list[str] = []
+        self.records: list[tuple[Any, ...]] = []
+
+    def sampled(self, role: str) -> bool:
+        self.asked.append(role)
+        return self.sample
+
+    def record(self, *args: Any) -> None:
+        self.records.append(args)
+
+
+def test_a_sampled_request_gives_the_tracer_ordered_stage_times(
+    host: ModelHost, models: Models
+) -> None:
+    tracer = FakeTracer(sample=True)
+    with AppClient(build_agent_app(host, tracer=tracer)) as client:
+        assert infer(client, models.X[:2]).status_code == 200
+        assert infer(client, np.zeros((1, 5), np.float32)).status_code == 400
+    assert tracer.asked == ["production", "production"]  # once per request
+    (ok, refused) = tracer.records
+    model, version, role, *times, outcome = ok
+    assert (model, version, role, outcome) == ("iris", "1", "production", "ok")
+    assert times == sorted(times) and times[0] < times[-1]
+    assert times[-1] - times[0] < 5  # perf_counter seconds, one request's worth
+    assert refused[-1] == "client_error"
+    assert list(refused[3:7]) == sorted(refused[3:7])  # stages never reached end with it
+
+
+def test_an_unsampled_request_is_never_recorded(host: ModelHost, models: Models) -> None:
+    tracer = FakeTracer(sample=False)
+    with AppClient(build_agent_app(host, tracer=tracer)) as client:
+        for _ in range(3):
+            assert infer(client, models.X[:1]).status_code == 200
+    assert tracer.asked == ["production"] * 3
+    assert tracer.records == []

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -28,6 +29,7 @@ from modelfleet.agent.observers import (
     OUTCOME_TIMEOUT,
     ObserverFanout,
     Outcome,
+    RequestTracer,
 )
 from modelfleet.agent.upstream import UpstreamAnswer, UpstreamClient
 from modelfleet.errors import (
@@ -201,6 +203,58 @@ class _ClientGone(Exception):
     """The client disconnected before the body was read."""
 
 
+class _Pending:
+    """The rest of a ``receive()`` that had to wait: awaiting this resumes it where it
+    stopped (what ``await`` does, by hand, from its first suspension on)."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # a cancellation: into the coroutine, as await does
+                try:
+                    yielded = coro.throw(e)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _awaiting(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _receive_now(receive: _Receive) -> dict[str, Any] | _Pending:
+    """The next ASGI message if it is already there, else what is left to await of it.
+
+    A small body has usually arrived with the headers, so ``receive()`` answers without
+    waiting; only a ``receive()`` that waits needs the body deadline, whose registration
+    (``asyncio.current_task()`` and two dict writes) costs ~0.5 µs (issue 6).
+    """
+    coro = receive()
+    if type(coro) is not types.CoroutineType:
+        coro = _awaiting(coro)
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        message: dict[str, Any] = done.value
+        return message
+    return _Pending(coro, yielded)
+
+
 def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
 
@@ -288,6 +342,7 @@ class _InferEndpoint:
         cascade: the upstream for unconfident answers, if any.
         count_route: counts each cascaded request's route.
         timer: seconds, monotonic (``time.perf_counter``; injected by tests).
+        tracer: told the stage times of the requests it samples, if any.
     """
 
     def __init__(
@@ -300,8 +355,10 @@ class _InferEndpoint:
         cascade: UpstreamClient | None = None,
         count_route: Callable[[str, str], None] | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self._host = host
+        self._tracer = tracer
         self._fanout = fanout
         self._cascade = cascade
         self._count_route = count_route or (lambda model, route: None)
@@ -337,54 +394,56 @@ class _InferEndpoint:
             await _send_error(send, 404, f"unknown model {name!r}", None)
             return
         shadow_model: Servable | None = None
-        if version is None:
-            model, shadow_model = choose(route, routing_key, pinned, self._rng())
-        else:
+        if version is not None:
             found = route.find(version)
             if found is None:
                 message = f"model {name!r} has no loaded version {version!r}"
                 await _send_error(send, 404, message, None)
                 return
             model = found
+        elif route.candidate is None:  # nothing to choose between: no draw
+            model = route.production
+        else:
+            model, shadow_model = choose(route, routing_key, pinned, self._rng())
         served = model.version
         cascade = self._cascade
         if cascade is not None and not cascade.settings.applies_to(name):
             cascade = None
+        tracer = self._tracer
+        sampled = False
+        if tracer is not None:
+            sampled = tracer.sampled(_role(route, model))
         run = _Run(model, start)
         body = b""
+        decoded = computed = 0.0  # for the tracer: 0.0 until reached
         try:
             limit = self._max_body
             if declared is not None:
                 _check_declared(declared, limit)
-            reading = self._deadlines.enter(start)
-            try:  # the body, within its deadline (usually one message, already here)
-                received = await receive()
-                if received["type"] != "http.request":
-                    raise _ClientGone
+            received = _receive_now(receive)
+            if (
+                type(received) is dict
+                and received["type"] == "http.request"
+                and not received.get("more_body", False)
+            ):
                 body = received.get("body", b"")
-                if received.get("more_body", False):
-                    body = await _read_more(receive, body, limit)
-            except asyncio.CancelledError:
-                overran = self._deadlines.overran(reading)
-                if overran is None:
-                    raise
-                raise overran from None
-            finally:
-                self._deadlines.leave(reading)
+            else:  # not all there yet: wait for it, within its deadline
+                body = await self._read_body(receive, received, start, limit)
             if len(body) > limit:
                 raise _too_large(limit)
             if encoding is not None and encoding != b"identity":
                 body = _inflate(body, encoding, limit)
             run.body_done = timer()
             req, rows = self._decode(model, body, header_length)
-            wanted = req.output_names
+            wanted = req.output_names if req.outputs else None
             run_all = shadow_model is not None or cascade is not None
-            compute_start = timer()
+            decoded = timer()
             if rows <= self._inline_max_rows:
                 outputs = model.infer(req.inputs, None if run_all else wanted)
             else:
                 outputs = await self._off_loop(run, req.inputs, None if run_all else wanted)
-            run.compute = timer() - compute_start
+            computed = timer()
+            run.compute = computed - decoded
             if self._fanout.wants_confidence and model.confidence_output is not None:
                 run.confidence = _mean_top_probability(outputs.get(model.confidence_output))
             upstream: UpstreamAnswer | None = None
@@ -428,6 +487,8 @@ class _InferEndpoint:
         finally:
             if not run.reported:
                 self._report(name, route, run, scope)
+            if sampled:
+                self._trace(name, route, run, decoded, computed)
         if cascade is not None:
             self._count_route(name, cascade_route)
             if upstream is not None:
@@ -437,26 +498,85 @@ class _InferEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
+    async def _read_body(
+        self, receive: _Receive, first: dict[str, Any] | _Pending, started: float, limit: int
+    ) -> bytes:
+        """The body, from its first message (or what is left to await of it) on, within the
+        deadline that began at ``started``.
+
+        Raises:
+            DeadlineExceededError: it did not arrive in time.
+            PayloadTooLargeError: it exceeds ``limit``.
+            _ClientGone: the client went away.
+        """
+        reading = self._deadlines.enter(started)
+        try:
+            received: dict[str, Any] = await first if isinstance(first, _Pending) else first
+            if received["type"] != "http.request":
+                raise _ClientGone
+            body: bytes = received.get("body", b"")
+            if received.get("more_body", False):
+                body = await _read_more(receive, body, limit)
+            return body
+        except asyncio.CancelledError:
+            overran = self._deadlines.overran(reading)
+            if overran is None:
+                raise
+            raise overran from None
+        finally:
+            self._deadlines.leave(reading)
+
+    def _trace(self, name: str, route: Route, run: _Run, decoded: float, computed: float) -> None:
+        """Tell the tracer the stage times of a sampled request whose body arrived."""
+        body_done = run.body_done
+        tracer = self._tracer
+        if body_done is None or tracer is None:
+            return
+        encoded = self._timer()
+        if not computed:  # failed before the inference was done: its stages end now
+            computed = encoded
+            if not decoded:
+                decoded = encoded
+        model = run.model
+        try:
+            tracer.record(
+                name,
+                model.version,
+                _role(route, model),
+                body_done,
+                decoded,
+                computed,
+                encoded,
+                run.outcome,
+            )
+        except Exception:  # a broken tracer must not fail the request
+            _log.exception("request tracer %r failed", tracer)
+
     def _decode(
         self, model: Servable, body: bytes, header_length: bytes | None
     ) -> tuple[InferRequest, int]:
         """The request, and its batch size (checked against the limit)."""
         length: int | None = None
+        raw_input = None
         if header_length is not None:
             if not header_length.isdigit():
                 raise InvalidTensorError("Inference-Header-Content-Length is not an integer")
             length = int(header_length)
-        inputs = model.schema.inputs
-        req = decode_infer_request(body, length, raw_input=inputs[0] if len(inputs) == 1 else None)
+            if length == 0:  # a raw binary request: the model's one input
+                inputs = model.schema.inputs
+                raw_input = inputs[0] if len(inputs) == 1 else None
+        req = decode_infer_request(body, length, raw_input=raw_input)
         max_batch = self._max_batch
         rows = 0
         for arr in req.inputs.values():
             if arr.ndim:
-                if arr.shape[0] > max_batch:
-                    raise PayloadTooLargeError(
-                        f"batch of {arr.shape[0]} exceeds the limit of {max_batch}"
-                    )
-                rows = max(rows, arr.shape[0])
+                batch = arr.shape[0]
+                if batch > rows:
+                    if batch > max_batch:
+                        raise PayloadTooLargeError(
+                            f"batch of {batch} exceeds the limit of {max_batch}"
+                        )
+                    rows = batch
         return req, rows
 
     @staticmethod
@@ -498,13 +618,17 @@ class _InferEndpoint:
         self._fanout.on_request(
             name,
             model.version,
-            ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION,
+            _role(route, model),
             run.outcome,
             compute,
             queue,
             run.confidence,
             client[0] if client else "",
         )
+
+
+def _role(route: Route, model: Servable) -> str:
+    return ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION
 
 
 class _Run:
@@ -531,15 +655,20 @@ def _encode(
         if req.outputs
         else req.binary_data_output
     )
-    content, json_length = encode_infer_body(model.name, model.version, req.id, outputs, binary)
-    headers = [
-        _JSON_HEADER if json_length is None else _BINARY_HEADER,
-        (b"content-length", str(len(content)).encode()),
-        (_H_VERSION, model.version.encode()),
+    version = model.version
+    content, json_length = encode_infer_body(model.name, version, req.id, outputs, binary)
+    if json_length is None:
+        return content, [
+            _JSON_HEADER,
+            (b"content-length", b"%d" % len(content)),
+            (_H_VERSION, version.encode()),
+        ]
+    return content, [
+        _BINARY_HEADER,
+        (b"content-length", b"%d" % len(content)),
+        (_H_VERSION, version.encode()),
+        (_H_HEADER_LENGTH, b"%d" % json_length),
     ]
-    if json_length is not None:
-        headers.append((_H_HEADER_LENGTH, str(json_length).encode()))
-    return content, headers
 
 
 async def _send_upstream(send: _Send, answer: UpstreamAnswer) -> None:

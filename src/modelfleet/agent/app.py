@@ -52,7 +52,12 @@ from modelfleet.agent._infer import (
     status_of,
 )
 from modelfleet.agent.metrics import AgentMetrics
-from modelfleet.agent.observers import ComparisonResult, ObserverFanout, RequestObserver
+from modelfleet.agent.observers import (
+    ComparisonResult,
+    ObserverFanout,
+    RequestObserver,
+    RequestTracer,
+)
 from modelfleet.agent.upstream import UpstreamClient
 from modelfleet.errors import ModelfleetError
 from modelfleet.serving.host import ModelHost
@@ -161,6 +166,7 @@ def build_agent_app(
     observer: RequestObserver | None = None,
     cascade: UpstreamClient | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    tracer: RequestTracer | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -180,6 +186,8 @@ def build_agent_app(
             answers carry ``modelfleet-route: local | upstream | fallback``.
         timer: monotonic seconds for the request path's own timings (compute, queue,
             body deadline); injected by tests.
+        tracer: told the stage times of the inference requests it samples (for a tracing
+            exporter); None costs the request path one ``is None`` check.
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -214,7 +222,7 @@ def build_agent_app(
         def count_route(model: str, route: str) -> None:
             routes_total.labels(model, route).inc()
 
-    infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer)
+    infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer, tracer)
 
     def _lookup(request: Request, missing: int = 404) -> tuple[Servable, list[str]] | Response:
         name: str = request.path_params["model"]

@@ -67,12 +67,21 @@ class LocalGuard:
         self._after_rollback = after_rollback
         self.events: list[dict[str, Any]] = []
         self.last_persist: threading.Thread | None = None
+        self._confidence_rules: set[str] = set()  # models whose watch judges confidence
+        self._confidence_listeners: list[Callable[[], None]] = []
         updater.on_route_published = self._on_route
 
     # the request path's RequestObserver -----------------------------------------------------
 
-    #: The fan-out computes the top-class confidence only when an observer wants it.
-    wants_confidence = True
+    @property
+    def wants_confidence(self) -> bool:
+        """True while a watched version's policy judges confidence (``confidence_drop``):
+        only then must the request path compute it (issue 6)."""
+        return bool(self._confidence_rules)
+
+    def subscribe_wants_confidence(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever :attr:`wants_confidence` changes."""
+        self._confidence_listeners.append(callback)
 
     def on_request(
         self,
@@ -101,6 +110,7 @@ class LocalGuard:
 
     def _on_route(self, model: str, slots: ModelSlots, fallback_ok: bool) -> None:
         policy = policy_of(slots.slo)
+        watching = True
         if slots.candidate is not None and slots.active is not None:
             self.monitor.watch(
                 model, policy, str(slots.candidate.version), str(slots.active.version), "candidate"
@@ -115,6 +125,18 @@ class LocalGuard:
             )
         else:
             self.monitor.watch(model, policy, None, None, "")
+            watching = False
+        self._need_confidence(model, watching and policy.confidence_drop is not None)
+
+    def _need_confidence(self, model: str, needed: bool) -> None:
+        before = bool(self._confidence_rules)
+        if needed:
+            self._confidence_rules.add(model)
+        else:
+            self._confidence_rules.discard(model)
+        if bool(self._confidence_rules) != before:
+            for listener in self._confidence_listeners:
+                listener()
 
     def _on_breach(self, model: str, version: str, verdict: Verdict) -> None:
         route = self.host.route(model)

@@ -7,6 +7,14 @@ The infer endpoint reports each finished request and each shadow comparison once
 Observers are called on the serving event loop: they must be quick and must not block. An
 observer that raises is logged and skipped; it never fails the request nor starves the
 observers after it.
+
+An observer that needs the top-class confidence says so with ``wants_confidence``; one whose
+need changes while serving (the guard: only while a watched version has a confidence rule)
+also offers ``subscribe_wants_confidence(callback)``, and calls ``callback()`` whenever its
+``wants_confidence`` changes, so the fan-out re-reads it.
+
+A :class:`RequestTracer` (one, optional, for a tracing exporter) is told the stage times of
+the requests it samples; without one the request path pays one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ __all__ = [
     "ObserverFanout",
     "Outcome",
     "RequestObserver",
+    "RequestTracer",
 ]
 
 _log = logging.getLogger("modelfleet.agent.observers")
@@ -93,6 +102,42 @@ class RequestObserver(Protocol):
         ...
 
 
+class RequestTracer(Protocol):
+    """Times the stages of sampled requests (for a tracing exporter; at most one per app).
+
+    Called on the serving event loop, like the observers: both methods must be quick and
+    must not block.
+    """
+
+    def sampled(self, role: str) -> bool:
+        """Whether to trace this request: called once per request, before its work.
+
+        Args:
+            role: ``"production"`` or ``"candidate"``, as the observers are told.
+        """
+        ...
+
+    def record(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        t_start: float,
+        t_decoded: float,
+        t_computed: float,
+        t_encoded: float,
+        outcome: Outcome,
+    ) -> None:
+        """One sampled request whose body arrived, after its response was encoded.
+
+        The times are ``time.perf_counter()`` readings (the app's timer), in order: the
+        whole body had arrived, it was decoded, the inference was done, the response was
+        encoded. A failed request's stages that never happened carry the time it ended
+        (``t_start <= t_decoded <= t_computed <= t_encoded`` always holds).
+        """
+        ...
+
+
 class ObserverFanout:
     """Calls each observer in turn; the one object the request path reports to.
 
@@ -105,8 +150,8 @@ class ObserverFanout:
     def __init__(self, observers: Iterable[RequestObserver] = ()) -> None:
         self._observers: tuple[RequestObserver, ...] = ()
         self._request_handlers: tuple[Callable[..., None], ...] = ()
-        #: Whether an observer has ``wants_confidence = True``: only then does the request
-        #: path compute the top-class confidence (a few µs per request).
+        #: Whether an observer wants the confidence now (its ``wants_confidence`` is
+        #: true): only then does the request path compute the top-class confidence.
         self.wants_confidence = False
         for observer in observers:
             self.add(observer)
@@ -119,8 +164,15 @@ class ObserverFanout:
         """Add an observer after the existing ones (at startup, before serving)."""
         self._observers = (*self._observers, observer)
         self._request_handlers = tuple(o.on_request for o in self._observers)  # bound once
-        self.wants_confidence = self.wants_confidence or bool(
-            getattr(observer, "wants_confidence", False)
+        subscribe = getattr(observer, "subscribe_wants_confidence", None)
+        if subscribe is not None:
+            subscribe(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read every observer's ``wants_confidence`` (an observer's need changed)."""
+        self.wants_confidence = any(
+            bool(getattr(o, "wants_confidence", False)) for o in self._observers
         )
 
     def on_request(

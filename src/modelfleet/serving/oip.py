@@ -47,6 +47,8 @@ _UNSUPPORTED_PARAMETERS: Final = (
     "shared_memory_offset",
 )
 _LENGTH_PREFIX: Final = struct.Struct("<I")
+#: The binary part of a body that has none (shared: a memoryview of bytes is read-only).
+_NO_BINARY: Final = memoryview(b"")
 _NATIVE_IS_LE: Final = sys.byteorder == "little"
 _JSON_KINDS: Final[dict[str, str]] = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 #: numpy's limit on the number of dimensions (``numpy.ndarray``: 64 since numpy 2.0).
@@ -115,7 +117,7 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if isinstance(raw, list):
+    if type(raw) is list:
         if len(raw) > MAX_DIMS:
             raise _fail(
                 f"input {name!r}: 'shape' has {len(raw)} dimensions; at most {MAX_DIMS} are "
@@ -135,13 +137,44 @@ def _unbuildable(name: str, shape: tuple[int, ...], error: BaseException) -> Inv
     return _fail(f"input {name!r}: no tensor of shape {list(shape)} can be built: {reason}")
 
 
+@dataclass(frozen=True, slots=True)
+class _JsonDatatype:
+    """How JSON ``data`` becomes a tensor of one numeric (or BOOL) datatype.
+
+    Attributes:
+        dtype: the tensor's dtype.
+        kinds: the numpy kinds ``np.array(data)`` may infer for it (floats take integers;
+            integers take integral floats, checked apart; BOOL takes only booleans).
+        bounds: (min, max) of an integer datatype, else None.
+    """
+
+    dtype: np.dtype[Any]
+    kinds: str
+    bounds: tuple[int, int] | None
+
+
+def _json_datatype(dtype: np.dtype[Any]) -> _JsonDatatype:
+    kind = dtype.kind
+    bounds = None
+    if kind in "iu":
+        info = np.iinfo(cast(Any, dtype))
+        bounds = (int(info.min), int(info.max))
+    return _JsonDatatype(dtype, _JSON_KINDS[kind], bounds)
+
+
+#: Per datatype, how JSON ``data`` is decoded (BYTES has its own path).
+_JSON_DATATYPES: Final[dict[str, _JsonDatatype]] = {
+    name: _json_datatype(dt) for name, dt in DATATYPE_TO_NUMPY.items() if name != "BYTES"
+}
+
+
 def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     count = math.prod(shape)
-    if not isinstance(data, list):
+    if type(data) is not list:
         data = [data]
-    if datatype == "BYTES":
+    spec = _JSON_DATATYPES.get(datatype)
+    if spec is None:  # BYTES
         return _decode_json_bytes(data, shape, count, f"input {name!r}")
-    dtype = DATATYPE_TO_NUMPY[datatype]
     try:
         # Let numpy infer first: casting straight to the declared dtype would silently
         # truncate 1.5 into an INT64 or parse the string "1" into an FP32.
@@ -152,23 +185,24 @@ def _decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: st
         raise _fail(
             f"input {name!r}: 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
         )
+    dtype = spec.dtype
     if count == 0:
         return np.zeros(shape, dtype=dtype)
-    kind = dtype.kind
-    if arr.dtype.kind not in _JSON_KINDS[kind]:
-        if kind in "iu" and arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
-            pass  # 3.0 for an INT64 input: integral, accepted
-        else:
-            raise _fail(
-                f"input {name!r}: 'data' holds {_json_kind_name(arr.dtype)} values, "
-                f"which are not valid {datatype}"
-            )
-    if kind in "iu":
-        info = np.iinfo(cast(Any, dtype))
-        if arr.min() < info.min or arr.max() > info.max:
+    found = arr.dtype
+    if found is not dtype:
+        if found.kind not in spec.kinds:
+            if spec.bounds is not None and found.kind == "f" and np.all(np.mod(arr, 1) == 0):
+                pass  # 3.0 for an INT64 input: integral, accepted
+            else:
+                raise _fail(
+                    f"input {name!r}: 'data' holds {_json_kind_name(found)} values, "
+                    f"which are not valid {datatype}"
+                )
+        bounds = spec.bounds
+        # values numpy inferred as the declared dtype fit it by construction
+        if bounds is not None and (arr.min() < bounds[0] or arr.max() > bounds[1]):
             raise _fail(f"input {name!r}: a value is out of the range of {datatype}")
-    if arr.dtype is not dtype:
-        arr = arr.astype(dtype, copy=False)
+        arr = arr.astype(dtype)
     return arr if arr.shape == shape else arr.reshape(shape)
 
 
@@ -312,7 +346,7 @@ def decode_infer_request(
     """
     header: bytes | memoryview
     if header_length is None:
-        header, binary = body, memoryview(b"")
+        header, binary = body, _NO_BINARY
     elif header_length == 0:
         return _decode_raw(body, raw_input)
     elif header_length < 0 or header_length > len(body):
@@ -333,22 +367,23 @@ def decode_infer_request(
         raise _fail(f"the request is not valid JSON: {e}{hint}") from None
     if not isinstance(doc, dict):
         raise _fail("the request must be a JSON object")
-    request_id = doc.get("id")
+    get = doc.get
+    request_id = get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _fail("'id' must be a string")
-    raw_parameters = doc.get("parameters")
+    raw_parameters = get("parameters")
     parameters = {} if raw_parameters is None else _parameters(raw_parameters, "request")
-    raw_inputs = doc.get("inputs")
+    raw_inputs = get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _fail("'inputs' must be a non-empty list")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    for index, item in enumerate(raw_inputs):
+    for item in raw_inputs:  # no enumerate(): its index is only needed for an error
         if not isinstance(item, dict):
-            raise _fail(f"inputs[{index}] must be a JSON object")
+            raise _fail(f"inputs[{_index(raw_inputs, item)}] must be a JSON object")
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            raise _fail(f"inputs[{index}]: 'name' must be a non-empty string")
+            raise _fail(f"inputs[{_index(raw_inputs, item)}]: 'name' must be a non-empty string")
         if name in inputs:
             raise _fail(f"input {name!r} appears more than once")
         datatype = item.get("datatype")
@@ -356,6 +391,12 @@ def decode_infer_request(
             raise _fail(f"input {name!r}: unsupported datatype {datatype!r}")
         shape = _shape(item.get("shape"), name)
         raw_params = item.get("parameters")
+        if raw_params is None and "data" in item:  # the common JSON tensor
+            try:
+                inputs[name] = _decode_json_data(item["data"], datatype, shape, name)
+            except _CONSTRUCTION_ERRORS as e:
+                raise _unbuildable(name, shape, e) from None
+            continue
         size = None
         if raw_params is not None:
             size = _parameters(raw_params, f"input {name!r}").get("binary_data_size")
@@ -386,12 +427,17 @@ def decode_infer_request(
         raise _fail(
             f"the body has {len(binary) - offset} bytes of binary data that no input claims"
         )
-    raw_outputs = doc.get("outputs")
+    raw_outputs = get("outputs")
     outputs = () if raw_outputs is None else _requested_outputs(raw_outputs)
     binary_output = parameters.get("binary_data_output", False) if parameters else False
-    if not isinstance(binary_output, bool):
+    if binary_output is not False and binary_output is not True:
         raise _fail("parameters.binary_data_output must be a boolean")
     return InferRequest(inputs, outputs, request_id, parameters, binary_output)
+
+
+def _index(items: list[Any], item: Any) -> int:
+    """The position of ``item`` (itself, not an equal one) in ``items``."""
+    return next(i for i, x in enumerate(items) if x is item)
 
 
 def _requested_outputs(raw: Any) -> tuple[RequestedOutput, ...]:
@@ -424,9 +470,7 @@ def _bytes_elements(arr: np.ndarray) -> list[bytes]:
     return [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.ravel().tolist()]
 
 
-def _datatype(arr: np.ndarray) -> str:
-    datatype = NUMPY_TO_DATATYPE.get(arr.dtype)
-    return datatype if datatype is not None else datatype_of(arr)
+_DUMPS_NUMPY: Final = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _binary_blob(arr: np.ndarray, datatype: str) -> bytes:
@@ -454,9 +498,15 @@ def encode_infer_body(
     """
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    all_binary = binary if type(binary) is bool else None
     for name, arr in outputs.items():
-        datatype = _datatype(arr)
-        as_binary = binary if isinstance(binary, bool) else binary.get(name, False)
+        datatype = NUMPY_TO_DATATYPE.get(arr.dtype) or datatype_of(arr)
+        as_binary = (
+            all_binary
+            if all_binary is not None
+            else cast(Mapping[str, bool], binary).get(name, False)
+        )
+        # a shape tuple serialises as the same JSON array as a list
         if as_binary:
             blob = _binary_blob(arr, datatype)
             blobs.append(blob)
@@ -464,7 +514,7 @@ def encode_infer_body(
                 {
                     "name": name,
                     "datatype": datatype,
-                    "shape": list(arr.shape),
+                    "shape": arr.shape,
                     "parameters": {"binary_data_size": len(blob)},
                 }
             )
@@ -473,18 +523,25 @@ def encode_infer_body(
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
                 for v in arr.ravel().tolist()
             ]
-            entries.append(
-                {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
-            )
+            entries.append({"name": name, "datatype": datatype, "shape": arr.shape, "data": data})
         else:
             entries.append(
-                {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": arr.ravel()}
+                {"name": name, "datatype": datatype, "shape": arr.shape, "data": arr.ravel()}
             )
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["outputs"] = entries
-    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if request_id is None:
+        doc: dict[str, Any] = {
+            "model_name": model_name,
+            "model_version": model_version,
+            "outputs": entries,
+        }
+    else:
+        doc = {
+            "model_name": model_name,
+            "model_version": model_version,
+            "id": request_id,
+            "outputs": entries,
+        }
+    header = orjson.dumps(doc, option=_DUMPS_NUMPY)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
