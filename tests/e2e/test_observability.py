@@ -214,7 +214,7 @@ def test_hub_with_json_logs_formats_uvicorn_access_lines_as_json(
     assert any("GET /api/v1/health" in line["msg"] for line in access), lines
 
 
-def test_agent_exports_its_request_metrics_over_otlp_to_a_real_receiver(
+def test_agent_traces_every_candidate_request_and_exports_metrics_over_otlp(
     hub: Hub, spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
     pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra")
@@ -223,16 +223,50 @@ def test_agent_exports_its_request_metrics_over_otlp_to_a_real_receiver(
     with otlp_receiver() as received:
         agent_url, _, agent = start_agent(
             hub, spawn, tmp_path, "press-03",
-            "--otlp-endpoint", received.url, "--otlp-interval", "1", "--trace-sample", "1",
+            "--otlp-endpoint", received.url, "--otlp-interval", "1", "--trace-sample", "0",
         )  # fmt: skip
         deploy_model(hub, tmp_path, agent_url)
+        answered: list[str] = []  # the version of every answer, candidate ones traced
+
+        def infer(client: httpx.Client, key: str) -> str:
+            r = client.post(
+                f"{agent_url}/v2/models/m/infer", json=BODY, headers={"modelfleet-routing-key": key}
+            )
+            assert r.status_code == 200, r.text
+            answered.append(r.headers["modelfleet-version"])
+            return answered[-1]
+
+        path = tmp_path / "m2.onnx"
+        path.write_bytes(logistic_onnx(seed=1)[0])
+        assert cli("model", "register", "m", str(path), env=hub.env()).returncode == 0
+        split = cli("deploy", "m", "2", "--all", "--mode", "split", "--share", "0.5", env=hub.env())
+        assert split.returncode == 0, split.stderr
         with httpx.Client() as client:
-            for _ in range(3):
-                assert client.post(f"{agent_url}/v2/models/m/infer", json=BODY).status_code == 200
+            assert wait_for(lambda: infer(client, f"k{len(answered)}") == "2")
+            for i in range(20):
+                infer(client, f"caller-{i}")
+        candidates = answered.count("2")
+        assert 0 < candidates < len(answered)
+
+        def traced(r: Received) -> bool:
+            return sum(s.name == "infer" for s in r.spans) >= candidates
+
+        assert received.wait(traced, 30), (received.paths, agent.output()[-2000:])
+        with received.lock:
+            spans = list(received.spans)
+        roots = [s for s in spans if s.name == "infer"]
+        assert len(roots) == candidates  # every candidate request, and (share 0) no other
+        assert {(s.attributes["role"], s.attributes["version"]) for s in roots} == {
+            ("candidate", "2")
+        }
+        for root in roots:
+            children = sorted(s.name for s in spans if s.parent_span_id == root.span_id)
+            assert children == ["decode", "encode", "inference"]
+            assert root.resource["service.instance.id"] == "press-03"
 
         def counted(r: Received) -> bool:
             points = r.metrics.get("modelfleet_agent_requests", [])
-            return sum(v for a, v in points if a.get("outcome") == "success") >= 3
+            return sum(v for a, v in points if a.get("outcome") == "success") >= len(answered)
 
-        assert received.wait(counted, 30), (received.paths, agent.output()[-2000:])
+        assert received.wait(counted, 30), (received.metrics.keys(), agent.output()[-2000:])
         agent.stop()

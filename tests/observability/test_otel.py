@@ -73,20 +73,35 @@ def test_a_sampled_request_becomes_infer_with_decode_inference_encode_children(
     ex.shutdown()
 
 
-def test_a_request_that_never_reached_the_model_has_only_the_spans_it_lived(
+def test_a_failed_request_has_only_the_spans_of_the_stages_it_lived(
     receiver: Received,
 ) -> None:
+    # The hook's contract: stages that never happened carry the time the request ended.
     ex = exporter(receiver)
     t0 = PERF_AT_BUILD + 1.0
-    ex.record("m", "3", "production", t0, None, None, t0 + 0.002, "client_error")
-    ex.record("m", "3", "production", t0, t0 + 0.001, None, None, "timeout")
+    end = t0 + 0.002
+    ex.record("m", "3", "production", t0, end, end, end, "client_error")  # bad body
+    ex.record("m", "3", "production", t0, t0 + 0.001, end, end, "timeout")  # model too slow
     assert ex.force_flush()
-    assert receiver.wait(lambda r: len(r.spans) == 3)
-    names = sorted(s.name for s in receiver.spans)
-    assert names == ["decode", "infer", "infer"]
-    failed = [s for s in receiver.spans if s.attributes.get("outcome") == "timeout"]
-    assert failed[0].status_code == 2  # STATUS_CODE_ERROR
-    assert failed[0].end_ns == WALL_NS + 1_001_000_000  # ends at its last reading
+    assert receiver.wait(lambda r: len(r.spans) == 5)
+    outcomes = {s.span_id: s.attributes["outcome"] for s in receiver.spans if s.name == "infer"}
+    got = sorted((outcomes[s.parent_span_id], s.name) for s in receiver.spans if s.name != "infer")
+    assert got == [("client_error", "decode"), ("timeout", "decode"), ("timeout", "inference")]
+    failed = next(s for s in receiver.spans if s.attributes.get("outcome") == "timeout")
+    assert failed.status_code == 2  # STATUS_CODE_ERROR
+    assert failed.end_ns == WALL_NS + 1_002_000_000
+    ex.shutdown()
+
+
+def test_missing_readings_leave_out_their_spans(receiver: Received) -> None:
+    ex = exporter(receiver)
+    t0 = PERF_AT_BUILD + 1.0
+    ex.record("m", "3", "production", t0, t0 + 0.001, None, None, "server_error")
+    assert ex.force_flush()
+    assert receiver.wait(lambda r: len(r.spans) == 2)
+    assert sorted(s.name for s in receiver.spans) == ["decode", "infer"]
+    root = next(s for s in receiver.spans if s.name == "infer")
+    assert root.end_ns == WALL_NS + 1_001_000_000  # ends at its last reading
     ex.shutdown()
 
 

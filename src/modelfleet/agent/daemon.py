@@ -182,8 +182,16 @@ def run_agent(
     if config.cascade is not None:
         cascade = UpstreamClient(config.cascade, unhealthy=guard.monitor.is_unhealthy)
         log.info("cascade: unsure answers go to %s", config.cascade.upstream)
+    exporter = None
+    if otlp is not None:  # before the app: the request path's tracer
+        from modelfleet.telemetry.otel import OtlpExporter
+
+        resource = {"service.name": "modelfleet-agent", "service.instance.id": config.device_id}
+        exporter = OtlpExporter(otlp, resource)
+        log.info("OTLP: traces and metrics to %s", otlp.endpoint)
     app = build_agent_app(
         host,
+        tracer=exporter,
         control=control,
         server_name=f"modelfleet-agent/{config.device_id}",
         observer=guard,
@@ -195,16 +203,8 @@ def run_agent(
         ),
     )
     app.state.metrics.registry.register(GuardCollector(guard))
-    exporter = None
-    if otlp is not None:
-        from modelfleet.telemetry.otel import OtlpExporter
-
-        exporter = OtlpExporter(
-            otlp,
-            {"service.name": "modelfleet-agent", "service.instance.id": config.device_id},
-            app.state.metrics.registry,
-        )
-        log.info("OTLP: traces and metrics to %s", otlp.endpoint)
+    if exporter is not None:
+        exporter.export_registry(app.state.metrics.registry)
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     atomic_write_bytes(

@@ -11,8 +11,9 @@ it said yes, reports the request's :func:`time.perf_counter` readings to
     ├ inference t_decoded  → t_computed
     └ encode    t_computed → t_encoded
 
-A reading of None (the body never decoded, the model never ran) leaves out the spans that
-need it; ``infer`` then ends at the last reading there is. perf_counter seconds become epoch
+A failed request's stages that never happened carry the time it ended (the hook's
+contract) and are left out, as is any span whose reading is None; ``infer`` ends at the
+last reading there is. perf_counter seconds become epoch
 nanoseconds through one offset taken at construction (wall clock − perf_counter), so the
 spans keep the request path's exact durations. Sampling: every ``candidate`` request, and a
 ``sample`` share (default 1 %) of the others.
@@ -115,7 +116,7 @@ class OtlpExporter:
         resource: OpenTelemetry resource attributes (the agent passes ``service.name``,
             ``service.instance.id`` = device id); ``service.version`` is added.
         registry: the Prometheus registry whose :data:`KEY_SERIES` are exported; None: no
-            metrics.
+            metrics until :meth:`export_registry` is called.
         rng: uniform [0, 1) draws for sampling (injected by tests).
         wall_ns, perf: the two clocks whose difference maps perf_counter readings to epoch
             nanoseconds (injected by tests).
@@ -159,7 +160,18 @@ class OtlpExporter:
         self._trace = trace
         self._metrics: MeterProvider | None = None
         if registry is not None:
-            self._metrics = self._meter_provider(registry)
+            self.export_registry(registry)
+
+    def export_registry(self, registry: CollectorRegistry) -> None:
+        """Start exporting the :data:`KEY_SERIES` of ``registry`` (once; the agent calls it
+        when its app, and so its registry, exists).
+
+        Raises:
+            ConfigError: metrics are already exported.
+        """
+        if self._metrics is not None:
+            raise ConfigError("the OTLP exporter already exports a registry")
+        self._metrics = self._meter_provider(registry)
 
     def _meter_provider(self, registry: CollectorRegistry) -> MeterProvider:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -233,8 +245,9 @@ class OtlpExporter:
             root.set_status(self._trace.Status(self._trace.StatusCode.ERROR, outcome))
         context = self._trace.set_span_in_context(root)
         child_attributes = {"model": model, "version": version, "role": role}
+        failed = outcome != "ok"
         for name, begin, end in zip(SPAN_NAMES[1:], stamps, stamps[1:], strict=False):
-            if begin is not None and end is not None:
+            if begin is not None and end is not None and not (failed and begin == end):
                 child = self._tracer.start_span(
                     name, context=context, attributes=child_attributes, start_time=begin
                 )
