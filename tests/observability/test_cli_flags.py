@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,14 @@ def test_hub_serve_refuses_an_unknown_log_format_from_the_environment(tmp_path: 
     result = run_cli("hub", "serve", "--home", str(tmp_path), env={"MODELFLEET_LOG_FORMAT": "xml"})
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert "text or json" in one_line(result.stderr)
+
+
+def test_with_json_logs_even_the_final_error_is_a_json_line(tmp_path: Path) -> None:
+    # No hub in reach and no trust root cached: the agent cannot start (exit 1); a log
+    # collector reading its stderr still gets nothing but JSON lines.
+    args = agent_run(tmp_path, "--log-format", "json")
+    result = run_cli(*args, env={"MODELFLEET_DEVICE_TOKEN": "t"})
+    assert result.returncode == ExitCode.ERROR, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1]["kind"] == "error" and "trust root" in lines[-1]["error"]
+    assert len(lines) >= 2 and all(line["device_id"] == "d1" for line in lines[:-1])

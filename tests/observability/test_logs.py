@@ -13,6 +13,7 @@ import pytest
 
 from modelfleet.errors import ConfigError
 from modelfleet.telemetry.logs import (
+    CONTEXT_FIELDS,
     configure_logging,
     current_context,
     log_context,
@@ -84,7 +85,21 @@ def test_a_context_does_not_leak_into_other_threads_or_tasks() -> None:
         assert await asyncio.gather(task("a"), task("b")) == ["a", "b"]
 
     asyncio.run(main())
-    assert seen == [dict.fromkeys(("model", "version", "rollout_id"))]
+    assert seen == [dict.fromkeys(CONTEXT_FIELDS)]
+
+
+def test_a_hub_line_has_a_device_id_only_while_it_handles_that_device() -> None:
+    out = io.StringIO()
+    handler = configure_logging("json", "info", {"service": "hub"}, stream=out)
+    try:
+        log = logging.getLogger("modelfleet.hub")
+        log.info("started")
+        with log_context(device_id="press-07"):
+            log.info("batch stored")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    got = [(x["service"], x["device_id"], x["msg"]) for x in lines(out)]
+    assert got == [("hub", None, "started"), ("hub", "press-07", "batch stored")]
 
 
 def test_a_traceback_stays_inside_one_json_line(stream: io.StringIO) -> None:

@@ -618,10 +618,20 @@ agent_cmds.register(agent_app)
 demo_cmd.register(app)
 
 
-def _wants_json(args: Sequence[str]) -> bool:
-    """``--json`` among the options (not after ``--``): errors are JSON then too."""
-    options = args[: args.index("--")] if "--" in args else args
-    return "--json" in options
+def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+    """``--json`` among the options (not after ``--``), or JSON logs (``--log-format json``,
+    ``MODELFLEET_LOG_FORMAT=json``): errors are JSON then too, so that a log collector reading
+    stderr line by line never meets a plain-text line."""
+    options = list(args[: args.index("--")] if "--" in args else args)
+    if "--json" in options:
+        return True
+    fmt = (environ if environ is not None else os.environ).get("MODELFLEET_LOG_FORMAT", "")
+    for i, arg in enumerate(options):
+        if arg == "--log-format" and i + 1 < len(options):
+            fmt = options[i + 1]
+        elif arg.startswith("--log-format="):
+            fmt = arg.partition("=")[2]
+    return fmt.strip().lower() == "json"
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -7,17 +7,19 @@ propagate) go through the same formatter. With ``fmt="json"`` each line is one J
     {"ts": "2026-12-02T13:01:46.123+00:00", "level": "info", "logger": "modelfleet.agent",
      "msg": "...", "device_id": "press-01", "model": "m", "version": "3", "rollout_id": null}
 
-``ts``, ``level``, ``logger``, ``msg``, the ``static`` fields (the agent's ``device_id``, the
-hub's ``service``) and ``model``, ``version``, ``rollout_id`` are on **every** line (null when
-unknown), so a collector can index them without guessing; ``exc`` carries a traceback when
-there is one. The model fields come from a context: code that works for one model wraps that
-work in :func:`log_context` (a :mod:`contextvars` variable, so each thread and each asyncio
-task sees its own), and every line logged inside carries them::
+``ts``, ``level``, ``logger``, ``msg``, the ``static`` fields (the agent's ``device_id``,
+the hub's ``service``) and ``device_id``, ``model``, ``version``, ``rollout_id`` are on
+**every** line (null when unknown), so a collector can index them without guessing; ``exc``
+carries a traceback when there is one. These fields come from a context: code that works
+for one model (or, on the hub, one device) wraps that work in :func:`log_context` (a
+:mod:`contextvars` variable, so each thread and each asyncio task sees its own), and every
+line logged inside carries them::
 
     with log_context(model="m", version="3", rollout_id="r-17"):
         log.info("installed")  # ... "model": "m", "version": "3", "rollout_id": "r-17"
 
-This module imports nothing but the standard library and :mod:`orjson`.
+This module imports nothing but the standard library, :mod:`orjson` and
+:mod:`modelfleet.errors`.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ __all__ = [
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
-#: The per-model fields every line carries (None until a :func:`log_context` sets them).
-CONTEXT_FIELDS: Final = ("model", "version", "rollout_id")
+#: The fields every line carries (None until a :func:`log_context` or, for ``device_id``,
+#: the ``static`` fields of :func:`configure_logging` set them).
+CONTEXT_FIELDS: Final = ("device_id", "model", "version", "rollout_id")
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # LogRecord's own attributes: anything else on a record came from ``extra=`` and is kept.
 _RECORD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -62,21 +65,27 @@ _context: contextvars.ContextVar[Mapping[str, str | None]] = contextvars.Context
 
 
 def current_context() -> dict[str, str | None]:
-    """The model fields known here: ``model``, ``version``, ``rollout_id`` (None if unknown)."""
+    """The fields known here: ``device_id``, ``model``, ``version``, ``rollout_id`` (None
+    if unknown)."""
     known = _context.get()
     return {key: known.get(key) for key in CONTEXT_FIELDS}
 
 
 @contextlib.contextmanager
 def log_context(
-    *, model: str | None = None, version: str | None = None, rollout_id: str | None = None
+    *,
+    device_id: str | None = None,
+    model: str | None = None,
+    version: str | None = None,
+    rollout_id: str | None = None,
 ) -> Iterator[None]:
-    """Lines logged inside the block carry these model fields.
+    """Lines logged inside the block carry these fields (the hub sets ``device_id`` while
+    it handles a device's request; the agent's is static).
 
     Nested blocks add to (and may override) the outer one's fields; a field given as None
     keeps the outer value. Restored on exit, exceptions included.
     """
-    given = {"model": model, "version": version, "rollout_id": rollout_id}
+    given = {"device_id": device_id, "model": model, "version": version, "rollout_id": rollout_id}
     merged = {**_context.get(), **{k: v for k, v in given.items() if v is not None}}
     token = _context.set(merged)
     try:
@@ -120,8 +129,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             **self._static,
-            **current_context(),
         }
+        for key, value in current_context().items():
+            if value is not None or key not in doc:  # a static field fills an unknown one
+                doc[key] = value
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRS and not key.startswith("_"):
                 doc[key] = value
