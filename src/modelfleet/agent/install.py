@@ -82,15 +82,20 @@ def install_version(
     slots: SlotStore,
     ref: ArtefactRef,
     cancel: threading.Event | None = None,
+    *,
+    rollout_id: str | None = None,
 ) -> SlotRecord:
     """Download, verify and smoke-test one version; return its slot record.
+
+    Every line logged meanwhile carries the model, version and ``rollout_id``
+    (:func:`modelfleet.telemetry.logs.log_context`).
 
     Raises:
         TrustError, RefusedUpdateError, InvalidInputError: refused (see :func:`is_refusal`).
         TransportError: the download failed or was cancelled (retry later).
         StorageError: the disk failed.
     """
-    with log_context(model=ref.model, version=str(ref.version)):  # on every line logged
+    with log_context(model=ref.model, version=str(ref.version), rollout_id=rollout_id):
         return _install_version(source, slots, ref, cancel)
 
 
