@@ -11,6 +11,8 @@ between packages (``modelfleet.hub``, ``modelfleet.agent``, …; a top-level mod
 * ``agent/`` never imports ``hub/``, ``client``, fastapi or sqlalchemy; ``audit/`` never
   imports ``hub/``;
 * ``serving/``, ``monitoring/`` and ``rollout/`` import no web framework, database or clock;
+* ``telemetry/`` never imports ``agent/``, ``hub/``, ``client``, a web framework or a database;
+  opentelemetry (extra ``otel``) is imported only by ``telemetry/otel.py``, inside functions;
 * what ``modelfleet agent run`` and the CLI load at import time needs no extra (the
   agent-only install): no hub or scikit-learn library is reachable through module-level
   imports from ``modelfleet.cli.main`` or ``modelfleet.agent.daemon``.
@@ -34,6 +36,7 @@ WEB = frozenset({"fastapi", "starlette", "uvicorn"})
 DATABASE = frozenset({"sqlalchemy", "alembic", "psycopg", "psycopg2"})
 HUB_EXTRA = frozenset({"fastapi", "sqlalchemy", "alembic", "psycopg"})
 SKLEARN_EXTRA = frozenset({"sklearn", "skl2onnx"})
+OTEL_EXTRA = frozenset({"opentelemetry"})
 CLOCK = frozenset({"time", "modelfleet.clock"})
 
 
@@ -261,6 +264,11 @@ FORBIDDEN = [
         (f"{p}-imports-web-db-or-clock", f"modelfleet.{p}", (*WEB, *DATABASE, *CLOCK))
         for p in ("serving", "monitoring", "rollout")
     ),
+    (
+        "telemetry-imports-agent-hub-web-or-db",
+        "modelfleet.telemetry",
+        ("modelfleet.agent", "modelfleet.hub", "modelfleet.client", *WEB, *DATABASE),
+    ),
 ]
 
 
@@ -275,6 +283,18 @@ def test_package_does_not_import_what_it_must_not(
         if _in(imp.module, importer) and any(_in(imp.target, f) for f in forbidden)
     ]
     assert not problems, _report(problems, f"from {importer} of {', '.join(forbidden)}")
+
+
+def test_opentelemetry_is_imported_only_lazily_and_only_by_telemetry_otel() -> None:
+    # The otel extra is optional: only telemetry/otel.py may use it, inside functions (or
+    # for type checking), so importing that module without the extra still works.
+    problems = [
+        imp.where + ("" if imp.lazy or imp.type_only else " at module level")
+        for imp in ALL_IMPORTS
+        if top(imp.target) in OTEL_EXTRA
+        and (imp.module != "modelfleet.telemetry.otel" or not (imp.lazy or imp.type_only))
+    ]
+    assert not problems, _report(problems, "of opentelemetry outside telemetry/otel.py functions")
 
 
 # -- the agent-only install ----------------------------------------------------------------
@@ -318,8 +338,9 @@ def test_agent_and_cli_import_nothing_from_the_extras(entry: str) -> None:
     problems = [
         _chain(reached, name)
         for name in reached
-        if top(name) in HUB_EXTRA | SKLEARN_EXTRA and reached[name] is not None
+        if top(name) in HUB_EXTRA | SKLEARN_EXTRA | OTEL_EXTRA and reached[name] is not None
     ]
     assert not problems, _report(
-        problems, f"that make `import {entry}` need modelfleet[hub] or modelfleet[sklearn]"
+        problems,
+        f"that make `import {entry}` need modelfleet[hub], modelfleet[sklearn] or modelfleet[otel]",
     )

@@ -17,16 +17,17 @@ from typing import Any
 import orjson
 
 from modelfleet._atomic import atomic_write_bytes
-from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.config import AgentConfig
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard
 from modelfleet.agent.models import onnx_loader
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop, verify_token
 from modelfleet.agent.updater import Updater
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ConfigError, TransportError
+from modelfleet.telemetry.otel import OtlpSettings
 
 __all__ = [
     "AgentControlImpl",
@@ -117,8 +118,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
-    """Run the agent until interrupted (SIGINT/SIGTERM)."""
+def run_agent(
+    config: AgentConfig, clock: Clock | None = None, *, otlp: OtlpSettings | None = None
+) -> None:
+    """Run the agent until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        config: the agent's settings.
+        clock: time source (the system clock if None).
+        otlp: export request traces and key metrics to an OpenTelemetry collector
+            (:mod:`modelfleet.telemetry.otel`, extra ``otel``); None: no OTLP.
+    """
     from modelfleet.agent.app import ServingLimits, build_agent_app
     from modelfleet.agent.hub_link import HttpHubLink
     from modelfleet.agent.server import serve
@@ -172,8 +182,16 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
     if config.cascade is not None:
         cascade = UpstreamClient(config.cascade, unhealthy=guard.monitor.is_unhealthy)
         log.info("cascade: unsure answers go to %s", config.cascade.upstream)
+    exporter = None
+    if otlp is not None:  # before the app: the request path's tracer
+        from modelfleet.telemetry.otel import OtlpExporter
+
+        resource = {"service.name": "modelfleet-agent", "service.instance.id": config.device_id}
+        exporter = OtlpExporter(otlp, resource)
+        log.info("OTLP: traces and metrics to %s", otlp.endpoint)
     app = build_agent_app(
         host,
+        tracer=exporter,
         control=control,
         server_name=f"modelfleet-agent/{config.device_id}",
         observer=guard,
@@ -185,6 +203,8 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         ),
     )
     app.state.metrics.registry.register(GuardCollector(guard))
+    if exporter is not None:
+        exporter.export_registry(app.state.metrics.registry)
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     atomic_write_bytes(
@@ -200,4 +220,6 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         serve(app, sock)  # agent/server.py: the one way the agent's HTTP server starts
     finally:
         loop.stop()
+        if exporter is not None:
+            exporter.shutdown()
         (config.state_dir / CONTROL_FILE).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.packaging.onnx_model import load_session
 from modelfleet.packaging.smoke import check_smoke
 from modelfleet.rollout.desired_state import ArtefactRef
+from modelfleet.telemetry.logs import log_context
 
 __all__ = [
     "SUPPORTED_RUNTIMES",
@@ -81,14 +82,26 @@ def install_version(
     slots: SlotStore,
     ref: ArtefactRef,
     cancel: threading.Event | None = None,
+    *,
+    rollout_id: str | None = None,
 ) -> SlotRecord:
     """Download, verify and smoke-test one version; return its slot record.
+
+    Every line logged meanwhile carries the model, version and ``rollout_id``
+    (:func:`modelfleet.telemetry.logs.log_context`).
 
     Raises:
         TrustError, RefusedUpdateError, InvalidInputError: refused (see :func:`is_refusal`).
         TransportError: the download failed or was cancelled (retry later).
         StorageError: the disk failed.
     """
+    with log_context(model=ref.model, version=str(ref.version), rollout_id=rollout_id):
+        return _install_version(source, slots, ref, cancel)
+
+
+def _install_version(
+    source: PackageSource, slots: SlotStore, ref: ArtefactRef, cancel: threading.Event | None
+) -> SlotRecord:
     if slots.has(ref.model, ref.sha256):
         final = slots.version_dir(ref.model, ref.sha256)
         manifest = PackageManifest.from_json((final / MANIFEST_FILE).read_bytes())

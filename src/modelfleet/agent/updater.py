@@ -285,12 +285,13 @@ class Updater:
         installed: dict[str, SlotRecord] = {}
         refused: list[tuple[ArtefactRef, ModelfleetError]] = []
         failed: list[tuple[ArtefactRef, ModelfleetError]] = []
+        rollouts = {a.model: a.rollout_id or None for a in desired.assignments}  # for the logs
         for ref in refs:
             if cancel is not None and cancel.is_set():
                 break
             try:
                 installed[slot_key(ref.sha256, ref.version)] = install_version(
-                    self.source, self.slots, ref, cancel
+                    self.source, self.slots, ref, cancel, rollout_id=rollouts.get(ref.model)
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))

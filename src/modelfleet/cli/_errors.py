@@ -80,6 +80,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "sklearn": "sklearn",
     "skl2onnx": "sklearn",
     "joblib": "sklearn",
+    "opentelemetry": "otel",
 }
 
 
@@ -110,7 +111,11 @@ def require_extra(extra: str, *modules: str, what: str = "this command") -> None
             its message; :func:`failure_of` turns it into :attr:`ExitCode.MISSING_EXTRA`.
     """
     for module in modules:
-        if importlib.util.find_spec(module) is None:
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # a parent package of ``module`` is missing
+            found = None
+        if found is None:
             raise ModuleNotFoundError(
                 f"{what} needs the {extra} extra (no module {module!r}): {_install_hint(extra)}",
                 name=module,

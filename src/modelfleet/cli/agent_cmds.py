@@ -13,6 +13,7 @@ import httpx
 import orjson
 import typer
 
+from modelfleet.cli._errors import UsageError, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
 from modelfleet.errors import (
     ConfigError,
@@ -23,6 +24,8 @@ from modelfleet.errors import (
 )
 
 __all__ = ["register"]
+
+_log = logging.getLogger("modelfleet.cli.agent")
 
 StateDirOpt = Annotated[Path, typer.Option("--state-dir", help="The agent's state folder.")]
 
@@ -59,17 +62,21 @@ def read_token_file(path: Path) -> str:
     return token
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "text", static: dict[str, Any] | None = None) -> None:
     """The agent's logging: what an operator needs at info, routine polling at debug.
 
-    httpx logs every request at INFO: two lines per idle poll, one of them TUF's normal
-    404 for the next root, which reads as an error (issue 6, defect 7). Below debug the
-    HTTP libraries only say what went wrong.
+    ``fmt`` is ``text`` or ``json`` (:mod:`modelfleet.telemetry.logs`; every JSON line
+    carries ``static``, e.g. the device id). httpx logs every request at INFO: two lines
+    per idle poll, one of them TUF's normal 404 for the next root, which reads as an error
+    (issue 6, defect 7). Below debug the HTTP libraries only say what went wrong.
+
+    Raises:
+        ConfigError: an unknown format or level.
     """
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from modelfleet.telemetry.logs import configure_logging as configure
+    from modelfleet.telemetry.logs import parse_log_format
+
+    configure(parse_log_format(fmt), level, static)
     quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(quiet)
@@ -92,9 +99,9 @@ def resolve_device_token(
     if token_file is not None:
         return read_token_file(token_file)
     if token:
-        err_console.print(
-            "warning: --token is visible to every user in the process list; "
-            f"prefer --token-file or {DEVICE_TOKEN_ENV}"
+        _log.warning(  # a log line: with --log-format json it is JSON like the others
+            "--token is visible to every user in the process list; prefer --token-file or %s",
+            DEVICE_TOKEN_ENV,
         )
         return token
     env = environ.get(DEVICE_TOKEN_ENV, "").strip()
@@ -109,6 +116,24 @@ def resolve_device_token(
         f"no device token: pass --token-file FILE or set {DEVICE_TOKEN_ENV} to the token "
         f"`modelfleet device add` printed{hint}"
     )
+
+
+def _otlp_settings(endpoint: str, sample: float, interval_s: float) -> Any:
+    """OTLP settings for ``--otlp-endpoint`` (None without it), the extra checked first.
+
+    Raises:
+        ModuleNotFoundError: the ``otel`` extra is missing (exit code 6).
+        UsageError: a malformed endpoint, share or interval.
+    """
+    if not endpoint:
+        return None
+    from modelfleet.telemetry.otel import OTEL_MODULES, OtlpSettings
+
+    require_extra("otel", *OTEL_MODULES, what="--otlp-endpoint")
+    try:
+        return OtlpSettings(endpoint, trace_sample=sample, metrics_interval_s=interval_s)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
 
 
 def _version(rec: Any) -> str:
@@ -261,6 +286,29 @@ def register(agent_app: typer.Typer) -> None:
             bool,
             typer.Option(help="Cascade: send everything upstream while the guard sees a breach."),
         ] = False,
+        log_format: Annotated[
+            str,
+            typer.Option(
+                "--log-format",
+                envvar="MODELFLEET_LOG_FORMAT",
+                help="text | json (one object a line with device_id, model, version, rollout_id).",
+            ),
+        ] = "text",
+        otlp_endpoint: Annotated[
+            str,
+            typer.Option(
+                "--otlp-endpoint",
+                help="OpenTelemetry collector, OTLP/HTTP base URL (e.g. http://127.0.0.1:4318): "
+                "request traces and key metrics go there (needs modelfleet[otel]).",
+            ),
+        ] = "",
+        trace_sample: Annotated[
+            float,
+            typer.Option(help="Share of production requests traced (candidates: all), 0-1."),
+        ] = 0.01,
+        otlp_interval: Annotated[
+            float, typer.Option(help="Seconds between OTLP metric exports.")
+        ] = 60.0,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -282,7 +330,11 @@ def register(agent_app: typer.Typer) -> None:
                 when_unhealthy=cascade_when_unhealthy,
             )
 
-        configure_logging(log_level)
+        otlp = _otlp_settings(otlp_endpoint, trace_sample, otlp_interval)
+        try:
+            configure_logging(log_level, log_format, {"device_id": device_id})
+        except ConfigError as e:
+            raise UsageError(f"--log-format/--log-level: {e}") from e
         try:
             device_token = resolve_device_token(token, token_file, dict(os.environ))
         except ConfigError as e:
@@ -304,7 +356,7 @@ def register(agent_app: typer.Typer) -> None:
             runtime=runtime,
         )
         try:
-            run_agent(config)
+            run_agent(config, otlp=otlp)
         except ForbiddenError as e:  # contract 3: a token that is not this device's
             err_console.print(f"[red]error:[/] {e}")
             sys.exit(2)

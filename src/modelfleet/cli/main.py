@@ -160,9 +160,25 @@ def hub_serve(
     home: Annotated[Path, typer.Option("--home", help="Hub home made by `modelfleet init`.")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="MODELFLEET_LOG_FORMAT",
+            help="text | json (one object a line; uvicorn's access and error lines too).",
+        ),
+    ] = "text",
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
+    from modelfleet.errors import ConfigError
+    from modelfleet.telemetry.logs import configure_logging, parse_log_format
+
+    try:
+        fmt = parse_log_format(log_format)
+    except ConfigError as e:
+        raise UsageError(f"--log-format: {e}") from e
     require_extra("hub", *HUB_MODULES, what="`modelfleet hub serve`")
+    configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
     serve(home, host=host, port=port, clock=sim_clock_from_env(os.environ))
@@ -672,10 +688,20 @@ agent_cmds.register(agent_app)
 demo_cmd.register(app)
 
 
-def _wants_json(args: Sequence[str]) -> bool:
-    """``--json`` among the options (not after ``--``): errors are JSON then too."""
-    options = args[: args.index("--")] if "--" in args else args
-    return "--json" in options
+def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+    """``--json`` among the options (not after ``--``), or JSON logs (``--log-format json``,
+    ``MODELFLEET_LOG_FORMAT=json``): errors are JSON then too, so that a log collector reading
+    stderr line by line never meets a plain-text line."""
+    options = list(args[: args.index("--")] if "--" in args else args)
+    if "--json" in options:
+        return True
+    fmt = (environ if environ is not None else os.environ).get("MODELFLEET_LOG_FORMAT", "")
+    for i, arg in enumerate(options):
+        if arg == "--log-format" and i + 1 < len(options):
+            fmt = options[i + 1]
+        elif arg.startswith("--log-format="):
+            fmt = arg.partition("=")[2]
+    return fmt.strip().lower() == "json"
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -154,6 +154,7 @@ def serve(
             host=host if host is not None else config.host,
             port=port if port is not None else config.port,
             log_level="info",
+            log_config=None,  # the CLI's logging (telemetry/logs.py) formats uvicorn's lines
         )
     finally:
         service.close()
