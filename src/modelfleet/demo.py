@@ -39,6 +39,10 @@ DEVICES = (("press-01", "plant-a"), ("press-02", "plant-a"), ("lathe-07", "plant
 console = Console(highlight=False)
 
 
+#: Seconds per telemetry window in the demo (60 by default on a real device).
+TELEMETRY_WINDOW_S = 2
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -226,7 +230,8 @@ def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
             "[bold]modelfleet demo[/]\n"
             "A hub and three edge devices on this machine. We register a model, sign it,\n"
             "roll it out, A/B-test a new version on one device, catch a tampered release\n"
-            "and roll back — all on real TUF metadata, real ONNX Runtime, real HTTP.",
+            "and roll back, then read each version's telemetry at the hub — all on real TUF\n"
+            "metadata, real ONNX Runtime, real HTTP.",
             border_style="cyan",
         )
     )
@@ -322,6 +327,8 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
                 "0.5",
                 "--trust-root",
                 str(home / "trust-root.json"),
+                "--telemetry-window-s",
+                str(TELEMETRY_WINDOW_S),
             ),
             logs,
             # the device token by environment, not on the command line (visible in `ps`)
@@ -475,6 +482,9 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
         f"{canary.device_id} answers with v1 again ({elapsed_ms:.0f} ms including the CLI start)",
     )
 
+    # 9 ---------------------------------------------------------------------------------
+    _telemetry_step(story, hub, canary)
+
     # summary ---------------------------------------------------------------------------
     console.print()
     t = Table("device", "site", "active", "previous", "last refusal", title="Fleet at the end")
@@ -492,3 +502,52 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
     console.print(t)
     if keep_logs:
         console.print(f"[dim]Logs of the hub and agents: {logs}[/]")
+
+
+def _telemetry_step(story: Story, hub: Any, canary: Agent) -> None:
+    """Step 9: the canary's telemetry windows, as the hub merged them per version."""
+    story.step(
+        "telemetry reached the hub",
+        f"Every {TELEMETRY_WINDOW_S} s each agent closes a telemetry window per model version\n"
+        "(requests by outcome, latency and confidence histograms, shadow and guard counts),\n"
+        "writes it to a local SQLite write-ahead buffer, and forwards it; the hub stores each\n"
+        "window exactly once and merges the histograms exactly. The rollout gates read this.",
+    )
+
+    def summary(version: str) -> dict[str, Any]:
+        got: dict[str, Any] = hub.telemetry_summary(
+            model=MODEL, version=version, device_id=canary.device_id
+        )
+        return got
+
+    def arrived() -> bool:
+        return all(summary(v)["requests"]["ok"] > 0 for v in ("1", "2"))
+
+    story.check(
+        wait_until(arrived, timeout=60, interval=0.5),
+        f"the hub holds {canary.device_id}'s windows for v1 and v2",
+    )
+    t = Table(
+        "version", "windows", "requests ok", "errors", "p50 ms", "p99 ms",
+        title=f"{MODEL} on {canary.device_id}, as the hub merged it",
+    )  # fmt: skip
+    for version in ("1", "2"):
+        s = summary(version)
+        req = s["requests"]
+        errors = req["client_error"] + req["server_error"] + req["timeout"]
+        p50, p99 = s.get("latency_p50_s"), s.get("latency_p99_s")
+        t.add_row(
+            f"v{version}",
+            str(s["windows"]),
+            str(req["ok"]),
+            str(errors),
+            "-" if p50 is None else f"{p50 * 1000:.2f}",
+            "-" if p99 is None else f"{p99 * 1000:.2f}",
+        )
+    console.print(t)
+    device = hub.get_device(canary.device_id)
+    telemetry = device.get("telemetry") or {}
+    story.say(
+        f"{canary.device_id}: {telemetry.get('buffered', 0)} records waiting in its buffer, "
+        f"clock skew {telemetry.get('clock_skew_s') or 0:.2f} s"
+    )
