@@ -22,6 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from modelfleet.agent.observers import (
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_OK,
+    OUTCOME_SERVER_ERROR,
+    Outcome,
+)
 from modelfleet.monitoring.guard import SloPolicy, Verdict, evaluate
 from modelfleet.monitoring.window import LATENCY_EDGES_S, SlidingWindow, Tally
 
@@ -115,6 +121,30 @@ class GuardMonitor:
             error: the server failed it (5xx or an inference timeout).
             caller: the peer address it came from.
         """
+        outcome: Outcome = OUTCOME_SERVER_ERROR if error else OUTCOME_OK
+        self.on_request(model, version, "", outcome, latency_s, None, confidence, caller)
+
+    def on_request(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        outcome: Outcome,
+        compute_s: float | None,
+        queue_s: float | None,
+        confidence: float | None,
+        caller: str,
+    ) -> None:
+        """:meth:`observe`, called as a :class:`~modelfleet.agent.observers.RequestObserver`
+        is: the request path calls it directly (one call a request, issue 6).
+
+        A client error is the caller's mistake, not the model's: it is not counted (issue
+        6, defect 10). Latency is ``compute_s + queue_s`` (a missing one counts 0).
+        """
+        if outcome == OUTCOME_CLIENT_ERROR:
+            return
+        latency_s = (compute_s or 0.0) + (queue_s or 0.0)
+        error = outcome != OUTCOME_OK
         # Once per request (issue 6): integer counts and one bucket index, found once for
         # the tally and the window; quantiles and means wait for an evaluation.
         bucket = bisect_left(LATENCY_EDGES_S, latency_s)
