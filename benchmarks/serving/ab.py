@@ -9,8 +9,9 @@
   turn, the order reversed every other round. Reports the per-round ratios to the
   hand-written endpoint (their median) and the servers' CPU per request (median).
 * **in-process**: :func:`benchmarks.serving.inproc.measure` in a fresh process per tree,
-  alternating; reports each round's ``agent_asgi`` overhead over a bare ``session.run``
-  (p50) and the medians.
+  alternating; reports each round's ``agent_asgi`` and ``agent_guarded_asgi`` overhead over
+  a bare ``session.run`` (p50) and the medians. Both trees run this checkout's harness
+  (only their ``src`` differs), so a path the baseline's harness lacks is measured too.
 
 Each tree is run from its own ``src`` (``PYTHONPATH``), so ``BEFORE_TREE`` is usually a
 worktree of the baseline commit: ``git worktree add --detach /tmp/before <commit>``.
@@ -49,24 +50,33 @@ def _env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree}"}
 
 
-def inproc_rounds(trees: dict[str, Path], rounds: int, calls: int) -> dict[str, list[float]]:
-    """``agent_asgi`` p50 overhead (µs) per round and tree, trees alternating."""
-    out: dict[str, list[float]] = {key: [] for key in trees}
+#: The in-process paths compared (see :mod:`benchmarks.serving.inproc`).
+INPROC_PATHS = ("agent_asgi", "agent_guarded_asgi")
+
+
+def inproc_rounds(
+    trees: dict[str, Path], rounds: int, calls: int
+) -> dict[str, dict[str, list[float]]]:
+    """Per path of :data:`INPROC_PATHS`, p50 overhead (µs) per round and tree, alternating."""
+    out: dict[str, dict[str, list[float]]] = {p: {key: [] for key in trees} for p in INPROC_PATHS}
     for r in range(rounds):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
         for key in order:
+            env = {**os.environ, "PYTHONPATH": f"{trees[key] / 'src'}{os.pathsep}{REPO}"}
             done = subprocess.run(
                 [sys.executable, "-c", _INPROC, str(calls)],
-                cwd=trees[key],
-                env=_env(trees[key]),
+                cwd=REPO,
+                env=env,
                 capture_output=True,
                 text=True,
                 timeout=600,
                 check=True,
             )
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            out[key].append(result["agent_asgi"])
-            print(f"inproc r{r} {key:7} agent_asgi +{result['agent_asgi']:.2f} us", flush=True)
+            for path in INPROC_PATHS:
+                out[path][key].append(result[path])
+            figures = "  ".join(f"{p} +{result[p]:.2f} us" for p in INPROC_PATHS)
+            print(f"inproc r{r} {key:7} {figures}", flush=True)
     return out
 
 
@@ -126,13 +136,24 @@ def http_rounds(
 
 
 def summary(
-    inproc: dict[str, list[float]], http: dict[str, list[tuple[float, float]]]
+    inproc: dict[str, dict[str, list[float]]], http: dict[str, list[tuple[float, float]]]
 ) -> dict[str, Any]:
-    """Medians: in-process overhead; ratio to ``naive`` (per round) and CPU per request."""
+    """Medians: in-process overhead (and after ÷ before per round); ratio to ``naive`` (per
+    round) and CPU per request."""
     result: dict[str, Any] = {}
-    for key, values in inproc.items():
-        if values:
-            result.setdefault(key, {})["inproc_overhead_p50_us"] = statistics.median(values)
+    for path, per_tree in inproc.items():
+        for key, values in per_tree.items():
+            if values:
+                entry = result.setdefault(key, {})
+                entry[f"inproc_{path}_overhead_p50_us"] = statistics.median(values)
+                entry[f"inproc_{path}_rounds_us"] = [round(v, 2) for v in values]
+        before, after = per_tree.get("before", []), per_tree.get("after", [])
+        if before and after:
+            ratios = [a / b for a, b in zip(after, before, strict=True)]
+            result.setdefault("after", {})[f"inproc_{path}_after_over_before"] = {
+                "median": statistics.median(ratios),
+                "per_round": [round(x, 3) for x in ratios],
+            }
     naive = http.get("naive", [])
     for key, rows in http.items():
         entry = result.setdefault(key, {})

@@ -6,8 +6,10 @@
   metrics), without the ASGI plumbing.
 * ``agent_asgi``: the real agent app (``build_agent_app``) called as an ASGI callable with a
   prepared scope and body: everything the agent does for a request, sockets and the HTTP
-  parser excepted. ``naive_asgi`` and ``naive_fastapi_asgi``: the hand-written baseline,
-  on Starlette and on FastAPI.
+  parser excepted. ``agent_guarded_asgi``: the same with the local SLO guard as the daemon
+  adds it (an observer after the metrics), watching the served version, as during a rollout.
+  ``naive_asgi`` and ``naive_fastapi_asgi``: the hand-written baseline, on Starlette and on
+  FastAPI.
 * Each path is measured in its own loop in which a bare call and a path call alternate, so
   both see the same machine state; overhead = p50(path) − p50(bare).
 * ``stages``: the serving functions the agent's infer endpoint calls, each timed alone
@@ -42,8 +44,9 @@ def _summary(ns: np.ndarray) -> dict[str, float]:
     }
 
 
-def _agent_parts(model_path: Path) -> tuple[Any, Any, Any]:
-    """Host, metrics and app, built the way the agent builds them."""
+def _agent_parts(model_path: Path, guarded: bool = False) -> tuple[Any, Any, Any]:
+    """Host, metrics and app, built the way the agent builds them (``guarded``: with the
+    local guard watching the served version against a previous one)."""
     from modelfleet.agent.app import build_agent_app
     from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.hashing import sha256_file
@@ -57,7 +60,19 @@ def _agent_parts(model_path: Path) -> tuple[Any, Any, Any]:
     host = ModelHost()
     host.set_route(MODEL_NAME, Route(model))
     metrics = AgentMetrics(host)
-    return host, metrics, build_agent_app(host, metrics=metrics)
+    if not guarded:
+        return host, metrics, build_agent_app(host, metrics=metrics)
+    from types import SimpleNamespace
+
+    from modelfleet.agent.local_guard import LocalGuard
+    from modelfleet.clock import SystemClock
+    from modelfleet.monitoring.guard import SloPolicy
+
+    clock = SystemClock()
+    updater: Any = SimpleNamespace(clock=clock)  # the guard only reads its clock here
+    guard = LocalGuard(updater, host, clock.monotonic)
+    guard.monitor.watch(MODEL_NAME, SloPolicy(), MODEL_VERSION, "0", "production")
+    return host, metrics, build_agent_app(host, metrics=metrics, observer=guard)
 
 
 class _AsgiCall:
@@ -155,7 +170,8 @@ def measure(bench: BenchModel, calls: int, warmup: int) -> dict[str, Any]:
     alternate, so both halves of a pair see the same machine state.
 
     Returns:
-        Per path (``agent_functions``, ``agent_asgi``, ``naive_asgi``, ``naive_fastapi_asgi``):
+        Per path (``agent_functions``, ``agent_asgi``, ``agent_guarded_asgi``, ``naive_asgi``,
+        ``naive_fastapi_asgi``):
         ``{"bare": summary, "path": summary, "overhead_p50_us": ..., "overhead_mean_us": ...}``
         (summaries in µs); ``stages_p50_us`` (or ``stages_error``).
 
@@ -173,6 +189,7 @@ def measure(bench: BenchModel, calls: int, warmup: int) -> dict[str, Any]:
     host, metrics, agent = _agent_parts(bench.path)
     apps = {
         "agent_asgi": _AsgiCall(agent, bench.body),
+        "agent_guarded_asgi": _AsgiCall(_agent_parts(bench.path, guarded=True)[2], bench.body),
         "naive_asgi": _AsgiCall(build_naive_app(str(bench.path), MODEL_NAME), bench.body),
         "naive_fastapi_asgi": _AsgiCall(
             build_naive_app(str(bench.path), MODEL_NAME, fastapi=True), bench.body

@@ -27,8 +27,9 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def monotonic(self) -> float:
-        return time.monotonic()
+    #: ``time.monotonic`` itself, not a method around it: the guard reads it per watched
+    #: request (issue 6).
+    monotonic = staticmethod(time.monotonic)
 
 
 class ManualClock:

@@ -616,16 +616,17 @@ class _InferEndpoint:
                 queue = 0.0
         model = run.model
         client = scope.get("client")
-        self._fanout.on_request(
-            name,
-            model.version,
-            _role(route, model),
-            run.outcome,
-            compute,
-            queue,
-            run.confidence,
-            client[0] if client else "",
-        )
+        version = model.version
+        role = ROLE_CANDIDATE if route.candidate is model else ROLE_PRODUCTION
+        outcome = run.outcome
+        confidence = run.confidence
+        caller = client[0] if client else ""
+        # ObserverFanout.on_request, inlined: one call fewer per request (issue 6)
+        for on_request in self._fanout.request_handlers:
+            try:
+                on_request(name, version, role, outcome, compute, queue, confidence, caller)
+            except Exception:  # a broken observer must not fail the request
+                self._fanout.failed(on_request)
 
 
 def _role(route: Route, model: Servable) -> str:

@@ -17,12 +17,19 @@ served, before anything was watched.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from modelfleet.agent.observers import (
+    OUTCOME_CLIENT_ERROR,
+    OUTCOME_OK,
+    OUTCOME_SERVER_ERROR,
+    Outcome,
+)
 from modelfleet.monitoring.guard import SloPolicy, Verdict, evaluate
-from modelfleet.monitoring.window import SlidingWindow, Tally
+from modelfleet.monitoring.window import LATENCY_EDGES_S, SlidingWindow, Tally
 
 __all__ = ["GuardMonitor", "Watch"]
 
@@ -70,6 +77,9 @@ class GuardMonitor:
         self._interval = eval_interval
         self._watches: dict[str, Watch] = {}
         self._tallies: dict[str, dict[str, Tally]] = {}
+        #: Per model, the version under watch (absent: none): the one string compared per
+        #: request to know whether it feeds a window.
+        self._watched: dict[str, str] = {}
 
     def watch(
         self,
@@ -86,12 +96,14 @@ class GuardMonitor:
         """
         if watched is None:
             self._watches.pop(model, None)
+            self._watched.pop(model, None)
             return
         current = self._watches.get(model)
         if current is not None and (current.watched, current.baseline) == (watched, baseline):
             current.policy = policy
             return
         self._watches[model] = Watch(policy, watched, baseline, role)
+        self._watched[model] = watched
 
     def observe(
         self,
@@ -109,21 +121,60 @@ class GuardMonitor:
             error: the server failed it (5xx or an inference timeout).
             caller: the peer address it came from.
         """
+        outcome: Outcome = OUTCOME_SERVER_ERROR if error else OUTCOME_OK
+        self.on_request(model, version, "", outcome, latency_s, None, confidence, caller)
+
+    def on_request(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        outcome: Outcome,
+        compute_s: float | None,
+        queue_s: float | None,
+        confidence: float | None,
+        caller: str,
+    ) -> None:
+        """:meth:`observe`, called as a :class:`~modelfleet.agent.observers.RequestObserver`
+        is: the request path calls it directly (one call a request, issue 6).
+
+        A client error is the caller's mistake, not the model's: it is not counted (issue
+        6, defect 10). Latency is ``compute_s + queue_s`` (a missing one counts 0).
+        """
+        if outcome == OUTCOME_CLIENT_ERROR:
+            return
+        latency_s = (compute_s or 0.0) + (queue_s or 0.0)
+        error = outcome != OUTCOME_OK
+        # Once per request (issue 6): integer counts and one bucket index, found once for
+        # the tally and the window; quantiles and means wait for an evaluation.
+        bucket = bisect_left(LATENCY_EDGES_S, latency_s)
+        tallies = self._tallies.get(model)
+        tally = None if tallies is None else tallies.get(version)
+        if tally is None:
+            tally = self._new_tally(model, version)
+        tally.count += 1  # Tally.record_bucket, inlined
+        tally.counts[bucket] += 1
+        if error:
+            tally.errors += 1
+        if confidence is not None:
+            tally.confidence_sum += confidence
+            tally.confidence_n += 1
+        if self._watched.get(model) != version:
+            return
+        w = self._watches[model]
+        now = self._now()
+        w.window.record_bucket(now, bucket, error, confidence, caller)
+        if w.armed and now - w.last_eval >= self._interval:
+            self._evaluate(model, w, now)
+
+    def _new_tally(self, model: str, version: str) -> Tally:
         tallies = self._tallies.get(model)
         if tallies is None:
             tallies = self._tallies[model] = {}
-        tally = tallies.get(version)
-        if tally is None:
-            if len(tallies) >= _TALLIED_VERSIONS:
-                del tallies[next(iter(tallies))]  # the oldest version seen
-            tally = tallies[version] = Tally()
-        tally.record(latency_s, error, confidence)
-        w = self._watches.get(model)
-        if w is None or version != w.watched:
-            return
-        now = self._now()
-        w.window.record(now, latency_s, error, confidence, caller)
-        self._maybe_evaluate(model, w, now)
+        if len(tallies) >= _TALLIED_VERSIONS:
+            del tallies[next(iter(tallies))]  # the oldest version seen
+        tally = tallies[version] = Tally()
+        return tally
 
     def observe_comparison(self, model: str, version: str, disagreed: bool) -> None:
         """Record one shadow comparison of ``version`` against production."""
@@ -139,8 +190,10 @@ class GuardMonitor:
         return self._tallies.get(model, {}).get(version)
 
     def _maybe_evaluate(self, model: str, w: Watch, now: float) -> None:
-        if not w.armed or now - w.last_eval < self._interval:
-            return
+        if w.armed and now - w.last_eval >= self._interval:
+            self._evaluate(model, w, now)
+
+    def _evaluate(self, model: str, w: Watch, now: float) -> None:
         w.last_eval = now
         at_least = w.policy.min_samples
         subject = w.window.stats(now, at_least)

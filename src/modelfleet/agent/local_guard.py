@@ -22,12 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modelfleet.agent.guard_monitor import GuardMonitor
-from modelfleet.agent.observers import (
-    OUTCOME_CLIENT_ERROR,
-    OUTCOME_OK,
-    ComparisonResult,
-    Outcome,
-)
+from modelfleet.agent.observers import ComparisonResult, Outcome
 from modelfleet.agent.state import ModelSlots
 from modelfleet.agent.updater import Updater
 from modelfleet.errors import ModelfleetError
@@ -39,6 +34,11 @@ from modelfleet.serving.router import Route
 __all__ = ["GuardCollector", "LocalGuard", "policy_of"]
 
 log = logging.getLogger("modelfleet.agent.guard")
+
+#: ``RequestObserver.on_request``'s signature.
+RequestHandler = Callable[
+    [str, str, str, Outcome, float | None, float | None, float | None, str], None
+]
 
 
 def policy_of(slo: dict[str, float]) -> SloPolicy:
@@ -69,6 +69,10 @@ class LocalGuard:
         self.last_persist: threading.Thread | None = None
         self._confidence_rules: set[str] = set()  # models whose watch judges confidence
         self._confidence_listeners: list[Callable[[], None]] = []
+        #: The request path's ``on_request``: the monitor's own, so a request costs one call
+        #: (issue 6). It drops client errors (the callers' mistakes are not the model's,
+        #: defect 10) and feeds the rest, latency = compute + queue, to the monitor.
+        self.on_request: RequestHandler = self.monitor.on_request
         updater.on_route_published = self._on_route
 
     # the request path's RequestObserver -----------------------------------------------------
@@ -82,23 +86,6 @@ class LocalGuard:
     def subscribe_wants_confidence(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever :attr:`wants_confidence` changes."""
         self._confidence_listeners.append(callback)
-
-    def on_request(
-        self,
-        model: str,
-        version: str,
-        role: str,
-        outcome: Outcome,
-        compute_s: float | None,
-        queue_s: float | None,
-        confidence: float | None,
-        caller: str,
-    ) -> None:
-        """Feed one request to the monitor, unless the caller caused its failure."""
-        if outcome == OUTCOME_CLIENT_ERROR:
-            return
-        latency = (compute_s or 0.0) + (queue_s or 0.0)
-        self.monitor.observe(model, version, latency, outcome != OUTCOME_OK, confidence, caller)
 
     def on_comparison(
         self, model: str, candidate_version: str, comparison: ComparisonResult

@@ -145,11 +145,13 @@ class ObserverFanout:
         observers: the observers, called in this order.
     """
 
-    __slots__ = ("_observers", "_request_handlers", "wants_confidence")
+    __slots__ = ("_observers", "request_handlers", "wants_confidence")
 
     def __init__(self, observers: Iterable[RequestObserver] = ()) -> None:
         self._observers: tuple[RequestObserver, ...] = ()
-        self._request_handlers: tuple[Callable[..., None], ...] = ()
+        #: Each observer's bound ``on_request``, in order: what :meth:`on_request` calls (the
+        #: request path may loop over them itself, reporting a failure to :meth:`failed`).
+        self.request_handlers: tuple[Callable[..., None], ...] = ()
         #: Whether an observer wants the confidence now (its ``wants_confidence`` is
         #: true): only then does the request path compute the top-class confidence.
         self.wants_confidence = False
@@ -163,7 +165,7 @@ class ObserverFanout:
     def add(self, observer: RequestObserver) -> None:
         """Add an observer after the existing ones (at startup, before serving)."""
         self._observers = (*self._observers, observer)
-        self._request_handlers = tuple(o.on_request for o in self._observers)  # bound once
+        self.request_handlers = tuple(o.on_request for o in self._observers)  # bound once
         subscribe = getattr(observer, "subscribe_wants_confidence", None)
         if subscribe is not None:
             subscribe(self.refresh)
@@ -187,11 +189,15 @@ class ObserverFanout:
         caller: str,
     ) -> None:
         """Report one request to every observer."""
-        for on_request in self._request_handlers:
+        for on_request in self.request_handlers:
             try:
                 on_request(model, version, role, outcome, compute_s, queue_s, confidence, caller)
             except Exception:  # a broken observer must not fail the request
-                _log.exception("request observer %r failed", on_request)
+                self.failed(on_request)
+
+    def failed(self, on_request: Callable[..., None]) -> None:
+        """Log the exception being handled, which ``on_request`` (an observer's) raised."""
+        _log.exception("request observer %r failed", on_request)
 
     def on_comparison(
         self, model: str, candidate_version: str, comparison: ComparisonResult

@@ -1,10 +1,11 @@
 """Sliding windows of per-version serving statistics, in one-second buckets, per caller.
 
-Each bucket holds, per caller, counts and a fixed-edge latency :class:`Histogram`, so
-windows merge by addition and the p99 comes from the histogram (an upper bound at bucket
-resolution, ≤ 14 % wide). The per-caller split lets the guard ask whether a breach is
-seen by several callers or made by one (ADR 0010). Time is passed in by the caller (a
-monotonic reading): nothing here reads a clock.
+Each bucket holds, per caller, counts and latency counts in the fixed buckets of
+:data:`LATENCY_EDGES_S` (a :class:`Histogram`'s), so windows merge by addition and the p99
+comes from the histogram (an upper bound at bucket resolution, ≤ 14 % wide). The per-caller
+split lets the guard ask whether a breach is seen by several callers or made by one
+(ADR 0010). Time is passed in by the caller (a monotonic reading): nothing here reads a
+clock.
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ from typing import Final
 
 from modelfleet.monitoring.histogram import LATENCY_EDGES_S, Histogram
 
-__all__ = ["LATENCY_EDGES_S", "OTHER_CALLERS", "SlidingWindow", "Tally", "WindowStats"]
+__all__ = [
+    "LATENCY_EDGES_S",
+    "OTHER_CALLERS",
+    "SlidingWindow",
+    "Tally",
+    "WindowStats",
+    "latency_bucket",
+]
 
 #: The caller key under which callers beyond ``max_callers`` in one second are counted.
 OTHER_CALLERS: Final = "(other)"
+
+_BUCKETS: Final = len(LATENCY_EDGES_S) + 1
+_NO_SECOND: Final = -(2**62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,28 +64,46 @@ class WindowStats:
 
 
 class Tally:
-    """Counts of one stream of requests: errors, confidence, latency histogram."""
+    """Counts of one stream of requests: errors, confidence, latency histogram.
 
-    __slots__ = ("confidence_n", "confidence_sum", "count", "errors", "latency")
+    Per request only integers move (and a float sum when a confidence comes): the count,
+    the error count and one latency bucket, found once by the caller (:func:`latency_bucket`)
+    and shared by every tally the request lands in. Quantiles and means are derived when
+    asked for (:meth:`stats`), at evaluation time (issue 6).
+
+    Attributes:
+        counts: requests per latency bucket of :data:`LATENCY_EDGES_S` (the last: above it).
+    """
+
+    __slots__ = ("confidence_n", "confidence_sum", "count", "counts", "errors")
 
     def __init__(self) -> None:
         self.count = 0
         self.errors = 0
         self.confidence_sum = 0.0
         self.confidence_n = 0
-        self.latency = Histogram(LATENCY_EDGES_S)
+        self.counts = [0] * _BUCKETS
 
     def record(self, latency_s: float, error: bool, confidence: float | None) -> None:
         """Count one request."""
+        self.record_bucket(bisect_left(LATENCY_EDGES_S, latency_s), error, confidence)
+
+    def record_bucket(self, bucket: int, error: bool, confidence: float | None) -> None:
+        """Count one request whose latency fell in ``bucket`` (:func:`latency_bucket`)."""
         self.count += 1
+        self.counts[bucket] += 1
         if error:
             self.errors += 1
-        latency = self.latency  # Histogram.record, inlined: once per request
-        latency.counts[bisect_left(latency.edges, latency_s)] += 1
-        latency.total += latency_s
         if confidence is not None:
             self.confidence_sum += confidence
             self.confidence_n += 1
+
+    @property
+    def latency(self) -> Histogram:
+        """The latency histogram (a copy; no latency sum is kept, so its ``total`` is 0)."""
+        hist = Histogram(LATENCY_EDGES_S)
+        hist.counts = list(self.counts)
+        return hist
 
     def merge(self, other: Tally) -> None:
         """Add ``other`` into this tally."""
@@ -82,7 +111,10 @@ class Tally:
         self.errors += other.errors
         self.confidence_sum += other.confidence_sum
         self.confidence_n += other.confidence_n
-        self.latency.merge(other.latency)
+        counts = self.counts
+        for i, n in enumerate(other.counts):
+            if n:
+                counts[i] += n
 
     def stats(self, compared: int = 0, disagreed: int = 0) -> WindowStats:
         """This tally as :class:`WindowStats`."""
@@ -96,6 +128,11 @@ class Tally:
             compared=compared,
             disagreed=disagreed,
         )
+
+
+def latency_bucket(latency_s: float) -> int:
+    """The index of the :data:`LATENCY_EDGES_S` bucket ``latency_s`` falls in (``le``)."""
+    return bisect_left(LATENCY_EDGES_S, latency_s)
 
 
 @dataclass(slots=True)
@@ -131,14 +168,20 @@ class SlidingWindow:
         self._max_callers = max_callers
         self._size = self.span * reach
         self._buckets: list[_Bucket | None] = [None] * self._size
+        # the bucket last written, where most requests land; at first one no second matches
+        self._current = _Bucket(_NO_SECOND)
 
     def _bucket(self, now: float) -> _Bucket:
         second = int(now)
+        current = self._current
+        if current.second == second:
+            return current
         slot = second % self._size
         b = self._buckets[slot]
         if b is None or b.second != second:
             b = _Bucket(second)
             self._buckets[slot] = b
+        self._current = b
         return b
 
     def record(
@@ -150,15 +193,39 @@ class SlidingWindow:
         caller: str = "",
     ) -> None:
         """Count one request from ``caller`` at monotonic time ``now``."""
-        callers = self._bucket(now).callers
-        tally = callers.get(caller)
+        self.record_bucket(now, bisect_left(LATENCY_EDGES_S, latency_s), error, confidence, caller)
+
+    def record_bucket(
+        self,
+        now: float,
+        bucket: int,
+        error: bool = False,
+        confidence: float | None = None,
+        caller: str = "",
+    ) -> None:
+        """:meth:`record`, the latency given as its bucket (:func:`latency_bucket`)."""
+        b = self._current
+        if b.second != int(now):
+            b = self._bucket(now)
+        tally = b.callers.get(caller)
         if tally is None:
-            if len(callers) >= self._max_callers:
-                caller = OTHER_CALLERS
-                tally = callers.get(caller)
-            if tally is None:
-                tally = callers[caller] = Tally()
-        tally.record(latency_s, error, confidence)
+            tally = self._new_caller(b.callers, caller)
+        tally.count += 1  # Tally.record_bucket, inlined: once per watched request
+        tally.counts[bucket] += 1
+        if error:
+            tally.errors += 1
+        if confidence is not None:
+            tally.confidence_sum += confidence
+            tally.confidence_n += 1
+
+    def _new_caller(self, callers: dict[str, Tally], caller: str) -> Tally:
+        if len(callers) >= self._max_callers:
+            caller = OTHER_CALLERS
+            tally = callers.get(caller)
+            if tally is not None:
+                return tally
+        tally = callers[caller] = Tally()
+        return tally
 
     def record_comparison(self, now: float, disagreed: bool) -> None:
         """Count one shadow comparison at monotonic time ``now``."""
@@ -209,3 +276,4 @@ class SlidingWindow:
 
     def clear(self) -> None:
         self._buckets = [None] * self._size
+        self._current = _Bucket(_NO_SECOND)
