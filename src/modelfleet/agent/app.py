@@ -161,6 +161,7 @@ def build_agent_app(
     observer: RequestObserver | None = None,
     cascade: UpstreamClient | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    on_cascade_route: Callable[[str, str], None] | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -180,6 +181,8 @@ def build_agent_app(
             answers carry ``modelfleet-route: local | upstream | fallback``.
         timer: monotonic seconds for the request path's own timings (compute, queue,
             body deadline); injected by tests.
+        on_cascade_route: told (model, route) of each cascaded request after the metric
+            counts it (telemetry windows count cascade routes).
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -213,6 +216,8 @@ def build_agent_app(
 
         def count_route(model: str, route: str) -> None:
             routes_total.labels(model, route).inc()
+            if on_cascade_route is not None:
+                on_cascade_route(model, str(route))
 
     infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer)
 

@@ -13,7 +13,9 @@ import httpx
 import orjson
 import typer
 
+from modelfleet.cli._errors import UsageError
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
+from modelfleet.clock import Clock, parse_scaled_clock
 from modelfleet.errors import (
     ConfigError,
     ForbiddenError,
@@ -111,6 +113,28 @@ def resolve_device_token(
     )
 
 
+#: Simulations and tests only: ``ORIGIN_EPOCH_S:RATE`` runs the agent on a scaled clock.
+SIM_CLOCK_ENV = "MODELFLEET_SIM_CLOCK"
+
+#: ``--telemetry-buffer-mb`` default (the buffer's own default).
+DEFAULT_BUFFER_MB = 64.0
+
+
+def sim_clock(environ: dict[str, str]) -> Clock | None:
+    """The scaled clock ``MODELFLEET_SIM_CLOCK`` asks for, or None (the real clock).
+
+    Raises:
+        UsageError: the value is malformed.
+    """
+    spec = environ.get(SIM_CLOCK_ENV, "").strip()
+    if not spec:
+        return None
+    try:
+        return parse_scaled_clock(spec)
+    except ValueError as e:
+        raise UsageError(f"{SIM_CLOCK_ENV}: {e}") from e
+
+
 def _version(rec: Any) -> str:
     return f"v{rec['version']}" if isinstance(rec, dict) else "-"
 
@@ -184,6 +208,20 @@ def print_status(status: dict[str, Any]) -> None:
             f"Desired state (serial {desired.get('serial')})",
             ["model", "production", "candidate", "mode", "share"],
             wanted,
+        )
+    tel = status.get("telemetry")
+    if isinstance(tel, dict):
+        key_values(
+            "Telemetry buffer",
+            {
+                "records waiting": tel.get("records"),
+                "bytes": f"{tel.get('bytes')} of {tel.get('max_bytes')}",
+                "appended (total)": tel.get("appended_total"),
+                "evicted (total)": tel.get("evicted_total"),
+                "last forward": tel.get("last_forward_at") or "never",
+                "last error": tel.get("last_error") or "-",
+                "appends failing": "YES (disk full?)" if tel.get("append_failing") else "no",
+            },
         )
     refusal = status.get("last_refusal")
     if refusal:
@@ -261,6 +299,29 @@ def register(agent_app: typer.Typer) -> None:
             bool,
             typer.Option(help="Cascade: send everything upstream while the guard sees a breach."),
         ] = False,
+        telemetry_window_s: Annotated[
+            float,
+            typer.Option(
+                "--telemetry-window-s",
+                min=1.0,
+                max=3600.0,
+                help="Seconds per telemetry window (1 to 3600).",
+            ),
+        ] = 60.0,
+        telemetry_buffer_mb: Annotated[
+            float,
+            typer.Option(
+                "--telemetry-buffer-mb",
+                min=0.0625,
+                max=16384.0,
+                help="Bound of the telemetry buffer in MiB (default: 72 h of windows for "
+                "8 served versions).",
+            ),
+        ] = DEFAULT_BUFFER_MB,
+        telemetry: Annotated[
+            bool,
+            typer.Option(help="Record telemetry windows and forward them to the hub."),
+        ] = True,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -302,9 +363,12 @@ def register(agent_app: typer.Typer) -> None:
             request_timeout_s=request_timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             runtime=runtime,
+            telemetry=telemetry,
+            telemetry_window_s=telemetry_window_s,
+            telemetry_buffer_bytes=int(telemetry_buffer_mb * 1024 * 1024),
         )
         try:
-            run_agent(config)
+            run_agent(config, sim_clock(dict(os.environ)))
         except ForbiddenError as e:  # contract 3: a token that is not this device's
             err_console.print(f"[red]error:[/] {e}")
             sys.exit(2)

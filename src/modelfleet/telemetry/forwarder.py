@@ -1,0 +1,223 @@
+"""The forwarder: send the buffer's records to the hub, oldest first, exactly once.
+
+A thread that takes the oldest waiting records (:meth:`TelemetryBuffer.pending`), sends them
+as one wire-format batch and deletes only the records the hub acknowledged (``acked_through``
+of its answer). The hub deduplicates on ``(device_id, buffer_id, seq)``, so a batch sent
+again after a crash between the hub's commit and the agent's delete is counted as
+duplicates there, never stored twice: nothing is lost, nothing doubled.
+
+On failure it waits a capped exponential backoff with full jitter
+(:class:`~modelfleet.backoff.BackoffPolicy`), computed on the injected clock, and tries the
+same records again; it resumes by itself after any outage, and after a restart from what
+the buffer still holds. Device time is kept: records carry the times they were made;
+``sent_at`` is the device clock when the batch leaves.
+
+A batch the hub refuses as malformed or too large (:class:`InvalidInputError`: 400/413) is
+split in halves until the one record that is refused is found; that record can never be
+accepted, so it is dropped (counted in ``rejected_total`` and logged) rather than blocking
+the whole buffer for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from modelfleet.backoff import BackoffPolicy
+from modelfleet.clock import Clock
+from modelfleet.errors import AuthError, InvalidInputError, ModelfleetError
+from modelfleet.telemetry.buffer import TelemetryBuffer
+from modelfleet.telemetry.wire import FORMAT_VERSION, MAX_RECORDS_PER_BATCH
+
+__all__ = ["DEFAULT_BACKOFF", "Forwarder", "Send", "real_wait"]
+
+log = logging.getLogger("modelfleet.telemetry")
+
+#: (batch) -> the hub's answer ``{"stored", "duplicates", "acked_through", "status"}``.
+Send = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+#: From 1 s up to 5 min between tries while the hub cannot be reached.
+DEFAULT_BACKOFF: Final = BackoffPolicy(base_s=1.0, cap_s=300.0)
+#: About this many bytes of records per batch (the hub's default limit is 8 MiB).
+DEFAULT_BATCH_BYTES: Final = 1024 * 1024
+
+
+def real_wait(clock: Clock, seconds: float) -> float:
+    """Real seconds to wait for ``seconds`` of ``clock`` time (a scaled clock runs faster)."""
+    convert = getattr(clock, "real_seconds", None)
+    return float(convert(seconds)) if callable(convert) else seconds
+
+
+class Forwarder:
+    """Sends the buffer to the hub on its own thread.
+
+    Args:
+        buffer: the write-ahead buffer.
+        send: posts one batch (``HubLink.send_telemetry`` bound to the device id); raises a
+            :class:`~modelfleet.errors.ModelfleetError` when the hub did not take it.
+        clock: device time (``sent_at``, ``last_forward_at``) and the backoff waits.
+        device_id: this device.
+        backoff: waits between failed tries.
+        idle_s: clock seconds between looks at an empty buffer (it is also woken by
+            :meth:`wake` after each append).
+        max_records: records per batch (1 to 5000).
+        max_bytes: about this many bytes of records per batch.
+        rand: uniform [0, 1) source for the jitter.
+    """
+
+    def __init__(
+        self,
+        buffer: TelemetryBuffer,
+        send: Send,
+        clock: Clock,
+        device_id: str,
+        *,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        idle_s: float = 60.0,
+        max_records: int = 1000,
+        max_bytes: int = DEFAULT_BATCH_BYTES,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not 1 <= max_records <= MAX_RECORDS_PER_BATCH:
+            raise ValueError(f"max_records must be within [1, {MAX_RECORDS_PER_BATCH}]")
+        self.buffer = buffer
+        self._send = send
+        self._clock = clock
+        self.device_id = device_id
+        self._backoff = backoff
+        self._idle_s = idle_s
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._rand = rand
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+        #: Records the hub acknowledged (stored or already had).
+        self.forwarded_total = 0
+        #: Batches that failed (each failure, not each record).
+        self.failures_total = 0
+        #: Records dropped because the hub refused them as malformed.
+        self.rejected_total = 0
+        self.last_forward_at: datetime | None = None
+        self.last_error = ""
+
+    # -- thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="modelfleet-telemetry-forwarder", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; a send in flight finishes (or fails) first."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Look at the buffer now (called after an append)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.step()
+            except Exception:  # the thread must survive anything; the reason is logged
+                log.exception("telemetry forwarding failed")
+                delay = self._backoff.cap_s
+            if delay is None:
+                continue
+            self._wake.wait(real_wait(self._clock, delay))
+            self._wake.clear()
+
+    # -- one step (tests drive it directly) -----------------------------------------------
+
+    def step(self) -> float | None:
+        """Send one batch if any waits.
+
+        Returns:
+            None to go on at once (more waits), else clock seconds to wait (idle or
+            backing off).
+        """
+        records = self.buffer.pending(self._max_records, self._max_bytes)
+        if not records:
+            return self._idle_s
+        sent = self._send_records(records)
+        if sent is None:
+            self.failures += 1
+            self.failures_total += 1
+            return self._backoff.delay(self.failures, self._rand)
+        self.failures = 0
+        self.last_error = ""
+        return None
+
+    def _send_records(self, records: list[dict[str, Any]]) -> int | None:
+        """Send ``records`` (halving on a refusal); records acknowledged, None on failure."""
+        try:
+            answer = self._send(self._batch(records))
+        except InvalidInputError as e:
+            if len(records) == 1:
+                seq = int(records[0]["seq"])
+                log.error("the hub refuses telemetry record seq %d, dropping it: %s", seq, e)
+                self.buffer.ack([seq])
+                self.rejected_total += 1
+                return 0
+            half = len(records) // 2
+            first = self._send_records(records[:half])
+            if first is None:
+                return None
+            rest = self._send_records(records[half:])
+            return None if rest is None else first + rest
+        except AuthError as e:
+            self._failed(f"the hub refuses this device's telemetry: {e}")
+            return None
+        except ModelfleetError as e:
+            self._failed(str(e))
+            return None
+        acked_through = answer.get("acked_through")
+        if type(acked_through) is not int:
+            self._failed(f"the hub's answer has no acked_through: {dict(answer)!r:.200}")
+            return None
+        acked = [int(r["seq"]) for r in records if int(r["seq"]) <= acked_through]
+        self.buffer.ack(acked)
+        self.forwarded_total += len(acked)
+        self.last_forward_at = self._clock.now()
+        if len(acked) < len(records):  # the hub took part of it: the rest goes next time
+            log.warning("the hub acknowledged %d of %d records", len(acked), len(records))
+        return len(acked)
+
+    def _batch(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        stats = self.buffer.stats()
+        return {
+            "format": FORMAT_VERSION,
+            "device_id": self.device_id,
+            "buffer_id": self.buffer.buffer_id,
+            "sent_at": self._clock.now().isoformat(),
+            "records": records,
+            "buffered": max(0, stats.records - len(records)),
+            "evicted_total": stats.evicted_total,
+        }
+
+    def _failed(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("telemetry not forwarded (will retry): %s", message)
+        self.last_error = message
+
+    def state(self) -> dict[str, Any]:
+        """Forwarding figures for status and metrics."""
+        return {
+            "forwarded_total": self.forwarded_total,
+            "forward_failures_total": self.failures_total,
+            "rejected_total": self.rejected_total,
+            "last_forward_at": self.last_forward_at.isoformat() if self.last_forward_at else None,
+            "last_error": self.last_error,
+        }
