@@ -183,5 +183,28 @@ def stored_counts(path: Path | str) -> Mapping[str, int]:
         db.close()
 
 
+def stored_identities(path: Path | str) -> list[tuple[str, str, int]]:
+    """(device_id, buffer_id, seq) of every stored row, duplicates included (there are none:
+    the unique index refuses them)."""
+    db = sqlite3.connect(str(path))
+    try:
+        return [
+            (str(d), str(b), int(s))
+            for d, b, s in db.execute("SELECT device_id, buffer_id, seq FROM records")
+        ]
+    finally:
+        db.close()
+
+
+def stored_windows(path: Path | str) -> list[dict[str, Any]]:
+    """Every stored window record."""
+    db = sqlite3.connect(str(path))
+    try:
+        rows = db.execute("SELECT body FROM records WHERE kind = 'window'").fetchall()
+        return [orjson.loads(r[0]) for r in rows]
+    finally:
+        db.close()
+
+
 if __name__ == "__main__":
     main()
