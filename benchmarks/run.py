@@ -1,6 +1,6 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|all] [--duration N] [--repeats K] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|all] [--duration N] [--repeats K] ...``
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "benchmark", nargs="?", default="serving", choices=["serving", "lifecycle", "all"]
+        "benchmark",
+        nargs="?",
+        default="serving",
+        choices=["serving", "lifecycle", "telemetry", "all"],
     )
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark in ("telemetry", "all"):
+        from benchmarks.telemetry_device import main as telemetry
+
+        status = telemetry(["--no-docs"] if args.no_docs else [])
+        if args.benchmark == "telemetry":
+            return status
     if args.benchmark in ("lifecycle", "all"):
         from benchmarks.agent_lifecycle import main as lifecycle
 

@@ -52,6 +52,7 @@ class IngestStore:
             InvalidInputError: malformed (400).
             TransportError: an injected fault (the hub down, or its answer lost).
         """
+        doc = orjson.loads(orjson.dumps(doc))  # as sent on the wire (records are Fragments)
         with self._lock:
             if self.fail_next:
                 self.fail_next -= 1

@@ -39,8 +39,9 @@ def test_pending_is_oldest_first_and_bounded_and_records_keep_their_fields(
     buf = TelemetryBuffer(tmp_path / "t.sqlite3")
     buf.append([{**window(i), "future_field": {"x": i}} for i in range(10)])
     got = buf.pending(4, 10**9)
-    assert [r["seq"] for r in got] == [1, 2, 3, 4]
-    assert got[2]["future_field"] == {"x": 2}
+    assert [r.seq for r in got] == [1, 2, 3, 4]
+    assert got[2].record()["future_field"] == {"x": 2}
+    assert got[2].record()["seq"] == 3
     assert len(buf.pending(100, 1)) == 1  # always at least one
 
 
@@ -54,7 +55,7 @@ def test_a_full_buffer_evicts_the_oldest_first_and_counts_them(tmp_path: Path) -
     assert stats.bytes <= buf.max_bytes
     assert stats.evicted_total >= 5
     assert stats.records + stats.evicted_total == stats.appended_total
-    oldest = buf.pending(1, 10**9)[0]["seq"]
+    oldest = buf.pending(1, 10**9)[0].seq
     assert oldest == stats.evicted_total + 1
     buf.close()
     assert (

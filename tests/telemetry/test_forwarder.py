@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from modelfleet.backoff import BackoffPolicy
@@ -87,11 +88,12 @@ def test_only_what_the_hub_acknowledged_is_deleted(tmp_path: Path) -> None:
     buf.append([window(i) for i in range(6)])
 
     def partial(batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {"stored": 3, "duplicates": 0, "acked_through": batch["records"][2]["seq"]}
+        third = orjson.loads(orjson.dumps(batch["records"][2]))
+        return {"stored": 3, "duplicates": 0, "acked_through": third["seq"]}
 
     fwd = forwarder(buf, partial)
     fwd.step()
-    assert [r["seq"] for r in buf.pending(10, 10**9)] == [4, 5, 6]
+    assert [r.seq for r in buf.pending(10, 10**9)] == [4, 5, 6]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,8 @@ def test_auth_and_size_refusals_never_delete_a_batch_of_many(
 
     def refuse(batch: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(error, InvalidInputError) and len(batch["records"]) == 1:
-            return {"stored": 1, "duplicates": 0, "acked_through": batch["records"][0]["seq"]}
+            only = orjson.loads(orjson.dumps(batch["records"][0]))
+            return {"stored": 1, "duplicates": 0, "acked_through": only["seq"]}
         raise error
 
     fwd = forwarder(buf, refuse)
@@ -124,3 +127,17 @@ def test_the_forwarder_resumes_from_the_buffer_after_a_restart(tmp_path: Path) -
     again = TelemetryBuffer(path)
     drain(forwarder(again, hub.send_for("edge-1")))
     assert hub.seqs() == [1, 2, 3, 4, 5]
+
+
+def test_catching_up_on_a_backlog_pauses_to_keep_within_its_duty_cycle(tmp_path: Path) -> None:
+    buf = TelemetryBuffer(tmp_path / "t.sqlite3")
+    buf.append([window(i) for i in range(5)])
+    clock = ManualClock()
+    hub = IngestStore()
+
+    def slow(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        clock.advance(2.0)  # the batch took 2 s
+        return hub.ingest("edge-1", batch)
+
+    fwd = Forwarder(buf, slow, clock, "edge-1", max_records=2, max_duty=0.1)
+    assert fwd.step() == pytest.approx(18.0)  # 2 s sending, then 18 s paused: 10 %

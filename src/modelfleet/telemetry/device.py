@@ -74,6 +74,7 @@ class DeviceTelemetry:
         backoff: BackoffPolicy = DEFAULT_BACKOFF,
         rand: Callable[[], float] | None = None,
         forwarder_max_records: int = 1000,
+        forwarder_max_duty: float | None = None,
     ) -> None:
         if not (math.isfinite(window_s) and MIN_WINDOW_S <= window_s <= MAX_WINDOW_S):
             raise ConfigError(
@@ -86,6 +87,8 @@ class DeviceTelemetry:
         self._rollout_of = rollout_of
         self.recorder = WindowRecorder(device_id, clock.now(), rollout_of, routed, production_of)
         extra: dict[str, Any] = {} if rand is None else {"rand": rand}
+        if forwarder_max_duty is not None:
+            extra["max_duty"] = forwarder_max_duty
         self.forwarder = Forwarder(
             buffer,
             send,

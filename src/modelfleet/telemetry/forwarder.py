@@ -27,10 +27,12 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
+import orjson
+
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
 from modelfleet.errors import AuthError, InvalidInputError, ModelfleetError
-from modelfleet.telemetry.buffer import TelemetryBuffer
+from modelfleet.telemetry.buffer import BufferedRecord, TelemetryBuffer
 from modelfleet.telemetry.wire import FORMAT_VERSION, MAX_RECORDS_PER_BATCH
 
 __all__ = ["DEFAULT_BACKOFF", "Forwarder", "Send", "real_wait"]
@@ -44,6 +46,8 @@ Send = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 DEFAULT_BACKOFF: Final = BackoffPolicy(base_s=1.0, cap_s=300.0)
 #: About this many bytes of records per batch (the hub's default limit is 8 MiB).
 DEFAULT_BATCH_BYTES: Final = 1024 * 1024
+#: Share of the time spent sending while catching up on a backlog.
+DEFAULT_MAX_DUTY: Final = 0.05
 
 
 def real_wait(clock: Clock, seconds: float) -> float:
@@ -67,6 +71,10 @@ class Forwarder:
         max_records: records per batch (1 to 5000).
         max_bytes: about this many bytes of records per batch.
         rand: uniform [0, 1) source for the jitter.
+        max_duty: the share of time the forwarder may spend sending while it catches up on
+            a backlog (after an outage): after each batch it pauses ``(1/max_duty - 1)``
+            times as long as the batch took, so draining a full buffer never slows serving
+            by much (``docs/benchmarks.md``). 1.0: no pause.
     """
 
     def __init__(
@@ -81,7 +89,10 @@ class Forwarder:
         max_records: int = 1000,
         max_bytes: int = DEFAULT_BATCH_BYTES,
         rand: Callable[[], float] = random.random,
+        max_duty: float = DEFAULT_MAX_DUTY,
     ) -> None:
+        if not 0.001 <= max_duty <= 1.0:
+            raise ValueError("max_duty must be within [0.001, 1]")
         if not 1 <= max_records <= MAX_RECORDS_PER_BATCH:
             raise ValueError(f"max_records must be within [1, {MAX_RECORDS_PER_BATCH}]")
         self.buffer = buffer
@@ -93,6 +104,7 @@ class Forwarder:
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._rand = rand
+        self._duty = max_duty
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,12 +157,13 @@ class Forwarder:
         """Send one batch if any waits.
 
         Returns:
-            None to go on at once (more waits), else clock seconds to wait (idle or
-            backing off).
+            None to go on at once (more may wait), else clock seconds to wait: idle, backing
+            off, or pausing to keep within ``max_duty`` while catching up.
         """
         records = self.buffer.pending(self._max_records, self._max_bytes)
         if not records:
             return self._idle_s
+        started = self._clock.monotonic()
         sent = self._send_records(records)
         if sent is None:
             self.failures += 1
@@ -158,15 +171,16 @@ class Forwarder:
             return self._backoff.delay(self.failures, self._rand)
         self.failures = 0
         self.last_error = ""
-        return None
+        pause = (self._clock.monotonic() - started) * (1.0 / self._duty - 1.0)
+        return pause if pause > 0 else None
 
-    def _send_records(self, records: list[dict[str, Any]]) -> int | None:
+    def _send_records(self, records: list[BufferedRecord]) -> int | None:
         """Send ``records`` (halving on a refusal); records acknowledged, None on failure."""
         try:
             answer = self._send(self._batch(records))
         except InvalidInputError as e:
             if len(records) == 1:
-                seq = int(records[0]["seq"])
+                seq = records[0].seq
                 log.error("the hub refuses telemetry record seq %d, dropping it: %s", seq, e)
                 self.buffer.ack([seq])
                 self.rejected_total += 1
@@ -187,7 +201,7 @@ class Forwarder:
         if type(acked_through) is not int:
             self._failed(f"the hub's answer has no acked_through: {dict(answer)!r:.200}")
             return None
-        acked = [int(r["seq"]) for r in records if int(r["seq"]) <= acked_through]
+        acked = [r.seq for r in records if r.seq <= acked_through]
         self.buffer.ack(acked)
         self.forwarded_total += len(acked)
         self.last_forward_at = self._clock.now()
@@ -195,14 +209,16 @@ class Forwarder:
             log.warning("the hub acknowledged %d of %d records", len(acked), len(records))
         return len(acked)
 
-    def _batch(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def _batch(self, records: list[BufferedRecord]) -> dict[str, Any]:
+        """The wire batch; records are ``orjson.Fragment`` s of their stored bytes (a sender
+        that is not orjson-based decodes them with ``orjson.loads(orjson.dumps(batch))``)."""
         stats = self.buffer.stats()
         return {
             "format": FORMAT_VERSION,
             "device_id": self.device_id,
             "buffer_id": self.buffer.buffer_id,
             "sent_at": self._clock.now().isoformat(),
-            "records": records,
+            "records": [orjson.Fragment(r.body) for r in records],
             "buffered": max(0, stats.records - len(records)),
             "evicted_total": stats.evicted_total,
         }
