@@ -294,15 +294,16 @@ def render(result: dict[str, Any]) -> str:
         f"(throughput ×{s['throughput_ratio']:.3f}, p99 ×{s['p99_ratio']:.3f}) | within 5 %: "
         f"{goal(s['throughput_ratio'] >= 0.95 and s['p99_ratio'] <= 1.05)} |",
         "",
-        "The serving rows are the medians of alternated idle/draining phases of the in-process "
-        "closed loop (real agent app and ONNX model as an ASGI callable, the recorder in the "
-        "fan-out); while draining, the real forwarder sends batches of up to 1000 records or "
-        "1 MiB (records sent as stored bytes, no JSON decoding) from a backlog of 3,000 windows "
-        "to a loopback sink in another process, the whole phase long. The forwarder keeps to "
-        "a 5 % duty cycle while it catches up (after a batch that took t it pauses 19 t: without it, draining "
-        "flat out halved the closed loop's throughput on this 2-CPU box), so a 72 h backlog "
-        "of 6 series (26,000 windows) drains in about two minutes at the rate shown. A "
-        "device forwarding at its normal rate (one batch a minute) competes far less.",
+        "The serving rows are the medians of alternated idle/draining phases of the "
+        "in-process closed loop (real agent app and ONNX model as an ASGI callable, the "
+        "recorder in the fan-out); while draining, the real forwarder sends batches of up to "
+        "1000 records or 1 MiB (records sent as stored bytes, no JSON decoding) from a "
+        "backlog of 3,000 windows to a loopback sink in another process, the whole phase "
+        "long. The forwarder keeps to a 5 % duty cycle while it catches up (after a batch "
+        "that took t it pauses 19 t: without it, draining flat out halved the closed loop's "
+        "throughput on this 2-CPU box), so a 72 h backlog of 6 series (26,000 windows) "
+        "drains in about two minutes at the rate shown. A device forwarding at its normal "
+        "rate (one batch a minute) competes far less.",
         "",
         "The box is shared (2 CPUs, other jobs running): repeated runs vary by ±30 % in "
         "absolute figures; the idle/draining phases alternate so both see the same load.",
