@@ -141,3 +141,17 @@ def test_catching_up_on_a_backlog_pauses_to_keep_within_its_duty_cycle(tmp_path:
 
     fwd = Forwarder(buf, slow, clock, "edge-1", max_records=2, max_duty=0.1)
     assert fwd.step() == pytest.approx(18.0)  # 2 s sending, then 18 s paused: 10 %
+
+
+def test_a_hub_that_refuses_every_record_makes_the_agent_drop_none(tmp_path: Path) -> None:
+    buf = TelemetryBuffer(tmp_path / "t.sqlite3")
+    buf.append([window(i) for i in range(6)])
+
+    def older_hub(batch: Mapping[str, Any]) -> dict[str, Any]:
+        raise InvalidInputError("telemetry format 1 is newer than this hub reads")
+
+    fwd = forwarder(buf, older_hub)
+    for _ in range(3):
+        assert fwd.step() is not None  # backing off
+    assert buf.stats().records == 6 and fwd.rejected_total == 0
+    assert "refuses every record" in fwd.last_error

@@ -13,9 +13,11 @@ the buffer still holds. Device time is kept: records carry the times they were m
 ``sent_at`` is the device clock when the batch leaves.
 
 A batch the hub refuses as malformed or too large (:class:`InvalidInputError`: 400/413) is
-split in halves until the one record that is refused is found; that record can never be
-accepted, so it is dropped (counted in ``rejected_total`` and logged) rather than blocking
-the whole buffer for ever.
+split in halves until the records refused one by one are found. When the hub took other
+records meanwhile, those can never be accepted, so they are dropped (counted in
+``rejected_total`` and logged) rather than blocking the buffer for ever; when it refuses
+every record (an older hub that cannot read the format), nothing is dropped and the
+forwarder backs off and tries again later.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Forwarder:
         self.rejected_total = 0
         self.last_forward_at: datetime | None = None
         self.last_error = ""
+        self._refusal = ""
 
     # -- thread ---------------------------------------------------------------------------
 
@@ -164,8 +167,21 @@ class Forwarder:
         if not records:
             return self._idle_s
         started = self._clock.monotonic()
-        sent = self._send_records(records)
-        if sent is None:
+        result = self._send_records(records)
+        if result is not None and result[1]:
+            acked, refused = result
+            if acked:  # the hub takes other records: these ones it never will
+                log.error(
+                    "the hub refuses telemetry records %s, dropping them: %s",
+                    refused[:10],
+                    self._refusal,
+                )
+                self.buffer.ack(refused)
+                self.rejected_total += len(refused)
+            else:  # it refuses everything (an older hub?): keep all, try again later
+                self._failed(f"the hub refuses every record (kept): {self._refusal}")
+                result = None
+        if result is None:
             self.failures += 1
             self.failures_total += 1
             return self._backoff.delay(self.failures, self._rand)
@@ -174,23 +190,27 @@ class Forwarder:
         pause = (self._clock.monotonic() - started) * (1.0 / self._duty - 1.0)
         return pause if pause > 0 else None
 
-    def _send_records(self, records: list[BufferedRecord]) -> int | None:
-        """Send ``records`` (halving on a refusal); records acknowledged, None on failure."""
+    def _send_records(self, records: list[BufferedRecord]) -> tuple[int, list[int]] | None:
+        """Send ``records``, halving a batch the hub refuses as malformed or too large.
+
+        Returns:
+            (records acknowledged, seqs the hub refused one by one), or None when the hub
+            could not be reached or refused for another reason (nothing more is tried).
+        """
         try:
             answer = self._send(self._batch(records))
         except InvalidInputError as e:
+            self._refusal = str(e)
             if len(records) == 1:
-                seq = records[0].seq
-                log.error("the hub refuses telemetry record seq %d, dropping it: %s", seq, e)
-                self.buffer.ack([seq])
-                self.rejected_total += 1
-                return 0
+                return 0, [records[0].seq]
             half = len(records) // 2
             first = self._send_records(records[:half])
             if first is None:
                 return None
             rest = self._send_records(records[half:])
-            return None if rest is None else first + rest
+            if rest is None:
+                return None
+            return first[0] + rest[0], first[1] + rest[1]
         except AuthError as e:
             self._failed(f"the hub refuses this device's telemetry: {e}")
             return None
@@ -207,7 +227,7 @@ class Forwarder:
         self.last_forward_at = self._clock.now()
         if len(acked) < len(records):  # the hub took part of it: the rest goes next time
             log.warning("the hub acknowledged %d of %d records", len(acked), len(records))
-        return len(acked)
+        return len(acked), []
 
     def _batch(self, records: list[BufferedRecord]) -> dict[str, Any]:
         """The wire batch; records are ``orjson.Fragment`` s of their stored bytes (a sender
