@@ -242,6 +242,11 @@ def test_a_72h_hub_outage_loses_no_window_and_doubles_none(
     assert client.answers[200] > 1000
     appended, stored = assert_exactly_once(th, state)
     assert stored >= appended - 5  # only the windows closed at shutdown still wait
+    stopped = status(state)["telemetry"]  # a stopped agent's status reads the buffer file
+    assert isinstance(stopped, dict) and stopped["appended_total"] == appended
+    assert stopped["evicted_total"] == 0
+    shown = cli("agent", "status", "--state-dir", str(state))
+    assert "Telemetry buffer" in shown.stdout, shown.stdout + shown.stderr
 
     # the outage's windows arrived, each with its own device time
     windows = [w for w in th.windows() if w["model"] == "m" and w["role"] == "production"]

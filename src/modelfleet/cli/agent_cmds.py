@@ -215,12 +215,18 @@ def print_status(status: dict[str, Any]) -> None:
             "Telemetry buffer",
             {
                 "records waiting": tel.get("records"),
-                "bytes": f"{tel.get('bytes')} of {tel.get('max_bytes')}",
+                "bytes": f"{tel.get('bytes')} of {tel.get('max_bytes', '-')}",
                 "appended (total)": tel.get("appended_total"),
                 "evicted (total)": tel.get("evicted_total"),
                 "last forward": tel.get("last_forward_at") or "never",
                 "last error": tel.get("last_error") or "-",
-                "appends failing": "YES (disk full?)" if tel.get("append_failing") else "no",
+                "appends failing": (
+                    "YES (disk full?)"
+                    if tel.get("append_failing")
+                    else "no"
+                    if "append_failing" in tel
+                    else "-"
+                ),
             },
         )
     refusal = status.get("last_refusal")
@@ -394,6 +400,13 @@ def register(agent_app: typer.Typer) -> None:
             status = read_state_file(state_dir)
         if status is None:
             raise NotFoundError(f"no agent state in {state_dir}")
+        if not running:
+            from modelfleet.agent.telemetry import BUFFER_FILE
+            from modelfleet.telemetry.buffer import read_stats
+
+            buffered = read_stats(state_dir / BUFFER_FILE)
+            if buffered is not None:
+                status["telemetry"] = buffered
         status["running"] = running
         if json_out:
             print_json(status)

@@ -48,6 +48,7 @@ __all__ = [
     "BufferStats",
     "BufferedRecord",
     "TelemetryBuffer",
+    "read_stats",
 ]
 
 #: Default bound: 72 h of 60 s windows for 8 (model, version, role) series at ~1.4 KB a
@@ -120,6 +121,39 @@ class BufferStats:
             "file_bytes": self.file_bytes,
             "max_bytes": self.max_bytes,
         }
+
+
+def read_stats(path: Path | str) -> dict[str, Any] | None:
+    """What a buffer file holds, read-only (``agent status`` of a stopped agent).
+
+    Returns:
+        The :class:`BufferStats` fields but ``max_bytes``, or None when there is no file or
+        it cannot be read.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return {
+        "buffer_id": str(meta.get("buffer_id", "")),
+        "records": int(count),
+        "bytes": int(size) + ROW_OVERHEAD * int(count),
+        "appended_total": int(seq[0]) if seq else 0,
+        "evicted_total": int(meta.get("evicted_total", 0)),
+        "acked_total": int(meta.get("acked_total", 0)),
+        "file_bytes": sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()),
+    }
 
 
 def _storage_error(action: str, path: Path, e: sqlite3.Error) -> StorageError:
