@@ -62,7 +62,7 @@ class TelemetryHub:
         """Start (or restart) what ingests, and wait until it answers."""
         self._proc = self._start()
         self._log.append(self._proc)
-        assert wait_for(lambda: httpx.get(f"{self.url}/_fake/count").status_code == 200, 30)
+        assert wait_for(lambda: httpx.get(f"{self.url}/api/v1/health").status_code == 200, 30)
 
     def down(self) -> None:
         """Kill -9 what ingests (an outage; a batch in flight dies with it)."""
@@ -79,7 +79,8 @@ class TelemetryHub:
         return stored_windows(self._db)
 
     def duplicates(self) -> int:
-        """Records received again and not stored (since the last restart)."""
+        """Records received again and not stored (since the last restart; the real hub:
+        ``modelfleet_hub_telemetry_records_total{result="duplicate"}``)."""
         return int(httpx.get(f"{self.url}/_fake/count").json()["duplicates"])
 
     def stop(self) -> None:
