@@ -58,7 +58,7 @@ def test_shadow_comparisons_cascade_guard_and_update_events_land_in_their_window
     rec.on_cascade("m", "upstream")
     rec.on_cascade("m", "fallback")
     rec.on_request("m", "2", "candidate", "ok", 0.001, 0.0, None, "a")
-    rec.on_guard("m", "2", rolled_back=True, role=None)
+    rec.on_guard("m", "2", breach=True, rolled_back=True, role=None)
     rec.on_update_event("refused", "m", "3")
     rec.on_update_event("switch", "m", "1")
     by_key = {(r["version"], r["role"]): r for r in as_batch(rec.close(T0 + timedelta(seconds=1)))}
@@ -91,3 +91,24 @@ def test_a_request_counted_during_a_close_lands_in_exactly_one_window() -> None:
     t.join()
     windows.extend(rec.close(T0 + timedelta(seconds=1000)))
     assert sum(w["requests"]["ok"] for w in windows) == sent
+
+
+def test_a_guard_breach_is_counted_in_the_window_of_the_version_that_breached() -> None:
+    from modelfleet.agent.guard_monitor import GuardMonitor
+    from modelfleet.clock import ManualClock
+    from modelfleet.monitoring.guard import SloPolicy
+
+    clock = ManualClock()
+    rec = recorder()
+    monitor = GuardMonitor(clock.monotonic, lambda m, v, verdict: None)
+    monitor.on_breach_seen = lambda m, v, role: rec.on_guard(
+        m, v, breach=True, rolled_back=False, role=role
+    )
+    monitor.watch("m", SloPolicy(p99_ms=50, min_samples=20, window_s=10), "2", "1", "candidate")
+    for _ in range(100):
+        clock.advance(0.01)
+        monitor.observe("m", "1", 0.002, confidence=0.9)
+        monitor.observe("m", "2", 0.200, confidence=0.9)
+    (window,) = rec.close(T0 + timedelta(seconds=60))
+    assert (window["version"], window["role"]) == ("2", "candidate")
+    assert window["guard"] == {"breaches": 1, "rollbacks": 0}

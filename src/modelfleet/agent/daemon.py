@@ -192,6 +192,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
             clock,
             config.telemetry_window_s,
             counters,
+            guard.monitor,
         )
         metrics.registry.register(TelemetryCollector(telemetry))
     else:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from modelfleet.agent.guard_monitor import GuardMonitor
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import Clock
@@ -165,8 +166,10 @@ def build_device_telemetry(
     clock: Clock,
     window_s: float,
     counters: UpdateCounters | None = None,
+    guard: GuardMonitor | None = None,
 ) -> DeviceTelemetry:
-    """The agent's :class:`DeviceTelemetry`, hooked to the updater (not started)."""
+    """The agent's :class:`DeviceTelemetry`, hooked to the updater and the guard's monitor
+    (breaches), not started."""
     telemetry = DeviceTelemetry(
         device_id,
         buffer,
@@ -186,9 +189,13 @@ def build_device_telemetry(
         if counters is not None:
             counters.on_event(kind)
         if kind == "rollback" and model and version and _GUARD_REASON in message:
-            recorder.on_guard(model, version, rolled_back=True, role=None)
+            recorder.on_guard(model, version, breach=False, rolled_back=True, role=None)
 
     updater.on_event = on_event
+    if guard is not None:
+        guard.on_breach_seen = lambda model, version, role: recorder.on_guard(
+            model, version, breach=True, rolled_back=False, role=role or None
+        )
     if counters is not None:
         updater.on_download = counters.on_download
     return telemetry

@@ -201,12 +201,19 @@ class WindowRecorder:
         with self._lock:
             self._counts(model, candidate_version, "shadow").shadow["dropped"] += 1
 
-    def on_guard(self, model: str, version: str, rolled_back: bool, role: str | None) -> None:
-        """Count a guard breach of ``version`` (and whether it led to a rollback)."""
+    def on_guard(
+        self, model: str, version: str, *, breach: bool, rolled_back: bool, role: str | None
+    ) -> None:
+        """Count a local-guard breach of ``version`` and/or the rollback it caused.
+
+        ``role`` is the role the version served under (None: the one it had in this
+        window, else the one routed now).
+        """
         role = role or self._role_of(model, version)
         with self._lock:
             c = self._counts(model, version, role)
-            c.guard["breaches"] += 1
+            if breach:
+                c.guard["breaches"] += 1
             if rolled_back:
                 c.guard["rollbacks"] += 1
 
