@@ -112,3 +112,34 @@ def test_a_guard_breach_is_counted_in_the_window_of_the_version_that_breached() 
     (window,) = rec.close(T0 + timedelta(seconds=60))
     assert (window["version"], window["role"]) == ("2", "candidate")
     assert window["guard"] == {"breaches": 1, "rollbacks": 0}
+
+
+def test_shadow_requests_dropped_at_a_full_queue_are_counted_for_their_candidate() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from modelfleet.serving.shadow import ShadowMirror
+    from tests.fakes_model import linear_classifier
+
+    rec = recorder()
+    candidate = linear_classifier("m", "2", np.eye(4, 3))
+    mirror = ShadowMirror(
+        lambda model, comparison: None,
+        lambda: None,
+        queue_size=2,
+        on_drop_of=lambda c: rec.on_shadow_dropped(c.name, c.version),
+    )
+    inputs = {"X": np.ones((1, 4), np.float32)}
+    outputs = candidate.infer(inputs)
+
+    async def go() -> None:
+        for _ in range(5):
+            mirror.submit(candidate, inputs, outputs)
+        await mirror.join()
+        await mirror.close()
+
+    asyncio.run(go())
+    (window,) = rec.close(T0 + timedelta(seconds=60))
+    assert (window["version"], window["role"]) == ("2", "shadow")
+    assert window["shadow"]["dropped"] == 3

@@ -162,6 +162,7 @@ def build_agent_app(
     cascade: UpstreamClient | None = None,
     timer: Callable[[], float] = time.perf_counter,
     on_cascade_route: Callable[[str, str], None] | None = None,
+    on_shadow_dropped: Callable[[str, str], None] | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -183,6 +184,8 @@ def build_agent_app(
             body deadline); injected by tests.
         on_cascade_route: told (model, route) of each cascaded request after the metric
             counts it (telemetry windows count cascade routes).
+        on_shadow_dropped: told (model, candidate version) of each shadow request dropped
+            at a full queue.
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -201,6 +204,11 @@ def build_agent_app(
         stats.observe_shadow_dropped,
         queue_size=shadow.queue_size,
         tolerance=shadow.tolerance,
+        on_drop_of=(
+            None
+            if on_shadow_dropped is None
+            else lambda candidate: on_shadow_dropped(candidate.name, candidate.version)
+        ),
     )
     server_metadata = orjson.dumps(
         {"name": server_name, "version": __version__, "extensions": list(EXTENSIONS)}

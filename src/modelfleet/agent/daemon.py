@@ -226,6 +226,7 @@ def run_agent(config: AgentConfig, clock: Clock | None = None) -> None:
         observers=[guard] if telemetry is None else [guard, telemetry.recorder],
         cascade=cascade,
         on_cascade_route=None if telemetry is None else telemetry.recorder.on_cascade,
+        on_shadow_dropped=None if telemetry is None else telemetry.recorder.on_shadow_dropped,
         limits=ServingLimits(
             max_body_bytes=config.max_body_bytes,
             max_batch=config.max_batch,
