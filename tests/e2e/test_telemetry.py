@@ -1,11 +1,13 @@
 """Telemetry across real processes (issue 7): a 72 h hub outage, and kill -9 while forwarding.
 
-The agent's hub is a :class:`TelemetryHub` fixture: today the real ``modelfleet hub serve``
-behind the fake ingest of :mod:`tests.telemetry.fake_ingest` (which answers
-``POST /api/v1/devices/{id}/telemetry`` as contract 1 says, with a unique index, and proxies
-every other request to the hub). Once the hub's own ingest endpoint is merged, swap
-:func:`telemetry_hub` for one whose ``down``/``up`` kill and restart ``modelfleet hub serve``
-and whose ``stored`` reads the hub's telemetry table: the tests do not change.
+The agent's hub is a :class:`TelemetryHub` fixture. Once the hub side of issue 7 is merged
+(``modelfleet.hub.api.telemetry`` exists) it is the real ``modelfleet hub serve``: ``down``
+kills it with -9, ``up`` restarts it on its port, ``stored`` reads its
+``telemetry_records`` table. Until then it is the real hub behind the fake ingest of
+:mod:`tests.telemetry.fake_ingest` (which answers ``POST /api/v1/devices/{id}/telemetry`` as
+contract 1 says, with a unique index, and proxies every other request to the hub). The
+tests are the same either way (both were run: the real-hub variant on a local merge of the
+two branches).
 
 Time is compressed with ``MODELFLEET_SIM_CLOCK`` (the agent's ScaledClock): 72 h of windows
 pass in about 35 s.
@@ -13,6 +15,7 @@ pass in about 35 s.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -54,7 +57,7 @@ class TelemetryHub:
     url: str
     hub: Hub
     _start: Callable[[], Process]
-    _db: Path
+    _db: Path  # the fake's database, or the real hub's home
     _proc: Process | None = None
     _log: list[Process] = field(default_factory=list)
 
@@ -73,28 +76,61 @@ class TelemetryHub:
 
     def stored(self) -> list[tuple[str, str, int]]:
         """(device_id, buffer_id, seq) of every stored record."""
-        return stored_identities(self._db)
+        if not REAL_INGEST:
+            return stored_identities(self._db)
+        db = sqlite3.connect(self._db / "hub.db")
+        try:
+            rows = db.execute("SELECT device_id, buffer_id, seq FROM telemetry_records")
+            return [(str(d), str(b), int(q)) for d, b, q in rows]
+        finally:
+            db.close()
 
     def windows(self) -> list[dict[str, object]]:
-        return stored_windows(self._db)
+        if not REAL_INGEST:
+            return stored_windows(self._db)
+        db = sqlite3.connect(self._db / "hub.db")
+        try:
+            rows = db.execute("SELECT body FROM telemetry_records WHERE kind = 'window'")
+            return [json.loads(r[0]) for r in rows]
+        finally:
+            db.close()
 
     def duplicates(self) -> int:
-        """Records received again and not stored (since the last restart; the real hub:
-        ``modelfleet_hub_telemetry_records_total{result="duplicate"}``)."""
-        return int(httpx.get(f"{self.url}/_fake/count").json()["duplicates"])
+        """Records received again and not stored (since the last restart)."""
+        if not REAL_INGEST:
+            return int(httpx.get(f"{self.url}/_fake/count").json()["duplicates"])
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith('modelfleet_hub_telemetry_records_total{result="duplicate"}'):
+                return int(float(line.split()[-1]))
+        return -1
 
     def stop(self) -> None:
         self.down()
 
 
+#: The hub serves the ingest endpoint itself once the hub side of issue 7 is merged.
+REAL_INGEST = importlib.util.find_spec("modelfleet.hub.api.telemetry") is not None
+
+
 @pytest.fixture
 def telemetry_hub(hub: Hub, tmp_path: Path) -> Iterator[TelemetryHub]:
-    port = free_port()
-    db = tmp_path / "ingest.sqlite3"
-    cmd = [sys.executable, "-m", "tests.telemetry.fake_ingest", "--port", str(port),
-           "--db", str(db), "--upstream", hub.url]  # fmt: skip
-    th = TelemetryHub(f"http://127.0.0.1:{port}", hub, lambda: start("ingest", cmd, tmp_path), db)
-    th.up()
+    """The real `modelfleet hub serve` when it has the ingest endpoint (down/up kill -9 and
+    restart it on its port; stored rows read from its `telemetry_records` table), else the
+    real hub behind the fake ingest (down/up kill -9 and restart the fake)."""
+    if REAL_INGEST:
+        port = hub.url.rsplit(":", 1)[1]
+        cmd = modelfleet_cmd("hub", "serve", "--home", str(hub.home), "--port", port)
+        th = TelemetryHub(hub.url, hub, lambda: start("hub-again", cmd, tmp_path), hub.home)
+        th._proc = hub.proc
+    else:
+        port = str(free_port())
+        db = tmp_path / "ingest.sqlite3"
+        cmd = [sys.executable, "-m", "tests.telemetry.fake_ingest", "--port", port,
+               "--db", str(db), "--upstream", hub.url]  # fmt: skip
+        th = TelemetryHub(
+            f"http://127.0.0.1:{port}", hub, lambda: start("ingest", cmd, tmp_path), db
+        )
+        th.up()
     yield th
     th.stop()
 
