@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -158,7 +159,7 @@ def _serve_sink(port_file: str) -> None:
 
 
 def bench_serving(
-    directory: Path, seconds: float, rounds: int, preload: int = 3_000
+    directory: Path, seconds: float, rounds: int, duty: float | None = None, preload: int = 15_000
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -173,7 +174,7 @@ def bench_serving(
 
     bench = make_model(directory)
     host, metrics, _app = _agent_parts(bench.path)
-    port_file = directory / "sink.port"
+    port_file = directory / f"sink-{duty}.port"
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -186,14 +187,21 @@ def bench_serving(
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
         link = HttpHubLink(f"http://127.0.0.1:{port_file.read_text()}", "t", attempts=1)
-        buf = TelemetryBuffer(directory / "serving.sqlite3", max_bytes=1024**3)
+        buf = TelemetryBuffer(directory / f"serving-{duty}.sqlite3", max_bytes=1024**3)
+        hub_up = threading.Event()
+
+        def send(batch: Any) -> dict[str, Any]:
+            hub_up.wait()  # idle phases: the send waits (no CPU), as on a slow link
+            return link.send_telemetry("edge-1", batch)
+
         telemetry = DeviceTelemetry(
             "edge-1",
             buf,
-            lambda b: link.send_telemetry("edge-1", b),
+            send,
             SystemClock(),
             window_s=60.0,
             routed=lambda: list(routed_versions(host)),
+            forwarder_max_duty=duty,
         )
         app = build_agent_app(host, metrics=metrics, observers=[telemetry.recorder])
         call = _AsgiCall(app, bench.body)
@@ -209,15 +217,16 @@ def bench_serving(
             return lat
 
         def phase(draining: bool) -> dict[str, float]:
-            if draining:  # a buffer full of windows, as after an outage (appended untimed)
-                for _ in range(preload // len(pool)):
-                    buf.append(pool)
-                telemetry.forwarder.wake()
-                time.sleep(0.2)  # the forwarder is busy before the clock starts
-            else:
-                while buf.stats().records:  # idle: nothing left to send
-                    time.sleep(0.05)
             before = telemetry.forwarder.forwarded_total
+            if draining:
+                while buf.stats().records < preload:  # a backlog, as after an outage (untimed)
+                    buf.append(pool)
+                telemetry.forwarder.wake()  # as the closer does after an append
+                before = telemetry.forwarder.forwarded_total
+                hub_up.set()
+            else:
+                hub_up.clear()
+                time.sleep(0.05)
             lat = asyncio.run(closed_loop(seconds))
             forwarded = telemetry.forwarder.forwarded_total - before
             arr = np.array(lat)
@@ -226,7 +235,6 @@ def bench_serving(
                 "p50_us": float(np.percentile(arr, 50) * 1e6),
                 "p99_us": float(np.percentile(arr, 99) * 1e6),
                 "forwarded_per_s": forwarded / seconds,
-                "still_waiting": float(buf.stats().records),
             }
 
         asyncio.run(closed_loop(1.0))  # warm-up
@@ -236,6 +244,8 @@ def bench_serving(
             runs["idle"].append(phase(False))
             runs["draining"].append(phase(True))
         assert set(call.statuses) == {200}, set(call.statuses)
+        still_waiting = buf.stats().records
+        hub_up.set()
         telemetry.forwarder.stop()
         buf.close()
     finally:
@@ -245,11 +255,21 @@ def bench_serving(
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])
 
-    summary = {name: {k: median(name, k) for k in runs[name][0]} for name in ("idle", "draining")}
-    summary["throughput_ratio"] = (
-        summary["draining"]["requests_per_s"] / summary["idle"]["requests_per_s"]
+    def paired(key: str) -> float:  # adjacent phases see the same background load
+        return statistics.median(
+            d[key] / i[key] for i, d in zip(runs["idle"], runs["draining"], strict=True)
+        )
+
+    summary: dict[str, Any] = {
+        name: {k: median(name, k) for k in runs[name][0]} for name in ("idle", "draining")
+    }
+    # the forwarder sends in bursts, some phases none: its rate is the mean over them all
+    summary["draining"]["forwarded_per_s"] = statistics.fmean(
+        r["forwarded_per_s"] for r in runs["draining"]
     )
-    summary["p99_ratio"] = summary["draining"]["p99_us"] / summary["idle"]["p99_us"]
+    summary["throughput_ratio"] = paired("requests_per_s")
+    summary["p99_ratio"] = paired("p99_us")
+    summary["still_waiting"] = still_waiting
     summary["runs"] = runs
     return summary
 
@@ -258,6 +278,7 @@ def render(result: dict[str, Any]) -> str:
     a = result["append"]
     d = result["bytes_per_day"]
     s = result["serving"]
+    f = result["serving_flat_out"]
     up = d["hub_up"]
     down = d["hub_down"]
     mib = 1024 * 1024
@@ -293,17 +314,23 @@ def render(result: dict[str, Any]) -> str:
         f"{s['draining']['requests_per_s']:,.0f} req/s, p99 {s['draining']['p99_us']:.0f} µs "
         f"(throughput ×{s['throughput_ratio']:.3f}, p99 ×{s['p99_ratio']:.3f}) | within 5 %: "
         f"{goal(s['throughput_ratio'] >= 0.95 and s['p99_ratio'] <= 1.05)} |",
+        f"| same, forwarder flat out (no duty cycle: "
+        f"{f['draining']['forwarded_per_s']:,.0f} records/s sent) | "
+        f"throughput ×{f['throughput_ratio']:.3f}, p99 ×{f['p99_ratio']:.3f} | "
+        f"why there is a duty cycle |",
         "",
-        "The serving rows are the medians of alternated idle/draining phases of the "
-        "in-process closed loop (real agent app and ONNX model as an ASGI callable, the "
-        "recorder in the fan-out); while draining, the real forwarder sends batches of up to "
-        "1000 records or 1 MiB (records sent as stored bytes, no JSON decoding) from a "
-        "backlog of 3,000 windows to a loopback sink in another process, the whole phase "
-        "long. The forwarder keeps to a 5 % duty cycle while it catches up (after a batch "
-        "that took t it pauses 19 t: without it, draining flat out halved the closed loop's "
-        "throughput on this 2-CPU box), so a 72 h backlog of 6 series (26,000 windows) "
-        "drains in about two minutes at the rate shown. A device forwarding at its normal "
-        "rate (one batch a minute) competes far less.",
+        "Serving: the real agent app and ONNX model called as an ASGI callable in a closed "
+        "loop (the recorder in the fan-out), in alternated idle/draining phases; ratios are "
+        "the medians of adjacent pairs (they see the same background load). Draining: the "
+        "real forwarder sends a backlog of 15,000 windows (topped up before each phase, as "
+        "after an outage) to a loopback sink in another process, batches of up to 1000 "
+        "records or 1 MiB read in one SQLite step and sent as stored bytes; idle: the same "
+        "agent with its send held (the forwarder waiting, no CPU). Flat out, the forwarder's "
+        "Python work competes with the event loop for the interpreter and costs serving "
+        "about 45 %; the default cap of 0.5 % of one CPU (after a batch that used c seconds "
+        "of its thread's CPU it pauses 199 c) brings that within the goal, and a 72 h backlog "
+        "of 6 series (26,000 windows) still drains in minutes at the rate shown (which also "
+        "spreads a fleet's return to the hub).",
         "",
         "The box is shared (2 CPUs, other jobs running): repeated runs vary by ±30 % in "
         "absolute figures; the idle/draining phases alternate so both see the same load.",
@@ -333,8 +360,8 @@ def rerender() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.telemetry_device")
     parser.add_argument("--windows", type=int, default=60_000, help="windows appended (60000)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per serving phase")
-    parser.add_argument("--rounds", type=int, default=5, help="idle/draining phase pairs (5)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per serving phase")
+    parser.add_argument("--rounds", type=int, default=12, help="idle/draining phase pairs (12)")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs")
     args = parser.parse_args(argv)
     import sqlite3
@@ -350,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             "append": bench_append(directory, args.windows),
             "bytes_per_day": bench_bytes_per_day(directory),
             "serving": bench_serving(directory, args.seconds, args.rounds),
+            "serving_flat_out": bench_serving(
+                directory, args.seconds, max(3, args.rounds // 3), 1.0
+            ),
         }
     out = Path("bench-results")
     out.mkdir(exist_ok=True)

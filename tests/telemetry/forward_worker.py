@@ -5,7 +5,8 @@
 :class:`~modelfleet.telemetry.buffer.TelemetryBuffer`, appends ``--burst`` windows at once,
 then runs the real :class:`~modelfleet.telemetry.device.DeviceTelemetry` (closer and
 forwarder, on a scaled clock, sending through the real ``HttpHubLink.send_telemetry``) until
-killed. With ``--drain`` it exits 0 once the buffer is empty. The kill -9 e2e test uses it
+killed (flat out by default, so that kills land mid-batch). With ``--drain`` it exits 0 once
+the buffer is empty. The kill -9 e2e test uses it
 for most of its kills: it starts in a fraction of the time ``modelfleet agent run`` takes.
 """
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--burst", type=int, default=0)
     p.add_argument("--drain", action="store_true")
+    p.add_argument("--duty", type=float, default=1.0, help="forwarder duty cycle (flat out)")
     args = p.parse_args(argv)
     token = Path(args.token_file).read_text().strip()
     clock = ScaledClock(time.time(), args.rate)
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         routed=lambda: versions,
         backoff=BackoffPolicy(0.05, 2.0),
         forwarder_max_records=50,
+        forwarder_max_duty=args.duty,
     )
     for _ in range(args.burst // 3):
         telemetry.close_window()

@@ -19,7 +19,14 @@ from tests.telemetry.fake_ingest import IngestStore
 
 
 def forwarder(buf: TelemetryBuffer, send: Any, **kw: Any) -> Forwarder:
+    kw.setdefault("cpu_time", lambda: 0.0)
     return Forwarder(buf, send, ManualClock(), "edge-1", rand=lambda: 0.999, **kw)
+
+
+def wire(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch as the hub receives it (records travel as stored bytes)."""
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(batch))
+    return doc
 
 
 def drain(fwd: Forwarder, steps: int = 100) -> None:
@@ -88,7 +95,7 @@ def test_only_what_the_hub_acknowledged_is_deleted(tmp_path: Path) -> None:
     buf.append([window(i) for i in range(6)])
 
     def partial(batch: Mapping[str, Any]) -> dict[str, Any]:
-        third = orjson.loads(orjson.dumps(batch["records"][2]))
+        third = wire(batch)["records"][2]
         return {"stored": 3, "duplicates": 0, "acked_through": third["seq"]}
 
     fwd = forwarder(buf, partial)
@@ -106,9 +113,9 @@ def test_auth_and_size_refusals_never_delete_a_batch_of_many(
     buf.append([window(i) for i in range(4)])
 
     def refuse(batch: Mapping[str, Any]) -> dict[str, Any]:
-        if isinstance(error, InvalidInputError) and len(batch["records"]) == 1:
-            only = orjson.loads(orjson.dumps(batch["records"][0]))
-            return {"stored": 1, "duplicates": 0, "acked_through": only["seq"]}
+        records = wire(batch)["records"]
+        if isinstance(error, InvalidInputError) and len(records) == 1:
+            return {"stored": 1, "duplicates": 0, "acked_through": records[0]["seq"]}
         raise error
 
     fwd = forwarder(buf, refuse)
@@ -132,15 +139,17 @@ def test_the_forwarder_resumes_from_the_buffer_after_a_restart(tmp_path: Path) -
 def test_catching_up_on_a_backlog_pauses_to_keep_within_its_duty_cycle(tmp_path: Path) -> None:
     buf = TelemetryBuffer(tmp_path / "t.sqlite3")
     buf.append([window(i) for i in range(5)])
-    clock = ManualClock()
+    cpu = [0.0]
     hub = IngestStore()
 
-    def slow(batch: Mapping[str, Any]) -> Mapping[str, Any]:
-        clock.advance(2.0)  # the batch took 2 s
+    def costly(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        cpu[0] += 0.02  # the batch took 20 ms of this thread's CPU
         return hub.ingest("edge-1", batch)
 
-    fwd = Forwarder(buf, slow, clock, "edge-1", max_records=2, max_duty=0.1)
-    assert fwd.step() == pytest.approx(18.0)  # 2 s sending, then 18 s paused: 10 %
+    fwd = Forwarder(
+        buf, costly, ManualClock(), "edge-1", max_records=2, max_duty=0.1, cpu_time=lambda: cpu[0]
+    )
+    assert fwd.step() == pytest.approx(0.18)  # 20 ms working, 180 ms paused: 10 %
 
 
 def test_a_hub_that_refuses_every_record_makes_the_agent_drop_none(tmp_path: Path) -> None:
