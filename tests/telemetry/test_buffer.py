@@ -91,3 +91,24 @@ def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path) -> None:
 def test_an_out_of_range_bound_is_refused(tmp_path: Path, size: int) -> None:
     with pytest.raises(ConfigError):
         TelemetryBuffer(tmp_path / "t.sqlite3", max_bytes=size)
+
+
+def test_a_page_is_the_oldest_records_within_the_bounds_as_one_json_array(
+    tmp_path: Path,
+) -> None:
+    import orjson
+
+    buf = TelemetryBuffer(tmp_path / "t.sqlite3")
+    assert buf.pending_page(10, 10**9) is None
+    buf.append([window(i) for i in range(10)])
+    page = buf.pending_page(4, 10**9)
+    assert page is not None and page.seqs == [1, 2, 3, 4]
+    assert sorted(r["seq"] for r in orjson.loads(page.records_json)) == [1, 2, 3, 4]
+    one = buf.pending_page(10, 1)  # always at least one
+    assert one is not None and one.seqs == [1]
+    size = len(orjson.dumps({"seq": 1, **window(0)}))
+    some = buf.pending_page(10, size * 3 + 10)
+    assert some is not None and len(some.seqs) in (2, 3)
+    buf.ack(page.seqs)
+    rest = buf.pending_page(100, 10**9)
+    assert rest is not None and rest.seqs == list(range(5, 11))
