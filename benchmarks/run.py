@@ -1,9 +1,10 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry-hub|all] [--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|all] [--duration N] ...``
 
-``telemetry-hub`` drains windows into a real ``hub serve`` (SQLite; with
-``--database-url postgres`` a fresh PostgreSQL database, see ``benchmarks/telemetry_hub.py``).
+``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
+real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
+``benchmarks/telemetry_hub.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry-hub", "all"],
+        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "all"],
     )
     parser.add_argument(
         "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.telemetry_hub import main as telemetry_hub
 
         return telemetry_hub(["--database-url", args.database_url, "--windows", str(args.windows)])
+    if args.benchmark in ("telemetry", "all"):
+        from benchmarks.telemetry_device import main as telemetry
+
+        status = telemetry(["--no-docs"] if args.no_docs else [])
+        if args.benchmark == "telemetry":
+            return status
     if args.benchmark in ("lifecycle", "all"):
         from benchmarks.agent_lifecycle import main as lifecycle
 

@@ -8,8 +8,8 @@ import httpx
 import orjson
 import pytest
 
-from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.hub_link import HttpHubLink, check_identity
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.errors import (
     ForbiddenError,
     NotFoundError,

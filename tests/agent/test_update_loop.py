@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.agent.hub_link import check_identity
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop
 from modelfleet.agent.updater import Updater
+from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.clock import ManualClock
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost

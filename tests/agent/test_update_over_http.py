@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.daemon import AgentControlImpl, UpdateLoop
 from modelfleet.agent.updater import Updater
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.cli.agent_cmds import configure_logging
 from modelfleet.clock import ManualClock
 from modelfleet.delivery.http_fetcher import DownloadSettings

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.state import load_state
 from modelfleet.agent.updater import Updater
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import ManualClock
 from modelfleet.errors import InvalidInputError, TransportError
 from modelfleet.rollout.desired_state import Mode

@@ -167,6 +167,8 @@ def build_agent_app(
     cascade: UpstreamClient | None = None,
     timer: Callable[[], float] = time.perf_counter,
     tracer: RequestTracer | None = None,
+    on_cascade_route: Callable[[str, str], None] | None = None,
+    on_shadow_dropped: Callable[[str, str], None] | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -188,6 +190,10 @@ def build_agent_app(
             body deadline); injected by tests.
         tracer: told the stage times of the inference requests it samples (for a tracing
             exporter); None costs the request path one ``is None`` check.
+        on_cascade_route: told (model, route) of each cascaded request after the metric
+            counts it (telemetry windows count cascade routes).
+        on_shadow_dropped: told (model, candidate version) of each shadow request dropped
+            at a full queue.
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -206,6 +212,11 @@ def build_agent_app(
         stats.observe_shadow_dropped,
         queue_size=shadow.queue_size,
         tolerance=shadow.tolerance,
+        on_drop_of=(
+            None
+            if on_shadow_dropped is None
+            else lambda candidate: on_shadow_dropped(candidate.name, candidate.version)
+        ),
     )
     server_metadata = orjson.dumps(
         {"name": server_name, "version": __version__, "extensions": list(EXTENSIONS)}
@@ -221,6 +232,8 @@ def build_agent_app(
 
         def count_route(model: str, route: str) -> None:
             routes_total.labels(model, route).inc()
+            if on_cascade_route is not None:
+                on_cascade_route(model, str(route))
 
     infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer, tracer)
 

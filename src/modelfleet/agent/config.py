@@ -12,6 +12,8 @@ from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
 from modelfleet.serving.cascade import CascadeSettings
 from modelfleet.serving.model import RuntimeSettings
+from modelfleet.telemetry.buffer import DEFAULT_MAX_BYTES, MAX_BUFFER_BYTES, MIN_BUFFER_BYTES
+from modelfleet.telemetry.device import MAX_WINDOW_S, MIN_WINDOW_S
 
 __all__ = ["AgentConfig"]
 
@@ -42,6 +44,11 @@ class AgentConfig:
             exponential backoff with full jitter from ``poll_interval``; up to one day).
         download: deadlines of every download (minimum rate, caps).
         runtime: ONNX Runtime execution providers and thread counts for every model.
+        telemetry: close telemetry windows, buffer and forward them (issue 7).
+        telemetry_window_s: length of a telemetry window (1 s to 1 h).
+        telemetry_buffer_bytes: bound of the write-ahead telemetry buffer (64 KiB to 16 GiB;
+            the default holds 72 h of windows for 8 served versions, see
+            ``docs/telemetry-format.md``).
     """
 
     hub_url: str
@@ -61,6 +68,9 @@ class AgentConfig:
     backoff_cap_s: float = 300.0
     download: DownloadSettings = field(default_factory=DownloadSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    telemetry: bool = True
+    telemetry_window_s: float = 60.0
+    telemetry_buffer_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:
@@ -77,5 +87,9 @@ class AgentConfig:
             raise ConfigError("heartbeat must be between 5 s and one day")
         if not self.poll_interval <= self.backoff_cap_s <= 86400:
             raise ConfigError("backoff cap must be between the poll interval and one day")
+        if not MIN_WINDOW_S <= self.telemetry_window_s <= MAX_WINDOW_S:
+            raise ConfigError("telemetry window must be between 1 s and 1 h")
+        if not MIN_BUFFER_BYTES <= self.telemetry_buffer_bytes <= MAX_BUFFER_BYTES:
+            raise ConfigError("telemetry buffer must be between 64 KiB and 16 GiB")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")

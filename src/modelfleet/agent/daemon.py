@@ -26,7 +26,8 @@ from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
-from modelfleet.errors import ConfigError, TransportError
+from modelfleet.errors import ConfigError, StorageError, TransportError
+from modelfleet.telemetry.device import DeviceTelemetry
 from modelfleet.telemetry.otel import OtlpSettings
 
 __all__ = [
@@ -52,18 +53,25 @@ class AgentControlImpl:
     """
 
     def __init__(
-        self, updater: Updater, loop: UpdateLoop | None = None, guard: LocalGuard | None = None
+        self,
+        updater: Updater,
+        loop: UpdateLoop | None = None,
+        guard: LocalGuard | None = None,
+        telemetry: DeviceTelemetry | None = None,
     ) -> None:
         self.token = secrets.token_urlsafe(24)
         self._updater = updater
         self._loop = loop
         self._guard = guard
+        self._telemetry = telemetry
 
     def status(self) -> dict[str, Any]:
         status = self._updater.status()
         if self._guard is not None:
             status["guard"] = self._guard.state()
             status["guard_events"] = list(self._guard.events)
+        if self._telemetry is not None:
+            status["telemetry"] = self._telemetry.status()
         return status
 
     def rollback(self, reason: str) -> dict[str, Any]:
@@ -129,11 +137,21 @@ def run_agent(
         otlp: export request traces and key metrics to an OpenTelemetry collector
             (:mod:`modelfleet.telemetry.otel`, extra ``otel``); None: no OTLP.
     """
+    from prometheus_client import ProcessCollector
+
     from modelfleet.agent.app import ServingLimits, build_agent_app
     from modelfleet.agent.hub_link import HttpHubLink
+    from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.agent.server import serve
+    from modelfleet.agent.telemetry import (
+        BUFFER_FILE,
+        TelemetryCollector,
+        UpdateCounters,
+        build_device_telemetry,
+    )
     from modelfleet.agent.upstream import UpstreamClient
     from modelfleet.serving.host import ModelHost
+    from modelfleet.telemetry.buffer import TelemetryBuffer
     from modelfleet.trust.client import DeviceTrustClient
 
     check_providers(config.runtime.providers)  # before anything else: a typo fails fast
@@ -162,6 +180,34 @@ def run_agent(
     guard = LocalGuard(
         updater, host, clock.monotonic, after_rollback=lambda: loop_holder[0].report_soon()
     )
+    metrics = AgentMetrics(host)
+    ProcessCollector(registry=metrics.registry)
+    counters = UpdateCounters(metrics.registry)
+    telemetry: DeviceTelemetry | None = None
+    buffer: TelemetryBuffer | None = None
+    if config.telemetry:
+        try:
+            buffer = TelemetryBuffer(config.state_dir / BUFFER_FILE, config.telemetry_buffer_bytes)
+        except StorageError as e:  # serving matters more than telemetry
+            log.error("telemetry off: %s", e)
+    if buffer is not None:
+        # its own link: a slow telemetry upload never delays a poll or a check-in
+        telemetry_link = HttpHubLink(config.hub_url, config.token, timeout=10.0, attempts=1)
+        telemetry = build_device_telemetry(
+            config.device_id,
+            buffer,
+            telemetry_link,
+            updater,
+            host,
+            clock,
+            config.telemetry_window_s,
+            counters,
+            guard.monitor,
+        )
+        metrics.registry.register(TelemetryCollector(telemetry))
+    else:
+        updater.on_event = lambda at, kind, message, model, version: counters.on_event(kind)
+        updater.on_download = counters.on_download
     for problem in updater.restore():
         log.error("restore: %s", problem)
 
@@ -177,7 +223,7 @@ def run_agent(
         identity=None if identity_checked else lambda: verify_token(hub, config.device_id),
     )
     loop_holder.append(loop)
-    control = AgentControlImpl(updater, loop, guard)
+    control = AgentControlImpl(updater, loop, guard, telemetry)
     cascade = None
     if config.cascade is not None:
         cascade = UpstreamClient(config.cascade, unhealthy=guard.monitor.is_unhealthy)
@@ -194,8 +240,11 @@ def run_agent(
         tracer=exporter,
         control=control,
         server_name=f"modelfleet-agent/{config.device_id}",
-        observer=guard,
+        metrics=metrics,
+        observers=[guard] if telemetry is None else [guard, telemetry.recorder],
         cascade=cascade,
+        on_cascade_route=None if telemetry is None else telemetry.recorder.on_cascade,
+        on_shadow_dropped=None if telemetry is None else telemetry.recorder.on_shadow_dropped,
         limits=ServingLimits(
             max_body_bytes=config.max_body_bytes,
             max_batch=config.max_batch,
@@ -216,10 +265,14 @@ def run_agent(
     )
     log.info("agent %s serving OIP v2 on http://%s:%d", config.device_id, config.host, port)
     loop.start()
+    if telemetry is not None:
+        telemetry.start()
     try:
         serve(app, sock)  # agent/server.py: the one way the agent's HTTP server starts
     finally:
         loop.stop()
         if exporter is not None:
             exporter.shutdown()
+        if telemetry is not None:
+            telemetry.stop(flush=True)  # the partial window is appended, not lost
         (config.state_dir / CONTROL_FILE).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ served, before anything was watched.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from modelfleet.monitoring.guard import SloPolicy, Verdict, evaluate
 from modelfleet.monitoring.window import LATENCY_EDGES_S, SlidingWindow, Tally
 
 __all__ = ["GuardMonitor", "Watch"]
+
+log = logging.getLogger("modelfleet.agent.guard")
 
 BreachHandler = Callable[[str, str, Verdict], None]
 
@@ -74,6 +77,9 @@ class GuardMonitor:
     ) -> None:
         self._now = monotonic
         self._on_breach = on_breach
+        #: Told (model, version, role) of every breach before ``on_breach`` acts on it, on
+        #: the same thread (issue 7: telemetry windows count breaches); must be quick.
+        self.on_breach_seen: Callable[[str, str, str], None] | None = None
         self._interval = eval_interval
         self._watches: dict[str, Watch] = {}
         self._tallies: dict[str, dict[str, Tally]] = {}
@@ -210,6 +216,12 @@ class GuardMonitor:
         w.last_verdict = verdict
         if verdict.breach:
             w.armed = False
+            seen = self.on_breach_seen
+            if seen is not None:
+                try:
+                    seen(model, w.watched, w.role)
+                except Exception:  # telemetry must never stop a rollback
+                    log.exception("breach hook failed")
             self._on_breach(model, w.watched, verdict)
 
     def is_unhealthy(self, model: str) -> bool:

@@ -1,4 +1,5 @@
-"""The agent's own link to the hub (issue 6, contract 8): who am I, the trust root, check-in.
+"""The agent's own link to the hub (issue 6, contract 8): who am I, the trust root, check-in,
+telemetry batches (issue 7).
 
 The agent never imports the operator SDK (``modelfleet.client``) or the hub. This is the
 one interface the agent has to the hub's API; TUF metadata and artefacts travel through
@@ -49,6 +50,20 @@ class HubLink(Protocol):
         """Post a check-in report; returns the hub's answer (``applied_rollbacks``...)."""
         ...
 
+    def send_telemetry(self, device_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Post one telemetry batch (issue 7 contract 1); one try, no retry.
+
+        Returns:
+            ``{"stored", "duplicates", "acked_through", "status"}``.
+
+        Raises:
+            TransportError: unreachable, a deadline passed, 5xx or 429 (try again later).
+            InvalidInputError: 400 or 413 (this batch will never be taken as it is).
+            UnauthenticatedError, ForbiddenError: 401, 403.
+            NotFoundError: 404 (the hub does not know this device).
+        """
+        ...
+
 
 def check_identity(identity: Mapping[str, Any], device_id: str) -> None:
     """Refuse a token that is not this device's (issue 6, defect 3).
@@ -84,6 +99,7 @@ class HttpHubLink:
         sleep: how to wait between tries (tests pass a recorder).
         rand: uniform random source in [0, 1) for the jitter.
         transport: an httpx transport (tests pass a ``MockTransport``).
+        telemetry_timeout: seconds for a whole telemetry request (connect, upload, answer).
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class HttpHubLink:
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
         transport: httpx.BaseTransport | None = None,
+        telemetry_timeout: float = 30.0,
     ) -> None:
         if not 1 <= attempts <= 10:
             raise InvalidInputError("attempts must be between 1 and 10")
@@ -105,6 +122,9 @@ class HttpHubLink:
         self._backoff = backoff or BackoffPolicy(base_s=0.5, cap_s=5.0)
         self._sleep = sleep
         self._rand = rand
+        self._telemetry_timeout = httpx.Timeout(
+            telemetry_timeout, connect=min(5.0, telemetry_timeout)
+        )
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -115,6 +135,26 @@ class HttpHubLink:
 
     def close(self) -> None:
         self._http.close()
+
+    def send_telemetry(self, device_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """See :meth:`HubLink.send_telemetry`: one request within ``telemetry_timeout``;
+        the forwarder does its own backoff, so there is no retry here."""
+        path = f"/api/v1/devices/{device_id}/telemetry"
+        try:
+            r = self._http.request(
+                "POST",
+                path,
+                content=orjson.dumps(dict(batch)),
+                headers={"Content-Type": "application/json"},
+                timeout=self._telemetry_timeout,
+            )
+        except httpx.HTTPError as e:
+            raise TransportError(f"cannot reach the hub at {self.base_url}: {e}") from e
+        if r.status_code == 413:
+            raise InvalidInputError(f"POST {path}: the hub says the batch is too large (413)")
+        if not r.is_success:
+            raise _status_error("POST", path, r)
+        return self._json(r)
 
     def whoami(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/api/v1/whoami"))

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.agent.hub_link import HubLink, check_identity
 from modelfleet.agent.updater import Updater
+from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.errors import ForbiddenError, NotFoundError, TransportError, UnauthenticatedError
 from modelfleet.rollout.desired_state import DesiredState
 

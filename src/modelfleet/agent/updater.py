@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfleet.backoff import BackoffPolicy
 from modelfleet.agent.cycle import (
     describe_switch,
     needs_work,
@@ -59,6 +58,7 @@ from modelfleet.agent.state import (
     StateFile,
     load_state,
 )
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
 from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
 from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
@@ -67,6 +67,7 @@ from modelfleet.serving.host import ModelHost
 __all__ = [
     "Check",
     "CycleResult",
+    "EventHook",
     "PackageSource",
     "SlotPlan",
     "Updater",
@@ -78,6 +79,10 @@ log = logging.getLogger("modelfleet.agent")
 
 #: Retries of a failed install: from a few seconds up to five minutes apart.
 DEFAULT_RETRY = BackoffPolicy(base_s=2.0, cap_s=300.0)
+
+
+#: (at, kind, message, model, version) of one state event.
+EventHook = Callable[[str, str, str, "str | None", "str | None"], None]
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,13 @@ class Updater:
         #: re-targets its watch. ``fallback_ok`` is False when the previous version is
         #: one the device rolled away from (a rollback to it would flap).
         self.on_route_published: Callable[[str, ModelSlots, bool], None] | None = None
+        #: Called with (at, kind, message, model, version) for every event added to the
+        #: state (issue 7: the agent appends them to its telemetry buffer). Called with the
+        #: state lock held: it must only queue, never block.
+        self.on_event: EventHook | None = None
+        #: Called with (result, bytes) after each download: ``"ok"`` (installed) or
+        #: ``"failed"`` (a transient failure or a refusal).
+        self.on_download: Callable[[str, int], None] | None = None
         self._file = StateFile(self.state_dir, clock.monotonic)
         self._retry_failures = 0
         self._retry_at = float("-inf")
@@ -221,7 +233,7 @@ class Updater:
                 self.state.last_error = msg
                 self.state.update_status = f"refused: {msg}"
                 if self._problem(msg):
-                    self.state.add_event(now, "refused", msg)
+                    self._event(now, "refused", msg)
                     log.error("%s", msg)
                 self._save()
             return Check(True, error=str(e))
@@ -295,6 +307,9 @@ class Updater:
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))
+                self._downloaded("failed", 0)
+            else:
+                self._downloaded("ok", ref.length)
         self._preload(installed, refs, cancel)
         with self._lock:
             if (
@@ -345,7 +360,13 @@ class Updater:
             delay = self._retry.delay(self._retry_failures, self._rand)
             self._retry_at = self.clock.monotonic() + delay
             for p in pending:
-                self.state.add_event(self._now(), "retrying", f"{p.model} v{p.version}: {p.reason}")
+                self._event(
+                    self._now(),
+                    "retrying",
+                    f"{p.model} v{p.version}: {p.reason}",
+                    p.model,
+                    str(p.version),
+                )
                 log.warning(
                     "install of %s v%s failed (attempt %d), retrying in %.1f s: %s",
                     p.model,
@@ -374,11 +395,12 @@ class Updater:
         try:
             self._publish_route(name, new_slots)
         except ModelfleetError as e:
-            self.state.add_event(self._now(), "error", f"{name}: cannot serve: {e}")
+            self._event(self._now(), "error", f"{name}: cannot serve: {e}", name)
             log.error("%s: cannot serve: %s", name, e)
             return False
         msg = describe_switch(name, current, new_slots)
-        self.state.add_event(self._now(), "switch", msg)
+        active = new_slots.active
+        self._event(self._now(), "switch", msg, name, str(active.version) if active else None)
         log.info(msg)
         self.state.models[name] = new_slots
         return True
@@ -396,14 +418,20 @@ class Updater:
         )
         self.state.refused[ref.sha256] = serial
         self.state.last_refusal = refusal
-        self.state.add_event(refusal.at, "refused", f"{ref.model} v{ref.version}: {error}")
+        self._event(
+            refusal.at,
+            "refused",
+            f"{ref.model} v{ref.version}: {error}",
+            ref.model,
+            str(ref.version),
+        )
         log.error("REFUSED %s v%s: %s", ref.model, ref.version, error)
         return refusal
 
     def _unassign(self, name: str) -> None:
         self.host.remove(name)
         self.state.models.pop(name, None)
-        self.state.add_event(self._now(), "unassigned", f"{name} is no longer assigned")
+        self._event(self._now(), "unassigned", f"{name} is no longer assigned", name)
         log.info("%s is no longer assigned: not serving it", name)
 
     # -- rollback ------------------------------------------------------------------------
@@ -464,7 +492,7 @@ class Updater:
                     }
                 )
                 msg = f"{name}: rolled back from v{rb.away.version} to v{rb.to.version} ({reason})"
-                self.state.add_event(now, "rollback", msg)
+                self._event(now, "rollback", msg, name, str(rb.away.version))
                 log.warning(msg)
             if not done:
                 raise InvalidInputError("nothing to roll back: no previous version or candidate")
@@ -482,7 +510,7 @@ class Updater:
         with self._lock:
             self.state.last_error = message
             self.state.update_status = f"refused: {message}"
-            self.state.add_event(self._now(), "refused", message)
+            self._event(self._now(), "refused", message)
             self._save()
 
     # -- status --------------------------------------------------------------------------
@@ -533,6 +561,31 @@ class Updater:
 
     def _save(self) -> None:
         self._file.save(self.state)
+
+    def _event(
+        self,
+        at: str,
+        kind: str,
+        message: str,
+        model: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Add an event to the state and tell the ``on_event`` hook (never failing)."""
+        self.state.add_event(at, kind, message)
+        hook = self.on_event
+        if hook is not None:
+            try:
+                hook(at, kind, message, model, version)
+            except Exception:  # telemetry must never break an update
+                log.exception("event hook failed")
+
+    def _downloaded(self, result: str, size: int) -> None:
+        hook = self.on_download
+        if hook is not None:
+            try:
+                hook(result, size)
+            except Exception:
+                log.exception("download hook failed")
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()

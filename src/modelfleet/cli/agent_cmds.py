@@ -15,6 +15,7 @@ import typer
 
 from modelfleet.cli._errors import UsageError, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
+from modelfleet.clock import Clock, parse_scaled_clock
 from modelfleet.errors import (
     ConfigError,
     ForbiddenError,
@@ -136,6 +137,28 @@ def _otlp_settings(endpoint: str, sample: float, interval_s: float) -> Any:
         raise UsageError(str(e)) from e
 
 
+#: Simulations and tests only: ``ORIGIN_EPOCH_S:RATE`` runs the agent on a scaled clock.
+SIM_CLOCK_ENV = "MODELFLEET_SIM_CLOCK"
+
+#: ``--telemetry-buffer-mb`` default (the buffer's own default).
+DEFAULT_BUFFER_MB = 64.0
+
+
+def sim_clock(environ: dict[str, str]) -> Clock | None:
+    """The scaled clock ``MODELFLEET_SIM_CLOCK`` asks for, or None (the real clock).
+
+    Raises:
+        UsageError: the value is malformed.
+    """
+    spec = environ.get(SIM_CLOCK_ENV, "").strip()
+    if not spec:
+        return None
+    try:
+        return parse_scaled_clock(spec)
+    except ValueError as e:
+        raise UsageError(f"{SIM_CLOCK_ENV}: {e}") from e
+
+
 def _version(rec: Any) -> str:
     return f"v{rec['version']}" if isinstance(rec, dict) else "-"
 
@@ -209,6 +232,26 @@ def print_status(status: dict[str, Any]) -> None:
             f"Desired state (serial {desired.get('serial')})",
             ["model", "production", "candidate", "mode", "share"],
             wanted,
+        )
+    tel = status.get("telemetry")
+    if isinstance(tel, dict):
+        key_values(
+            "Telemetry buffer",
+            {
+                "records waiting": tel.get("records"),
+                "bytes": f"{tel.get('bytes')} of {tel.get('max_bytes', '-')}",
+                "appended (total)": tel.get("appended_total"),
+                "evicted (total)": tel.get("evicted_total"),
+                "last forward": tel.get("last_forward_at") or "never",
+                "last error": tel.get("last_error") or "-",
+                "appends failing": (
+                    "YES (disk full?)"
+                    if tel.get("append_failing")
+                    else "no"
+                    if "append_failing" in tel
+                    else "-"
+                ),
+            },
         )
     refusal = status.get("last_refusal")
     if refusal:
@@ -309,6 +352,29 @@ def register(agent_app: typer.Typer) -> None:
         otlp_interval: Annotated[
             float, typer.Option(help="Seconds between OTLP metric exports.")
         ] = 60.0,
+        telemetry_window_s: Annotated[
+            float,
+            typer.Option(
+                "--telemetry-window-s",
+                min=1.0,
+                max=3600.0,
+                help="Seconds per telemetry window (1 to 3600).",
+            ),
+        ] = 60.0,
+        telemetry_buffer_mb: Annotated[
+            float,
+            typer.Option(
+                "--telemetry-buffer-mb",
+                min=0.0625,
+                max=16384.0,
+                help="Bound of the telemetry buffer in MiB (default: 72 h of windows for "
+                "8 served versions).",
+            ),
+        ] = DEFAULT_BUFFER_MB,
+        telemetry: Annotated[
+            bool,
+            typer.Option(help="Record telemetry windows and forward them to the hub."),
+        ] = True,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -354,9 +420,12 @@ def register(agent_app: typer.Typer) -> None:
             request_timeout_s=request_timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             runtime=runtime,
+            telemetry=telemetry,
+            telemetry_window_s=telemetry_window_s,
+            telemetry_buffer_bytes=int(telemetry_buffer_mb * 1024 * 1024),
         )
         try:
-            run_agent(config, otlp=otlp)
+            run_agent(config, sim_clock(dict(os.environ)), otlp=otlp)
         except ForbiddenError as e:  # contract 3: a token that is not this device's
             err_console.print(f"[red]error:[/] {e}")
             sys.exit(2)
@@ -382,6 +451,13 @@ def register(agent_app: typer.Typer) -> None:
             status = read_state_file(state_dir)
         if status is None:
             raise NotFoundError(f"no agent state in {state_dir}")
+        if not running:
+            from modelfleet.agent.telemetry import BUFFER_FILE
+            from modelfleet.telemetry.buffer import read_stats
+
+            buffered = read_stats(state_dir / BUFFER_FILE)
+            if buffered is not None:
+                status["telemetry"] = buffered
         status["running"] = running
         if json_out:
             print_json(status)

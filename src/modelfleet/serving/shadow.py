@@ -134,6 +134,8 @@ class ShadowMirror:
     Args:
         on_result: called on the event loop with the candidate and the :class:`Comparison`.
         on_drop: called when a job is dropped because the queue is full.
+        on_drop_of: also called then, with the candidate whose job was dropped (telemetry
+            counts drops per version).
         queue_size: jobs that may wait; more are dropped.
         tolerance: ignored since issue 6 (each output's declared decision carries its own
             tolerance); accepted so that existing callers keep constructing the mirror.
@@ -149,11 +151,13 @@ class ShadowMirror:
         *,
         queue_size: int = 64,
         tolerance: float | None = None,
+        on_drop_of: Callable[[Servable], None] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self._on_result = on_result
         self._on_drop = on_drop
+        self._on_drop_of = on_drop_of
         self._queue_size = queue_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Job] | None = None
@@ -175,6 +179,8 @@ class ShadowMirror:
             self._queue.put_nowait(_Job(candidate, inputs, production_outputs))
         except asyncio.QueueFull:
             self._on_drop()
+            if self._on_drop_of is not None:
+                self._on_drop_of(candidate)
             return False
         return True
 
