@@ -329,7 +329,7 @@ def test_kill_9_during_forwarding_50_times_loses_nothing_and_doubles_nothing(
         pending_at_kill += bool(buffer_state(state)[2])
     worker = worker_cmd(th, state, token_file)
     for i in range(WORKER_KILLS):  # the agent's real forwarder over its buffer file
-        proc = start(f"worker-{i}", [*worker, "--burst", str(rng.randrange(2000, 6000))], tmp_path)
+        proc = start(f"worker-{i}", [*worker, "--burst", str(rng.randrange(1500, 4000))], tmp_path)
         assert wait_for(lambda: "started" in proc.output(), 20), proc.output()  # noqa: B023
         time.sleep(rng.uniform(0.0, 0.15))
         proc.popen.kill()

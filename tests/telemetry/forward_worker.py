@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=0)
     p.add_argument("--drain", action="store_true")
     p.add_argument("--duty", type=float, default=1.0, help="forwarder duty cycle (flat out)")
+    p.add_argument("--buffer-mb", type=float, default=1024.0, help="buffer bound (no eviction)")
     args = p.parse_args(argv)
     token = Path(args.token_file).read_text().strip()
     clock = ScaledClock(time.time(), args.rate)
     link = HttpHubLink(args.hub, token, timeout=5.0, attempts=1)
-    buffer = TelemetryBuffer(args.buffer)
+    bound = int(args.buffer_mb * 1024 * 1024)
+    buffer = TelemetryBuffer(args.buffer, bound)
     versions = [("worker-model", str(v), "production") for v in range(3)]
     telemetry = DeviceTelemetry(
         args.device_id,
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
     deadline = time.monotonic() + 60
     telemetry.stop(flush=False)  # no more windows: only forward what waits
-    buffer = TelemetryBuffer(args.buffer)
+    buffer = TelemetryBuffer(args.buffer, bound)
     from modelfleet.telemetry.forwarder import Forwarder
 
     fwd = Forwarder(buffer, lambda b: link.send_telemetry(args.device_id, b), clock, args.device_id)
