@@ -74,6 +74,16 @@ def test_unknown_query_parameter_is_400_not_ignored(hub: TestClient, admin_token
     assert hub.get("/api/v1/health?t=123").status_code == 200
 
 
+def test_a_query_parameter_given_twice_is_400_not_the_last_one(
+    hub: TestClient, admin_token: str
+) -> None:
+    r = hub.get("/api/v1/telemetry/summary?version=1&version=2&model=m", headers=auth(admin_token))
+    assert r.status_code == 400
+    assert "'version' given more than once" in r.json()["error"]
+    r = hub.get("/api/v1/telemetry/summary?version=1&model=m", headers=auth(admin_token))
+    assert r.status_code == 200 and r.json()["query"]["version"] == "1"
+
+
 @pytest.fixture
 def pg_hub(tmp_path: Path, onnx_bytes: bytes) -> Iterator[tuple[TestClient, str]]:
     """The API over a fresh PostgreSQL database (32-bit INTEGER columns)."""

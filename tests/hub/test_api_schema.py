@@ -15,7 +15,7 @@ from typing import Any
 import hypothesis.errors
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -81,6 +81,9 @@ def _failures(
                 suppress_health_check=list(HealthCheck),
             )
             def run(case: Any) -> None:
+                # An empty list as a query value is not sent at all, so such a "negative"
+                # case reaches the hub as a valid request (a schemathesis artefact).
+                assume(not any(v == [] for v in (case.query or {}).values()))
                 case.call_and_validate(
                     headers=auth(token),
                     # The schema does not spell out every rule the service enforces (a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -80,6 +81,12 @@ def refuse_unknown_query(request: Request) -> None:
         names = ", ".join(repr(name) for name in unknown)
         allowed = ", ".join(sorted(known))
         raise InvalidInputError(f"unknown query parameter {names} (this route takes: {allowed})")
+    # No route takes a list: ``?version=1&version=2`` would silently mean the last one.
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, n in counts.items() if n > 1 and name in known)
+    if repeated:
+        names = ", ".join(repr(name) for name in repeated)
+        raise InvalidInputError(f"query parameter {names} given more than once")
 
 
 def _query_names(dependant: Dependant) -> set[str]:
