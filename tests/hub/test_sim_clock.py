@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelfleet.cli._errors import UsageError
-from modelfleet.cli.main import sim_clock_from_env
+from modelfleet.cli.agent_cmds import sim_clock as sim_clock_from_env
 from modelfleet.clock import ScaledClock
 
 

@@ -14,24 +14,25 @@ from modelfleet.serving.host import ModelHost
 from modelfleet.telemetry.buffer import TelemetryBuffer
 from tests.agent.fakes import MemorySource
 from tests.helpers import logistic_onnx
+from tests.prom import METRIC_NAMES
 from tests.telemetry.fake_ingest import IngestStore
 
 DEVICE = "dev-1"
 
-#: The agent series of the issue 7 contract (section 3).
+#: The agent series of the issue 7 contract (section 3), as tests/prom.py lists them.
 CONTRACT_SERIES = (
-    "modelfleet_agent_updates_total",
-    "modelfleet_agent_downloads_total",
-    "modelfleet_agent_download_bytes_total",
-    "modelfleet_agent_refusals_total",
-    "modelfleet_agent_telemetry_buffered_records",
-    "modelfleet_agent_telemetry_buffer_bytes",
-    "modelfleet_agent_telemetry_evicted_total",
-    "modelfleet_agent_telemetry_appended_total",
-    "modelfleet_agent_telemetry_forwarded_total",
-    "modelfleet_agent_telemetry_forward_failures_total",
-    "modelfleet_agent_telemetry_append_failures_total",
-    "modelfleet_agent_telemetry_last_forward_timestamp_seconds",
+    *sorted(
+        n
+        for n in METRIC_NAMES
+        if n.startswith(
+            (
+                "modelfleet_agent_update",
+                "modelfleet_agent_download",
+                "modelfleet_agent_refusal",
+                "modelfleet_agent_telemetry",
+            )
+        )
+    ),
     "process_cpu_seconds_total",
 )
 

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -137,14 +138,15 @@ def _otlp_settings(endpoint: str, sample: float, interval_s: float) -> Any:
         raise UsageError(str(e)) from e
 
 
-#: Simulations and tests only: ``ORIGIN_EPOCH_S:RATE`` runs the agent on a scaled clock.
+#: Simulations and tests only: ``ORIGIN_EPOCH_S:RATE`` runs `agent run` and `hub serve` on a
+#: scaled clock (:class:`~modelfleet.clock.ScaledClock`).
 SIM_CLOCK_ENV = "MODELFLEET_SIM_CLOCK"
 
 #: ``--telemetry-buffer-mb`` default (the buffer's own default).
 DEFAULT_BUFFER_MB = 64.0
 
 
-def sim_clock(environ: dict[str, str]) -> Clock | None:
+def sim_clock(environ: Mapping[str, str]) -> Clock | None:
     """The scaled clock ``MODELFLEET_SIM_CLOCK`` asks for, or None (the real clock).
 
     Raises:
@@ -425,7 +427,7 @@ def register(agent_app: typer.Typer) -> None:
             telemetry_buffer_bytes=int(telemetry_buffer_mb * 1024 * 1024),
         )
         try:
-            run_agent(config, sim_clock(dict(os.environ)), otlp=otlp)
+            run_agent(config, sim_clock(os.environ), otlp=otlp)
         except ForbiddenError as e:  # contract 3: a token that is not this device's
             err_console.print(f"[red]error:[/] {e}")
             sys.exit(2)

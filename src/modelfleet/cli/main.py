@@ -23,7 +23,6 @@ from modelfleet import __version__
 from modelfleet.cli import agent_cmds, demo_cmd
 from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
-from modelfleet.clock import Clock, parse_scaled_clock
 from modelfleet.errors import InvalidInputError, UnauthenticatedError
 
 __all__ = ["app", "main"]
@@ -45,7 +44,6 @@ app.add_typer(model_app, name="model")
 app.add_typer(agent_app, name="agent")
 
 HUB_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn")
-SIM_CLOCK_ENV = "MODELFLEET_SIM_CLOCK"
 
 
 def _show_version(value: bool) -> None:
@@ -181,23 +179,7 @@ def hub_serve(
     configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
-    serve(home, host=host, port=port, clock=sim_clock_from_env(os.environ))
-
-
-def sim_clock_from_env(env: Mapping[str, str]) -> Clock | None:
-    """The scaled clock ``MODELFLEET_SIM_CLOCK=ORIGIN:RATE`` asks for (simulations and
-    time-compressed tests only), or None for the system clock.
-
-    Raises:
-        UsageError: the value is malformed.
-    """
-    spec = env.get(SIM_CLOCK_ENV, "").strip()
-    if not spec:
-        return None
-    try:
-        return parse_scaled_clock(spec)
-    except ValueError as e:
-        raise UsageError(f"{SIM_CLOCK_ENV}: {e}") from e
+    serve(home, host=host, port=port, clock=agent_cmds.sim_clock(os.environ))
 
 
 # -- devices -------------------------------------------------------------------------------
