@@ -84,6 +84,20 @@ def test_a_query_parameter_given_twice_is_400_not_the_last_one(
     assert r.status_code == 200 and r.json()["query"]["version"] == "1"
 
 
+def test_summary_times_are_rfc3339_not_numbers(hub: TestClient, admin_token: str) -> None:
+    url = "/api/v1/telemetry/summary"
+    for bad in ("1.1125369292536007e-308", "1700000000", "2026-13-01T00:00:00Z", "yesterday"):
+        r = hub.get(url, params={"since": bad}, headers=auth(admin_token))
+        assert r.status_code == 400, (bad, r.text)
+    r = hub.get(
+        url,
+        params={"since": "2025-12-31T00:00:00Z", "until": "2026-01-01T00:00:00+00:00"},
+        headers=auth(admin_token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["since"] == "2025-12-31T00:00:00+00:00"
+
+
 @pytest.fixture
 def pg_hub(tmp_path: Path, onnx_bytes: bytes) -> Iterator[tuple[TestClient, str]]:
     """The API over a fresh PostgreSQL database (32-bit INTEGER columns)."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
-from modelfleet.errors import ForbiddenError, PayloadTooLargeError
+from modelfleet.errors import ForbiddenError, InvalidInputError, PayloadTooLargeError
 from modelfleet.hub.api._deps import Service, Who, check_length
 from modelfleet.hub.api._errors import error_responses
 from modelfleet.hub.api.bodies import SummaryOut, TelemetryIngestOut
@@ -86,6 +86,28 @@ async def ingest(device_id: str, request: Request, who: Who, service: Service) -
 
 Name = Annotated[str | None, Query(max_length=256)]
 
+#: RFC 3339 date and time, the offset optional (a time without one is UTC). A bare number is
+#: refused: it would otherwise be read as seconds since 1970.
+_RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
+
+
+def _time_query(description: str) -> Any:
+    return Query(pattern=_RFC3339, max_length=40, description=f"RFC 3339 time; {description}")
+
+
+def _parse_time(value: str | None, what: str) -> datetime | None:
+    """``value`` (already matched against :data:`_RFC3339`) as a datetime.
+
+    Raises:
+        InvalidInputError: not a real date or time (month 13, hour 25).
+    """
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as e:
+        raise InvalidInputError(f"{what} is not a valid time: {value!r}") from e
+
 
 @router.get(
     "/telemetry/summary", response_model=SummaryOut, responses=error_responses(400, 401, 403)
@@ -100,16 +122,16 @@ def summary(
     tag: Name = None,
     rollout_id: Name = None,
     device_id: Name = None,
-    since: Annotated[datetime | None, Query(description="default: until - 24 h")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive; default: now")] = None,
+    since: Annotated[str | None, _time_query("default: until - 24 h")] = None,
+    until: Annotated[str | None, _time_query("exclusive; default: now")] = None,
 ) -> dict[str, Any]:
     """Windows merged exactly over raw records and hourly roll-ups (viewer): those whose
     device-time ``closed_at`` is in ``[since, until)``. Tag and device filters see raw
     windows only (``"partial"`` says when roll-ups were left out)."""
     check(who, Permission.READ)
     return service.telemetry_summary(
-        since=since,
-        until=until,
+        since=_parse_time(since, "since"),
+        until=_parse_time(until, "until"),
         model=model,
         version=version,
         role=role,
