@@ -96,6 +96,9 @@ def test_summary_times_are_rfc3339_not_numbers(hub: TestClient, admin_token: str
     )
     assert r.status_code == 200, r.text
     assert r.json()["query"]["since"] == "2025-12-31T00:00:00+00:00"
+    r = hub.get(url, params={"role": "canary"}, headers=auth(admin_token))
+    assert r.status_code == 400 and "role" in r.text
+    assert hub.get(url, params={"role": "shadow"}, headers=auth(admin_token)).status_code == 200
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ recent records (issue 7 contracts 1 and 2)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
@@ -117,7 +117,7 @@ def summary(
     service: Service,
     model: Name = None,
     version: Name = None,
-    role: Name = None,
+    role: Annotated[Literal["production", "candidate", "shadow"] | None, Query()] = None,
     site: Name = None,
     tag: Name = None,
     rollout_id: Name = None,
