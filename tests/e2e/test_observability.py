@@ -157,16 +157,13 @@ def test_a_real_prometheus_scrapes_the_hub_and_an_agent_and_the_dashboards_evalu
     exprs += [r["expr"] for r in alert_rules()]
     failed = [(e, d) for e in exprs if (d := prom.query(e))["status"] != "success"]
     assert not failed, failed
-    error_ratio = prom.vector(
-        grafana_to_promql(
-            next(
-                e
-                for _, title, e in dashboard_targets()
-                if title == "Requests by version and outcome"
-            )
-        )
+    panel = grafana_to_promql(
+        next(e for _, title, e in dashboard_targets() if title == "Requests by version and outcome")
     )
-    assert error_ratio, "the model dashboard's request panel shows the agent's requests"
+    # A rate needs two scrapes of the counter after the requests: wait for them.
+    assert wait_for(lambda: bool(prom.vector(panel)), 30), (
+        "the model dashboard's request panel shows the agent's requests"
+    )
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
