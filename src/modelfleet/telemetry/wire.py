@@ -14,7 +14,7 @@ buffer (a new one after a wiped disk), so a restarted sequence is never mistaken
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -337,8 +337,3 @@ def merge_windows(records: Iterable[Mapping[str, Any]]) -> WindowTotals:
     for record in records:
         totals.add(record)
     return totals
-
-
-def edges_of(name: str) -> Sequence[float]:
-    """The edges of a named edge set (KeyError when unknown)."""
-    return EDGE_SETS[name]
