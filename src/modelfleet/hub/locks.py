@@ -11,7 +11,15 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-__all__ = ["AUDIT", "MIGRATE", "RETENTION", "TUF_COUNTERS", "WRITE", "xact_lock"]
+__all__ = [
+    "AUDIT",
+    "MIGRATE",
+    "RETENTION",
+    "ROLLOUT_CONTROLLER",
+    "TUF_COUNTERS",
+    "WRITE",
+    "xact_lock",
+]
 
 WRITE = 0x6D66_6875_6277
 """Every state-changing transaction: version numbers, serials and the audit chain stay linear."""
@@ -27,6 +35,10 @@ TUF_COUNTERS = 0x6D66_7475_6676
 
 RETENTION = 0x6D66_7465_6C72
 """Telemetry retention: one replica at a time rolls raw windows up (issue 7, ADR 0011)."""
+
+ROLLOUT_CONTROLLER = 0x6D66_726F_6C6C
+"""The rollout controller's lease (issue 8): a *session* advisory lock held by the one hub
+process that runs the controller; the others try again each interval."""
 
 
 def xact_lock(bind: Session | Connection, key: int) -> None:
