@@ -1,4 +1,4 @@
-"""Deterministic cohorts (modelfleet.rollout.cohorts): stable, nested, small fleets, blast radius."""
+"""Deterministic cohorts (rollout.cohorts): stable, nested, small fleets, blast radius."""
 
 from __future__ import annotations
 
@@ -135,11 +135,11 @@ def test_empty_fleet_gives_empty_stages() -> None:
 def test_blast_radius_groups_never_add_two_members_in_one_stage(
     fleet: list[str], ps: list[float], group_count: int, seed: int
 ) -> None:
-    groups = {
-        d: f"cell:{int.from_bytes(hashlib.sha256(f'{seed}{d}'.encode()).digest()[:4], 'big') % group_count}"
-        for i, d in enumerate(fleet)
-        if i % 3 != 0  # every third device has no group
-    }
+    def group(d: str) -> str:
+        h = int.from_bytes(hashlib.sha256(f"{seed}/{d}".encode()).digest()[:4], "big")
+        return f"cell:{h % group_count}"
+
+    groups = {d: group(d) for i, d in enumerate(fleet) if i % 3 != 0}  # a third has no group
     plan = plan_cohorts(fleet, "ro-g", ps, groups)
     assert set(plan.stage_of) == set(fleet)  # everyone is placed
     for k in range(plan.stages):
