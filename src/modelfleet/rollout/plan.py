@@ -160,10 +160,12 @@ class Selector:
             return False
         if self.devices and device_id not in self.devices:
             return False
-        have = set(tags)
+        if not (self.tags or self.groups):
+            return True
+        have = tags if isinstance(tags, set | frozenset) else set(tags)
         if self.tags and not have.issuperset(self.tags):
             return False
-        return not self.groups or any(f"group:{g}" in have for g in self.groups)
+        return not self.groups or any("group:" + g in have for g in self.groups)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``target`` mapping: only the filters that are set."""
