@@ -179,7 +179,7 @@ def test_a_hold_between_bad_evaluations_keeps_the_streak() -> None:
 @pytest.mark.parametrize("metric", [GateMetric.GUARD_ROLLBACKS, GateMetric.CRASHES])
 def test_a_guard_rollback_or_crash_fails_at_once_without_data(metric: GateMetric) -> None:
     spec = GateSpec(metric, max=0, min_devices=5, min_samples=10_000, consecutive=3)
-    stage = GroupStats(devices=1, requests=3, **{metric.value: 1})  # type: ignore[arg-type]
+    stage = GroupStats(devices=1, requests=3, **{metric.value: 1})
     verdict, streak, reason = one(spec, stage, None)
     assert verdict is Verdict.FAIL and streak == 1 and "at once" in reason
 
