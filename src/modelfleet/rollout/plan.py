@@ -266,6 +266,14 @@ class RolloutPlan:
         """The stages' cumulative percents, as :func:`.cohorts.plan_cohorts` takes them."""
         return [s.percent for s in self.stages]
 
+    @property
+    def stable_stage(self) -> int:
+        """Index of the stable stage: the last one below 100 % (0 when there is only one).
+
+        Reaching it (or completing) starts the safety lag of other rollouts of the version.
+        """
+        return max(0, len(self.stages) - 2)
+
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-able data in the YAML shape; ``parse_plan(p.to_dict()) == p``."""
         out: dict[str, Any] = {
