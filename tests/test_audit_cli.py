@@ -187,7 +187,10 @@ def _restored(engine: Engine) -> Iterator[None]:
             c.execute(text("DELETE FROM audit_head"))
             for row in rows:
                 details = row["details"]
-                row = {**row, "details": details if isinstance(details, str) else json.dumps(details)}
+                row = {
+                    **row,
+                    "details": details if isinstance(details, str) else json.dumps(details),
+                }
                 c.execute(
                     text(
                         "INSERT INTO audit_log (seq, at, actor, action, subject, ticket, "
@@ -263,8 +266,8 @@ def test_an_export_fails_the_script_on_edit_insert_delete_and_truncation(
     edited["actor"] = "operator:mallory"
     forged = _forge(DEVICES + 2, json.loads(entries[-1])["hash"], datetime.now(UTC))
     cases = {
-        "edited": (entries[:4] + [json.dumps(edited)] + entries[5:], "entry 5: edited"),
-        "inserted": (entries + [json.dumps(forged.to_dict())], f"entry {DEVICES + 2}: inserted"),
+        "edited": ([*entries[:4], json.dumps(edited), *entries[5:]], "entry 5: edited"),
+        "inserted": ([*entries, json.dumps(forged.to_dict())], f"entry {DEVICES + 2}: inserted"),
         "deleted": (entries[:3] + entries[4:], "entry 4: deleted"),
         "truncated": (entries[:10], "entry 11: truncated"),
     }
