@@ -347,3 +347,25 @@ def test_an_unsigned_head_is_not_adopted_again_once_the_hub_has_signed(
         assert p["kind"] == "head" and "not signed" in p["detail"]
     finally:
         reopened.close()
+
+
+def test_entries_appended_while_verify_reads_are_not_tampering(busy_service: HubService) -> None:
+    """verify reads the chain in pages outside one transaction: appends that land between
+    reading the head and the pages (or after them) must not read as insertions."""
+    from modelfleet.hub.audit_chain import AuditChain
+
+    chain = busy_service.audit_chain
+    real_records = AuditChain._records
+
+    def racing(self: AuditChain, upto: int | None):  # type: ignore[no-untyped-def]
+        busy_service.add_device("cam-racing-1", "plant", [], actor="operator:olga")
+        yield from real_records(self, upto)
+        busy_service.add_device("cam-racing-2", "plant", [], actor="operator:olga")
+
+    chain._records = racing.__get__(chain)  # type: ignore[method-assign]
+    top = _last_seq(busy_service)
+    report = chain.verify()
+    assert report["ok"], report
+    assert report["entries"] == top  # the walk stopped at the head it read first
+    del chain._records
+    assert busy_service.audit_verify()["entries"] == top + 2
