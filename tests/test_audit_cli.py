@@ -9,6 +9,7 @@ export, by ``scripts/verify_audit_chain.py`` (which never imports modelfleet).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -69,6 +70,18 @@ def _json(hub: ServedHub, *args: str) -> Any:
     done = run_cli(*args, "--json", env=hub.env())
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def _narrow_cli(hub: ServedHub, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI on a 40-column terminal: a message must still be one line."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    return subprocess.run(
+        [sys.executable, "-m", "modelfleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **hub.env(), "COLUMNS": "40"},
+    )
 
 
 def _verify(hub: ServedHub) -> tuple[int, dict[str, Any], str]:
@@ -235,7 +248,7 @@ def test_every_kind_of_tampering_is_found_by_verify_and_by_the_export_script(
             assert code == 1, (tamper.__name__, report)
             assert report["problem"]["kind"] == kind, (tamper.__name__, report)
             assert report["problem"]["seq"] == seq, (tamper.__name__, report)
-            shown = run_cli("audit", "verify", env=hub.env())
+            shown = _narrow_cli(hub, "audit", "verify")
             assert shown.returncode == 1
             line = shown.stderr.strip()
             assert line.count("\n") == 0 and f"at entry {seq} ({kind})" in line, line

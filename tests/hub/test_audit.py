@@ -141,7 +141,7 @@ def test_a_truncated_tail_is_found_by_the_head(busy_service: HubService) -> None
         s.execute(delete(db.AuditEntry).where(db.AuditEntry.seq > top - 2))
     report = busy_service.audit_verify()
     assert report["problem"]["seq"] == top - 1 and report["problem"]["kind"] == "truncated"
-    assert report["head"]["seq"] == top - 2
+    assert report["head"]["seq"] == top and report["entries"] == top - 2
 
 
 def test_a_truncation_with_a_rewritten_unsigned_head_is_refused(
@@ -369,3 +369,20 @@ def test_entries_appended_while_verify_reads_are_not_tampering(busy_service: Hub
     assert report["entries"] == top  # the walk stopped at the head it read first
     del chain._records
     assert busy_service.audit_verify()["entries"] == top + 2
+
+
+def test_a_log_emptied_with_its_head_is_found_by_the_home_checkpoint(
+    busy_service: HubService,
+) -> None:
+    assert busy_service.audit_verify()["ok"]
+    with busy_service.context.sessions.begin() as s:
+        s.execute(delete(db.AuditEntry))
+        s.execute(delete(db.AuditHead))
+    assert _problem(busy_service) == (1, "truncated")
+
+
+def test_a_head_row_deleted_under_an_intact_chain_is_reported(busy_service: HubService) -> None:
+    with busy_service.context.sessions.begin() as s:
+        s.execute(delete(db.AuditHead))
+    p = busy_service.audit_verify()["problem"]
+    assert p["kind"] == "head" and "no head record" in p["detail"]

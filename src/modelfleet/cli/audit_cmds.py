@@ -149,7 +149,10 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
         )
         cursor = page.get("next_before_seq")
         if cursor is not None:
-            console.print(f"more: modelfleet audit log --before {cursor} (with the same filters)")
+            console.print(
+                f"more: modelfleet audit log --before {cursor} (with the same filters)",
+                soft_wrap=True,
+            )
 
     @audit_app.command("verify")
     def audit_verify(
@@ -168,12 +171,14 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
             key = (report.get("keyid") or "none")[:16]
             console.print(
                 f"[green]audit chain intact[/]: {report['entries']} entries, head seq "
-                f"{head['seq']} hash {head['hash'][:16]}…, signed head (key {key}…)"
+                f"{head['seq']} hash {head['hash'][:16]}…, signed head (key {key}…)",
+                soft_wrap=True,
             )
         else:
             p = report["problem"]
             err_console.print(
-                f"[red]audit chain broken[/] at entry {p['seq']} ({p['kind']}): {p['detail']}"
+                f"[red]audit chain broken[/] at entry {p['seq']} ({p['kind']}): {p['detail']}",
+                soft_wrap=True,  # one line, however narrow the terminal
             )
         if not report["ok"]:
             raise typer.Exit(ExitCode.ERROR)
@@ -213,5 +218,6 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
             return
         console.print(
             f"exported {count} entries (head seq {checkpoint['seq']}) to {out}; check it "
-            f"with: python scripts/verify_audit_chain.py {out}"
+            f"with: python scripts/verify_audit_chain.py {out}",
+            soft_wrap=True,
         )

@@ -159,10 +159,12 @@ class AuditChain:
             report = self._check_tail(report)
         if report.ok and head is not None and public is not None:
             self._witness.advance(head)
-        return self._report(report)
+        return self._report(report, head)
 
-    def _report(self, report: ChainReport) -> JSONDict:
+    def _report(self, report: ChainReport, head: Checkpoint | None = None) -> JSONDict:
         out = report.to_dict()
+        if head is not None:  # the recorded head, also when the rows fall short of it
+            out["head"] = {"seq": head.seq, "hash": head.hash}
         signer = self._ctx.audit_signer
         out["keyid"] = signer.keyid if signer else None
         return out

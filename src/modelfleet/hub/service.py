@@ -556,7 +556,8 @@ class HubService:
 
         Returns:
             ``{"ok", "entries", "head": {"seq", "hash"}, "problem": {"seq", "kind",
-            "detail"} | None, "keyid"}``; kinds are those of
+            "detail"} | None, "keyid"}``: ``entries`` checked good, ``head`` the recorded
+            head (the last entry when there is no head record); kinds are those of
             :class:`~modelfleet.audit.verify.ProblemKind` (edited, inserted, deleted,
             truncated, head, rolled-back). A clean check moves the checkpoint file forward.
         """

@@ -308,7 +308,7 @@ class AuditProblemOut(_Out):
 class AuditVerifyOut(_Out):
     ok: bool
     entries: int = Field(description="entries checked")
-    head: AuditHeadOut = Field(description="the last entry checked")
+    head: AuditHeadOut = Field(description="the recorded head (else the last entry checked)")
     problem: AuditProblemOut | None
     keyid: str | None = Field(description="the audit key the head must be signed with")
 
