@@ -13,8 +13,10 @@ Checks, in order:
 4. the checkpoint's ed25519 signature, when the ``cryptography`` package can be imported
    (else it says it skipped that). Pin the hub's key with ``--keyid`` (shown by
    ``modelfleet audit verify``): without it the key inside the file is only self-consistent;
-5. with ``--checkpoint OLD`` (an earlier export, or the hub's ``audit-checkpoint.json``): the
-   export still holds that entry with that hash - a log rolled back or rewritten since fails.
+5. earlier checkpoints - the hub's own (``witness`` in the header: the newest head it had
+   checked, kept outside its database) and ``--checkpoint OLD`` (an earlier export, or the
+   hub's ``audit-checkpoint.json``): the export still holds each one's entry with its hash -
+   a log rolled back or rewritten since fails.
 
 Exit status: 0 valid, 1 the export fails a check (the first bad entry is named), 2 the file
 cannot be read or the command line is wrong.
@@ -123,7 +125,8 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 def verify(path: str, keyid: str | None, old: dict[str, Any] | None) -> list[str]:
-    """Check the export at ``path``; returns report lines, raises :class:`Bad`."""
+    """Check the export at ``path`` (and that it holds the checkpoint ``old``); returns
+    report lines, raises :class:`Bad`."""
     with open(path, encoding="utf-8") as f:
         header_text = f.readline()
         try:
@@ -135,7 +138,10 @@ def verify(path: str, keyid: str | None, old: dict[str, Any] | None) -> list[str
         cp = header.get("checkpoint")
         if not isinstance(cp, dict):
             raise Bad("the header has no head checkpoint")
-        expected, prev, witnessed = 1, GENESIS, None
+        earlier = [(name, c) for name, c in (("--checkpoint", old), ("the hub's checkpoint",
+                   header.get("witness"))) if isinstance(c, dict)]  # fmt: skip
+        seen: dict[int, str] = {}
+        expected, prev = 1, GENESIS
         for lineno, line in enumerate(f, start=2):
             if not line.strip():
                 continue
@@ -154,8 +160,8 @@ def verify(path: str, keyid: str | None, old: dict[str, Any] | None) -> list[str
                 raise Bad(f"entry {seq}: edited (its fields do not hash to its hash)")
             if entry.get("prev_hash") != prev:
                 raise Bad(f"entry {seq}: inserted (it does not link to entry {expected - 1})")
-            if old is not None and seq == old["seq"]:
-                witnessed = entry["hash"]
+            if any(seq == c["seq"] for _, c in earlier):
+                seen[seq] = entry["hash"]
             expected, prev = seq + 1, entry["hash"]
     last = expected - 1
     if cp["seq"] > last:
@@ -166,12 +172,12 @@ def verify(path: str, keyid: str | None, old: dict[str, Any] | None) -> list[str
         raise Bad(f"entry {last}: its hash is not the head checkpoint's")
     lines = [f"{last} entries, chain and head checkpoint consistent (head {prev[:16]})"]
     lines.append(check_signature(cp, header.get("public_key"), keyid))
-    if old is not None:
-        if old["seq"] > last:
-            raise Bad(f"entry {last + 1}: truncated (the earlier checkpoint names {old['seq']})")
-        if witnessed != old["hash"]:
-            raise Bad(f"entry {old['seq']}: rewritten since the earlier checkpoint")
-        lines.append(f"earlier checkpoint at entry {old['seq']}: still in the chain")
+    for name, c in earlier:
+        if c["seq"] > last:
+            raise Bad(f"entry {last + 1}: truncated ({name} names {c['seq']} entries)")
+        if c["seq"] and seen.get(c["seq"]) != c["hash"]:
+            raise Bad(f"entry {c['seq']}: rewritten since {name} of {c.get('at')}")
+        lines.append(f"{name} at entry {c['seq']}: still in the chain")
     return lines
 
 

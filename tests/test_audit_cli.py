@@ -297,6 +297,13 @@ def test_an_export_fails_the_script_on_edit_insert_delete_and_truncation(
     done = _script(str(cut))
     assert done.returncode == 1 and "signature does not verify" in done.stderr
     assert _script(str(out), "--keyid", "00ff").returncode == 1
+    # A hub whose database was put back: its own checkpoint (in the header) is ahead.
+    doc = json.loads(header)
+    doc["witness"] = {**doc["checkpoint"], "seq": DEVICES + 5}
+    behind = tmp_path / "behind.jsonl"
+    behind.write_text("\n".join([json.dumps(doc), *entries]) + "\n")
+    done = _script(str(behind))
+    assert done.returncode == 1 and "the hub's checkpoint names" in done.stderr, done.stderr
     # An earlier export as the checkpoint: the later one must still hold its head.
     assert _script(str(out), "--checkpoint", str(out)).returncode == 0
     assert _script(variant("short", entries[:10]), "--checkpoint", str(out)).returncode == 1
