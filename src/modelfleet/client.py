@@ -392,11 +392,61 @@ class HubClient:
         entries: list[dict[str, Any]] = body["entries"]
         return entries
 
+    def audit_page(
+        self,
+        *,
+        limit: int = 50,
+        before_seq: int | None = None,
+        since: str | None = None,
+        subject: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of audit entries, newest first: ``{"entries", "next_before_seq"}``
+        (pass ``next_before_seq`` back as ``before_seq`` for the next, older page; None on
+        the last). ``since`` is RFC 3339; ``subject`` also matches subjects below it."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (
+            ("before_seq", before_seq),
+            ("since", since),
+            ("subject", subject),
+            ("actor", actor),
+            ("action", action),
+        ):
+            if value is not None:
+                params[key] = value
+        result: dict[str, Any] = self._json("GET", "/api/v1/audit", params=params)
+        return result
+
+    def audit_verify(self) -> dict[str, Any]:
+        """The hub's check of its audit chain: ``{"ok", "entries", "head": {"seq",
+        "hash"}, "problem": {"seq", "kind", "detail"} | None, "keyid"}``."""
+        result: dict[str, Any] = self._json("GET", "/api/v1/audit/verify")
+        return result
+
     def verify_audit(self) -> int | None:
-        """The first broken ``seq`` of the hub's audit chain, or None if intact."""
-        body = self._json("GET", "/api/v1/audit/verify")
-        broken = body.get("first_broken_seq")
-        return int(broken) if broken is not None else None
+        """The ``seq`` of the first problem in the hub's audit chain, or None if intact."""
+        problem = self.audit_verify().get("problem")
+        return int(problem["seq"]) if problem else None
+
+    def audit_anchor(self) -> dict[str, Any]:
+        """The signed head checkpoint, the audit public key and the hub's witness
+        checkpoint: ``{"checkpoint", "public_key", "witness"}``."""
+        result: dict[str, Any] = self._json("GET", "/api/v1/audit/head")
+        return result
+
+    def iter_audit(self, upto_seq: int, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every entry with ``seq <= upto_seq``, oldest first, read in pages."""
+        after = 0
+        while after < upto_seq:
+            page = self.audit(after_seq=after, limit=batch)
+            for entry in page:
+                if int(entry["seq"]) > upto_seq:
+                    return
+                yield entry
+            if not page:
+                return
+            after = int(page[-1]["seq"])
 
 
 def register_model(

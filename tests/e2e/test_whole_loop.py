@@ -122,8 +122,8 @@ def test_a_rollback_on_the_device_moves_the_hubs_view_of_it(
 
     assert wait_for(lambda: hub_assignment()["production"] == 1), agent.output()
     assert hub_assignment()["previous"] is None
-    audit = json.loads(cli("audit", "--json", env=hub.env()).stdout)
-    events = [e for e in audit if e["action"] == "device-rollback"]
+    audit = cli("audit", "log", "--action", "device-rollback", "--json", env=hub.env())
+    events = json.loads(audit.stdout)["entries"]
     assert len(events) == 1 and events[0]["actor"] == "device:edge-4"
     assert wait_for(lambda: agent_status(state)["applied_serial"] > before), agent.output()
     assert infer(url, x).json()["model_version"] == "1"

@@ -62,7 +62,7 @@ def test_largest_in_range_numbers_are_plain_not_found_or_empty(
     top = 2**31 - 1
     assert hub.get(f"/api/v1/models/iris/versions/{top}", headers=h).status_code == 404
     r = hub.get(f"/api/v1/audit?after_seq={top}&limit=100000", headers=h)
-    assert r.status_code == 200 and r.json() == {"entries": []}
+    assert r.status_code == 200 and r.json()["entries"] == []
 
 
 def test_unknown_query_parameter_is_400_not_ignored(hub: TestClient, admin_token: str) -> None:
@@ -124,7 +124,7 @@ def test_on_postgres_the_bounds_keep_numbers_within_its_integer_columns(
     h = auth(token)
     top = 2**31 - 1
     assert http.get(f"/api/v1/models/iris/versions/{top}", headers=h).status_code == 404
-    assert http.get(f"/api/v1/audit?after_seq={top}", headers=h).json() == {"entries": []}
+    assert http.get(f"/api/v1/audit?after_seq={top}", headers=h).json()["entries"] == []
     r = http.post(
         "/api/v1/deployments", json={"model": "iris", "version": top, "all": True}, headers=h
     )

@@ -4,7 +4,8 @@ Each entry's ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spac
 its fields, including ``prev_hash``, the hash of the entry before it (64 zeros for the
 first). Changing, inserting or deleting an entry in the middle breaks the chain at that
 point; :func:`verify_chain` finds the first broken link. Deleting entries at the *end*
-leaves a valid shorter chain: compare the head hash with a copy kept elsewhere for that.
+leaves a valid shorter chain: the signed head the store keeps next to the rows
+(:mod:`modelfleet.audit.checkpoint`, checked by :mod:`modelfleet.audit.verify`) finds that.
 
 The pure part (:func:`entry_hash`, :func:`first_broken`) works on plain records;
 :func:`append_entry`, :func:`list_entries` and :func:`verify_chain` work through an
@@ -25,12 +26,14 @@ import orjson
 
 __all__ = [
     "GENESIS_HASH",
+    "AuditQuery",
     "AuditRecord",
     "AuditRow",
     "AuditStore",
     "append_entry",
     "entry_hash",
     "first_broken",
+    "iso",
     "list_entries",
     "verify_chain",
 ]
@@ -78,7 +81,7 @@ class AuditRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "at": _iso(self.at),
+            "at": iso(self.at),
             "actor": self.actor,
             "action": self.action,
             "subject": self.subject,
@@ -103,7 +106,8 @@ class AuditRecord:
         )
 
 
-def _iso(at: datetime) -> str:
+def iso(at: datetime) -> str:
+    """``at`` as hashed: UTC, RFC 3339 with microseconds and ``+00:00``."""
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
@@ -135,6 +139,36 @@ def _canonical_details(details: Mapping[str, Any] | None) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which entries to list, newest first unless ``after_seq`` is given.
+
+    Attributes:
+        limit: at most this many entries.
+        before_seq: only entries with ``seq < before_seq`` (the paging cursor, newest
+            first); None from the newest.
+        after_seq: only entries with ``seq > after_seq``, oldest first (reading the chain
+            forward, e.g. for an export); None for newest first. Not with ``before_seq``.
+        since: only entries at or after this time.
+        subject: only entries about this subject, or below it (``iris`` matches
+            ``iris`` and ``iris/3``).
+        actor: only entries by this actor (exact).
+        action: only entries of this action (exact).
+    """
+
+    limit: int = 50
+    before_seq: int | None = None
+    after_seq: int | None = None
+    since: datetime | None = None
+    subject: str | None = None
+    actor: str | None = None
+    action: str | None = None
+
+    @property
+    def newest_first(self) -> bool:
+        return self.after_seq is None
+
+
 class AuditStore(Protocol):
     """Where the chain is kept; one store is bound to one transaction of its caller.
 
@@ -147,11 +181,16 @@ class AuditStore(Protocol):
         ...
 
     def add(self, record: AuditRecord) -> None:
-        """Store ``record`` (it commits or rolls back with the caller)."""
+        """Store ``record`` and move the chain's head to it, in the same transaction (it
+        commits or rolls back with the caller)."""
         ...
 
     def page(self, after_seq: int, limit: int) -> list[AuditRecord]:
         """Entries with ``seq > after_seq`` in order, at most ``limit``."""
+        ...
+
+    def query(self, query: AuditQuery) -> list[AuditRecord]:
+        """The entries ``query`` selects, in its order."""
         ...
 
 

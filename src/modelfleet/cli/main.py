@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from modelfleet import __version__
-from modelfleet.cli import agent_cmds, demo_cmd
+from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd
 from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
 from modelfleet.errors import InvalidInputError, UnauthenticatedError
@@ -634,34 +634,7 @@ def rollback_cmd(
     table("Desired state", ["device", "production", "candidate", "serial"], rows)
 
 
-@app.command("audit")
-def audit_cmd(
-    hub: HubOpt = "http://127.0.0.1:8700",
-    token: TokenOpt = "",
-    token_file: TokenFileOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show the hash-chained audit log."""
-    entries = _client(hub, token, token_file).audit()
-    if json_out:
-        print_json(entries)
-        return
-    entries_list = entries.get("entries", entries) if isinstance(entries, dict) else entries
-    table(
-        "Audit log",
-        ["seq", "at", "actor", "action", "subject", "ticket"],
-        [
-            (
-                e.get("seq"),
-                e.get("at"),
-                e.get("actor"),
-                e.get("action"),
-                e.get("subject"),
-                e.get("ticket"),
-            )
-            for e in entries_list
-        ],
-    )
+audit_cmds.register(app, _client)
 
 
 # -- agent ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelfleet.audit.checkpoint import CheckpointSigner
 from modelfleet.audit.log import append_entry
 from modelfleet.clock import Clock
 from modelfleet.errors import ConflictError, StorageError
@@ -37,12 +38,21 @@ class HubContext:
         clock: time source for records.
         engine: the database engine (owned by the caller, who disposes of it).
         sessions: a session factory over ``engine``.
+        audit_signer: the audit key that signs the chain's head on every append (ADR 0016);
+            None leaves the head unsigned.
     """
 
     def __init__(
-        self, config: HubConfig, clock: Clock, engine: Engine, sessions: sessionmaker[Any]
+        self,
+        config: HubConfig,
+        clock: Clock,
+        engine: Engine,
+        sessions: sessionmaker[Any],
+        *,
+        audit_signer: CheckpointSigner | None = None,
     ) -> None:
         self.config = config
+        self.audit_signer = audit_signer
         self.clock = clock
         self.engine = engine
         self.sessions = sessions
@@ -125,5 +135,11 @@ class HubContext:
         details: Mapping[str, Any] | None = None,
         ticket: str | None = None,
     ) -> None:
-        """Append an audit entry in ``session``'s transaction (it commits with the change)."""
-        append_entry(SqlAuditStore(session), self.now(), actor, action, subject, details, ticket)
+        """Append an audit entry in ``session``'s transaction (it commits with the change),
+        moving the signed head with it."""
+        store = self.audit_store(session)
+        append_entry(store, self.now(), actor, action, subject, details, ticket)
+
+    def audit_store(self, session: Session) -> SqlAuditStore:
+        """The audit chain in ``session``, signing its head with the hub's audit key."""
+        return SqlAuditStore(session, self.audit_signer)

@@ -40,6 +40,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "Assignment",
     "AuditEntry",
+    "AuditHead",
     "Base",
     "Device",
     "DeviceReport",
@@ -350,6 +351,27 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_log_actor_seq", "actor", "seq"),
+        Index("ix_audit_log_action_seq", "action", "seq"),
+        Index("ix_audit_log_subject_seq", "subject", "seq"),
+        Index("ix_audit_log_at", "at"),
+    )
+
+
+class AuditHead(Base):
+    """The audit chain's signed head (one row, ``id`` 1), rewritten in the transaction of
+    every append: the anchor that shows a truncated chain (ADR 0016)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    keyid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

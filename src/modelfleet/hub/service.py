@@ -8,8 +8,10 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.fleet.Fleet` - tokens, devices, reports;
 * :class:`~modelfleet.hub.deployments.Deployments` - deploy and rollback (pure rules);
 * :class:`~modelfleet.hub.director.Director` - desired states, signing after the commit;
-* :class:`~modelfleet.hub.upkeep.Upkeep` - audit reads, TUF serving, re-signing, GC,
-  telemetry retention;
+* :class:`~modelfleet.hub.audit_chain.AuditChain` - audit pages, verification, the signed
+  head (ADR 0016);
+* :class:`~modelfleet.hub.upkeep.Upkeep` - TUF serving, re-signing, GC, telemetry
+  retention;
 * :class:`~modelfleet.hub.telemetry.Telemetry` - telemetry ingest, summaries, retention;
 * :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry.
 
@@ -43,12 +45,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from modelfleet.audit.log import AuditQuery
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
+from modelfleet.hub.audit_anchor import WITNESS_NAME, WitnessFile, load_audit_signer
+from modelfleet.hub.audit_chain import AuditChain
 from modelfleet.hub.auth import Principal, Role
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.config import HubConfig
@@ -98,7 +103,10 @@ class HubService:
             if migrate_db:
                 db.migrate(self.engine)
             sessions = db.make_sessionmaker(self.engine)
-            self.context = HubContext(config, clock, self.engine, sessions)
+            self.context = HubContext(
+                config, clock, self.engine, sessions, audit_signer=load_audit_signer(paths.keys)
+            )
+            self.audit_chain = AuditChain(self.context, WitnessFile(paths.root / WITNESS_NAME))
             self.store = FileArtefactStore(paths.artefacts)
             self.trust = HubTrust.open(
                 paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
@@ -110,7 +118,13 @@ class HubService:
             self.metrics = HubMetrics(self._read_gauges, clock, config.metrics_cache_s)
             self.telemetry = Telemetry(self.context, self.metrics)
             self.upkeep = Upkeep(
-                self.context, self.store, self.trust, self.catalog, self.director, self.telemetry
+                self.context,
+                self.store,
+                self.trust,
+                self.catalog,
+                self.director,
+                self.telemetry,
+                audit_chain=self.audit_chain,
             )
             behind = self.trust.behind()
             if behind:
@@ -120,6 +134,7 @@ class HubService:
                     "; ".join(behind),
                 )
             self.director.repair()
+            self.audit_chain.adopt()
         except BaseException:
             self.engine.dispose()
             raise
@@ -520,11 +535,45 @@ class HubService:
         """Audit entries with ``seq > after_seq``, oldest first, at most ``limit``
         (capped by ``audit_page_limit``): ``{"seq", "at", "actor", "action", "subject",
         "ticket", "details", "prev_hash", "hash"}``."""
-        return self.upkeep.audit(after_seq, limit)
+        return self.audit_chain.entries(after_seq, limit)
+
+    def audit_page(self, query: AuditQuery) -> JSONDict:
+        """One page of the audit log: newest first below ``query.before_seq`` (or oldest
+        first above ``query.after_seq``), filtered by time, subject, actor and action.
+
+        Returns:
+            ``{"entries": [entry], "next_before_seq": int | None, "next_after_seq": int |
+            None}``; the cursor is set when another page follows (pass it back as
+            ``before_seq`` / ``after_seq``). ``limit`` is capped by ``audit_page_limit``.
+
+        Raises:
+            InvalidInputError: both cursors given, or a naive ``since``.
+        """
+        return self.audit_chain.page(query)
+
+    def audit_verify(self) -> JSONDict:
+        """Check the chain against its signed head and the home's checkpoint file.
+
+        Returns:
+            ``{"ok", "entries", "head": {"seq", "hash"}, "problem": {"seq", "kind",
+            "detail"} | None, "keyid"}``: ``entries`` checked good, ``head`` the recorded
+            head (the last entry when there is no head record); kinds are those of
+            :class:`~modelfleet.audit.verify.ProblemKind` (edited, inserted, deleted,
+            truncated, head, rolled-back). A clean check moves the checkpoint file forward.
+        """
+        return self.audit_chain.verify()
 
     def verify_audit(self) -> int | None:
-        """The first broken ``seq`` of the audit chain, or None if it is intact."""
-        return self.upkeep.verify_audit()
+        """The ``seq`` of the audit chain's first problem, or None if it is intact
+        (see :meth:`audit_verify` for the whole report)."""
+        problem = self.audit_chain.verify()["problem"]
+        return None if problem is None else int(problem["seq"])
+
+    def audit_anchor(self) -> JSONDict:
+        """The chain's signed head for an export: ``{"checkpoint": {"seq", "hash", "at",
+        "keyid", "signature"} | None, "public_key": {"keytype", "keyid", "public"},
+        "witness": checkpoint | None}``."""
+        return self.audit_chain.anchor()
 
     def trust_root(self) -> bytes:
         """The trust-root bundle devices bootstrap from."""

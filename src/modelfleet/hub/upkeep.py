@@ -1,11 +1,13 @@
-"""The hub's upkeep: the audit log, the trust root and TUF files it serves, re-signing
-before expiry, and blob garbage collection.
+"""The hub's upkeep: the trust root and TUF files it serves, re-signing before expiry,
+blob garbage collection, and moving the audit checkpoint file forward.
 
 :meth:`Upkeep.refresh_expiring` is the periodic round (the API's background task calls
 it): it first signs committed changes the metadata lacks
 (:meth:`~modelfleet.hub.director.Director.repair`), then re-signs roles close to expiry,
 then collects garbage at most once per :data:`GC_INTERVAL_S`, then runs one bounded round
-of telemetry retention (:meth:`~modelfleet.hub.telemetry.Telemetry.apply_retention`).
+of telemetry retention (:meth:`~modelfleet.hub.telemetry.Telemetry.apply_retention`), then
+copies the audit chain's signed head to the home's checkpoint file
+(:meth:`~modelfleet.hub.audit_chain.AuditChain.advance_witness`, ADR 0016).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from modelfleet.audit.log import list_entries, verify_chain
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub._values import JSONDict
-from modelfleet.hub.audit_rows import SqlAuditStore
+from modelfleet.hub.audit_chain import AuditChain
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
@@ -37,7 +38,7 @@ _MAX_LOGGED = 100
 
 
 class Upkeep:
-    """Audit access, TUF serving and housekeeping.
+    """TUF serving and housekeeping.
 
     Args:
         ctx: the hub's sessions, clock and audit log.
@@ -46,6 +47,7 @@ class Upkeep:
         catalog: which blobs versions and desired states reference.
         director: signs what the database has and the metadata lacks.
         telemetry: applies the telemetry and report retention each round.
+        audit_chain: moves the audit checkpoint file forward each round (None: not).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Upkeep:
         catalog: Catalog,
         director: Director,
         telemetry: Telemetry,
+        audit_chain: AuditChain | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -63,20 +66,8 @@ class Upkeep:
         self._catalog = catalog
         self._director = director
         self._telemetry = telemetry
+        self._audit_chain = audit_chain
         self._last_gc: float | None = None
-
-    # -- audit ---------------------------------------------------------------------------
-
-    def audit(self, after_seq: int = 0, limit: int = 100) -> list[JSONDict]:
-        """See ``HubService.audit``."""
-        limit = max(1, min(int(limit), self._ctx.config.audit_page_limit))
-        with self._ctx.read() as s:
-            return [r.to_dict() for r in list_entries(SqlAuditStore(s), int(after_seq), limit)]
-
-    def verify_audit(self) -> int | None:
-        """See ``HubService.verify_audit``."""
-        with self._ctx.read() as s:
-            return verify_chain(SqlAuditStore(s))
 
     # -- TUF -----------------------------------------------------------------------------
 
@@ -86,7 +77,7 @@ class Upkeep:
 
     def refresh_expiring(self) -> list[str]:
         """One upkeep round: repair, re-sign roles close to expiry, maybe collect garbage,
-        then one bounded round of telemetry retention.
+        then one bounded round of telemetry retention, then the audit checkpoint file.
 
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry (audited as
@@ -105,6 +96,8 @@ class Upkeep:
             self._last_gc = mono
             self.collect_garbage(older_than_s=GC_GRACE_S)
         self._telemetry.apply_retention()  # bounded; what is left goes in the next round
+        if self._audit_chain is not None:
+            self._audit_chain.advance_witness()
         return done
 
     def tuf_metadata(self, repo: str, filename: str) -> Path:

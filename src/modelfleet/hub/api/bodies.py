@@ -17,8 +17,13 @@ from modelfleet.rollout.desired_state import Mode
 
 __all__ = [
     "AssignmentOut",
+    "AuditAnchorOut",
+    "AuditCheckpointOut",
     "AuditEntryOut",
+    "AuditHeadOut",
+    "AuditKeyOut",
     "AuditPageOut",
+    "AuditProblemOut",
     "AuditVerifyOut",
     "BlobOut",
     "DeploymentIn",
@@ -281,11 +286,53 @@ class AuditEntryOut(_Out):
 
 class AuditPageOut(_Out):
     entries: list[AuditEntryOut]
+    next_before_seq: int | None = Field(
+        None, description="pass as before_seq for the next (older) page; null on the last"
+    )
+    next_after_seq: int | None = Field(
+        None, description="pass as after_seq for the next (newer) page; null on the last"
+    )
+
+
+class AuditHeadOut(_Out):
+    seq: int
+    hash: str
+
+
+class AuditProblemOut(_Out):
+    seq: int
+    kind: Literal["edited", "inserted", "deleted", "truncated", "head", "rolled-back"]
+    detail: str
 
 
 class AuditVerifyOut(_Out):
-    intact: bool
-    first_broken_seq: int | None
+    ok: bool
+    entries: int = Field(description="entries checked")
+    head: AuditHeadOut = Field(description="the recorded head (else the last entry checked)")
+    problem: AuditProblemOut | None
+    keyid: str | None = Field(description="the audit key the head must be signed with")
+
+
+class AuditCheckpointOut(_Out):
+    seq: int
+    hash: str
+    at: str
+    keyid: str | None
+    signature: str | None
+
+
+class AuditKeyOut(_Out):
+    keytype: Literal["ed25519"]
+    keyid: str
+    public: str = Field(description="the raw public key, hex")
+
+
+class AuditAnchorOut(_Out):
+    checkpoint: AuditCheckpointOut | None
+    public_key: AuditKeyOut | None
+    witness: AuditCheckpointOut | None = Field(
+        description="the newest head the hub checked, kept outside the database"
+    )
 
 
 class TelemetryIngestOut(_Out):
