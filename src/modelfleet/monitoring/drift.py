@@ -31,7 +31,7 @@ value — never a verdict.
 **Combined score** (one per model and window; :func:`evaluate`). Each column with enough
 rows has one p-value, its ``chi_square`` test (exact counts: the same at every merge level,
 and reproducible, unlike the randomised sketches). The family of these p-values (inputs and
-outputs together) is corrected with **Holm–Bonferroni** at ``alpha`` (0.01): the chance that
+outputs together) is corrected with **Holm–Bonferroni** at ``alpha`` (0.001): the chance that
 a window of stable data flags any column is at most ``alpha``, whatever the number of
 columns and their dependence. A column *drifts* when its Holm-adjusted p-value is ≤
 ``alpha`` **and** its PSI is ≥ ``psi_threshold`` (0.1): significance guards small windows,
@@ -68,7 +68,7 @@ __all__ = [
     "DriftReport",
     "DriftResult",
     "FeatureDrift",
-    "Test",
+    "DriftTest",
     "Verdict",
     "chi_square",
     "evaluate",
@@ -98,7 +98,7 @@ class Verdict(StrEnum):
     INSUFFICIENT_DATA = "insufficient_data"
 
 
-class Test(StrEnum):
+class DriftTest(StrEnum):
     PSI = "psi"
     JS = "js"
     HELLINGER = "hellinger"
@@ -133,7 +133,7 @@ class DriftPolicy:
     wasserstein_threshold: float = 0.1
     std_floor: float = 0.001
     p_threshold: float = 0.05
-    alpha: float = 0.01
+    alpha: float = 0.001
 
     def __post_init__(self) -> None:
         if self.min_count < 1:
@@ -163,7 +163,7 @@ class DriftResult:
     Attributes:
         feature: the column's name.
         group: ``"inputs"`` or ``"outputs"``.
-        test: the :class:`Test`.
+        test: the :class:`DriftTest`.
         value: the statistic (PSI, distance, χ² or KS D); None with insufficient data.
         threshold: the value (or, for p-value tests, the p) the verdict is decided at.
         verdict: drift, no_drift or insufficient_data.
@@ -178,7 +178,7 @@ class DriftResult:
 
     feature: str
     group: str
-    test: Test
+    test: DriftTest
     value: float | None
     threshold: float
     verdict: Verdict
@@ -217,7 +217,7 @@ class FeatureDrift:
     psi: float | None
     results: tuple[DriftResult, ...]
 
-    def result(self, test: Test) -> DriftResult | None:
+    def result(self, test: DriftTest) -> DriftResult | None:
         return next((r for r in self.results if r.test is test), None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -455,20 +455,20 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
     cur = np.append(counts.buckets, counts.missing).astype(np.float64)
     n, n_ref = counts.n, f.rows
     numeric = isinstance(f, NumericProfile)
-    tests = [Test.PSI, Test.JS, Test.HELLINGER]
+    tests = [DriftTest.PSI, DriftTest.JS, DriftTest.HELLINGER]
     if numeric:
-        tests.append(Test.WASSERSTEIN)
-    tests.append(Test.CHI_SQUARE)
+        tests.append(DriftTest.WASSERSTEIN)
+    tests.append(DriftTest.CHI_SQUARE)
     thresholds = {
-        Test.PSI: policy.psi_threshold,
-        Test.JS: policy.js_threshold,
-        Test.HELLINGER: policy.hellinger_threshold,
-        Test.WASSERSTEIN: policy.wasserstein_threshold,
-        Test.CHI_SQUARE: policy.p_threshold,
-        Test.KS: policy.p_threshold,
+        DriftTest.PSI: policy.psi_threshold,
+        DriftTest.JS: policy.js_threshold,
+        DriftTest.HELLINGER: policy.hellinger_threshold,
+        DriftTest.WASSERSTEIN: policy.wasserstein_threshold,
+        DriftTest.CHI_SQUARE: policy.p_threshold,
+        DriftTest.KS: policy.p_threshold,
     }
 
-    def blank(test: Test, n_read: int, n_ref_read: int) -> DriftResult:
+    def blank(test: DriftTest, n_read: int, n_ref_read: int) -> DriftResult:
         return DriftResult(
             f.name,
             group,
@@ -485,14 +485,14 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
         results = [blank(t, n, n_ref) for t in tests]
         sk = counts.sketch
         if numeric and sk is not None:
-            results.append(blank(Test.KS, sk.n, f.rows - f.missing))
+            results.append(blank(DriftTest.KS, sk.n, f.rows - f.missing))
         return _Column(results, None, None, n, n_ref, int(((ref + cur) > 0).sum()))
     value, used = psi(ref, cur, policy.psi_epsilon)
     results.append(
         DriftResult(
             f.name,
             group,
-            Test.PSI,
+            DriftTest.PSI,
             value,
             policy.psi_threshold,
             _verdict(value >= policy.psi_threshold),
@@ -508,7 +508,7 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
         DriftResult(
             f.name,
             group,
-            Test.JS,
+            DriftTest.JS,
             js,
             policy.js_threshold,
             _verdict(js >= policy.js_threshold),
@@ -522,7 +522,7 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
         DriftResult(
             f.name,
             group,
-            Test.HELLINGER,
+            DriftTest.HELLINGER,
             hd,
             policy.hellinger_threshold,
             _verdict(hd >= policy.hellinger_threshold),
@@ -535,14 +535,14 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
     if isinstance(f, NumericProfile):
         present, present_ref = n - counts.missing, n_ref - f.missing
         if present < policy.min_count:
-            results.append(blank(Test.WASSERSTEIN, present, present_ref))
+            results.append(blank(DriftTest.WASSERSTEIN, present, present_ref))
         else:
             w = wasserstein_binned(f.edges, ref[:-1], cur[:-1]) / max(f.std, policy.std_floor)
             results.append(
                 DriftResult(
                     f.name,
                     group,
-                    Test.WASSERSTEIN,
+                    DriftTest.WASSERSTEIN,
                     w,
                     policy.wasserstein_threshold,
                     _verdict(w >= policy.wasserstein_threshold),
@@ -557,7 +557,7 @@ def _column(f: FeatureProfile, counts: FeatureCounts, group: str, policy: DriftP
         DriftResult(
             f.name,
             group,
-            Test.CHI_SQUARE,
+            DriftTest.CHI_SQUARE,
             chi2[0],
             policy.p_threshold,
             Verdict.NO_DRIFT,
@@ -578,7 +578,7 @@ def _ks(f: NumericProfile, sketch: Sketch, group: str, policy: DriftPolicy) -> D
         return DriftResult(
             f.name,
             group,
-            Test.KS,
+            DriftTest.KS,
             None,
             policy.p_threshold,
             Verdict.INSUFFICIENT_DATA,
@@ -589,7 +589,7 @@ def _ks(f: NumericProfile, sketch: Sketch, group: str, policy: DriftPolicy) -> D
     return DriftResult(
         f.name,
         group,
-        Test.KS,
+        DriftTest.KS,
         d,
         policy.p_threshold,
         _verdict(p < policy.p_threshold),
@@ -644,7 +644,7 @@ def evaluate(
             verdict = Verdict.INSUFFICIENT_DATA
         else:
             for j, r in enumerate(results):
-                if r.test is Test.CHI_SQUARE:
+                if r.test is DriftTest.CHI_SQUARE:
                     results[j] = DriftResult(
                         r.feature,
                         r.group,

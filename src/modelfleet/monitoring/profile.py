@@ -29,6 +29,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -333,7 +334,7 @@ class ReferenceProfile:
             "outputs": [f.to_dict() for f in self.outputs],
         }
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of :meth:`to_dict`."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -130,7 +130,13 @@ class ProfileWindow:
     def columns(self, group: str = "inputs") -> list[tuple[FeatureProfile, FeatureCounts]]:
         """Each column of ``group`` with its counts, in profile order."""
         feats = _features(self.profile, group)
-        return [(f, self._at(group, i)) for i, f in enumerate(feats)]
+        off = _layout(feats)
+        counts, sketches = self.counts[group], self.sketches[group]
+        out = []
+        for i, f in enumerate(feats):
+            slots = counts[off[i] : off[i + 1]]
+            out.append((f, FeatureCounts(slots[:-1].copy(), int(slots[-1]), sketches[i])))
+        return out
 
     @property
     def rows(self) -> int:
