@@ -132,6 +132,7 @@ def step(
     if score is None or n < policy.min_n:
         return replace(state, skipped=state.skipped + 1)
     s = min(policy.cap, max(0.0, state.statistic + min(score, policy.clip) - policy.allowance))
+    s = round(s, 12)  # no float residue keeps a released key drifting
     return SequentialState(
         state=_transition(state.state, s, policy),
         statistic=s,
