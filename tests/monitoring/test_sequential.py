@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -17,7 +20,7 @@ from modelfleet.monitoring.sequential import (
 
 
 def run(
-    scores: list[float | None], n: int = 1000, state: SequentialState | None = None
+    scores: Sequence[float | None], n: int = 1000, state: SequentialState | None = None
 ) -> list[SequentialState]:
     out = []
     s = state or reset()
@@ -108,9 +111,9 @@ def test_random_false_alarms_at_the_measured_rate_rarely_reach_drifting() -> Non
     [{"allowance": 0}, {"clip": 0.01}, {"warning": 0.5}, {"release": 0.3}, {"min_n": 0},
      {"cap": 0.2}],
 )  # fmt: skip
-def test_policy_refuses_inconsistent_values(kwargs: dict[str, float]) -> None:
+def test_policy_refuses_inconsistent_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):
-        SequentialPolicy(**kwargs)  # type: ignore[arg-type]
+        SequentialPolicy(**kwargs)
 
 
 def test_step_refuses_negative_scores() -> None:
