@@ -203,21 +203,43 @@ def _features(profile: ReferenceProfile, group: str) -> tuple[FeatureProfile, ..
     raise InvalidInputError(f"unknown column group {group!r}")
 
 
-def _sparse(obj: Any, size: int, what: str) -> tuple[list[int], list[int]]:
+def _sparse(obj: Any, what: str) -> tuple[list[Any], list[Any]]:
+    """The index and count lists of one group of one window (checked in bulk later)."""
     if not isinstance(obj, Mapping):
         raise InvalidInputError(f"{what} must be an object with index and count lists")
     index, count = obj.get("index"), obj.get("count")
     if not isinstance(index, list) or not isinstance(count, list) or len(index) != len(count):
         raise InvalidInputError(f"{what}: index and count must be lists of one length")
-    if not set(map(type, index)) <= {int} or not set(map(type, count)) <= {int}:
-        raise InvalidInputError(f"{what}: indices and counts must be integers")
-    if index:
-        idx = np.asarray(index, dtype=np.int64) if max(index) < 2**62 else None
-        if idx is None or idx[0] < 0 or idx[-1] >= size or (np.diff(idx) <= 0).any():
-            raise InvalidInputError(f"{what}: indices must increase within 0 … {size - 1}")
-        if min(count) < 0 or max(count) >= 2**62:
-            raise InvalidInputError(f"{what}: counts must be non-negative")
     return index, count
+
+
+def _ints(values: list[Any], what: str) -> npt.NDArray[np.int64]:
+    if not set(map(type, values)) <= {int}:
+        raise InvalidInputError(f"{what} must be integers")
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError as e:
+        raise InvalidInputError(f"{what} must fit in 64 bits") from e
+
+
+def _check_counts(
+    index: npt.NDArray[np.int64], count: npt.NDArray[np.int64], starts: npt.NDArray[np.int64],
+    size: int, group: str,
+) -> None:  # fmt: skip
+    """Every window's indices increase strictly within 0 … size-1; counts ≥ 0."""
+    if not index.size:
+        return
+    bad = (index < 0) | (index >= size) | (count < 0)
+    rising = np.ones(index.size, np.bool_)
+    rising[1:] = index[1:] > index[:-1]
+    rising[starts[starts < index.size]] = True  # a window's first index follows no other
+    bad |= ~rising
+    if bad.any():
+        window = int(np.searchsorted(starts, int(np.flatnonzero(bad)[0]), side="right")) - 1
+        raise InvalidInputError(
+            f"window {window} {group}: indices must increase within 0 … {size - 1} and "
+            "counts be non-negative"
+        )
 
 
 def merge_wire(
@@ -229,9 +251,10 @@ def merge_wire(
 ) -> ProfileWindow:
     """Check and merge wire windows of one profile in one pass (the hub's path).
 
-    The counts of all windows are summed with one ``np.bincount``; no per-window object is
-    built. With ``sketches=False`` the sketches are checked for shape only and not merged
-    (the binned statistics and the combined verdict need none; KS does).
+    The counts of all windows are checked and summed in bulk (one ``np.bincount`` per
+    group); no per-window object is built. With ``sketches=False`` the sketches are checked
+    for shape only and not merged (the binned statistics and the combined verdict need
+    none; KS does). Nothing is returned when any window is refused.
 
     Raises:
         InvalidInputError: as :meth:`ProfileWindow.from_wire`, for any of the windows.
@@ -239,9 +262,21 @@ def merge_wire(
     digest = digest or profile.digest
     out = ProfileWindow.empty(profile, digest)
     layouts = {g: _layout(_features(profile, g)) for g in _GROUPS}
-    parts: dict[str, tuple[list[int], list[int]]] = {g: ([], []) for g in _GROUPS}
+    index: dict[str, list[Any]] = {g: [] for g in _GROUPS}
+    count: dict[str, list[Any]] = {g: [] for g in _GROUPS}
+    starts: dict[str, list[int]] = {g: [] for g in _GROUPS}
+    claimed: dict[str, list[tuple[int, int, int]]] = {g: [] for g in _GROUPS}
+    numeric = {
+        g: {
+            f.name: i
+            for i, f in enumerate(_features(profile, g))
+            if isinstance(f, NumericProfile) and profile.sketch_k is not None
+        }
+        for g in _GROUPS
+    }
     windows = 0
-    for doc in docs:
+    w = -1
+    for w, doc in enumerate(docs):
         if not isinstance(doc, Mapping):
             raise InvalidInputError("a profile window must be an object")
         version = doc.get("format")
@@ -257,79 +292,68 @@ def merge_wire(
         if type(n) is not int or n < 0:
             raise InvalidInputError("a window's 'windows' must be a non-negative integer")
         windows += n
-        window_counts: dict[str, Counts] = {}
-        for g in _GROUPS:
-            size = int(layouts[g][-1])
-            index, count = _sparse(doc.get(g, {"index": [], "count": []}), size, f"window {g}")
-            parts[g][0].extend(index)
-            parts[g][1].extend(count)
-            if sketches or index:
-                dense = np.zeros(size, np.int64)
-                dense[index] = count
-                window_counts[g] = dense
         found = doc.get("sketches", {})
         if not isinstance(found, Mapping):
             raise InvalidInputError("a window's sketches must be an object")
         for g in _GROUPS:
-            _merge_sketches(
-                found.get(g, {}),
-                profile,
-                g,
-                layouts[g],
-                window_counts.get(g),
-                out.sketches[g] if sketches else None,
-            )
+            i, c = _sparse(doc.get(g, {"index": [], "count": []}), f"window {w} {g}")
+            starts[g].append(len(index[g]))
+            index[g].extend(i)
+            count[g].extend(c)
+            texts = found.get(g, {})
+            if not isinstance(texts, Mapping):
+                raise InvalidInputError(f"a window's {g} sketches must be an object")
+            wanted = numeric[g]
+            for name, text in texts.items():
+                col = wanted.get(name)
+                if col is None:
+                    raise InvalidInputError(f"a window sketches no numeric {g} column {name!r}")
+                if not sketches:
+                    if not isinstance(text, str):
+                        raise InvalidInputError("a sketch must be a base64 string")
+                    continue
+                sketch = Sketch.from_text(text)
+                claimed[g].append((w, col, sketch.n))
+                mine = out.sketches[g][col]
+                if mine is None:
+                    out.sketches[g][col] = sketch
+                else:
+                    mine.merge(sketch)
+    total = w + 1
     for g in _GROUPS:
-        index, count = parts[g]
-        if index:
-            size = int(layouts[g][-1])
-            out.counts[g] = np.bincount(
-                np.asarray(index, np.int64), weights=np.asarray(count, np.float64), minlength=size
-            ).astype(np.int64)
+        layout = layouts[g]
+        size = int(layout[-1])
+        idx = _ints(index[g], f"window {g} indices")
+        cnt = _ints(count[g], f"window {g} counts")
+        begin = np.asarray(starts[g], np.int64)
+        _check_counts(idx, cnt, begin, size, g)
+        if idx.size:
+            out.counts[g] = np.bincount(idx, weights=cnt, minlength=size).astype(np.int64)
+        if not sketches or not numeric[g]:
+            continue
+        # values each window counted per numeric column (its buckets less its missing slot)
+        # against the values its sketch holds: a sketch of other data is refused
+        cols = len(layout) - 1
+        window_of = np.searchsorted(begin, np.arange(idx.size), side="right") - 1
+        col_of = np.searchsorted(layout, idx, side="right") - 1
+        present = idx != layout[col_of + 1] - 1
+        per = np.bincount(
+            (window_of * cols + col_of)[present], weights=cnt[present], minlength=total * cols
+        ).reshape(total, cols)
+        held = np.zeros((total, cols))
+        for win, col, n_held in claimed[g]:
+            held[win, col] = n_held
+        sketched = list(numeric[g].values())
+        mismatch = per[:, sketched] != held[:, sketched]
+        if mismatch.any():
+            win, j = np.argwhere(mismatch)[0]
+            name = _features(profile, g)[sketched[j]].name
+            raise InvalidInputError(
+                f"window {int(win)}: the sketch of {g} column {name!r} holds "
+                f"{int(held[win, sketched[j]])} values, the counts {int(per[win, sketched[j]])}"
+            )
     out.windows = windows
     return out
-
-
-def _merge_sketches(
-    found: Any,
-    profile: ReferenceProfile,
-    group: str,
-    layout: npt.NDArray[np.int64],
-    counts: Counts | None,
-    into: list[Sketch | None] | None,
-) -> None:
-    if not isinstance(found, Mapping):
-        raise InvalidInputError(f"a window's {group} sketches must be an object")
-    feats = _features(profile, group)
-    wanted = {
-        f.name: i
-        for i, f in enumerate(feats)
-        if isinstance(f, NumericProfile) and profile.sketch_k is not None
-    }
-    unknown = sorted(set(found) - set(wanted))
-    if unknown:
-        raise InvalidInputError(f"a window sketches no numeric {group} column {unknown[0]!r}")
-    for name, i in wanted.items():
-        present = 0 if counts is None else int(counts[layout[i] : layout[i + 1] - 1].sum())
-        text = found.get(name)
-        if text is None:
-            if present and into is not None:
-                raise InvalidInputError(f"the window has no sketch of {group} column {name!r}")
-            continue
-        if into is None:
-            if not isinstance(text, str):
-                raise InvalidInputError("a sketch must be a base64 string")
-            continue
-        s = Sketch.from_text(text)
-        if s.n != present:
-            raise InvalidInputError(
-                f"the sketch of {group} column {name!r} holds {s.n} values, the counts {present}"
-            )
-        mine = into[i]
-        if mine is None:
-            into[i] = s
-        else:
-            mine.merge(s)
 
 
 class _Group:
