@@ -40,9 +40,10 @@ rows at the hub make any χ² significant).
 The model's **score** is the largest PSI among drifting columns (0 when none), so the PSI
 bands read on it too; its verdict is ``drift`` when any column drifts,
 ``insufficient_data`` when no column has enough rows. Measured over stable windows of 53
-columns (``benchmarks/drift.py``, ``docs/benchmarks.md``): about 0.1 % of 200-row windows
-alarm (Holm alone, at alpha = 0.01, gave 1.3 %), none of 1,000-row windows (the PSI
-floor); an uncorrected χ² at 0.05 flags over 90 % of the same windows.
+columns (``benchmarks/drift.py``, ``docs/benchmarks.md``): 0–0.2 % of 200-row windows
+alarm (0 of 1,000, 2 of 1,000, 2 of 2,000 in three runs; Holm alone at alpha = 0.01 gave
+1.3 %), none of 1,000-row windows (the PSI floor); an uncorrected χ² at 0.05 flags over
+90 % of the same windows.
 
 Why χ² and not KS for the combined verdict: the counts merge exactly, so the verdict for
 a site or the fleet is the same whichever way the windows were merged, and it is
