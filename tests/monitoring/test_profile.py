@@ -257,8 +257,12 @@ def test_a_2d_array_counts_as_its_columns_in_profile_order() -> None:
     for row in batch:
         b.count(row.reshape(1, -1))
     b.count(np.empty((0, 4)))
-    wa, wb = a.snapshot(), b.snapshot()
+    big = ProfileCounter(prof, flush_rows=64)  # a batch above flush_rows: counted at once
+    big.count(batch)
+    wa, wb, wbig = a.snapshot(), b.snapshot(), big.snapshot()
     assert np.array_equal(wa.counts["inputs"], wb.counts["inputs"])
+    assert np.array_equal(wa.counts["inputs"], wbig.counts["inputs"])
+    assert [s.n for s in wbig.sketches["inputs"] if s is not None] == [300] * 4
     assert [wa.feature(n).n for n in prof.input_names] == [300] * 4
 
 
