@@ -1,12 +1,14 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|all]
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|drift|all]
 [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
 ``benchmarks/telemetry_hub.py``). ``rollout-core`` times the pure rollout core (cohorts plus
-gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest).
+gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest). ``drift``
+times the drift core (device counting per row, the hub's merge and statistics over 10,000 device
+windows) and measures its false-alarm rate over 1,000 stable windows (``benchmarks/drift.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -36,7 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "rollout-core", "all"],
+        choices=[
+            "serving",
+            "lifecycle",
+            "telemetry",
+            "telemetry-hub",
+            "rollout-core",
+            "drift",
+            "all",
+        ],
     )
     parser.add_argument(
         "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
@@ -85,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             ["--devices", str(args.devices), "--repeats", str(args.repeats), *extra]
         )
         if args.benchmark == "rollout-core":
+            return status
+    if args.benchmark in ("drift", "all"):
+        from benchmarks.drift import main as drift
+
+        extra = ["--no-docs"] if args.no_docs else []
+        status = drift(["--repeats", str(args.repeats), *extra]) or status
+        if args.benchmark == "drift":
             return status
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
