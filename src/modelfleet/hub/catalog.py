@@ -62,6 +62,7 @@ def drift_summary(manifest: PackageManifest) -> JSONDict:
         f"{len(p.outputs)} output columns",
     }
 
+
 CATALOG_PREFIX = "models/"
 """Every catalog target path starts with this (see :func:`model_target_path`)."""
 

@@ -331,7 +331,7 @@ class PackageProfile:
 # -- building at registration ---------------------------------------------------------------
 
 
-def _names_for(spec_name: str, width: int, single: bool) -> list[str]:
+def _names_for(spec_name: str, width: int) -> list[str]:
     if width == 1:
         return [spec_name]
     return [f"{spec_name}[{j}]" for j in range(width)]
@@ -339,7 +339,9 @@ def _names_for(spec_name: str, width: int, single: bool) -> list[str]:
 
 def _input_columns(
     schema: ModelSchema, table: ReferenceTable
-) -> tuple[dict[str, npt.NDArray[Any]], list[str], dict[str, npt.NDArray[Any]], list[TensorColumns]]:
+) -> tuple[
+    dict[str, npt.NDArray[Any]], list[str], dict[str, npt.NDArray[Any]], list[TensorColumns]
+]:
     """(feeds for the model, column names, columns by name, input layout)."""
     specs = schema.inputs
     widths = {s.name: _row_width(s) for s in specs}
@@ -373,11 +375,7 @@ def _input_columns(
                 )
             if key == "" or arr.ndim == 2:
                 base = key or ""
-                names = (
-                    [f"x{j}" for j in range(width)]
-                    if not base
-                    else _names_for(base, width, True)
-                )
+                names = [f"x{j}" for j in range(width)] if not base else _names_for(base, width)
             else:
                 names = [key]
             for j, n in enumerate(names):
@@ -411,7 +409,7 @@ def _input_columns(
                 f"reference column {s.name!r} gives {block.shape[1]} values per row; the "
                 f"input takes {width} (shape {list(s.shape)})"
             )
-        these = _names_for(s.name, width, False)
+        these = _names_for(s.name, width)
         for j, n in enumerate(these):
             cols[n] = block[:, j]
         names.extend(these)
@@ -442,7 +440,9 @@ def _as_input(spec: TensorSpec, columns: Sequence[npt.NDArray[Any]], rows: int) 
     return block.reshape(shape)
 
 
-def _run(session: Any, schema: ModelSchema, feeds: dict[str, npt.NDArray[Any]], rows: int) -> dict[str, npt.NDArray[Any]]:
+def _run(
+    session: Any, schema: ModelSchema, feeds: dict[str, npt.NDArray[Any]], rows: int
+) -> dict[str, npt.NDArray[Any]]:
     names = [o.name for o in schema.outputs]
     fixed = any(s.shape and s.shape[0] >= 0 for s in schema.inputs)
     step = 1 if fixed else _RUN_ROWS
@@ -511,7 +511,7 @@ def build_package_profile(
             continue  # not one row per input row: not profiled
         block = arr.reshape(table.rows, width)
         label = numpy_dtype(spec.datatype).kind in "iubOSU"
-        for j, n in enumerate(_names_for(spec.name, width, False)):
+        for j, n in enumerate(_names_for(spec.name, width)):
             out_cols[n] = block[:, j]
             if label:
                 out_cats.append(n)
