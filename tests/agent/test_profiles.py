@@ -193,3 +193,16 @@ def test_the_signed_manifest_profile_is_watched_when_the_device_loads_the_versio
     source.assign("dev-1", source.publish("m", 3, logistic_onnx(seed=2)[0]))
     updater.run_cycle()
     assert observer.watches("m", "1") and not observer.watches("m", "3")
+
+
+def test_a_request_that_does_not_fit_is_dropped_alone_and_counted_as_dropped() -> None:
+    pp = package_profile()
+    observer = ProfileObserver(block_rows=8)
+    observer.watch("m", "1", pp)
+    good = np.zeros((3, 3), np.float32)
+    observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))
+    observer.on_batch("m", "1", "production", {"X": np.zeros((2, 5), np.float32)}, {})
+    observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))
+    wire = observer.close([])[("m", "1", "production")]["profile"]
+    assert ProfileWindow.from_wire(wire, pp.profile).rows == 6
+    assert observer.dropped_rows == 1

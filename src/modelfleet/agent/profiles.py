@@ -3,11 +3,11 @@
 Issue 9. Each loaded version whose signed manifest carries a reference profile is
 *watched* (:meth:`ProfileObserver.watch`, called by the model loader before the version
 is routed). The infer endpoint hands every answered request of a watched version to
-:meth:`ProfileObserver.on_batch` — the request path only keeps references to the request's
-input tensors and the model's outputs (a dict lookup and a list append); every
-``block_rows`` rows (1024) the block is concatenated and counted at once
-(:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`, vectorised), so the
-per-request cost stays a few hundred nanoseconds and the counting ~1 µs per row.
+:meth:`ProfileObserver.on_batch` — the request path copies the request's rows of the profiled
+tensors into preallocated block buffers (one slice assignment per tensor: nothing of the
+request stays alive, so the garbage collector has no more to walk); every ``block_rows``
+rows (1024) the block is counted at once
+(:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`, vectorised).
 
 At each telemetry window close (:meth:`ProfileObserver.close`, the closer thread) the
 counts of each (model, version, role) become the window record's ``"profile"`` field
@@ -44,15 +44,78 @@ Tensors = Mapping[str, npt.NDArray[Any]]
 Key = tuple[str, str, str]
 
 
+_UNFIT: Final = (InvalidInputError, KeyError, ValueError, TypeError)
+
+
+def _log_unfit(rows: int, error: Exception) -> None:
+    log.warning("drift counts: %d rows not counted, they do not fit the profile: %s", rows, error)
+
+
 class _Series:
-    """One window's pending tensors and counter of one (model, version, role)."""
+    """One window's block buffers and counter of one (model, version, role).
 
-    __slots__ = ("counter", "pending", "rows")
+    The request path copies each request's rows into preallocated per-tensor buffers (a
+    slice assignment per tensor; nothing of the request is kept alive, so the garbage
+    collector sees no more objects); a full block is counted at once.
+    """
 
-    def __init__(self, counter: ProfileCounter) -> None:
+    __slots__ = ("buffers", "counter", "fill", "profile")
+
+    def __init__(self, profile: PackageProfile, counter: ProfileCounter) -> None:
+        self.profile = profile
         self.counter = counter
-        self.pending: list[tuple[Tensors, Tensors]] = []
-        self.rows = 0
+        self.buffers: dict[str, npt.NDArray[Any]] = {}
+        self.fill = 0
+
+    def add(self, inputs: Tensors, outputs: Tensors, block: int) -> int:
+        """Copy one request's profiled tensors in, counting the block when it is full.
+
+        Returns:
+            Rows that could not be counted (0 unless tensors did not fit the profile).
+        """
+        first = inputs[self.profile.inputs[0].tensor]
+        rows = int(first.shape[0]) if first.ndim else 1
+        dropped = 0
+        if self.fill + rows > block:
+            dropped = self.flush()
+        if rows >= block:  # a large batch: counted as it is
+            try:
+                self._count_tensors(inputs, outputs)
+            except _UNFIT as e:
+                _log_unfit(rows, e)
+                dropped += rows
+            return dropped
+        fill = self.fill
+        buffers = self.buffers
+        for group, tensors in ((self.profile.inputs, inputs), (self.profile.outputs, outputs)):
+            for t in group:
+                arr = tensors[t.tensor]
+                buf = buffers.get(t.tensor)
+                if buf is None:
+                    kind = arr.dtype.kind
+                    dtype = object if kind in "OSU" else arr.dtype
+                    buf = buffers[t.tensor] = np.empty((block, t.columns), dtype)
+                buf[fill : fill + rows] = arr.reshape(rows, t.columns)
+        self.fill = fill + rows
+        return dropped
+
+    def flush(self) -> int:
+        """Count what the buffers hold; returns the rows that could not be counted."""
+        rows, self.fill = self.fill, 0
+        if not rows:
+            return 0
+        view = {name: buf[:rows] for name, buf in self.buffers.items()}
+        try:
+            self._count_tensors(view, view)
+        except _UNFIT as e:
+            _log_unfit(rows, e)
+            return rows
+        return 0
+
+    def _count_tensors(self, inputs: Tensors, outputs: Tensors) -> None:
+        profile = self.profile
+        counted_outputs = profile.batch(outputs, "outputs") if profile.outputs else None
+        self.counter.count(profile.batch(inputs, "inputs"), counted_outputs)
 
 
 class ProfileObserver:
@@ -60,7 +123,7 @@ class ProfileObserver:
 
     Thread-safety: :meth:`on_batch` runs on the event loop, :meth:`watch` on the updater's
     thread, :meth:`close` on the telemetry closer; one lock guards the table (the request
-    path holds it for an append, and for the count of a full block).
+    path holds it for the copy, and for the count of a full block).
 
     Args:
         sketches: keep KLL sketches (for KS) as the profiles ask; False counts bins only.
@@ -75,7 +138,7 @@ class ProfileObserver:
         self._profiles: dict[tuple[str, str], PackageProfile] = {}
         self._series: dict[Key, _Series] = {}
         self._lock = threading.Lock()
-        #: Blocks that could not be counted (tensors that did not fit the profile).
+        #: Rows that could not be counted (tensors that did not fit the profile).
         self.dropped_rows = 0
 
     # -- the loader (updater thread) --------------------------------------------------------
@@ -103,25 +166,28 @@ class ProfileObserver:
     def on_batch(
         self, model: str, version: str, role: str, inputs: Tensors, outputs: Tensors
     ) -> None:
-        """One answered request of a watched version: its tensors are kept, and counted
-        with the next full block. The arrays must not be changed afterwards (the request
-        path never does: they are the request's and the runtime's own)."""
+        """One answered request of a watched version: its rows are copied into the
+        window's block buffers, counted when a block is full.
+
+        A request whose tensors do not fit the profile (it cannot happen for a request
+        the model answered) is not counted, logged and counted in :attr:`dropped_rows`.
+        """
         profile = self._profiles.get((model, version))
         if profile is None:
             return
-        first = inputs.get(profile.inputs[0].tensor)
-        rows = 1 if first is None or not first.ndim else int(first.shape[0])
         key = (model, version, role)
         with self._lock:
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series(
-                    ProfileCounter(profile.profile, self.block_rows, sketches=self.sketches)
+                    profile,
+                    ProfileCounter(profile.profile, self.block_rows, sketches=self.sketches),
                 )
-            series.pending.append((inputs, outputs))
-            series.rows += rows
-            if series.rows >= self.block_rows:
-                self._count(profile, series)
+            try:
+                self.dropped_rows += series.add(inputs, outputs, self.block_rows)
+            except _UNFIT as e:  # this request's tensors did not fit: the block is intact
+                _log_unfit(1, e)
+                self.dropped_rows += 1
 
     # -- the closer -------------------------------------------------------------------------
 
@@ -135,10 +201,7 @@ class ProfileObserver:
             profiles = dict(self._profiles)
         out: dict[Key, dict[str, Any]] = {}
         for key, series in table.items():
-            profile = profiles.get(key[:2])
-            if profile is None:
-                continue
-            self._count(profile, series)
+            self.dropped_rows += series.flush()
             out[key] = {"profile": series.counter.snapshot().to_wire()}
         for key in keys:
             profile = profiles.get(key[:2])
@@ -147,35 +210,3 @@ class ProfileObserver:
             counter = ProfileCounter(profile.profile, 1, sketches=self.sketches)
             out[key] = {"profile": counter.snapshot().to_wire()}
         return out
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _count(self, profile: PackageProfile, series: _Series) -> None:
-        """Count the pending tensors of ``series`` as one block."""
-        pending, series.pending, series.rows = series.pending, [], 0
-        if not pending:
-            return
-        try:
-            inputs = _concat([p[0] for p in pending], [t.tensor for t in profile.inputs])
-            outputs = None
-            if profile.outputs:
-                outputs = profile.batch(
-                    _concat([p[1] for p in pending], [t.tensor for t in profile.outputs]),
-                    "outputs",
-                )
-            series.counter.count(profile.batch(inputs, "inputs"), outputs)
-        except (InvalidInputError, KeyError, ValueError) as e:
-            rows = sum(_rows(p[0], profile) for p in pending)
-            self.dropped_rows += rows
-            log.warning("drift counts: %d rows not counted: %s", rows, e)
-
-
-def _concat(parts: list[Tensors], names: list[str]) -> dict[str, npt.NDArray[Any]]:
-    if len(parts) == 1:
-        return {n: parts[0][n] for n in names}
-    return {n: np.concatenate([p[n] for p in parts]) for n in names}
-
-
-def _rows(tensors: Tensors, profile: PackageProfile) -> int:
-    first = tensors.get(profile.inputs[0].tensor)
-    return 1 if first is None or not first.ndim else int(first.shape[0])
