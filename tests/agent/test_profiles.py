@@ -195,14 +195,19 @@ def test_the_signed_manifest_profile_is_watched_when_the_device_loads_the_versio
     assert observer.watches("m", "1") and not observer.watches("m", "3")
 
 
-def test_a_request_that_does_not_fit_is_dropped_alone_and_counted_as_dropped() -> None:
+def test_a_block_that_does_not_fit_is_dropped_counted_and_counting_goes_on() -> None:
+    # cannot happen for requests the model answered (their shapes are the schema's, which
+    # the profile was checked against at load): the observer still never raises
     pp = package_profile()
     observer = ProfileObserver(block_rows=8)
     observer.watch("m", "1", pp)
     good = np.zeros((3, 3), np.float32)
     observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))
-    observer.on_batch("m", "1", "production", {"X": np.zeros((2, 5), np.float32)}, {})
+    bad = np.zeros((2, 5), np.float32)
+    observer.on_batch("m", "1", "production", {"X": bad}, outputs_of(good[:2]))
+    observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))  # block of 8
+    observer.on_batch("m", "1", "production", {"X": np.zeros((1, 3))}, {})  # no outputs
     observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))
     wire = observer.close([])[("m", "1", "production")]["profile"]
-    assert ProfileWindow.from_wire(wire, pp.profile).rows == 6
-    assert observer.dropped_rows == 1
+    assert ProfileWindow.from_wire(wire, pp.profile).rows == 3
+    assert observer.dropped_rows == 8 + 1  # the bad block, then the request without outputs

@@ -3,10 +3,9 @@
 Issue 9. Each loaded version whose signed manifest carries a reference profile is
 *watched* (:meth:`ProfileObserver.watch`, called by the model loader before the version
 is routed). The infer endpoint hands every answered request of a watched version to
-:meth:`ProfileObserver.on_batch` — the request path copies the request's rows of the profiled
-tensors into preallocated block buffers (one slice assignment per tensor: nothing of the
-request stays alive, so the garbage collector has no more to walk); every ``block_rows``
-rows (1024) the block is counted at once
+:meth:`ProfileObserver.on_batch` — the request path appends each profiled tensor of the
+request to a list (no copy; numpy arrays are no work for the garbage collector); every
+``block_rows`` rows (1024) the block is concatenated and counted at once
 (:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`, vectorised).
 
 At each telemetry window close (:meth:`ProfileObserver.close`, the closer thread) the
@@ -52,70 +51,75 @@ def _log_unfit(rows: int, error: Exception) -> None:
 
 
 class _Series:
-    """One window's block buffers and counter of one (model, version, role).
+    """One window's pending rows and counter of one (model, version, role).
 
-    The request path copies each request's rows into preallocated per-tensor buffers (a
-    slice assignment per tensor; nothing of the request is kept alive, so the garbage
-    collector sees no more objects); a full block is counted at once.
+    The request path appends each profiled tensor of a request to that tensor's list:
+    the arrays are kept (numpy arrays are not garbage-collector containers, so the
+    collector has no more objects to walk), no copy is made, no dict is kept. A full
+    block is concatenated per tensor and counted at once.
     """
 
-    __slots__ = ("buffers", "counter", "fill", "profile")
+    __slots__ = ("counter", "fill", "first", "in_slots", "out_slots", "profile")
 
     def __init__(self, profile: PackageProfile, counter: ProfileCounter) -> None:
         self.profile = profile
         self.counter = counter
-        self.buffers: dict[str, npt.NDArray[Any]] = {}
+        self.first = profile.inputs[0].tensor
+        self.in_slots: list[tuple[str, list[npt.NDArray[Any]]]] = [
+            (t.tensor, []) for t in profile.inputs
+        ]
+        self.out_slots: list[tuple[str, list[npt.NDArray[Any]]]] = [
+            (t.tensor, []) for t in profile.outputs
+        ]
         self.fill = 0
 
     def add(self, inputs: Tensors, outputs: Tensors, block: int) -> int:
-        """Copy one request's profiled tensors in, counting the block when it is full.
+        """Keep one request's profiled tensors, counting the block when it is full.
 
         Returns:
-            Rows that could not be counted (0 unless tensors did not fit the profile).
+            Rows that could not be counted (0 unless tensors did not fit the profile, or
+            one was missing: then the pending block is dropped).
         """
-        first = inputs[self.profile.inputs[0].tensor]
-        rows = int(first.shape[0]) if first.ndim else 1
-        dropped = 0
-        if self.fill + rows > block:
-            dropped = self.flush()
-        if rows >= block:  # a large batch: counted as it is
-            try:
-                self._count_tensors(inputs, outputs)
-            except _UNFIT as e:
-                _log_unfit(rows, e)
-                dropped += rows
-            return dropped
-        fill = self.fill
-        buffers = self.buffers
-        for group, tensors in ((self.profile.inputs, inputs), (self.profile.outputs, outputs)):
-            for t in group:
-                arr = tensors[t.tensor]
-                buf = buffers.get(t.tensor)
-                if buf is None:
-                    kind = arr.dtype.kind
-                    dtype = object if kind in "OSU" else arr.dtype
-                    buf = buffers[t.tensor] = np.empty((block, t.columns), dtype)
-                buf[fill : fill + rows] = arr.reshape(rows, t.columns)
-        self.fill = fill + rows
-        return dropped
+        try:
+            first = inputs[self.first]
+            for name, part in self.in_slots:
+                part.append(inputs[name])
+            for name, part in self.out_slots:
+                part.append(outputs[name])
+        except KeyError as e:  # cannot happen for an answered request: drop, never raise
+            rows = self.fill + 1
+            self._clear()
+            _log_unfit(rows, e)
+            return rows
+        self.fill += int(first.shape[0]) if first.ndim else 1
+        return self.flush() if self.fill >= block else 0
+
+    def _clear(self) -> None:
+        self.fill = 0
+        for _, part in (*self.in_slots, *self.out_slots):
+            part.clear()
 
     def flush(self) -> int:
-        """Count what the buffers hold; returns the rows that could not be counted."""
-        rows, self.fill = self.fill, 0
+        """Count the pending rows; returns the rows that could not be counted."""
+        rows = self.fill
         if not rows:
             return 0
-        view = {name: buf[:rows] for name, buf in self.buffers.items()}
+        profile = self.profile
         try:
-            self._count_tensors(view, view)
+            ins = {name: _joined(part) for name, part in self.in_slots}
+            outs = {name: _joined(part) for name, part in self.out_slots}
+            self._clear()
+            counted_outputs = profile.batch(outs, "outputs") if profile.outputs else None
+            self.counter.count(profile.batch(ins, "inputs"), counted_outputs)
         except _UNFIT as e:
+            self._clear()
             _log_unfit(rows, e)
             return rows
         return 0
 
-    def _count_tensors(self, inputs: Tensors, outputs: Tensors) -> None:
-        profile = self.profile
-        counted_outputs = profile.batch(outputs, "outputs") if profile.outputs else None
-        self.counter.count(profile.batch(inputs, "inputs"), counted_outputs)
+
+def _joined(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)  # a new array: parts may go
 
 
 class ProfileObserver:
@@ -123,7 +127,7 @@ class ProfileObserver:
 
     Thread-safety: :meth:`on_batch` runs on the event loop, :meth:`watch` on the updater's
     thread, :meth:`close` on the telemetry closer; one lock guards the table (the request
-    path holds it for the copy, and for the count of a full block).
+    path holds it for a few appends, and for the count of a full block).
 
     Args:
         sketches: keep KLL sketches (for KS) as the profiles ask; False counts bins only.
@@ -183,11 +187,7 @@ class ProfileObserver:
                     profile,
                     ProfileCounter(profile.profile, self.block_rows, sketches=self.sketches),
                 )
-            try:
-                self.dropped_rows += series.add(inputs, outputs, self.block_rows)
-            except _UNFIT as e:  # this request's tensors did not fit: the block is intact
-                _log_unfit(1, e)
-                self.dropped_rows += 1
+            self.dropped_rows += series.add(inputs, outputs, self.block_rows)
 
     # -- the closer -------------------------------------------------------------------------
 
