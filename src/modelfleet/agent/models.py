@@ -111,6 +111,16 @@ def onnx_loader(
         decisions = None if manifest is None else manifest.effective_decisions()
         model = LoadedModel.load(name, version, path, sha256, runtime, decisions)
         if profiles is not None:
+            if manifest is not None and str(manifest.version) != version:
+                # version folders are keyed by the model's digest: another version of the
+                # same bytes installed the manifest found here, and its profile is not ours
+                log.warning(
+                    "%s v%s: drift not counted, the manifest beside it is v%s's",
+                    name,
+                    version,
+                    manifest.version,
+                )
+                manifest = None
             profiles(name, version, profile_of(manifest))
         return model
 
