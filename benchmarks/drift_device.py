@@ -8,6 +8,7 @@
   version (its reference profile built from 5,000 rows with the model's outputs, sketches
   off as the agent's default, then on). Phases alternate; the ratios are of adjacent
   phases. The block count (every 1,024 rows) runs on the event loop, inside one request.
+* ``serving_slow_model``: the same off/on comparison with a model of ~0.2 ms a request.
 * ``window_bytes``: the ``profile`` field of one window after 6,000 rows (a busy minute at
   100 rows/s), as JSON, with and without sketches, for the model's profile (10 inputs, 4
   outputs) and for 20 and 50 numeric features.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 
@@ -107,6 +109,83 @@ def bench_serving(directory: Path, seconds: float, rounds: int) -> dict[str, Any
     return out
 
 
+def bench_serving_slow(directory: Path, size: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Off vs on (bins) for a model that costs ~0.2 ms a request (the logistic model with a
+    ``size``×``size`` matrix product on the side, ``tests.helpers.slow_logistic_onnx``)."""
+    from tests.helpers import logistic_onnx, slow_logistic_onnx
+
+    from benchmarks.serving.inproc import _AsgiCall
+    from modelfleet.agent.app import build_agent_app
+    from modelfleet.agent.metrics import AgentMetrics
+    from modelfleet.agent.profiles import ProfileObserver
+    from modelfleet.clock import SystemClock
+    from modelfleet.hashing import sha256_file
+    from modelfleet.packaging.reference import ReferenceTable, build_package_profile
+    from modelfleet.serving.host import ModelHost
+    from modelfleet.serving.router import Route
+    from modelfleet.serving.runtime import LoadedModel
+    from modelfleet.telemetry.windows import WindowRecorder
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "slow.onnx"
+    path.write_bytes(slow_logistic_onnx(size=size))
+    x = logistic_onnx()[1]
+    model = LoadedModel.load("lr", "1", path, sha256_file(path)[0])
+    model.warm_up()
+    host = ModelHost()
+    host.set_route("lr", Route(model))
+    metrics = AgentMetrics(host)
+    profile = build_package_profile(path.read_bytes(), ReferenceTable({"": x}), sketches=False)
+    row = [float(v) for v in x[7]]
+    body = orjson.dumps(
+        {"inputs": [{"name": "X", "shape": [1, 10], "datatype": "FP32", "data": row}]}
+    )
+    calls = {}
+    for name in ("off", "on"):
+        observer = None
+        if name == "on":
+            observer = ProfileObserver()
+            observer.watch("lr", "1", profile)
+        recorder = WindowRecorder("edge-1", SystemClock().now())
+        app = build_agent_app(host, metrics=metrics, observers=[recorder], batches=observer)
+        calls[name] = _AsgiCall(app, body)
+
+    async def closed_loop(call: Any, duration: float) -> npt.NDArray[np.float64]:
+        lat: list[float] = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            await call()
+            lat.append(time.perf_counter() - t)
+        return np.array(lat)
+
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
+    for name in calls:
+        asyncio.run(closed_loop(calls[name], 0.3))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            lat = asyncio.run(closed_loop(call, seconds))
+            runs[name].append(
+                {
+                    "requests_per_s": len(lat) / seconds,
+                    "p50_us": float(np.percentile(lat, 50) * 1e6),
+                    "p99_us": float(np.percentile(lat, 99) * 1e6),
+                }
+            )
+    out: dict[str, Any] = {
+        name: {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
+        for name in runs
+    }
+    out["on_p99_ratio"] = statistics.median(
+        o["p99_us"] / f["p99_us"] for f, o in zip(runs["off"], runs["on"], strict=True)
+    )
+    out["on_throughput_ratio"] = statistics.median(
+        o["requests_per_s"] / f["requests_per_s"]
+        for f, o in zip(runs["off"], runs["on"], strict=True)
+    )
+    return out
+
+
 def bench_window_bytes(directory: Path, rows: int = 6000) -> dict[str, Any]:
     from benchmarks.serving.model import make_model
     from modelfleet.agent.profiles import ProfileObserver
@@ -183,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             "observer": bench_observer(),
             "window_bytes": bench_window_bytes(Path(d) / "bytes"),
             "serving": bench_serving(Path(d) / "serving", args.seconds, args.rounds),
+            "serving_slow_model": bench_serving_slow(
+                Path(d) / "slow", 200, args.seconds, args.rounds
+            ),
         }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -199,6 +281,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: p99 ratio {s[f'{name}_p99_ratio']:.3f}, throughput ratio "
             f"{s[f'{name}_throughput_ratio']:.3f}"
         )
+    slow = result["serving_slow_model"]
+    for name in ("off", "on"):
+        r = slow[name]
+        print(
+            f"slow model {name:4s} {r['requests_per_s']:6.0f} req/s  p50 {r['p50_us']:6.1f} µs  "
+            f"p99 {r['p99_us']:6.1f} µs"
+        )
+    print(
+        f"slow model on: p99 ratio {slow['on_p99_ratio']:.3f}, throughput ratio "
+        f"{slow['on_throughput_ratio']:.3f}"
+    )
     for name, us in result["observer"].items():
         print(f"on_batch, 20 features, {name}: {us:.2f} µs")
     for name, size in result["window_bytes"].items():
