@@ -46,6 +46,9 @@ def test_an_agent_counts_what_it_serves_into_the_signed_profile(
     assert reg.returncode == 0, reg.stderr
     digest = json.loads(reg.stdout)["drift"]["reference_profile"]
     url, _state, agent = start_agent(hub, spawn, tmp_path, "edge-1", "--telemetry-window-s", "1")
+    url2, _, _ = start_agent(
+        hub, spawn, tmp_path, "edge-2", "--telemetry-window-s", "1", "--drift-sketches"
+    )
     assert cli("deploy", "m", "1", "--all", env=hub.env()).returncode == 0
     infer = f"{url}/v2/models/m/infer"
     assert wait_for(lambda: httpx.post(infer, json=body(x[:1])).status_code == 200)
@@ -81,6 +84,18 @@ def test_an_agent_counts_what_it_serves_into_the_signed_profile(
     assert merged.rows == total == want.rows
     for g in ("inputs", "outputs"):
         np.testing.assert_array_equal(merged.counts[g], want.counts[g])
+
+    # the agent run with --drift-sketches sends KLL sketches of what it served
+    assert httpx.post(f"{url2}/v2/models/m/infer", json=body(x[:50])).status_code == 200
+
+    def sketched() -> list[dict[str, Any]]:
+        return [w for w in windows(hub, "edge-2") if w["requests"]["ok"] and "profile" in w]
+
+    assert wait_for(lambda: bool(sketched()), timeout=60)
+    wire = sketched()[0]["profile"]
+    assert "sketched" not in wire and set(wire["sketches"]["inputs"]) == {
+        f"x{i}" for i in range(10)
+    }
 
     # a version registered without a reference: its windows carry no profile
     reg2 = cli("model", "register", "m", str(tmp_path / "m.onnx"), env=hub.env())
