@@ -366,6 +366,7 @@ class Rollout(Base):
     ``streaks`` and ``reason`` are the state machine's ``Progress``; ``revision`` grows with
     every change of the row, so a writer that read an older one knows it lost a race.
     ``from_version`` is the control: the production most target devices ran at creation.
+    ``stage_count`` is the cohort plan's (blast-radius overflow stages included).
     ``stable_since`` is when it reached its last stage below 100 % (or completed), for the
     safety lag of other rollouts of the same version.
     """
@@ -380,6 +381,7 @@ class Rollout(Base):
     plan: Mapped[dict[str, Any]]
     state: Mapped[str] = mapped_column(String(32))
     stage: Mapped[int] = mapped_column(Integer)
+    stage_count: Mapped[int] = mapped_column(Integer)
     stage_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     streaks: Mapped[dict[str, Any]]
     reason: Mapped[str] = mapped_column(Text, default="")

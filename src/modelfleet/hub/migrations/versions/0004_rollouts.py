@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("plan", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(32), nullable=False),
         sa.Column("stage", sa.Integer(), nullable=False),
+        sa.Column("stage_count", sa.Integer(), nullable=False),
         sa.Column("stage_started_at", UTCDateTime(), nullable=True),
         sa.Column("streaks", sa.JSON(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
