@@ -10,8 +10,12 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from modelfleet.errors import InvalidInputError
 
 __all__ = ["MAX_STAGES", "CohortPlan", "plan_cohorts", "position", "stage_counts"]
 
@@ -26,7 +30,8 @@ def position(device_id: str, rollout_id: str) -> float:
     The same pair always gives the same position; different rollouts shuffle the fleet
     independently.
     """
-    raise NotImplementedError
+    digest = hashlib.sha256(rollout_id.encode() + b"\0" + device_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def stage_counts(n: int, percents: Sequence[float]) -> list[int]:
@@ -39,7 +44,22 @@ def stage_counts(n: int, percents: Sequence[float]) -> list[int]:
     Raises:
         InvalidInputError: ``n < 0``, no percents, or a percent outside (0, 100].
     """
-    raise NotImplementedError
+    if n < 0:
+        raise InvalidInputError(f"fleet size must not be negative, got {n}")
+    if not percents:
+        raise InvalidInputError("at least one stage percent is needed")
+    counts: list[int] = []
+    for p in percents:
+        if not (math.isfinite(p) and 0.0 < p <= 100.0):
+            raise InvalidInputError(f"stage percent must be in (0, 100], got {p}")
+        if p >= 100.0:
+            c = n
+        else:
+            # The epsilon keeps 9 % of 100 at 9 when n * p / 100 lands a hair above it.
+            c = math.ceil(n * p / 100.0 - 1e-9)
+            c = min(max(c, 1 if n >= 1 else 0), n - 1 if n >= 2 else n)
+        counts.append(max(c, counts[-1]) if counts else c)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -58,15 +78,23 @@ class CohortPlan:
 
     def members(self, k: int) -> list[str]:
         """Every device in stage ``k`` (cumulative: ``stage_of <= k``), in rollout order."""
-        raise NotImplementedError
+        return [d for d, s in self.stage_of.items() if s <= k]
 
     def added(self, k: int) -> list[str]:
         """The devices stage ``k`` adds (``stage_of == k``), in rollout order."""
-        raise NotImplementedError
+        return [d for d, s in self.stage_of.items() if s == k]
 
     def sizes(self) -> list[int]:
         """Cumulative member count per stage (``len(members(k))`` for every k)."""
-        raise NotImplementedError
+        added = [0] * self.stages
+        for s in self.stage_of.values():
+            added[s] += 1
+        out: list[int] = []
+        total = 0
+        for a in added:
+            total += a
+            out.append(total)
+        return out
 
 
 def plan_cohorts(
@@ -88,4 +116,45 @@ def plan_cohorts(
         InvalidInputError: bad percents (see :func:`stage_counts`), or a blast-radius group so
             large that more than :data:`MAX_STAGES` stages would be needed.
     """
-    raise NotImplementedError
+    groups = groups or {}
+    unique = dict.fromkeys(device_ids)
+    ordered = sorted(unique, key=lambda d: (position(d, rollout_id), d))
+    counts = stage_counts(len(ordered), percents)
+    sizes: dict[str, int] = {}
+    for d in ordered:
+        g = groups.get(d)
+        if g is not None:
+            sizes[g] = sizes.get(g, 0) + 1
+    if sizes:
+        biggest = max(sizes, key=lambda g: (sizes[g], g))
+        if sizes[biggest] > MAX_STAGES:
+            raise InvalidInputError(
+                f"blast-radius group {biggest!r} has {sizes[biggest]} devices: it would need "
+                f"as many stages (at most {MAX_STAGES}); use a narrower group tag"
+            )
+    stage_of: dict[str, int] = {}
+    remaining = ordered
+    k = 0
+    while remaining:
+        # Past the plan's last stage every remaining device is due (the last count is n).
+        target = counts[k] if k < len(counts) else len(ordered)
+        need = target - len(stage_of)
+        used: set[str] = set()
+        later: list[str] = []
+        for d in remaining:
+            if need <= 0:
+                later.append(d)
+                continue
+            g = groups.get(d)
+            if g is not None:
+                if g in used:
+                    later.append(d)
+                    continue
+                used.add(g)
+            stage_of[d] = k
+            need -= 1
+        remaining = later
+        k += 1
+    stages = max(k, len(counts))
+    # Rollout order: by position, as `ordered`.
+    return CohortPlan({d: stage_of[d] for d in ordered}, stages)

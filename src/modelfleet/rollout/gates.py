@@ -19,7 +19,7 @@ Verdicts per gate (issue 8):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -58,7 +58,7 @@ class GroupStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (stored with the evidence)."""
-        raise NotImplementedError
+        return asdict(self)
 
 
 class Verdict(StrEnum):
@@ -97,7 +97,10 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields."""
-        raise NotImplementedError
+        out = asdict(self)
+        out["metric"] = self.metric.value
+        out["verdict"] = self.verdict.value
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,18 @@ class Evaluation:
     @property
     def reason(self) -> str:
         """The reasons of the gates that did not pass, joined; ``"all gates pass"`` otherwise."""
-        raise NotImplementedError
+        if not self.results:
+            return "no gates"
+        failing = [r.reason for r in self.results if r.verdict is not Verdict.PASS]
+        return "; ".join(failing) if failing else "all gates pass"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: verdict, reason and every result."""
-        raise NotImplementedError
+        return {
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 def evaluate(
@@ -150,4 +160,98 @@ def evaluate(
     Returns:
         The evaluation; its :attr:`Evaluation.streaks` are the streaks to pass next time.
     """
-    raise NotImplementedError
+    results = tuple(_gate(g, stage, control, streaks.get(g.metric.value, 0)) for g in gates)
+    verdicts = {r.verdict for r in results}
+    if Verdict.FAIL in verdicts:
+        verdict = Verdict.FAIL
+    elif results and verdicts == {Verdict.PASS}:
+        verdict = Verdict.PASS
+    else:
+        verdict = Verdict.HOLD
+    return Evaluation(verdict, results)
+
+
+_COUNTS = frozenset({GateMetric.GUARD_ROLLBACKS, GateMetric.CRASHES})
+
+
+def _samples(metric: GateMetric, g: GroupStats) -> int:
+    if metric is GateMetric.SHADOW_DISAGREEMENT:
+        return g.shadow_compared
+    if metric is GateMetric.CONFIDENCE_SHIFT:
+        return g.confidence_samples
+    return g.requests
+
+
+def _value(metric: GateMetric, g: GroupStats, per_device: bool) -> float | None:
+    """The group's own value of a metric (confidence: its mean), None without data."""
+    if metric is GateMetric.LATENCY_P99:
+        return g.latency_p99_s
+    if metric in _COUNTS:
+        n = g.guard_rollbacks if metric is GateMetric.GUARD_ROLLBACKS else g.crashes
+        if not per_device:
+            return float(n)
+        return n / g.devices if g.devices else None
+    if metric is GateMetric.SHADOW_DISAGREEMENT:
+        return g.shadow_disagreed / g.shadow_compared if g.shadow_compared else None
+    if metric is GateMetric.CONFIDENCE_SHIFT:
+        return g.confidence_mean if g.confidence_samples else None
+    part = g.errors if metric is GateMetric.ERROR_RATE else g.refusals
+    return part / g.requests if g.requests else None
+
+
+def _enough(spec: GateSpec, g: GroupStats) -> str:
+    """Why a group has too little data for the gate, or "" when it has enough."""
+    if g.devices < spec.min_devices:
+        return f"{g.devices} reporting devices < {spec.min_devices}"
+    samples = _samples(spec.metric, g)
+    if samples < spec.min_samples:
+        return f"{samples} samples < {spec.min_samples}"
+    return ""
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.6g}"
+
+
+def _gate(spec: GateSpec, stage: GroupStats, control: GroupStats | None, streak: int) -> GateResult:
+    m = spec.metric
+    samples = _samples(m, stage)
+    # Values first, shown as evidence even when the verdict holds for data.
+    ctl: float | None = None
+    limit: float | None = spec.max
+    if m is GateMetric.CONFIDENCE_SHIFT:
+        mean = _value(m, stage, per_device=False)
+        ctl = None if control is None else _value(m, control, per_device=False)
+        value = None if mean is None or ctl is None else abs(mean - ctl)
+    else:
+        value = _value(m, stage, per_device=spec.relative)
+        if spec.relative:
+            ctl = None if control is None else _value(m, control, per_device=True)
+            ratio = 1.0 if spec.max_ratio is None else spec.max_ratio
+            limit = None if ctl is None else ctl * ratio + (spec.max_delta or 0.0)
+    needs_control = spec.relative or m is GateMetric.CONFIDENCE_SHIFT
+
+    def result(verdict: Verdict, new_streak: int, reason: str) -> GateResult:
+        return GateResult(
+            m, value, ctl, limit, stage.devices, samples, verdict, new_streak, f"{m}: {reason}"
+        )
+
+    if m in _COUNTS and spec.max is not None and value is not None and value > spec.max:
+        # A guard rollback or crash counts at once: no data minimum, no streak to wait for.
+        return result(Verdict.FAIL, streak + 1, f"{value:g} > max {spec.max:g}, fails at once")
+    short = _enough(spec, stage)
+    if short:
+        return result(Verdict.HOLD, streak, f"holding for data: {short}")
+    if needs_control:
+        why = "no control group" if control is None else _enough(spec, control)
+        if why or ctl is None:
+            return result(Verdict.HOLD, streak, f"holding for control: {why or 'no value'}")
+    if value is None or limit is None:
+        return result(Verdict.HOLD, streak, "holding for data: no value")
+    if value <= limit:
+        return result(Verdict.PASS, 0, f"{_fmt(value)} <= {_fmt(limit)}")
+    bad = streak + 1
+    over = f"{_fmt(value)} > {_fmt(limit)}"
+    if bad >= spec.consecutive:
+        return result(Verdict.FAIL, bad, f"{over}, {bad} times in a row")
+    return result(Verdict.BAD, bad, f"{over} ({bad} of {spec.consecutive} in a row)")
