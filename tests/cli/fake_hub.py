@@ -261,8 +261,10 @@ class FakeHub:
                     "evaluated_at": "2026-12-02T15:01:00Z",
                     "verdict": "hold",
                     "evidence": {
-                        "verdict": "hold",
-                        "results": [{"metric": "error_rate", "verdict": "hold"}],
+                        "evaluation": {
+                            "verdict": "hold",
+                            "results": [{"metric": "error_rate", "verdict": "hold"}],
+                        }
                     },
                 }
             ]

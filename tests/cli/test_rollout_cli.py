@@ -32,7 +32,7 @@ stages:
   - {name: full, percent: 100, soak: 0}
 gates:
   - {metric: error_rate, max_delta: 0.01, min_devices: 3}
-change: {window: {tz: Europe/Berlin, days: [mon, tue], start: 6:00, end: 14:00}}
+change: {window: {tz: Europe/Berlin, days: [mon, tue], start: 06:00, end: 14:00}}
 on_failure: pause
 """
 
@@ -67,7 +67,7 @@ def test_plan_file_is_sent_as_written_with_clock_times_kept(
     sent = fake_hub.fake.requests[-1][2]
     assert sent["target"] == {"sites": ["plant-a"], "tags": ["line1"]}
     # YAML 1.1 would have sent 360 and 840 (base 60): the change window must stay readable.
-    assert sent["change"]["window"]["start"] == "6:00"
+    assert sent["change"]["window"]["start"] == "06:00"
     assert sent["change"]["window"]["end"] == "14:00"
     assert sent["stages"][0] == {"name": "canary", "percent": 1, "soak": "30m"}
 
@@ -129,7 +129,7 @@ def test_plain_create_builds_the_plan_from_options(cli: Cli, fake_hub: Served) -
             {"name": "canary", "percent": 1, "soak": 1800.0},
             {"name": "early", "percent": 9, "soak": 1800.0},
             {"name": "stable", "percent": 90, "soak": 1800.0},
-            {"name": "full", "percent": 100, "soak": 1800.0},
+            {"name": "full", "percent": 100, "soak": 0},
         ],
         "on_failure": "pause",
         "change": {"ticket": "CHG-1"},
@@ -193,7 +193,7 @@ def test_status_shows_stage_devices_gates_and_soak(cli: Cli, fake_hub: Served) -
     out = result.stdout
     for text in (
         "stage 1/4 canary · 1 %",
-        "30m 00s left",
+        "30m left",
         "error_rate",
         "0.40 %",
         "≤ 1.40 %",
@@ -411,12 +411,33 @@ def test_a_bad_plan_file_is_one_line(
     one_line_error(result, code, message)
 
 
-def test_unknown_plan_key_is_the_hubs_one_line_answer(
-    cli: Cli, fake_hub: Served, tmp_path: Path
+PLAN_CASES = [
+    ("unknown-key", PLAN + "bogus: 1\n", "bogus: unknown key"),
+    ("percents-not-rising", PLAN.replace("percent: 100", "percent: 0.5"), "stages[1].percent"),
+    ("unknown-time-zone", PLAN.replace("Europe/Berlin", "Mars/Olympus"), "change.window.tz"),
+    ("bad-soak", PLAN.replace("soak: 30m", "soak: soon"), "stages[0].soak"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [c[1:] for c in PLAN_CASES], ids=[c[0] for c in PLAN_CASES]
+)
+def test_a_wrong_plan_is_refused_before_anything_is_sent(
+    cli: Cli, fake_hub: Served, tmp_path: Path, text: str, message: str
 ) -> None:
-    plan = write(tmp_path, PLAN + "bogus: 1\n")
+    plan = write(tmp_path, text)
     result = cli("rollout", "create", "-f", str(plan), env=fake_hub.env())
-    one_line_error(result, ExitCode.ERROR, "unknown key 'bogus'")
+    one_line_error(result, ExitCode.ERROR, f"{plan}: {message}")
+    assert fake_hub.fake.requests == []
+
+
+def test_dry_run_checks_and_shows_the_plan_without_a_hub(cli: Cli, tmp_path: Path) -> None:
+    plan = write(tmp_path, PLAN)
+    shown = cli("rollout", "create", "-f", str(plan), "--dry-run", "--hub", DEAD)
+    assert shown.code == 0, shown.stderr
+    assert "≤ control + 1.00 %" in shown.stdout and "30m" in shown.stdout
+    parsed = json.loads(cli("rollout", "create", "-f", str(plan), "--dry-run", "--json").stdout)
+    assert parsed["change"]["window"]["end"] == "14:00" and parsed["on_failure"] == "pause"
 
 
 USAGE_CASES = [

@@ -39,10 +39,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def make_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+def make_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    header: bool = True,
+) -> Table:
     """A table with the given column headers (cells: ``-`` for None, lists joined); a cell
-    that is already a rich ``Text`` keeps its style."""
-    t = Table(title=title, title_justify="left", header_style="bold")
+    that is already a rich ``Text`` keeps its style. ``header=False`` hides the headers."""
+    t = Table(title=title, title_justify="left", header_style="bold", show_header=header)
     for c in columns:
         t.add_column(c, overflow="fold")
     for row in rows:

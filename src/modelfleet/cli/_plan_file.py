@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
 from modelfleet.cli._errors import UsageError
+from modelfleet.errors import InvalidInputError
+from modelfleet.rollout.plan import DEFAULT_STAGES, RolloutPlan, parse_plan
+from modelfleet.rollout.plan import parse_duration as plan_duration
 
 __all__ = [
-    "DEFAULT_STAGE_NAMES",
     "MAX_PLAN_BYTES",
+    "check_plan",
     "load_plan_file",
     "parse_duration",
     "plan_from_options",
@@ -31,24 +34,31 @@ __all__ = [
 MAX_PLAN_BYTES = 1 << 20
 """A plan is a few hundred bytes; anything over 1 MiB is the wrong file."""
 
-DEFAULT_STAGE_NAMES: dict[tuple[float, ...], tuple[str, ...]] = {
-    (1.0, 9.0, 90.0, 100.0): ("canary", "early", "stable", "full"),
-}
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
 
 def parse_duration(text: str, option: str) -> float:
-    """Seconds in ``text``: a number of seconds, or ``30s``, ``30m``, ``1h``, ``2d``.
+    """Seconds in ``text``: a number of seconds, or ``30s``, ``30m``, ``1h``, ``2d``, ``1h30m``
+    (the plan's own rule, :func:`modelfleet.rollout.plan.parse_duration`).
 
     Raises:
         UsageError: anything else, naming ``option``.
     """
-    match = _DURATION.match(text)
-    if match is None:
-        raise UsageError(f"{option} wants a duration like 90, 30s, 10m, 1h or 2d, not {text!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        return plan_duration(text, option)
+    except InvalidInputError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_plan(doc: Mapping[str, Any], source: str) -> RolloutPlan:
+    """The plan ``doc`` parsed as the hub will parse it, so that a mistake is reported
+    before anything is sent.
+
+    Raises:
+        InvalidInputError: ``source: field.path: what is wrong``.
+    """
+    try:
+        return parse_plan(doc)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{source}: {e}") from None
 
 
 class _PlanLoader(yaml.SafeLoader):  # type: ignore[misc]
@@ -141,22 +151,17 @@ def load_plan_file(path: str) -> dict[str, Any]:
 
 
 def with_ticket(doc: dict[str, Any], ticket: str | None) -> dict[str, Any]:
-    """``doc`` with its change ticket set to ``ticket`` (the option wins over the file).
-
-    A plan in ``RolloutPlan.to_dict()`` shape keeps the ticket at the top; a plan file
-    keeps it under ``change``. A ``change`` that is not a mapping is left for the plan
-    parser to refuse.
-    """
+    """``doc`` with its change ticket (``change.ticket``) set to ``ticket``: the option
+    wins over the file. A ``change`` that is not a mapping is left for the plan parser to
+    refuse."""
     if not ticket:
         return doc
-    out = dict(doc)
-    if "ticket" in out or ("change" not in out and "selector" in out):
-        out["ticket"] = ticket
-        return out
-    change = out.get("change", {})
+    change = doc.get("change")
+    if change is None:
+        return {**doc, "change": {"ticket": ticket}}
     if isinstance(change, dict):
-        out["change"] = {**change, "ticket": ticket}
-    return out
+        return {**doc, "change": {**change, "ticket": ticket}}
+    return doc
 
 
 def _percents(text: str) -> list[float]:
@@ -170,9 +175,8 @@ def _percents(text: str) -> list[float]:
 
 
 def _stage_names(percents: Sequence[float]) -> list[str]:
-    known = DEFAULT_STAGE_NAMES.get(tuple(percents))
-    if known is not None:
-        return list(known)
+    if tuple(percents) == tuple(st.percent for st in DEFAULT_STAGES):
+        return [st.name for st in DEFAULT_STAGES]
     names = [f"stage-{i + 1}" for i in range(len(percents))]
     names[0] = "canary"
     if len(names) > 1 and percents[-1] == 100:
@@ -197,8 +201,10 @@ def plan_from_options(
 ) -> dict[str, Any]:
     """The plan document for ``rollout create MODEL VERSION --all|--site …``.
 
-    Stages: ``stages`` percents (default 1, 9, 90, 100: canary, early, stable, full), each
-    soaking ``soak`` (default: the hub's); left to the hub's defaults when neither is given.
+    Stages: ``stages`` percents (default 1, 9, 90, 100: canary, early, stable, full); each
+    stage below 100 % soaks ``soak``, the 100 % stage none (as the default plan: nothing is
+    left to compare with there, so the rollout completes). Both left to the plan's
+    defaults when neither is given.
 
     Raises:
         UsageError: no target, ``--all`` with a filter, a malformed percent list, duration
@@ -220,11 +226,13 @@ def plan_from_options(
     if name:
         doc["name"] = name
     if stages is not None or soak is not None:
-        percents = _percents(stages) if stages is not None else [1.0, 9.0, 90.0, 100.0]
+        percents = (
+            _percents(stages) if stages is not None else [st.percent for st in DEFAULT_STAGES]
+        )
         soak_s = parse_duration(soak, "--soak") if soak is not None else None
         doc["stages"] = [
             {"name": n, "percent": int(p) if p.is_integer() else p}
-            | ({"soak": soak_s} if soak_s is not None else {})
+            | ({"soak": soak_s if p < 100 else 0} if soak_s is not None else {})
             for n, p in zip(_stage_names(percents), percents, strict=True)
         ]
     if on_failure is not None:

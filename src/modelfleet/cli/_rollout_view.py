@@ -21,6 +21,7 @@ __all__ = [
     "gate_threshold_text",
     "gate_value_text",
     "is_terminal",
+    "render_plan",
     "render_rollout",
     "render_rollout_list",
     "summary_line",
@@ -55,7 +56,7 @@ def _number(value: Any) -> float | None:
 
 
 def duration_text(seconds: Any) -> str:
-    """``45s``, ``12m 03s``, ``2h 05m``, ``3d 04h``; ``-`` for none."""
+    """``45s``, ``12m 03s``, ``30m``, ``2h 05m``, ``1h``, ``3d 04h``; ``-`` for none."""
     s = _number(seconds)
     if s is None:
         return "-"
@@ -64,11 +65,11 @@ def duration_text(seconds: Any) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     if days:
-        return f"{sign}{days}d {hours:02d}h"
+        return f"{sign}{days}d {hours:02d}h" if hours else f"{sign}{days}d"
     if hours:
-        return f"{sign}{hours}h {minutes:02d}m"
+        return f"{sign}{hours}h {minutes:02d}m" if minutes else f"{sign}{hours}h"
     if minutes:
-        return f"{sign}{minutes}m {secs:02d}s"
+        return f"{sign}{minutes}m {secs:02d}s" if secs else f"{sign}{minutes}m"
     return f"{sign}{secs}s"
 
 
@@ -218,7 +219,12 @@ def render_rollout(view: Mapping[str, Any], *, note: str | None = None) -> Rende
         "updated": view.get("updated_at"),
     }
     parts.append(
-        make_table(None, ["", ""], [(k, v) for k, v in fields.items() if v not in (None, "")])
+        make_table(
+            None,
+            ["field", "value"],
+            [(k, v) for k, v in fields.items() if v not in (None, "")],
+            header=False,
+        )
     )
     devices = view.get("devices")
     if isinstance(devices, Mapping):
@@ -309,3 +315,55 @@ def render_rollout_list(rollouts: Sequence[Mapping[str, Any]]) -> RenderableType
             for r in rollouts
         ],
     )
+
+
+def render_plan(plan: Mapping[str, Any]) -> RenderableType:
+    """A checked plan (``RolloutPlan.to_dict()``) for ``rollout create --dry-run``."""
+    target = plan.get("target")
+    change = plan.get("change") if isinstance(plan.get("change"), Mapping) else {}
+    assert isinstance(change, Mapping)
+    head = make_table(
+        None,
+        ["field", "value"],
+        [
+            ("model", f"{plan.get('model')} v{plan.get('version')}"),
+            ("target", target),
+            ("on failure", plan.get("on_failure")),
+            ("ticket", change.get("ticket")),
+            ("change window", change.get("window")),
+            ("blast radius", plan.get("blast_radius")),
+            ("safety lag", duration_text(plan.get("safety_lag"))),
+        ],
+        header=False,
+    )
+    stages = make_table(
+        "Stages",
+        ["name", "percent", "mode", "share", "soak"],
+        [
+            (
+                s.get("name"),
+                s.get("percent"),
+                s.get("mode"),
+                s.get("share"),
+                duration_text(s.get("soak")),
+            )
+            for s in plan.get("stages") or []
+            if isinstance(s, Mapping)
+        ],
+    )
+    gates = make_table(
+        "Gates",
+        ["metric", "threshold", "min devices", "min samples", "consecutive"],
+        [
+            (
+                g.get("metric"),
+                gate_threshold_text({"plan": plan}, {"metric": g.get("metric")}),
+                g.get("min_devices"),
+                g.get("min_samples"),
+                g.get("consecutive"),
+            )
+            for g in plan.get("gates") or []
+            if isinstance(g, Mapping)
+        ],
+    )
+    return Group(head, stages, gates)

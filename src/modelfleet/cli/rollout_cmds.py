@@ -27,11 +27,12 @@ from modelfleet.cli._hub_options import (
     hub_client,
 )
 from modelfleet.cli._output import console, make_table, print_json
-from modelfleet.cli._plan_file import load_plan_file, plan_from_options, with_ticket
+from modelfleet.cli._plan_file import check_plan, load_plan_file, plan_from_options, with_ticket
 from modelfleet.cli._polling import poll
 from modelfleet.cli._rollout_view import (
     change_key,
     is_terminal,
+    render_plan,
     render_rollout,
     render_rollout_list,
     summary_line,
@@ -85,13 +86,18 @@ def create_cmd(
         typer.Option("--stages", help="Cumulative percents, e.g. 1,9,90,100 (the default)."),
     ] = None,
     soak: Annotated[
-        str | None, typer.Option("--soak", help="Soak per stage: 90, 30s, 30m, 1h, 2d.")
+        str | None,
+        typer.Option("--soak", help="Soak of each stage below 100 %: 90, 30s, 30m, 1h, 2d."),
     ] = None,
     on_failure: Annotated[
         str | None, typer.Option("--on-failure", help="pause | rollback (the default).")
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="A name for people.")] = None,
     ticket: TicketOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check the plan and show it; send nothing (no token)."),
+    ] = False,
     hub: HubOpt = DEFAULT_HUB,
     token: TokenOpt = "",
     token_file: TokenFileOpt = None,
@@ -111,6 +117,7 @@ def create_cmd(
                 "(the plan file holds the model, target and stages)"
             )
         doc = with_ticket(load_plan_file(file), ticket)
+        source = "standard input" if file == "-" else file
     else:
         if model is None or version is None:
             raise UsageError("give -f PLAN, or MODEL VERSION and a target (--all, --site …)")
@@ -128,6 +135,14 @@ def create_cmd(
             ticket=ticket,
             name=name,
         )
+        source = "the plan from the options"
+    plan = check_plan(doc, source)
+    if dry_run:
+        if json_out:
+            print_json(plan.to_dict())
+        else:
+            console.print(render_plan(plan.to_dict()))
+        return
     view = hub_client(hub, token, token_file).create_rollout(doc)
     if json_out:
         print_json(view)
@@ -297,8 +312,9 @@ def evidence_cmd(
         return
 
     def gates(row: dict[str, Any]) -> str:
-        evidence = row.get("evidence") or {}
-        results = evidence.get("results") if isinstance(evidence, dict) else None
+        evidence = row.get("evidence")
+        evaluation = evidence.get("evaluation") if isinstance(evidence, dict) else None
+        results = evaluation.get("results") if isinstance(evaluation, dict) else None
         return ", ".join(
             f"{r.get('metric')} {r.get('verdict')}" for r in results or [] if isinstance(r, dict)
         )
@@ -307,6 +323,14 @@ def evidence_cmd(
         make_table(
             f"Gate evaluations of {rollout_id}",
             ["evaluated", "stage", "verdict", "gates"],
-            [(r.get("evaluated_at"), r.get("stage"), r.get("verdict"), gates(r)) for r in rows],
+            [
+                (
+                    r.get("evaluated_at"),
+                    r.get("stage_name") or r.get("stage"),
+                    r.get("verdict"),
+                    gates(r),
+                )
+                for r in rows
+            ],
         )
     )
