@@ -354,7 +354,7 @@ def test_deploy_wait_times_out_naming_the_laggards(real_hub: RealHub) -> None:
         env=real_hub.env(real_hub.admin),
     )
     one_line_error(
-        result, ExitCode.ERROR, "2 of 2 devices do not serve iris v1 after 2 s", output=True
+        result, ExitCode.ERROR, "2 of 2 devices do not serve iris v1 after 2s", output=True
     )
     assert "cam-04 (has not reported yet)" in result.stderr
     as_json = run_cli(

@@ -19,6 +19,7 @@ from modelfleet.cli._rollout_view import (
     gate_value_text,
     render_rollout,
     summary_line,
+    time_text,
 )
 from modelfleet.clock import ManualClock
 from modelfleet.errors import NotFoundError, TransportError
@@ -413,6 +414,19 @@ def test_durations_read_short(seconds: float | None, text: str) -> None:
 )
 def test_gate_values_in_their_unit(metric: str, value: Any, text: str) -> None:
     assert gate_value_text(metric, value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("2026-12-02T16:02:14.119458+00:00", "2026-12-02T16:02:14Z"),
+        ("2026-12-02T17:02:14.5+01:00", "2026-12-02T17:02:14+01:00"),
+        ("yesterday", "yesterday"),
+        (None, None),
+    ],
+)
+def test_times_read_to_the_second(value: str | None, text: str | None) -> None:
+    assert time_text(value) == text
 
 
 def test_threshold_is_the_hubs_limit_else_the_plans_rule() -> None:

@@ -7,6 +7,7 @@ that a view from a newer or older hub still renders (missing parts show ``-``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -25,6 +26,7 @@ __all__ = [
     "render_rollout",
     "render_rollout_list",
     "summary_line",
+    "time_text",
 ]
 
 TERMINAL_STATES = frozenset({"completed", "rolled_back", "aborted"})
@@ -71,6 +73,20 @@ def duration_text(seconds: Any) -> str:
     if minutes:
         return f"{sign}{minutes}m {secs:02d}s" if secs else f"{sign}{minutes}m"
     return f"{sign}{secs}s"
+
+
+def time_text(value: Any) -> Any:
+    """An ISO 8601 time to the second, UTC as ``Z``: ``2026-12-02T16:02:14Z``; anything
+    else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if t.utcoffset() == timedelta(0):
+        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return t.replace(microsecond=0).isoformat()
 
 
 def gate_value_text(metric: str, value: Any) -> str:
@@ -215,8 +231,8 @@ def render_rollout(view: Mapping[str, Any], *, note: str | None = None) -> Rende
         "reason": view.get("reason") or None,
         "ticket": view.get("ticket"),
         "approved by": view.get("approved_by"),
-        "evaluated": view.get("evaluated_at"),
-        "updated": view.get("updated_at"),
+        "evaluated": time_text(view.get("evaluated_at")),
+        "updated": time_text(view.get("updated_at")),
     }
     parts.append(
         make_table(
@@ -274,7 +290,7 @@ def render_rollout(view: Mapping[str, Any], *, note: str | None = None) -> Rende
                 "History (latest last)",
                 ["at", "actor", "action", "detail"],
                 [
-                    (h.get("at"), h.get("actor"), h.get("action"), _history_detail(h))
+                    (time_text(h.get("at")), h.get("actor"), h.get("action"), _history_detail(h))
                     for h in history[-10:]
                 ],
             )
@@ -309,8 +325,8 @@ def render_rollout_list(rollouts: Sequence[Mapping[str, Any]]) -> RenderableType
                 _styled(r.get("state"), _STATE_STYLE),
                 stage(r),
                 r.get("devices_total"),
-                r.get("created_at"),
-                r.get("updated_at"),
+                time_text(r.get("created_at")),
+                time_text(r.get("updated_at")),
             )
             for r in rollouts
         ],

@@ -34,6 +34,7 @@ from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt,
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
 from modelfleet.cli._plan_file import parse_duration
 from modelfleet.cli._polling import poll
+from modelfleet.cli._rollout_view import duration_text
 from modelfleet.cli.rollout_cmds import rollout_app
 from modelfleet.errors import InvalidInputError
 
@@ -637,10 +638,11 @@ def deploy_cmd(
     if json_out:
         print_json(result)
         return
-    _print_deployed(result, name, version, mode)
+    _print_deployed(result)
 
 
-def _print_deployed(result: Mapping[str, Any], name: str, version: int, mode: str) -> None:
+def _print_deployed(result: Mapping[str, Any]) -> None:
+    name, version, mode = result.get("model"), result.get("version"), result.get("mode")
     console.print(
         f"[green]Deployed[/] {name} v{version} ({mode}) — signed into catalog and director"
     )
@@ -673,6 +675,8 @@ def _wait_for_deploy(
     name, version = result.get("model"), result.get("version")
     total = len(result.get("devices") or [])
     started = time.monotonic()
+    if not json_out:
+        _print_deployed(result)
     with _wait_display(total, f"waiting for {name} v{version}", quiet=json_out) as show:
 
         def fetch() -> list[DeviceWait]:
@@ -710,8 +714,6 @@ def _wait_for_deploy(
                 },
             }
         )
-    else:
-        _print_deployed(result, str(name), int(str(version)), str(result.get("mode")))
     if serving == total:
         if not json_out:
             took = time.monotonic() - started
@@ -721,9 +723,12 @@ def _wait_for_deploy(
         table(
             f"Not serving {name} v{version}",
             ["device", "state", "detail"],
-            [(s.device_id, s.state.value, s.detail) for s in states
-             if s.state is not WaitState.SERVING],
-        )  # fmt: skip
+            [
+                (s.device_id, s.state.value, s.detail)
+                for s in states
+                if s.state is not WaitState.SERVING
+            ],
+        )
     if failed:
         raise DeployWaitError(
             f"{len(failed)} of {total} devices will not serve {name} v{version}: "
@@ -731,7 +736,7 @@ def _wait_for_deploy(
         )
     raise DeployWaitError(
         f"{total - serving} of {total} devices do not serve {name} v{version} after "
-        f"{timeout_s:g} s: {describe_laggards(states)}"
+        f"{duration_text(timeout_s)}: {describe_laggards(states)}"
     )
 
 
