@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelfleet.errors import InvalidInputError
-from modelfleet.rollout.cohorts import MAX_STAGES, plan_cohorts, position, stage_counts
+from modelfleet.rollout.cohorts import (
+    MAX_STAGES,
+    blast_radius_groups,
+    plan_cohorts,
+    position,
+    stage_counts,
+)
 
 DEFAULT = [1.0, 9.0, 90.0, 100.0]
 ids = st.lists(st.text(min_size=1, max_size=12), min_size=0, max_size=300, unique=True)
@@ -186,3 +192,9 @@ def test_a_huge_blast_radius_group_is_refused_with_its_name() -> None:
     fleet = [f"dev-{i}" for i in range(MAX_STAGES + 1)]
     with pytest.raises(InvalidInputError, match="cell:all"):
         plan_cohorts(fleet, "ro-1", DEFAULT, dict.fromkeys(fleet, "cell:all"))
+
+
+def test_blast_radius_groups_come_from_tags_with_the_prefix() -> None:
+    tags = {"a": ["line1", "cell:7"], "b": ["cell:7"], "c": ["line1"], "d": ["cell:9", "cell:2"]}
+    assert blast_radius_groups(tags, "cell:") == {"a": "cell:7", "b": "cell:7", "d": "cell:2"}
+    assert blast_radius_groups(tags, None) == {} == blast_radius_groups(tags, "")

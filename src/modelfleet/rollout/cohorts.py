@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from modelfleet.errors import InvalidInputError
 
-__all__ = ["MAX_STAGES", "CohortPlan", "plan_cohorts", "position", "stage_counts"]
+__all__ = [
+    "MAX_STAGES",
+    "CohortPlan",
+    "blast_radius_groups",
+    "plan_cohorts",
+    "position",
+    "stage_counts",
+]
 
 MAX_STAGES = 100
 """Most stages a cohort plan may need (blast-radius overflow included)."""
@@ -95,6 +102,27 @@ class CohortPlan:
             total += a
             out.append(total)
         return out
+
+
+def blast_radius_groups(tags: Mapping[str, Sequence[str]], prefix: str | None) -> dict[str, str]:
+    """Blast-radius groups from device tags: devices sharing a tag that starts with ``prefix``.
+
+    Args:
+        tags: device id -> its tags.
+        prefix: the plan's ``blast_radius_tag`` (``"cell:"``); None or "" = no groups.
+
+    Returns:
+        device id -> group tag, for the devices that have one (the smallest, when a device
+        carries several), as :func:`plan_cohorts` takes it.
+    """
+    if not prefix:
+        return {}
+    out: dict[str, str] = {}
+    for device, device_tags in tags.items():
+        matching = [t for t in device_tags if t.startswith(prefix)]
+        if matching:
+            out[device] = min(matching)
+    return out
 
 
 def plan_cohorts(
