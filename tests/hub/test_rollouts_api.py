@@ -31,6 +31,11 @@ def ready(
     }
 
 
+def line1(**over: Any) -> dict[str, Any]:
+    """The test plan over the ten ``line1`` devices (``tokens`` enrols one more, untagged)."""
+    return plan(target={"tags": ["line1"]}, **over)
+
+
 def _create(http: TestClient, token: str, doc: dict[str, Any]) -> Any:
     return http.post(f"{API}/rollouts", json=doc, headers=auth(token))
 
@@ -39,9 +44,9 @@ def test_operator_creates_viewer_reads_and_nobody_else_writes(
     http: TestClient, ready: dict[str, str]
 ) -> None:
     for role in ("viewer", "publisher", "device", "approver"):
-        r = _create(http, ready[role], plan())
+        r = _create(http, ready[role], line1())
         assert r.status_code == 403, (role, r.text)
-    r = _create(http, ready["operator"], plan())
+    r = _create(http, ready["operator"], line1())
     assert r.status_code == 201, r.text
     ro = r.json()
     assert ro["id"].startswith("ro-") and ro["state"] == "running"
@@ -66,7 +71,7 @@ def test_commands_the_state_does_not_allow_are_409_and_unknown_ids_404(
     http: TestClient, ready: dict[str, str]
 ) -> None:
     token = ready["operator"]
-    ro = _create(http, token, plan()).json()
+    ro = _create(http, token, line1()).json()
     url = f"{API}/rollouts/{ro['id']}"
     assert http.post(f"{url}/resume", headers=auth(token)).status_code == 409  # not paused
     paused = http.post(f"{url}/pause", json={"reason": "lunch"}, headers=auth(token))
@@ -104,9 +109,9 @@ def test_a_safety_classified_model_needs_a_ticket_and_a_second_persons_approval(
         == 404
     )
 
-    no_ticket = _create(http, ready["operator"], plan())
+    no_ticket = _create(http, ready["operator"], line1())
     assert no_ticket.status_code == 400 and "ticket" in no_ticket.json()["error"]
-    r = _create(http, ready["operator"], plan(change={"ticket": "CHG-7"}))
+    r = _create(http, ready["operator"], line1(change={"ticket": "CHG-7"}))
     assert r.status_code == 201, r.text
     ro = r.json()
     assert ro["state"] == "awaiting_approval" and ro["ticket"] == "CHG-7"
@@ -160,7 +165,7 @@ def test_evaluations_keep_the_evidence_newest_first(
 ) -> None:
     from tests.hub._rollouts import Feed
 
-    ro = _create(http, ready["operator"], plan()).json()
+    ro = _create(http, ready["operator"], line1()).json()
     service.tick_rollouts()
     feed = Feed(service, clock)
     ids = [d["id"] for d in service.list_devices()]
