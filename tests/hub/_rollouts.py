@@ -9,8 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from sqlalchemy import select
 
 from modelfleet.clock import ManualClock
+from modelfleet.hub import db
 from modelfleet.hub.service import HubService
 from tests.hub._telemetry import batch, window
 
@@ -123,9 +125,21 @@ def assigned(service: HubService, version: int = 2) -> set[str]:
     return out
 
 
+def audit_of(service: HubService, subject: str) -> list[db.AuditEntry]:
+    """The audit entries about ``subject``, oldest first (read from the table)."""
+    with service.context.read() as s:
+        return list(
+            s.scalars(
+                select(db.AuditEntry)
+                .where(db.AuditEntry.subject == subject)
+                .order_by(db.AuditEntry.seq)
+            )
+        )
+
+
 def actions(service: HubService, subject: str) -> list[str]:
     """The audit actions about ``subject``, oldest first."""
-    return [e["action"] for e in service.audit(0, 100_000) if e["subject"] == subject]
+    return [e.action for e in audit_of(service, subject)]
 
 
 def rollback_event(from_version: int, to_version: int) -> dict[str, Any]:

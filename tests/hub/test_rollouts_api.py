@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from modelfleet.clock import ManualClock
 from modelfleet.hub.service import HubService
-from tests.hub._rollouts import ADMIN, enrol_fleet, plan
+from tests.hub._rollouts import ADMIN, audit_of, enrol_fleet, plan
 from tests.hub._support import auth
 
 API = "/api/v1"
@@ -132,12 +132,13 @@ def test_a_safety_classified_model_needs_a_ticket_and_a_second_persons_approval(
     assert http.post(f"{url}/approve", headers=auth(ready["approver"])).status_code == 409
     service.tick_rollouts()
     assert http.get(url, headers=auth(ready["viewer"])).json()["stage_index"] == 0
-    entries = [e for e in service.audit(0, 10_000) if e["subject"] == ro["id"]]
-    assert [e["action"] for e in entries] == ["rollout-create", "rollout-approve", "rollout-stage"]
-    assert entries[1]["actor"] == "approver:ada" and entries[1]["ticket"] == "CHG-7"
-    assert entries[2]["actor"] == "controller"
-    safety = [e for e in service.audit(0, 10_000) if e["action"] == "model.safety"]
-    assert [e["actor"] for e in safety] == ["publisher:pat"]
+    entries = audit_of(service, ro["id"])
+    assert [e.action for e in entries] == ["rollout-create", "rollout-approve", "rollout-stage"]
+    assert entries[1].actor == "approver:ada" and entries[1].ticket == "CHG-7"
+    assert entries[2].actor == "controller"
+    assert [e.actor for e in audit_of(service, "iris") if e.action == "model.safety"] == [
+        "publisher:pat"
+    ]
 
 
 def test_bad_plans_are_400_not_5xx(http: TestClient, ready: dict[str, str]) -> None:
