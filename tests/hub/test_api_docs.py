@@ -93,7 +93,12 @@ def test_openapi_mode_and_role_are_enums(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["Mode"]["enum"] == ["full", "split", "shadow"]
     assert set(schemas["Role"]["enum"]) == {
-        "admin", "publisher", "operator", "viewer", "approver", "device"
+        "admin",
+        "publisher",
+        "operator",
+        "viewer",
+        "approver",
+        "device",
     }
     assert schemas["DeploymentIn"]["properties"]["mode"]["$ref"].endswith("/Mode")
     assert schemas["AssignmentOut"]["properties"]["mode"]["$ref"].endswith("/Mode")

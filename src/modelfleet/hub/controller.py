@@ -59,7 +59,15 @@ from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
-from modelfleet.rollout.stages import Action, Facts, Progress, RolloutState, Step, tick
+from modelfleet.rollout.stages import (
+    Action,
+    Facts,
+    Progress,
+    RolloutState,
+    Step,
+    stage_spec,
+    tick,
+)
 from modelfleet.telemetry.wire import OUTCOME_KEYS, decode_histogram
 
 __all__ = [
@@ -136,6 +144,7 @@ class _Snapshot:
     stable_since: tuple[datetime, ...]
     last_verdict: str | None
     last_evidence: Mapping[str, Any] | None
+    control_since: datetime | None  # set when the stage has no control of its own (100 %)
 
 
 class RolloutController:
@@ -197,8 +206,7 @@ class RolloutController:
             approved=snap.row.approved_by is not None
             or snap.progress.state is not RolloutState.AWAITING_APPROVAL,
             in_window=in_window(snap.plan.change_window, now),
-            lag_ok=not snap.safety
-            or safety_lag_ok(snap.plan.safety_lag_s, snap.stable_since, now),
+            lag_ok=not snap.safety or safety_lag_ok(snap.plan.safety_lag_s, snap.stable_since, now),
             evaluation=evaluation,
             stage_count=snap.row.stage_count,
         )
@@ -243,15 +251,37 @@ class RolloutController:
                 .order_by(db.GateEvaluation.id.desc())
                 .limit(1)
             ).first()
+            plan = parse_plan(row.plan)
             return _Snapshot(
                 row=row,
-                plan=parse_plan(row.plan),
+                plan=plan,
                 progress=progress_of(row),
                 safety=safety,
                 stable_since=tuple(t for t in stable if t is not None),
                 last_verdict=last.verdict if last is not None else None,
                 last_evidence=last.evidence if last is not None else None,
+                control_since=self._control_since(s, row, plan),
             )
+
+    @staticmethod
+    def _control_since(s: Session, row: db.Rollout, plan: RolloutPlan) -> datetime | None:
+        """When the control window starts, if not at the stage's start: a stage that reaches
+        the whole fleet leaves no device on the control version, so its gates compare with
+        the control since the previous stage started (the last period it had one)."""
+        if row.stage <= 0 or stage_spec(plan, row.stage).percent < 100.0:
+            return None
+        t = db.RolloutTransition
+        started: datetime | None = s.scalars(
+            select(t.at)
+            .where(
+                t.rollout_id == row.id,
+                t.stage == row.stage - 1,
+                t.action.in_(("rollout-stage", "rollout-promote")),
+            )
+            .order_by(t.id)
+            .limit(1)
+        ).first()
+        return started
 
     def _evaluate(
         self, snap: _Snapshot, now: datetime
@@ -263,7 +293,10 @@ class RolloutController:
         if progress.stage < 0 or since is None or now <= since:
             return None, {}, {}, False
         stage = self._stage_stats(row, since, now)
-        control = self._control_stats(row, since, now) if row.from_version is not None else None
+        control = None
+        if row.from_version is not None:
+            control_since = snap.control_since or since
+            control = self._control_stats(row, control_since, now)
         stats: JSONDict = {
             "stage": stage.to_dict(),
             "control": control.to_dict() if control is not None else None,

@@ -99,9 +99,7 @@ def _assignments(s: Session, model: str, ids: Sequence[str]) -> dict[str, db.Ass
     return out
 
 
-def start_stage(
-    s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: datetime
-) -> Applied:
+def start_stage(s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: datetime) -> Applied:
     """Assign the version to every device of stages ``<= k`` with stage ``k``'s mode.
 
     Waiting devices get it; devices of earlier stages that still carry the rollout id move to

@@ -51,7 +51,7 @@ from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import ASSIGNED, ROLLED_BACK, WAITING, apply_step, progress_of
 from modelfleet.rollout.change import in_window
-from modelfleet.rollout.cohorts import plan_cohorts
+from modelfleet.rollout.cohorts import blast_radius_groups, plan_cohorts
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
 from modelfleet.rollout.stages import (
@@ -250,14 +250,8 @@ class Rollouts:
         targets = [d for d, site, tags in devices if sel.matches(d, site, list(tags))]
         if not targets:
             raise InvalidInputError("target: the selector matches no enrolled device")
-        groups: dict[str, str] = {}
-        prefix = plan.blast_radius_tag
-        if prefix:
-            tags_of = {d: tags for d, _, tags in devices}
-            for d in targets:
-                keys = sorted(t for t in tags_of[d] if isinstance(t, str) and t.startswith(prefix))
-                if keys:
-                    groups[d] = keys[0]
+        tags_of = {d: [t for t in tags if isinstance(t, str)] for d, _, tags in devices}
+        groups = blast_radius_groups({d: tags_of[d] for d in targets}, plan.blast_radius_tag)
         return sorted(targets), groups
 
     @staticmethod
@@ -417,18 +411,28 @@ class Rollouts:
     def _device_counts(s: Session, row: db.Rollout, now: datetime) -> dict[str, int]:
         rd, a = db.RolloutDevice, db.Assignment
         counts = {"total": 0, WAITING: 0, ASSIGNED: 0, "running": 0, ROLLED_BACK: 0, "offline": 0}
-        states = s.execute(
-            select(rd.state, a.rollout_id == row.id, func.count())
-            .select_from(rd)
-            .outerjoin(a, (a.device_id == rd.device_id) & (a.model == row.model))
-            .where(rd.rollout_id == row.id)
-            .group_by(rd.state, a.rollout_id == row.id)
-        ).all()
-        for state, ours, n in states:
+        for state, n in s.execute(
+            select(rd.state, func.count()).where(rd.rollout_id == row.id).group_by(rd.state)
+        ):
             counts["total"] += n
-            if state == ASSIGNED and not ours:
-                state = ROLLED_BACK  # taken away since: its guard, or an operator
             counts[state] = counts.get(state, 0) + n
+        # Assigned, but the assignment no longer carries the rollout: its guard rolled it
+        # back, or an operator changed it.
+        taken = int(
+            s.execute(
+                select(func.count())
+                .select_from(rd)
+                .outerjoin(a, (a.device_id == rd.device_id) & (a.model == row.model))
+                .where(
+                    rd.rollout_id == row.id,
+                    rd.state == ASSIGNED,
+                    (a.rollout_id.is_(None)) | (a.rollout_id != row.id),
+                )
+            ).scalar()
+            or 0
+        )
+        counts[ASSIGNED] -= taken
+        counts[ROLLED_BACK] += taken
         serving = db.DeviceServing
         counts["running"] = int(
             s.execute(

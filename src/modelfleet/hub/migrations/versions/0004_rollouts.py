@@ -102,9 +102,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_rollout_transitions"),
     )
-    op.create_index(
-        "ix_rollout_transitions_rollout", "rollout_transitions", ["rollout_id", "id"]
-    )
+    op.create_index("ix_rollout_transitions_rollout", "rollout_transitions", ["rollout_id", "id"])
 
 
 def downgrade() -> None:
