@@ -405,6 +405,7 @@ USAGE_CASES = [
     ("bad-stages", ("rollout", "create", "iris", "2", "--all", "--stages", "1,x"), "--stages"),
     ("bad-policy", ("rollout", "create", "iris", "2", "--all", "--on-failure", "cry"), "pause"),
     ("status-without-id", ("rollout", "status"), "Missing argument 'ID'"),
+    ("unknown-state", ("rollout", "list", "--state", "bogus"), "'bogus' is not one of"),
     ("model-set-nothing", ("model", "set", "iris"), "nothing to set"),
     ("timeout-without-wait", ("deploy", "iris", "1", "--all", "--timeout", "1m"), "--wait"),
     ("bad-timeout", ("deploy", "iris", "1", "--all", "--wait", "--timeout", "1y"), "--timeout"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.cli.conftest import Cli
 from tests.cli.test_rollout_cli import one_line_error
 from tests.cli_run import healthy, run_cli
 from tests.helpers import logistic_onnx
+from tests.hub._telemetry import batch, window
 
 pytestmark = pytest.mark.e2e
 
@@ -209,6 +211,63 @@ def test_safety_classified_needs_a_ticket_and_a_second_person(cli: Cli, real_hub
             "model", "set", "iris", "--no-safety-classified", env=real_hub.env(real_hub.admin)
         )
         assert off.code == 0, off.stderr
+
+
+def test_status_shows_the_gates_the_controller_evaluated_on_telemetry(
+    cli: Cli, real_hub: RealHub
+) -> None:
+    devices = ["cam-06", "cam-07", "cam-08", "cam-09"]
+    with real_hub.client() as c:
+        c.deploy("iris", 1, devices)
+    created = cli(
+        "rollout",
+        "create",
+        "iris",
+        "2",
+        "--device",
+        ",".join(devices),
+        "--stages",
+        "25,100",
+        "--soak",
+        "1h",
+        "--json",
+        env=real_hub.env(),
+    )
+    rid = json.loads(created.stdout)["id"]
+    with real_hub.client() as c:
+        assert wait_until(lambda: c.get_rollout(rid)["stage_index"] == 0)
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        for d in devices:
+            canary = c.get_device(d)["assignments"][0]["rollout_id"] == rid
+            record = window(
+                1,
+                d,
+                now,
+                version="2" if canary else "1",
+                rollout_id=rid if canary else None,
+                ok=150,
+                server_error=1 if canary else 0,
+                latencies=[0.020] * 150,
+            )
+            with HubClient(real_hub.url, real_hub.device_tokens[d]) as dc:
+                dc.send_telemetry(d, batch(d, [record], now))
+
+        def evaluated() -> bool:
+            gates = c.get_rollout(rid)["gates"]
+            return bool(gates) and all(g["samples"] > 0 for g in gates)
+
+        assert wait_until(evaluated)
+    shown = cli("rollout", "status", rid, env=real_hub.env())
+    assert shown.code == 0, shown.stderr
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in shown.stdout.splitlines()
+        if line.startswith("│ ") and line.count("│") > 8
+    }
+    assert set(rows) == {"error_rate", "latency_p99", "guard_rollbacks"}, shown.stdout
+    assert "0.66 %" in rows["error_rate"] and "pass" in rows["error_rate"]  # 1 of 152 is 5xx
+    assert "ms" in rows["latency_p99"] and "pass" in rows["latency_p99"], rows
+    cli("rollout", "abort", rid, env=real_hub.env())
 
 
 HUB_ERRORS = [

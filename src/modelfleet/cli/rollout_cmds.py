@@ -38,6 +38,8 @@ from modelfleet.cli._rollout_view import (
     summary_line,
 )
 from modelfleet.errors import ModelfleetError, TransportError
+from modelfleet.rollout.plan import FailurePolicy
+from modelfleet.rollout.stages import RolloutState
 
 __all__ = ["RolloutEndedBadlyError", "rollout_app"]
 
@@ -90,7 +92,8 @@ def create_cmd(
         typer.Option("--soak", help="Soak of each stage below 100 %: 90, 30s, 30m, 1h, 2d."),
     ] = None,
     on_failure: Annotated[
-        str | None, typer.Option("--on-failure", help="pause | rollback (the default).")
+        FailurePolicy | None,
+        typer.Option("--on-failure", help="When a gate fails (default: rollback)."),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="A name for people.")] = None,
     ticket: TicketOpt = None,
@@ -131,7 +134,7 @@ def create_cmd(
             devices=_split(device),
             stages=stages,
             soak=soak,
-            on_failure=on_failure,
+            on_failure=on_failure.value if on_failure is not None else None,
             ticket=ticket,
             name=name,
         )
@@ -158,7 +161,9 @@ def create_cmd(
 
 @rollout_app.command("list")
 def list_cmd(
-    state: Annotated[str | None, typer.Option("--state", help="Only in this state.")] = None,
+    state: Annotated[
+        RolloutState | None, typer.Option("--state", help="Only in this state.")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Only of this model.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most.")] = 50,
     hub: HubOpt = DEFAULT_HUB,
@@ -168,7 +173,7 @@ def list_cmd(
 ) -> None:
     """List rollouts, newest first."""
     rollouts = hub_client(hub, token, token_file).list_rollouts(
-        state=state, model=model, limit=limit
+        state=state.value if state is not None else None, model=model, limit=limit
     )
     if json_out:
         print_json(rollouts)
