@@ -310,6 +310,56 @@ def test_watch_of_a_rolled_back_rollout_exits_1_with_the_reason(cli: Cli, fake_h
     assert "ro-0001 iris v2 rolled_back · " in result.stdout
 
 
+def test_watch_on_a_terminal_redraws_in_place_until_the_end(fake_hub: Served) -> None:
+    import os
+    import pty
+
+    import httpx
+
+    headers = {"Authorization": "Bearer op-token"}
+    body = {"model": "iris", "version": 2, "target": {"all": True}}
+    httpx.post(f"{fake_hub.url}/api/v1/rollouts", json=body, headers=headers)
+    fake_hub.fake.script("ro-0001", PROGRESS)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "rollout",
+            "status",
+            "ro-0001",
+            "-w",
+            "--interval",
+            "0.2",
+        ],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_clean_env(), **fake_hub.env(), "COLUMNS": "160", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            screen += chunk
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert proc.returncode == 0, err
+    text = screen.decode(errors="replace")
+    assert "\x1b[?25l" in text and "\x1b[1A" in text, "a live view hides the cursor, moves up"
+    assert " ro-0001 iris v2 running · " not in text, "no log lines on a terminal"
+    assert "completed" in text and "early" in text and err == ""
+
+
 def test_ctrl_c_stops_watching_quietly_with_exit_0(fake_hub: Served) -> None:
     import httpx
 
