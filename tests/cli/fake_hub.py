@@ -4,7 +4,8 @@ It keeps rollouts in memory and follows the contract's shapes and status codes: 
 on create, 400 ``{"error", "type"}`` for a bad plan, 404 for an unknown rollout or model,
 409 for a command the state does not allow, 403 when the role may not. It does not decide
 anything a controller would; a test moves a rollout on with :meth:`FakeHub.script`, whose
-views are handed out one per ``GET`` of that rollout (the last one repeats).
+views are handed out one per ``GET`` of that rollout (the last one repeats); a step
+``{"http_status": 503}`` answers that error instead.
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ class FakeHub:
             return r
         script = self.scripts.get(r["id"])
         if script:
-            r.update(script.pop(0) if len(script) > 1 else script[0])
+            step = script.pop(0) if len(script) > 1 else script[0]
+            if "http_status" in step:  # the hub failing this once (a restart, a proxy)
+                return _error(step["http_status"], "upstream unavailable", "StorageError")
+            r.update(step)
         return JSONResponse(r)
 
     async def command(self, request: Request) -> JSONResponse:

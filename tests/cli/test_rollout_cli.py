@@ -310,6 +310,27 @@ def test_watch_of_a_rolled_back_rollout_exits_1_with_the_reason(cli: Cli, fake_h
     assert "ro-0001 iris v2 rolled_back · " in result.stdout
 
 
+@pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
+def test_watch_rides_out_a_hub_blip_with_a_warning_on_stderr(
+    cli: Cli, fake_hub: Served, json_out: bool
+) -> None:
+    cli("rollout", "create", "iris", "2", "--all", env=fake_hub.env())
+    fake_hub.fake.script("ro-0001", [PROGRESS[0], {"http_status": 503}, PROGRESS[-1]])
+    args = ("rollout", "status", "ro-0001", "--watch", "--interval", "0.2")
+    result = cli(*args, *(["--json"] if json_out else []), env=fake_hub.env())
+    assert result.code == 0, result.stderr
+    [warning] = result.stderr.splitlines()
+    if json_out:
+        assert "hub unreachable, retrying" in json.loads(warning)["warning"]
+        assert [json.loads(v)["state"] for v in result.stdout.splitlines()] == [
+            "running",
+            "completed",
+        ]
+    else:
+        assert warning.startswith("warning: hub unreachable, retrying: upstream unavailable")
+        assert "completed" in result.stdout
+
+
 def test_watch_on_a_terminal_redraws_in_place_until_the_end(fake_hub: Served) -> None:
     import os
     import pty

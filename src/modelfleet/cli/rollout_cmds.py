@@ -10,8 +10,9 @@ rolled back or aborted; Ctrl-C stops watching and exits 0.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -210,45 +211,47 @@ def status_cmd(
         raise RolloutEndedBadlyError(f"rollout {rollout_id} ended {final['state']}{why}")
 
 
-def _watch(fetch: Any, interval: float, json_out: bool) -> dict[str, Any] | None:
-    """Follow the view until it is terminal; None after Ctrl-C."""
+class _WatchOutput:
+    """Where ``status --watch`` shows each view: redrawn in place on a terminal (``live``),
+    else one summary line (or one JSON object, ``json_out``) per change on stdout; a hub
+    that does not answer is a note in the view, or a line on stderr."""
+
+    def __init__(self, live: Any, json_out: bool) -> None:
+        self._live = live
+        self._json = json_out
+        self._last: tuple[Any, ...] | None = None
+
+    def show(self, view: dict[str, Any], error: TransportError | None) -> None:
+        note = f"hub unreachable, retrying: {error}" if error else None
+        if self._live is not None:
+            self._live.update(render_rollout(view, note=note), refresh=True)
+        elif error is not None:
+            line = orjson.dumps({"warning": note}).decode() if self._json else f"warning: {note}"
+            print(line, file=sys.stderr, flush=True)
+        elif change_key(view) != self._last:
+            self._last = change_key(view)
+            if self._json:
+                print(orjson.dumps(view).decode(), flush=True)
+            else:
+                console.print(f"{time.strftime('%H:%M:%S')} {summary_line(view)}", soft_wrap=True)
+
+
+def _watch(
+    fetch: Callable[[], dict[str, Any]], interval: float, json_out: bool
+) -> dict[str, Any] | None:
+    """Follow the view until the rollout is terminal; the last view, or None after Ctrl-C."""
     live_view = console.is_terminal and not json_out
-    last_key: tuple[Any, ...] | None = None
-
-    @contextlib.contextmanager
-    def display() -> Iterator[Any]:
-        if not live_view:
-            yield None
-            return
-        from rich.live import Live
-
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            yield live
-
     try:
-        with display() as live:
+        with contextlib.ExitStack() as stack:
+            live = None
+            if live_view:
+                from rich.live import Live
 
-            def show(view: dict[str, Any], error: TransportError | None) -> None:
-                nonlocal last_key
-                note = f"hub unreachable, retrying: {error}" if error else None
-                if live is not None:
-                    live.update(render_rollout(view, note=note), refresh=True)
-                    return
-                key = change_key(view)
-                if error is None and key == last_key:
-                    return
-                last_key = key
-                if json_out:
-                    line = view if error is None else {"error": str(error)}
-                    print(orjson.dumps(line).decode(), flush=True)
-                else:
-                    stamp = time.strftime("%H:%M:%S")
-                    console.print(f"{stamp} {note or summary_line(view)}", soft_wrap=True)
-
+                live = stack.enter_context(Live(console=console, auto_refresh=False))
             result = poll(
                 fetch,
                 is_terminal,
-                show=show,
+                show=_WatchOutput(live, json_out).show,
                 interval_s=interval,
                 now=time.monotonic,
                 sleep=time.sleep,
@@ -257,8 +260,7 @@ def _watch(fetch: Any, interval: float, json_out: bool) -> dict[str, Any] | None
         return None
     if not live_view and not json_out:
         console.print(render_rollout(result.value))
-    view: dict[str, Any] = result.value
-    return view
+    return result.value
 
 
 def _action(command: str, past: str, doc: str) -> None:
