@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelfleet.cli._rollout_view import time_text
 from modelfleet.errors import ModelfleetError
 
 __all__ = ["DeployWaitError", "DeviceWait", "WaitState", "describe_laggards", "wait_states"]
@@ -70,15 +71,10 @@ def _assignment(device: Mapping[str, Any], model: str) -> Mapping[str, Any] | No
     return None
 
 
-def _device_state(
-    device: Mapping[str, Any] | None, model: str, version: int, mode: str, serial: int | None
-) -> tuple[WaitState, str]:
-    if device is None:
-        return WaitState.GONE, "no longer enrolled"
-    report = device.get("report") if isinstance(device.get("report"), Mapping) else {}
-    assert isinstance(report, Mapping)
-    applied = _int(report.get("applied_serial"))
-    fresh = serial is None or (applied is not None and applied >= serial)
+def _refused_or_rolled_back(
+    report: Mapping[str, Any], model: str, version: int, serial: int | None
+) -> tuple[WaitState, str] | None:
+    """What the device itself says went wrong with this deploy (not an older one)."""
 
     def this_deploy(entry: Mapping[str, Any]) -> bool:
         at = _int(entry.get("serial"))
@@ -104,14 +100,28 @@ def _device_state(
                 WaitState.ROLLED_BACK,
                 f"rolled v{version} back to v{event.get('to_version')}: {why}",
             )
+    return None
+
+
+def _device_state(
+    device: Mapping[str, Any] | None, model: str, version: int, mode: str, serial: int | None
+) -> tuple[WaitState, str]:
+    if device is None:
+        return WaitState.GONE, "no longer enrolled"
+    raw = device.get("report")
+    report: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    failed = _refused_or_rolled_back(report, model, version, serial)
+    if failed is not None:
+        return failed
     a = _assignment(device, model)
-    slot_key = "production" if mode == "full" else "candidate"
-    if a is None or _int(a.get(slot_key)) != version:
+    if a is None or _int(a.get("production" if mode == "full" else "candidate")) != version:
         rollout = str(a.get("rollout_id") or "") if a is not None else ""
         now = f"v{a.get('production')}" if a is not None else "nothing"
         if rollout.startswith("device-rollback"):
             return WaitState.ROLLED_BACK, f"rolled v{version} back, now assigned {now}"
         return WaitState.REASSIGNED, f"the hub now assigns {now} ({rollout or 'another change'})"
+    applied = _int(report.get("applied_serial"))
+    fresh = serial is None or (applied is not None and applied >= serial)
     slot = "active" if mode == "full" else "candidate"
     served = _slot_version(report, model, slot)
     if served == version and fresh:
@@ -125,7 +135,7 @@ def _device_state(
     if isinstance(status, str) and status and not status.startswith("up to date"):
         parts.append(status)
     if device.get("last_seen"):
-        parts.append(f"last seen {device['last_seen']}")
+        parts.append(f"last seen {time_text(device['last_seen'])}")
     return WaitState.PENDING, ", ".join(parts)
 
 
