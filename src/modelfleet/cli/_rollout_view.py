@@ -228,11 +228,14 @@ def render_rollout(view: Mapping[str, Any], *, note: str | None = None) -> Rende
     fields = {
         "stage": _stage_text(view),
         "soak": _soak_text(view),
+        "verdict": _styled(view["verdict"], _VERDICT_STYLE) if view.get("verdict") else None,
         "reason": view.get("reason") or None,
         "ticket": view.get("ticket"),
+        "created by": view.get("created_by"),
         "approved by": view.get("approved_by"),
         "evaluated": time_text(view.get("evaluated_at")),
         "updated": time_text(view.get("updated_at")),
+        "completed": time_text(view.get("completed_at")),
     }
     parts.append(
         make_table(
