@@ -267,6 +267,8 @@ def test_status_shows_the_gates_the_controller_evaluated_on_telemetry(
     assert set(rows) == {"error_rate", "latency_p99", "guard_rollbacks"}, shown.stdout
     assert "0.66 %" in rows["error_rate"] and "pass" in rows["error_rate"]  # 1 of 152 is 5xx
     assert "ms" in rows["latency_p99"] and "pass" in rows["latency_p99"], rows
+    evidence = cli("rollout", "evidence", rid, env=real_hub.env())
+    assert "error_rate pass, latency_p99 pass, guard_rollbacks pass" in evidence.stdout
     cli("rollout", "abort", rid, env=real_hub.env())
 
 
