@@ -552,6 +552,7 @@ class HubService:
             InvalidInputError: a bad plan, no matching device, a revoked version, no ticket
                 for a safety-classified model, split/shadow on a device without production.
             NotFoundError: unknown model, version, or an explicitly named device.
+            ConflictError: a target device is in an unfinished rollout of the same model.
         """
         return self.rollouts.create(plan, actor)
 
