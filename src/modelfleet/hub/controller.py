@@ -4,9 +4,10 @@
 the facts the pure state machine needs (:class:`~modelfleet.rollout.stages.Facts`):
 
 * the stage's telemetry — windows of the version under test carrying the rollout's id since
-  the stage started (``Telemetry.summary``) — and the control group's — the production
-  version the rollout replaces (``from_version``, role production), same period — merged
-  into :class:`~modelfleet.rollout.gates.GroupStats`;
+  the stage started — and the control group's — the production version the rollout
+  replaces (``from_version``, role production), same period — merged exactly as
+  ``Telemetry.summary`` merges them, but incrementally (:mod:`.rollout_windows`), into
+  :class:`~modelfleet.rollout.gates.GroupStats`;
 * guard rollbacks the rollout's devices reported in their check-ins since the stage started,
   counted at once (not at their next telemetry window), and crash/restart events;
 * the change window, the safety lag (safety-classified models only), the approval.
@@ -55,7 +56,7 @@ from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import apply_step, progress_of, store_progress
-from modelfleet.hub.telemetry import SummaryQuery, Telemetry
+from modelfleet.hub.rollout_windows import GroupKey, RunningTotals, summary_of
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
@@ -155,7 +156,6 @@ class RolloutController:
     Args:
         ctx: the hub's sessions, clock and audit log.
         director: stages desired states in the transaction and signs them after it.
-        telemetry: the merged telemetry windows the gates read.
         name: who this controller is (host and process), kept with each evaluation.
         evaluate_every_s: hub-clock seconds between two evaluations of a stage's telemetry
             (each reads every window of the stage so far); guard rollbacks and crashes are
@@ -166,15 +166,15 @@ class RolloutController:
         self,
         ctx: HubContext,
         director: Director,
-        telemetry: Telemetry,
         name: str | None = None,
         *,
         evaluate_every_s: float = 30.0,
     ) -> None:
         self.evaluate_every_s = evaluate_every_s
+        self._running: dict[GroupKey, RunningTotals] = {}
+        self._used: set[GroupKey] = set()
         self._ctx = ctx
         self._director = director
-        self._telemetry = telemetry
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
     def tick(self) -> list[JSONDict]:
@@ -196,10 +196,13 @@ class RolloutController:
                 )
             )
         done: list[JSONDict] = []
+        self._used = set()
         for rollout_id in ids:
             outcome = self.tick_one(rollout_id)
             if outcome is not None:
                 done.append(outcome)
+        for key in set(self._running) - self._used:  # stages that moved on
+            del self._running[key]
         return done
 
     def tick_one(self, rollout_id: str) -> JSONDict | None:
@@ -341,19 +344,18 @@ class RolloutController:
         streaks_in = {str(k): int(v) for k, v in (evidence.get("streaks_in") or {}).items()}
         return evaluate(plan.gates, stage, control, streaks_in), streaks_in, stats, False
 
-    def _summary(self, q: SummaryQuery) -> JSONDict:
-        return self._telemetry.summary(q)
+    def _group(self, key: GroupKey) -> JSONDict:
+        """The group's merged windows so far (read incrementally, :mod:`.rollout_windows`)."""
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = RunningTotals(key)
+        with self._ctx.read() as s:
+            running.update(s)
+        self._used.add(key)
+        return summary_of(running.totals)
 
     def _stage_summary(self, row: db.Rollout, since: datetime, until: datetime) -> JSONDict:
-        return self._summary(
-            SummaryQuery(
-                since=since,
-                until=until,
-                model=row.model,
-                version=str(row.version),
-                rollout_id=row.id,
-            )
-        )
+        return self._group(GroupKey(row.model, str(row.version), since, rollout_id=row.id))
 
     def _incidents(self, row: db.Rollout, since: datetime, until: datetime) -> tuple[int, int]:
         """Guard rollbacks the rollout's devices reported in check-ins since ``since`` (at
@@ -379,11 +381,7 @@ class RolloutController:
 
     def _control_stats(self, row: db.Rollout, since: datetime, until: datetime) -> GroupStats:
         version = str(row.from_version)
-        summary = self._summary(
-            SummaryQuery(
-                since=since, until=until, model=row.model, version=version, role="production"
-            )
-        )
+        summary = self._group(GroupKey(row.model, version, since, role="production"))
         with self._ctx.read() as s:
             crashes = self._crashes(s, row.model, version, since, until, None)
         return group_stats(summary, crashes=crashes)

@@ -117,7 +117,7 @@ class HubService:
                 self.context, self.store, self.trust, self.catalog, self.director, self.telemetry
             )
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
-            self.controller = RolloutController(self.context, self.director, self.telemetry)
+            self.controller = RolloutController(self.context, self.director)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
