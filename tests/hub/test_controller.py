@@ -4,6 +4,7 @@ the race, the loop and its lease on SQLite (PostgreSQL: test_controller_postgres
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,15 +117,15 @@ def test_an_operator_command_during_a_tick_wins_and_the_tick_does_nothing(
     service.tick_rollouts()
     clock.advance(60)
     Feed(service, clock).round(ids)
-    summary = service.controller._summary
+    group = service.controller._group
 
-    def pause_meanwhile(q: Any) -> Any:
+    def pause_meanwhile(key: Any) -> Any:
         # An operator pauses while the controller reads the telemetry.
         if service.get_rollout(ro["id"])["state"] == "running":
             service.rollout_command(ro["id"], "pause", actor=OPERATOR)
-        return summary(q)
+        return group(key)
 
-    monkeypatch.setattr(service.controller, "_summary", pause_meanwhile)
+    monkeypatch.setattr(service.controller, "_group", pause_meanwhile)
     assert service.tick_rollouts() == []
     monkeypatch.undo()
     view = service.get_rollout(ro["id"])
@@ -144,3 +145,65 @@ def test_the_loop_ticks_on_sqlite_where_the_one_process_is_the_controller(
     assert service.get_rollout(ro["id"])["stage_index"] == 0
     with pytest.raises(ValueError):
         ControllerLoop(service.controller, lease, 0, service.clock)
+
+
+def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
+    service: HubService, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orjson
+    from sqlalchemy import insert, select
+
+    from modelfleet.hub import db, rollout_windows
+    from modelfleet.hub.rollout_windows import GroupKey, RunningTotals, summary_of
+
+    monkeypatch.setattr(rollout_windows, "MARGIN", 5)
+    enrol_fleet(service, 4)
+    feed = Feed(service, clock)
+    since = clock.now()
+    key = GroupKey("iris", "1", since, role="production")
+    running = RunningTotals(key)
+
+    def full() -> dict[str, Any]:
+        q = service.telemetry_summary(
+            since=since, until=clock.now() + timedelta(days=1), model="iris", version="1",
+            role="production",
+        )  # fmt: skip
+        return {k: q[k] for k in ("windows", "requests", "guard", "devices", "latency_p99_s")}
+
+    for i in range(6):
+        clock.advance(60)
+        for d in ("d00", "d01", "d02", "d03")[: 1 + i % 4]:
+            feed.window(d, 1, None, errors=i)
+        with service.context.read() as s:
+            running.update(s)
+        mine = summary_of(running.totals)
+        assert {k: mine[k] for k in full()} == full(), i
+    # A record that took a lower id but committed after the last read (PostgreSQL): ids
+    # top+10 (committed, read) and top+7 (committed later).
+    with service.context.read() as s:
+        top, body = s.execute(
+            select(db.TelemetryRecord.id, db.TelemetryRecord.body).order_by(
+                db.TelemetryRecord.id.desc()
+            )
+        ).first()  # type: ignore[misc]
+
+    def row(record_id: int, seq: int) -> dict[str, Any]:
+        record = {**orjson.loads(body), "seq": seq, "requests": {"ok": 7, "server_error": 3}}
+        return {
+            "id": record_id, "device_id": "d00", "buffer_id": "late", "seq": seq,
+            "kind": "window", "model": "iris", "version": "1", "role": "production",
+            "rollout_id": None, "site": "plant-a", "device_at": clock.now(),
+            "received_at": clock.now(), "body": orjson.dumps(record).decode(),
+        }  # fmt: skip
+
+    for record_id, seq in ((top + 10, 1000), (top + 7, 1001)):
+        with service.context.telemetry_write() as s:
+            s.execute(insert(db.TelemetryRecord.__table__), [row(record_id, seq)])
+        with service.context.read() as s:
+            running.update(s)
+    assert running.high == top + 10
+    fresh = RunningTotals(key)
+    with service.context.read() as s:
+        fresh.update(s)
+    mine, again = summary_of(running.totals), summary_of(fresh.totals)
+    assert {k: mine[k] for k in full()} == {k: again[k] for k in full()} == full()

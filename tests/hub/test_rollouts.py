@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from modelfleet.clock import ManualClock
-from modelfleet.errors import InvalidInputError, NotFoundError
+from modelfleet.errors import ConflictError, InvalidInputError, NotFoundError
 from modelfleet.hub import db
 from modelfleet.hub.service import HubService
 from modelfleet.rollout.cohorts import plan_cohorts
@@ -22,6 +22,7 @@ from tests.hub._rollouts import (
     Feed,
     actions,
     assigned,
+    audit_of,
     enrol_fleet,
     plan,
     rollback_event,
@@ -262,3 +263,115 @@ def test_split_stage_needs_production_on_its_devices(
     ]
     with pytest.raises(InvalidInputError, match="split"):
         service.create_rollout(plan(stages=stages), actor=OPERATOR)
+
+
+def test_promote_starts_the_next_stage_now_and_completes_after_the_last(
+    fleet: tuple[HubService, list[str]],
+) -> None:
+    service, _ = fleet
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()
+    for stage in (1, 2):
+        view = service.rollout_command(ro["id"], "promote", actor=OPERATOR, reason="urgent fix")
+        assert view["stage_index"] == stage and view["state"] == "running"
+    assert len(assigned(service)) == 20
+    view = service.rollout_command(ro["id"], "promote", actor=OPERATOR)
+    assert view["state"] == "completed"
+    entries = audit_of(service, ro["id"])
+    assert [e.action for e in entries][-3:] == ["rollout-promote"] * 3
+    assert entries[-3].details["operator_reason"] == "urgent fix"
+    assert all(e.actor == OPERATOR for e in entries[-3:])
+
+
+def test_a_split_stage_adds_a_candidate_then_full_makes_it_production_and_rollback_drops_it(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    service, ids = fleet
+    stages = [
+        {"name": "try", "percent": 10, "soak": "5m", "mode": "split", "share": 0.25},
+        {"name": "more", "percent": 50, "soak": "5m"},
+        {"name": "all", "percent": 100, "soak": 0},
+    ]
+    ro = service.create_rollout(plan(stages=stages), actor=OPERATOR)
+    service.tick_rollouts()
+    canaries = assigned(service)
+    for d in canaries:
+        (a,) = service.get_device(d)["assignments"]
+        assert (a["production"], a["candidate"], a["mode"], a["share"]) == (1, 2, "split", 0.25)
+    feed = Feed(service, clock)
+    for _ in range(2):
+        clock.advance(180)
+        feed.round(ids)
+        service.tick_rollouts()
+    assert service.get_rollout(ro["id"])["stage_index"] == 1
+    for d in canaries:  # moved to the new stage's mode
+        (a,) = service.get_device(d)["assignments"]
+        assert (a["production"], a["candidate"], a["previous"], a["mode"]) == (2, None, 1, "full")
+    service.rollout_command(ro["id"], "rollback", actor=OPERATOR)
+    for d in ids:
+        (a,) = service.get_device(d)["assignments"]
+        assert (a["production"], a["candidate"]) == (1, None)
+
+
+def test_a_safety_classified_rollout_lags_another_sites_stable_stage(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    from modelfleet.hub.auth import Principal, Role
+
+    service, ids = fleet
+    service.set_model_safety("iris", True, actor=ADMIN)
+    approver = Principal(Role.APPROVER, "ada")
+    change = {"ticket": "CHG-9"}
+    first = service.create_rollout(
+        plan(target={"sites": ["plant-a"]}, change=change), actor=OPERATOR
+    )
+    second = service.create_rollout(
+        plan(target={"sites": ["plant-b"]}, change=change, safety_lag="1h"), actor=OPERATOR
+    )
+    for ro in (first, second):
+        service.approve_rollout(ro["id"], approver)
+    feed = Feed(service, clock)
+    service.tick_rollouts()
+    assert service.get_rollout(second["id"])["stage_index"] == -1  # nothing stable yet
+    assert service.get_rollout(first["id"])["stage_index"] == 0
+    for _ in range(2):
+        clock.advance(300)
+        feed.round(ids)
+        service.tick_rollouts()
+    # plant-a reached its stable stage (the last below 100 %) now
+    assert service.get_rollout(first["id"])["stage_name"] == "half"
+    clock.advance(3599)
+    service.tick_rollouts()
+    assert service.get_rollout(second["id"])["stage_index"] == -1
+    clock.advance(2)
+    service.tick_rollouts()
+    assert service.get_rollout(second["id"])["stage_index"] == 0
+
+
+def test_a_device_in_an_unfinished_rollout_cannot_join_another_of_the_same_model(
+    fleet: tuple[HubService, list[str]],
+) -> None:
+    service, _ = fleet
+    ro = service.create_rollout(plan(target={"sites": ["plant-a"]}), actor=OPERATOR)
+    with pytest.raises(ConflictError, match="unfinished rollout"):
+        service.create_rollout(plan(), actor=OPERATOR)
+    service.create_rollout(plan(target={"sites": ["plant-b"]}), actor=OPERATOR)  # disjoint
+    service.rollout_command(ro["id"], "abort", actor=OPERATOR)
+    assert service.get_rollout(ro["id"])["state"] == "aborted"
+    with pytest.raises(ConflictError):  # plant-b's is still running
+        service.create_rollout(plan(), actor=OPERATOR)
+
+
+def test_devices_reporting_the_version_count_as_running_and_silent_ones_as_offline(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    service, _ = fleet
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()
+    canary = sorted(assigned(service))[0]
+    report = {"models": {"iris": {"active": {"version": 2}, "previous": {"version": 1}}}}
+    service.record_report(canary, report)
+    devices = service.get_rollout(ro["id"])["devices"]
+    assert devices["running"] == 1 and devices["offline"] == 19
+    clock.advance(601)
+    assert service.get_rollout(ro["id"])["devices"]["offline"] == 20

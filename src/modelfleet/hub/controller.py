@@ -4,9 +4,10 @@
 the facts the pure state machine needs (:class:`~modelfleet.rollout.stages.Facts`):
 
 * the stage's telemetry — windows of the version under test carrying the rollout's id since
-  the stage started (``Telemetry.summary``) — and the control group's — the production
-  version the rollout replaces (``from_version``, role production), same period — merged
-  into :class:`~modelfleet.rollout.gates.GroupStats`;
+  the stage started — and the control group's — the production version the rollout
+  replaces (``from_version``, role production), same period — merged exactly as
+  ``Telemetry.summary`` merges them, but incrementally (:mod:`.rollout_windows`), into
+  :class:`~modelfleet.rollout.gates.GroupStats`;
 * guard rollbacks the rollout's devices reported in their check-ins since the stage started,
   counted at once (not at their next telemetry window), and crash/restart events;
 * the change window, the safety lag (safety-classified models only), the approval.
@@ -55,7 +56,7 @@ from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import apply_step, progress_of, store_progress
-from modelfleet.hub.telemetry import SummaryQuery, Telemetry
+from modelfleet.hub.rollout_windows import GroupKey, RunningTotals, summary_of
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
@@ -74,6 +75,7 @@ __all__ = [
     "ACTIONS",
     "CONTROLLER_ACTOR",
     "CRASH_EVENTS",
+    "EVALUATE_EVERY_TICKS",
     "ControllerLease",
     "ControllerLoop",
     "RolloutController",
@@ -144,6 +146,7 @@ class _Snapshot:
     stable_since: tuple[datetime, ...]
     last_verdict: str | None
     last_evidence: Mapping[str, Any] | None
+    last_evaluated_at: datetime | None
     control_since: datetime | None  # set when the stage has no control of its own (100 %)
 
 
@@ -153,20 +156,25 @@ class RolloutController:
     Args:
         ctx: the hub's sessions, clock and audit log.
         director: stages desired states in the transaction and signs them after it.
-        telemetry: the merged telemetry windows the gates read.
         name: who this controller is (host and process), kept with each evaluation.
+        evaluate_every_s: hub-clock seconds between two evaluations of a stage's telemetry
+            (each reads every window of the stage so far); guard rollbacks and crashes are
+            checked every tick and evaluate at once.
     """
 
     def __init__(
         self,
         ctx: HubContext,
         director: Director,
-        telemetry: Telemetry,
         name: str | None = None,
+        *,
+        evaluate_every_s: float = 30.0,
     ) -> None:
+        self.evaluate_every_s = evaluate_every_s
+        self._running: dict[GroupKey, RunningTotals] = {}
+        self._used: set[GroupKey] = set()
         self._ctx = ctx
         self._director = director
-        self._telemetry = telemetry
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
     def tick(self) -> list[JSONDict]:
@@ -188,10 +196,13 @@ class RolloutController:
                 )
             )
         done: list[JSONDict] = []
+        self._used = set()
         for rollout_id in ids:
             outcome = self.tick_one(rollout_id)
             if outcome is not None:
                 done.append(outcome)
+        for key in set(self._running) - self._used:  # stages that moved on
+            del self._running[key]
         return done
 
     def tick_one(self, rollout_id: str) -> JSONDict | None:
@@ -260,6 +271,7 @@ class RolloutController:
                 stable_since=tuple(t for t in stable if t is not None),
                 last_verdict=last.verdict if last is not None else None,
                 last_evidence=last.evidence if last is not None else None,
+                last_evaluated_at=last.evaluated_at if last is not None else None,
                 control_since=self._control_since(s, row, plan),
             )
 
@@ -287,40 +299,67 @@ class RolloutController:
         self, snap: _Snapshot, now: datetime
     ) -> tuple[Evaluation | None, dict[str, int], JSONDict, bool]:
         """The current stage's evaluation, the streaks it started from, its inputs, and
-        whether the inputs are new (else it is the last stored one, recomputed)."""
+        whether it is new (else it is the last stored one, recomputed from its evidence).
+
+        A new evaluation needs new inputs and, within :attr:`evaluate_every_s` of the last
+        one, more guard rollbacks or crashes than it saw (those count at once); otherwise
+        the telemetry is not even read again."""
         row, progress = snap.row, snap.progress
         since = progress.stage_started_at
         if progress.stage < 0 or since is None or now <= since:
             return None, {}, {}, False
-        stage = self._stage_stats(row, since, now)
+        last = snap.last_evidence
+        rollbacks, crashes = self._incidents(row, since, now)
+        if last is not None and snap.last_evaluated_at is not None:
+            seen = (last.get("stats") or {}).get("stage") or {}
+            recent = (now - snap.last_evaluated_at).total_seconds() < self.evaluate_every_s
+            quiet = rollbacks <= seen.get("guard_rollbacks", 0) and crashes <= seen.get(
+                "crashes", 0
+            )
+            if recent and quiet:
+                return self._recompute(snap.plan, last)
+        stage = group_stats(
+            self._stage_summary(row, since, now), rollbacks=rollbacks, crashes=crashes
+        )
         control = None
         if row.from_version is not None:
-            control_since = snap.control_since or since
-            control = self._control_stats(row, control_since, now)
+            control = self._control_stats(row, snap.control_since or since, now)
         stats: JSONDict = {
             "stage": stage.to_dict(),
             "control": control.to_dict() if control is not None else None,
         }
-        last = snap.last_evidence
         if last is not None and last.get("stats") == stats:
-            streaks_in = {str(k): int(v) for k, v in (last.get("streaks_in") or {}).items()}
-            return evaluate(snap.plan.gates, stage, control, streaks_in), streaks_in, stats, False
+            return self._recompute(snap.plan, last)
         streaks_in = dict(progress.streaks)
         return evaluate(snap.plan.gates, stage, control, streaks_in), streaks_in, stats, True
 
-    def _summary(self, q: SummaryQuery) -> JSONDict:
-        return self._telemetry.summary(q)
+    @staticmethod
+    def _recompute(
+        plan: RolloutPlan, evidence: Mapping[str, Any]
+    ) -> tuple[Evaluation, dict[str, int], JSONDict, bool]:
+        """The stored evaluation again, from its evidence (the pure function gives the same)."""
+        stats: JSONDict = dict(evidence.get("stats") or {})
+        stage = GroupStats(**stats["stage"])
+        control = GroupStats(**stats["control"]) if stats.get("control") else None
+        streaks_in = {str(k): int(v) for k, v in (evidence.get("streaks_in") or {}).items()}
+        return evaluate(plan.gates, stage, control, streaks_in), streaks_in, stats, False
 
-    def _stage_stats(self, row: db.Rollout, since: datetime, until: datetime) -> GroupStats:
-        summary = self._summary(
-            SummaryQuery(
-                since=since,
-                until=until,
-                model=row.model,
-                version=str(row.version),
-                rollout_id=row.id,
-            )
-        )
+    def _group(self, key: GroupKey) -> JSONDict:
+        """The group's merged windows so far (read incrementally, :mod:`.rollout_windows`)."""
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = RunningTotals(key)
+        with self._ctx.read() as s:
+            running.update(s)
+        self._used.add(key)
+        return summary_of(running.totals)
+
+    def _stage_summary(self, row: db.Rollout, since: datetime, until: datetime) -> JSONDict:
+        return self._group(GroupKey(row.model, str(row.version), since, rollout_id=row.id))
+
+    def _incidents(self, row: db.Rollout, since: datetime, until: datetime) -> tuple[int, int]:
+        """Guard rollbacks the rollout's devices reported in check-ins since ``since`` (at
+        once: before their telemetry window says so), and crash/restart events."""
         with self._ctx.read() as s:
             members = select(db.RolloutDevice.device_id).where(
                 db.RolloutDevice.rollout_id == row.id
@@ -338,15 +377,11 @@ class RolloutController:
                 or 0
             )
             crashes = self._crashes(s, row.model, str(row.version), since, until, row.id)
-        return group_stats(summary, rollbacks=rollbacks, crashes=crashes)
+        return rollbacks, crashes
 
     def _control_stats(self, row: db.Rollout, since: datetime, until: datetime) -> GroupStats:
         version = str(row.from_version)
-        summary = self._summary(
-            SummaryQuery(
-                since=since, until=until, model=row.model, version=version, role="production"
-            )
-        )
+        summary = self._group(GroupKey(row.model, version, since, role="production"))
         with self._ctx.read() as s:
             crashes = self._crashes(s, row.model, version, since, until, None)
         return group_stats(summary, crashes=crashes)
@@ -558,9 +593,15 @@ class ControllerLease:
                 conn.close()
 
 
+EVALUATE_EVERY_TICKS: Final = 6
+"""The loop evaluates a stage's telemetry at most every this many ticks (30 s at the default
+5 s interval); guard rollbacks and crashes are looked at every tick."""
+
+
 class ControllerLoop:
     """The thread ``hub serve`` runs: every ``interval_s`` of the hub clock, take or keep
-    the lease, and tick when held.
+    the lease, and tick when held. Sets the controller's ``evaluate_every_s`` to
+    :data:`EVALUATE_EVERY_TICKS` intervals.
 
     Args:
         controller: what to tick.
@@ -579,6 +620,7 @@ class ControllerLoop:
         if not interval_s > 0:
             raise ValueError("the controller interval must be positive")
         self._controller = controller
+        controller.evaluate_every_s = EVALUATE_EVERY_TICKS * interval_s
         self._lease = lease
         real_seconds = getattr(clock, "real_seconds", None)
         self._wait_s = float(real_seconds(interval_s)) if callable(real_seconds) else interval_s

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -55,6 +55,7 @@ from modelfleet.rollout.cohorts import blast_radius_groups, plan_cohorts
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
 from modelfleet.rollout.stages import (
+    TERMINAL,
     Action,
     Command,
     RolloutState,
@@ -77,6 +78,7 @@ MAX_EVALUATIONS: Final = 1000
 """Most evaluation rows one request answers."""
 
 _HISTORY: Final = 20
+_UNFINISHED: Final = tuple(state.value for state in RolloutState if state not in TERMINAL)
 _INT32_MAX: Final = 2**31 - 1
 _MAX_TICKET: Final = 128
 _MAX_STRING: Final = 4096
@@ -165,6 +167,7 @@ class Rollouts:
                     "(change.ticket)"
                 )
             targets, groups = self._resolve(s, plan)
+            self._check_free(s, plan.model, targets)
             cohorts = plan_cohorts(targets, rollout_id, plan.percents, groups)
             current = {
                 a.device_id: a
@@ -253,6 +256,27 @@ class Rollouts:
         tags_of = {d: [t for t in tags if isinstance(t, str)] for d, _, tags in devices}
         groups = blast_radius_groups({d: tags_of[d] for d in targets}, plan.blast_radius_tag)
         return sorted(targets), groups
+
+    @staticmethod
+    def _check_free(s: Session, model: str, targets: Sequence[str]) -> None:
+        """Refuse devices that an unfinished rollout of the same model holds: two rollouts
+        must not take turns assigning one device."""
+        r, rd = db.Rollout, db.RolloutDevice
+        busy: dict[str, str] = {}
+        for i in range(0, len(targets), 500):
+            chunk = targets[i : i + 500]
+            for device_id, rollout_id in s.execute(
+                select(rd.device_id, rd.rollout_id)
+                .join(r, r.id == rd.rollout_id)
+                .where(r.model == model, r.state.in_(_UNFINISHED), rd.device_id.in_(chunk))
+            ):
+                busy.setdefault(device_id, rollout_id)
+        if busy:
+            names = ", ".join(f"{d} ({busy[d]})" for d in sorted(busy)[:20])
+            raise ConflictError(
+                f"{len(busy)} target device(s) are in an unfinished rollout of {model!r}: "
+                f"{names}; finish, roll back or abort it first"
+            )
 
     @staticmethod
     def _check_modes(

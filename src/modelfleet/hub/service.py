@@ -117,7 +117,7 @@ class HubService:
                 self.context, self.store, self.trust, self.catalog, self.director, self.telemetry
             )
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
-            self.controller = RolloutController(self.context, self.director, self.telemetry)
+            self.controller = RolloutController(self.context, self.director)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -552,6 +552,7 @@ class HubService:
             InvalidInputError: a bad plan, no matching device, a revoked version, no ticket
                 for a safety-classified model, split/shadow on a device without production.
             NotFoundError: unknown model, version, or an explicitly named device.
+            ConflictError: a target device is in an unfinished rollout of the same model.
         """
         return self.rollouts.create(plan, actor)
 
