@@ -102,6 +102,17 @@ def real_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHub]:
         proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def no_rollout_left_running(real_hub: RealHub) -> Iterator[None]:
+    """A test that fails half-way must not leave a rollout holding the devices (the hub
+    refuses a second unfinished rollout of a model on them) for the next ones."""
+    yield
+    with real_hub.client() as c:
+        for r in c.list_rollouts():
+            if r["state"] not in ("completed", "rolled_back", "aborted"):
+                c.rollout_command(r["id"], "abort", reason="test cleanup")
+
+
 def report_serving(hub: RealHub, device: str, version: int, **extra: Any) -> None:
     """Check in as ``device``: it applied its current desired state and serves ``version``."""
     with HubClient(hub.url, hub.device_tokens[device]) as c:
