@@ -152,6 +152,28 @@ def test_poll_stops_when_done_and_sleeps_the_interval() -> None:
     assert (result.value, result.done, shown, clock.monotonic()) == (3, True, [1, 2, 3], 4.0)
 
 
+def test_a_slow_answer_stretches_the_wait_so_the_hub_is_not_kept_busy() -> None:
+    clock, sleeps = ManualClock(), []
+
+    def slow_fetch() -> float:
+        clock.advance(3.0)  # the hub took 3 s to answer
+        return clock.monotonic()
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.advance(seconds)
+
+    poll(
+        slow_fetch,
+        lambda v: len(sleeps) == 2,
+        show=lambda v, e: None,
+        interval_s=1.0,
+        now=clock.monotonic,
+        sleep=sleep,
+    )
+    assert sleeps == [6.0, 6.0]
+
+
 def test_poll_gives_up_at_the_deadline_with_the_last_answer() -> None:
     clock = ManualClock()
     result = poll(
@@ -488,3 +510,31 @@ def test_a_view_from_another_hub_version_still_renders() -> None:
     console.print(render_rollout(odd))
     console.print(render_rollout({}))
     assert "future_metric" in console.export_text()
+
+
+class DeviceViews:
+    """A client's two device reads, counted; ``gone`` answers not found."""
+
+    def __init__(self, gone: str = "") -> None:
+        self.gone, self.calls = gone, []
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        self.calls.append("list")
+        return [{"id": "all"}]
+
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        self.calls.append(device_id)
+        if device_id == self.gone:
+            raise NotFoundError(device_id)
+        return {"id": device_id}
+
+
+def test_a_few_devices_are_read_one_by_one_many_in_one_list() -> None:
+    from modelfleet.cli.main import _device_views
+
+    few = DeviceViews(gone="d1")
+    deployed = {"devices": [{"device_id": "d0"}, {"device_id": "d1"}]}
+    assert _device_views(few, deployed) == [{"id": "d0"}] and few.calls == ["d0", "d1"]
+    many = DeviceViews()
+    deployed = {"devices": [{"device_id": f"d{i}"} for i in range(21)]}
+    assert _device_views(many, deployed) == [{"id": "all"}] and many.calls == ["list"]

@@ -33,8 +33,12 @@ def poll(
     sleep: Callable[[float], None],
     timeout_s: float | None = None,
     outage_s: float = 60.0,
+    load_factor: float = 2.0,
 ) -> PollResult[T]:
     """Call ``fetch`` every ``interval_s`` until ``done(answer)`` or ``timeout_s`` passed.
+
+    The wait between fetches is at least ``load_factor`` times what the last fetch took, so
+    that a slow answer (a large fleet's device list) does not keep the hub busy.
 
     The first fetch must succeed: a hub that is down from the start is an error at once.
     Afterwards a :class:`TransportError` is shown with the last good answer (``show(last,
@@ -50,6 +54,7 @@ def poll(
         sleep: waits that many seconds.
         timeout_s: stop with ``done=False`` after this long; None waits for ever.
         outage_s: how long the hub may stay unreachable before giving up.
+        load_factor: the wait is at least this many times the last fetch's duration.
 
     Returns:
         The last answer, and whether ``done`` held.
@@ -60,6 +65,7 @@ def poll(
     """
     start = now()
     last = fetch()
+    took = now() - start
     show(last, None)
     failing_since: float | None = None
     while True:
@@ -67,10 +73,11 @@ def poll(
             return PollResult(last, True)
         if timeout_s is not None and now() - start >= timeout_s:
             return PollResult(last, False)
-        wait = interval_s
+        wait = max(interval_s, load_factor * took)
         if timeout_s is not None:
             wait = max(0.0, min(wait, start + timeout_s - now()))
         sleep(wait)
+        began = now()
         try:
             last = fetch()
         except TransportError as e:
@@ -79,5 +86,7 @@ def poll(
                 raise
             show(last, e)
             continue
+        finally:
+            took = now() - began
         failing_since = None
         show(last, None)

@@ -36,7 +36,7 @@ from modelfleet.cli._plan_file import parse_duration
 from modelfleet.cli._polling import poll
 from modelfleet.cli._rollout_view import duration_text
 from modelfleet.cli.rollout_cmds import rollout_app
-from modelfleet.errors import InvalidInputError
+from modelfleet.errors import InvalidInputError, NotFoundError
 
 __all__ = ["app", "main"]
 
@@ -661,6 +661,23 @@ def _print_deployed(result: Mapping[str, Any]) -> None:
 
 
 _WAIT_POLL_S = 1.0
+_FEW_DEVICES = 20
+
+
+def _device_views(client: Any, result: Mapping[str, Any]) -> list[Any]:
+    """The hub's views of the deploy's devices: one by one for a few (a large fleet's
+    whole list is megabytes), else the whole list; a device deleted meanwhile is left out."""
+    ids = [str(d.get("device_id")) for d in result.get("devices") or []]
+    if len(ids) > _FEW_DEVICES:
+        views: list[Any] = client.list_devices()
+        return views
+    views = []
+    for device_id in ids:
+        try:
+            views.append(client.get_device(device_id))
+        except NotFoundError:
+            continue
+    return views
 
 
 def _wait_for_deploy(
@@ -680,7 +697,7 @@ def _wait_for_deploy(
     with _wait_display(total, f"waiting for {name} v{version}", quiet=json_out) as show:
 
         def fetch() -> list[DeviceWait]:
-            return wait_states(result, client.list_devices())
+            return wait_states(result, _device_views(client, result))
 
         polled = poll(
             fetch,
