@@ -56,7 +56,7 @@ def test_json_is_yaml_too(tmp_path: Path) -> None:
     ("raw", "message"),
     [
         (b"\xff\xfe", "not UTF-8"),
-        (b"x" * ((1 << 20) + 1), "over 1048576 bytes"),
+        (b"x" * ((4 << 20) + 1), "over 4194304 bytes"),
         (b"a: *nosuch\n", "not valid YAML"),
         (b"--- 1\n--- 2\n", "not valid YAML"),
         (b"just text\n", "not a str"),

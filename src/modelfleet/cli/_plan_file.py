@@ -4,7 +4,7 @@ The CLI reads the file (``yaml.safe_load`` semantics) and hands the hub the docu
 written; checking the plan's fields is :func:`modelfleet.rollout.plan.parse_plan`'s job,
 on the hub and, before anything is sent, here. Two YAML 1.1 traps are closed in the loader:
 a key given twice is an error (safe_load keeps the last one silently), and a clock time
-such as ``06:00`` stays a string (YAML 1.1 reads it as the base-60 number 360).
+such as ``14:00`` stays a string (YAML 1.1 reads it as the base-60 number 840).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ __all__ = [
     "with_ticket",
 ]
 
-MAX_PLAN_BYTES = 1 << 20
-"""A plan is a few hundred bytes; anything over 1 MiB is the wrong file."""
+MAX_PLAN_BYTES = 4 << 20
+"""The hub's limit on a plan (one naming 10,000 devices explicitly is about 250 KB)."""
 
 
 def parse_duration(text: str, option: str) -> float:
