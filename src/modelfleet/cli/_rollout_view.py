@@ -339,8 +339,8 @@ def render_rollout_list(rollouts: Sequence[Mapping[str, Any]]) -> RenderableType
 def render_plan(plan: Mapping[str, Any]) -> RenderableType:
     """A checked plan (``RolloutPlan.to_dict()``) for ``rollout create --dry-run``."""
     target = plan.get("target")
-    change = plan.get("change") if isinstance(plan.get("change"), Mapping) else {}
-    assert isinstance(change, Mapping)
+    raw_change = plan.get("change")
+    change: Mapping[str, Any] = raw_change if isinstance(raw_change, Mapping) else {}
     head = make_table(
         None,
         ["field", "value"],
