@@ -224,44 +224,39 @@ def test_safety_classified_needs_a_ticket_and_a_second_person(cli: Cli, real_hub
         assert off.code == 0, off.stderr
 
 
+def post_windows(hub: RealHub, rid: str, devices: list[str], seq: int, canary_errors: int) -> None:
+    """One telemetry window per device: the canary's with ``canary_errors`` 5xx of 200."""
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    with hub.client() as c:
+        for d in devices:
+            canary = c.get_device(d)["assignments"][0]["rollout_id"] == rid
+            record = window(
+                seq,
+                d,
+                now,
+                version="2" if canary else "1",
+                rollout_id=rid if canary else None,
+                ok=200,
+                server_error=canary_errors if canary else 0,
+                latencies=[0.020] * 150,
+            )
+            with HubClient(hub.url, hub.device_tokens[d]) as dc:
+                dc.send_telemetry(d, batch(d, [record], now, buffer_id=f"b-{rid}"))
+
+
 def test_status_shows_the_gates_the_controller_evaluated_on_telemetry(
     cli: Cli, real_hub: RealHub
 ) -> None:
     devices = ["cam-06", "cam-07", "cam-08", "cam-09"]
     with real_hub.client() as c:
         c.deploy("iris", 1, devices)
-    created = cli(
-        "rollout",
-        "create",
-        "iris",
-        "2",
-        "--device",
-        ",".join(devices),
-        "--stages",
-        "25,100",
-        "--soak",
-        "1h",
-        "--json",
-        env=real_hub.env(),
-    )
+    args = ("iris", "2", "--device", ",".join(devices), "--stages", "25,100", "--soak", "1h")
+    created = cli("rollout", "create", *args, "--json", env=real_hub.env())
     rid = json.loads(created.stdout)["id"]
     with real_hub.client() as c:
         assert wait_until(lambda: c.get_rollout(rid)["stage_index"] == 0)
-        now = datetime.now(UTC) + timedelta(seconds=1)
-        for d in devices:
-            canary = c.get_device(d)["assignments"][0]["rollout_id"] == rid
-            record = window(
-                1,
-                d,
-                now,
-                version="2" if canary else "1",
-                rollout_id=rid if canary else None,
-                ok=150,
-                server_error=1 if canary else 0,
-                latencies=[0.020] * 150,
-            )
-            with HubClient(real_hub.url, real_hub.device_tokens[d]) as dc:
-                dc.send_telemetry(d, batch(d, [record], now))
+    post_windows(real_hub, rid, devices, 1, canary_errors=1)
+    with real_hub.client() as c:
 
         def passing() -> bool:
             # An evaluation may read the canary's windows before the control's: wait for
@@ -275,11 +270,68 @@ def test_status_shows_the_gates_the_controller_evaluated_on_telemetry(
     cells = [line.split("│") for line in shown.stdout.splitlines() if line.count("│") > 8]
     rows = {c[1].strip(): "│".join(c) for c in cells if c[1].strip()}
     assert set(rows) == {"error_rate", "latency_p99", "guard_rollbacks"}, shown.stdout
-    assert "0.66 %" in rows["error_rate"] and "pass" in rows["error_rate"]  # 1 of 152 is 5xx
+    assert "0.50 %" in rows["error_rate"] and "pass" in rows["error_rate"]  # 1 of 202 is 5xx
     assert "ms" in rows["latency_p99"] and "pass" in rows["latency_p99"], rows
     evidence = cli("rollout", "evidence", rid, env=real_hub.env())
     assert "error_rate pass, latency_p99 pass, guard_rollbacks pass" in evidence.stdout
     cli("rollout", "abort", rid, env=real_hub.env())
+
+
+def test_watch_ends_with_exit_1_when_the_controller_rolls_a_bad_canary_back(
+    real_hub: RealHub,
+) -> None:
+    devices = ["cam-06", "cam-07", "cam-08", "cam-09"]
+    with real_hub.client() as c:
+        c.deploy("iris", 1, devices)
+        plan = {
+            "model": "iris",
+            "version": 2,
+            "target": {"devices": devices},
+            "stages": [
+                {"name": "canary", "percent": 25, "soak": "1h"},
+                {"name": "full", "percent": 100, "soak": 0},
+            ],
+        }
+        rid = c.create_rollout(plan)["id"]
+        assert wait_until(lambda: c.get_rollout(rid)["stage_index"] == 0)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelfleet",
+            "rollout",
+            "status",
+            rid,
+            "--watch",
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")},
+            **real_hub.env(),
+            "COLUMNS": "200",
+        },
+    )
+    try:
+        post_windows(real_hub, rid, devices, 1, canary_errors=40)
+        with real_hub.client() as c:
+
+            def bad_once() -> bool:
+                gates = {g["metric"]: g for g in c.get_rollout(rid)["gates"]}
+                return gates.get("error_rate", {}).get("verdict") == "bad"
+
+            assert wait_until(bad_once), c.get_rollout(rid)
+        post_windows(real_hub, rid, devices, 2, canary_errors=40)  # the second in a row
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.ERROR, err
+    assert err.startswith(f"error: rollout {rid} ended rolled_back: gate failed"), err
+    lines = [line for line in out.splitlines() if f" {rid} iris v2 " in line]
+    assert "error_rate bad" in "".join(lines) and "error_rate fail" in lines[-1], out
 
 
 HUB_ERRORS = [
