@@ -182,10 +182,12 @@ class RolloutController:
 
         Returns:
             What it did: ``[{"rollout_id", "action", "stage", "state", "reason"}]`` for each
-            rollout whose row changed (a gate evaluated, a stage started, ...).
+            rollout whose row changed (a gate evaluated, a stage started, ...), and
+            ``{"rollout_id", "error"}`` for each whose tick failed (a database or signing
+            failure: what committed stays consistent; the next tick goes on).
 
         Raises:
-            StorageError: the database failed (what committed stays consistent).
+            StorageError: the list of rollouts could not be read.
         """
         with self._ctx.read() as s:
             ids = list(
@@ -198,7 +200,11 @@ class RolloutController:
         done: list[JSONDict] = []
         self._used = set()
         for rollout_id in ids:
-            outcome = self.tick_one(rollout_id)
+            try:
+                outcome = self.tick_one(rollout_id)
+            except ModelfleetError as e:  # one rollout's failure does not stop the others
+                log.error("rollout %s: tick failed: %s", rollout_id, str(e).partition("\n")[0])
+                outcome = {"rollout_id": rollout_id, "error": str(e).partition("\n")[0][:300]}
             if outcome is not None:
                 done.append(outcome)
         for key in set(self._running) - self._used:  # stages that moved on

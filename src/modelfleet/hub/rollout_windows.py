@@ -5,8 +5,8 @@ merging every window again at each evaluation costs what the soak has accumulate
 10,000 devices and 60 s windows, 600,000 windows after an hour. :class:`RunningTotals` keeps
 the merge (:class:`~modelfleet.telemetry.wire.WindowTotals`, exact) and reads only the records
 stored since its last read: those with an id above its high-water mark, less a margin of
-:data:`MARGIN` ids that it reads again (remembering which ids it merged), because on
-PostgreSQL a transaction that took lower ids may commit after a higher one was read.
+:data:`MARGIN` ids that it looks at again (ids only; it remembers which it merged), because
+on PostgreSQL a transaction that took lower ids may commit after a higher one was read.
 
 The totals are in memory, per controller process; a new controller (restart, another lease
 holder) reads the group once from the start. Only raw windows are read: telemetry retention
@@ -31,7 +31,7 @@ from modelfleet.telemetry.wire import WindowTotals
 
 __all__ = ["MARGIN", "GroupKey", "RunningTotals", "summary_of"]
 
-MARGIN: Final = 100_000
+MARGIN: Final = 20_000
 """Record ids below the high-water mark read again each time (in-flight inserts)."""
 
 
@@ -70,12 +70,14 @@ class RunningTotals:
             where.append(r.role == k.role)
         if k.rollout_id is not None:
             where.append(r.rollout_id == k.rollout_id)
-        for record_id, body in s.execute(select(r.id, r.body).where(*where)):
-            if record_id in self.recent:
-                continue
-            self.totals.add(orjson.loads(body))
-            self.recent.add(record_id)
-            self.high = max(self.high, record_id)
+        # Ids first (no bodies): the margin's records were mostly merged already.
+        new = [i for i in s.scalars(select(r.id).where(*where)) if i not in self.recent]
+        for start in range(0, len(new), 1000):
+            chunk = new[start : start + 1000]
+            for record_id, body in s.execute(select(r.id, r.body).where(r.id.in_(chunk))):
+                self.totals.add(orjson.loads(body))
+                self.recent.add(record_id)
+                self.high = max(self.high, record_id)
         floor = self.high - MARGIN
         self.recent = {i for i in self.recent if i > floor}
 
