@@ -176,7 +176,7 @@ def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
             feed.window(d, 1, None, errors=i)
         with service.context.read() as s:
             running.update(s)
-        mine = summary_of(running.totals)
+        mine = summary_of(running)
         assert {k: mine[k] for k in full()} == full(), i
     # A record that took a lower id but committed after the last read (PostgreSQL): ids
     # top+10 (committed, read) and top+7 (committed later).
@@ -205,5 +205,5 @@ def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
     fresh = RunningTotals(key)
     with service.context.read() as s:
         fresh.update(s)
-    mine, again = summary_of(running.totals), summary_of(fresh.totals)
+    mine, again = summary_of(running), summary_of(fresh)
     assert {k: mine[k] for k in full()} == {k: again[k] for k in full()} == full()

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import orjson
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -56,7 +55,7 @@ from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import apply_step, progress_of, store_progress
-from modelfleet.hub.rollout_windows import GroupKey, RunningTotals, summary_of
+from modelfleet.hub.rollout_windows import CRASH_EVENTS, GroupKey, RunningTotals, summary_of
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
@@ -86,9 +85,6 @@ log = logging.getLogger("modelfleet.hub.controller")
 
 CONTROLLER_ACTOR: Final = "controller"
 """The audit actor of everything the controller does."""
-
-CRASH_EVENTS: Final = frozenset({"crash", "restart", "watchdog_restart"})
-"""Telemetry event names counted as crashes and watchdog restarts (the ``crashes`` gate)."""
 
 ACTIONS: Final[Mapping[Action, str]] = {
     Action.START_STAGE: "rollout-stage",
@@ -308,28 +304,24 @@ class RolloutController:
         whether it is new (else it is the last stored one, recomputed from its evidence).
 
         A new evaluation needs new inputs and, within :attr:`evaluate_every_s` of the last
-        one, more guard rollbacks or crashes than it saw (those count at once); otherwise
-        the telemetry is not even read again."""
+        one, more guard rollbacks reported in check-ins than it saw (those count at once);
+        otherwise the telemetry is not even read again."""
         row, progress = snap.row, snap.progress
         since = progress.stage_started_at
         if progress.stage < 0 or since is None or now <= since:
             return None, {}, {}, False
         last = snap.last_evidence
-        rollbacks, crashes = self._incidents(row, since, now)
+        rollbacks = self._rollbacks(row, since)
         if last is not None and snap.last_evaluated_at is not None:
             seen = (last.get("stats") or {}).get("stage") or {}
             recent = (now - snap.last_evaluated_at).total_seconds() < self.evaluate_every_s
-            quiet = rollbacks <= seen.get("guard_rollbacks", 0) and crashes <= seen.get(
-                "crashes", 0
-            )
-            if recent and quiet:
+            if recent and rollbacks <= seen.get("guard_rollbacks", 0):
                 return self._recompute(snap.plan, last)
-        stage = group_stats(
-            self._stage_summary(row, since, now), rollbacks=rollbacks, crashes=crashes
-        )
+        summary = self._stage_summary(row, since)
+        stage = group_stats(summary, rollbacks=rollbacks, crashes=int(summary["crashes"]))
         control = None
         if row.from_version is not None:
-            control = self._control_stats(row, snap.control_since or since, now)
+            control = self._control_stats(row, snap.control_since or since)
         stats: JSONDict = {
             "stage": stage.to_dict(),
             "control": control.to_dict() if control is not None else None,
@@ -358,20 +350,20 @@ class RolloutController:
         with self._ctx.read() as s:
             running.update(s)
         self._used.add(key)
-        return summary_of(running.totals)
+        return summary_of(running)
 
-    def _stage_summary(self, row: db.Rollout, since: datetime, until: datetime) -> JSONDict:
+    def _stage_summary(self, row: db.Rollout, since: datetime) -> JSONDict:
         return self._group(GroupKey(row.model, str(row.version), since, rollout_id=row.id))
 
-    def _incidents(self, row: db.Rollout, since: datetime, until: datetime) -> tuple[int, int]:
+    def _rollbacks(self, row: db.Rollout, since: datetime) -> int:
         """Guard rollbacks the rollout's devices reported in check-ins since ``since`` (at
-        once: before their telemetry window says so), and crash/restart events."""
+        once: before their telemetry window says so)."""
         with self._ctx.read() as s:
             members = select(db.RolloutDevice.device_id).where(
                 db.RolloutDevice.rollout_id == row.id
             )
             ev = db.DeviceRollbackEvent
-            rollbacks = int(
+            return int(
                 s.execute(
                     select(func.count()).where(
                         ev.model == row.model,
@@ -382,40 +374,10 @@ class RolloutController:
                 ).scalar()
                 or 0
             )
-            crashes = self._crashes(s, row.model, str(row.version), since, until, row.id)
-        return rollbacks, crashes
 
-    def _control_stats(self, row: db.Rollout, since: datetime, until: datetime) -> GroupStats:
-        version = str(row.from_version)
-        summary = self._group(GroupKey(row.model, version, since, role="production"))
-        with self._ctx.read() as s:
-            crashes = self._crashes(s, row.model, version, since, until, None)
-        return group_stats(summary, crashes=crashes)
-
-    @staticmethod
-    def _crashes(
-        s: Session,
-        model: str,
-        version: str,
-        since: datetime,
-        until: datetime,
-        rollout_id: str | None,
-    ) -> int:
-        r = db.TelemetryRecord
-        where = [
-            r.kind == "event",
-            r.model == model,
-            r.version == version,
-            r.device_at >= since,
-            r.device_at < until,
-        ]
-        if rollout_id is not None:
-            where.append(r.rollout_id == rollout_id)
-        n = 0
-        for (body,) in s.execute(select(r.body).where(*where)):
-            if orjson.loads(body).get("event") in CRASH_EVENTS:
-                n += 1
-        return n
+    def _control_stats(self, row: db.Rollout, since: datetime) -> GroupStats:
+        summary = self._group(GroupKey(row.model, str(row.from_version), since, role="production"))
+        return group_stats(summary, crashes=int(summary["crashes"]))
 
     # -- apply ---------------------------------------------------------------------------
 
