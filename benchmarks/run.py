@@ -1,10 +1,12 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|all] [--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|all]
+[--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
-``benchmarks/telemetry_hub.py``).
+``benchmarks/telemetry_hub.py``). ``rollout-core`` times the pure rollout core (cohorts plus
+gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -34,12 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "all"],
+        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "rollout-core", "all"],
     )
     parser.add_argument(
         "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
+    parser.add_argument(
+        "--devices", type=int, default=100_000, help="rollout-core: largest fleet (100000)"
+    )
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
@@ -72,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark in ("rollout-core", "all"):
+        from benchmarks.rollout_core import main as rollout_core
+
+        extra = ["--no-docs"] if args.no_docs else []
+        status = rollout_core(
+            ["--devices", str(args.devices), "--repeats", str(args.repeats), *extra]
+        )
+        if args.benchmark == "rollout-core":
+            return status
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 
