@@ -207,3 +207,26 @@ def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
         fresh.update(s)
     mine, again = summary_of(running), summary_of(fresh)
     assert {k: mine[k] for k in full()} == {k: again[k] for k in full()} == full()
+
+
+def test_the_controller_keeps_each_groups_totals_between_evaluations(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    service, ids = fleet
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()
+    feed = Feed(service, clock)
+    clock.advance(60)
+    feed.round(ids)
+    service.tick_rollouts()  # evaluates: reads both groups from the start
+    running = dict(service.controller._running)
+    assert {k.rollout_id for k in running} == {ro["id"], None} and len(running) == 2
+    highs = {k: r.high for k, r in running.items()}
+    clock.advance(10)  # within evaluate_every_s: the evaluation is recomputed, not read
+    service.tick_rollouts()
+    assert service.controller._running == running
+    clock.advance(60)
+    feed.round(ids)
+    service.tick_rollouts()
+    for key, totals in service.controller._running.items():
+        assert totals is running[key] and totals.high > highs[key]

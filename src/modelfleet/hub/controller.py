@@ -311,17 +311,24 @@ class RolloutController:
         if progress.stage < 0 or since is None or now <= since:
             return None, {}, {}, False
         last = snap.last_evidence
+        stage_key = GroupKey(row.model, str(row.version), since, rollout_id=row.id)
+        control_key = None
+        if row.from_version is not None:
+            control_since = snap.control_since or since
+            control_key = GroupKey(row.model, str(row.from_version), control_since, "production")
+        self._used.update(k for k in (stage_key, control_key) if k is not None)
         rollbacks = self._rollbacks(row, since)
         if last is not None and snap.last_evaluated_at is not None:
             seen = (last.get("stats") or {}).get("stage") or {}
             recent = (now - snap.last_evaluated_at).total_seconds() < self.evaluate_every_s
             if recent and rollbacks <= seen.get("guard_rollbacks", 0):
                 return self._recompute(snap.plan, last)
-        summary = self._stage_summary(row, since)
+        summary = self._group(stage_key)
         stage = group_stats(summary, rollbacks=rollbacks, crashes=int(summary["crashes"]))
         control = None
-        if row.from_version is not None:
-            control = self._control_stats(row, snap.control_since or since)
+        if control_key is not None:
+            summary = self._group(control_key)
+            control = group_stats(summary, crashes=int(summary["crashes"]))
         stats: JSONDict = {
             "stage": stage.to_dict(),
             "control": control.to_dict() if control is not None else None,
@@ -349,11 +356,7 @@ class RolloutController:
             running = self._running[key] = RunningTotals(key)
         with self._ctx.read() as s:
             running.update(s)
-        self._used.add(key)
         return summary_of(running)
-
-    def _stage_summary(self, row: db.Rollout, since: datetime) -> JSONDict:
-        return self._group(GroupKey(row.model, str(row.version), since, rollout_id=row.id))
 
     def _rollbacks(self, row: db.Rollout, since: datetime) -> int:
         """Guard rollbacks the rollout's devices reported in check-ins since ``since`` (at
@@ -374,10 +377,6 @@ class RolloutController:
                 ).scalar()
                 or 0
             )
-
-    def _control_stats(self, row: db.Rollout, since: datetime) -> GroupStats:
-        summary = self._group(GroupKey(row.model, str(row.from_version), since, role="production"))
-        return group_stats(summary, crashes=int(summary["crashes"]))
 
     # -- apply ---------------------------------------------------------------------------
 
