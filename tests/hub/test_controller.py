@@ -13,7 +13,7 @@ import pytest
 from modelfleet.clock import ManualClock
 from modelfleet.errors import StorageError
 from modelfleet.hub.config import load_hub_config
-from modelfleet.hub.controller import ControllerLease, ControllerLoop
+from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
 from tests.hub._rollouts import (
     ADMIN,
