@@ -375,3 +375,28 @@ def test_devices_reporting_the_version_count_as_running_and_silent_ones_as_offli
     assert devices["running"] == 1 and devices["offline"] == 19
     clock.advance(601)
     assert service.get_rollout(ro["id"])["devices"]["offline"] == 20
+
+
+def test_a_crash_event_of_a_stage_device_fails_the_crashes_gate(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    import orjson
+
+    from tests.hub._telemetry import batch
+
+    service, _ = fleet
+    gates = [{"metric": "crashes", "max": 0}, {"metric": "error_rate", "max": 0.5}]
+    ro = service.create_rollout(plan(gates=gates), actor=OPERATOR)
+    service.tick_rollouts()
+    canary = sorted(assigned(service))[0]
+    clock.advance(30)
+    crash = {"kind": "event", "seq": 1, "device_id": canary, "at": clock.now().isoformat(),
+             "event": "restart", "model": "iris", "version": "2", "rollout_id": ro["id"],
+             "message": "watchdog restarted the agent"}  # fmt: skip
+    service.ingest_telemetry(canary, orjson.dumps(batch(canary, [crash], clock.now())))
+    clock.advance(1)
+    service.tick_rollouts()
+    view = service.get_rollout(ro["id"])
+    assert view["state"] == "rolled_back"
+    gate = {g["metric"]: g for g in view["gates"]}["crashes"]
+    assert gate["verdict"] == "fail" and gate["value"] == 1
