@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -59,3 +62,33 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
         return Result(code if isinstance(code, int) else 1, out.out, out.err)
 
     return run
+
+
+def on_terminal(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """``python -m modelfleet ARGS`` with stdout on a pseudo-terminal (rich draws live
+    views there); returns (exit code, what the terminal showed, stderr)."""
+    leader, follower = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelfleet", *args],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, **env, "COLUMNS": "160", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            screen += chunk
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
+    return proc.returncode, screen.decode(errors="replace"), err

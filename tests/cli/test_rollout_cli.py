@@ -10,17 +10,19 @@ tested in tests/hub; the CLI against a real ``hub serve`` in ``test_rollout_cli_
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from modelfleet.cli._errors import ExitCode
 from modelfleet.demo import free_port
-from tests.cli.conftest import Cli, Served
+from tests.cli.conftest import Cli, Served, on_terminal
 from tests.cli_run import run_cli
 
 PLAN = """\
@@ -97,8 +99,6 @@ def test_plan_from_standard_input(fake_hub: Served, tmp_path: Path) -> None:
 
 
 def _clean_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
 
 
@@ -331,58 +331,20 @@ def test_watch_rides_out_a_hub_blip_with_a_warning_on_stderr(
 
 
 def test_watch_on_a_terminal_redraws_in_place_until_the_end(fake_hub: Served) -> None:
-    import os
-    import pty
-
-    import httpx
-
     headers = {"Authorization": "Bearer op-token"}
     body = {"model": "iris", "version": 2, "target": {"all": True}}
     httpx.post(f"{fake_hub.url}/api/v1/rollouts", json=body, headers=headers)
     fake_hub.fake.script("ro-0001", PROGRESS)
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelfleet",
-            "rollout",
-            "status",
-            "ro-0001",
-            "-w",
-            "--interval",
-            "0.2",
-        ],
-        stdout=follower,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**_clean_env(), **fake_hub.env(), "COLUMNS": "160", "TERM": "xterm"},
+    code, text, err = on_terminal(
+        "rollout", "status", "ro-0001", "-w", "--interval", "0.2", env=fake_hub.env()
     )
-    os.close(follower)
-    screen = b""
-    try:
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the command ended
-                break
-            if not chunk:
-                break
-            screen += chunk
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        os.close(leader)
-    assert proc.returncode == 0, err
-    text = screen.decode(errors="replace")
+    assert code == 0, err
     assert "\x1b[?25l" in text and "\x1b[1A" in text, "a live view hides the cursor, moves up"
     assert " ro-0001 iris v2 running · " not in text, "no log lines on a terminal"
     assert "completed" in text and "early" in text and err == ""
 
 
 def test_ctrl_c_stops_watching_quietly_with_exit_0(fake_hub: Served) -> None:
-    import httpx
-
     headers = {"Authorization": "Bearer op-token"}
     httpx.post(
         f"{fake_hub.url}/api/v1/rollouts",

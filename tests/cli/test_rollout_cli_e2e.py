@@ -23,7 +23,7 @@ import pytest
 from modelfleet.cli._errors import ExitCode
 from modelfleet.client import HubClient
 from modelfleet.demo import free_port, modelfleet_cmd, start
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, on_terminal
 from tests.cli.test_rollout_cli import one_line_error
 from tests.cli_run import healthy, run_cli
 from tests.helpers import logistic_onnx
@@ -500,3 +500,11 @@ def test_deploy_wait_times_out_naming_the_laggards(real_hub: RealHub) -> None:
     body = json.loads(as_json.stdout)
     assert body["wait"]["timed_out"] and body["wait"]["devices"][0]["state"] == "pending"
     assert json.loads(as_json.stderr)["kind"] == "error"
+
+
+def test_deploy_wait_on_a_terminal_shows_a_progress_bar(real_hub: RealHub) -> None:
+    args = ("deploy", "iris", "1", "--devices", "cam-04", "--wait", "--timeout", "2s")
+    code, screen, err = on_terminal(*args, env=real_hub.env(real_hub.admin))
+    assert code == ExitCode.ERROR and "cam-04 (has not reported yet)" in err, err
+    assert "waiting for iris v1" in screen and "0/1" in screen, screen
+    assert "\x1b[?25l" in screen, "the bar hides the cursor while it runs"
