@@ -12,7 +12,7 @@ from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.rollout_apply import ASSIGNED, ROLLED_BACK, WAITING
 from modelfleet.rollout.plan import parse_plan
-from modelfleet.rollout.stages import stage_spec
+from modelfleet.rollout.stages import TERMINAL, RolloutState, stage_spec
 
 __all__ = ["HISTORY", "OFFLINE_AFTER_S", "device_counts", "rollout_summary", "rollout_view"]
 
@@ -50,7 +50,7 @@ def rollout_view(s: Session, row: db.Rollout, now: datetime) -> JSONDict:
     if row.stage >= 0:
         spec = stage_spec(plan, row.stage)
         left = None
-        if row.stage_started_at is not None:
+        if row.stage_started_at is not None and RolloutState(row.state) not in TERMINAL:
             elapsed = (now - row.stage_started_at).total_seconds()
             left = max(0.0, spec.soak_s - elapsed)
         stage = {
