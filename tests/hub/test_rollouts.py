@@ -400,3 +400,30 @@ def test_a_crash_event_of_a_stage_device_fails_the_crashes_gate(
     assert view["state"] == "rolled_back"
     gate = {g["metric"]: g for g in view["gates"]}["crashes"]
     assert gate["verdict"] == "fail" and gate["value"] == 1
+
+
+def test_with_a_third_of_the_canaries_offline_the_stage_holds_for_data(
+    service: HubService, clock: ManualClock, onnx_bytes: bytes, onnx_bytes_v2: bytes
+) -> None:
+    ids = enrol_fleet(service, 30)
+    service.register_version("iris", onnx_bytes, actor=ADMIN)
+    service.deploy("iris", 1, "all", actor=ADMIN)
+    service.register_version("iris", onnx_bytes_v2, actor=ADMIN)
+    gates = [{"metric": "error_rate", "max_delta": 0.05, "min_devices": 3, "min_samples": 20}]
+    ro = service.create_rollout(plan(gates=gates), actor=OPERATOR)
+    service.tick_rollouts()
+    canaries = sorted(assigned(service))
+    assert len(canaries) == 3
+    feed = Feed(service, clock)
+    for _ in range(6):  # an hour: six soaks' worth, two of three canaries report
+        clock.advance(600)
+        feed.round(ids, skip=canaries[:1])
+        service.tick_rollouts()
+    view = service.get_rollout(ro["id"])
+    assert (view["state"], view["stage_index"], view["verdict"]) == ("running", 0, "hold")
+    (gate,) = view["gates"]
+    assert gate["devices"] == 2 and gate["samples"] > 20
+    clock.advance(600)  # the third one is back
+    feed.round(ids)
+    service.tick_rollouts()
+    assert service.get_rollout(ro["id"])["stage_index"] == 1

@@ -23,7 +23,7 @@ from modelfleet.errors import ModelfleetError
 from modelfleet.hub import locks
 from modelfleet.hub.controller import RolloutController
 
-__all__ = ["EVALUATE_EVERY_TICKS", "ControllerLease", "ControllerLoop"]
+__all__ = ["EVALUATE_EVERY_TICKS", "MIN_REAL_WAIT_S", "ControllerLease", "ControllerLoop"]
 
 log = logging.getLogger("modelfleet.hub.controller")
 
@@ -103,6 +103,9 @@ class ControllerLease:
                 conn.close()
 
 
+MIN_REAL_WAIT_S: Final = 0.05
+"""The loop waits at least this many real seconds between ticks, whatever the clock's rate."""
+
 EVALUATE_EVERY_TICKS: Final = 6
 """The loop evaluates a stage's telemetry at most every this many ticks (30 s at the default
 5 s interval); guard rollbacks and crashes are looked at every tick."""
@@ -133,7 +136,9 @@ class ControllerLoop:
         controller.evaluate_every_s = EVALUATE_EVERY_TICKS * interval_s
         self._lease = lease
         real_seconds = getattr(clock, "real_seconds", None)
-        self._wait_s = float(real_seconds(interval_s)) if callable(real_seconds) else interval_s
+        wait_s = float(real_seconds(interval_s)) if callable(real_seconds) else interval_s
+        # A fast scaled clock must not turn the loop into a busy one.
+        self._wait_s = max(MIN_REAL_WAIT_S, wait_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
