@@ -239,7 +239,7 @@ def test_two_hub_processes_one_controller_and_a_killed_leader_is_resumed(
         first_other = by_controller.index(names[other_url])
         assert set(by_controller[:first_other]) == {names[leader_url]}
         assert set(by_controller[first_other:]) == {names[other_url]}
-        assert http.get("/api/v1/audit/verify").json()["intact"] is True
+        assert http.get("/api/v1/audit/verify").json()["ok"] is True
     finally:
         if feeder is not None:
             feeder.stop.set()
