@@ -120,7 +120,9 @@ class Hub:
         if filename.endswith(".root.json"):
             path = self.trust.metadata_path("director", filename)
             return path.read_bytes() if path is not None else None
-        return self.devices.get(device_id, {}).get(filename)
+        if device_id not in self.devices:
+            self.sign_device(device_id, None)  # enrolled: the hub signs "nothing" for it
+        return self.devices[device_id].get(filename)
 
 
 def make_hub(home: Path, start: datetime | None = None, expiry: ExpiryPolicy | None = None) -> Hub:

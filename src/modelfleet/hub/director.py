@@ -177,9 +177,9 @@ class Director:
         return out
 
     def remove_desired_states(self, s: Session, device_ids: Iterable[str]) -> None:
-        """Stop listing devices' desired states (decommissioned devices), in the caller's
-        transaction: the next :meth:`publish` signs each an empty targets (versions keep
-        growing; the row stays)."""
+        """List no desired state for these devices (enrolment, decommission), in the
+        caller's transaction: the next :meth:`publish` signs each an empty targets
+        (versions keep growing; the row stays)."""
         ids = list(dict.fromkeys(device_ids))
         s.flush()
         self._stage_rows(s, dict.fromkeys(ids, (None, None)))
@@ -389,8 +389,40 @@ class Director:
             result = s.connection().execute(stmt, params)
             return int(result.rowcount)
 
+    def adopt(self) -> int:
+        """Give every device without a director row one (a hub upgraded from the shared
+        director listing): its current desired state restaged (a new serial with the same
+        assignments), or none.
+
+        Returns:
+            How many devices were adopted.
+        """
+        with self._ctx.read() as s:
+            missing = list(
+                s.scalars(
+                    select(db.Device.id).where(
+                        db.Device.id.not_in(select(db.DirectorDevice.device_id))
+                    )
+                )
+            )
+        if not missing:
+            return 0
+        with self._ctx.write() as s:
+            with_state = set(
+                s.scalars(
+                    select(db.DeviceState.device_id).where(db.DeviceState.device_id.in_(missing))
+                )
+            )
+            self.stage(s, [d for d in missing if d in with_state])
+            self.remove_desired_states(s, [d for d in missing if d not in with_state])
+        return len(missing)
+
     def repair(self) -> list[str]:
-        """:meth:`publish`, logging what was behind (at start-up and each upkeep round)."""
+        """:meth:`adopt` then :meth:`publish`, logging what was behind (at start-up and
+        each upkeep round)."""
+        adopted = self.adopt()
+        if adopted:
+            _log.warning("gave %d device(s) their own director repository", adopted)
         done = self.publish()
         if done:
             _log.warning("signed committed changes the TUF metadata lacked: %s", ", ".join(done))

@@ -133,6 +133,10 @@ class Fleet:
             self._ctx.audit(
                 s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket
             )
+            # Its own director repository, listing nothing yet: "no desired state" is
+            # signed too, never inferred from a missing file (issue 8).
+            self._director.remove_desired_states(s, [device_id])
+        self._director.publish()
         return self.get_device(device_id), token
 
     def list_devices(self) -> list[JSONDict]:
