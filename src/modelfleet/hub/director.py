@@ -483,12 +483,30 @@ class Director:
         data: bytes = row.listed
         return data
 
-    def listed(self, s: Session, device_id: str) -> str | None:
-        """The sha256 of the desired state the device's signed targets lists, or None."""
-        sha: str | None = s.scalar(
-            select(_TABLE.c.listed_sha256).where(_TABLE.c.device_id == device_id)
-        )
-        return sha
+    def listed_state(self, device_id: str) -> tuple[str, bytes] | None:
+        """``(sha256, bytes)`` of the desired state the device's signed targets lists now,
+        or None (nothing listed, never signed, unknown device)."""
+        with self._ctx.read() as s:
+            row = s.execute(
+                select(_TABLE.c.listed_sha256, _TABLE.c.listed).where(
+                    _TABLE.c.device_id == device_id
+                )
+            ).first()
+        if row is None or row.listed is None:
+            return None
+        return str(row.listed_sha256), bytes(row.listed)
+
+    def staged_state(self, device_id: str) -> bytes | None:
+        """The newest desired-state bytes staged for the device (signed or not yet)."""
+        with self._ctx.read() as s:
+            data = s.scalar(select(_TABLE.c.staged).where(_TABLE.c.device_id == device_id))
+        return bytes(data) if data is not None else None
+
+    def device_roles(self, device_id: str) -> DeviceRoles | None:
+        """Versions and expiry dates of the device's signed roles (None: no row)."""
+        with self._ctx.read() as s:
+            row = s.execute(select(_TABLE).where(_TABLE.c.device_id == device_id)).first()
+        return _roles(row) if row is not None else None
 
     def listed_blobs(self, s: Session) -> set[str]:
         """Digests of every desired state staged or listed (nothing the GC may delete)."""
