@@ -51,7 +51,7 @@ from tuf.api.exceptions import (
     SlowRetrievalError,
     UnsignedMetadataError,
 )
-from tuf.api.metadata import Metadata, Root, Timestamp
+from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
@@ -73,6 +73,7 @@ from modelfleet.errors import (
 )
 from modelfleet.rollout.desired_state import desired_state_target_path
 from modelfleet.trust.bundle import REPOSITORIES, parse_trust_root_bundle
+from modelfleet.trust.device_repo import DEVICE_FIELD
 from modelfleet.trust.freshness import DEFAULT_MARGIN, HeldVersions, stale_repositories
 
 __all__ = ["DeviceTrustClient"]
@@ -202,6 +203,7 @@ class DeviceTrustClient:
             with self._translate("director"):
                 updater = self._device_updater(device_id)
                 updater.refresh()
+                self._check_bound(device_id)
                 info = updater.get_targetinfo(target)
             if info is None:
                 return None
@@ -338,6 +340,26 @@ class DeviceTrustClient:
         # device cannot leave a second cache behind.
         del device_id
         return self.cache_dir / "director-device"
+
+    def _check_bound(self, device_id: str) -> None:
+        """Refuse a per-device repository signed for another device (a replay).
+
+        Reads the targets ngclient has just verified and cached.
+
+        Raises:
+            MetadataVerificationError: the targets names another device, or none.
+        """
+        path = self._device_dir(device_id) / "metadata" / "targets.json"
+        try:
+            signed = Metadata[Targets].from_bytes(path.read_bytes()).signed
+        except (OSError, DeserializationError) as e:
+            raise MetadataVerificationError(f"director targets.json unreadable: {e}") from e
+        owner = signed.unrecognized_fields.get(DEVICE_FIELD)
+        if owner != device_id:
+            raise MetadataVerificationError(
+                f"director targets.json: signed for device {owner!r}, not {device_id!r} "
+                "(another device's metadata replayed?)"
+            )
 
     def _device_updater(self, device_id: str) -> Updater:
         """ngclient over this device's own director repository (shared root)."""

@@ -29,6 +29,7 @@ from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import desired_state_target_path
 
 __all__ = [
+    "DEVICE_FIELD",
     "DeviceRepoSigner",
     "DeviceRoles",
     "SignedDeviceRoles",
@@ -36,6 +37,11 @@ __all__ = [
 ]
 
 _ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
+
+DEVICE_FIELD = "x-modelfleet-device"
+"""Signed field of every per-device targets naming the device it is for: one device's
+validly signed repository replayed to another is refused (Uptane binds per-vehicle
+director metadata to the vehicle the same way)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +178,9 @@ class DeviceRepoSigner:
             targets[path] = TargetFile(length, {"sha256": sha256}, path)
         t_version = previous.targets + 1
         t_expires = now + self.lifetimes[Targets.type]
-        t_bytes = self._sign(Targets(t_version, None, t_expires, targets))
+        t_bytes = self._sign(
+            Targets(t_version, None, t_expires, targets, None, {DEVICE_FIELD: device_id})
+        )
         return self._sign_from_snapshot(previous, t_version, t_expires, t_bytes, now)
 
     def sign_expiring(self, previous: DeviceRoles, now: datetime) -> SignedDeviceRoles | None:
@@ -180,6 +188,9 @@ class DeviceRepoSigner:
 
         A due targets is not handled here (its content is the caller's: use
         :meth:`sign_change` with the listed target); only snapshot and timestamp are.
+
+        Raises:
+            InvalidInputError: targets is due.
         """
         due = due_roles(previous, now, self.lifetimes, self.refresh_margin)
         if not due:
