@@ -107,6 +107,27 @@ def _roles(r: Row[Any]) -> DeviceRoles:
     )
 
 
+def _upsert(
+    s: Session,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    existing: set[str],
+    new_defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Update the rows whose ``device_id`` is in ``existing``, insert the others (one
+    executemany each; the ORM's bulk paths cost more per row than the statement)."""
+    old = [{"b_id": r["device_id"], **r} for r in rows if r["device_id"] in existing]
+    new = [{**r, **(new_defaults or {})} for r in rows if r["device_id"] not in existing]
+    conn = s.connection()
+    if old:
+        values = {k: bindparam(k) for k in old[0] if k not in ("b_id", "device_id")}
+        conn.execute(
+            update(table).where(table.c.device_id == bindparam("b_id")).values(values), old
+        )
+    if new:
+        conn.execute(insert(table), new)
+
+
 class Director:
     """Builds desired states in the database and signs them per device from it.
 
@@ -167,12 +188,7 @@ class Director:
             {"device_id": d, "serial": sr, "sha256": sha, "length": n, "issued_at": now}
             for d, (sha, n, sr) in out.items()
         ]
-        old = [st for st in states if st["device_id"] in serials]
-        new = [st for st in states if st["device_id"] not in serials]
-        if old:
-            s.execute(update(db.DeviceState), old)
-        if new:
-            s.execute(insert(db.DeviceState), new)
+        _upsert(s, db.DeviceState.__table__, states, set(serials))
         self._stage_rows(s, {d: (blobs[d], out[d][0]) for d in ids})
         return out
 
@@ -199,22 +215,15 @@ class Director:
             {"device_id": d, "staged": blob, "staged_sha256": sha, "dirty": True}
             for d, (blob, sha) in staged.items()
         ]
-        old = [p for p in params if p["device_id"] in existing]
-        new = [
-            {**p, "targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
-            for p in params
-            if p["device_id"] not in existing
-        ]
-        if old:
-            s.execute(update(db.DirectorDevice), old)
-        if new:
-            s.execute(insert(db.DirectorDevice), new)
+        zero = {"targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
+        _upsert(s, _TABLE, params, existing, zero)
         for obj in list(s.identity_map.values()):  # bulk writes bypass loaded objects
             if isinstance(obj, db.DeviceState | db.DirectorDevice):
                 s.expire(obj)
 
     def _assignments(self, s: Session, ids: Sequence[str]) -> dict[str, list[DesiredAssignment]]:
         refs: dict[tuple[str, int], ArtefactRef] = {}
+        built: dict[tuple[Any, ...], DesiredAssignment] = {}  # a stage repeats a few shapes
 
         def ref(model: str, version: int) -> ArtefactRef:
             if (model, version) not in refs:
@@ -224,27 +233,29 @@ class Director:
                 )
             return refs[model, version]
 
+        a = db.Assignment.__table__.c
+        cols = (a.model, a.production_version, a.candidate_version, a.mode, a.share, a.slo)
         out: dict[str, list[DesiredAssignment]] = defaultdict(list)
         for chunk in _chunks(ids):
-            rows = s.scalars(
-                select(db.Assignment)
-                .where(db.Assignment.device_id.in_(chunk))
-                .order_by(db.Assignment.device_id, db.Assignment.model)
+            rows = s.execute(
+                select(a.device_id, *cols, a.rollout_id)
+                .where(a.device_id.in_(chunk))
+                .order_by(a.device_id, a.model)
             )
-            for a in rows:
-                out[a.device_id].append(
-                    DesiredAssignment(
-                        model=a.model,
-                        production=ref(a.model, a.production_version),
-                        candidate=ref(a.model, a.candidate_version)
-                        if a.candidate_version is not None
-                        else None,
-                        mode=Mode(a.mode),
-                        share=a.share,
-                        slo={k: float(v) for k, v in a.slo.items()},
-                        rollout_id=a.rollout_id,
+            for device_id, model, prod, cand, mode, share, slo, rollout_id in rows:
+                key = (model, prod, cand, mode, share, repr(sorted(slo.items())), rollout_id)
+                assignment = built.get(key)
+                if assignment is None:
+                    assignment = built[key] = DesiredAssignment(
+                        model=model,
+                        production=ref(model, prod),
+                        candidate=ref(model, cand) if cand is not None else None,
+                        mode=Mode(mode),
+                        share=share,
+                        slo={k: float(v) for k, v in slo.items()},
+                        rollout_id=rollout_id,
                     )
-                )
+                out[device_id].append(assignment)
         return out
 
     # -- signing (after the commit) -------------------------------------------------------

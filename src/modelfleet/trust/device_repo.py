@@ -21,9 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+import orjson
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Signed, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization import MetadataSerializer, SignedSerializer
+from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import desired_state_target_path
@@ -85,6 +89,39 @@ class SignedDeviceRoles:
     def size(self) -> int:
         """Bytes signed now (what a device downloads when all three changed)."""
         return sum(len(b) for b in (self.targets, self.snapshot, self.timestamp) if b)
+
+
+class _FastCanonical(SignedSerializer):
+    """OLPC canonical JSON (what python-tuf signs and verifies) by way of orjson.
+
+    For printable-ASCII text without backslashes or floats, orjson's sorted compact output
+    *is* canonical JSON (canonical JSON escapes only ``"`` and ``\\``). Per-device
+    metadata holds only ints, hex digests, ISO dates and device ids limited to
+    ``[A-Za-z0-9._-]``; anything else — a backslash, non-ASCII — falls back to python-tuf's
+    own serializer, so the bytes signed are the ones a verifier computes either way
+    (tests check both agree). About three times faster, which matters at 30,000
+    signatures per 10,000-device stage.
+    """
+
+    _slow = CanonicalJSONSerializer()
+
+    def serialize(self, signed_obj: Signed) -> bytes:
+        data = orjson.dumps(signed_obj.to_dict(), option=orjson.OPT_SORT_KEYS)
+        if data.isascii() and b"\\" not in data:
+            return data
+        return self._slow.serialize(signed_obj)
+
+
+class _CompactJSON(MetadataSerializer):
+    """The envelope as compact JSON (any valid JSON verifies: the signature covers the
+    canonical form of ``signed``, not these bytes)."""
+
+    def serialize(self, metadata_obj: Metadata[Any]) -> bytes:
+        return orjson.dumps(metadata_obj.to_dict())
+
+
+_SIGNED = _FastCanonical()
+_ENVELOPE = _CompactJSON()
 
 
 def due_roles(
@@ -238,5 +275,5 @@ class DeviceRepoSigner:
 
     def _sign(self, signed: Targets | Snapshot | Timestamp) -> bytes:
         md: Metadata[Targets | Snapshot | Timestamp] = Metadata(signed)
-        md.sign(self._signer)
-        return md.to_bytes()
+        md.sign(self._signer, signed_serializer=_SIGNED)
+        return md.to_bytes(_ENVELOPE)
