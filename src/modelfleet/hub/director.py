@@ -62,6 +62,9 @@ StagedState = tuple[str, int, int]
 BATCH = 5000
 """Devices signed per transaction (publish and expiry re-signing)."""
 
+VERSIONS_TTL_S = 1.0
+"""How long the catalog's and the shared root's versions are reused for check-in answers."""
+
 _MAX_ROUNDS = 1000
 _CHUNK = 500  # ids per IN (...) list
 _TABLE = db.DirectorDevice.__table__
@@ -147,6 +150,7 @@ class Director:
         self._catalog = catalog
         self._signer = trust.device_signer
         self._publish_lock = threading.Lock()
+        self._shared_versions: tuple[float, int, int, int] | None = None
 
     # -- staging (inside the caller's transaction) ---------------------------------------
 
@@ -274,6 +278,7 @@ class Director:
         done = []
         if self._trust.sync("catalog", CATALOG_PREFIX, self._catalog_targets):
             done.append("catalog")
+            self._shared_versions = None
         # The shared director lists no devices any more (issue 8): once, after an upgrade,
         # its old fleet-wide listing is signed away.
         self._trust.sync("director", DIRECTOR_PREFIX, dict)
@@ -526,17 +531,31 @@ class Director:
             out.update(d for d in (staged, listed) if d)
         return out
 
-    def versions(self, s: Session, device_id: str) -> TufVersions:
+    def forget_versions(self) -> None:
+        """Drop the cached catalog and root versions (the trust store was re-signed)."""
+        self._shared_versions = None
+
+    def current_versions(self, device_id: str, timestamp: int | None) -> TufVersions:
         """The versions a device's check-in answer carries (fast path, issue 8).
 
+        The catalog's and the shared root's versions are read from the trust store at most
+        every :data:`VERSIONS_TTL_S` (and after each signing by this process): another
+        replica's change shows up that much later, which at worst delays one poll.
+
         Args:
-            s: an open session (the check-in's own).
-            device_id: the device; one never signed gets timestamp 0.
+            device_id: the device (for the docs; its timestamp is passed in).
+            timestamp: the device's own director timestamp version (None or 0: never
+                signed).
         """
-        ts = s.scalar(select(_TABLE.c.timestamp_version).where(_TABLE.c.device_id == device_id))
-        c_root, c_ts = self._trust.versions("catalog")
-        d_root, _ = self._trust.versions("director")
-        return TufVersions(c_root, c_ts, d_root, int(ts or 0))
+        del device_id
+        mono = self._ctx.clock.monotonic()
+        cached = self._shared_versions
+        if cached is None or mono - cached[0] >= VERSIONS_TTL_S:
+            c_root, c_ts = self._trust.versions("catalog")
+            d_root, _ = self._trust.versions("director")
+            cached = self._shared_versions = (mono, c_root, c_ts, d_root)
+        _, c_root, c_ts, d_root = cached
+        return TufVersions(c_root, c_ts, d_root, int(timestamp or 0))
 
 
 def check_device_path(device_id: str) -> None:

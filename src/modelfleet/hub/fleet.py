@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -35,6 +35,22 @@ __all__ = ["VOLATILE_REPORT_FIELDS", "Fleet"]
 VOLATILE_REPORT_FIELDS = frozenset({"last_check", "loaded", "guard"})
 """Report fields that change every poll without anything having happened (the agent's
 own list, ``agent/update_loop.py``): a report differing only in these is "unchanged"."""
+
+
+_TOKEN = select(db.Token.role, db.Token.subject, db.Token.revoked).where(
+    db.Token.token_sha256 == bindparam("sha")
+)
+_DD = db.DirectorDevice.__table__
+_REPORTED = (
+    select(db.Device.reported, _DD.c.timestamp_version)
+    .select_from(db.Device.__table__.outerjoin(_DD, _DD.c.device_id == db.Device.id))
+    .where(db.Device.id == bindparam("id"))
+)
+_TOUCH = (
+    update(db.Device.__table__)
+    .where(db.Device.id == bindparam("b_id"))
+    .values(last_seen=bindparam("b_now"))
+)
 
 
 def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -89,9 +105,7 @@ class Fleet:
         if not token:
             raise UnauthenticatedError("a bearer token is required")
         with self._ctx.read() as s:
-            row = s.scalars(
-                select(db.Token).where(db.Token.token_sha256 == hash_token(token))
-            ).first()
+            row = s.execute(_TOKEN, {"sha": hash_token(token)}).first()
         if row is None or row.revoked:
             raise UnauthenticatedError("the token is not valid")
         return Principal(Role(row.role), row.subject)
@@ -204,8 +218,9 @@ class Fleet:
 
         A report that differs from the stored one only in fields that change every poll
         (:data:`VOLATILE_REPORT_FIELDS`) and carries no rollbacks takes the cheap path
-        (issue 8): one ``UPDATE`` of ``last_seen`` and ``reported``, no history row, no
-        audit entry, no write lock across replicas.
+        (issue 8): one read, one ``UPDATE`` of ``last_seen`` (the stored report keeps the
+        volatile fields of the last real change, as the agent's own check-in-on-change
+        did), no history row, no audit entry, no write lock across replicas.
         """
         if not isinstance(report, Mapping):
             raise InvalidInputError("a device report must be a JSON object")
@@ -221,20 +236,12 @@ class Fleet:
         now = self._ctx.now()
         if not events:
             with self._ctx.read() as s:
-                stored = s.scalar(select(db.Device.reported).where(db.Device.id == device_id))
-                if stored is not None and _same_report(stored, data):
-                    versions = self._director.versions(s, device_id).to_dict()
-                    unchanged = True
-                else:
-                    unchanged = False
-            if unchanged:
+                row = s.execute(_REPORTED, {"id": device_id}).first()
+            if row is not None and row.reported is not None and _same_report(row.reported, data):
                 with self._ctx.telemetry_write() as s:
-                    s.execute(
-                        update(db.Device)
-                        .where(db.Device.id == device_id)
-                        .values(last_seen=now, reported=data)
-                    )
-                return {"applied_rollbacks": [], "tuf": versions}
+                    s.execute(_TOUCH, {"b_id": device_id, "b_now": now})
+                versions = self._director.current_versions(device_id, row.timestamp_version)
+                return {"applied_rollbacks": [], "tuf": versions.to_dict()}
         with self._ctx.write() as s:
             device = self._device_row(s, device_id)
             changes = report_changes(device.reported or {}, data)
@@ -249,8 +256,9 @@ class Fleet:
         if changed:
             self._director.publish()
         with self._ctx.read() as s:
-            versions = self._director.versions(s, device_id).to_dict()
-        return {"applied_rollbacks": applied, "tuf": versions}
+            ts = s.execute(_REPORTED, {"id": device_id}).first()
+        versions = self._director.current_versions(device_id, ts.timestamp_version if ts else 0)
+        return {"applied_rollbacks": applied, "tuf": versions.to_dict()}
 
     @staticmethod
     def _record_serving(s: Session, device_id: str, report: Mapping[str, Any]) -> None:

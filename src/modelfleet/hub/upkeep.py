@@ -98,6 +98,8 @@ class Upkeep:
         """
         self._director.repair()
         done = self._trust.refresh_expiring()
+        if done:
+            self._director.forget_versions()
         devices = self._director.refresh_expiring()
         if devices:
             done.append(f"director/devices: {devices}")

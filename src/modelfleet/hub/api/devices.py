@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+import orjson
+from fastapi import APIRouter, Body, Request, Response
 
 from modelfleet.hub.api._deps import Service, Who, check_length
 from modelfleet.hub.api._errors import error_responses
@@ -63,10 +64,13 @@ def report(
     request: Request,
     who: Who,
     service: Service,
-) -> dict[str, Any]:
+) -> Response:
     """A device's check-in (its own token, or admin). The answer names the device
-    rollbacks in the report that the hub has applied (now or earlier)."""
+    rollbacks in the report that the hub has applied (now or earlier), and the current
+    TUF versions (``tuf``; the director's timestamp is the device's own): an agent holding
+    exactly these skips its TUF refresh (issue 8)."""
     check(who, Permission.ADMIN, device_id=device_id)
     check_length(request, service.config.max_report_bytes)
-    outcome = service.record_report(device_id, body)  # {"applied_rollbacks": [...]}
-    return {**outcome, "status": "recorded"}
+    outcome = service.record_report(device_id, body)  # {"applied_rollbacks", "tuf"}
+    # Serialised here (the shape is ReportOut's): this is the fleet's hottest route.
+    return Response(orjson.dumps({**outcome, "status": "recorded"}), media_type="application/json")
