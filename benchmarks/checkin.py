@@ -9,6 +9,9 @@ request with the next device's own token. Two ways of checking in:
   ``last_check`` moves), the not-modified path. One request per check-in.
 * ``refresh`` — what it did before: a TUF refresh of both repositories (root probe and
   timestamp of the catalog and of the director) and the report. Five requests per check-in.
+* ``ceiling`` — ``GET /api/v1/whoami`` with the same tokens: the HTTP stack and token check
+  alone, the most any authenticated route could do on this machine at this moment (the
+  machine is shared; compare figures of one run).
 
 ``--hub-src DIR`` runs the hub from another checkout's ``src`` (e.g. the base commit, to
 measure "before"; its director is the shared one, so ``refresh`` then reads
@@ -60,6 +63,10 @@ end
 request = function()
   local h = {["Authorization"] = "Bearer " .. tokens[current],
              ["Content-Type"] = "application/json"}
+  if mode == "ceiling" then
+    next_device()
+    return wrk.format("GET", "/api/v1/whoami", h)
+  end
   if mode == "refresh" then
     step = step + 1
     local d = devices[current]
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 time.sleep(0.2)
             ids = list(tokens)
             body = json.dumps(agent_report("DEVICE"))
-            modes = ["fast", "refresh"] if args.mode == "both" else [args.mode]
+            modes = ["ceiling", "fast", "refresh"] if args.mode == "both" else [args.mode]
             for mode in modes:
                 lua = _LUA % {
                     "devices": ",".join(f'"{d}"' for d in ids),
@@ -202,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--mode", choices=["fast", "refresh", "both"], default="both")
+    parser.add_argument(
+        "--mode", choices=["fast", "refresh", "ceiling", "both"], default="both"
+    )
     parser.add_argument("--hub-src", default="", help="run the hub from this src folder")
     args = parser.parse_args(argv)
     results = run(args)

@@ -344,6 +344,6 @@ def test_the_check_in_answer_names_the_devices_own_timestamp_and_skips_rewrites(
     assert history() == rows  # unchanged but for volatile fields: no history row
     view = service.get_device("cam-1")
     assert view["last_seen"].startswith(clock.now().isoformat()[:19])
-    assert view["report"]["last_check"] == "b"
+    assert view["report"]["last_check"] == "a"  # volatile fields: kept from the last change
     http.post("/api/v1/devices/cam-1/report", json={**report, "applied_serial": 2}, headers=h)
     assert history() == rows + 1  # a real change is kept as before

@@ -213,7 +213,7 @@ class Fleet:
 
     # -- reports -------------------------------------------------------------------------
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """See ``HubService.record_report``.
 
         A report that differs from the stored one only in fields that change every poll
@@ -222,16 +222,24 @@ class Fleet:
         volatile fields of the last real change, as the agent's own check-in-on-change
         did), no history row, no audit entry, no write lock across replicas.
         """
-        if not isinstance(report, Mapping):
+        if isinstance(report, bytes | bytearray):
+            raw = bytes(report)
+        elif isinstance(report, Mapping):
+            try:
+                raw = orjson.dumps(dict(report))
+            except TypeError as e:
+                raise InvalidInputError(f"the report is not JSON-able: {e}") from e
+        else:
             raise InvalidInputError("a device report must be a JSON object")
-        try:
-            raw = orjson.dumps(dict(report))
-        except TypeError as e:
-            raise InvalidInputError(f"the report is not JSON-able: {e}") from e
         limit = self._ctx.config.max_report_bytes
         if len(raw) > limit:
             raise PayloadTooLargeError(f"the report exceeds the limit of {limit} bytes")
-        data: JSONDict = orjson.loads(raw)
+        try:
+            data: JSONDict = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInputError(f"the report is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise InvalidInputError("a device report must be a JSON object")
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
         if not events:

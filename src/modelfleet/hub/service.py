@@ -196,8 +196,11 @@ class HubService:
         """
         return self.fleet.get_device(device_id)
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """Store a device's check-in report and apply the rollbacks it reports.
+
+        ``report`` is the decoded object or its JSON bytes as received (the API passes
+        bytes: they are parsed once).
 
         The report is kept as sent (the agent sends its state: ``applied_serial``,
         ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
@@ -216,7 +219,7 @@ class HubService:
 
         Raises:
             NotFoundError: no such device.
-            InvalidInputError: the report is not a JSON object.
+            InvalidInputError: the report is not a JSON object (or not JSON).
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
         outcome = self.fleet.record_report(device_id, report)
