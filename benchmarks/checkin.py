@@ -209,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument(
-        "--mode", choices=["fast", "refresh", "ceiling", "both"], default="both"
-    )
+    parser.add_argument("--mode", choices=["fast", "refresh", "ceiling", "both"], default="both")
     parser.add_argument("--hub-src", default="", help="run the hub from this src folder")
     args = parser.parse_args(argv)
     results = run(args)

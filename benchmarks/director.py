@@ -118,7 +118,9 @@ def run_size(n: int, stage: int, database_url: str) -> dict[str, Any]:
                         .values(production_version=2, previous_version=1)
                     )
                 s.execute(
-                    update(db.ModelVersion).where(db.ModelVersion.version == 2).values(published=True)
+                    update(db.ModelVersion)
+                    .where(db.ModelVersion.version == 2)
+                    .values(published=True)
                 )
                 service.director.stage(s, moved)
             t_stage = time.perf_counter() - t0

@@ -153,7 +153,11 @@ def test_publish_signs_only_the_devices_whose_state_changed(
     assert after["cam-1"] == before["cam-1"] and after["cam-3"] == before["cam-3"]
     b2, a2 = before["cam-2"], after["cam-2"]
     assert a2 is not None and b2 is not None
-    assert (a2.targets, a2.snapshot, a2.timestamp) == (b2.targets + 1, b2.snapshot + 1, b2.timestamp + 1)
+    assert (a2.targets, a2.snapshot, a2.timestamp) == (
+        b2.targets + 1,
+        b2.snapshot + 1,
+        b2.timestamp + 1,
+    )
 
 
 def test_versions_only_grow_and_are_never_reused_with_other_content(
@@ -277,7 +281,11 @@ def test_another_devices_metadata_does_not_verify_as_ones_own(
     admin = service.create_token("admin", "root2", actor="admin:admin")
     roles = service.director.device_roles("cam-2")
     assert roles is not None
-    for name in ("timestamp.json", f"{roles.snapshot}.snapshot.json", f"{roles.targets}.targets.json"):
+    for name in (
+        "timestamp.json",
+        f"{roles.snapshot}.snapshot.json",
+        f"{roles.targets}.targets.json",
+    ):
         fetcher.tamper[name] = http.get(
             f"/tuf/director/devices/cam-2/metadata/{name}", headers=auth(admin)
         ).content

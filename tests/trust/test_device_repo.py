@@ -10,9 +10,9 @@ from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.trust import ExpiryPolicy
+from modelfleet.trust.client import DeviceTrustClient
 from modelfleet.trust.device_repo import DEVICE_FIELD, DeviceRoles, due_roles
 from modelfleet.trust.freshness import HeldVersions, stale_repositories
-from modelfleet.trust.client import DeviceTrustClient
 from tests.trust._trust_support import Hub
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -22,7 +22,11 @@ LIFETIMES = ExpiryPolicy().lifetimes("director")
 def test_per_device_roles_verify_under_the_shared_director_root(hub: Hub) -> None:
     out = hub.trust.device_signer.sign_change("cam-1", (120, "ab" * 32), DeviceRoles(), NOW)
     root = Metadata[Root].from_bytes(hub.trust.director_root()[1]).signed
-    for role, data in (("targets", out.targets), ("snapshot", out.snapshot), ("timestamp", out.timestamp)):
+    for role, data in (
+        ("targets", out.targets),
+        ("snapshot", out.snapshot),
+        ("timestamp", out.timestamp),
+    ):
         assert data is not None
         md = Metadata.from_bytes(data)
         root.verify_delegate(role, md.signed_bytes, md.signatures)
@@ -112,8 +116,12 @@ def _held(root: int, ts: int, left: timedelta = timedelta(hours=20)) -> HeldVers
             {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
             {"catalog"},
         ),
-        ("no answer (older hub)", {"catalog": _held(1, 5), "director": _held(1, 9)}, None,
-         {"catalog", "director"}),
+        (
+            "no answer (older hub)",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            None,
+            {"catalog", "director"},
+        ),
         (
             "malformed answer",
             {"catalog": _held(1, 5), "director": _held(1, 9)},

@@ -35,9 +35,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
@@ -67,7 +67,7 @@ VERSIONS_TTL_S = 1.0
 
 _MAX_ROUNDS = 1000
 _CHUNK = 500  # ids per IN (...) list
-_TABLE = db.DirectorDevice.__table__
+_TABLE = cast(Table, db.DirectorDevice.__table__)
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
 
 _log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _upsert(
     new = [{**r, **(new_defaults or {})} for r in rows if r["device_id"] not in existing]
     conn = s.connection()
     if old:
-        values = {k: bindparam(k) for k in old[0] if k not in ("b_id", "device_id")}
+        values: dict[str, Any] = {k: bindparam(k) for k in old[0] if k not in ("b_id", "device_id")}
         conn.execute(
             update(table).where(table.c.device_id == bindparam("b_id")).values(values), old
         )
@@ -204,7 +204,9 @@ class Director:
         s.flush()
         self._stage_rows(s, dict.fromkeys(ids, (None, None)))
 
-    def _stage_rows(self, s: Session, staged: Mapping[str, tuple[bytes | None, str | None]]) -> None:
+    def _stage_rows(
+        self, s: Session, staged: Mapping[str, tuple[bytes | None, str | None]]
+    ) -> None:
         ids = list(staged)
         existing: set[str] = set()
         for chunk in _chunks(ids):
@@ -343,7 +345,9 @@ class Director:
                     roles = _roles(r)
                     if "targets" in self._due(roles, now):
                         listed = (len(r.listed), r.listed_sha256) if r.listed is not None else None
-                        results.append((r, self._signer.sign_change(r.device_id, listed, roles, now)))
+                        results.append(
+                            (r, self._signer.sign_change(r.device_id, listed, roles, now))
+                        )
                     else:
                         fresh = self._signer.sign_expiring(roles, now)
                         if fresh is not None:

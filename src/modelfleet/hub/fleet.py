@@ -8,10 +8,10 @@ transaction; the device's new desired state is signed after the commit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -40,16 +40,15 @@ own list, ``agent/update_loop.py``): a report differing only in these is "unchan
 _TOKEN = select(db.Token.role, db.Token.subject, db.Token.revoked).where(
     db.Token.token_sha256 == bindparam("sha")
 )
-_DD = db.DirectorDevice.__table__
+_DD = cast(Table, db.DirectorDevice.__table__)
 _REPORTED = (
     select(db.Device.reported, _DD.c.timestamp_version)
-    .select_from(db.Device.__table__.outerjoin(_DD, _DD.c.device_id == db.Device.id))
+    .select_from(db.Device)
+    .outerjoin(_DD, _DD.c.device_id == db.Device.id)
     .where(db.Device.id == bindparam("id"))
 )
 _TOUCH = (
-    update(db.Device.__table__)
-    .where(db.Device.id == bindparam("b_id"))
-    .values(last_seen=bindparam("b_now"))
+    update(db.Device).where(db.Device.id == bindparam("b_id")).values(last_seen=bindparam("b_now"))
 )
 
 

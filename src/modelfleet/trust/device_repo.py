@@ -274,6 +274,6 @@ class DeviceRepoSigner:
         return SignedDeviceRoles(roles, t_bytes, snapshot, timestamp)
 
     def _sign(self, signed: Targets | Snapshot | Timestamp) -> bytes:
-        md: Metadata[Targets | Snapshot | Timestamp] = Metadata(signed)
+        md: Metadata[Any] = Metadata(signed)
         md.sign(self._signer, signed_serializer=_SIGNED)
         return md.to_bytes(_ENVELOPE)
