@@ -1,10 +1,15 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|all] [--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|all]
+[--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
 ``benchmarks/telemetry_hub.py``).
+
+``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
+``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
+postgres``; see ``benchmarks/director.py`` and ``benchmarks/checkin.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -34,10 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "all"],
+        choices=[
+            "serving",
+            "lifecycle",
+            "telemetry",
+            "telemetry-hub",
+            "director",
+            "checkin",
+            "all",
+        ],
     )
     parser.add_argument(
-        "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
+        "--database-url",
+        default="",
+        help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
@@ -72,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark == "director":
+        from benchmarks.director import main as director
+
+        return director(["--database-url", args.database_url])
+    if args.benchmark == "checkin":
+        from benchmarks.checkin import main as checkin
+
+        return checkin(["--database-url", args.database_url])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

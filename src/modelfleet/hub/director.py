@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy import LargeBinary, Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
@@ -68,6 +68,20 @@ VERSIONS_TTL_S = 1.0
 _MAX_ROUNDS = 1000
 _CHUNK = 500  # ids per IN (...) list
 _TABLE = cast(Table, db.DirectorDevice.__table__)
+_META = (
+    _TABLE.c.device_id,
+    _TABLE.c.staged_sha256,
+    _TABLE.c.listed_sha256,
+    func.length(_TABLE.c.staged).label("staged_length"),
+    func.length(_TABLE.c.listed).label("listed_length"),
+    _TABLE.c.targets_version,
+    _TABLE.c.snapshot_version,
+    _TABLE.c.timestamp_version,
+    _TABLE.c.targets_expires,
+    _TABLE.c.snapshot_expires,
+    _TABLE.c.timestamp_expires,
+)
+"""What signing reads of a row: no signed bytes, no desired-state bytes."""
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
 
 _log = logging.getLogger(__name__)
@@ -299,7 +313,7 @@ class Director:
             for _ in range(_MAX_ROUNDS):
                 with self._ctx.read() as s:
                     rows = s.execute(
-                        select(_TABLE).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
+                        select(*_META).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
                     ).all()
                 if not rows:
                     break
@@ -309,7 +323,9 @@ class Director:
                         r,
                         self._signer.sign_change(
                             r.device_id,
-                            (len(r.staged), r.staged_sha256) if r.staged is not None else None,
+                            (r.staged_length, r.staged_sha256)
+                            if r.staged_sha256 is not None
+                            else None,
                             _roles(r),
                             now,
                         ),
@@ -334,7 +350,7 @@ class Director:
                 now = _utc_now(self._ctx.now())
                 with self._ctx.read() as s:
                     rows = s.execute(
-                        select(_TABLE)
+                        select(*_META)
                         .where(_TABLE.c.resign_at <= now, _TABLE.c.dirty.is_(False))
                         .limit(BATCH)
                     ).all()
@@ -344,7 +360,11 @@ class Director:
                 for r in rows:
                     roles = _roles(r)
                     if "targets" in self._due(roles, now):
-                        listed = (len(r.listed), r.listed_sha256) if r.listed is not None else None
+                        listed = (
+                            (r.listed_length, r.listed_sha256)
+                            if r.listed_sha256 is not None
+                            else None
+                        )
                         results.append(
                             (r, self._signer.sign_change(r.device_id, listed, roles, now))
                         )
@@ -374,36 +394,51 @@ class Director:
         it was read (compare-and-set on the timestamp version and the staged digest)."""
         if not results:
             return 0
-        params = []
-        for r, out in results:
-            p: dict[str, Any] = {
+        params = [
+            {
                 "b_id": r.device_id,
                 "b_prev": r.timestamp_version,
                 "b_staged": r.staged_sha256,
-                "dirty": False,
-                "listed": r.staged if listed_from_staged else r.listed,
-                "listed_sha256": r.staged_sha256 if listed_from_staged else r.listed_sha256,
-                "targets_version": out.roles.targets,
-                "snapshot_version": out.roles.snapshot,
-                "timestamp_version": out.roles.timestamp,
-                "targets_expires": out.roles.targets_expires,
-                "snapshot_expires": out.roles.snapshot_expires,
-                "timestamp_expires": out.roles.timestamp_expires,
-                "targets_json": out.targets if out.targets is not None else r.targets_json,
-                "snapshot_json": out.snapshot if out.snapshot is not None else r.snapshot_json,
-                "timestamp_json": out.timestamp,
-                "signed_at": now,
-                "resign_at": self._signer.resign_at(out.roles),
+                "b_targets_version": out.roles.targets,
+                "b_snapshot_version": out.roles.snapshot,
+                "b_timestamp_version": out.roles.timestamp,
+                "b_targets_expires": out.roles.targets_expires,
+                "b_snapshot_expires": out.roles.snapshot_expires,
+                "b_timestamp_expires": out.roles.timestamp_expires,
+                "b_targets_json": out.targets,
+                "b_snapshot_json": out.snapshot,
+                "b_timestamp_json": out.timestamp,
+                "b_signed_at": now,
+                "b_resign_at": self._signer.resign_at(out.roles),
             }
-            params.append(p)
+            for r, out in results
+        ]
+        c = _TABLE.c
+        values: dict[str, Any] = {
+            "dirty": False,
+            # unchanged roles are passed as NULL and keep their bytes
+            "targets_json": func.coalesce(
+                bindparam("b_targets_json", type_=LargeBinary()), c.targets_json
+            ),
+            "snapshot_json": func.coalesce(
+                bindparam("b_snapshot_json", type_=LargeBinary()), c.snapshot_json
+            ),
+        }
+        for name in (
+            "targets_version", "snapshot_version", "timestamp_version", "targets_expires",
+            "snapshot_expires", "timestamp_expires", "timestamp_json", "signed_at", "resign_at",
+        ):  # fmt: skip
+            values.setdefault(name, bindparam(f"b_{name}"))
+        if listed_from_staged:  # copied in SQL: the staged bytes never leave the database
+            values["listed"], values["listed_sha256"] = c.staged, c.staged_sha256
         stmt = (
             update(_TABLE)
             .where(
-                _TABLE.c.device_id == bindparam("b_id"),
-                _TABLE.c.timestamp_version == bindparam("b_prev"),
-                _TABLE.c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
+                c.device_id == bindparam("b_id"),
+                c.timestamp_version == bindparam("b_prev"),
+                c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
             )
-            .values({k: bindparam(k) for k in params[0] if not k.startswith("b_")})
+            .values(values)
         )
         with self._ctx.write() as s:
             result = s.connection().execute(stmt, params)
