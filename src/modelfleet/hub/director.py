@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
@@ -113,7 +113,7 @@ def _utc_now(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
 
-def _roles(r: Row[Any]) -> DeviceRoles:
+def _roles(r: Any) -> DeviceRoles:
     return DeviceRoles(
         r.targets_version,
         r.snapshot_version,
@@ -318,20 +318,20 @@ class Director:
                 if not rows:
                     break
                 now = _utc_now(self._ctx.now())
-                results = [
-                    (
-                        r,
-                        self._signer.sign_change(
+                signed_now = self._signer.sign_changes(
+                    [
+                        (
                             r.device_id,
                             (r.staged_length, r.staged_sha256)
                             if r.staged_sha256 is not None
                             else None,
                             _roles(r),
-                            now,
-                        ),
-                    )
-                    for r in rows
-                ]
+                        )
+                        for r in rows
+                    ],
+                    now,
+                )
+                results = list(zip(rows, signed_now, strict=True))
                 written = self._write(results, now, listed_from_staged=True)
                 signed += written
                 if written == 0:
@@ -356,7 +356,7 @@ class Director:
                     ).all()
                 if not rows:
                     break
-                results: list[tuple[Row[Any], SignedDeviceRoles]] = []
+                results: list[tuple[Any, SignedDeviceRoles]] = []
                 for r in rows:
                     roles = _roles(r)
                     if "targets" in self._due(roles, now):
@@ -385,7 +385,7 @@ class Director:
 
     def _write(
         self,
-        results: Sequence[tuple[Row[Any], SignedDeviceRoles]],
+        results: Sequence[tuple[Any, SignedDeviceRoles]],
         now: datetime,
         *,
         listed_from_staged: bool,

@@ -62,6 +62,7 @@ from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
@@ -101,7 +102,11 @@ class HubService:
             self.context = HubContext(config, clock, self.engine, sessions)
             self.store = FileArtefactStore(paths.artefacts)
             self.trust = HubTrust.open(
-                paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
+                paths.tuf,
+                paths.keys,
+                clock,
+                counters=DbRoleCounters(sessions),
+                signing_workers=default_workers(),
             )
             self.catalog = Catalog(self.context, self.store)
             self.director = Director(self.context, self.store, self.trust, self.catalog)
@@ -127,7 +132,8 @@ class HubService:
     init_home = staticmethod(init_home)
 
     def close(self) -> None:
-        """Release database connections."""
+        """Release database connections and stop signing processes."""
+        self.trust.close()
         self.engine.dispose()
 
     def _read_gauges(self) -> FleetGauges:

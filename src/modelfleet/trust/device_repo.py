@@ -18,9 +18,10 @@ version is never signed twice with different content.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import desired_state_target_path
+from modelfleet.trust._sign_pool import SignPool
 
 __all__ = [
     "DEVICE_FIELD",
@@ -162,7 +164,13 @@ class DeviceRepoSigner:
     """
 
     def __init__(
-        self, signer: Signer, lifetimes: Mapping[str, timedelta], refresh_margin: float
+        self,
+        signer: Signer,
+        lifetimes: Mapping[str, timedelta],
+        refresh_margin: float,
+        *,
+        key_path: Path | None = None,
+        workers: int = 1,
     ) -> None:
         missing = [r for r in _ONLINE_ROLES if r not in lifetimes]
         if missing:
@@ -170,6 +178,28 @@ class DeviceRepoSigner:
         self._signer = signer
         self.lifetimes = dict(lifetimes)
         self.refresh_margin = refresh_margin
+        self._pool = (
+            SignPool(key_path, self.lifetimes, refresh_margin, workers)
+            if key_path is not None and workers > 1
+            else None
+        )
+
+    def sign_changes(
+        self,
+        items: Sequence[tuple[str, tuple[int, str] | None, DeviceRoles]],
+        now: datetime,
+    ) -> list[SignedDeviceRoles]:
+        """:meth:`sign_change` for many devices, in order; spread over worker processes
+        when the signer was given its key file and ``workers`` > 1 and there are enough
+        devices (:data:`~modelfleet.trust._sign_pool.PARALLEL_MIN`)."""
+        if self._pool is None:
+            return [self.sign_change(d, t, p, now) for d, t, p in items]
+        return self._pool.sign(self, items, now)
+
+    def close(self) -> None:
+        """Stop the signing processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
 
     @property
     def keyid(self) -> str:
