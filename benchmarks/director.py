@@ -14,7 +14,7 @@ itself, shown apart. The old single director targets (one entry per device) is c
 for comparison.
 
 ``python -m benchmarks.director [--sizes 1000,10000,100000] [--stage 10000]
-[--database-url postgres]``
+[--database-url postgres] [--signing-workers N]``
 """
 
 from __future__ import annotations
@@ -68,13 +68,16 @@ def _old_director_targets_bytes(n: int) -> int:
     return round(one_k * n / min(n, 1000))
 
 
-def run_size(n: int, stage: int, database_url: str) -> dict[str, Any]:
+def run_size(n: int, stage: int, database_url: str, workers: int | None = None) -> dict[str, Any]:
     """One fleet size: bulk set-up, initial signing, one stage's change; the figures."""
     with tempfile.TemporaryDirectory(prefix="mf-dirbench-") as tmp:
         home = Path(tmp) / "hub"
         url = _pg_database() if database_url == "postgres" else (database_url or None)
         init_home(home, database_url=url)
         service = HubService(load_hub_config(home), SystemClock())
+        pool = service.trust.device_signer._pool
+        if workers is not None and pool is not None:
+            pool.workers = workers  # 1: sign in the hub process only
         try:
             for seed in (0, 1):
                 service.register_version("m", _model(seed), actor="bench")
@@ -152,6 +155,7 @@ def run_size(n: int, stage: int, database_url: str) -> dict[str, Any]:
         "stage_s": round(t_stage, 3),
         "stage_and_publish_s": round(t_change, 3),
         "stage_and_publish_cpu_s": round(c_change, 3),
+        "signing_workers": pool.workers if pool is not None else 1,
     }
 
 
@@ -160,11 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--stage", type=int, default=10_000)
     parser.add_argument("--database-url", default="", help="'' = SQLite; 'postgres' = fresh PG db")
+    parser.add_argument(
+        "--signing-workers", type=int, default=None, help="signing processes (default: CPUs)"
+    )
     args = parser.parse_args(argv)
     backend = "postgresql" if args.database_url.startswith("postgres") else "sqlite"
     results = []
     for n in (int(v) for v in args.sizes.split(",") if v.strip()):
-        result = {"backend": backend, **run_size(n, args.stage, args.database_url)}
+        result = {
+            "backend": backend,
+            **run_size(n, args.stage, args.database_url, args.signing_workers),
+        }
         print(json.dumps(result), flush=True)
         results.append(result)
     RESULTS.mkdir(exist_ok=True)
