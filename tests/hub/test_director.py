@@ -355,3 +355,19 @@ def test_the_check_in_answer_names_the_devices_own_timestamp_and_skips_rewrites(
     assert view["report"]["last_check"] == "a"  # volatile fields: kept from the last change
     http.post("/api/v1/devices/cam-1/report", json={**report, "applied_serial": 2}, headers=h)
     assert history() == rows + 1  # a real change is kept as before
+
+
+def test_last_seen_written_behind_never_moves_back(
+    service: HubService, fleet: dict[str, str], clock: ManualClock
+) -> None:
+    report = {"applied_serial": 0, "last_check": "a", "models": {}}
+    service.record_report("cam-1", report)  # stored: the next identical one is not-modified
+    clock.advance(10)
+    service.record_report("cam-1", {**report, "last_check": "b"})  # held in memory
+    held = clock.now()
+    clock.advance(10)
+    service.record_report("cam-1", {**report, "applied_serial": 1})  # a change: written now
+    newest = clock.now()
+    view = service.get_device("cam-1")  # flushes the held time first
+    assert view["last_seen"].startswith(newest.isoformat()[:19])
+    assert not view["last_seen"].startswith(held.isoformat()[:19])

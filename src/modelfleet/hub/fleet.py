@@ -7,11 +7,13 @@ transaction; the device's new desired state is signed after the commit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -48,8 +50,50 @@ _REPORTED = (
     .where(db.Device.id == bindparam("id"))
 )
 _TOUCH = (
-    update(db.Device).where(db.Device.id == bindparam("b_id")).values(last_seen=bindparam("b_now"))
+    update(db.Device)
+    .where(
+        db.Device.id == bindparam("b_id"),
+        or_(db.Device.last_seen.is_(None), db.Device.last_seen < bindparam("b_now")),
+    )
+    .values(last_seen=bindparam("b_now"))
 )
+
+SEEN_FLUSH_S = 1.0
+"""How long ``last_seen`` of not-modified check-ins may wait in memory before it is written."""
+
+
+class _SeenBuffer:
+    """``last_seen`` of not-modified check-ins, written behind (issue 8): at most once per
+    :data:`SEEN_FLUSH_S`, all pending devices in one statement, never moving a device's
+    ``last_seen`` back. Readers of device views flush first. A crash loses at most the last
+    second of ``last_seen`` updates, never a report."""
+
+    def __init__(self, ctx: HubContext) -> None:
+        self._ctx = ctx
+        self._pending: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+        self._flushed_at = ctx.clock.monotonic()
+
+    def touch(self, device_id: str, now: datetime) -> None:
+        mono = self._ctx.clock.monotonic()
+        with self._lock:
+            self._pending[device_id] = now
+            due = mono - self._flushed_at >= SEEN_FLUSH_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending ``last_seen`` now.
+
+        Raises:
+            StorageError: the database cannot be written (the times are dropped).
+        """
+        with self._lock:
+            batch, self._pending = self._pending, {}
+            self._flushed_at = self._ctx.clock.monotonic()
+        if batch:
+            with self._ctx.telemetry_write() as s:
+                s.connection().execute(_TOUCH, [{"b_id": d, "b_now": t} for d, t in batch.items()])
 
 
 def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -71,6 +115,7 @@ class Fleet:
         self._ctx = ctx
         self._deployments = deployments
         self._director = director
+        self._seen = _SeenBuffer(ctx)
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -152,8 +197,13 @@ class Fleet:
         self._director.publish()
         return self.get_device(device_id), token
 
+    def flush_seen(self) -> None:
+        """Write the ``last_seen`` times still held in memory (before reads, at upkeep)."""
+        self._seen.flush()
+
     def list_devices(self) -> list[JSONDict]:
         """See ``HubService.list_devices``."""
+        self._seen.flush()
         with self._ctx.read() as s:
             return [
                 self._device_view(s, d) for d in s.scalars(select(db.Device).order_by(db.Device.id))
@@ -161,6 +211,7 @@ class Fleet:
 
     def get_device(self, device_id: str) -> JSONDict:
         """See ``HubService.get_device``."""
+        self._seen.flush()
         with self._ctx.read() as s:
             return self._device_view(s, self._device_row(s, device_id))
 
@@ -217,9 +268,10 @@ class Fleet:
 
         A report that differs from the stored one only in fields that change every poll
         (:data:`VOLATILE_REPORT_FIELDS`) and carries no rollbacks takes the cheap path
-        (issue 8): one read, one ``UPDATE`` of ``last_seen`` (the stored report keeps the
-        volatile fields of the last real change, as the agent's own check-in-on-change
-        did), no history row, no audit entry, no write lock across replicas.
+        (issue 8): one read, and ``last_seen`` written behind (within a second, batched;
+        see :class:`_SeenBuffer`); the stored report keeps the volatile fields of the last
+        real change, as the agent's own check-in-on-change did; no history row, no audit
+        entry, no write lock across replicas.
         """
         if isinstance(report, bytes | bytearray):
             raw = bytes(report)
@@ -245,8 +297,7 @@ class Fleet:
             with self._ctx.read() as s:
                 row = s.execute(_REPORTED, {"id": device_id}).first()
             if row is not None and row.reported is not None and _same_report(row.reported, data):
-                with self._ctx.telemetry_write() as s:
-                    s.execute(_TOUCH, {"b_id": device_id, "b_now": now})
+                self._seen.touch(device_id, now)
                 versions = self._director.current_versions(device_id, row.timestamp_version)
                 return {"applied_rollbacks": [], "tuf": versions.to_dict()}
         with self._ctx.write() as s:

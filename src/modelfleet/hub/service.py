@@ -45,7 +45,7 @@ import numpy as np
 
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, StorageError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
@@ -126,17 +126,25 @@ class HubService:
                 )
             self.director.repair()
         except BaseException:
+            if hasattr(self, "trust"):
+                self.trust.close()
             self.engine.dispose()
             raise
 
     init_home = staticmethod(init_home)
 
     def close(self) -> None:
-        """Release database connections and stop signing processes."""
+        """Write pending ``last_seen`` times, release database connections and stop
+        signing processes."""
+        try:
+            self.fleet.flush_seen()
+        except StorageError as e:  # closing must not fail on it
+            _log.warning("last_seen of recent check-ins not written: %s", e)
         self.trust.close()
         self.engine.dispose()
 
     def _read_gauges(self) -> FleetGauges:
+        self.fleet.flush_seen()
         with self.context.read() as s:
             return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
 
@@ -548,6 +556,7 @@ class HubService:
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry.
         """
+        self.fleet.flush_seen()
         return self.upkeep.refresh_expiring()
 
     def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:
