@@ -41,14 +41,14 @@ from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, upda
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
-from modelfleet.errors import InvalidInputError, NotFoundError
+from modelfleet.errors import NotFoundError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.hub import db
 from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
-from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles
+from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles, due_roles
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["DIRECTOR_PREFIX", "Director", "StagedState", "TufVersions"]
@@ -379,8 +379,6 @@ class Director:
         return count
 
     def _due(self, roles: DeviceRoles, now: datetime) -> tuple[str, ...]:
-        from modelfleet.trust.device_repo import due_roles
-
         return due_roles(roles, now, self._signer.lifetimes, self._signer.refresh_margin)
 
     def _write(
@@ -595,13 +593,3 @@ class Director:
             cached = self._shared_versions = (mono, c_root, c_ts, d_root)
         _, c_root, c_ts, d_root = cached
         return TufVersions(c_root, c_ts, d_root, int(timestamp or 0))
-
-
-def check_device_path(device_id: str) -> None:
-    """Refuse a device id that could not be one (path characters).
-
-    Raises:
-        InvalidInputError: the id has characters a device id never has.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", device_id):
-        raise InvalidInputError(f"invalid device id {device_id!r}")
