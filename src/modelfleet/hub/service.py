@@ -50,7 +50,7 @@ import numpy as np
 from modelfleet.audit.log import AuditQuery
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, StorageError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
@@ -71,6 +71,7 @@ from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
@@ -113,7 +114,11 @@ class HubService:
             self.audit_chain = AuditChain(self.context, WitnessFile(paths.root / WITNESS_NAME))
             self.store = FileArtefactStore(paths.artefacts)
             self.trust = HubTrust.open(
-                paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
+                paths.tuf,
+                paths.keys,
+                clock,
+                counters=DbRoleCounters(sessions),
+                signing_workers=default_workers(),
             )
             self.catalog = Catalog(self.context, self.store)
             self.director = Director(self.context, self.store, self.trust, self.catalog)
@@ -142,16 +147,25 @@ class HubService:
             self.director.repair()
             self.audit_chain.adopt()
         except BaseException:
+            if hasattr(self, "trust"):
+                self.trust.close()
             self.engine.dispose()
             raise
 
     init_home = staticmethod(init_home)
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending ``last_seen`` times, release database connections and stop
+        signing processes."""
+        try:
+            self.fleet.flush_seen()
+        except StorageError as e:  # closing must not fail on it
+            _log.warning("last_seen of recent check-ins not written: %s", e)
+        self.trust.close()
         self.engine.dispose()
 
     def _read_gauges(self) -> FleetGauges:
+        self.fleet.flush_seen()
         with self.context.read() as s:
             return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
 
@@ -217,8 +231,11 @@ class HubService:
         """
         return self.fleet.get_device(device_id)
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """Store a device's check-in report and apply the rollbacks it reports.
+
+        ``report`` is the decoded object or its JSON bytes as received (the API passes
+        bytes: they are parsed once).
 
         The report is kept as sent (the agent sends its state: ``applied_serial``,
         ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
@@ -230,12 +247,14 @@ class HubService:
         and ignored.
 
         Returns:
-            ``{"applied_rollbacks": [event id, ...]}``: the report's events applied now
-            or earlier.
+            ``{"applied_rollbacks": [event id, ...], "tuf": {"catalog": {"root", "timestamp"},
+            "director": {"root", "timestamp"}}}``: the report's events applied now or
+            earlier, and the current TUF versions (the director's timestamp is this
+            device's own): an agent holding exactly these skips its TUF refresh (issue 8).
 
         Raises:
             NotFoundError: no such device.
-            InvalidInputError: the report is not a JSON object.
+            InvalidInputError: the report is not a JSON object (or not JSON).
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
         outcome = self.fleet.record_report(device_id, report)
@@ -704,6 +723,7 @@ class HubService:
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry.
         """
+        self.fleet.flush_seen()
         return self.upkeep.refresh_expiring()
 
     def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:
@@ -733,3 +753,22 @@ class HubService:
             NotFoundError: the path is not a target listed now with that hash.
         """
         return self.upkeep.tuf_target(repo, url_path)
+
+    def tuf_device_metadata(self, device_id: str, filename: str) -> bytes:
+        """The bytes behind ``GET /tuf/director/devices/<id>/metadata/<filename>``: the
+        director's shared root, or the device's own timestamp, snapshot or targets
+        (issue 8, ADR 0014).
+
+        Raises:
+            NotFoundError: no such file for this device.
+        """
+        return self.director.metadata(device_id, filename)
+
+    def director_target(self, url_path: str) -> bytes:
+        """The desired-state bytes behind
+        ``GET /tuf/director/targets/devices/<id>/<sha256>.desired-state.json``.
+
+        Raises:
+            NotFoundError: not what the device's signed targets lists now.
+        """
+        return self.upkeep.director_target(url_path)
