@@ -1,7 +1,7 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|drift|all]
-[--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|drift|director|
+checkin|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -9,6 +9,10 @@ real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL 
 gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest). ``drift``
 times the drift core (device counting per row, the hub's merge and statistics over 10,000 device
 windows) and measures its false-alarm rate over 1,000 stable windows (``benchmarks/drift.py``).
+
+``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
+``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
+postgres``; see ``benchmarks/director.py`` and ``benchmarks/checkin.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -45,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
             "telemetry-hub",
             "rollout-core",
             "drift",
+            "director",
+            "checkin",
             "all",
         ],
     )
     parser.add_argument(
-        "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
+        "--database-url",
+        default="",
+        help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument(
@@ -103,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         status = drift(["--repeats", str(args.repeats), *extra]) or status
         if args.benchmark == "drift":
             return status
+    if args.benchmark == "director":
+        from benchmarks.director import main as director
+
+        return director(["--database-url", args.database_url])
+    if args.benchmark == "checkin":
+        from benchmarks.checkin import main as checkin
+
+        return checkin(["--database-url", args.database_url])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +38,10 @@ from modelfleet.errors import (
 )
 from modelfleet.hashing import CHUNK
 
-__all__ = ["HubClient", "register_model"]
+__all__ = ["ROLLOUT_COMMANDS", "HubClient", "register_model"]
+
+ROLLOUT_COMMANDS = ("pause", "resume", "promote", "rollback", "abort", "approve")
+"""What an operator (``approve``: an approver) can tell a rollout to do."""
 
 _ERRORS: dict[int, type[ModelfleetError]] = {
     400: InvalidInputError,
@@ -131,6 +135,22 @@ class HubClient:
             return response.json()
         except ValueError as e:
             raise TransportError(f"the hub answered {path} with invalid JSON") from e
+
+    def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The answer, which must be a JSON object (a wrong route answers something else)."""
+        body = self._json(method, path, **kwargs)
+        if not isinstance(body, dict):
+            raise TransportError(
+                f"the hub answered {path} with {type(body).__name__}, not an object"
+            )
+        return body
+
+    def _list(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """The answer, which must be a JSON array of objects."""
+        body = self._json(method, path, **kwargs)
+        if not isinstance(body, list) or not all(isinstance(x, dict) for x in body):
+            raise TransportError(f"the hub answered {path} with something other than a list")
+        return body
 
     # -- hub -----------------------------------------------------------------------------
 
@@ -340,6 +360,19 @@ class HubClient:
         )
         return result
 
+    def set_model(self, name: str, *, safety_classified: bool) -> dict[str, Any]:
+        """Change a model's settings (publisher or admin): ``safety_classified`` models'
+        rollouts need a change ticket and a second person's approval.
+
+        Returns:
+            The model dict, as :meth:`get_model`.
+        """
+        return self._object(
+            "PATCH",
+            f"/api/v1/models/{_name(name, 'model name')}",
+            json={"safety_classified": safety_classified},
+        )
+
     # -- rollout -------------------------------------------------------------------------
 
     def deploy(
@@ -402,6 +435,93 @@ class HubClient:
             },
         )
         return result
+
+    # -- staged rollouts (issue 8) ---------------------------------------------------------
+
+    def create_rollout(self, plan: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a staged rollout (operator).
+
+        Args:
+            plan: the plan as written in a plan file (``yaml.safe_load`` of it) or as
+                ``RolloutPlan.to_dict()``; the hub validates it.
+
+        Returns:
+            The rollout view (see :meth:`get_rollout`); ``state`` is ``running``, or
+            ``awaiting_approval`` for a safety-classified model.
+
+        Raises:
+            InvalidInputError: the hub refused the plan (the message names the field).
+            NotFoundError: the model or version does not exist.
+        """
+        return self._object("POST", "/api/v1/rollouts", json=dict(plan))
+
+    def list_rollouts(
+        self, *, state: str | None = None, model: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rollout summaries, newest first: ``{"id", "model", "version", "state",
+        "stage_name", "stage_index", "stages", "devices_total", "created_at",
+        "updated_at"}``; filters left out when None."""
+        params = {
+            k: v for k, v in (("state", state), ("model", model), ("limit", limit)) if v is not None
+        }
+        return self._list("GET", "/api/v1/rollouts", params=params)
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any]:
+        """One rollout: the summary fields plus ``plan``, ``from_version``, ``reason``,
+        ``ticket``, ``approved_by``, ``stage`` (``index``, ``name``, ``percent``, ``mode``,
+        ``share``, ``started_at``, ``soak_s``, ``soak_left_s``), ``devices`` (``total``,
+        ``waiting``, ``assigned``, ``running``, ``rolled_back``, ``offline``), ``gates``
+        (the last evaluation: ``metric``, ``value``, ``control``, ``limit``, ``devices``,
+        ``samples``, ``verdict``, ``streak``, ``reason``), ``evaluated_at`` and ``history``.
+
+        Raises:
+            InvalidInputError: ``rollout_id`` is not an id (letters, digits, ``.``, ``_``,
+                ``-``): a ``/`` in it would reach another endpoint.
+            NotFoundError: no such rollout.
+        """
+        return self._object("GET", f"/api/v1/rollouts/{_name(rollout_id, 'rollout id')}")
+
+    def rollout_command(
+        self,
+        rollout_id: str,
+        command: str,
+        *,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Tell a rollout to ``pause``, ``resume``, ``promote`` (next stage now),
+        ``rollback`` (every device back to its pinned previous version), ``abort`` (stop;
+        devices keep what they have) or ``approve`` (an approver who did not create it).
+
+        Returns:
+            The rollout view after the command.
+
+        Raises:
+            InvalidInputError: ``command`` is none of :data:`ROLLOUT_COMMANDS`.
+            ConflictError: the rollout's state does not allow it (e.g. resume a running one).
+            ForbiddenError: the token's role may not (approve needs the approver role).
+            NotFoundError: no such rollout.
+        """
+        if command not in ROLLOUT_COMMANDS:
+            raise InvalidInputError(
+                f"unknown rollout command {command!r}; one of {', '.join(ROLLOUT_COMMANDS)}"
+            )
+        return self._object(
+            "POST",
+            f"/api/v1/rollouts/{_name(rollout_id, 'rollout id')}/{command}",
+            json={"reason": reason, "ticket": ticket},
+        )
+
+    def rollout_evaluations(
+        self, rollout_id: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A rollout's stored gate evaluations, newest first: ``{"stage", "evaluated_at",
+        "verdict", "evidence"}`` (evidence: the evaluation and the group statistics it
+        read)."""
+        params = {"limit": limit} if limit is not None else None
+        return self._list(
+            "GET", f"/api/v1/rollouts/{_name(rollout_id, 'rollout id')}/evaluations", params=params
+        )
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -505,6 +625,24 @@ def _reference_profile(
             raise InvalidInputError(f"cannot read {model}: {e.strerror or e}") from e
     table = load_reference(reference)
     return build_package_profile(data, table, categorical, sketches=sketches).to_dict()
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _name(value: str, what: str) -> str:
+    """``value`` checked as a model name or rollout id (the hub's name rule), for a URL
+    path. Quoting is not enough: ASGI servers decode ``%2F`` before routing, so
+    ``ro-1%2Fpause`` would reach the ``pause`` endpoint.
+
+    Raises:
+        InvalidInputError: not a name.
+    """
+    if not _NAME.match(value):
+        raise InvalidInputError(
+            f"not a {what}: {value!r} (letters, digits, '.', '_' and '-', at most 128)"
+        )
+    return value
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

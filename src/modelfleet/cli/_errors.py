@@ -7,7 +7,7 @@ Exit codes (also in the README, section "Exit codes"); the kind is what ``--json
   failure, an unexpected exception.
 * 2 ``usage`` — the command line is wrong: unknown command or option, missing or malformed
   argument, contradictory options.
-* 3 ``not_found`` — the model, version, device or agent state named does not exist.
+* 3 ``not_found`` — the model, version, device, rollout or agent state named does not exist.
 * 4 ``auth`` — no token, a token the hub does not accept, or a role that may not do this.
 * 5 ``unreachable`` — the hub (or the agent) cannot be reached or answered with a server
   error; retrying later may help.

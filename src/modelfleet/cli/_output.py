@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["console", "err_console", "print_json", "table"]
 
@@ -38,14 +39,26 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table with the given column headers."""
-    t = Table(title=title, title_justify="left", header_style="bold")
+def make_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    header: bool = True,
+) -> Table:
+    """A table with the given column headers (cells: ``-`` for None, lists joined); a cell
+    that is already a rich ``Text`` keeps its style. ``header=False`` hides the headers."""
+    t = Table(title=title, title_justify="left", header_style="bold", show_header=header)
     for c in columns:
         t.add_column(c, overflow="fold")
     for row in rows:
-        t.add_row(*(_cell(v) for v in row))
-    console.print(t)
+        t.add_row(*(v if isinstance(v, Text) else _cell(v) for v in row))
+    return t
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table with the given column headers."""
+    console.print(make_table(title, columns, rows))
 
 
 def key_values(title: str | None, data: Mapping[str, Any]) -> None:
@@ -53,4 +66,4 @@ def key_values(title: str | None, data: Mapping[str, Any]) -> None:
     table(title, ["field", "value"], [(k, v) for k, v in data.items()])
 
 
-__all__ += ["key_values"]
+__all__ += ["key_values", "make_table"]

@@ -13,7 +13,8 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -21,9 +22,21 @@ import typer
 
 from modelfleet import __version__
 from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd
+from modelfleet.cli._deploy_wait import (
+    DeployWaitError,
+    DeviceWait,
+    WaitState,
+    describe_laggards,
+    wait_states,
+)
 from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
+from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt, hub_client
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
-from modelfleet.errors import InvalidInputError, UnauthenticatedError
+from modelfleet.cli._plan_file import parse_duration
+from modelfleet.cli._polling import poll
+from modelfleet.cli._rollout_view import duration_text
+from modelfleet.cli.rollout_cmds import rollout_app
+from modelfleet.errors import InvalidInputError, NotFoundError
 
 __all__ = ["app", "main"]
 
@@ -42,6 +55,7 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
 app.add_typer(agent_app, name="agent")
+app.add_typer(rollout_app, name="rollout")
 
 HUB_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn")
 
@@ -64,40 +78,8 @@ def _root(
     """Ship ML models to fleets of edge devices and keep them healthy there."""
 
 
-HubOpt = Annotated[
-    str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
-]
-TokenOpt = Annotated[
-    str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
-]
-TokenFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        envvar="MODELFLEET_TOKEN_FILE",
-        help="Read the API token from this file (keeps it out of `ps`); used when no --token.",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
 def _client(hub: str, token: str, token_file: Path | None = None) -> Any:
-    from modelfleet.client import HubClient
-
-    if not token and token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as e:
-            raise UsageError(f"cannot read --token-file {token_file}: {e.strerror or e}") from e
-        if not token:
-            raise UnauthenticatedError(f"--token-file {token_file} is empty")
-    if not token:
-        raise UnauthenticatedError(
-            "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
-            "or pass --token"
-        )
-    return HubClient(hub, token)
+    return hub_client(hub, token, token_file)
 
 
 # -- init and hub --------------------------------------------------------------------------
@@ -166,6 +148,20 @@ def hub_serve(
             help="text | json (one object a line; uvicorn's access and error lines too).",
         ),
     ] = "text",
+    controller_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--controller-interval-s",
+            min=0.01,
+            max=3600.0,
+            help="Seconds (hub clock) between rollout controller ticks; on PostgreSQL only "
+            "the hub process holding the controller lease ticks.",
+        ),
+    ] = 5.0,
+    no_controller: Annotated[
+        bool,
+        typer.Option("--no-controller", help="Run no rollout controller in this process."),
+    ] = False,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
     from modelfleet.errors import ConfigError
@@ -179,7 +175,13 @@ def hub_serve(
     configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
-    serve(home, host=host, port=port, clock=agent_cmds.sim_clock(os.environ))
+    serve(
+        home,
+        host=host,
+        port=port,
+        clock=agent_cmds.sim_clock(os.environ),
+        controller_interval_s=0.0 if no_controller else controller_interval_s,
+    )
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -526,6 +528,34 @@ def model_list(
     )
 
 
+@model_app.command("set")
+def model_set(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    safety_classified: Annotated[
+        bool | None,
+        typer.Option(
+            "--safety-classified/--no-safety-classified",
+            help="Safety-classified: its rollouts need a change ticket, a second person's "
+            "approval (approver role), the change window, and lag other sites' stable stage.",
+            show_default=False,
+        ),
+    ] = None,
+    hub: HubOpt = "http://127.0.0.1:8700",
+    token: TokenOpt = "",
+    token_file: TokenFileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a model's settings (publisher or admin)."""
+    if safety_classified is None:
+        raise UsageError("nothing to set: give --safety-classified or --no-safety-classified")
+    result = _client(hub, token, token_file).set_model(name, safety_classified=safety_classified)
+    if json_out:
+        print_json(result)
+        return
+    flag = result.get("safety_classified", safety_classified)
+    console.print(f"[green]{name}[/] is {'' if flag else 'not '}safety-classified")
+
+
 @model_app.command("show")
 def model_show(
     ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION]")],
@@ -593,6 +623,18 @@ def deploy_cmd(
     share: Annotated[float, typer.Option(help="Share of requests for split/shadow (0-1).")] = 0.1,
     slo: Annotated[str, typer.Option(help="Local guard, e.g. p99_ms=100,error_rate=0.01")] = "",
     ticket: Annotated[str, typer.Option(help="Change ticket recorded in the audit log.")] = "",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Then wait until every device reports serving the version; exit 1 naming "
+            "the laggards on timeout, or as soon as a device refuses it or rolls it back.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        str | None,
+        typer.Option("--timeout", help="How long --wait waits: 90, 30s, 10m (default), 1h."),
+    ] = None,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
     token_file: TokenFileOpt = None,
@@ -602,11 +644,15 @@ def deploy_cmd(
     device_list_ = [d.strip() for d in devices.split(",") if d.strip()]
     if bool(device_list_) == all_devices:
         raise UsageError("give either --devices ID,ID… or --all")
+    if timeout is not None and not wait:
+        raise UsageError("--timeout is how long --wait waits: give --wait too")
+    timeout_s = parse_duration(timeout or "10m", "--timeout")
     if mode not in ("full", "split", "shadow"):
         raise UsageError(f"--mode must be full, split or shadow, not {mode!r}")
     if not 0.0 <= share <= 1.0:
         raise UsageError("--share must be between 0 and 1")
-    result = _client(hub, token, token_file).deploy(
+    client = _client(hub, token, token_file)
+    result = client.deploy(
         name,
         version,
         devices=None if all_devices else device_list_,
@@ -616,9 +662,17 @@ def deploy_cmd(
         slo=_parse_slo(slo),
         ticket=ticket or None,
     )
+    if wait:
+        _wait_for_deploy(client, result, timeout_s, json_out)
+        return
     if json_out:
         print_json(result)
         return
+    _print_deployed(result)
+
+
+def _print_deployed(result: Mapping[str, Any]) -> None:
+    name, version, mode = result.get("model"), result.get("version"), result.get("mode")
     console.print(
         f"[green]Deployed[/] {name} v{version} ({mode}) — signed into catalog and director"
     )
@@ -634,6 +688,142 @@ def deploy_cmd(
         for d in result.get("devices", [])
     ]
     table("Desired state", ["device", "production", "candidate", "mode", "share", "serial"], rows)
+
+
+_WAIT_POLL_S = 1.0
+_FEW_DEVICES = 20
+
+
+def _device_views(client: Any, result: Mapping[str, Any]) -> list[Any]:
+    """The hub's views of the deploy's devices: one by one for a few (a large fleet's
+    whole list is megabytes), else the whole list; a device deleted meanwhile is left out."""
+    ids = [str(d.get("device_id")) for d in result.get("devices") or []]
+    if len(ids) > _FEW_DEVICES:
+        views: list[Any] = client.list_devices()
+        return views
+    views = []
+    for device_id in ids:
+        try:
+            views.append(client.get_device(device_id))
+        except NotFoundError:
+            continue
+    return views
+
+
+def _wait_for_deploy(
+    client: Any, result: Mapping[str, Any], timeout_s: float, json_out: bool
+) -> None:
+    """Poll the hub's device views until every device of ``result`` serves it.
+
+    Raises:
+        DeployWaitError: a device refused or rolled back the version, the hub assigns it
+            something else now, or ``timeout_s`` passed first.
+    """
+    name, version = result.get("model"), result.get("version")
+    total = len(result.get("devices") or [])
+    started = time.monotonic()
+    if not json_out:
+        _print_deployed(result)
+    with _wait_display(total, f"waiting for {name} v{version}", quiet=json_out) as show:
+
+        def fetch() -> list[DeviceWait]:
+            return wait_states(result, _device_views(client, result))
+
+        polled = poll(
+            fetch,
+            lambda states: (
+                all(s.state is WaitState.SERVING for s in states)
+                or any(s.state.failed for s in states)
+            ),
+            show=lambda states, error: show(
+                sum(s.state is WaitState.SERVING for s in states), error
+            ),
+            interval_s=_WAIT_POLL_S,
+            now=time.monotonic,
+            sleep=time.sleep,
+            timeout_s=timeout_s,
+        )
+    states = polled.value
+    serving = sum(s.state is WaitState.SERVING for s in states)
+    failed = [s for s in states if s.state.failed]
+    if json_out:
+        print_json(
+            {
+                **result,
+                "wait": {
+                    "serving": serving,
+                    "total": total,
+                    "timed_out": not polled.done,
+                    "devices": [
+                        {"device_id": s.device_id, "state": s.state.value, "detail": s.detail}
+                        for s in states
+                    ],
+                },
+            }
+        )
+    if serving == total:
+        if not json_out:
+            took = time.monotonic() - started
+            console.print(f"[green]All {total} devices serve[/] {name} v{version} ({took:.1f} s)")
+        return
+    if not json_out:
+        table(
+            f"Not serving {name} v{version}",
+            ["device", "state", "detail"],
+            [
+                (s.device_id, s.state.value, s.detail)
+                for s in states
+                if s.state is not WaitState.SERVING
+            ],
+        )
+    if failed:
+        raise DeployWaitError(
+            f"{len(failed)} of {total} devices will not serve {name} v{version}: "
+            + describe_laggards(failed)
+        )
+    raise DeployWaitError(
+        f"{total - serving} of {total} devices do not serve {name} v{version} after "
+        f"{duration_text(timeout_s)}: {describe_laggards(states)}"
+    )
+
+
+@contextlib.contextmanager
+def _wait_display(
+    total: int, text: str, *, quiet: bool
+) -> Iterator[Callable[[int, Exception | None], None]]:
+    """A progress bar on a terminal; a line per change when piped; nothing with --json."""
+    if quiet:
+        yield lambda done, error: None
+        return
+    if not console.is_terminal:
+        last: list[int] = []
+
+        def line(done: int, error: Exception | None) -> None:
+            if error is not None:
+                console.print(f"{text}: hub unreachable, retrying: {error}", soft_wrap=True)
+            elif last != [done]:
+                last[:] = [done]
+                console.print(f"{text}: {done}/{total} devices serving")
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(text, total=total)
+
+        def bar(done: int, error: Exception | None) -> None:
+            note = " (hub unreachable, retrying)" if error is not None else ""
+            progress.update(task, completed=done, description=text + note)
+
+        yield bar
 
 
 @app.command("rollback")

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -48,8 +49,13 @@ __all__ = [
     "DeviceServing",
     "DeviceState",
     "DeviceTelemetry",
+    "DirectorDevice",
+    "GateEvaluation",
     "Model",
     "ModelVersion",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutTransition",
     "TelemetryRecord",
     "TelemetryRollup",
     "Token",
@@ -110,6 +116,9 @@ class Model(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(256))
+    # Issue 8: rollouts of a safety-classified model need a ticket and a second person's
+    # approval (see hub/rollouts.py).
+    safety_classified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ModelVersion(Base):
@@ -337,6 +346,38 @@ class TufRoleVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
+class DirectorDevice(Base):
+    """One device's director repository (issue 8, ADR 0014): the desired state staged for
+    it, and the signed per-device targets, snapshot and timestamp served from here.
+
+    ``staged`` is written with the change (``Director.stage``) and ``dirty`` set; the
+    signing after the commit (``Director.publish``) fills the signed columns and clears
+    ``dirty`` in one transaction. Versions only grow: a row is never deleted (a
+    decommissioned device keeps its row with no target listed).
+    """
+
+    __tablename__ = "director_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dirty: Mapped[bool] = mapped_column(Boolean, index=True)
+    staged: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    staged_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    listed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    listed_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    targets_version: Mapped[int] = mapped_column(BigInteger)
+    snapshot_version: Mapped[int] = mapped_column(BigInteger)
+    timestamp_version: Mapped[int] = mapped_column(BigInteger)
+    targets_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    snapshot_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    timestamp_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    targets_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    snapshot_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    timestamp_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    resign_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    """When the first of the signed roles is due for re-signing (upkeep looks here)."""
+
+
 class AuditEntry(Base):
     """One link of the hash-chained audit log (see :mod:`modelfleet.audit.log`)."""
 
@@ -372,6 +413,91 @@ class AuditHead(Base):
     at: Mapped[datetime]
     keyid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Rollout(Base):
+    """A staged rollout of one model version (issue 8; see :mod:`modelfleet.hub.rollouts`).
+
+    ``plan`` is ``RolloutPlan.to_dict()``; ``state``, ``stage``, ``stage_started_at``,
+    ``streaks`` and ``reason`` are the state machine's ``Progress``; ``revision`` grows with
+    every change of the row, so a writer that read an older one knows it lost a race.
+    ``from_version`` is the control: the production most target devices ran at creation.
+    ``stage_count`` is the cohort plan's (blast-radius overflow stages included).
+    ``stable_since`` is when it reached its last stage below 100 % (or completed), for the
+    safety lag of other rollouts of the same version.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    stage_count: Mapped[int] = mapped_column(Integer)
+    stage_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    streaks: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    approved_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    stable_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class RolloutDevice(Base):
+    """One target device of a rollout: the first stage it is in (its cohort) and where it
+    stands: ``waiting`` (its stage has not started), ``assigned`` (the version is assigned),
+    ``rolled_back`` (the rollout, or the device's own guard, took it back)."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (Index("ix_rollout_devices_device_id", "device_id"),)
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    stage_of: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+
+
+class GateEvaluation(Base):
+    """One evaluation of a stage's gates with its evidence: ``Evaluation.to_dict()``, the
+    merged statistics of the stage and the control group it was computed from, and the
+    streaks it started from (so it can be recomputed exactly)."""
+
+    __tablename__ = "gate_evaluations"
+    __table_args__ = (Index("ix_gate_evaluations_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"))
+    stage: Mapped[int] = mapped_column(Integer)
+    evaluated_at: Mapped[datetime]
+    verdict: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict[str, Any]]
+
+
+class RolloutTransition(Base):
+    """One transition of a rollout (the view's history; each also has its audit entry)."""
+
+    __tablename__ = "rollout_transitions"
+    __table_args__ = (Index("ix_rollout_transitions_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

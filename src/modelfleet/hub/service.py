@@ -13,7 +13,9 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.upkeep.Upkeep` - TUF serving, re-signing, GC, telemetry
   retention;
 * :class:`~modelfleet.hub.telemetry.Telemetry` - telemetry ingest, summaries, retention;
-* :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry.
+* :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry;
+* :class:`~modelfleet.hub.rollouts.Rollouts` - staged rollouts, operator commands, approval;
+* :class:`~modelfleet.hub.controller.RolloutController` - the rollouts' ticks (issue 8).
 
 Every state change commits together with its audit entry in one database transaction;
 the TUF metadata is signed from the database *after* the commit, and whatever a crash
@@ -48,7 +50,7 @@ import numpy as np
 from modelfleet.audit.log import AuditQuery
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, StorageError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
@@ -58,15 +60,18 @@ from modelfleet.hub.auth import Principal, Role
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.config import HubConfig
 from modelfleet.hub.context import HubContext
+from modelfleet.hub.controller import RolloutController
 from modelfleet.hub.deployments import Deployments
 from modelfleet.hub.director import Director
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
 from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
+from modelfleet.hub.rollouts import Rollouts
 from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
@@ -109,7 +114,11 @@ class HubService:
             self.audit_chain = AuditChain(self.context, WitnessFile(paths.root / WITNESS_NAME))
             self.store = FileArtefactStore(paths.artefacts)
             self.trust = HubTrust.open(
-                paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
+                paths.tuf,
+                paths.keys,
+                clock,
+                counters=DbRoleCounters(sessions),
+                signing_workers=default_workers(),
             )
             self.catalog = Catalog(self.context, self.store)
             self.director = Director(self.context, self.store, self.trust, self.catalog)
@@ -126,6 +135,8 @@ class HubService:
                 self.telemetry,
                 audit_chain=self.audit_chain,
             )
+            self.rollouts = Rollouts(self.context, self.catalog, self.director)
+            self.controller = RolloutController(self.context, self.director)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -136,16 +147,25 @@ class HubService:
             self.director.repair()
             self.audit_chain.adopt()
         except BaseException:
+            if hasattr(self, "trust"):
+                self.trust.close()
             self.engine.dispose()
             raise
 
     init_home = staticmethod(init_home)
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending ``last_seen`` times, release database connections and stop
+        signing processes."""
+        try:
+            self.fleet.flush_seen()
+        except StorageError as e:  # closing must not fail on it
+            _log.warning("last_seen of recent check-ins not written: %s", e)
+        self.trust.close()
         self.engine.dispose()
 
     def _read_gauges(self) -> FleetGauges:
+        self.fleet.flush_seen()
         with self.context.read() as s:
             return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
 
@@ -211,8 +231,11 @@ class HubService:
         """
         return self.fleet.get_device(device_id)
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """Store a device's check-in report and apply the rollbacks it reports.
+
+        ``report`` is the decoded object or its JSON bytes as received (the API passes
+        bytes: they are parsed once).
 
         The report is kept as sent (the agent sends its state: ``applied_serial``,
         ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
@@ -224,12 +247,14 @@ class HubService:
         and ignored.
 
         Returns:
-            ``{"applied_rollbacks": [event id, ...]}``: the report's events applied now
-            or earlier.
+            ``{"applied_rollbacks": [event id, ...], "tuf": {"catalog": {"root", "timestamp"},
+            "director": {"root", "timestamp"}}}``: the report's events applied now or
+            earlier, and the current TUF versions (the director's timestamp is this
+            device's own): an agent holding exactly these skips its TUF refresh (issue 8).
 
         Raises:
             NotFoundError: no such device.
-            InvalidInputError: the report is not a JSON object.
+            InvalidInputError: the report is not a JSON object (or not JSON).
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
         outcome = self.fleet.record_report(device_id, report)
@@ -535,6 +560,118 @@ class HubService:
         """
         return self.deployments.rollback(name, devices, actor=actor, ticket=ticket)
 
+    def set_model_safety(
+        self, name: str, safety_classified: bool, *, actor: str, ticket: str | None = None
+    ) -> JSONDict:
+        """Mark a model safety-classified (or not): its rollouts then need a change ticket
+        and a second person's approval (issue 8). Audited as ``model.safety``.
+
+        Returns:
+            The model (see :meth:`get_model`), with ``safety_classified``.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+        return self.catalog.set_safety_classified(name, safety_classified, actor, ticket)
+
+    # -- rollouts (issue 8) --------------------------------------------------------------
+
+    def create_rollout(self, plan: object, *, actor: str) -> JSONDict:
+        """Create a rollout from a plan document (the YAML shape after ``safe_load``, or
+        ``RolloutPlan.to_dict()``; see :mod:`modelfleet.rollout.plan`).
+
+        The selector is resolved to the enrolled devices now and each device's cohort
+        stored. A safety-classified model's rollout needs ``change.ticket`` and waits in
+        ``awaiting_approval`` for :meth:`approve_rollout`; any other is ``running`` and the
+        controller starts its first stage. Audited as ``rollout-create``.
+
+        Returns:
+            The rollout's view (see :mod:`modelfleet.hub.rollouts`).
+
+        Raises:
+            InvalidInputError: a bad plan, no matching device, a revoked version, no ticket
+                for a safety-classified model, split/shadow on a device without production.
+            NotFoundError: unknown model, version, or an explicitly named device.
+            ConflictError: a target device is in an unfinished rollout of the same model.
+        """
+        return self.rollouts.create(plan, actor)
+
+    def list_rollouts(
+        self, *, state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[JSONDict]:
+        """Rollouts, newest first: summaries (see :mod:`modelfleet.hub.rollouts`).
+
+        Raises:
+            InvalidInputError: an unknown state.
+        """
+        return self.rollouts.list_rollouts(state, model, limit)
+
+    def get_rollout(self, rollout_id: str) -> JSONDict:
+        """One rollout's view: stage, devices per state, the last gate evaluation, history.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.get(rollout_id)
+
+    def rollout_evaluations(self, rollout_id: str, limit: int = 50) -> list[JSONDict]:
+        """A rollout's stored gate evaluations with their evidence, newest first.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.evaluations(rollout_id, limit)
+
+    def rollout_command(
+        self,
+        rollout_id: str,
+        command: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """An operator's ``pause``, ``resume``, ``promote``, ``rollback`` or ``abort``
+        (:func:`modelfleet.rollout.stages.operator`), applied and audited in one
+        transaction (``rollout-<command>``), signed after the commit.
+
+        Returns:
+            The rollout's view.
+
+        Raises:
+            NotFoundError: no such rollout.
+            ConflictError: the command is not allowed in the rollout's state.
+            InvalidInputError: an unknown command.
+        """
+        return self.rollouts.command(rollout_id, command, actor, reason, ticket)
+
+    def approve_rollout(
+        self,
+        rollout_id: str,
+        approver: Principal,
+        *,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """Approve a safety-classified model's rollout (``rollout-approve``): it runs from
+        then on, and the controller starts its first stage in the change window.
+
+        Raises:
+            ForbiddenError: the principal lacks the approver role, or created the rollout.
+            ConflictError: the rollout is not awaiting approval.
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.approve(rollout_id, approver, reason, ticket)
+
+    def tick_rollouts(self) -> list[JSONDict]:
+        """One controller pass over the running rollouts (the ``hub serve`` thread calls it
+        while this process holds the controller lease).
+
+        Returns:
+            ``[{"rollout_id", "action", "stage", "state", "reason"}]`` for each rollout changed.
+        """
+        return self.controller.tick()
+
     # -- audit and upkeep ----------------------------------------------------------------
 
     def audit(self, after_seq: int = 0, limit: int = 100) -> list[JSONDict]:
@@ -592,6 +729,7 @@ class HubService:
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry.
         """
+        self.fleet.flush_seen()
         return self.upkeep.refresh_expiring()
 
     def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:
@@ -621,3 +759,22 @@ class HubService:
             NotFoundError: the path is not a target listed now with that hash.
         """
         return self.upkeep.tuf_target(repo, url_path)
+
+    def tuf_device_metadata(self, device_id: str, filename: str) -> bytes:
+        """The bytes behind ``GET /tuf/director/devices/<id>/metadata/<filename>``: the
+        director's shared root, or the device's own timestamp, snapshot or targets
+        (issue 8, ADR 0014).
+
+        Raises:
+            NotFoundError: no such file for this device.
+        """
+        return self.director.metadata(device_id, filename)
+
+    def director_target(self, url_path: str) -> bytes:
+        """The desired-state bytes behind
+        ``GET /tuf/director/targets/devices/<id>/<sha256>.desired-state.json``.
+
+        Raises:
+            NotFoundError: not what the device's signed targets lists now.
+        """
+        return self.upkeep.director_target(url_path)

@@ -1,0 +1,61 @@
+"""The options every hub client command shares (``--hub``, ``--token``, ``--token-file``,
+``--json``) and the client they make; one place, so that each command module reads them
+the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelfleet.cli._errors import UsageError
+from modelfleet.errors import UnauthenticatedError
+
+if TYPE_CHECKING:
+    from modelfleet.client import HubClient
+
+__all__ = ["DEFAULT_HUB", "HubOpt", "JsonOpt", "TokenFileOpt", "TokenOpt", "hub_client"]
+
+DEFAULT_HUB = "http://127.0.0.1:8700"
+
+HubOpt = Annotated[
+    str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
+]
+TokenOpt = Annotated[
+    str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        envvar="MODELFLEET_TOKEN_FILE",
+        help="Read the API token from this file (keeps it out of `ps`); used when no --token.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClient:
+    """A client of ``hub`` with ``token``, or the token read from ``token_file``.
+
+    Raises:
+        UsageError: ``token_file`` cannot be read.
+        UnauthenticatedError: no token at all, or an empty token file.
+    """
+    from modelfleet.client import HubClient
+
+    if not token and token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read --token-file {token_file}: {e.strerror or e}") from e
+        if not token:
+            raise UnauthenticatedError(f"--token-file {token_file} is empty")
+    if not token:
+        raise UnauthenticatedError(
+            "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
+            "or pass --token"
+        )
+    return HubClient(hub, token)
