@@ -98,3 +98,19 @@ def test_categorical_without_a_reference_is_refused_before_any_upload(
     with pytest.raises(InvalidInputError, match="without a reference"):
         client.register_version("iris", onnx_bytes, categorical=["x0"])
     assert client.list_models() == []
+
+
+def test_a_fitted_estimator_is_converted_then_profiled(
+    client: HubClient, tmp_path: Path, fitted_model: object, sample_rows: np.ndarray
+) -> None:
+    from modelfleet.client import register_model
+
+    path = tmp_path / "ref.csv"
+    path.write_text("a,b,c,d\n" + "\n".join(",".join(map(str, r)) for r in sample_rows) + "\n")
+    v = register_model(
+        client, "iris", fitted_model, sample_input=sample_rows[:3], reference=path,
+        categorical=["d"],
+    )  # fmt: skip
+    assert v["drift"]["inputs"] == 4 and "d" in v["drift"]["categorical"]
+    manifest = PackageManifest.from_json(client.get_manifest("iris", 1))
+    assert manifest.package_profile().profile.input_names == ("a", "b", "c", "d")  # type: ignore[union-attr]
