@@ -5,10 +5,11 @@ Layout: :mod:`~modelfleet.sim.faults` (fault specs and cohorts, pure),
 :mod:`~modelfleet.sim.verify` (TUF checks with python-tuf's Metadata API, pure),
 :mod:`~modelfleet.sim.director` (the director layout seam), :mod:`~modelfleet.sim.traffic`
 (telemetry windows, pure), :mod:`~modelfleet.sim.device` (one device's state and
-transitions, pure), :mod:`~modelfleet.sim.fleet` (the asyncio/httpx shell).
+transitions, pure), :mod:`~modelfleet.sim.fleet` (the asyncio shell) over
+:mod:`~modelfleet.sim._http` (h11).
 
 Imports: telemetry.wire, monitoring.histogram, rollout, trust.bundle, clock, backoff,
-errors, httpx, tuf; never the hub or the agent (tests/test_import_graph.py).
+errors, tuf, h11; never the hub or the agent (tests/test_import_graph.py).
 """
 
 from modelfleet.sim.faults import Fault, parse_duration, parse_fault, parse_faults

@@ -1,5 +1,6 @@
 """The simulator's shell: thousands of :class:`~modelfleet.sim.device.SimDevice` in one
-process, on one asyncio loop, talking to a real hub over HTTP (httpx).
+process, on one asyncio loop, talking to a real hub over HTTP/1.1 (h11 on asyncio streams:
+:mod:`modelfleet.sim._http`).
 
 Each device, every ``poll_s`` (jittered) of simulated time, does what the agent does: close
 its telemetry windows, check in (``POST /api/v1/devices/{id}/report``), refresh the
@@ -27,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import orjson
 
 from modelfleet.backoff import jittered_interval
@@ -45,6 +45,7 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 from modelfleet.rollout.desired_state import DesiredState
+from modelfleet.sim._http import H11Pool, Response
 from modelfleet.sim.device import SimDevice, Tally
 from modelfleet.sim.director import DirectorLayout, DirectorLayouts, desired_state_url
 from modelfleet.sim.faults import Fault, device_effects
@@ -161,7 +162,6 @@ class FleetSimulator:
     Args:
         config: the fleet.
         clock: the simulated time (see the module docstring); default the system clock.
-        transport: an httpx async transport (tests).
         progress: called about once a second of real time while running.
     """
 
@@ -170,7 +170,6 @@ class FleetSimulator:
         config: SimConfig,
         clock: Clock | None = None,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> None:
         from modelfleet.clock import SystemClock
@@ -180,9 +179,8 @@ class FleetSimulator:
         self._virtual = isinstance(self.clock, ManualClock)
         self._rate = self.clock.rate if isinstance(self.clock, ScaledClock) else 1.0
         self._progress = progress
-        self._transport = transport
         self._runner = asyncio.Runner()
-        self._http: httpx.AsyncClient | None = None
+        self._http: H11Pool | None = None
         self._rng = random.Random(config.seed)
         self.devices: list[SimDevice] = []
         self._shared: _Fleetwide | None = None
@@ -301,15 +299,10 @@ class FleetSimulator:
 
     # -- enrolment -------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> H11Pool:
         if self._http is None:
-            c = self.config.concurrency
-            self._http = httpx.AsyncClient(
-                base_url=self.config.hub_url.rstrip("/"),
-                timeout=self.config.timeout_s,
-                limits=httpx.Limits(max_connections=c, max_keepalive_connections=c),
-                transport=self._transport,
-                headers={"User-Agent": "modelfleet-sim"},
+            self._http = H11Pool(
+                self.config.hub_url, self.config.concurrency, self.config.timeout_s
             )
         return self._http
 
@@ -346,11 +339,11 @@ class FleetSimulator:
     async def _enrol_one(self, device_id: str, site: str, operator: dict[str, str]) -> str:
         body = {"id": device_id, "site": site, "tags": list(self.config.tags)}
         r = await self._send(None, "POST", "/api/v1/devices", json=body, headers=operator)
-        if r.status_code == 409:
+        if r.status == 409:
             # Enrolled by an earlier run: its token was shown only then; mint a new one.
             minted = {"role": "device", "subject": device_id}
             r = await self._send(None, "POST", "/api/v1/tokens", json=minted, headers=operator)
-            if r.status_code == 403:
+            if r.status == 403:
                 raise ConflictError(
                     f"device {device_id!r} is already enrolled and this token may not mint "
                     "device tokens: use another --prefix, or an admin token"
@@ -561,7 +554,7 @@ class FleetSimulator:
             while True:
                 r = await self._send(d, "GET", f"{base}{repo.root_version + 1}.root.json",
                                      kind=kind)  # fmt: skip
-                if r.status_code == 404:
+                if r.status == 404:
                     break
                 _raise_for(r, f"{name} root")
                 repo.update_root(r.content)
@@ -626,17 +619,15 @@ class FleetSimulator:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         kind: str = "enrol",
-    ) -> httpx.Response:
-        http = self._client()
+    ) -> Response:
         hdrs = dict(headers or {})
         if d is not None:
             hdrs["Authorization"] = f"Bearer {d.token}"
+        if json is not None:
+            content = orjson.dumps(json)
         if content is not None:
             hdrs["Content-Type"] = "application/json"
-        try:
-            r = await http.request(method, path, content=content, json=json, headers=hdrs)
-        except httpx.HTTPError as e:
-            raise TransportError(f"{method} {path}: cannot reach the hub: {e!r}") from e
+        r = await self._client().request(method, path, content, hdrs)
         self._requests[kind] = self._requests.get(kind, 0) + 1
         if d is not None:
             d.tally.requests += 1
@@ -653,27 +644,27 @@ class FleetSimulator:
             d.last_error = str(e)
 
 
-def _json_object(r: httpx.Response) -> dict[str, Any]:
+def _json_object(r: Response) -> dict[str, Any]:
     try:
         data = orjson.loads(r.content) if r.content else {}
     except orjson.JSONDecodeError as e:
-        raise TransportError(f"{r.request.url.path}: the hub answered with invalid JSON") from e
+        raise TransportError(f"{r.path}: the hub answered with invalid JSON") from e
     return data if isinstance(data, dict) else {}
 
 
-def _raise_for(r: httpx.Response, what: str) -> None:
+def _raise_for(r: Response, what: str) -> None:
     if r.is_success:
         return
     detail = r.text[:200]
-    msg = f"{what}: {r.request.method} {r.request.url.path} answered HTTP {r.status_code}"
-    if r.status_code == 401:
+    msg = f"{what}: {r.method} {r.path} answered HTTP {r.status}"
+    if r.status == 401:
         raise UnauthenticatedError(f"{msg}: the hub does not accept the token")
-    if r.status_code == 403:
+    if r.status == 403:
         raise ForbiddenError(f"{msg}: the token may not do this")
-    if r.status_code == 404:
+    if r.status == 404:
         raise NotFoundError(msg)
-    if r.status_code == 409:
+    if r.status == 409:
         raise ConflictError(f"{msg}: {detail}")
-    if r.status_code in (400, 413, 422):
+    if r.status in (400, 413, 422):
         raise InvalidInputError(f"{msg}: {detail}")
     raise TransportError(msg)
