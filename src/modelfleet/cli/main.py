@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from modelfleet import __version__
-from modelfleet.cli import agent_cmds, demo_cmd
+from modelfleet.cli import agent_cmds, demo_cmd, sim_cmd
 from modelfleet.cli._errors import ExitCode, UsageError, report_failure, require_extra
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
 from modelfleet.errors import InvalidInputError, UnauthenticatedError
@@ -668,6 +668,7 @@ def audit_cmd(
 
 agent_cmds.register(agent_app)
 demo_cmd.register(app)
+sim_cmd.register(app)
 
 
 def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
