@@ -7,9 +7,10 @@ serve`` (2,000 GETs of the director timestamp, 8 connections), httpx costs the c
 is thousands of clients in one process: at httpx's cost the simulator, not the hub, would
 be what a benchmark measures.
 
-One request at a time per connection; a connection the server closed (or that failed) is
-dropped and the request is retried once on a new one when nothing of it can have been
-processed (the failure came before any byte of the answer).
+One request at a time per connection. An idle connection the server closed is dropped and
+the request sent on the next (finally on a new one) when no byte of an answer came back:
+the server closed it before reading the request (reports and telemetry are idempotent
+anyway: the hub deduplicates telemetry by record identity).
 """
 
 from __future__ import annotations
@@ -123,19 +124,20 @@ class H11Pool:
         hdrs += list((headers or {}).items())
         hdrs.append(("Content-Length", str(len(body or b""))))
         request = h11.Request(method=method, target=self._prefix + path, headers=hdrs)
-        for attempt in (1, 2):
+        while True:
+            # Idle connections the hub has closed meanwhile (uvicorn's keep-alive timeout)
+            # are dropped one by one; a fresh connection gets the last word.
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else await self._connect(method, path)
             try:
                 return await self._exchange(conn, request, body, method, path)
             except _Stale as e:
                 conn.close()
-                if attempt == 2 or not reused:
+                if not reused:
                     raise TransportError(f"{method} {path}: the connection broke: {e}") from e
             except BaseException:
                 conn.close()
                 raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect(self, method: str, path: str) -> _Connection:
         try:

@@ -406,39 +406,52 @@ class SimDevice:
             self.evicted_total += 1
             self.tally.evicted += 1
 
-    def batch(self, now: datetime, limit: int, traffic: Traffic) -> tuple[dict[str, Any], int]:
-        """The next telemetry batch (oldest first; newest first under the ``late`` fault,
-        holding back the ``late`` newest windows) and how many records it takes from the
-        buffer; ``({}, 0)`` when there is nothing to send."""
+    def batch(
+        self, now: datetime, limit: int, traffic: Traffic
+    ) -> tuple[dict[str, Any], tuple[int, int]]:
+        """The next telemetry batch and the buffer slice ``(start, stop)`` it takes;
+        ``({}, (0, 0))`` when there is nothing to send.
+
+        Oldest first, as the agent's forwarder sends. Under the ``late`` fault the newest
+        ``late`` records are held back, and every other batch takes only the newer half of
+        the rest: older records arrive after newer ones (late and out of order across
+        batches), and the next batch sends the older ones.
+        """
         late = self.effects.late
         ready = len(self.buffer) - late if late else len(self.buffer)
         if ready <= 0:
-            return {}, 0
-        take = min(ready, limit)
-        items = [self.buffer[i] for i in range(take)]
-        if late:
-            items.reverse()  # late and out of order: newer seqs before older ones
-        records = [
-            r.to_record(self.device_id, traffic.latency_sigma)
-            if isinstance(r, ServedWindow)
-            else {**r, "device_id": self.device_id}
-            for r in items
-        ]
+            return {}, (0, 0)
+        newer_first = late and ready > 1 and self.tally.batches % 2 == 0
+        start = ready // 2 if newer_first else 0
+        stop = min(ready, start + limit)
+        records = [self._encode(self.buffer[i], traffic) for i in range(start, stop)]
         return {
             "format": 1,
             "device_id": self.device_id,
             "buffer_id": self.buffer_id,
             "sent_at": now.isoformat(),
             "records": records,
-            "buffered": len(self.buffer) - take,
+            "buffered": len(self.buffer) - (stop - start),
             "evicted_total": self.evicted_total,
-        }, take
+        }, (start, stop)
 
-    def acked(self, taken: int) -> None:
-        """Drop the records of the batch the hub acknowledged."""
-        for _ in range(min(taken, len(self.buffer))):
-            self.buffer.popleft()
-        self.tally.records_acked += taken
+    def _encode(self, r: ServedWindow | dict[str, Any], traffic: Traffic) -> dict[str, Any]:
+        if isinstance(r, ServedWindow):
+            return r.to_record(self.device_id, traffic.latency_sigma)
+        return {**r, "device_id": self.device_id}
+
+    def acked(self, taken: tuple[int, int]) -> None:
+        """Drop the records of the batch the hub acknowledged (the slice :meth:`batch`
+        named; nothing else touched the buffer in between)."""
+        start, stop = taken
+        if start == 0:
+            for _ in range(stop):
+                self.buffer.popleft()
+        else:
+            kept = list(self.buffer)
+            del kept[start:stop]
+            self.buffer = deque(kept)
+        self.tally.records_acked += stop - start
         self.tally.batches += 1
 
     # -- internals -------------------------------------------------------------------------

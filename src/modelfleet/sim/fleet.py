@@ -596,7 +596,7 @@ class FleetSimulator:
         cfg = self.config
         for _ in range(3):  # a few batches a tick; a long backlog drains over ticks
             batch, taken = d.batch(self._device_now(d), cfg.batch_records, cfg.traffic)
-            if not taken:
+            if not batch:
                 return
             path = f"/api/v1/devices/{d.device_id}/telemetry"
             r = await self._send(d, "POST", path, content=orjson.dumps(batch), kind="telemetry")
