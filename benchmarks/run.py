@@ -1,10 +1,12 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|all] [--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-sim|all]
+[--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
-``benchmarks/telemetry_hub.py``).
+``benchmarks/telemetry_hub.py``); ``rollout-sim`` runs a simulated fleet (``--devices``) against
+a real ``hub serve`` (``benchmarks/rollout_sim.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -34,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "all"],
+        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "rollout-sim", "all"],
     )
     parser.add_argument(
         "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
+    parser.add_argument("--devices", type=int, default=10_000, help="rollout-sim: devices")
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark == "rollout-sim":
+        from benchmarks.rollout_sim import main as rollout_sim
+
+        return rollout_sim(["--devices", str(args.devices), "--database-url", args.database_url])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

@@ -35,7 +35,7 @@ class Hub:
         return self.client.telemetry_summary(**{**EVER, **query})
 
     def director_metadata(self) -> Path:
-        (path,) = self.home.glob("**/director/metadata/timestamp.json")
+        (path,) = self.home.glob("tuf/director/**/timestamp.json")
         return path.parent
 
 

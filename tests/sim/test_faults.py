@@ -67,7 +67,9 @@ def test_a_fraction_picks_the_same_devices_every_run_and_about_that_many() -> No
 
 
 def test_version_effects_hit_only_their_version_and_combine() -> None:
-    faults = parse_faults(["version=2:latency_x=3", "version=2:error_rate=0.1", "fraction=0:drift=1"])
+    faults = parse_faults(
+        ["version=2:latency_x=3", "version=2:error_rate=0.1", "fraction=0:drift=1"]
+    )
     fx = version_effects(faults, "d-1", "s", "m", 2)
     assert (fx.latency_x, fx.error_rate, fx.drift) == (3.0, 0.1, 0.0)
     assert version_effects(faults, "d-1", "s", "m", 1).latency_x == 1.0

@@ -11,7 +11,13 @@ import pytest
 
 from modelfleet.errors import ArtefactVerificationError, MetadataVerificationError
 from modelfleet.rollout.desired_state import DesiredState
-from modelfleet.sim.verify import MetadataCache, RootChain, TrustedRepo, check_artefacts, check_target
+from modelfleet.sim.verify import (
+    MetadataCache,
+    RootChain,
+    TrustedRepo,
+    check_artefacts,
+    check_target,
+)
 from modelfleet.trust.bundle import parse_trust_root_bundle
 from tests.sim.conftest import Hub
 
@@ -101,8 +107,10 @@ def test_artefacts_the_catalog_does_not_list_the_same_way_are_refused(
     info = repo.target(f"devices/{deployed}/desired-state.json")
     assert info is not None
     desired = DesiredState.from_json(
-        _get(hub, f"/tuf/director/targets/devices/{deployed}/{info.hashes['sha256']}"
-                  ".desired-state.json")  # fmt: skip
+        _get(
+            hub,
+            f"/tuf/director/targets/devices/{deployed}/{info.hashes['sha256']}.desired-state.json",
+        )  # fmt: skip
     )
     catalog = _repo(hub, "catalog")
     _refresh(hub, catalog, cache)
