@@ -30,6 +30,10 @@ def _get(hub: Hub, path: str) -> bytes:
     return r.content
 
 
+def _desired_url(device_id: str, sha256: str) -> str:
+    return f"/tuf/director/targets/devices/{device_id}/{sha256}.desired-state.json"
+
+
 def _repo(hub: Hub, name: str) -> TrustedRepo:
     roots = parse_trust_root_bundle(_get(hub, "/api/v1/trust-root"))
     return TrustedRepo.pinned(RootChain(name, roots[name]))
@@ -57,8 +61,7 @@ def test_the_director_chain_verifies_and_names_the_desired_state(hub: Hub, deplo
     _refresh(hub, repo, cache)
     info = repo.target(f"devices/{deployed}/desired-state.json")
     assert info is not None
-    raw = _get(hub, f"/tuf/director/targets/devices/{deployed}/{info.hashes['sha256']}"
-                    ".desired-state.json")  # fmt: skip
+    raw = _get(hub, _desired_url(deployed, info.hashes["sha256"]))
     check_target(info, raw)
     desired = DesiredState.from_json(raw)
     catalog = _repo(hub, "catalog")
@@ -81,7 +84,7 @@ def test_a_snapshot_that_is_not_the_one_the_timestamp_names_is_refused(
     repo, cache = _repo(hub, "director"), MetadataCache()
     repo.update_timestamp(cache, _get(hub, "/tuf/director/metadata/timestamp.json"), NOW)
     snapshot = _get(hub, f"/tuf/director/metadata/{repo.snapshot_name()}")
-    with pytest.raises(MetadataVerificationError, match="length|sha256"):
+    with pytest.raises(MetadataVerificationError, match=r"length|sha256"):
         repo.update_snapshot(cache, snapshot + b" ", NOW)
 
 
@@ -106,12 +109,7 @@ def test_artefacts_the_catalog_does_not_list_the_same_way_are_refused(
     _refresh(hub, repo, cache)
     info = repo.target(f"devices/{deployed}/desired-state.json")
     assert info is not None
-    desired = DesiredState.from_json(
-        _get(
-            hub,
-            f"/tuf/director/targets/devices/{deployed}/{info.hashes['sha256']}.desired-state.json",
-        )  # fmt: skip
-    )
+    desired = DesiredState.from_json(_get(hub, _desired_url(deployed, info.hashes["sha256"])))
     catalog = _repo(hub, "catalog")
     _refresh(hub, catalog, cache)
     a = desired.assignments[0]
