@@ -159,7 +159,9 @@ def test_with_the_hub_unreachable_the_token_is_checked_on_first_contact(tmp_path
     reachable[0] = True
     loop.tick()
     assert loop.wait_idle(30)
-    assert host.route("m") is not None and len(sent) == 1
+    # the poll's own check-in, then (the answer had no TUF versions: an older hub) the
+    # check-in on change after the poll
+    assert host.route("m") is not None and 1 <= len(sent) <= 2
 
 
 def test_a_newer_desired_state_cancels_the_download_in_progress(tmp_path: Path) -> None:

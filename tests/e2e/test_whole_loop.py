@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,11 +160,20 @@ def test_tampered_metadata_is_refused_and_agent_keeps_serving(
     assert cli("deploy", "m", "1", "--devices", "edge-2", env=hub.env()).returncode == 0
     x = np.zeros((1, 10), np.float32)
     assert wait_for(lambda: infer(url, x).status_code == 200), agent.output()
-    # change a signed byte of the director's timestamp metadata on the hub
-    ts = hub.home / "tuf" / "director" / "timestamp.json"
-    doc = json.loads(ts.read_text())
-    doc["signed"]["version"] += 1
-    ts.write_text(json.dumps(doc))
+    # change a signed byte of the device's own director timestamp on the hub (issue 8: the
+    # per-device repository lives in the hub database); its check-in answer then names
+    # the new version, so the agent fetches it
+    with sqlite3.connect(hub.home / "hub.db") as db:
+        (raw,) = db.execute(
+            "SELECT timestamp_json FROM director_devices WHERE device_id = 'edge-2'"
+        ).fetchone()
+        doc = json.loads(raw)
+        doc["signed"]["version"] += 1
+        db.execute(
+            "UPDATE director_devices SET timestamp_json = ?, timestamp_version = ? "
+            "WHERE device_id = 'edge-2'",
+            (json.dumps(doc).encode(), doc["signed"]["version"]),
+        )
     assert wait_for(lambda: "refused" in (agent_status(state).get("last_error") or ""))
     assert "timestamp" in agent_status(state)["last_error"]
     assert infer(url, x).json()["model_version"] == "1"

@@ -11,7 +11,6 @@ from modelfleet.hub.service import HubService
 from modelfleet.rollout.desired_state import (
     DesiredState,
     Mode,
-    desired_state_target_path,
     model_target_path,
 )
 from tests.hub._support import auth, register
@@ -38,7 +37,14 @@ def _deploy(http: TestClient, token: str, **body: Any) -> Any:
 
 def _state(service: HubService, device_id: str) -> DesiredState:
     digest = service.get_device(device_id)["desired_state"]["sha256"]
-    return DesiredState.from_json(service.store.read(digest))
+    listed = service.director.listed_state(device_id)
+    assert listed is not None and listed[0] == digest  # signed after the commit
+    return DesiredState.from_json(listed[1])
+
+
+def _nothing_listed(service: HubService) -> bool:
+    """No device's own director repository lists a desired state."""
+    return all(service.director.listed_state(d["id"]) is None for d in service.list_devices())
 
 
 def test_full_deploy_signs_desired_state_naming_the_catalog_digests(
@@ -68,10 +74,9 @@ def test_full_deploy_signs_desired_state_naming_the_catalog_digests(
     assert (a.production.sha256, a.production.length) == (v1["sha256"], v1["length"])
     assert a.production.manifest_sha256 == v1["manifest_sha256"]
 
-    director = service.trust.repository("director")
-    target = director.target(desired_state_target_path("cam-1"))
-    assert target is not None
-    assert target.hashes["sha256"] == body["devices"][0]["desired_state_sha256"]
+    listed = service.director.listed_state("cam-1")
+    assert listed is not None
+    assert listed[0] == body["devices"][0]["desired_state_sha256"]
     catalog = service.trust.repository("catalog")
     model_target = catalog.target(model_target_path("iris", 1))
     assert model_target is not None and model_target.hashes["sha256"] == v1["sha256"]
@@ -114,7 +119,7 @@ def test_split_or_shadow_without_production_is_a_clear_400(
     assert r.status_code == 400
     assert "deploy one with mode full first" in r.json()["error"]
     assert service.get_device("cam-1")["desired_state"] is None
-    assert service.trust.repository("director").target_paths() == []
+    assert _nothing_listed(service)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +146,7 @@ def test_bad_deployments_are_refused_without_signing(
     r = _deploy(http, admin_token, **body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
-    assert service.trust.repository("director").target_paths() == []
+    assert _nothing_listed(service)
 
 
 def test_share_out_of_range_is_400(
@@ -206,8 +211,8 @@ def test_two_models_on_one_device_share_one_desired_state(
 def test_unknown_slo_key_is_refused_before_anything_is_signed(
     http: TestClient, admin_token: str, service: HubService, fleet: dict[str, Any]
 ) -> None:
-    before = service.trust.repository("director").version("targets")
+    before = service.director.device_roles("cam-1")
     r = _deploy(http, admin_token, model="iris", version=1, all=True, mode="full", slo={"p99": 40})
     assert r.status_code == 400
     assert "unknown SLO key" in r.json()["error"]
-    assert service.trust.repository("director").version("targets") == before
+    assert service.director.device_roles("cam-1") == before

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modelfleet.hub.service import HubService
-from modelfleet.rollout.desired_state import DesiredState, desired_state_target_path
+from modelfleet.rollout.desired_state import DesiredState
 
 
 @pytest.fixture
@@ -40,11 +40,16 @@ def _assignment(service: HubService) -> dict[str, Any]:
     return a
 
 
+def _applied(service: HubService, device_id: str, report: dict[str, Any]) -> list[str]:
+    applied: list[str] = service.record_report(device_id, report)["applied_rollbacks"]
+    return applied
+
+
 def _signed_state(service: HubService) -> DesiredState:
     """The desired state the director lists now (what the device will fetch)."""
-    tf = service.trust.repository("director").target(desired_state_target_path("cam-1"))
-    assert tf is not None
-    return DesiredState.from_json(service.store.read(tf.hashes["sha256"]))
+    listed = service.director.listed_state("cam-1")
+    assert listed is not None
+    return DesiredState.from_json(listed[1])
 
 
 def test_production_rollback_on_the_device_moves_the_hubs_production_and_previous(
@@ -58,7 +63,7 @@ def test_production_rollback_on_the_device_moves_the_hubs_production_and_previou
     event = _event("production", 2, 1)
     result = fleet.record_report("cam-1", {"applied_serial": serial, "rollbacks": [event]})
 
-    assert result == {"applied_rollbacks": [event["id"]]}
+    assert result["applied_rollbacks"] == [event["id"]]
     a = _assignment(fleet)
     # exactly what the device did: production back to 1, and no flip-back target
     assert (a["production"], a["candidate"], a["previous"]) == (1, None, None)
@@ -75,9 +80,7 @@ def test_candidate_rollback_on_the_device_drops_the_hubs_candidate(fleet: HubSer
     fleet.deploy("iris", 1, ["cam-1"], actor="admin:admin")
     fleet.deploy("iris", 2, ["cam-1"], mode="split", share=0.2, actor="admin:admin")
     event = _event("candidate", 2, 1)
-    assert fleet.record_report("cam-1", {"rollbacks": [event]}) == {
-        "applied_rollbacks": [event["id"]]
-    }
+    assert _applied(fleet, "cam-1", {"rollbacks": [event]}) == [event["id"]]
     a = _assignment(fleet)
     assert (a["production"], a["candidate"], a["mode"], a["share"]) == (1, None, "full", 0.0)
     assignment = _signed_state(fleet).assignment("iris")
@@ -98,7 +101,7 @@ def test_a_replayed_rollback_event_applies_once(fleet: HubService) -> None:
     # the agent sends its last rollbacks in every report: the old event comes again
     again = fleet.record_report("cam-1", {"rollbacks": [event]})
 
-    assert again == {"applied_rollbacks": [event["id"]]}  # applied earlier
+    assert again["applied_rollbacks"] == [event["id"]]  # applied earlier
     a = _assignment(fleet)
     assert (a["production"], a["previous"]) == (2, 3)
     assert fleet.get_device("cam-1")["desired_state"]["serial"] == serial
@@ -113,7 +116,7 @@ def test_a_stale_rollback_event_is_recorded_and_ignored(fleet: HubService) -> No
     fleet.deploy("iris", 3, ["cam-1"], actor="admin:admin")
     serial = fleet.get_device("cam-1")["desired_state"]["serial"]
 
-    assert fleet.record_report("cam-1", {"rollbacks": [stale]}) == {"applied_rollbacks": []}
+    assert _applied(fleet, "cam-1", {"rollbacks": [stale]}) == []
     a = _assignment(fleet)
     assert (a["production"], a["previous"]) == (3, 2)
     assert fleet.get_device("cam-1")["desired_state"]["serial"] == serial
@@ -121,7 +124,7 @@ def test_a_stale_rollback_event_is_recorded_and_ignored(fleet: HubService) -> No
     fleet.rollback("iris", ["cam-1"], actor="admin:admin")  # 3 -> 2, previous None
     fleet.deploy("iris", 1, ["cam-1"], actor="admin:admin")
     fleet.deploy("iris", 2, ["cam-1"], actor="admin:admin")  # production 2, previous 1
-    assert fleet.record_report("cam-1", {"rollbacks": [stale]}) == {"applied_rollbacks": []}
+    assert _applied(fleet, "cam-1", {"rollbacks": [stale]}) == []
     assert _assignment(fleet)["production"] == 2
 
 
@@ -138,7 +141,7 @@ def test_rollback_events_that_do_not_match_the_hubs_assignment_are_not_applied(
 ) -> None:
     fleet.deploy("iris", 1, ["cam-1"], actor="admin:admin")
     fleet.deploy("iris", 2, ["cam-1"], actor="admin:admin")
-    assert fleet.record_report("cam-1", {"rollbacks": [event]}) == {"applied_rollbacks": []}
+    assert _applied(fleet, "cam-1", {"rollbacks": [event]}) == []
     assert (_assignment(fleet)["production"], _assignment(fleet)["previous"]) == (2, 1)
 
 
@@ -158,10 +161,10 @@ def test_malformed_rollback_events_are_skipped_and_the_report_kept(
 ) -> None:
     fleet.deploy("iris", 1, ["cam-1"], actor="admin:admin")
     fleet.deploy("iris", 2, ["cam-1"], actor="admin:admin")
-    assert fleet.record_report("cam-1", {"rollbacks": bad, "x": 1}) == {"applied_rollbacks": []}
+    assert _applied(fleet, "cam-1", {"rollbacks": bad, "x": 1}) == []
     assert fleet.get_device("cam-1")["report"]["x"] == 1
     assert _assignment(fleet)["production"] == 2
 
 
 def test_report_without_rollbacks_returns_an_empty_list(fleet: HubService) -> None:
-    assert fleet.record_report("cam-1", {"applied_serial": 0}) == {"applied_rollbacks": []}
+    assert _applied(fleet, "cam-1", {"applied_serial": 0}) == []

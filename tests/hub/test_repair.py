@@ -10,7 +10,7 @@ import pytest
 from modelfleet.clock import ManualClock
 from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService
-from modelfleet.rollout.desired_state import desired_state_target_path, model_target_path
+from modelfleet.rollout.desired_state import model_target_path
 
 
 @pytest.fixture
@@ -24,8 +24,8 @@ def fleet(service: HubService, onnx_bytes: bytes, onnx_bytes_v2: bytes) -> HubSe
 
 
 def _listed(service: HubService, device_id: str) -> str | None:
-    tf = service.trust.repository("director").target(desired_state_target_path(device_id))
-    return tf.hashes["sha256"] if tf is not None else None
+    listed = service.director.listed_state(device_id)
+    return listed[0] if listed is not None else None
 
 
 def _commit_without_signing(service: HubService, device_id: str, version: int) -> str:
@@ -65,11 +65,13 @@ def test_start_up_signs_what_a_crashed_hub_committed(
 
 
 def test_publishing_in_step_signs_nothing(fleet: HubService) -> None:
-    director = fleet.trust.repository("director")
-    before = (director.version("targets"), fleet.trust.repository("catalog").version("targets"))
+    before = (
+        fleet.director.device_roles("cam-1"),
+        fleet.trust.repository("catalog").version("targets"),
+    )
     assert fleet.director.publish() == []
     assert (
-        director.version("targets"),
+        fleet.director.device_roles("cam-1"),
         fleet.trust.repository("catalog").version("targets"),
     ) == before
 

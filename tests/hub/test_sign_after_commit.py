@@ -74,15 +74,12 @@ def _db_state(home: Path) -> tuple[int, str]:
 
 
 def _director_lists(home: Path) -> str:
-    """The sha256 the signed director metadata on disk lists for edge-1."""
-    d = home / "tuf" / "director"
-    timestamp = json.loads((d / "timestamp.json").read_text())
-    snap_v = timestamp["signed"]["meta"]["snapshot.json"]["version"]
-    snapshot = json.loads((d / f"{snap_v}.snapshot.json").read_text())
-    targets_v = snapshot["signed"]["meta"]["targets.json"]["version"]
-    targets = json.loads((d / f"{targets_v}.targets.json").read_text())
-    entry = targets["signed"]["targets"]["devices/edge-1/desired-state.json"]
-    return str(entry["hashes"]["sha256"])
+    """The sha256 edge-1's own signed director repository lists (issue 8: in the DB)."""
+    with sqlite3.connect(home / "hub.db") as conn:
+        row = conn.execute(
+            "SELECT listed_sha256 FROM director_devices WHERE device_id = 'edge-1'"
+        ).fetchone()
+    return str(row[0])
 
 
 def test_hub_killed_between_commit_and_signing_repairs_on_restart_and_device_converges(

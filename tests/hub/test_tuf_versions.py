@@ -71,8 +71,16 @@ def _restore(backup: Path, live: Path) -> None:
     shutil.copytree(backup, live)
 
 
+def _fetch_v2(service: HubService, device: DeviceTrustClient, tmp_path: Path) -> None:
+    v = service.get_version("iris", 2)
+    device.begin_cycle()
+    device.fetch_package_file(
+        "models/iris/2/model.onnx", v["sha256"], v["length"], tmp_path / "v2.onnx"
+    )
+
+
 @pytest.mark.parametrize("what", ["whole store", "timestamp and snapshot only"])
-def test_device_accepts_the_next_deploy_after_an_older_store_is_put_back(
+def test_device_accepts_the_next_signing_after_an_older_store_is_put_back(
     service: HubService, device: DeviceTrustClient, tmp_path: Path, what: str
 ) -> None:
     tuf = service.paths.tuf
@@ -83,24 +91,27 @@ def test_device_accepts_the_next_deploy_after_an_older_store_is_put_back(
     for version in (2, 1, 2):
         service.deploy("iris", version, ["cam-1"], actor="admin:admin")
     assert _fetch_serial(device) == 4
-    held = service.trust.repository("director").version("timestamp")
+    _fetch_v2(service, device, tmp_path)
+    held = service.trust.repository("catalog").version("timestamp")
 
     if what == "whole store":
         for repo in ("catalog", "director"):
             _restore(backup / repo, tuf / repo)
     else:
-        old = backup / "director"
-        shutil.copy2(old / "timestamp.json", tuf / "director" / "timestamp.json")
+        old = backup / "catalog"
+        shutil.copy2(old / "timestamp.json", tuf / "catalog" / "timestamp.json")
         for snap in old.glob("*.snapshot.json"):
-            shutil.copy2(snap, tuf / "director" / snap.name)
-    assert service.trust.repository("director").version("timestamp") < held
-    assert any(b.startswith("director/timestamp") for b in service.trust.behind())
+            shutil.copy2(snap, tuf / "catalog" / snap.name)
+    assert service.trust.repository("catalog").version("timestamp") < held
+    assert any(b.startswith("catalog/timestamp") for b in service.trust.behind())
 
-    service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+    service.revoke_version("iris", 1, actor="admin:admin")  # the catalog is re-signed
 
-    director = service.trust.repository("director")
-    assert director.version("timestamp") > held  # signed above what the device holds
-    assert _fetch_serial(device) == 5  # the device (python-tuf) accepts it
+    assert service.trust.repository("catalog").version("timestamp") > held
+    _fetch_v2(service, device, tmp_path)  # the device (python-tuf) accepts it
+    # the per-device director lives in the database: a store copy cannot roll it back
+    service.deploy("iris", 2, ["cam-1"], actor="admin:admin")
+    assert _fetch_serial(device) == 5
     assert service.trust.behind() == []
 
 
@@ -114,20 +125,20 @@ def test_a_restarted_hub_signs_above_the_published_versions(
     """The counters live in the database: a new process reading the old files still knows."""
     tuf = service.paths.tuf
     service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
-    shutil.copytree(tuf / "director", tmp_path / "backup")
+    shutil.copytree(tuf / "catalog", tmp_path / "backup")
     service.deploy("iris", 2, ["cam-1"], actor="admin:admin")
-    held = service.trust.repository("director").version("timestamp")
+    held = service.trust.repository("catalog").version("timestamp")
     service.close()
-    _restore(tmp_path / "backup", tuf / "director")
+    _restore(tmp_path / "backup", tuf / "catalog")
 
     restarted = HubService(load_hub_config(hub_home[0]), clock)
     try:
-        # start-up repair already re-signed the desired state the restored copy lacked
-        director = restarted.trust.repository("director")
-        assert director.version("timestamp") > held
-        state = restarted.get_device("cam-1")["desired_state"]
-        tf = director.target("devices/cam-1/desired-state.json")
-        assert tf is not None and tf.hashes["sha256"] == state["sha256"]
+        # start-up repair already re-signed the version the restored copy lacked
+        catalog = restarted.trust.repository("catalog")
+        assert catalog.version("timestamp") > held
+        v2 = restarted.get_version("iris", 2)
+        tf = catalog.target("models/iris/2/model.onnx")
+        assert tf is not None and tf.hashes["sha256"] == v2["sha256"]
     finally:
         restarted.close()
 

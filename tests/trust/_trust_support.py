@@ -21,6 +21,7 @@ from modelfleet.clock import ManualClock
 from modelfleet.hashing import sha256_bytes
 from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
 from modelfleet.trust import ExpiryPolicy, HubTrust, generate_keys
+from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles
 
 TOKEN = "device-token-for-tests"
 
@@ -49,6 +50,10 @@ class Hub:
     store: FileArtefactStore
     serial: dict[str, int] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
+    #: Per-device director repositories (issue 8): device -> {filename: bytes}.
+    devices: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    roles: dict[str, DeviceRoles] = field(default_factory=dict)
+    listed: dict[str, str] = field(default_factory=dict)
 
     def publish(
         self,
@@ -83,8 +88,41 @@ class Hub:
         )
         blob = state.to_json()
         self.store.put_bytes(blob)
-        self.trust.set_desired_states({device_id: (sha256_bytes(blob), len(blob))})
+        self.sign_device(device_id, (len(blob), sha256_bytes(blob)))
         return blob
+
+    def sign_device(self, device_id: str, target: tuple[int, str] | None) -> None:
+        """Sign the device's own director repository listing ``target`` (or none)."""
+        now = self.clock.now().replace(microsecond=0)
+        out = self.trust.device_signer.sign_change(
+            device_id, target, self.roles.get(device_id, DeviceRoles()), now
+        )
+        self.store_device(device_id, out)
+        if target is None:
+            self.listed.pop(device_id, None)
+        else:
+            self.listed[device_id] = target[1]
+
+    def store_device(self, device_id: str, out: SignedDeviceRoles) -> None:
+        files = self.devices.setdefault(device_id, {})
+        roles = out.roles
+        if out.targets is not None:
+            files = {k: v for k, v in files.items() if not k.endswith(".targets.json")}
+            files[f"{roles.targets}.targets.json"] = out.targets
+        if out.snapshot is not None:
+            files = {k: v for k, v in files.items() if not k.endswith(".snapshot.json")}
+            files[f"{roles.snapshot}.snapshot.json"] = out.snapshot
+        files["timestamp.json"] = out.timestamp
+        self.devices[device_id] = files
+        self.roles[device_id] = roles
+
+    def device_file(self, device_id: str, filename: str) -> bytes | None:
+        if filename.endswith(".root.json"):
+            path = self.trust.metadata_path("director", filename)
+            return path.read_bytes() if path is not None else None
+        if device_id not in self.devices:
+            self.sign_device(device_id, None)  # enrolled: the hub signs "nothing" for it
+        return self.devices[device_id].get(filename)
 
 
 def make_hub(home: Path, start: datetime | None = None, expiry: ExpiryPolicy | None = None) -> Hub:
@@ -119,14 +157,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         _, _, repo, kind, rest = parts
         rest = unquote(rest)
-        if kind == "metadata":
+        body: bytes | None = None
+        path: Path | None = None
+        if repo == "director" and kind == "devices":
+            device_id, _, filename = rest.partition("/metadata/")
+            body = hub.device_file(device_id, filename)
+        elif repo == "director" and kind == "targets":
+            dirname, _, filename = rest.rpartition("/")
+            device_id = dirname.removeprefix("devices/")
+            digest = filename.partition(".")[0]
+            if hub.listed.get(device_id) == digest:
+                path = hub.store.path(digest)
+        elif kind == "metadata":
             path = hub.trust.metadata_path(repo, rest)
         elif kind == "targets":
             digest = hub.trust.target_digest(repo, rest)
             path = hub.store.path(digest) if digest else None
         else:
             path = None
-        if path is None:
+        if path is None and body is None:
             self._send(404)
             return
         faults = hub.faults
@@ -135,7 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
                 faults.unavailable[key] = left - 1
                 self._send(503, b"busy")
                 return
-        body = path.read_bytes()
+        if body is None:
+            assert path is not None
+            body = path.read_bytes()
         for key, interval in faults.drip.items():
             if key in self.path:
                 self._drip(body, interval)

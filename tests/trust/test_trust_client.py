@@ -52,6 +52,7 @@ def test_happy_path_fetches_verified_desired_state_and_artefacts(
 
 def test_device_without_a_desired_state_gets_none(hub: Hub, client: DeviceTrustClient) -> None:
     hub.assign("someone-else", hub.publish("iris", 1))
+    hub.sign_device("dev-1", None)  # enrolled: its own repository lists nothing
     assert client.fetch_desired_state("dev-1") is None
 
 
@@ -110,10 +111,10 @@ def test_oversized_artefact_blob_on_the_hub_is_refused(
 
 def test_tampered_timestamp_is_refused(hub: Hub, client: DeviceTrustClient) -> None:
     hub.assign("dev-1", hub.publish("iris", 1))
-    ts = hub.home / "tuf" / "director" / "timestamp.json"
-    data = ts.read_bytes()
+    data = hub.devices["dev-1"]["timestamp.json"]
     i = data.index(b'"version":') + len(b'"version":')
-    ts.write_bytes(data[:i] + b"9" + data[i:])  # version 2 -> 92, signature no longer covers it
+    # version 1 -> 91 in the device's own timestamp: the signature no longer covers it
+    hub.devices["dev-1"]["timestamp.json"] = data[:i] + b"9" + data[i:]
     with pytest.raises(
         MetadataVerificationError, match=r"director timestamp\.json: signature verification failed"
     ):
@@ -154,12 +155,11 @@ def test_expired_root_is_refused(tmp_path: Path) -> None:
 def test_rolled_back_timestamp_is_refused(hub: Hub, client: DeviceTrustClient) -> None:
     ref = hub.publish("iris", 1)
     hub.assign("dev-1", ref)
-    ts = hub.home / "tuf" / "director" / "timestamp.json"
-    old = ts.read_bytes()
+    old = hub.devices["dev-1"]["timestamp.json"]
     hub.trust.revoke_package("iris", 1)
     hub.assign("dev-1")  # the director now says: run nothing
     client.fetch_desired_state("dev-1")
-    ts.write_bytes(old)  # replay the older, validly signed timestamp
+    hub.devices["dev-1"]["timestamp.json"] = old  # replay the older, validly signed timestamp
     with pytest.raises(MetadataVerificationError, match="rollback"):
         client.fetch_desired_state("dev-1")
 

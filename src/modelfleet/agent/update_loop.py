@@ -112,6 +112,7 @@ class UpdateLoop:
         self._last_sent_key = b""
         self._last_sent_at = float("-inf")
         self._job: _Job | None = None
+        self._fast = reporter is not None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelfleet-updater", daemon=True)
@@ -168,11 +169,21 @@ class UpdateLoop:
                 self._failures += 1
                 return self.backoff.delay(self._failures, self._rand)
             self._identity = None
-        check = self.updater.check()
+        hub_tuf: object = None
+        if self._fast:
+            # The check-in is the poll (issue 8): its answer says whether TUF changed.
+            answer = self._report(always=True)
+            if answer is not None:
+                hub_tuf = answer.get("tuf")
+                if not isinstance(hub_tuf, Mapping):
+                    self._fast = False  # an older hub: check in on change only, as before
+                    hub_tuf = None
+        check = self.updater.check(hub_tuf)
         self._failures = 0 if check.reachable else self._failures + 1
         if check.desired is not None:
             self._maybe_apply(check.desired)
-        self._report()
+        if not self._fast:
+            self._report()
         if not check.reachable:
             return self.backoff.delay(self._failures, self._rand)
         delay = jittered_interval(self.interval, self._rand)
@@ -208,9 +219,12 @@ class UpdateLoop:
         self._job = _Job(desired.serial, thread, cancel)
         thread.start()
 
-    def _report(self) -> None:
+    def _report(self, *, always: bool = False) -> Mapping[str, Any] | None:
+        """Send a check-in when the status changed, one was asked for, the heartbeat is
+        due, or ``always``; return the hub's answer (``{}`` when it said nothing; None: nothing
+        sent, or it failed)."""
         if self.reporter is None:
-            return
+            return None
         status = self.updater.status()
         key = orjson.dumps(
             {k: v for k, v in status.items() if k not in _VOLATILE_STATUS},
@@ -218,16 +232,22 @@ class UpdateLoop:
         )
         now = self.updater.clock.monotonic()
         unchanged = key == self._last_sent_key
-        if unchanged and not self._forced and now - self._last_sent_at < self.heartbeat:
-            return
+        if (
+            unchanged
+            and not always
+            and not self._forced
+            and now - self._last_sent_at < self.heartbeat
+        ):
+            return None
         try:
             answer = self.reporter(status)
         except Exception as e:  # reporting is best effort
             log.debug("check-in failed (will retry): %s", e)
-            return
+            return None
         self._forced = False
         self._last_sent_key = key
         self._last_sent_at = now
         applied = (answer or {}).get("applied_rollbacks")
         if isinstance(applied, list) and applied:
             self.updater.acknowledge_rollbacks([str(i) for i in applied])
+        return answer or {}

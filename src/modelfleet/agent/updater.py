@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from modelfleet.agent.cycle import (
     describe_switch,
@@ -68,6 +69,7 @@ __all__ = [
     "Check",
     "CycleResult",
     "EventHook",
+    "FreshnessSource",
     "PackageSource",
     "SlotPlan",
     "Updater",
@@ -83,6 +85,19 @@ DEFAULT_RETRY = BackoffPolicy(base_s=2.0, cap_s=300.0)
 
 #: (at, kind, message, model, version) of one state event.
 EventHook = Callable[[str, str, str, "str | None", "str | None"], None]
+
+
+@runtime_checkable
+class FreshnessSource(Protocol):
+    """A package source that can say, from the check-in answer, what changed (issue 8)."""
+
+    def stale(self, device_id: str, answer: object, now: datetime) -> frozenset[str]:
+        """The repositories (``catalog``, ``director``) to refresh."""
+        ...
+
+    def refresh_catalog(self) -> None:
+        """Refresh the catalog's metadata now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,7 @@ class Updater:
         self._retry_at = float("-inf")
         self._hub_ok: bool | None = None
         self._last_problem = ""
+        self._last_full: Check | None = None
 
     # -- startup -------------------------------------------------------------------------
 
@@ -211,10 +227,45 @@ class Updater:
                 )
         return self.apply(check.desired)
 
-    def check(self) -> Check:
-        """Fetch and screen this device's desired state (no lock held while fetching)."""
+    def check(self, hub_tuf: object = None) -> Check:
+        """Fetch and screen this device's desired state (no lock held while fetching).
+
+        Args:
+            hub_tuf: the ``"tuf"`` versions of the check-in answer just received, or None.
+                When the source can tell (:class:`FreshnessSource`) that they match what it
+                holds, the director is not asked again and the last verified desired state
+                is used (the check-in fast path, issue 8); a changed catalog alone is
+                refreshed without the director.
+        """
         if self.source is None:
             return Check(False, error="no package source")
+        fast = self._fast_check(hub_tuf)
+        if fast is not None:
+            return fast
+        check = self._full_check()
+        self._last_full = check if check.reachable and not check.error else None
+        return check
+
+    def _fast_check(self, hub_tuf: object) -> Check | None:
+        last = self._last_full
+        source = self.source
+        if hub_tuf is None or last is None or not isinstance(source, FreshnessSource):
+            return None
+        try:
+            stale = source.stale(self.device_id, hub_tuf, self.clock.now())
+            if "director" in stale:
+                return None
+            if "catalog" in stale:
+                source.refresh_catalog()
+        except ModelfleetError as e:  # the full check says what is wrong
+            log.debug("fast path not taken: %s", e)
+            return None
+        with self._lock:
+            self.state.last_check = self._now()
+            self._save()
+        return last
+
+    def _full_check(self) -> Check:
         now = self._now()
         try:
             raw = self.source.fetch_desired_state(self.device_id)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    LargeBinary,
     Boolean,
     DateTime,
     Dialect,
@@ -47,6 +48,7 @@ __all__ = [
     "DeviceServing",
     "DeviceState",
     "DeviceTelemetry",
+    "DirectorDevice",
     "Model",
     "ModelVersion",
     "TelemetryRecord",
@@ -334,6 +336,38 @@ class TufRoleVersion(Base):
     repo: Mapped[str] = mapped_column(String(32), primary_key=True)
     role: Mapped[str] = mapped_column(String(32), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class DirectorDevice(Base):
+    """One device's director repository (issue 8, ADR 0014): the desired state staged for
+    it, and the signed per-device targets, snapshot and timestamp served from here.
+
+    ``staged`` is written with the change (``Director.stage``) and ``dirty`` set; the
+    signing after the commit (``Director.publish``) fills the signed columns and clears
+    ``dirty`` in one transaction. Versions only grow: a row is never deleted (a
+    decommissioned device keeps its row with no target listed).
+    """
+
+    __tablename__ = "director_devices"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dirty: Mapped[bool] = mapped_column(Boolean, index=True)
+    staged: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    staged_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    listed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    listed_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    targets_version: Mapped[int] = mapped_column(BigInteger)
+    snapshot_version: Mapped[int] = mapped_column(BigInteger)
+    timestamp_version: Mapped[int] = mapped_column(BigInteger)
+    targets_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    snapshot_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    timestamp_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    targets_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    snapshot_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    timestamp_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    signed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    resign_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    """When the first of the signed roles is due for re-signing (upkeep looks here)."""
 
 
 class AuditEntry(Base):

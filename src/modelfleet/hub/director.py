@@ -1,62 +1,119 @@
 """Desired states and signing: the database first, the TUF metadata after the commit.
 
+Every device has its own director repository (Uptane's per-vehicle director; issue 8,
+ADR 0014) under the director's shared root, kept in the ``director_devices`` table: the
+signed ``targets`` (one target, ``devices/<id>/desired-state.json``), ``snapshot`` and
+``timestamp`` bytes are served from there, so what a device downloads does not grow with
+the fleet.
+
 A change to what devices should run is two steps (issue 6, "sign after commit"):
 
 1. :meth:`Director.stage`, inside the change's transaction, builds each device's new
-   desired state from its assignments, stores the blob and bumps the device's serial in
-   ``desired_states``; it commits with the change and its audit entry.
-2. :meth:`Director.publish`, after the commit, makes the signed repositories say what the
-   database says: the catalog lists every published, unrevoked version, then the director
-   lists every device's current desired state. The database is read under the metadata
-   lock, so a slower writer never signs an older state over a newer one.
+   desired state from its assignments, bumps its serial in ``desired_states`` and stages
+   the bytes in ``director_devices`` (marked ``dirty``); it commits with the change and its
+   audit entry.
+2. :meth:`Director.publish`, after the commit, re-signs the catalog when it lacks a
+   published version, then signs the dirty devices only (not the fleet) and stores their
+   metadata in one transaction per batch. A row is written only if nobody signed or
+   re-staged it meanwhile (compare-and-set on its versions and staged digest), so two
+   publishers never sign one version twice with different content, and the newest staged
+   state always wins.
 
-A crash between the two leaves the database ahead of the metadata, never behind: the
-director cannot list a serial the database would reissue with other content.
-:meth:`publish` signs whatever is missing, so it repairs that on the next change, at
-start-up (``HubService`` calls :meth:`repair`), and on each upkeep round.
+A crash between the two leaves rows dirty: :meth:`publish` signs them on the next change,
+at start-up (``HubService`` calls :meth:`repair`) and on each upkeep round, where
+:meth:`refresh_expiring` also re-signs per-device roles before they expire, in batches.
+Versions of a device's roles come from its row and only grow; a decommissioned device
+keeps its row with no target listed (:meth:`remove_desired_states`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from datetime import UTC
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
+from modelfleet.errors import InvalidInputError, NotFoundError
+from modelfleet.hashing import sha256_bytes
 from modelfleet.hub import db
 from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
-from modelfleet.rollout.desired_state import (
-    ArtefactRef,
-    DesiredState,
-    Mode,
-    desired_state_target_path,
-)
+from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
+from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles
 from modelfleet.trust.hub_trust import HubTrust
-from modelfleet.trust.repository import TargetSpec
 
-__all__ = ["DIRECTOR_PREFIX", "Director", "StagedState"]
+__all__ = ["DIRECTOR_PREFIX", "Director", "StagedState", "TufVersions"]
 
 DIRECTOR_PREFIX = "devices/"
-"""Every director target path starts with this (see :func:`desired_state_target_path`)."""
+"""Every director target path starts with this (see ``desired_state_target_path``)."""
 
 StagedState = tuple[str, int, int]
 """``(sha256, length, serial)`` of a device's desired state."""
 
+BATCH = 5000
+"""Devices signed per transaction (publish and expiry re-signing)."""
+
+_MAX_ROUNDS = 1000
+_CHUNK = 500  # ids per IN (...) list
+_TABLE = db.DirectorDevice.__table__
+_VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
+
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class TufVersions:
+    """The versions a device compares with what it holds (the check-in fast path)."""
+
+    catalog_root: int
+    catalog_timestamp: int
+    director_root: int
+    director_timestamp: int
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        """``{"catalog": {"root", "timestamp"}, "director": {"root", "timestamp"}}``."""
+        return {
+            "catalog": {"root": self.catalog_root, "timestamp": self.catalog_timestamp},
+            "director": {"root": self.director_root, "timestamp": self.director_timestamp},
+        }
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _utc_now(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def _roles(r: Row[Any]) -> DeviceRoles:
+    return DeviceRoles(
+        r.targets_version,
+        r.snapshot_version,
+        r.timestamp_version,
+        r.targets_expires,
+        r.snapshot_expires,
+        r.timestamp_expires,
+    )
+
+
 class Director:
-    """Builds desired states in the database and signs both repositories from it.
+    """Builds desired states in the database and signs them per device from it.
 
     Args:
         ctx: the hub's sessions and clock.
-        store: where desired-state blobs go.
-        trust: the signed repositories.
+        store: the artefact store (desired states live in the database, not here).
+        trust: the signed repositories (the catalog, the director's shared root and key).
         catalog: version lookups, and what the catalog repository must list.
     """
 
@@ -67,15 +124,96 @@ class Director:
         self._store = store
         self._trust = trust
         self._catalog = catalog
+        self._signer = trust.device_signer
+        self._publish_lock = threading.Lock()
+
+    # -- staging (inside the caller's transaction) ---------------------------------------
 
     def stage(self, s: Session, device_ids: Iterable[str]) -> dict[str, StagedState]:
-        """Build and store each device's next desired state from its assignments (in the
+        """Build and stage each device's next desired state from its assignments (in the
         caller's transaction; nothing is signed).
 
         Returns:
             ``{device id: (sha256, length, serial)}``.
         """
+        ids = list(dict.fromkeys(device_ids))
+        if not ids:
+            return {}
         now = self._ctx.now()
+        s.flush()
+        by_device = self._assignments(s, ids)
+        serials: dict[str, int] = {}
+        for chunk in _chunks(ids):
+            rows = s.execute(
+                select(db.DeviceState.device_id, db.DeviceState.serial).where(
+                    db.DeviceState.device_id.in_(chunk)
+                )
+            )
+            serials.update({r.device_id: r.serial for r in rows})
+        issued = now.astimezone(UTC).isoformat()
+        out: dict[str, StagedState] = {}
+        blobs: dict[str, bytes] = {}
+        for device_id in ids:
+            serial = serials.get(device_id, 0) + 1
+            raw = DesiredState(
+                device_id=device_id,
+                serial=serial,
+                assignments=tuple(by_device.get(device_id, ())),
+                issued_at=issued,
+            ).to_json()
+            blobs[device_id] = raw
+            out[device_id] = (sha256_bytes(raw), len(raw), serial)
+        states = [
+            {"device_id": d, "serial": sr, "sha256": sha, "length": n, "issued_at": now}
+            for d, (sha, n, sr) in out.items()
+        ]
+        old = [st for st in states if st["device_id"] in serials]
+        new = [st for st in states if st["device_id"] not in serials]
+        if old:
+            s.execute(update(db.DeviceState), old)
+        if new:
+            s.execute(insert(db.DeviceState), new)
+        self._stage_rows(s, {d: (blobs[d], out[d][0]) for d in ids})
+        return out
+
+    def remove_desired_states(self, s: Session, device_ids: Iterable[str]) -> None:
+        """List no desired state for these devices (enrolment, decommission), in the
+        caller's transaction: the next :meth:`publish` signs each an empty targets
+        (versions keep growing; the row stays)."""
+        ids = list(dict.fromkeys(device_ids))
+        s.flush()
+        self._stage_rows(s, dict.fromkeys(ids, (None, None)))
+
+    def _stage_rows(self, s: Session, staged: Mapping[str, tuple[bytes | None, str | None]]) -> None:
+        ids = list(staged)
+        existing: set[str] = set()
+        for chunk in _chunks(ids):
+            existing.update(
+                s.scalars(
+                    select(db.DirectorDevice.device_id).where(
+                        db.DirectorDevice.device_id.in_(chunk)
+                    )
+                )
+            )
+        params = [
+            {"device_id": d, "staged": blob, "staged_sha256": sha, "dirty": True}
+            for d, (blob, sha) in staged.items()
+        ]
+        old = [p for p in params if p["device_id"] in existing]
+        new = [
+            {**p, "targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
+            for p in params
+            if p["device_id"] not in existing
+        ]
+        if old:
+            s.execute(update(db.DirectorDevice), old)
+        if new:
+            s.execute(insert(db.DirectorDevice), new)
+        for obj in list(s.identity_map.values()):  # bulk writes bypass loaded objects
+            if isinstance(obj, db.DeviceState | db.DirectorDevice):
+                s.expire(obj)
+
+    def _assignments(self, s: Session, ids: Sequence[str]) -> dict[str, list[DesiredAssignment]]:
         refs: dict[tuple[str, int], ArtefactRef] = {}
 
         def ref(model: str, version: int) -> ArtefactRef:
@@ -86,85 +224,315 @@ class Director:
                 )
             return refs[model, version]
 
-        s.flush()
-        out: dict[str, StagedState] = {}
-        for device_id in device_ids:
+        out: dict[str, list[DesiredAssignment]] = defaultdict(list)
+        for chunk in _chunks(ids):
             rows = s.scalars(
                 select(db.Assignment)
-                .where(db.Assignment.device_id == device_id)
-                .order_by(db.Assignment.model)
-            ).all()
-            assignments = tuple(
-                DesiredAssignment(
-                    model=a.model,
-                    production=ref(a.model, a.production_version),
-                    candidate=ref(a.model, a.candidate_version)
-                    if a.candidate_version is not None
-                    else None,
-                    mode=Mode(a.mode),
-                    share=a.share,
-                    slo={k: float(v) for k, v in a.slo.items()},
-                    rollout_id=a.rollout_id,
-                )
-                for a in rows
+                .where(db.Assignment.device_id.in_(chunk))
+                .order_by(db.Assignment.device_id, db.Assignment.model)
             )
-            state_row = s.get(db.DeviceState, device_id)
-            serial = state_row.serial + 1 if state_row else 1
-            raw = DesiredState(
-                device_id=device_id,
-                serial=serial,
-                assignments=assignments,
-                issued_at=now.astimezone(UTC).isoformat(),
-            ).to_json()
-            digest = self._store.put_bytes(raw)
-            if state_row is None:
-                s.add(
-                    db.DeviceState(
-                        device_id=device_id,
-                        serial=serial,
-                        sha256=digest,
-                        length=len(raw),
-                        issued_at=now,
+            for a in rows:
+                out[a.device_id].append(
+                    DesiredAssignment(
+                        model=a.model,
+                        production=ref(a.model, a.production_version),
+                        candidate=ref(a.model, a.candidate_version)
+                        if a.candidate_version is not None
+                        else None,
+                        mode=Mode(a.mode),
+                        share=a.share,
+                        slo={k: float(v) for k, v in a.slo.items()},
+                        rollout_id=a.rollout_id,
                     )
                 )
-            else:
-                state_row.serial, state_row.sha256 = serial, digest
-                state_row.length, state_row.issued_at = len(raw), now
-            out[device_id] = (digest, len(raw), serial)
         return out
+
+    # -- signing (after the commit) -------------------------------------------------------
 
     def publish(self) -> list[str]:
         """Sign what the database says, after its commit: the catalog first (desired states
-        name its targets), then the director. Idempotent; signs nothing when in step.
+        name its targets), then every dirty device. Idempotent; signs nothing when in step.
 
         Returns:
-            The repositories that got a new targets version (``"catalog"``, ``"director"``).
+            What got new metadata: ``"catalog"``, ``"director"`` (any device signed).
 
         Raises:
-            StorageError: the database cannot be read or the metadata written; the
-                committed change is signed by the next successful :meth:`publish`.
+            StorageError: the database cannot be read or written, or the catalog metadata
+                written; the committed change is signed by the next successful call.
         """
         done = []
         if self._trust.sync("catalog", CATALOG_PREFIX, self._catalog_targets):
             done.append("catalog")
-        if self._trust.sync("director", DIRECTOR_PREFIX, self._director_targets):
+        # The shared director lists no devices any more (issue 8): once, after an upgrade,
+        # its old fleet-wide listing is signed away.
+        self._trust.sync("director", DIRECTOR_PREFIX, dict)
+        if self.sign_dirty():
             done.append("director")
         return done
 
+    def sign_dirty(self) -> int:
+        """Sign every device staged since its last signing, in batches.
+
+        Returns:
+            How many devices got new metadata.
+        """
+        signed = 0
+        with self._publish_lock:
+            for _ in range(_MAX_ROUNDS):
+                with self._ctx.read() as s:
+                    rows = s.execute(
+                        select(_TABLE).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
+                    ).all()
+                if not rows:
+                    break
+                now = _utc_now(self._ctx.now())
+                results = [
+                    (
+                        r,
+                        self._signer.sign_change(
+                            r.device_id,
+                            (len(r.staged), r.staged_sha256) if r.staged is not None else None,
+                            _roles(r),
+                            now,
+                        ),
+                    )
+                    for r in rows
+                ]
+                written = self._write(results, now, listed_from_staged=True)
+                signed += written
+                if written == 0:
+                    break  # every row was re-staged or signed by another process meanwhile
+        return signed
+
+    def refresh_expiring(self) -> int:
+        """Re-sign per-device roles close to expiry (the upkeep round), in batches.
+
+        Returns:
+            How many devices got a new timestamp (and, when due, snapshot and targets).
+        """
+        count = 0
+        with self._publish_lock:
+            for _ in range(_MAX_ROUNDS):
+                now = _utc_now(self._ctx.now())
+                with self._ctx.read() as s:
+                    rows = s.execute(
+                        select(_TABLE)
+                        .where(_TABLE.c.resign_at <= now, _TABLE.c.dirty.is_(False))
+                        .limit(BATCH)
+                    ).all()
+                if not rows:
+                    break
+                results: list[tuple[Row[Any], SignedDeviceRoles]] = []
+                for r in rows:
+                    roles = _roles(r)
+                    if "targets" in self._due(roles, now):
+                        listed = (len(r.listed), r.listed_sha256) if r.listed is not None else None
+                        results.append((r, self._signer.sign_change(r.device_id, listed, roles, now)))
+                    else:
+                        fresh = self._signer.sign_expiring(roles, now)
+                        if fresh is not None:
+                            results.append((r, fresh))
+                written = self._write(results, now, listed_from_staged=False)
+                count += written
+                if written == 0:
+                    break
+        return count
+
+    def _due(self, roles: DeviceRoles, now: datetime) -> tuple[str, ...]:
+        from modelfleet.trust.device_repo import due_roles
+
+        return due_roles(roles, now, self._signer.lifetimes, self._signer.refresh_margin)
+
+    def _write(
+        self,
+        results: Sequence[tuple[Row[Any], SignedDeviceRoles]],
+        now: datetime,
+        *,
+        listed_from_staged: bool,
+    ) -> int:
+        """Store signed roles in one transaction, each only if its row is unchanged since
+        it was read (compare-and-set on the timestamp version and the staged digest)."""
+        if not results:
+            return 0
+        params = []
+        for r, out in results:
+            p: dict[str, Any] = {
+                "b_id": r.device_id,
+                "b_prev": r.timestamp_version,
+                "b_staged": r.staged_sha256,
+                "dirty": False,
+                "listed": r.staged if listed_from_staged else r.listed,
+                "listed_sha256": r.staged_sha256 if listed_from_staged else r.listed_sha256,
+                "targets_version": out.roles.targets,
+                "snapshot_version": out.roles.snapshot,
+                "timestamp_version": out.roles.timestamp,
+                "targets_expires": out.roles.targets_expires,
+                "snapshot_expires": out.roles.snapshot_expires,
+                "timestamp_expires": out.roles.timestamp_expires,
+                "targets_json": out.targets if out.targets is not None else r.targets_json,
+                "snapshot_json": out.snapshot if out.snapshot is not None else r.snapshot_json,
+                "timestamp_json": out.timestamp,
+                "signed_at": now,
+                "resign_at": self._signer.resign_at(out.roles),
+            }
+            params.append(p)
+        stmt = (
+            update(_TABLE)
+            .where(
+                _TABLE.c.device_id == bindparam("b_id"),
+                _TABLE.c.timestamp_version == bindparam("b_prev"),
+                _TABLE.c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
+            )
+            .values({k: bindparam(k) for k in params[0] if not k.startswith("b_")})
+        )
+        with self._ctx.write() as s:
+            result = s.connection().execute(stmt, params)
+            return int(result.rowcount)
+
+    def adopt(self) -> int:
+        """Give every device without a director row one (a hub upgraded from the shared
+        director listing): its current desired state restaged (a new serial with the same
+        assignments), or none.
+
+        Returns:
+            How many devices were adopted.
+        """
+        with self._ctx.read() as s:
+            missing = list(
+                s.scalars(
+                    select(db.Device.id).where(
+                        db.Device.id.not_in(select(db.DirectorDevice.device_id))
+                    )
+                )
+            )
+        if not missing:
+            return 0
+        with self._ctx.write() as s:
+            with_state = set(
+                s.scalars(
+                    select(db.DeviceState.device_id).where(db.DeviceState.device_id.in_(missing))
+                )
+            )
+            self.stage(s, [d for d in missing if d in with_state])
+            self.remove_desired_states(s, [d for d in missing if d not in with_state])
+        return len(missing)
+
     def repair(self) -> list[str]:
-        """:meth:`publish`, logging what was behind (at start-up and each upkeep round)."""
+        """:meth:`adopt` then :meth:`publish`, logging what was behind (at start-up and
+        each upkeep round)."""
+        adopted = self.adopt()
+        if adopted:
+            _log.warning("gave %d device(s) their own director repository", adopted)
         done = self.publish()
         if done:
             _log.warning("signed committed changes the TUF metadata lacked: %s", ", ".join(done))
         return done
 
-    def _catalog_targets(self) -> dict[str, TargetSpec]:
+    def _catalog_targets(self) -> dict[str, tuple[int, str, dict[str, Any] | None]]:
         with self._ctx.read() as s:
             return self._catalog.signed_targets(s)
 
-    def _director_targets(self) -> dict[str, TargetSpec]:
+    # -- serving -------------------------------------------------------------------------
+
+    def metadata(self, device_id: str, filename: str) -> bytes:
+        """The bytes behind ``GET /tuf/director/devices/<id>/metadata/<filename>``.
+
+        ``<N>.root.json`` is the director's shared root; ``timestamp.json``,
+        ``<N>.snapshot.json`` and ``<N>.targets.json`` the device's own (only the current
+        version of each is kept).
+
+        Raises:
+            NotFoundError: no such file (unknown device, never signed, other version).
+        """
+        if filename == "timestamp.json":
+            role, version = "timestamp", None
+        else:
+            m = _VERSIONED.match(filename)
+            if m is None:
+                raise NotFoundError(f"no metadata {filename!r}")
+            role, version = m.group(2), int(m.group(1))
+        if role == "root":
+            path = self._trust.metadata_path("director", filename)
+            if path is None:
+                raise NotFoundError(f"no director root {filename!r}")
+            return path.read_bytes()
+        column = _TABLE.c[f"{role}_json"]
         with self._ctx.read() as s:
-            return {
-                desired_state_target_path(r.device_id): (r.length, r.sha256, None)
-                for r in s.scalars(select(db.DeviceState))
-            }
+            row = s.execute(
+                select(column, _TABLE.c[f"{role}_version"]).where(_TABLE.c.device_id == device_id)
+            ).first()
+        if row is None or row[0] is None or (version is not None and row[1] != version):
+            raise NotFoundError(f"no metadata {filename!r} for device {device_id!r}")
+        data: bytes = row[0]
+        return data
+
+    def target(self, device_id: str, sha256: str) -> bytes:
+        """The desired-state bytes the device's signed targets lists with this digest.
+
+        Raises:
+            NotFoundError: not listed (replaced, never signed, unknown device).
+        """
+        with self._ctx.read() as s:
+            row = s.execute(
+                select(_TABLE.c.listed, _TABLE.c.listed_sha256).where(
+                    _TABLE.c.device_id == device_id
+                )
+            ).first()
+        if row is None or row.listed is None or row.listed_sha256 != sha256:
+            raise NotFoundError(f"no desired state {sha256} for device {device_id!r}")
+        data: bytes = row.listed
+        return data
+
+    def listed_state(self, device_id: str) -> tuple[str, bytes] | None:
+        """``(sha256, bytes)`` of the desired state the device's signed targets lists now,
+        or None (nothing listed, never signed, unknown device)."""
+        with self._ctx.read() as s:
+            row = s.execute(
+                select(_TABLE.c.listed_sha256, _TABLE.c.listed).where(
+                    _TABLE.c.device_id == device_id
+                )
+            ).first()
+        if row is None or row.listed is None:
+            return None
+        return str(row.listed_sha256), bytes(row.listed)
+
+    def staged_state(self, device_id: str) -> bytes | None:
+        """The newest desired-state bytes staged for the device (signed or not yet)."""
+        with self._ctx.read() as s:
+            data = s.scalar(select(_TABLE.c.staged).where(_TABLE.c.device_id == device_id))
+        return bytes(data) if data is not None else None
+
+    def device_roles(self, device_id: str) -> DeviceRoles | None:
+        """Versions and expiry dates of the device's signed roles (None: no row)."""
+        with self._ctx.read() as s:
+            row = s.execute(select(_TABLE).where(_TABLE.c.device_id == device_id)).first()
+        return _roles(row) if row is not None else None
+
+    def listed_blobs(self, s: Session) -> set[str]:
+        """Digests of every desired state staged or listed (nothing the GC may delete)."""
+        out: set[str] = set()
+        for staged, listed in s.execute(select(_TABLE.c.staged_sha256, _TABLE.c.listed_sha256)):
+            out.update(d for d in (staged, listed) if d)
+        return out
+
+    def versions(self, s: Session, device_id: str) -> TufVersions:
+        """The versions a device's check-in answer carries (fast path, issue 8).
+
+        Args:
+            s: an open session (the check-in's own).
+            device_id: the device; one never signed gets timestamp 0.
+        """
+        ts = s.scalar(select(_TABLE.c.timestamp_version).where(_TABLE.c.device_id == device_id))
+        c_root, c_ts = self._trust.versions("catalog")
+        d_root, _ = self._trust.versions("director")
+        return TufVersions(c_root, c_ts, d_root, int(ts or 0))
+
+
+def check_device_path(device_id: str) -> None:
+    """Refuse a device id that could not be one (path characters).
+
+    Raises:
+        InvalidInputError: the id has characters a device id never has.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", device_id):
+        raise InvalidInputError(f"invalid device id {device_id!r}")

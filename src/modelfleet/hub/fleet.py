@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -30,7 +30,17 @@ from modelfleet.hub.deployments import Deployments, parse_rollback_events
 from modelfleet.hub.director import Director
 from modelfleet.hub.telemetry import telemetry_view
 
-__all__ = ["Fleet"]
+__all__ = ["VOLATILE_REPORT_FIELDS", "Fleet"]
+
+VOLATILE_REPORT_FIELDS = frozenset({"last_check", "loaded", "guard"})
+"""Report fields that change every poll without anything having happened (the agent's
+own list, ``agent/update_loop.py``): a report differing only in these is "unchanged"."""
+
+
+def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether two reports agree on every field but the volatile ones (pure)."""
+    keys = (set(old) | set(new)) - VOLATILE_REPORT_FIELDS
+    return all(old.get(k) == new.get(k) for k in keys)
 
 
 class Fleet:
@@ -123,6 +133,10 @@ class Fleet:
             self._ctx.audit(
                 s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket
             )
+            # Its own director repository, listing nothing yet: "no desired state" is
+            # signed too, never inferred from a missing file (issue 8).
+            self._director.remove_desired_states(s, [device_id])
+        self._director.publish()
         return self.get_device(device_id), token
 
     def list_devices(self) -> list[JSONDict]:
@@ -186,7 +200,13 @@ class Fleet:
     # -- reports -------------------------------------------------------------------------
 
     def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
-        """See ``HubService.record_report``."""
+        """See ``HubService.record_report``.
+
+        A report that differs from the stored one only in fields that change every poll
+        (:data:`VOLATILE_REPORT_FIELDS`) and carries no rollbacks takes the cheap path
+        (issue 8): one ``UPDATE`` of ``last_seen`` and ``reported``, no history row, no
+        audit entry, no write lock across replicas.
+        """
         if not isinstance(report, Mapping):
             raise InvalidInputError("a device report must be a JSON object")
         try:
@@ -199,6 +219,22 @@ class Fleet:
         data: JSONDict = orjson.loads(raw)
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
+        if not events:
+            with self._ctx.read() as s:
+                stored = s.scalar(select(db.Device.reported).where(db.Device.id == device_id))
+                if stored is not None and _same_report(stored, data):
+                    versions = self._director.versions(s, device_id).to_dict()
+                    unchanged = True
+                else:
+                    unchanged = False
+            if unchanged:
+                with self._ctx.telemetry_write() as s:
+                    s.execute(
+                        update(db.Device)
+                        .where(db.Device.id == device_id)
+                        .values(last_seen=now, reported=data)
+                    )
+                return {"applied_rollbacks": [], "tuf": versions}
         with self._ctx.write() as s:
             device = self._device_row(s, device_id)
             changes = report_changes(device.reported or {}, data)
@@ -212,7 +248,9 @@ class Fleet:
             applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
         if changed:
             self._director.publish()
-        return {"applied_rollbacks": applied}
+        with self._ctx.read() as s:
+            versions = self._director.versions(s, device_id).to_dict()
+        return {"applied_rollbacks": applied, "tuf": versions}
 
     @staticmethod
     def _record_serving(s: Session, device_id: str, report: Mapping[str, Any]) -> None:

@@ -209,8 +209,10 @@ class HubService:
         and ignored.
 
         Returns:
-            ``{"applied_rollbacks": [event id, ...]}``: the report's events applied now
-            or earlier.
+            ``{"applied_rollbacks": [event id, ...], "tuf": {"catalog": {"root", "timestamp"},
+            "director": {"root", "timestamp"}}}``: the report's events applied now or
+            earlier, and the current TUF versions (the director's timestamp is this
+            device's own): an agent holding exactly these skips its TUF refresh (issue 8).
 
         Raises:
             NotFoundError: no such device.
@@ -566,3 +568,22 @@ class HubService:
             NotFoundError: the path is not a target listed now with that hash.
         """
         return self.upkeep.tuf_target(repo, url_path)
+
+    def tuf_device_metadata(self, device_id: str, filename: str) -> bytes:
+        """The bytes behind ``GET /tuf/director/devices/<id>/metadata/<filename>``: the
+        director's shared root, or the device's own timestamp, snapshot or targets
+        (issue 8, ADR 0014).
+
+        Raises:
+            NotFoundError: no such file for this device.
+        """
+        return self.director.metadata(device_id, filename)
+
+    def director_target(self, url_path: str) -> bytes:
+        """The desired-state bytes behind
+        ``GET /tuf/director/targets/devices/<id>/<sha256>.desired-state.json``.
+
+        Raises:
+            NotFoundError: not what the device's signed targets lists now.
+        """
+        return self.upkeep.director_target(url_path)

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from modelfleet.audit.log import list_entries, verify_chain
-from modelfleet.catalog.artefacts import FileArtefactStore
+from modelfleet.catalog.artefacts import FileArtefactStore, is_sha256
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub._values import JSONDict
 from modelfleet.hub.audit_rows import SqlAuditStore
@@ -89,7 +89,8 @@ class Upkeep:
         then one bounded round of telemetry retention.
 
         Returns:
-            ``"<repo>/<role>"`` of each role re-signed for expiry (audited as
+            ``"<repo>/<role>"`` of each role re-signed for expiry, and
+            ``"director/devices: N"`` when N devices' own roles were (audited as
             ``tuf.refresh``).
 
         Raises:
@@ -97,6 +98,9 @@ class Upkeep:
         """
         self._director.repair()
         done = self._trust.refresh_expiring()
+        devices = self._director.refresh_expiring()
+        if devices:
+            done.append(f"director/devices: {devices}")
         if done:
             with self._ctx.write() as s:
                 self._ctx.audit(s, "system:refresh", "tuf.refresh", "tuf", {"roles": done})
@@ -113,6 +117,17 @@ class Upkeep:
         if path is None or not path.is_file():
             raise NotFoundError(f"no metadata {repo}/{filename}")
         return path
+
+    def director_target(self, url_path: str) -> bytes:
+        """See ``HubService.director_target``."""
+        dirname, _, filename = url_path.rpartition("/")
+        prefix, _, device_id = dirname.partition("/")
+        digest, dot, basename = filename.partition(".")
+        if prefix != "devices" or not device_id or "/" in device_id:
+            raise NotFoundError(f"no target director/{url_path}")
+        if basename != "desired-state.json" or not is_sha256(digest):
+            raise NotFoundError(f"no target director/{url_path}")
+        return self._director.target(device_id, digest)
 
     def tuf_target(self, repo: str, url_path: str) -> Path:
         """See ``HubService.tuf_target``."""
@@ -156,7 +171,7 @@ class Upkeep:
         # In a write transaction: no registration or deployment can start referencing a
         # blob between the check and the deletion.
         with self._ctx.write() as s:
-            keep = self._catalog.referenced_blobs(s) | listed
+            keep = self._catalog.referenced_blobs(s) | listed | self._director.listed_blobs(s)
             for digest, mtime in list(self._store.blobs()):
                 if digest in keep:
                     continue

@@ -13,8 +13,17 @@ Every tuf exception is translated at this boundary: verification failures become
 :class:`~modelfleet.errors.TransportError`, local disk failures
 :class:`~modelfleet.errors.StorageError`.
 
+The director is read per device (issue 8, ADR 0014: Uptane's per-vehicle director
+repository): metadata from ``/tuf/director/devices/<id>/metadata/``, under the director's
+shared root, so what a device downloads does not grow with the fleet.
+
 Cache layout: ``cache_dir/{catalog,director}/metadata`` (ngclient's metadata cache, with
-``root_history/``) and ``cache_dir/{catalog,director}/targets``.
+``root_history/``; the director's holds the pinned shared root) and
+``cache_dir/{catalog,director}/targets``; the device's own director repository in
+``cache_dir/director-device/{metadata,targets}``.
+
+:meth:`DeviceTrustClient.stale` applies the check-in fast path
+(:mod:`modelfleet.trust.freshness`): which repositories the hub's answer says changed.
 
 Note: ngclient checks expiry against the device's system clock (it takes no clock
 argument), so a device with a badly wrong clock will refuse or accept stale metadata.
@@ -29,6 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from datetime import UTC, datetime, timedelta
+
 from tuf.api.exceptions import (
     BadVersionNumberError,
     DownloadError,
@@ -40,6 +51,7 @@ from tuf.api.exceptions import (
     SlowRetrievalError,
     UnsignedMetadataError,
 )
+from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
@@ -61,6 +73,8 @@ from modelfleet.errors import (
 )
 from modelfleet.rollout.desired_state import desired_state_target_path
 from modelfleet.trust.bundle import REPOSITORIES, parse_trust_root_bundle
+from modelfleet.trust.device_repo import DEVICE_FIELD
+from modelfleet.trust.freshness import DEFAULT_MARGIN, HeldVersions, stale_repositories
 
 __all__ = ["DeviceTrustClient"]
 
@@ -107,6 +121,7 @@ class DeviceTrustClient:
         trust_root: bytes | None,
         fetcher: FetcherInterface | None = None,
         download: DownloadSettings | None = None,
+        refresh_margin: timedelta = DEFAULT_MARGIN,
     ) -> None:
         """Set up the client and cache the bundle's roots; nothing is fetched yet.
 
@@ -118,6 +133,8 @@ class DeviceTrustClient:
                 means: use the roots already in the cache (from an earlier run).
             fetcher: transport to use instead of an :class:`HttpFetcher` with ``token``.
             download: deadlines of the default fetcher's downloads (minimum rate, caps).
+            refresh_margin: the fast path refreshes anyway when a held timestamp expires
+                within this.
 
         Raises:
             ConfigError: the bundle is malformed or its roots do not verify, or it is None
@@ -153,6 +170,7 @@ class DeviceTrustClient:
                     )
             self._roots = dict.fromkeys(REPOSITORIES)
         self._catalog: Updater | None = None
+        self._margin = refresh_margin
 
     # -- public API --------------------------------------------------------------------
 
@@ -183,8 +201,9 @@ class DeviceTrustClient:
         target = desired_state_target_path(device_id)
         with self._director_lock:
             with self._translate("director"):
-                updater = self._updater("director")
+                updater = self._device_updater(device_id)
                 updater.refresh()
+                self._check_bound(device_id)
                 info = updater.get_targetinfo(target)
             if info is None:
                 return None
@@ -193,6 +212,34 @@ class DeviceTrustClient:
                 data = Path(path).read_bytes()
                 info.verify_length_and_hashes(data)
         return data
+
+    def refresh_catalog(self) -> None:
+        """Refresh the catalog now (its versions changed; the fast path keeps it current).
+
+        Raises:
+            MetadataVerificationError, TransportError, StorageError: as for
+                :meth:`fetch_package_file`.
+        """
+        with self._catalog_lock, self._translate("catalog"):
+            updater = self._updater("catalog")
+            updater.refresh()
+            self._catalog = updater
+            self._catalog_stale = False
+
+    def held(self, device_id: str) -> dict[str, HeldVersions | None]:
+        """What this device holds, verified, of the catalog and of its own director
+        repository (read from the metadata cache; None where nothing is cached)."""
+        return {
+            "catalog": _held(self._metadata_dir("catalog")),
+            "director": _held(self._device_dir(device_id) / "metadata"),
+        }
+
+    def stale(self, device_id: str, answer: object, now: datetime | None = None) -> frozenset[str]:
+        """The repositories to refresh, given the check-in answer's ``"tuf"`` versions
+        (see :func:`~modelfleet.trust.freshness.stale_repositories`)."""
+        return stale_repositories(
+            self.held(device_id), answer, now or datetime.now(UTC), self._margin
+        )
 
     def fetch_package_file(
         self,
@@ -288,6 +335,51 @@ class DeviceTrustClient:
     def _metadata_dir(self, repo: str) -> Path:
         return self.cache_dir / repo / "metadata"
 
+    def _device_dir(self, device_id: str) -> Path:
+        # One agent serves one device id; the id is not part of the path so a renamed
+        # device cannot leave a second cache behind.
+        del device_id
+        return self.cache_dir / "director-device"
+
+    def _check_bound(self, device_id: str) -> None:
+        """Refuse a per-device repository signed for another device (a replay).
+
+        Reads the targets ngclient has just verified and cached.
+
+        Raises:
+            MetadataVerificationError: the targets names another device, or none.
+        """
+        path = self._device_dir(device_id) / "metadata" / "targets.json"
+        try:
+            signed = Metadata[Targets].from_bytes(path.read_bytes()).signed
+        except (OSError, DeserializationError) as e:
+            raise MetadataVerificationError(f"director targets.json unreadable: {e}") from e
+        owner = signed.unrecognized_fields.get(DEVICE_FIELD)
+        if owner != device_id:
+            raise MetadataVerificationError(
+                f"director targets.json: signed for device {owner!r}, not {device_id!r} "
+                "(another device's metadata replayed?)"
+            )
+
+    def _device_updater(self, device_id: str) -> Updater:
+        """ngclient over this device's own director repository (shared root)."""
+        base = self._device_dir(device_id)
+        md_dir, target_dir = base / "metadata", base / "targets"
+        md_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = self._roots["director"]
+        if bootstrap is None and not (md_dir / "root.json").exists():
+            bootstrap = (self._metadata_dir("director") / "root.json").read_bytes()
+        self._fetcher.last_url = None
+        return Updater(
+            str(md_dir),
+            f"{self._hub}/tuf/director/devices/{device_id}/metadata/",
+            str(target_dir),
+            f"{self._hub}/tuf/director/targets/",
+            fetcher=self._fetcher,
+            bootstrap=bootstrap,
+        )
+
     def _updater(self, repo: str) -> Updater:
         md_dir = self._metadata_dir(repo)
         target_dir = self.cache_dir / repo / "targets"
@@ -343,6 +435,18 @@ class DeviceTrustClient:
         url = self._fetcher.last_url
         name = url.rsplit("/", 1)[-1] if url else "metadata"
         return f"{repo} {name}"
+
+
+def _held(md_dir: Path) -> HeldVersions | None:
+    """The verified root and timestamp ngclient cached in ``md_dir`` (None: none yet)."""
+    try:
+        root = Metadata[Root].from_bytes((md_dir / "root.json").read_bytes()).signed
+        ts = Metadata[Timestamp].from_bytes((md_dir / "timestamp.json").read_bytes()).signed
+    except (OSError, DeserializationError):
+        return None
+    if not isinstance(root, Root) or not isinstance(ts, Timestamp):
+        return None
+    return HeldVersions(root.version, ts.version, ts.expires)
 
 
 def _metadata_failure(e: RepositoryError) -> str:

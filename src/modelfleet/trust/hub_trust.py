@@ -19,13 +19,14 @@ from securesystemslib.signer import Signer
 
 from modelfleet.catalog.artefacts import is_sha256
 from modelfleet.clock import Clock
-from modelfleet.errors import ConflictError, InvalidInputError, StorageError
+from modelfleet.errors import ConfigError, ConflictError, InvalidInputError, StorageError
 from modelfleet.rollout.desired_state import (
     desired_state_target_path,
     manifest_target_path,
     model_target_path,
 )
 from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
+from modelfleet.trust.device_repo import DeviceRepoSigner
 from modelfleet.trust.keys import load_signers
 from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, TufRepository
 
@@ -48,11 +49,17 @@ class HubTrust:
     copy of the store was put back (ADR 0007).
     """
 
-    def __init__(self, tuf_dir: Path, repos: Mapping[str, TufRepository]) -> None:
+    def __init__(
+        self,
+        tuf_dir: Path,
+        repos: Mapping[str, TufRepository],
+        device_signer: DeviceRepoSigner | None = None,
+    ) -> None:
         """Wrap already loaded repositories; use :meth:`init` or :meth:`open`, not this."""
         self.tuf_dir = Path(tuf_dir)
         self._repos = dict(repos)
         self._thread_lock = threading.Lock()
+        self._device_signer = device_signer
 
     # -- construction ------------------------------------------------------------------
 
@@ -110,7 +117,7 @@ class HubTrust:
             StorageError: ``tuf_dir`` is not writable.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {})
+        hub = cls(tuf_dir, {}, _device_signer(args["director"]))
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
                 if any((Path(tuf_dir) / repo).glob("*.root.json")):
@@ -133,7 +140,7 @@ class HubTrust:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {})
+        hub = cls(tuf_dir, {}, _device_signer(args["director"]))
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
         return hub
@@ -232,6 +239,33 @@ class HubTrust:
         paths = [desired_state_target_path(d) for d in device_ids]
         with self._locked(exclusive=True):
             self._repos["director"].remove_targets(paths)
+
+    @property
+    def device_signer(self) -> DeviceRepoSigner:
+        """Signs per-device director repositories (issue 8, ADR 0014) with the director's
+        online key, under the director's shared root.
+
+        Raises:
+            ConfigError: this instance was built without keys.
+        """
+        if self._device_signer is None:
+            raise ConfigError("no director key loaded: open the trust store with its keys")
+        return self._device_signer
+
+    def director_root(self) -> tuple[int, bytes]:
+        """``(version, bytes)`` of the director's current (shared) root."""
+        with self._locked(exclusive=False):
+            r = self._repos["director"]
+            return r.version("root"), r.root_json()
+
+    def versions(self, repo: str) -> tuple[int, int]:
+        """``(root version, timestamp version)`` of ``repo`` now (the check-in answer).
+
+        Raises:
+            InvalidInputError: unknown repository name.
+        """
+        r = self.repository(repo)
+        return r.version("root"), r.version("timestamp")
 
     # -- reconciling with a source of truth ---------------------------------------------
 
@@ -355,6 +389,13 @@ class HubTrust:
                     yield
                 finally:
                     fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+
+
+def _device_signer(
+    args: tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
+) -> DeviceRepoSigner:
+    _, signers, _, lifetimes, margin, _ = args
+    return DeviceRepoSigner(signers["timestamp"], lifetimes, margin)
 
 
 def _check_name(what: str, value: str) -> None:

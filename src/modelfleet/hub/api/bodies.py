@@ -33,6 +33,8 @@ __all__ = [
     "ModelOut",
     "ModelSummaryOut",
     "ReportOut",
+    "TufRepoVersionsOut",
+    "TufVersionsOut",
     "RevokeIn",
     "RollbackIn",
     "RollbackOut",
@@ -182,10 +184,27 @@ class DeviceWithTokenOut(DeviceOut):
     token: str = Field(description="the device's token, shown only in this answer")
 
 
+class TufRepoVersionsOut(_Out):
+    root: int
+    timestamp: int
+
+
+class TufVersionsOut(_Out):
+    catalog: TufRepoVersionsOut
+    director: TufRepoVersionsOut = Field(
+        description="the director's shared root and this device's own timestamp"
+    )
+
+
 class ReportOut(_Out):
     status: Literal["recorded"]
     applied_rollbacks: list[str] = Field(
         default_factory=list, description="ids of the report's rollbacks the hub has applied"
+    )
+    tuf: TufVersionsOut | None = Field(
+        default=None,
+        description="current TUF versions: an agent holding exactly these (and not close to "
+        "expiry) skips its TUF refresh (issue 8)",
     )
 
 

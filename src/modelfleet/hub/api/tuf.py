@@ -52,6 +52,28 @@ def tuf_metadata(repo: str, filename: str, who: Who, service: Service) -> Respon
 
 
 @tuf_router.get(
+    "/director/devices/{device_id}/metadata/{filename}",
+    response_class=Response,
+    responses={
+        200: {"description": "signed per-device director metadata", "content": _JSON_OBJECT},
+        **error_responses(400, 401, 403, 404),
+    },
+)
+def tuf_device_metadata(device_id: str, filename: str, who: Who, service: Service) -> Response:
+    """One device's own director repository (Uptane per-vehicle; issue 8): the shared
+    ``<N>.root.json``, its ``timestamp.json``, ``<N>.snapshot.json`` and
+    ``<N>.targets.json``. A device token reads only its own; other tokens any."""
+    check(who, Permission.TUF)
+    if who.role is Role.DEVICE and who.subject != device_id:
+        raise ForbiddenError("a device may read only its own director metadata")
+    return Response(
+        service.tuf_device_metadata(device_id, filename),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@tuf_router.get(
     "/{repo}/targets/{path:path}",
     response_class=Response,
     responses={
@@ -72,4 +94,6 @@ def tuf_target(repo: str, path: str, who: Who, service: Service) -> Response:
         and not path.startswith(f"devices/{who.subject}/")
     ):
         raise ForbiddenError("a device may read only its own desired state")
+    if repo == "director":
+        return Response(service.director_target(path), media_type="application/octet-stream")
     return FileResponse(service.tuf_target(repo, path), media_type="application/octet-stream")

@@ -1,0 +1,242 @@
+"""Per-device director repositories (Uptane's per-vehicle director), signed in memory.
+
+Each device has its own small TUF repository under the director's **shared root**
+(issue 8, ADR 0014): ``targets`` lists exactly one target,
+``devices/<id>/desired-state.json`` (or none once the device is decommissioned),
+``snapshot`` names that targets version, ``timestamp`` names that snapshot version. All
+three are signed by the director's online key, exactly as the shared director's top-level
+roles are (the shared root's keyids for ``targets``/``snapshot``/``timestamp``), so an
+unmodified python-tuf client verifies them against the root it already pins.
+
+What a device downloads on a refresh therefore does not grow with the fleet: about 1.3 KB
+(timestamp, snapshot, targets), plus a root only when it rotates.
+
+This module is pure: it takes the previous versions and returns signed bytes; the hub keeps
+them in its database (``hub/director.py``), which is where the versions are counted, so a
+version is never signed twice with different content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
+
+from modelfleet.errors import ConfigError, InvalidInputError
+from modelfleet.rollout.desired_state import desired_state_target_path
+
+__all__ = [
+    "DEVICE_FIELD",
+    "DeviceRepoSigner",
+    "DeviceRoles",
+    "SignedDeviceRoles",
+    "due_roles",
+]
+
+_ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
+
+DEVICE_FIELD = "x-modelfleet-device"
+"""Signed field of every per-device targets naming the device it is for: one device's
+validly signed repository replayed to another is refused (Uptane binds per-vehicle
+director metadata to the vehicle the same way)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRoles:
+    """The versions and expiry dates of one device's signed roles (0 / None: never signed).
+
+    Attributes:
+        targets, snapshot, timestamp: the current version of each role.
+        targets_expires, snapshot_expires, timestamp_expires: when each expires (UTC).
+    """
+
+    targets: int = 0
+    snapshot: int = 0
+    timestamp: int = 0
+    targets_expires: datetime | None = None
+    snapshot_expires: datetime | None = None
+    timestamp_expires: datetime | None = None
+
+    def expires(self, role: str) -> datetime | None:
+        """The expiry date of ``targets``, ``snapshot`` or ``timestamp``."""
+        value: datetime | None = getattr(self, f"{role}_expires")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDeviceRoles:
+    """What one signing produced: the new versions and the bytes of each re-signed role.
+
+    Attributes:
+        roles: versions and expiry dates after the signing.
+        targets, snapshot, timestamp: the signed bytes of each role signed now (None: the
+            role was not re-signed, its previous bytes stay current).
+    """
+
+    roles: DeviceRoles
+    targets: bytes | None
+    snapshot: bytes | None
+    timestamp: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes signed now (what a device downloads when all three changed)."""
+        return sum(len(b) for b in (self.targets, self.snapshot, self.timestamp) if b)
+
+
+def due_roles(
+    roles: DeviceRoles, now: datetime, lifetimes: Mapping[str, timedelta], margin: float
+) -> tuple[str, ...]:
+    """Which of a device's roles need re-signing because they expire soon (pure).
+
+    A role is due when less than ``margin`` of its lifetime is left (or it was never
+    signed); a due targets forces a new snapshot and timestamp, a due snapshot a new
+    timestamp (each names the other's version).
+
+    Returns:
+        The roles to sign, in signing order (``targets``, ``snapshot``, ``timestamp``);
+        empty when none is due.
+    """
+
+    def due(role: str) -> bool:
+        expires = roles.expires(role)
+        return expires is None or expires - now < lifetimes[role] * margin
+
+    targets = due(Targets.type)
+    snapshot = targets or due(Snapshot.type)
+    timestamp = snapshot or due(Timestamp.type)
+    return tuple(
+        r for r, flag in zip(_ONLINE_ROLES, (targets, snapshot, timestamp), strict=True) if flag
+    )
+
+
+class DeviceRepoSigner:
+    """Signs per-device director roles with the director's online key (python-tuf
+    Metadata API).
+
+    Args:
+        signer: the director's online signer (its key is in the shared root's keyids for
+            targets, snapshot and timestamp).
+        lifetimes: lifetime per role (``ExpiryPolicy.lifetimes("director")``).
+        refresh_margin: re-sign when less than this fraction of a lifetime is left.
+    """
+
+    def __init__(
+        self, signer: Signer, lifetimes: Mapping[str, timedelta], refresh_margin: float
+    ) -> None:
+        missing = [r for r in _ONLINE_ROLES if r not in lifetimes]
+        if missing:
+            raise ConfigError(f"no lifetime for role(s) {', '.join(missing)}")
+        self._signer = signer
+        self.lifetimes = dict(lifetimes)
+        self.refresh_margin = refresh_margin
+
+    @property
+    def keyid(self) -> str:
+        """The keyid every per-device role is signed with."""
+        return str(self._signer.public_key.keyid)
+
+    def resign_at(self, roles: DeviceRoles) -> datetime | None:
+        """When the first of ``roles`` becomes due for re-signing (see :func:`due_roles`);
+        None when nothing was signed yet."""
+        times = []
+        for role in _ONLINE_ROLES:
+            expires = roles.expires(role)
+            if expires is None:
+                return None
+            times.append(expires - self.lifetimes[role] * self.refresh_margin)
+        return min(times)
+
+    def sign_change(
+        self,
+        device_id: str,
+        target: tuple[int, str] | None,
+        previous: DeviceRoles,
+        now: datetime,
+    ) -> SignedDeviceRoles:
+        """Sign a new targets (the device's desired state changed), snapshot and timestamp.
+
+        Args:
+            device_id: the device (its target path is ``devices/<id>/desired-state.json``).
+            target: ``(length, sha256 hex)`` of the desired-state bytes, or None to list
+                no target (the device was decommissioned).
+            previous: the versions signed before; each new version is one above.
+            now: signing time (aware UTC, whole seconds); expiry dates count from it.
+
+        Raises:
+            InvalidInputError: a bad length or digest.
+        """
+        targets: dict[str, TargetFile] = {}
+        if target is not None:
+            length, sha256 = target
+            if length < 0 or len(sha256) != 64:
+                raise InvalidInputError(f"bad length or sha256 for device {device_id!r}")
+            path = desired_state_target_path(device_id)
+            targets[path] = TargetFile(length, {"sha256": sha256}, path)
+        t_version = previous.targets + 1
+        t_expires = now + self.lifetimes[Targets.type]
+        t_bytes = self._sign(
+            Targets(t_version, None, t_expires, targets, None, {DEVICE_FIELD: device_id})
+        )
+        return self._sign_from_snapshot(previous, t_version, t_expires, t_bytes, now)
+
+    def sign_expiring(self, previous: DeviceRoles, now: datetime) -> SignedDeviceRoles | None:
+        """Re-sign what :func:`due_roles` says is due; None when nothing is.
+
+        A due targets is not handled here (its content is the caller's: use
+        :meth:`sign_change` with the listed target); only snapshot and timestamp are.
+
+        Raises:
+            InvalidInputError: targets is due.
+        """
+        due = due_roles(previous, now, self.lifetimes, self.refresh_margin)
+        if not due:
+            return None
+        if Targets.type in due:
+            raise InvalidInputError("targets is due: re-sign it with sign_change")
+        if Snapshot.type in due:
+            assert previous.targets_expires is not None
+            return self._sign_from_snapshot(
+                previous, previous.targets, previous.targets_expires, None, now
+            )
+        ts_version = previous.timestamp + 1
+        ts_expires = now + self.lifetimes[Timestamp.type]
+        ts = self._sign(Timestamp(ts_version, None, ts_expires, MetaFile(previous.snapshot)))
+        roles = DeviceRoles(
+            previous.targets,
+            previous.snapshot,
+            ts_version,
+            previous.targets_expires,
+            previous.snapshot_expires,
+            ts_expires,
+        )
+        return SignedDeviceRoles(roles, None, None, ts)
+
+    def _sign_from_snapshot(
+        self,
+        previous: DeviceRoles,
+        t_version: int,
+        t_expires: datetime,
+        t_bytes: bytes | None,
+        now: datetime,
+    ) -> SignedDeviceRoles:
+        s_version = previous.snapshot + 1
+        s_expires = now + self.lifetimes[Snapshot.type]
+        # Version-only meta (hashes and length are optional in TUF): every file is signed
+        # by the same online key anyway, and the bytes a device fetches stay small.
+        snapshot = self._sign(
+            Snapshot(s_version, None, s_expires, {"targets.json": MetaFile(t_version)})
+        )
+        ts_version = previous.timestamp + 1
+        ts_expires = now + self.lifetimes[Timestamp.type]
+        timestamp = self._sign(Timestamp(ts_version, None, ts_expires, MetaFile(s_version)))
+        roles = DeviceRoles(t_version, s_version, ts_version, t_expires, s_expires, ts_expires)
+        return SignedDeviceRoles(roles, t_bytes, snapshot, timestamp)
+
+    def _sign(self, signed: Targets | Snapshot | Timestamp) -> bytes:
+        md: Metadata[Targets | Snapshot | Timestamp] = Metadata(signed)
+        md.sign(self._signer)
+        return md.to_bytes()

@@ -1,0 +1,152 @@
+"""Per-device director roles (issue 8): signed under the shared root, versions one above,
+re-signed before expiry; and the check-in fast path's freshness rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+
+from modelfleet.errors import InvalidInputError
+from modelfleet.trust import ExpiryPolicy
+from modelfleet.trust.device_repo import DEVICE_FIELD, DeviceRoles, due_roles
+from modelfleet.trust.freshness import HeldVersions, stale_repositories
+from modelfleet.trust.client import DeviceTrustClient
+from tests.trust._trust_support import Hub
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+LIFETIMES = ExpiryPolicy().lifetimes("director")
+
+
+def test_per_device_roles_verify_under_the_shared_director_root(hub: Hub) -> None:
+    out = hub.trust.device_signer.sign_change("cam-1", (120, "ab" * 32), DeviceRoles(), NOW)
+    root = Metadata[Root].from_bytes(hub.trust.director_root()[1]).signed
+    for role, data in (("targets", out.targets), ("snapshot", out.snapshot), ("timestamp", out.timestamp)):
+        assert data is not None
+        md = Metadata.from_bytes(data)
+        root.verify_delegate(role, md.signed_bytes, md.signatures)
+    targets = Metadata[Targets].from_bytes(out.targets or b"").signed
+    assert list(targets.targets) == ["devices/cam-1/desired-state.json"]
+    assert targets.unrecognized_fields[DEVICE_FIELD] == "cam-1"
+    assert out.size < 2048
+
+
+def test_each_change_signs_one_version_above_the_previous(hub: Hub) -> None:
+    signer = hub.trust.device_signer
+    first = signer.sign_change("cam-1", (1, "a" * 64), DeviceRoles(), NOW)
+    second = signer.sign_change("cam-1", None, first.roles, NOW + timedelta(seconds=1))
+    assert (first.roles.targets, first.roles.snapshot, first.roles.timestamp) == (1, 1, 1)
+    assert (second.roles.targets, second.roles.snapshot, second.roles.timestamp) == (2, 2, 2)
+    snap = Metadata[Snapshot].from_bytes(second.snapshot or b"").signed
+    ts = Metadata[Timestamp].from_bytes(second.timestamp).signed
+    assert snap.meta["targets.json"].version == 2 and ts.snapshot_meta.version == 2
+    assert Metadata[Targets].from_bytes(second.targets or b"").signed.targets == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "age", "expected"),
+    [
+        ("fresh", timedelta(0), ()),
+        ("timestamp within its margin", timedelta(hours=17), ("timestamp",)),
+        ("targets within its margin", timedelta(days=5), ("targets", "snapshot", "timestamp")),
+        ("all past their margins", timedelta(days=21), ("targets", "snapshot", "timestamp")),
+    ],
+)
+def test_due_roles(hub: Hub, name: str, age: timedelta, expected: tuple[str, ...]) -> None:
+    out = hub.trust.device_signer.sign_change("cam-1", (1, "a" * 64), DeviceRoles(), NOW)
+    assert due_roles(out.roles, NOW + age, LIFETIMES, 1 / 3) == expected, name
+
+
+def test_never_signed_roles_are_due() -> None:
+    assert due_roles(DeviceRoles(), NOW, LIFETIMES, 1 / 3) == ("targets", "snapshot", "timestamp")
+
+
+def test_an_expiring_timestamp_alone_is_resigned_alone(hub: Hub) -> None:
+    signer = hub.trust.device_signer
+    out = signer.sign_change("cam-1", (1, "a" * 64), DeviceRoles(), NOW)
+    assert signer.sign_expiring(out.roles, NOW) is None
+    at = signer.resign_at(out.roles)
+    assert at == NOW + LIFETIMES["timestamp"] * (2 / 3)
+    again = signer.sign_expiring(out.roles, NOW + timedelta(hours=17))
+    assert again is not None and again.targets is None and again.snapshot is None
+    assert again.roles.timestamp == 2 and again.roles.targets == 1
+    with pytest.raises(InvalidInputError, match="targets is due"):
+        signer.sign_expiring(out.roles, NOW + timedelta(days=6))
+
+
+def _held(root: int, ts: int, left: timedelta = timedelta(hours=20)) -> HeldVersions:
+    return HeldVersions(root, ts, NOW + left)
+
+
+@pytest.mark.parametrize(
+    ("name", "held", "answer", "stale"),
+    [
+        (
+            "both current",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
+            set(),
+        ),
+        (
+            "director changed",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 10}},
+            {"director"},
+        ),
+        (
+            "catalog root rotated",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            {"catalog": {"root": 2, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
+            {"catalog"},
+        ),
+        (
+            "held timestamp close to expiry",
+            {"catalog": _held(1, 5), "director": _held(1, 9, timedelta(hours=2))},
+            {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
+            {"director"},
+        ),
+        (
+            "nothing held yet",
+            {"catalog": None, "director": _held(1, 9)},
+            {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
+            {"catalog"},
+        ),
+        ("no answer (older hub)", {"catalog": _held(1, 5), "director": _held(1, 9)}, None,
+         {"catalog", "director"}),
+        (
+            "malformed answer",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            {"catalog": {"root": "1", "timestamp": 5}, "director": {"root": True, "timestamp": 9}},
+            {"catalog", "director"},
+        ),
+    ],
+)
+def test_stale_repositories(
+    name: str, held: dict[str, HeldVersions | None], answer: object, stale: set[str]
+) -> None:
+    assert stale_repositories(held, answer, NOW) == stale, name
+
+
+def _answer(hub: Hub, device_id: str) -> dict[str, dict[str, int]]:
+    """What the hub's check-in answer would say now."""
+    catalog = hub.trust.repository("catalog")
+    return {
+        "catalog": {"root": catalog.version("root"), "timestamp": catalog.version("timestamp")},
+        "director": {"root": 1, "timestamp": hub.roles[device_id].timestamp},
+    }
+
+
+def test_the_client_says_nothing_is_stale_after_a_refresh_and_sees_a_change(
+    hub: Hub, client: DeviceTrustClient
+) -> None:
+    ref = hub.publish("iris", 1)
+    hub.assign("dev-1", ref)
+    assert client.stale("dev-1", _answer(hub, "dev-1")) == {"catalog", "director"}  # cold
+    client.fetch_desired_state("dev-1")
+    client.refresh_catalog()
+    assert client.stale("dev-1", _answer(hub, "dev-1")) == set()
+    hub.assign("dev-1", ref)  # a new serial: the device's own timestamp moves
+    assert client.stale("dev-1", _answer(hub, "dev-1")) == {"director"}
+    hub.publish("iris", 2)
+    assert client.stale("dev-1", _answer(hub, "dev-1")) == {"catalog", "director"}
