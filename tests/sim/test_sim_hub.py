@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
 from statistics import mean
 
@@ -134,6 +136,45 @@ def test_a_crashing_version_is_rolled_back_by_the_local_guard_and_the_hub_follow
     assert crashed and crashed[0]["version"] == "3"
 
 
+def _tamper_timestamps(hub: Hub, prefix: str) -> Callable[[], None]:
+    """Change a signed field of each device's director timestamp without re-signing it
+    (per-device rows in the hub database, else the shared file); returns the undo."""
+    db_path = hub.home / "hub.db"
+    with sqlite3.connect(db_path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "director_devices" in tables:
+            rows = db.execute(
+                "SELECT device_id, timestamp_json, timestamp_version FROM director_devices "
+                "WHERE device_id LIKE ?",
+                (f"{prefix}-%",),
+            ).fetchall()
+            for device_id, raw, _ in rows:
+                doc = json.loads(raw)
+                doc["signed"]["version"] += 1000  # not re-signed
+                db.execute(
+                    "UPDATE director_devices SET timestamp_json = ?, timestamp_version = ? "
+                    "WHERE device_id = ?",
+                    (json.dumps(doc).encode(), doc["signed"]["version"], device_id),
+                )
+
+            def undo_rows() -> None:
+                with sqlite3.connect(db_path) as db:
+                    db.executemany(
+                        "UPDATE director_devices SET timestamp_json = ?, timestamp_version = ? "
+                        "WHERE device_id = ?",
+                        [(raw, version, device_id) for device_id, raw, version in rows],
+                    )
+
+            return undo_rows
+    path = hub.director_metadata() / "timestamp.json"
+    signed = path.read_bytes()
+    doc = json.loads(signed)
+    doc["signed"]["version"] += 1000
+    path.chmod(0o644)
+    path.write_text(json.dumps(doc))
+    return lambda: path.write_bytes(signed)
+
+
 def test_a_tampered_director_file_is_refused_by_every_simulated_device(hub: Hub) -> None:
     n = 20
     with make_sim(hub, "tamp", n, site="tamp") as sim:
@@ -141,16 +182,11 @@ def test_a_tampered_director_file_is_refused_by_every_simulated_device(hub: Hub)
         hub.client.deploy("m", 1, ids)
         sim.run_for(300, until=lambda: sim.serving() == {"m": {"v1": n}})
         hub.client.deploy("m", 2, ids)
-        path = hub.director_metadata() / "timestamp.json"
-        signed = path.read_bytes()
-        doc = json.loads(signed)
-        doc["signed"]["version"] += 1000  # not re-signed
-        path.chmod(0o644)
-        path.write_text(json.dumps(doc))
+        undo = _tamper_timestamps(hub, "tamp")
         try:
             sim.run_for(300)
         finally:
-            path.write_bytes(signed)
+            undo()
         summary = sim.summary()
     assert sim.serving() == {"m": {"v1": n}}
     assert summary["error_kinds"].get("MetadataVerificationError", 0) >= n

@@ -22,6 +22,7 @@ from modelfleet.trust.bundle import parse_trust_root_bundle
 from tests.sim.conftest import Hub
 
 NOW = datetime.now(UTC)
+DEVICE = "verify-1"
 
 
 def _get(hub: Hub, path: str) -> bytes:
@@ -39,21 +40,32 @@ def _repo(hub: Hub, name: str) -> TrustedRepo:
     return TrustedRepo.pinned(RootChain(name, roots[name]))
 
 
+def _base(hub: Hub, name: str) -> str:
+    """The director's per-device base when the hub serves it (issue 8), else the shared one."""
+    if name == "director":
+        per_device = f"/tuf/director/devices/{DEVICE}/metadata/"
+        r = httpx.get(f"{hub.url}{per_device}timestamp.json",
+                      headers={"Authorization": f"Bearer {hub.token}"})  # fmt: skip
+        if r.status_code == 200:
+            return per_device
+    return f"/tuf/{name}/metadata/"
+
+
 def _refresh(hub: Hub, repo: TrustedRepo, cache: MetadataCache, now: datetime = NOW) -> None:
-    name = repo.chain.repo
-    repo.update_timestamp(cache, _get(hub, f"/tuf/{name}/metadata/timestamp.json"), now)
+    base = _base(hub, repo.chain.repo)
+    repo.update_timestamp(cache, _get(hub, f"{base}timestamp.json"), now)
     if repo.needs_snapshot():
-        repo.update_snapshot(cache, _get(hub, f"/tuf/{name}/metadata/{repo.snapshot_name()}"), now)
+        repo.update_snapshot(cache, _get(hub, f"{base}{repo.snapshot_name()}"), now)
     if repo.needs_targets():
         v = repo.targets_meta().version
-        repo.update_targets(cache, _get(hub, f"/tuf/{name}/metadata/{v}.targets.json"), now)
+        repo.update_targets(cache, _get(hub, f"{base}{v}.targets.json"), now)
 
 
 @pytest.fixture(scope="module")
 def deployed(hub: Hub) -> str:
-    hub.client.add_device("verify-1", site="s")
-    hub.client.deploy("m", 1, ["verify-1"])
-    return "verify-1"
+    hub.client.add_device(DEVICE, site="s")
+    hub.client.deploy("m", 1, [DEVICE])
+    return DEVICE
 
 
 def test_the_director_chain_verifies_and_names_the_desired_state(hub: Hub, deployed: str) -> None:
@@ -72,7 +84,7 @@ def test_the_director_chain_verifies_and_names_the_desired_state(hub: Hub, deplo
 
 
 def test_a_timestamp_edited_after_signing_is_refused(hub: Hub, deployed: str) -> None:
-    doc = json.loads(_get(hub, "/tuf/director/metadata/timestamp.json"))
+    doc = json.loads(_get(hub, f"{_base(hub, 'director')}timestamp.json"))
     doc["signed"]["version"] += 1
     with pytest.raises(MetadataVerificationError, match="signature verification failed"):
         _repo(hub, "director").update_timestamp(MetadataCache(), json.dumps(doc).encode(), NOW)
@@ -82,17 +94,21 @@ def test_a_snapshot_that_is_not_the_one_the_timestamp_names_is_refused(
     hub: Hub, deployed: str
 ) -> None:
     repo, cache = _repo(hub, "director"), MetadataCache()
-    repo.update_timestamp(cache, _get(hub, "/tuf/director/metadata/timestamp.json"), NOW)
-    snapshot = _get(hub, f"/tuf/director/metadata/{repo.snapshot_name()}")
-    with pytest.raises(MetadataVerificationError, match=r"length|sha256"):
-        repo.update_snapshot(cache, snapshot + b" ", NOW)
+    base = _base(hub, "director")
+    repo.update_timestamp(cache, _get(hub, f"{base}timestamp.json"), NOW)
+    snapshot = _get(hub, f"{base}{repo.snapshot_name()}")
+    doc = json.loads(snapshot)
+    doc["signed"]["meta"]["targets.json"]["version"] += 1  # another targets, not signed
+    with pytest.raises(MetadataVerificationError, match=r"length|sha256|signature"):
+        repo.update_snapshot(cache, json.dumps(doc).encode(), NOW)
 
 
 def test_an_older_timestamp_after_a_newer_one_is_a_rollback(hub: Hub, deployed: str) -> None:
     repo, cache = _repo(hub, "director"), MetadataCache()
-    old = _get(hub, "/tuf/director/metadata/timestamp.json")
+    base = _base(hub, "director")
+    old = _get(hub, f"{base}timestamp.json")
     hub.client.deploy("m", 2, [deployed])
-    repo.update_timestamp(cache, _get(hub, "/tuf/director/metadata/timestamp.json"), NOW)
+    repo.update_timestamp(cache, _get(hub, f"{base}timestamp.json"), NOW)
     with pytest.raises(MetadataVerificationError, match="rollback"):
         repo.update_timestamp(cache, old, NOW)
 

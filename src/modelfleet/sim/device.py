@@ -115,6 +115,7 @@ class SimDevice:
     next_seq: int = 1
     evicted_total: int = 0
     window_opened: datetime | None = None
+    telemetry_ticks: int = 0
     pending_updates: dict[str, int] = field(default_factory=dict)
     pending_refusals: dict[str, int] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
@@ -407,21 +408,18 @@ class SimDevice:
             self.tally.evicted += 1
 
     def batch(
-        self, now: datetime, limit: int, traffic: Traffic
+        self, now: datetime, limit: int, traffic: Traffic, *, newer_first: bool = False
     ) -> tuple[dict[str, Any], tuple[int, int]]:
         """The next telemetry batch and the buffer slice ``(start, stop)`` it takes;
         ``({}, (0, 0))`` when there is nothing to send.
 
-        Oldest first, as the agent's forwarder sends. Under the ``late`` fault the newest
-        ``late`` records are held back, and every other batch takes only the newer half of
-        the rest: older records arrive after newer ones (late and out of order across
-        batches), and the next batch sends the older ones.
+        Oldest first, as the agent's forwarder sends; with ``newer_first`` (the ``late``
+        fault) the newer half of the buffer goes first, so older records arrive after
+        newer ones.
         """
-        late = self.effects.late
-        ready = len(self.buffer) - late if late else len(self.buffer)
+        ready = len(self.buffer)
         if ready <= 0:
             return {}, (0, 0)
-        newer_first = late and ready > 1 and self.tally.batches % 2 == 0
         start = ready // 2 if newer_first else 0
         stop = min(ready, start + limit)
         records = [self._encode(self.buffer[i], traffic) for i in range(start, stop)]
@@ -431,9 +429,16 @@ class SimDevice:
             "buffer_id": self.buffer_id,
             "sent_at": now.isoformat(),
             "records": records,
-            "buffered": len(self.buffer) - (stop - start),
+            "buffered": ready - (stop - start),
             "evicted_total": self.evicted_total,
         }, (start, stop)
+
+    def telemetry_due(self) -> bool:
+        """Whether this check-in sends telemetry: every one, or under the ``late`` fault
+        every ``late + 1``-th (windows wait up to ``late`` check-ins)."""
+        self.telemetry_ticks += 1
+        late = self.effects.late
+        return not late or self.telemetry_ticks % (late + 1) == 0
 
     def _encode(self, r: ServedWindow | dict[str, Any], traffic: Traffic) -> dict[str, Any]:
         if isinstance(r, ServedWindow):

@@ -14,9 +14,9 @@ devices and versions it hits; effect keys say what happens:
   ``drift=D`` (the output confidence drops by D and shadow disagreement grows);
 * device effects (no ``model``/``version``): ``offline_for=DURATION`` from
   ``offline_at=DURATION`` after the start (no check-ins, no telemetry sent; windows are
-  buffered and sent late), ``late=N`` (telemetry is held N windows and sent newest first:
-  late and out of order), ``skew=SECONDS`` (the device clock is off by that much, negative
-  allowed: ``device_at`` and ``sent_at`` shift).
+  buffered and sent late), ``late=N`` (telemetry goes only with every N+1-th check-in,
+  the newer half of it first: late and out of order), ``skew=SECONDS`` (the device clock
+  is off by that much, negative allowed: ``device_at`` and ``sent_at`` shift).
 
 Durations are seconds or ``30s``/``30m``/``2h``/``1d``.
 """

@@ -58,13 +58,11 @@ from modelfleet.sim.verify import (
     check_target,
 )
 from modelfleet.trust.bundle import parse_trust_root_bundle
+from modelfleet.trust.freshness import HeldVersions, stale_repositories
 
 __all__ = ["FleetSimulator", "Progress", "SimConfig"]
 
 log = logging.getLogger("modelfleet.sim")
-
-#: A held timestamp this close to expiry is refreshed even when the check-in says unchanged.
-REFRESH_MARGIN_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -462,16 +460,18 @@ class FleetSimulator:
             d.acknowledge(str(i) for i in applied)
         return answer
 
+    @staticmethod
+    def _stale(repo: TrustedRepo, answer: Mapping[str, Any], now: datetime) -> bool:
+        """The check-in fast path, by the agent's rule (:mod:`modelfleet.trust.freshness`):
+        refresh unless the hub's answer names the root and timestamp held and the held
+        timestamp is not close to expiry."""
+        name = repo.chain.repo
+        ts = repo.timestamp
+        held = None if ts is None else HeldVersions(repo.root_version, ts.version, ts.expires)
+        return name in stale_repositories({name: held}, answer.get("tuf"), now)
+
     def _needs_refresh(self, d: SimDevice, answer: Mapping[str, Any], now: datetime) -> bool:
-        """The check-in fast path: skip the director refresh when the hub's answer names
-        the versions held and the held timestamp is not about to expire."""
-        tuf = answer.get("tuf")
-        if not isinstance(tuf, Mapping) or d.director.timestamp is None:
-            return True
-        director = tuf.get("director")
-        if not isinstance(director, Mapping) or dict(director) != d.director.versions():
-            return True
-        return d.director.timestamp.expires - now < timedelta(seconds=REFRESH_MARGIN_S)
+        return self._stale(d.director, answer, now)
 
     async def _update(self, d: SimDevice, answer: Mapping[str, Any], now: datetime) -> None:
         d.tally.refreshes += 1
@@ -486,8 +486,9 @@ class FleetSimulator:
         if not d.needs_work(desired):
             return
         try:
-            await self._refresh_repo(d, d.catalog, "/tuf/catalog/metadata/", answer, "catalog",
-                                     now)  # fmt: skip
+            if self._stale(d.catalog, answer, now):
+                await self._refresh_repo(d, d.catalog, "/tuf/catalog/metadata/", answer,
+                                         "catalog", now)  # fmt: skip
             refs = check_artefacts(desired, d.catalog)
             if self.config.download:
                 await self._download(d, refs)
@@ -594,8 +595,12 @@ class FleetSimulator:
 
     async def _send_telemetry(self, d: SimDevice) -> None:
         cfg = self.config
-        for _ in range(3):  # a few batches a tick; a long backlog drains over ticks
-            batch, taken = d.batch(self._device_now(d), cfg.batch_records, cfg.traffic)
+        if not d.telemetry_due():
+            return
+        late = bool(d.effects.late)
+        for i in range(3):  # a few batches a tick; a long backlog drains over ticks
+            batch, taken = d.batch(self._device_now(d), cfg.batch_records, cfg.traffic,
+                                   newer_first=late and i == 0)  # fmt: skip
             if not batch:
                 return
             path = f"/api/v1/devices/{d.device_id}/telemetry"
