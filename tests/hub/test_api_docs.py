@@ -92,7 +92,14 @@ def test_openapi_success_answers_are_typed(doc: dict[str, Any]) -> None:
 def test_openapi_mode_and_role_are_enums(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["Mode"]["enum"] == ["full", "split", "shadow"]
-    assert set(schemas["Role"]["enum"]) == {"admin", "publisher", "operator", "viewer", "device"}
+    assert set(schemas["Role"]["enum"]) == {
+        "admin",
+        "publisher",
+        "operator",
+        "viewer",
+        "approver",
+        "device",
+    }
     assert schemas["DeploymentIn"]["properties"]["mode"]["$ref"].endswith("/Mode")
     assert schemas["AssignmentOut"]["properties"]["mode"]["$ref"].endswith("/Mode")
 

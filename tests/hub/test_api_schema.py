@@ -29,7 +29,13 @@ from tests.pg import pg_database
 
 MAX_EXAMPLES = 20
 
-_KNOWN_PATH = {"name": "iris", "version": 1, "device_id": "dev-1", "repo": "catalog"}
+_KNOWN_PATH = {
+    "name": "iris",
+    "version": 1,
+    "device_id": "dev-1",
+    "repo": "catalog",
+    "rollout_id": "",  # set by _with_rollout
+}
 _KNOWN_BODY = {"model": "iris", "version": 1, "devices": ["dev-1"], "all": False}
 
 
@@ -43,11 +49,18 @@ def _known(case: Any) -> Any:
     return case
 
 
+def _with_rollout(service: HubService) -> None:
+    """A rollout of iris v1 to dev-1, so the rollout routes are reached with a known id."""
+    plan = {"model": "iris", "version": 1, "target": {"devices": ["dev-1"]}}
+    _KNOWN_PATH["rollout_id"] = service.create_rollout(plan, actor="admin:admin")["id"]
+
+
 @pytest.fixture
 def deployed(service: HubService, tokens: dict[str, str], onnx_bytes: bytes) -> HubService:
     # ``tokens`` enrols dev-1 and mints a token per role.
     service.register_version("iris", onnx_bytes, actor="admin:admin")
     service.deploy("iris", 1, ["dev-1"], actor="admin:admin")
+    _with_rollout(service)
     return service
 
 
@@ -133,6 +146,7 @@ def test_schemathesis_on_postgres_finds_no_server_error(tmp_path: Path, onnx_byt
             service.add_device("dev-1", "", [], actor="admin:admin")
             service.register_version("iris", onnx_bytes, actor="admin:admin")
             service.deploy("iris", 1, ["dev-1"], actor="admin:admin")
+            _with_rollout(service)
             modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
             failures = _failures(service, token, modes, 10)
         finally:

@@ -166,6 +166,20 @@ def hub_serve(
             help="text | json (one object a line; uvicorn's access and error lines too).",
         ),
     ] = "text",
+    controller_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--controller-interval-s",
+            min=0.01,
+            max=3600.0,
+            help="Seconds (hub clock) between rollout controller ticks; on PostgreSQL only "
+            "the hub process holding the controller lease ticks.",
+        ),
+    ] = 5.0,
+    no_controller: Annotated[
+        bool,
+        typer.Option("--no-controller", help="Run no rollout controller in this process."),
+    ] = False,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
     from modelfleet.errors import ConfigError
@@ -179,7 +193,13 @@ def hub_serve(
     configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
-    serve(home, host=host, port=port, clock=agent_cmds.sim_clock(os.environ))
+    serve(
+        home,
+        host=host,
+        port=port,
+        clock=agent_cmds.sim_clock(os.environ),
+        controller_interval_s=0.0 if no_controller else controller_interval_s,
+    )
 
 
 # -- devices -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from modelfleet.hub.api import (
     metrics,
     models,
     rollout,
+    rollouts,
     telemetry,
     tokens,
     tuf,
@@ -38,6 +39,7 @@ from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknow
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
+from modelfleet.hub.controller import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
 
 __all__ = ["API_PREFIX", "build_hub_app", "serve", "status_of"]
@@ -62,13 +64,21 @@ async def _refresh_loop(service: HubService, interval_s: float) -> None:
             log.error("cannot re-sign expiring TUF metadata: %s", e)
 
 
-def build_hub_app(service: HubService, refresh_interval_s: float | None = None) -> FastAPI:
+def build_hub_app(
+    service: HubService,
+    refresh_interval_s: float | None = None,
+    *,
+    controller_interval_s: float = 0.0,
+) -> FastAPI:
     """Create the hub's ASGI app.
 
     Args:
         service: the hub operations.
         refresh_interval_s: how often a background task re-signs expiring TUF metadata
             while the app runs (``service.config.refresh_interval_s`` if None; 0 disables).
+        controller_interval_s: how often (hub-clock seconds) the rollout controller thread
+            ticks while the app runs, when this process holds the controller lease
+            (:mod:`modelfleet.hub.controller`); 0 runs no controller.
 
     Returns:
         The FastAPI app.
@@ -80,9 +90,20 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_refresh_loop(service, interval)) if interval > 0 else None
+        loop = None
+        if controller_interval_s > 0:
+            loop = ControllerLoop(
+                service.controller,
+                ControllerLease(service.engine),
+                controller_interval_s,
+                service.clock,
+            )
+            loop.start()
         try:
             yield
         finally:
+            if loop is not None:
+                await anyio.to_thread.run_sync(loop.stop)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -107,6 +128,7 @@ def build_hub_app(service: HubService, refresh_interval_s: float | None = None) 
         devices.router,
         models.router,
         rollout.router,
+        rollouts.router,
         audit.router,
         telemetry.router,
     ):
@@ -126,6 +148,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     clock: Clock | None = None,
+    controller_interval_s: float = 5.0,
 ) -> None:
     """Run the hub API with uvicorn until interrupted (the process edge).
 
@@ -134,6 +157,8 @@ def serve(
             ``MODELFLEET_DATABASE_URL`` from the environment overrides the database).
         host, port: override the config's listening address.
         clock: time source (the system clock if None).
+        controller_interval_s: the rollout controller's tick interval (hub-clock seconds);
+            0 runs no controller in this process.
 
     Raises:
         ConfigError: the home is not initialised.
@@ -145,7 +170,7 @@ def serve(
         config = load_hub_config(Path(config), os.environ)
     service = HubService(config, clock or SystemClock())
     try:
-        app = build_hub_app(service)
+        app = build_hub_app(service, controller_interval_s=controller_interval_s)
         # What start-up loaded lives as long as the process: out of the collector's way,
         # so the full collections that large telemetry batches trigger stay short.
         gc.freeze()

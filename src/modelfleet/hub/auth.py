@@ -1,7 +1,9 @@
 """Hub API tokens and roles (pure: no database, no HTTP).
 
 Roles: ``admin`` may do everything; ``publisher`` registers models and ``operator``
-enrols devices and deploys, and both may read like a ``viewer``. A ``device`` token
+enrols devices, deploys and runs rollouts, and both may read like a ``viewer``; an
+``approver`` approves the rollouts of safety-classified models (issue 8; an operator
+cannot, and nobody approves a rollout they created) and reads like a viewer. A ``device`` token
 only reads TUF metadata and artefacts, the trust root, and its own device record, and
 posts its own reports.
 """
@@ -36,6 +38,7 @@ class Role(StrEnum):
     PUBLISHER = "publisher"
     OPERATOR = "operator"
     VIEWER = "viewer"
+    APPROVER = "approver"
     DEVICE = "device"
 
 
@@ -46,6 +49,7 @@ class Permission(StrEnum):
     PUBLISH = "publish"  # upload blobs, register versions
     OPERATE = "operate"  # enrol devices, deploy, roll back
     ADMIN = "admin"  # create tokens
+    APPROVE = "approve"  # approve a safety-classified model's rollout (issue 8)
     TUF = "tuf"  # read TUF metadata, targets and the trust root
 
 
@@ -54,6 +58,7 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
     Role.PUBLISHER: frozenset({Permission.READ, Permission.PUBLISH, Permission.TUF}),
     Role.OPERATOR: frozenset({Permission.READ, Permission.OPERATE, Permission.TUF}),
     Role.VIEWER: frozenset({Permission.READ, Permission.TUF}),
+    Role.APPROVER: frozenset({Permission.READ, Permission.TUF, Permission.APPROVE}),
     Role.DEVICE: frozenset({Permission.TUF}),
 }
 

@@ -241,6 +241,27 @@ class Catalog:
                 ticket,
             )
 
+    def set_safety_classified(
+        self, name: str, classified: bool, actor: str, ticket: str | None = None
+    ) -> JSONDict:
+        """Mark a model safety-classified or not (issue 8): its rollouts then need a change
+        ticket and a second person's approval. Audited as ``model.safety`` when it changes.
+
+        Returns:
+            The model (see ``HubService.get_model``).
+
+        Raises:
+            NotFoundError: no model ``name``.
+        """
+        with self._ctx.write() as s:
+            row = self.model_row(s, name)
+            if row.safety_classified != classified:
+                row.safety_classified = classified
+                self._ctx.audit(
+                    s, actor, "model.safety", name, {"safety_classified": classified}, ticket
+                )
+        return self.get_model(name)
+
     def signed_targets(self, s: Session) -> dict[str, TargetSpec]:
         """What the catalog repository must list: every published, unrevoked version."""
         rows = s.execute(
@@ -349,6 +370,7 @@ class Catalog:
                     "created_at": _iso(m.created_at),
                     "latest_version": latest,
                     "versions": count,
+                    "safety_classified": m.safety_classified,
                 }
                 for m, latest, count in rows
             ]
@@ -367,6 +389,7 @@ class Catalog:
                 "description": m.description,
                 "created_at": _iso(m.created_at),
                 "created_by": m.created_by,
+                "safety_classified": m.safety_classified,
                 "latest_version": versions[-1].version if versions else None,
                 "versions": [
                     {

@@ -49,8 +49,12 @@ __all__ = [
     "DeviceState",
     "DeviceTelemetry",
     "DirectorDevice",
+    "GateEvaluation",
     "Model",
     "ModelVersion",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutTransition",
     "TelemetryRecord",
     "TelemetryRollup",
     "Token",
@@ -111,6 +115,9 @@ class Model(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(256))
+    # Issue 8: rollouts of a safety-classified model need a ticket and a second person's
+    # approval (see hub/rollouts.py).
+    safety_classified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ModelVersion(Base):
@@ -384,6 +391,91 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Rollout(Base):
+    """A staged rollout of one model version (issue 8; see :mod:`modelfleet.hub.rollouts`).
+
+    ``plan`` is ``RolloutPlan.to_dict()``; ``state``, ``stage``, ``stage_started_at``,
+    ``streaks`` and ``reason`` are the state machine's ``Progress``; ``revision`` grows with
+    every change of the row, so a writer that read an older one knows it lost a race.
+    ``from_version`` is the control: the production most target devices ran at creation.
+    ``stage_count`` is the cohort plan's (blast-radius overflow stages included).
+    ``stable_since`` is when it reached its last stage below 100 % (or completed), for the
+    safety lag of other rollouts of the same version.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    stage_count: Mapped[int] = mapped_column(Integer)
+    stage_started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    streaks: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    approved_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    stable_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class RolloutDevice(Base):
+    """One target device of a rollout: the first stage it is in (its cohort) and where it
+    stands: ``waiting`` (its stage has not started), ``assigned`` (the version is assigned),
+    ``rolled_back`` (the rollout, or the device's own guard, took it back)."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (Index("ix_rollout_devices_device_id", "device_id"),)
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    stage_of: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+
+
+class GateEvaluation(Base):
+    """One evaluation of a stage's gates with its evidence: ``Evaluation.to_dict()``, the
+    merged statistics of the stage and the control group it was computed from, and the
+    streaks it started from (so it can be recomputed exactly)."""
+
+    __tablename__ = "gate_evaluations"
+    __table_args__ = (Index("ix_gate_evaluations_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"))
+    stage: Mapped[int] = mapped_column(Integer)
+    evaluated_at: Mapped[datetime]
+    verdict: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict[str, Any]]
+
+
+class RolloutTransition(Base):
+    """One transition of a rollout (the view's history; each also has its audit entry)."""
+
+    __tablename__ = "rollout_transitions"
+    __table_args__ = (Index("ix_rollout_transitions_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -11,7 +11,9 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.upkeep.Upkeep` - audit reads, TUF serving, re-signing, GC,
   telemetry retention;
 * :class:`~modelfleet.hub.telemetry.Telemetry` - telemetry ingest, summaries, retention;
-* :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry.
+* :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry;
+* :class:`~modelfleet.hub.rollouts.Rollouts` - staged rollouts, operator commands, approval;
+* :class:`~modelfleet.hub.controller.RolloutController` - the rollouts' ticks (issue 8).
 
 Every state change commits together with its audit entry in one database transaction;
 the TUF metadata is signed from the database *after* the commit, and whatever a crash
@@ -53,11 +55,13 @@ from modelfleet.hub.auth import Principal, Role
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.config import HubConfig
 from modelfleet.hub.context import HubContext
+from modelfleet.hub.controller import RolloutController
 from modelfleet.hub.deployments import Deployments
 from modelfleet.hub.director import Director
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
 from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
+from modelfleet.hub.rollouts import Rollouts
 from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
@@ -112,6 +116,8 @@ class HubService:
             self.upkeep = Upkeep(
                 self.context, self.store, self.trust, self.catalog, self.director, self.telemetry
             )
+            self.rollouts = Rollouts(self.context, self.catalog, self.director)
+            self.controller = RolloutController(self.context, self.director)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -515,6 +521,118 @@ class HubService:
             InvalidInputError: a device has nothing of ``name`` to roll back to.
         """
         return self.deployments.rollback(name, devices, actor=actor, ticket=ticket)
+
+    def set_model_safety(
+        self, name: str, safety_classified: bool, *, actor: str, ticket: str | None = None
+    ) -> JSONDict:
+        """Mark a model safety-classified (or not): its rollouts then need a change ticket
+        and a second person's approval (issue 8). Audited as ``model.safety``.
+
+        Returns:
+            The model (see :meth:`get_model`), with ``safety_classified``.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+        return self.catalog.set_safety_classified(name, safety_classified, actor, ticket)
+
+    # -- rollouts (issue 8) --------------------------------------------------------------
+
+    def create_rollout(self, plan: object, *, actor: str) -> JSONDict:
+        """Create a rollout from a plan document (the YAML shape after ``safe_load``, or
+        ``RolloutPlan.to_dict()``; see :mod:`modelfleet.rollout.plan`).
+
+        The selector is resolved to the enrolled devices now and each device's cohort
+        stored. A safety-classified model's rollout needs ``change.ticket`` and waits in
+        ``awaiting_approval`` for :meth:`approve_rollout`; any other is ``running`` and the
+        controller starts its first stage. Audited as ``rollout-create``.
+
+        Returns:
+            The rollout's view (see :mod:`modelfleet.hub.rollouts`).
+
+        Raises:
+            InvalidInputError: a bad plan, no matching device, a revoked version, no ticket
+                for a safety-classified model, split/shadow on a device without production.
+            NotFoundError: unknown model, version, or an explicitly named device.
+            ConflictError: a target device is in an unfinished rollout of the same model.
+        """
+        return self.rollouts.create(plan, actor)
+
+    def list_rollouts(
+        self, *, state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[JSONDict]:
+        """Rollouts, newest first: summaries (see :mod:`modelfleet.hub.rollouts`).
+
+        Raises:
+            InvalidInputError: an unknown state.
+        """
+        return self.rollouts.list_rollouts(state, model, limit)
+
+    def get_rollout(self, rollout_id: str) -> JSONDict:
+        """One rollout's view: stage, devices per state, the last gate evaluation, history.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.get(rollout_id)
+
+    def rollout_evaluations(self, rollout_id: str, limit: int = 50) -> list[JSONDict]:
+        """A rollout's stored gate evaluations with their evidence, newest first.
+
+        Raises:
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.evaluations(rollout_id, limit)
+
+    def rollout_command(
+        self,
+        rollout_id: str,
+        command: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """An operator's ``pause``, ``resume``, ``promote``, ``rollback`` or ``abort``
+        (:func:`modelfleet.rollout.stages.operator`), applied and audited in one
+        transaction (``rollout-<command>``), signed after the commit.
+
+        Returns:
+            The rollout's view.
+
+        Raises:
+            NotFoundError: no such rollout.
+            ConflictError: the command is not allowed in the rollout's state.
+            InvalidInputError: an unknown command.
+        """
+        return self.rollouts.command(rollout_id, command, actor, reason, ticket)
+
+    def approve_rollout(
+        self,
+        rollout_id: str,
+        approver: Principal,
+        *,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> JSONDict:
+        """Approve a safety-classified model's rollout (``rollout-approve``): it runs from
+        then on, and the controller starts its first stage in the change window.
+
+        Raises:
+            ForbiddenError: the principal lacks the approver role, or created the rollout.
+            ConflictError: the rollout is not awaiting approval.
+            NotFoundError: no such rollout.
+        """
+        return self.rollouts.approve(rollout_id, approver, reason, ticket)
+
+    def tick_rollouts(self) -> list[JSONDict]:
+        """One controller pass over the running rollouts (the ``hub serve`` thread calls it
+        while this process holds the controller lease).
+
+        Returns:
+            ``[{"rollout_id", "action", "stage", "state", "reason"}]`` for each rollout changed.
+        """
+        return self.controller.tick()
 
     # -- audit and upkeep ----------------------------------------------------------------
 

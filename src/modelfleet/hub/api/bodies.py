@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from modelfleet.hub.api._deps import INT32_MAX, no_nul
 from modelfleet.hub.auth import Role
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.rollout.stages import RolloutState
 
 __all__ = [
     "AssignmentOut",
@@ -29,8 +30,11 @@ __all__ = [
     "DeviceOut",
     "DeviceTelemetryOut",
     "DeviceWithTokenOut",
+    "GateEvaluationOut",
+    "GateResultOut",
     "HealthOut",
     "ModelOut",
+    "ModelSafetyIn",
     "ModelSummaryOut",
     "ReportOut",
     "TufRepoVersionsOut",
@@ -38,6 +42,12 @@ __all__ = [
     "RevokeIn",
     "RollbackIn",
     "RollbackOut",
+    "RolloutActionIn",
+    "RolloutDevicesOut",
+    "RolloutOut",
+    "RolloutStageOut",
+    "RolloutSummaryOut",
+    "RolloutTransitionOut",
     "SummaryOut",
     "TelemetryIngestOut",
     "TokenIn",
@@ -116,6 +126,19 @@ class RollbackIn(BaseModel):
     devices: list[Text] | None = None
     all: bool = False
     ticket: Text | None = None
+
+
+class ModelSafetyIn(BaseModel):
+    safety_classified: bool = Field(
+        description="rollouts of a safety-classified model need a change ticket and a "
+        "second person's approval (approver role)"
+    )
+    ticket: Text | None = Field(default=None, max_length=128)
+
+
+class RolloutActionIn(BaseModel):
+    reason: Text | None = Field(default=None, max_length=2000, description="why (audited)")
+    ticket: Text | None = Field(default=None, max_length=128, description="change ticket")
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -248,6 +271,7 @@ class ModelSummaryOut(_Out):
     created_at: str | None
     latest_version: int | None
     versions: int = Field(description="how many versions")
+    safety_classified: bool = False
 
 
 class ModelOut(_Out):
@@ -255,6 +279,7 @@ class ModelOut(_Out):
     description: str
     created_at: str | None
     created_by: str
+    safety_classified: bool = False
     latest_version: int | None
     versions: list[VersionOut]
 
@@ -324,3 +349,88 @@ class SummaryOut(_Out):
     sources: dict[str, int] = Field(description="raw windows, roll-ups, roll-ups left out")
     partial: bool = Field(description="roll-ups in the range were left out (tag/device filter)")
     query: dict[str, Any]
+
+
+class RolloutSummaryOut(_Out):
+    id: str
+    model: str
+    version: int
+    state: RolloutState
+    stage_name: str | None = Field(description="the current stage; null before the first")
+    stage_index: int = Field(description="index of the current stage, -1 before the first")
+    stages: int = Field(description="how many stages (blast-radius overflow included)")
+    devices_total: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class RolloutStageOut(_Out):
+    index: int
+    name: str
+    percent: float
+    mode: Mode
+    share: float
+    started_at: str | None
+    soak_s: float
+    soak_left_s: float | None = Field(description="seconds of soak left (0 once over)")
+
+
+class RolloutDevicesOut(_Out):
+    total: int
+    waiting: int = Field(description="their stage has not started")
+    assigned: int = Field(description="the version is assigned to them")
+    running: int = Field(description="their last report says they serve the version")
+    rolled_back: int = Field(description="the rollout or their own guard took it back")
+    offline: int = Field(description="not seen for 10 minutes")
+
+
+class GateResultOut(_Out):
+    metric: str
+    value: float | None
+    control: float | None
+    limit: float | None
+    devices: int
+    samples: int
+    verdict: str = Field(description="pass | hold | bad | fail")
+    streak: int
+    reason: str
+
+
+class RolloutTransitionOut(_Out):
+    at: str | None
+    actor: str
+    action: str
+    state: RolloutState
+    stage: int
+    reason: str
+    ticket: str | None
+
+
+class RolloutOut(RolloutSummaryOut):
+    plan: dict[str, Any] = Field(description="the plan, RolloutPlan.to_dict() shape")
+    from_version: int | None = Field(description="the control group's production version")
+    reason: str
+    ticket: str | None
+    created_by: str
+    approved_by: str | None
+    approved_at: str | None
+    completed_at: str | None
+    stage: RolloutStageOut | None
+    devices: RolloutDevicesOut
+    gates: list[GateResultOut] = Field(description="the current stage's last evaluation")
+    verdict: str | None = Field(description="that evaluation's verdict")
+    evaluated_at: str | None
+    history: list[RolloutTransitionOut] = Field(description="the last 20 transitions, oldest first")
+
+
+class GateEvaluationOut(_Out):
+    id: int
+    rollout_id: str
+    stage: int
+    stage_name: str | None
+    evaluated_at: str | None
+    verdict: str
+    evidence: dict[str, Any] = Field(
+        description="evaluation (verdict, results), stats (the stage's and the control's "
+        "merged telemetry), streaks_in, since, until, from_version"
+    )

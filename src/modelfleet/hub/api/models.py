@@ -15,6 +15,7 @@ from modelfleet.hub.api._errors import error_responses
 from modelfleet.hub.api.bodies import (
     BlobOut,
     ModelOut,
+    ModelSafetyIn,
     ModelSummaryOut,
     RevokeIn,
     VersionIn,
@@ -116,6 +117,18 @@ def get_model(name: str, who: Who, service: Service) -> dict[str, Any]:
     """A model and all its versions (viewer)."""
     check(who, Permission.READ)
     return service.get_model(name)
+
+
+@router.patch(
+    "/models/{name}", response_model=ModelOut, responses=error_responses(400, 401, 403, 404)
+)
+def update_model(name: str, body: ModelSafetyIn, who: Who, service: Service) -> dict[str, Any]:
+    """Mark a model safety-classified or not (publisher): its rollouts then need a change
+    ticket and a second person's approval."""
+    check(who, Permission.PUBLISH)
+    return service.set_model_safety(
+        name, body.safety_classified, actor=who.actor, ticket=body.ticket
+    )
 
 
 @router.get(
