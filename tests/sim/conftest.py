@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from modelfleet.client import HubClient
-from modelfleet.clock import ManualClock
+from modelfleet.clock import Clock, ManualClock
 from modelfleet.demo import Process, free_port, modelfleet_cmd, start
 from modelfleet.sim import FleetSimulator, SimConfig
 from tests.helpers import logistic_onnx
@@ -39,17 +39,19 @@ class Hub:
         return path.parent
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def start_hub(tmp: Path, *args: str, clock: str = "") -> Hub:
+    """Init a hub home in ``tmp``, serve it (``clock``: a ``MODELFLEET_SIM_CLOCK`` spec),
+    register ``m`` v1..v3."""
     from modelfleet.hub.service import init_home
 
-    tmp = tmp_path_factory.mktemp("simhub")
     home = tmp / "hub"
     token = init_home(home)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-    proc = start("hub", modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port)),
-                 tmp, env=env)  # fmt: skip
+    if clock:
+        env["MODELFLEET_SIM_CLOCK"] = clock
+    cmd = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port), *args)
+    proc = start("hub", cmd, tmp, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -64,15 +66,23 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     for seed in (0, 1, 2):
         model, x = logistic_onnx(seed)
         client.register_version("m", model, x[:5])
-    yield Hub(home, url, token, proc, client)
-    client.close()
-    proc.stop()
+    return Hub(home, url, token, proc, client)
 
 
-def make_sim(hub: Hub, prefix: str, devices: int, **kwargs: object) -> FleetSimulator:
-    """An enrolled fleet on virtual time (a manual clock started now)."""
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running = start_hub(tmp_path_factory.mktemp("simhub"))
+    yield running
+    running.client.close()
+    running.proc.stop()
+
+
+def make_sim(
+    hub: Hub, prefix: str, devices: int, clock: Clock | None = None, **kwargs: object
+) -> FleetSimulator:
+    """An enrolled fleet, on virtual time (a manual clock started now) unless ``clock``."""
     config = SimConfig(hub_url=hub.url, token=hub.token, devices=devices, prefix=prefix,
                        **kwargs)  # type: ignore[arg-type]  # fmt: skip
-    sim = FleetSimulator(config, ManualClock(datetime.now(UTC)))
+    sim = FleetSimulator(config, clock or ManualClock(datetime.now(UTC)))
     sim.enrol()
     return sim

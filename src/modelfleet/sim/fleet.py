@@ -361,9 +361,18 @@ class FleetSimulator:
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(cfg.concurrency)]
         last_progress = time.perf_counter()
         wall0 = time.perf_counter()
+        checked = 0.0
         try:
-            while self._heap and self._heap[0][0] < end:
+            while self.clock.monotonic() < end if not self._virtual else self._heap:
+                if not self._heap:  # paced: every device is in flight
+                    await asyncio.sleep(0.01)
+                    continue
                 t = self._heap[0][0]
+                if t >= end:
+                    if self._virtual:
+                        break
+                    await asyncio.sleep(min(0.5, (end - self.clock.monotonic()) / self._rate))
+                    continue
                 if self._virtual:
                     assert isinstance(self.clock, ManualClock)
                     step_end = min(end, t + cfg.step_s)
@@ -387,8 +396,11 @@ class FleetSimulator:
                 if self._progress is not None and time.perf_counter() - last_progress >= 1.0:
                     last_progress = time.perf_counter()
                     self._progress(self._sample(time.perf_counter() - wall0))
-                if until is not None and until():
-                    break
+                # ``until`` may ask the hub: at most every 0.2 real seconds when paced
+                if until is not None and (self._virtual or time.perf_counter() - checked > 0.2):
+                    checked = time.perf_counter()
+                    if until():
+                        break
             await queue.join()
             if self._virtual and not (until is not None and until()):
                 ahead = end - self.clock.monotonic()
