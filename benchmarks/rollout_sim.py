@@ -12,7 +12,10 @@ interval's):
 2. **deploy** v1 to every device and run until all serve it;
 3. **steady**: R poll rounds with nothing changing (check-in + director refresh + telemetry);
 4. **change**: deploy v2 to every device, run until all serve it (what a stage change costs);
-5. **rollout** (when the hub has ``/api/v1/rollouts``): a three-stage rollout of v3.
+5. **rollout** (when the hub has ``/api/v1/rollouts``), on another hub: hub and fleet on one
+   ``MODELFLEET_SIM_CLOCK`` (paced, at a rate that keeps the hub near 150 check-ins a
+   second), v1 deployed, then a three-stage rollout of v2 (1 %, 10 %, 100 %, ``--soak``
+   each) run to its end.
 
 For each phase: wall seconds, check-ins per second, hub CPU seconds (from
 ``/proc/PID/stat``), simulator CPU seconds, bytes received and sent per device. Results go
@@ -98,24 +101,10 @@ class _Phase:
 def run(devices: int, poll_s: float, rounds: int, database_url: str) -> dict[str, Any]:
     """Start a hub, run the phases; the measured figures."""
     from modelfleet.client import HubClient
-    from modelfleet.hub.service import init_home
 
     with tempfile.TemporaryDirectory(prefix="mf-simbench-") as tmp:
-        home = Path(tmp) / "hub"
-        token = init_home(home, database_url=database_url or None)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-        args = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port))
-        proc = start("hub", args, Path(tmp), env=env)
-        url = f"http://127.0.0.1:{port}"
+        proc, url, token = _start_hub(Path(tmp), database_url)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/api/v1/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             client = HubClient(url, token, timeout=600)
             for seed in (0, 1, 2):
                 model, sample = _model(seed)
@@ -142,8 +131,6 @@ def run(devices: int, poll_s: float, rounds: int, database_url: str) -> dict[str
             phases.append(phase.run(f"steady ({rounds} rounds)",
                                     lambda: sim.run_for(rounds * poll_s)))  # fmt: skip
             phases.append(phase.run("change to v2", converge(2)))
-            if has_rollouts:
-                phases.append(phase.run("rollout v3", lambda: _rollout(client, sim, poll_s)))
             summary = sim.summary()
             sim.close()
         finally:
@@ -159,9 +146,103 @@ def run(devices: int, poll_s: float, rounds: int, database_url: str) -> dict[str
     }
 
 
-def _rollout(client: Any, sim: FleetSimulator, poll_s: float) -> None:  # pragma: no cover
-    """A three-stage rollout of v3 (1 %, 10 %, 100 %), wired once the hub has rollouts."""
-    raise NotImplementedError("the rollouts API (issue 8, H3) is not on this branch yet")
+def _start_hub(tmp: Path, database_url: str, clock: str = "") -> tuple[Any, str, str]:
+    from modelfleet.hub.service import init_home
+
+    home = tmp / "hub"
+    token = init_home(home, database_url=database_url or None)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    if clock:
+        env["MODELFLEET_SIM_CLOCK"] = clock
+    args = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port),
+                          "--controller-interval-s", "30")  # fmt: skip
+    proc = start("hub", args, tmp, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return proc, url, token
+
+
+def run_rollout(devices: int, poll_s: float, soak: str, database_url: str) -> dict[str, Any]:
+    """A three-stage rollout (1 %, 10 %, 100 %) of a good version over ``devices``, hub and
+    fleet on one scaled clock, fast enough that the hub takes ~150 check-ins a second."""
+    from modelfleet.client import HubClient
+    from modelfleet.clock import ScaledClock
+
+    rate = max(1.0, 150.0 * poll_s / devices)
+    origin = time.time()
+    with tempfile.TemporaryDirectory(prefix="mf-simbench-ro-") as tmp:
+        proc, url, token = _start_hub(Path(tmp), database_url, f"{origin}:{rate}")
+        try:
+            client = HubClient(url, token, timeout=600)
+            for seed in (0, 1):
+                model, sample = _model(seed)
+                client.register_version("m", model, sample)
+            # hub/rollout_apply.py does not mark a rolled-out version published (reported):
+            # a plain deploy to a spare device puts v2 in the catalog
+            client.add_device("spare", site="spare")
+            client.deploy("m", 2, ["spare"])
+            config = SimConfig(hub_url=url, token=token, devices=devices, poll_s=poll_s,
+                               window_s=poll_s, concurrency=16, site="fleet")  # fmt: skip
+            sim = FleetSimulator(config, ScaledClock(origin, rate))
+            phase = _Phase(sim, proc.popen.pid)
+            phases = [phase.run("enrol", sim.enrol)]
+            ids = [d.device_id for d in sim.devices]
+
+            def deploy() -> None:
+                client.deploy("m", 1, ids)
+                want = {"m": {"v1": devices}}
+                sim.run_for(20 * poll_s, until=lambda: sim.serving() == want)
+                sim.run_for(2 * poll_s)  # control windows
+
+            phases.append(phase.run("deploy v1 (paced)", deploy))
+            plan = {
+                "model": "m",
+                "version": 2,
+                "target": {"sites": ["fleet"]},
+                "stages": [
+                    {"name": "canary", "percent": 1, "soak": soak},
+                    {"name": "early", "percent": 10, "soak": soak},
+                    {"name": "full", "percent": 100, "soak": 0},
+                ],
+                "gates": [
+                    {"metric": "error_rate", "max_delta": 0.02, "min_devices": 1,
+                     "min_samples": 200, "consecutive": 2},
+                    {"metric": "latency_p99", "max_ratio": 1.5, "min_samples": 200},
+                    {"metric": "guard_rollbacks", "max": 0},
+                ],
+            }  # fmt: skip
+            auth = {"Authorization": f"Bearer {token}"}
+            state: dict[str, Any] = {}
+
+            def rollout() -> None:
+                r = httpx.post(f"{url}/api/v1/rollouts", json=plan, headers=auth, timeout=60)
+                r.raise_for_status()
+                rid = r.json()["id"]
+
+                def done() -> bool:
+                    view = httpx.get(f"{url}/api/v1/rollouts/{rid}", headers=auth, timeout=60)
+                    state.update(view.json())
+                    return state.get("state") in ("completed", "rolled_back", "paused")
+
+                sim.run_for(48 * 3600, until=done)
+                want = {"m": {"v2": devices}}
+                sim.run_for(20 * poll_s, until=lambda: sim.serving() == want)
+
+            result = phase.run("three-stage rollout v2", rollout)
+            result["rollout_state"] = state.get("state")
+            phases.append(result)
+            sim.close()
+        finally:
+            proc.stop()
+    return {"devices": devices, "poll_s": poll_s, "rate": round(rate, 2), "soak": soak,
+            "phases": phases}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default="", help="'' = SQLite in the hub home")
+    parser.add_argument("--rollout-devices", type=int, default=0,
+                        help="devices of the rollout run (default: --devices)")  # fmt: skip
+    parser.add_argument("--rollout-poll-s", type=float, default=300.0)
+    parser.add_argument("--soak", default="10m", help="soak of the rollout's first two stages")
+    parser.add_argument("--no-rollout", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.devices, args.poll_s, args.rounds, args.database_url)
+    result: dict[str, Any] = {}
+    if not args.no_throughput:
+        result = run(args.devices, args.poll_s, args.rounds, args.database_url)
+    if not args.no_rollout and result.get("rollouts", True):
+        n = args.rollout_devices or args.devices
+        result["rollout"] = run_rollout(n, args.rollout_poll_s, args.soak, args.database_url)
+    result.setdefault("backend", "postgresql" if args.database_url else "sqlite")
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"rollout-sim-{result['backend']}-{stamp}.json").write_text(json.dumps(result))
