@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def test_the_command_runs_a_fleet_and_prints_a_json_summary(hub: Hub) -> None:
     result = run_cli(
         "sim", "--hub", hub.url, "--devices", "12", "--prefix", "cli", "--virtual",
-        "--duration", "5m", "--fault", "version=1:latency_x=2", "--offline", "0.25", "--json",
+        "--duration", "5m", "--fault", "version=1:latency_x=2", "--offline", "0.5", "--json",
         env={"MODELFLEET_TOKEN": hub.token},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -24,7 +24,7 @@ def test_the_command_runs_a_fleet_and_prints_a_json_summary(hub: Hub) -> None:
     assert summary["checkins"] > 0 and summary["serving"] == {}  # nothing deployed to them
     assert summary["faults"] == [
         "version=1:latency_x=2",
-        "fraction=0.25:offline_for=2h:offline_at=0",
+        "fraction=0.5:offline_for=2h:offline_at=0",
     ]
     assert summary["offline_ticks"] > 0
 
