@@ -188,8 +188,10 @@ class SimDevice:
 
     def refuse(self, desired: DesiredState, reason: str, kind: str, now: datetime) -> None:
         """Record a refused desired state (a trust failure): nothing switches; its versions
-        are not tried again at this serial."""
+        are not tried again at this serial, which counts as applied (as the agent's
+        updater does: only a new serial is looked at again)."""
         self.desired = desired
+        self.applied_serial = desired.serial
         for a in desired.assignments:
             for ref in (a.production, a.candidate):
                 if ref is None:
