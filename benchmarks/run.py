@@ -1,12 +1,16 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-sim|all]
-[--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
+rollout-sim|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
 ``benchmarks/telemetry_hub.py``); ``rollout-sim`` runs a simulated fleet (``--devices``) against
 a real ``hub serve`` (``benchmarks/rollout_sim.py``).
+
+``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
+``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
+postgres``; see ``benchmarks/director.py`` and ``benchmarks/checkin.py``).
 
 Results go to ``bench-results/`` (git-ignored, JSON) and to ``docs/benchmarks.md``.
 """
@@ -36,10 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark",
         nargs="?",
         default="serving",
-        choices=["serving", "lifecycle", "telemetry", "telemetry-hub", "rollout-sim", "all"],
+        choices=[
+            "serving",
+            "lifecycle",
+            "telemetry",
+            "telemetry-hub",
+            "director",
+            "checkin",
+            "rollout-sim",
+            "all",
+        ],
     )
     parser.add_argument(
-        "--database-url", default="", help="telemetry-hub: '' (SQLite) or 'postgres'"
+        "--database-url",
+        default="",
+        help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument("--devices", type=int, default=10_000, help="rollout-sim: devices")
@@ -79,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.rollout_sim import main as rollout_sim
 
         return rollout_sim(["--devices", str(args.devices), "--database-url", args.database_url])
+    if args.benchmark == "director":
+        from benchmarks.director import main as director
+
+        return director(["--database-url", args.database_url])
+    if args.benchmark == "checkin":
+        from benchmarks.checkin import main as checkin
+
+        return checkin(["--database-url", args.database_url])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

@@ -153,7 +153,11 @@ def test_publish_signs_only_the_devices_whose_state_changed(
     assert after["cam-1"] == before["cam-1"] and after["cam-3"] == before["cam-3"]
     b2, a2 = before["cam-2"], after["cam-2"]
     assert a2 is not None and b2 is not None
-    assert (a2.targets, a2.snapshot, a2.timestamp) == (b2.targets + 1, b2.snapshot + 1, b2.timestamp + 1)
+    assert (a2.targets, a2.snapshot, a2.timestamp) == (
+        b2.targets + 1,
+        b2.snapshot + 1,
+        b2.timestamp + 1,
+    )
 
 
 def test_versions_only_grow_and_are_never_reused_with_other_content(
@@ -277,7 +281,11 @@ def test_another_devices_metadata_does_not_verify_as_ones_own(
     admin = service.create_token("admin", "root2", actor="admin:admin")
     roles = service.director.device_roles("cam-2")
     assert roles is not None
-    for name in ("timestamp.json", f"{roles.snapshot}.snapshot.json", f"{roles.targets}.targets.json"):
+    for name in (
+        "timestamp.json",
+        f"{roles.snapshot}.snapshot.json",
+        f"{roles.targets}.targets.json",
+    ):
         fetcher.tamper[name] = http.get(
             f"/tuf/director/devices/cam-2/metadata/{name}", headers=auth(admin)
         ).content
@@ -344,6 +352,22 @@ def test_the_check_in_answer_names_the_devices_own_timestamp_and_skips_rewrites(
     assert history() == rows  # unchanged but for volatile fields: no history row
     view = service.get_device("cam-1")
     assert view["last_seen"].startswith(clock.now().isoformat()[:19])
-    assert view["report"]["last_check"] == "b"
+    assert view["report"]["last_check"] == "a"  # volatile fields: kept from the last change
     http.post("/api/v1/devices/cam-1/report", json={**report, "applied_serial": 2}, headers=h)
     assert history() == rows + 1  # a real change is kept as before
+
+
+def test_last_seen_written_behind_never_moves_back(
+    service: HubService, fleet: dict[str, str], clock: ManualClock
+) -> None:
+    report = {"applied_serial": 0, "last_check": "a", "models": {}}
+    service.record_report("cam-1", report)  # stored: the next identical one is not-modified
+    clock.advance(10)
+    service.record_report("cam-1", {**report, "last_check": "b"})  # held in memory
+    held = clock.now()
+    clock.advance(10)
+    service.record_report("cam-1", {**report, "applied_serial": 1})  # a change: written now
+    newest = clock.now()
+    view = service.get_device("cam-1")  # flushes the held time first
+    assert view["last_seen"].startswith(newest.isoformat()[:19])
+    assert not view["last_seen"].startswith(held.isoformat()[:19])

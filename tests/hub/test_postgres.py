@@ -59,7 +59,9 @@ def test_hub_on_postgres_migrates_registers_deploys(
             client.deploy("iris", 1, all_devices=True)
             result = client.deploy("iris", 2, ["cam-1"], mode="shadow", share=0.5)
             sha = result["devices"][0]["desired_state_sha256"]
-            state = DesiredState.from_json(service.store.read(sha))
+            listed = service.director.listed_state("cam-1")  # per-device director (issue 8)
+            assert listed is not None and listed[0] == sha
+            state = DesiredState.from_json(listed[1])
             a = state.assignment("iris")
             assert state.serial == 2 and a is not None and a.candidate is not None
             assert a.candidate.version == 2
@@ -125,9 +127,8 @@ def test_init_home_with_a_postgres_url_writes_it_and_migrates_that_database(
         event = {"id": "a" * 32, "model": "iris", "kind": "production",
                  "from_version": 2, "to_version": 1}  # fmt: skip
         for _ in range(2):  # a replay applies once
-            assert service.record_report("cam-1", {"rollbacks": [event]}) == {
-                "applied_rollbacks": [event["id"]]
-            }
+            answer = service.record_report("cam-1", {"rollbacks": [event]})
+            assert answer["applied_rollbacks"] == [event["id"]]
         a = service.get_device("cam-1")["assignments"][0]
         assert (a["production"], a["previous"]) == (1, None)
         assert service.get_device("cam-1")["desired_state"]["serial"] == 3

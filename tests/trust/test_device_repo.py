@@ -10,9 +10,9 @@ from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.trust import ExpiryPolicy
+from modelfleet.trust.client import DeviceTrustClient
 from modelfleet.trust.device_repo import DEVICE_FIELD, DeviceRoles, due_roles
 from modelfleet.trust.freshness import HeldVersions, stale_repositories
-from modelfleet.trust.client import DeviceTrustClient
 from tests.trust._trust_support import Hub
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -22,7 +22,11 @@ LIFETIMES = ExpiryPolicy().lifetimes("director")
 def test_per_device_roles_verify_under_the_shared_director_root(hub: Hub) -> None:
     out = hub.trust.device_signer.sign_change("cam-1", (120, "ab" * 32), DeviceRoles(), NOW)
     root = Metadata[Root].from_bytes(hub.trust.director_root()[1]).signed
-    for role, data in (("targets", out.targets), ("snapshot", out.snapshot), ("timestamp", out.timestamp)):
+    for role, data in (
+        ("targets", out.targets),
+        ("snapshot", out.snapshot),
+        ("timestamp", out.timestamp),
+    ):
         assert data is not None
         md = Metadata.from_bytes(data)
         root.verify_delegate(role, md.signed_bytes, md.signatures)
@@ -112,8 +116,12 @@ def _held(root: int, ts: int, left: timedelta = timedelta(hours=20)) -> HeldVers
             {"catalog": {"root": 1, "timestamp": 5}, "director": {"root": 1, "timestamp": 9}},
             {"catalog"},
         ),
-        ("no answer (older hub)", {"catalog": _held(1, 5), "director": _held(1, 9)}, None,
-         {"catalog", "director"}),
+        (
+            "no answer (older hub)",
+            {"catalog": _held(1, 5), "director": _held(1, 9)},
+            None,
+            {"catalog", "director"},
+        ),
         (
             "malformed answer",
             {"catalog": _held(1, 5), "director": _held(1, 9)},
@@ -150,3 +158,33 @@ def test_the_client_says_nothing_is_stale_after_a_refresh_and_sees_a_change(
     assert client.stale("dev-1", _answer(hub, "dev-1")) == {"director"}
     hub.publish("iris", 2)
     assert client.stale("dev-1", _answer(hub, "dev-1")) == {"catalog", "director"}
+
+
+def test_a_large_stage_is_signed_by_worker_processes_with_the_same_key(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelfleet.trust import _sign_pool
+    from modelfleet.trust.device_repo import DeviceRepoSigner
+    from modelfleet.trust.keys import key_file, load_signers
+
+    monkeypatch.setattr(_sign_pool, "PARALLEL_MIN", 4)
+    local = hub.trust.device_signer
+    pooled = DeviceRepoSigner(
+        load_signers(hub.home / "keys")["director"],
+        local.lifetimes,
+        local.refresh_margin,
+        key_path=key_file(hub.home / "keys", "director"),
+        workers=2,
+    )
+    try:
+        items = [(f"cam-{i}", (10 + i, f"{i:064x}"), DeviceRoles()) for i in range(9)]
+        out = pooled.sign_changes(items, NOW)
+        assert pooled._pool is not None and pooled._pool._pool is not None  # it did start
+    finally:
+        pooled.close()
+    root = Metadata[Root].from_bytes(hub.trust.director_root()[1]).signed
+    assert len(out) == 9
+    for (device_id, _, _), signed in zip(items, out, strict=True):
+        targets = Metadata[Targets].from_bytes(signed.targets or b"")
+        root.verify_delegate("targets", targets.signed_bytes, targets.signatures)
+        assert targets.signed.unrecognized_fields[DEVICE_FIELD] == device_id

@@ -19,8 +19,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from modelfleet.agent.cycle import (
@@ -266,6 +266,7 @@ class Updater:
         return last
 
     def _full_check(self) -> Check:
+        assert self.source is not None  # checked by check()
         now = self._now()
         try:
             raw = self.source.fetch_desired_state(self.device_id)

@@ -35,20 +35,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
-from modelfleet.errors import InvalidInputError, NotFoundError
+from modelfleet.errors import NotFoundError
 from modelfleet.hashing import sha256_bytes
 from modelfleet.hub import db
 from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
-from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles
+from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles, due_roles
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["DIRECTOR_PREFIX", "Director", "StagedState", "TufVersions"]
@@ -62,9 +62,26 @@ StagedState = tuple[str, int, int]
 BATCH = 5000
 """Devices signed per transaction (publish and expiry re-signing)."""
 
+VERSIONS_TTL_S = 1.0
+"""How long the catalog's and the shared root's versions are reused for check-in answers."""
+
 _MAX_ROUNDS = 1000
 _CHUNK = 500  # ids per IN (...) list
-_TABLE = db.DirectorDevice.__table__
+_TABLE = cast(Table, db.DirectorDevice.__table__)
+_META = (
+    _TABLE.c.device_id,
+    _TABLE.c.staged_sha256,
+    _TABLE.c.listed_sha256,
+    func.length(_TABLE.c.staged).label("staged_length"),
+    func.length(_TABLE.c.listed).label("listed_length"),
+    _TABLE.c.targets_version,
+    _TABLE.c.snapshot_version,
+    _TABLE.c.timestamp_version,
+    _TABLE.c.targets_expires,
+    _TABLE.c.snapshot_expires,
+    _TABLE.c.timestamp_expires,
+)
+"""What signing reads of a row: no signed bytes, no desired-state bytes."""
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
 
 _log = logging.getLogger(__name__)
@@ -96,7 +113,7 @@ def _utc_now(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
 
-def _roles(r: Row[Any]) -> DeviceRoles:
+def _roles(r: Any) -> DeviceRoles:
     return DeviceRoles(
         r.targets_version,
         r.snapshot_version,
@@ -105,6 +122,27 @@ def _roles(r: Row[Any]) -> DeviceRoles:
         r.snapshot_expires,
         r.timestamp_expires,
     )
+
+
+def _upsert(
+    s: Session,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    existing: set[str],
+    new_defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Update the rows whose ``device_id`` is in ``existing``, insert the others (one
+    executemany each; the ORM's bulk paths cost more per row than the statement)."""
+    old = [{"b_id": r["device_id"], **r} for r in rows if r["device_id"] in existing]
+    new = [{**r, **(new_defaults or {})} for r in rows if r["device_id"] not in existing]
+    conn = s.connection()
+    if old:
+        values: dict[str, Any] = {k: bindparam(k) for k in old[0] if k not in ("b_id", "device_id")}
+        conn.execute(
+            update(table).where(table.c.device_id == bindparam("b_id")).values(values), old
+        )
+    if new:
+        conn.execute(insert(table), new)
 
 
 class Director:
@@ -126,6 +164,7 @@ class Director:
         self._catalog = catalog
         self._signer = trust.device_signer
         self._publish_lock = threading.Lock()
+        self._shared_versions: tuple[float, int, int, int] | None = None
 
     # -- staging (inside the caller's transaction) ---------------------------------------
 
@@ -167,12 +206,7 @@ class Director:
             {"device_id": d, "serial": sr, "sha256": sha, "length": n, "issued_at": now}
             for d, (sha, n, sr) in out.items()
         ]
-        old = [st for st in states if st["device_id"] in serials]
-        new = [st for st in states if st["device_id"] not in serials]
-        if old:
-            s.execute(update(db.DeviceState), old)
-        if new:
-            s.execute(insert(db.DeviceState), new)
+        _upsert(s, db.DeviceState.__table__, states, set(serials))
         self._stage_rows(s, {d: (blobs[d], out[d][0]) for d in ids})
         return out
 
@@ -184,7 +218,9 @@ class Director:
         s.flush()
         self._stage_rows(s, dict.fromkeys(ids, (None, None)))
 
-    def _stage_rows(self, s: Session, staged: Mapping[str, tuple[bytes | None, str | None]]) -> None:
+    def _stage_rows(
+        self, s: Session, staged: Mapping[str, tuple[bytes | None, str | None]]
+    ) -> None:
         ids = list(staged)
         existing: set[str] = set()
         for chunk in _chunks(ids):
@@ -199,22 +235,15 @@ class Director:
             {"device_id": d, "staged": blob, "staged_sha256": sha, "dirty": True}
             for d, (blob, sha) in staged.items()
         ]
-        old = [p for p in params if p["device_id"] in existing]
-        new = [
-            {**p, "targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
-            for p in params
-            if p["device_id"] not in existing
-        ]
-        if old:
-            s.execute(update(db.DirectorDevice), old)
-        if new:
-            s.execute(insert(db.DirectorDevice), new)
+        zero = {"targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
+        _upsert(s, _TABLE, params, existing, zero)
         for obj in list(s.identity_map.values()):  # bulk writes bypass loaded objects
             if isinstance(obj, db.DeviceState | db.DirectorDevice):
                 s.expire(obj)
 
     def _assignments(self, s: Session, ids: Sequence[str]) -> dict[str, list[DesiredAssignment]]:
         refs: dict[tuple[str, int], ArtefactRef] = {}
+        built: dict[tuple[Any, ...], DesiredAssignment] = {}  # a stage repeats a few shapes
 
         def ref(model: str, version: int) -> ArtefactRef:
             if (model, version) not in refs:
@@ -224,27 +253,29 @@ class Director:
                 )
             return refs[model, version]
 
+        a = db.Assignment.__table__.c
+        cols = (a.model, a.production_version, a.candidate_version, a.mode, a.share, a.slo)
         out: dict[str, list[DesiredAssignment]] = defaultdict(list)
         for chunk in _chunks(ids):
-            rows = s.scalars(
-                select(db.Assignment)
-                .where(db.Assignment.device_id.in_(chunk))
-                .order_by(db.Assignment.device_id, db.Assignment.model)
+            rows = s.execute(
+                select(a.device_id, *cols, a.rollout_id)
+                .where(a.device_id.in_(chunk))
+                .order_by(a.device_id, a.model)
             )
-            for a in rows:
-                out[a.device_id].append(
-                    DesiredAssignment(
-                        model=a.model,
-                        production=ref(a.model, a.production_version),
-                        candidate=ref(a.model, a.candidate_version)
-                        if a.candidate_version is not None
-                        else None,
-                        mode=Mode(a.mode),
-                        share=a.share,
-                        slo={k: float(v) for k, v in a.slo.items()},
-                        rollout_id=a.rollout_id,
+            for device_id, model, prod, cand, mode, share, slo, rollout_id in rows:
+                key = (model, prod, cand, mode, share, repr(sorted(slo.items())), rollout_id)
+                assignment = built.get(key)
+                if assignment is None:
+                    assignment = built[key] = DesiredAssignment(
+                        model=model,
+                        production=ref(model, prod),
+                        candidate=ref(model, cand) if cand is not None else None,
+                        mode=Mode(mode),
+                        share=share,
+                        slo={k: float(v) for k, v in slo.items()},
+                        rollout_id=rollout_id,
                     )
-                )
+                out[device_id].append(assignment)
         return out
 
     # -- signing (after the commit) -------------------------------------------------------
@@ -263,6 +294,7 @@ class Director:
         done = []
         if self._trust.sync("catalog", CATALOG_PREFIX, self._catalog_targets):
             done.append("catalog")
+            self._shared_versions = None
         # The shared director lists no devices any more (issue 8): once, after an upgrade,
         # its old fleet-wide listing is signed away.
         self._trust.sync("director", DIRECTOR_PREFIX, dict)
@@ -281,23 +313,25 @@ class Director:
             for _ in range(_MAX_ROUNDS):
                 with self._ctx.read() as s:
                     rows = s.execute(
-                        select(_TABLE).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
+                        select(*_META).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
                     ).all()
                 if not rows:
                     break
                 now = _utc_now(self._ctx.now())
-                results = [
-                    (
-                        r,
-                        self._signer.sign_change(
+                signed_now = self._signer.sign_changes(
+                    [
+                        (
                             r.device_id,
-                            (len(r.staged), r.staged_sha256) if r.staged is not None else None,
+                            (r.staged_length, r.staged_sha256)
+                            if r.staged_sha256 is not None
+                            else None,
                             _roles(r),
-                            now,
-                        ),
-                    )
-                    for r in rows
-                ]
+                        )
+                        for r in rows
+                    ],
+                    now,
+                )
+                results = list(zip(rows, signed_now, strict=True))
                 written = self._write(results, now, listed_from_staged=True)
                 signed += written
                 if written == 0:
@@ -316,18 +350,24 @@ class Director:
                 now = _utc_now(self._ctx.now())
                 with self._ctx.read() as s:
                     rows = s.execute(
-                        select(_TABLE)
+                        select(*_META)
                         .where(_TABLE.c.resign_at <= now, _TABLE.c.dirty.is_(False))
                         .limit(BATCH)
                     ).all()
                 if not rows:
                     break
-                results: list[tuple[Row[Any], SignedDeviceRoles]] = []
+                results: list[tuple[Any, SignedDeviceRoles]] = []
                 for r in rows:
                     roles = _roles(r)
                     if "targets" in self._due(roles, now):
-                        listed = (len(r.listed), r.listed_sha256) if r.listed is not None else None
-                        results.append((r, self._signer.sign_change(r.device_id, listed, roles, now)))
+                        listed = (
+                            (r.listed_length, r.listed_sha256)
+                            if r.listed_sha256 is not None
+                            else None
+                        )
+                        results.append(
+                            (r, self._signer.sign_change(r.device_id, listed, roles, now))
+                        )
                     else:
                         fresh = self._signer.sign_expiring(roles, now)
                         if fresh is not None:
@@ -339,13 +379,11 @@ class Director:
         return count
 
     def _due(self, roles: DeviceRoles, now: datetime) -> tuple[str, ...]:
-        from modelfleet.trust.device_repo import due_roles
-
         return due_roles(roles, now, self._signer.lifetimes, self._signer.refresh_margin)
 
     def _write(
         self,
-        results: Sequence[tuple[Row[Any], SignedDeviceRoles]],
+        results: Sequence[tuple[Any, SignedDeviceRoles]],
         now: datetime,
         *,
         listed_from_staged: bool,
@@ -354,36 +392,51 @@ class Director:
         it was read (compare-and-set on the timestamp version and the staged digest)."""
         if not results:
             return 0
-        params = []
-        for r, out in results:
-            p: dict[str, Any] = {
+        params = [
+            {
                 "b_id": r.device_id,
                 "b_prev": r.timestamp_version,
                 "b_staged": r.staged_sha256,
-                "dirty": False,
-                "listed": r.staged if listed_from_staged else r.listed,
-                "listed_sha256": r.staged_sha256 if listed_from_staged else r.listed_sha256,
-                "targets_version": out.roles.targets,
-                "snapshot_version": out.roles.snapshot,
-                "timestamp_version": out.roles.timestamp,
-                "targets_expires": out.roles.targets_expires,
-                "snapshot_expires": out.roles.snapshot_expires,
-                "timestamp_expires": out.roles.timestamp_expires,
-                "targets_json": out.targets if out.targets is not None else r.targets_json,
-                "snapshot_json": out.snapshot if out.snapshot is not None else r.snapshot_json,
-                "timestamp_json": out.timestamp,
-                "signed_at": now,
-                "resign_at": self._signer.resign_at(out.roles),
+                "b_targets_version": out.roles.targets,
+                "b_snapshot_version": out.roles.snapshot,
+                "b_timestamp_version": out.roles.timestamp,
+                "b_targets_expires": out.roles.targets_expires,
+                "b_snapshot_expires": out.roles.snapshot_expires,
+                "b_timestamp_expires": out.roles.timestamp_expires,
+                "b_targets_json": out.targets,
+                "b_snapshot_json": out.snapshot,
+                "b_timestamp_json": out.timestamp,
+                "b_signed_at": now,
+                "b_resign_at": self._signer.resign_at(out.roles),
             }
-            params.append(p)
+            for r, out in results
+        ]
+        c = _TABLE.c
+        values: dict[str, Any] = {
+            "dirty": False,
+            # unchanged roles are passed as NULL and keep their bytes
+            "targets_json": func.coalesce(
+                bindparam("b_targets_json", type_=LargeBinary()), c.targets_json
+            ),
+            "snapshot_json": func.coalesce(
+                bindparam("b_snapshot_json", type_=LargeBinary()), c.snapshot_json
+            ),
+        }
+        for name in (
+            "targets_version", "snapshot_version", "timestamp_version", "targets_expires",
+            "snapshot_expires", "timestamp_expires", "timestamp_json", "signed_at", "resign_at",
+        ):  # fmt: skip
+            values.setdefault(name, bindparam(f"b_{name}"))
+        if listed_from_staged:  # copied in SQL: the staged bytes never leave the database
+            values["listed"], values["listed_sha256"] = c.staged, c.staged_sha256
         stmt = (
             update(_TABLE)
             .where(
-                _TABLE.c.device_id == bindparam("b_id"),
-                _TABLE.c.timestamp_version == bindparam("b_prev"),
-                _TABLE.c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
+                c.device_id == bindparam("b_id"),
+                c.timestamp_version == bindparam("b_prev"),
+                c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
             )
-            .values({k: bindparam(k) for k in params[0] if not k.startswith("b_")})
+            .values(values)
         )
         with self._ctx.write() as s:
             result = s.connection().execute(stmt, params)
@@ -515,24 +568,28 @@ class Director:
             out.update(d for d in (staged, listed) if d)
         return out
 
-    def versions(self, s: Session, device_id: str) -> TufVersions:
+    def forget_versions(self) -> None:
+        """Drop the cached catalog and root versions (the trust store was re-signed)."""
+        self._shared_versions = None
+
+    def current_versions(self, device_id: str, timestamp: int | None) -> TufVersions:
         """The versions a device's check-in answer carries (fast path, issue 8).
 
+        The catalog's and the shared root's versions are read from the trust store at most
+        every :data:`VERSIONS_TTL_S` (and after each signing by this process): another
+        replica's change shows up that much later, which at worst delays one poll.
+
         Args:
-            s: an open session (the check-in's own).
-            device_id: the device; one never signed gets timestamp 0.
+            device_id: the device (for the docs; its timestamp is passed in).
+            timestamp: the device's own director timestamp version (None or 0: never
+                signed).
         """
-        ts = s.scalar(select(_TABLE.c.timestamp_version).where(_TABLE.c.device_id == device_id))
-        c_root, c_ts = self._trust.versions("catalog")
-        d_root, _ = self._trust.versions("director")
-        return TufVersions(c_root, c_ts, d_root, int(ts or 0))
-
-
-def check_device_path(device_id: str) -> None:
-    """Refuse a device id that could not be one (path characters).
-
-    Raises:
-        InvalidInputError: the id has characters a device id never has.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", device_id):
-        raise InvalidInputError(f"invalid device id {device_id!r}")
+        del device_id
+        mono = self._ctx.clock.monotonic()
+        cached = self._shared_versions
+        if cached is None or mono - cached[0] >= VERSIONS_TTL_S:
+            c_root, c_ts = self._trust.versions("catalog")
+            d_root, _ = self._trust.versions("director")
+            cached = self._shared_versions = (mono, c_root, c_ts, d_root)
+        _, c_root, c_ts, d_root = cached
+        return TufVersions(c_root, c_ts, d_root, int(timestamp or 0))

@@ -7,11 +7,13 @@ transaction; the device's new desired state is signed after the commit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import (
@@ -37,6 +39,63 @@ VOLATILE_REPORT_FIELDS = frozenset({"last_check", "loaded", "guard"})
 own list, ``agent/update_loop.py``): a report differing only in these is "unchanged"."""
 
 
+_TOKEN = select(db.Token.role, db.Token.subject, db.Token.revoked).where(
+    db.Token.token_sha256 == bindparam("sha")
+)
+_DD = cast(Table, db.DirectorDevice.__table__)
+_REPORTED = (
+    select(db.Device.reported, _DD.c.timestamp_version)
+    .select_from(db.Device)
+    .outerjoin(_DD, _DD.c.device_id == db.Device.id)
+    .where(db.Device.id == bindparam("id"))
+)
+_TOUCH = (
+    update(db.Device)
+    .where(
+        db.Device.id == bindparam("b_id"),
+        or_(db.Device.last_seen.is_(None), db.Device.last_seen < bindparam("b_now")),
+    )
+    .values(last_seen=bindparam("b_now"))
+)
+
+SEEN_FLUSH_S = 1.0
+"""How long ``last_seen`` of not-modified check-ins may wait in memory before it is written."""
+
+
+class _SeenBuffer:
+    """``last_seen`` of not-modified check-ins, written behind (issue 8): at most once per
+    :data:`SEEN_FLUSH_S`, all pending devices in one statement, never moving a device's
+    ``last_seen`` back. Readers of device views flush first. A crash loses at most the last
+    second of ``last_seen`` updates, never a report."""
+
+    def __init__(self, ctx: HubContext) -> None:
+        self._ctx = ctx
+        self._pending: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+        self._flushed_at = ctx.clock.monotonic()
+
+    def touch(self, device_id: str, now: datetime) -> None:
+        mono = self._ctx.clock.monotonic()
+        with self._lock:
+            self._pending[device_id] = now
+            due = mono - self._flushed_at >= SEEN_FLUSH_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending ``last_seen`` now.
+
+        Raises:
+            StorageError: the database cannot be written (the times are dropped).
+        """
+        with self._lock:
+            batch, self._pending = self._pending, {}
+            self._flushed_at = self._ctx.clock.monotonic()
+        if batch:
+            with self._ctx.telemetry_write() as s:
+                s.connection().execute(_TOUCH, [{"b_id": d, "b_now": t} for d, t in batch.items()])
+
+
 def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether two reports agree on every field but the volatile ones (pure)."""
     keys = (set(old) | set(new)) - VOLATILE_REPORT_FIELDS
@@ -56,6 +115,7 @@ class Fleet:
         self._ctx = ctx
         self._deployments = deployments
         self._director = director
+        self._seen = _SeenBuffer(ctx)
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -89,9 +149,7 @@ class Fleet:
         if not token:
             raise UnauthenticatedError("a bearer token is required")
         with self._ctx.read() as s:
-            row = s.scalars(
-                select(db.Token).where(db.Token.token_sha256 == hash_token(token))
-            ).first()
+            row = s.execute(_TOKEN, {"sha": hash_token(token)}).first()
         if row is None or row.revoked:
             raise UnauthenticatedError("the token is not valid")
         return Principal(Role(row.role), row.subject)
@@ -139,8 +197,13 @@ class Fleet:
         self._director.publish()
         return self.get_device(device_id), token
 
+    def flush_seen(self) -> None:
+        """Write the ``last_seen`` times still held in memory (before reads, at upkeep)."""
+        self._seen.flush()
+
     def list_devices(self) -> list[JSONDict]:
         """See ``HubService.list_devices``."""
+        self._seen.flush()
         with self._ctx.read() as s:
             return [
                 self._device_view(s, d) for d in s.scalars(select(db.Device).order_by(db.Device.id))
@@ -148,6 +211,7 @@ class Fleet:
 
     def get_device(self, device_id: str) -> JSONDict:
         """See ``HubService.get_device``."""
+        self._seen.flush()
         with self._ctx.read() as s:
             return self._device_view(s, self._device_row(s, device_id))
 
@@ -199,42 +263,43 @@ class Fleet:
 
     # -- reports -------------------------------------------------------------------------
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """See ``HubService.record_report``.
 
         A report that differs from the stored one only in fields that change every poll
         (:data:`VOLATILE_REPORT_FIELDS`) and carries no rollbacks takes the cheap path
-        (issue 8): one ``UPDATE`` of ``last_seen`` and ``reported``, no history row, no
-        audit entry, no write lock across replicas.
+        (issue 8): one read, and ``last_seen`` written behind (within a second, batched;
+        see :class:`_SeenBuffer`); the stored report keeps the volatile fields of the last
+        real change, as the agent's own check-in-on-change did; no history row, no audit
+        entry, no write lock across replicas.
         """
-        if not isinstance(report, Mapping):
+        if isinstance(report, bytes | bytearray):
+            raw = bytes(report)
+        elif isinstance(report, Mapping):
+            try:
+                raw = orjson.dumps(dict(report))
+            except TypeError as e:
+                raise InvalidInputError(f"the report is not JSON-able: {e}") from e
+        else:
             raise InvalidInputError("a device report must be a JSON object")
-        try:
-            raw = orjson.dumps(dict(report))
-        except TypeError as e:
-            raise InvalidInputError(f"the report is not JSON-able: {e}") from e
         limit = self._ctx.config.max_report_bytes
         if len(raw) > limit:
             raise PayloadTooLargeError(f"the report exceeds the limit of {limit} bytes")
-        data: JSONDict = orjson.loads(raw)
+        try:
+            data: JSONDict = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InvalidInputError(f"the report is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise InvalidInputError("a device report must be a JSON object")
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
         if not events:
             with self._ctx.read() as s:
-                stored = s.scalar(select(db.Device.reported).where(db.Device.id == device_id))
-                if stored is not None and _same_report(stored, data):
-                    versions = self._director.versions(s, device_id).to_dict()
-                    unchanged = True
-                else:
-                    unchanged = False
-            if unchanged:
-                with self._ctx.telemetry_write() as s:
-                    s.execute(
-                        update(db.Device)
-                        .where(db.Device.id == device_id)
-                        .values(last_seen=now, reported=data)
-                    )
-                return {"applied_rollbacks": [], "tuf": versions}
+                row = s.execute(_REPORTED, {"id": device_id}).first()
+            if row is not None and row.reported is not None and _same_report(row.reported, data):
+                self._seen.touch(device_id, now)
+                versions = self._director.current_versions(device_id, row.timestamp_version)
+                return {"applied_rollbacks": [], "tuf": versions.to_dict()}
         with self._ctx.write() as s:
             device = self._device_row(s, device_id)
             changes = report_changes(device.reported or {}, data)
@@ -249,8 +314,9 @@ class Fleet:
         if changed:
             self._director.publish()
         with self._ctx.read() as s:
-            versions = self._director.versions(s, device_id).to_dict()
-        return {"applied_rollbacks": applied, "tuf": versions}
+            ts = s.execute(_REPORTED, {"id": device_id}).first()
+        versions = self._director.current_versions(device_id, ts.timestamp_version if ts else 0)
+        return {"applied_rollbacks": applied, "tuf": versions.to_dict()}
 
     @staticmethod
     def _record_serving(s: Session, device_id: str, report: Mapping[str, Any]) -> None:

@@ -47,7 +47,7 @@ import numpy as np
 
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError
+from modelfleet.errors import ConfigError, StorageError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
@@ -66,6 +66,7 @@ from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
@@ -105,7 +106,11 @@ class HubService:
             self.context = HubContext(config, clock, self.engine, sessions)
             self.store = FileArtefactStore(paths.artefacts)
             self.trust = HubTrust.open(
-                paths.tuf, paths.keys, clock, counters=DbRoleCounters(sessions)
+                paths.tuf,
+                paths.keys,
+                clock,
+                counters=DbRoleCounters(sessions),
+                signing_workers=default_workers(),
             )
             self.catalog = Catalog(self.context, self.store)
             self.director = Director(self.context, self.store, self.trust, self.catalog)
@@ -127,16 +132,25 @@ class HubService:
                 )
             self.director.repair()
         except BaseException:
+            if hasattr(self, "trust"):
+                self.trust.close()
             self.engine.dispose()
             raise
 
     init_home = staticmethod(init_home)
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending ``last_seen`` times, release database connections and stop
+        signing processes."""
+        try:
+            self.fleet.flush_seen()
+        except StorageError as e:  # closing must not fail on it
+            _log.warning("last_seen of recent check-ins not written: %s", e)
+        self.trust.close()
         self.engine.dispose()
 
     def _read_gauges(self) -> FleetGauges:
+        self.fleet.flush_seen()
         with self.context.read() as s:
             return read_fleet_gauges(s, self.clock.now(), self.config.stale_after_s)
 
@@ -202,8 +216,11 @@ class HubService:
         """
         return self.fleet.get_device(device_id)
 
-    def record_report(self, device_id: str, report: Mapping[str, Any]) -> JSONDict:
+    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
         """Store a device's check-in report and apply the rollbacks it reports.
+
+        ``report`` is the decoded object or its JSON bytes as received (the API passes
+        bytes: they are parsed once).
 
         The report is kept as sent (the agent sends its state: ``applied_serial``,
         ``models`` ``{name: {"active"|"previous"|"candidate": {"version", ...} | None,
@@ -222,7 +239,7 @@ class HubService:
 
         Raises:
             NotFoundError: no such device.
-            InvalidInputError: the report is not a JSON object.
+            InvalidInputError: the report is not a JSON object (or not JSON).
             PayloadTooLargeError: the report exceeds ``max_report_bytes``.
         """
         outcome = self.fleet.record_report(device_id, report)
@@ -657,6 +674,7 @@ class HubService:
         Returns:
             ``"<repo>/<role>"`` of each role re-signed for expiry.
         """
+        self.fleet.flush_seen()
         return self.upkeep.refresh_expiring()
 
     def collect_garbage(self, *, older_than_s: float = GC_GRACE_S) -> JSONDict:

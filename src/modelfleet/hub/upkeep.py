@@ -98,6 +98,8 @@ class Upkeep:
         """
         self._director.repair()
         done = self._trust.refresh_expiring()
+        if done:
+            self._director.forget_versions()
         devices = self._director.refresh_expiring()
         if devices:
             done.append(f"director/devices: {devices}")
@@ -122,7 +124,7 @@ class Upkeep:
         """See ``HubService.director_target``."""
         dirname, _, filename = url_path.rpartition("/")
         prefix, _, device_id = dirname.partition("/")
-        digest, dot, basename = filename.partition(".")
+        digest, _, basename = filename.partition(".")
         if prefix != "devices" or not device_id or "/" in device_id:
             raise NotFoundError(f"no target director/{url_path}")
         if basename != "desired-state.json" or not is_sha256(digest):

@@ -3,6 +3,9 @@
 Hub side: :class:`HubTrust` signs the catalog and director repositories with keys from
 :func:`generate_keys` / :func:`load_signers`. Device side: :class:`DeviceTrustClient`
 verifies the director's desired state and the catalog's artefacts with python-tuf ngclient.
+Per-device director repositories (issue 8): :class:`DeviceRepoSigner` signs them (the hub
+stores them), :data:`DEVICE_FIELD` binds each to its device, :func:`stale_repositories` is
+the check-in fast path's rule.
 """
 
 from modelfleet.trust.bundle import (
@@ -12,6 +15,8 @@ from modelfleet.trust.bundle import (
     parse_trust_root_bundle,
 )
 from modelfleet.trust.client import DeviceTrustClient
+from modelfleet.trust.device_repo import DEVICE_FIELD, DeviceRepoSigner, DeviceRoles
+from modelfleet.trust.freshness import HeldVersions, stale_repositories
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.keys import ROLES, generate_keys, load_signers
 from modelfleet.trust.repository import (
@@ -23,11 +28,15 @@ from modelfleet.trust.repository import (
 )
 
 __all__ = [
+    "DEVICE_FIELD",
     "REPOSITORIES",
     "ROLES",
     "TRUST_ROOT_FORMAT",
+    "DeviceRepoSigner",
+    "DeviceRoles",
     "DeviceTrustClient",
     "ExpiryPolicy",
+    "HeldVersions",
     "HubTrust",
     "MemoryRoleCounters",
     "RoleCounters",
@@ -37,4 +46,5 @@ __all__ = [
     "load_signers",
     "make_trust_root_bundle",
     "parse_trust_root_bundle",
+    "stale_repositories",
 ]

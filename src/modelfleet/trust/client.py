@@ -35,10 +35,9 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
-
-from datetime import UTC, datetime, timedelta
 
 from tuf.api.exceptions import (
     BadVersionNumberError,

@@ -18,15 +18,21 @@ version is never signed twice with different content.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import orjson
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Signed, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization import MetadataSerializer, SignedSerializer
+from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import desired_state_target_path
+from modelfleet.trust._sign_pool import SignPool
 
 __all__ = [
     "DEVICE_FIELD",
@@ -87,6 +93,39 @@ class SignedDeviceRoles:
         return sum(len(b) for b in (self.targets, self.snapshot, self.timestamp) if b)
 
 
+class _FastCanonical(SignedSerializer):
+    """OLPC canonical JSON (what python-tuf signs and verifies) by way of orjson.
+
+    For printable-ASCII text without backslashes or floats, orjson's sorted compact output
+    *is* canonical JSON (canonical JSON escapes only ``"`` and ``\\``). Per-device
+    metadata holds only ints, hex digests, ISO dates and device ids limited to
+    ``[A-Za-z0-9._-]``; anything else — a backslash, non-ASCII — falls back to python-tuf's
+    own serializer, so the bytes signed are the ones a verifier computes either way
+    (tests check both agree). About three times faster, which matters at 30,000
+    signatures per 10,000-device stage.
+    """
+
+    _slow = CanonicalJSONSerializer()
+
+    def serialize(self, signed_obj: Signed) -> bytes:
+        data = orjson.dumps(signed_obj.to_dict(), option=orjson.OPT_SORT_KEYS)
+        if data.isascii() and b"\\" not in data:
+            return data
+        return self._slow.serialize(signed_obj)
+
+
+class _CompactJSON(MetadataSerializer):
+    """The envelope as compact JSON (any valid JSON verifies: the signature covers the
+    canonical form of ``signed``, not these bytes)."""
+
+    def serialize(self, metadata_obj: Metadata[Any]) -> bytes:
+        return orjson.dumps(metadata_obj.to_dict())
+
+
+_SIGNED = _FastCanonical()
+_ENVELOPE = _CompactJSON()
+
+
 def due_roles(
     roles: DeviceRoles, now: datetime, lifetimes: Mapping[str, timedelta], margin: float
 ) -> tuple[str, ...]:
@@ -125,7 +164,13 @@ class DeviceRepoSigner:
     """
 
     def __init__(
-        self, signer: Signer, lifetimes: Mapping[str, timedelta], refresh_margin: float
+        self,
+        signer: Signer,
+        lifetimes: Mapping[str, timedelta],
+        refresh_margin: float,
+        *,
+        key_path: Path | None = None,
+        workers: int = 1,
     ) -> None:
         missing = [r for r in _ONLINE_ROLES if r not in lifetimes]
         if missing:
@@ -133,6 +178,28 @@ class DeviceRepoSigner:
         self._signer = signer
         self.lifetimes = dict(lifetimes)
         self.refresh_margin = refresh_margin
+        self._pool = (
+            SignPool(key_path, self.lifetimes, refresh_margin, workers)
+            if key_path is not None and workers > 1
+            else None
+        )
+
+    def sign_changes(
+        self,
+        items: Sequence[tuple[str, tuple[int, str] | None, DeviceRoles]],
+        now: datetime,
+    ) -> list[SignedDeviceRoles]:
+        """:meth:`sign_change` for many devices, in order; spread over worker processes
+        when the signer was given its key file and ``workers`` > 1 and there are enough
+        devices (:data:`~modelfleet.trust._sign_pool.PARALLEL_MIN`)."""
+        if self._pool is None:
+            return [self.sign_change(d, t, p, now) for d, t, p in items]
+        return self._pool.sign(self, items, now)
+
+    def close(self) -> None:
+        """Stop the signing processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
 
     @property
     def keyid(self) -> str:
@@ -237,6 +304,6 @@ class DeviceRepoSigner:
         return SignedDeviceRoles(roles, t_bytes, snapshot, timestamp)
 
     def _sign(self, signed: Targets | Snapshot | Timestamp) -> bytes:
-        md: Metadata[Targets | Snapshot | Timestamp] = Metadata(signed)
-        md.sign(self._signer)
-        return md.to_bytes()
+        md: Metadata[Any] = Metadata(signed)
+        md.sign(self._signer, signed_serializer=_SIGNED)
+        return md.to_bytes(_ENVELOPE)

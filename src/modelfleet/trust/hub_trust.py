@@ -27,7 +27,7 @@ from modelfleet.rollout.desired_state import (
 )
 from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
 from modelfleet.trust.device_repo import DeviceRepoSigner
-from modelfleet.trust.keys import load_signers
+from modelfleet.trust.keys import key_file, load_signers
 from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, TufRepository
 
 __all__ = ["HubTrust"]
@@ -106,6 +106,7 @@ class HubTrust:
         clock: Clock,
         expiry: ExpiryPolicy | None = None,
         counters: RoleCounters | None = None,
+        signing_workers: int = 1,
     ) -> HubTrust:
         """Create both repositories' initial signed metadata.
 
@@ -117,7 +118,7 @@ class HubTrust:
             StorageError: ``tuf_dir`` is not writable.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {}, _device_signer(args["director"]))
+        hub = cls(tuf_dir, {}, _device_signer(args["director"], key_dir, signing_workers))
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
                 if any((Path(tuf_dir) / repo).glob("*.root.json")):
@@ -133,14 +134,18 @@ class HubTrust:
         clock: Clock,
         expiry: ExpiryPolicy | None = None,
         counters: RoleCounters | None = None,
+        signing_workers: int = 1,
     ) -> HubTrust:
         """Open existing repositories.
+
+        ``signing_workers`` > 1 lets per-device signing of large stages use that many
+        worker processes (see :class:`~modelfleet.trust.device_repo.DeviceRepoSigner`).
 
         Raises:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {}, _device_signer(args["director"]))
+        hub = cls(tuf_dir, {}, _device_signer(args["director"], key_dir, signing_workers))
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
         return hub
@@ -370,6 +375,11 @@ class HubTrust:
                 done += [f"{repo}/{role}" for role in self._repos[repo].refresh_expiring()]
         return done
 
+    def close(self) -> None:
+        """Stop per-device signing processes, if any were started."""
+        if self._device_signer is not None:
+            self._device_signer.close()
+
     # -- internals ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -393,9 +403,17 @@ class HubTrust:
 
 def _device_signer(
     args: tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
+    key_dir: Path,
+    workers: int,
 ) -> DeviceRepoSigner:
     _, signers, _, lifetimes, margin, _ = args
-    return DeviceRepoSigner(signers["timestamp"], lifetimes, margin)
+    return DeviceRepoSigner(
+        signers["timestamp"],
+        lifetimes,
+        margin,
+        key_path=key_file(key_dir, "director"),
+        workers=workers,
+    )
 
 
 def _check_name(what: str, value: str) -> None:

@@ -1,0 +1,223 @@
+"""Device check-ins per second on one ``hub serve`` process (issue 8), SQLite or PostgreSQL.
+
+A real ``modelfleet hub serve`` on loopback with ``--devices`` enrolled devices, each with a
+model deployed; ``wrk`` (one thread, ``--connections`` connections) plays the fleet, every
+request with the next device's own token. Two ways of checking in:
+
+* ``fast`` — what the agent does now: one ``POST /api/v1/devices/{id}/report`` whose answer
+  carries the TUF versions; the report is the agent's unchanged status (only its
+  ``last_check`` moves), the not-modified path. One request per check-in.
+* ``refresh`` — what it did before: a TUF refresh of both repositories (root probe and
+  timestamp of the catalog and of the director) and the report. Five requests per check-in.
+* ``ceiling`` — ``GET /api/v1/whoami`` with the same tokens: the HTTP stack and token check
+  alone, the most any authenticated route could do on this machine at this moment (the
+  machine is shared; compare figures of one run).
+
+``--hub-src DIR`` runs the hub from another checkout's ``src`` (e.g. the base commit, to
+measure "before"; its director is the shared one, so ``refresh`` then reads
+``/tuf/director/metadata/``).
+
+``python -m benchmarks.checkin [--database-url postgres] [--devices 200] [--duration 10]
+[--connections 16] [--mode fast|refresh|both] [--hub-src DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.director import _model
+from benchmarks.serving.wrk import ensure_wrk
+from benchmarks.telemetry_hub import _pg_database
+from modelfleet.clock import SystemClock
+from modelfleet.demo import free_port, modelfleet_cmd, start
+from modelfleet.hub.config import load_hub_config
+from modelfleet.hub.service import HubService, init_home
+
+RESULTS = Path("bench-results")
+
+_LUA = """
+local devices = {%(devices)s}
+local tokens = {%(tokens)s}
+local body = [[%(body)s]]
+local mode = "%(mode)s"
+local per_device = %(per_device)s
+local counter = 0
+local step = 0
+local current = 1
+local function next_device()
+  counter = counter + 1
+  current = (counter %% #devices) + 1
+end
+request = function()
+  local h = {["Authorization"] = "Bearer " .. tokens[current],
+             ["Content-Type"] = "application/json"}
+  if mode == "ceiling" then
+    next_device()
+    return wrk.format("GET", "/api/v1/whoami", h)
+  end
+  if mode == "refresh" then
+    step = step + 1
+    local d = devices[current]
+    local director = per_device and ("/tuf/director/devices/" .. d .. "/metadata/")
+                     or "/tuf/director/metadata/"
+    if step == 1 then return wrk.format("GET", "/tuf/catalog/metadata/2.root.json", h) end
+    if step == 2 then return wrk.format("GET", "/tuf/catalog/metadata/timestamp.json", h) end
+    if step == 3 then return wrk.format("GET", director .. "2.root.json", h) end
+    if step == 4 then return wrk.format("GET", director .. "timestamp.json", h) end
+    step = 0
+  end
+  local d = devices[current]
+  next_device()
+  local b = string.gsub(body, "LAST_CHECK", tostring(counter %% 7))
+  return wrk.format("POST", "/api/v1/devices/" .. d .. "/report", h, b)
+end
+"""
+
+
+def agent_report(device_id: str) -> dict[str, Any]:
+    """An agent's status as it checks in: one model, a history of events, no rollbacks."""
+    slot = {"version": 1, "sha256": "ab" * 32, "path": f"/var/lib/modelfleet/models/m/{'ab' * 8}"}
+    return {
+        "device_id": device_id,
+        "applied_serial": 2,
+        "desired": {"serial": 2, "assignments": []},
+        "models": {"m": {"active": slot, "previous": None, "candidate": None,
+                         "mode": "full", "share": 0.0}},
+        "events": [
+            {"at": f"2026-12-01T10:{i:02d}:00+00:00", "kind": "switch",
+             "message": f"m: v{i % 3} active"}
+            for i in range(20)
+        ],
+        "rollbacks": [],
+        "refused": {},
+        "rolled_back": {},
+        "pending": [],
+        "last_check": "2026-12-02T10:00:0LAST_CHECK+00:00",
+        "last_error": "",
+        "last_refusal": None,
+        "update_status": "up to date (serial 2)",
+        "loaded": {"m": ["1"]},
+        "guard": {"m": {"verdict": "ok", "window_s": 60}},
+    }  # fmt: skip
+
+
+def _setup(home: Path, database_url: str | None, devices: int) -> dict[str, str]:
+    init_home(home, database_url=database_url)
+    service = HubService(load_hub_config(home), SystemClock())
+    try:
+        service.register_version("m", _model(0), actor="bench")
+        tokens = {
+            f"dev-{i:05d}": service.add_device(f"dev-{i:05d}", actor="bench")[1]
+            for i in range(devices)
+        }
+        service.deploy("m", 1, "all", actor="bench")
+        for d in tokens:  # each device's stored report: what it will send again
+            service.record_report(d, agent_report(d))
+    finally:
+        service.close()
+    return tokens
+
+
+def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float, int]:
+    out = subprocess.run(
+        [ensure_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    ).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if rate is None:
+        raise RuntimeError(f"wrk said:\n{out}")
+    return float(rate.group(1)), int(bad.group(1)) if bad else 0
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    backend = "postgresql" if args.database_url.startswith("postgres") else "sqlite"
+    database_url = _pg_database() if args.database_url == "postgres" else args.database_url
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mf-checkin-") as tmp:
+        home = Path(tmp) / "hub"
+        tokens = _setup(home, database_url or None, args.devices)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+        if args.hub_src:
+            env["PYTHONPATH"] = str(Path(args.hub_src).resolve())
+        cmd = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port))
+        proc = start("hub", cmd, Path(tmp), env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/api/v1/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(proc.output())
+                time.sleep(0.2)
+            ids = list(tokens)
+            body = json.dumps(agent_report("DEVICE"))
+            modes = ["ceiling", "fast", "refresh"] if args.mode == "both" else [args.mode]
+            for mode in modes:
+                lua = _LUA % {
+                    "devices": ",".join(f'"{d}"' for d in ids),
+                    "tokens": ",".join(f'"{tokens[d]}"' for d in ids),
+                    "body": body,
+                    "mode": mode,
+                    "per_device": "false" if args.hub_src else "true",
+                }
+                script = Path(tmp) / f"{mode}.lua"
+                script.write_text(lua)
+                _wrk(url, script, 2, args.connections)  # warm-up
+                rate, bad = _wrk(url, script, args.duration, args.connections)
+                per = 5 if mode == "refresh" else 1
+                results.append(
+                    {
+                        "backend": backend,
+                        "mode": mode,
+                        "hub": "base" if args.hub_src else "this",
+                        "devices": args.devices,
+                        "connections": args.connections,
+                        "requests_per_s": round(rate),
+                        "checkins_per_s": round(rate / per),
+                        "non_2xx": bad,
+                    }
+                )
+                print(json.dumps(results[-1]), flush=True)
+        finally:
+            proc.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.checkin", description=__doc__)
+    parser.add_argument("--database-url", default="", help="'' = SQLite; 'postgres' = fresh PG db")
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--mode", choices=["fast", "refresh", "ceiling", "both"], default="both")
+    parser.add_argument("--hub-src", default="", help="run the hub from this src folder")
+    args = parser.parse_args(argv)
+    results = run(args)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"checkin-{results[0]['backend']}-{stamp}.json").write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
