@@ -1,12 +1,14 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-sim|all] [--duration N] ...``
+rollout-core|rollout-sim|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
-``benchmarks/telemetry_hub.py``); ``rollout-sim`` runs a simulated fleet (``--devices``) against
-a real ``hub serve`` (``benchmarks/rollout_sim.py``).
+``benchmarks/telemetry_hub.py``). ``rollout-core`` times the pure rollout core (cohorts plus
+gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest);
+``rollout-sim`` runs a simulated fleet (``--devices``, default 10,000) against a real
+``hub serve`` (``benchmarks/rollout_sim.py``).
 
 ``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
 ``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             "telemetry-hub",
             "director",
             "checkin",
+            "rollout-core",
             "rollout-sim",
             "all",
         ],
@@ -57,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
-    parser.add_argument("--devices", type=int, default=10_000, help="rollout-sim: devices")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="rollout-core: largest fleet (100000); rollout-sim: devices (10000)",
+    )
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "rollout-sim":
         from benchmarks.rollout_sim import main as rollout_sim
 
-        return rollout_sim(["--devices", str(args.devices), "--database-url", args.database_url])
+        n = str(args.devices or 10_000)
+        return rollout_sim(["--devices", n, "--database-url", args.database_url])
     if args.benchmark == "director":
         from benchmarks.director import main as director
 
@@ -102,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.checkin import main as checkin
 
         return checkin(["--database-url", args.database_url])
+    if args.benchmark in ("rollout-core", "all"):
+        from benchmarks.rollout_core import main as rollout_core
+
+        extra = ["--no-docs"] if args.no_docs else []
+        status = rollout_core(
+            ["--devices", str(args.devices or 100_000), "--repeats", str(args.repeats), *extra]
+        )
+        if args.benchmark == "rollout-core":
+            return status
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

@@ -13,7 +13,7 @@ import pytest
 from modelfleet.clock import ManualClock
 from modelfleet.errors import StorageError
 from modelfleet.hub.config import load_hub_config
-from modelfleet.hub.controller import ControllerLease, ControllerLoop
+from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
 from tests.hub._rollouts import (
     ADMIN,
@@ -176,7 +176,7 @@ def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
             feed.window(d, 1, None, errors=i)
         with service.context.read() as s:
             running.update(s)
-        mine = summary_of(running.totals)
+        mine = summary_of(running)
         assert {k: mine[k] for k in full()} == full(), i
     # A record that took a lower id but committed after the last read (PostgreSQL): ids
     # top+10 (committed, read) and top+7 (committed later).
@@ -205,5 +205,28 @@ def test_running_totals_equal_a_full_merge_also_with_a_late_committed_lower_id(
     fresh = RunningTotals(key)
     with service.context.read() as s:
         fresh.update(s)
-    mine, again = summary_of(running.totals), summary_of(fresh.totals)
+    mine, again = summary_of(running), summary_of(fresh)
     assert {k: mine[k] for k in full()} == {k: again[k] for k in full()} == full()
+
+
+def test_the_controller_keeps_each_groups_totals_between_evaluations(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    service, ids = fleet
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()
+    feed = Feed(service, clock)
+    clock.advance(60)
+    feed.round(ids)
+    service.tick_rollouts()  # evaluates: reads both groups from the start
+    running = dict(service.controller._running)
+    assert {k.rollout_id for k in running} == {ro["id"], None} and len(running) == 2
+    highs = {k: r.high for k, r in running.items()}
+    clock.advance(10)  # within evaluate_every_s: the evaluation is recomputed, not read
+    service.tick_rollouts()
+    assert service.controller._running == running
+    clock.advance(60)
+    feed.round(ids)
+    service.tick_rollouts()
+    for key, totals in service.controller._running.items():
+        assert totals is running[key] and totals.high > highs[key]

@@ -25,8 +25,8 @@ from sqlalchemy import text
 from modelfleet.clock import ManualClock, SystemClock
 from modelfleet.demo import Process, free_port, modelfleet_cmd, start
 from modelfleet.hub.config import load_hub_config
-from modelfleet.hub.controller import ControllerLease
 from modelfleet.hub.db import make_engine
+from modelfleet.hub.rollout_lease import ControllerLease
 from modelfleet.hub.service import HubService, init_home
 from tests.hub._rollouts import ADMIN, OPERATOR, Feed, actions, enrol_fleet, plan
 from tests.hub._support import auth

@@ -375,3 +375,55 @@ def test_devices_reporting_the_version_count_as_running_and_silent_ones_as_offli
     assert devices["running"] == 1 and devices["offline"] == 19
     clock.advance(601)
     assert service.get_rollout(ro["id"])["devices"]["offline"] == 20
+
+
+def test_a_crash_event_of_a_stage_device_fails_the_crashes_gate(
+    fleet: tuple[HubService, list[str]], clock: ManualClock
+) -> None:
+    import orjson
+
+    from tests.hub._telemetry import batch
+
+    service, _ = fleet
+    gates = [{"metric": "crashes", "max": 0}, {"metric": "error_rate", "max": 0.5}]
+    ro = service.create_rollout(plan(gates=gates), actor=OPERATOR)
+    service.tick_rollouts()
+    canary = sorted(assigned(service))[0]
+    clock.advance(30)
+    crash = {"kind": "event", "seq": 1, "device_id": canary, "at": clock.now().isoformat(),
+             "event": "restart", "model": "iris", "version": "2", "rollout_id": ro["id"],
+             "message": "watchdog restarted the agent"}  # fmt: skip
+    service.ingest_telemetry(canary, orjson.dumps(batch(canary, [crash], clock.now())))
+    clock.advance(1)
+    service.tick_rollouts()
+    view = service.get_rollout(ro["id"])
+    assert view["state"] == "rolled_back"
+    gate = {g["metric"]: g for g in view["gates"]}["crashes"]
+    assert gate["verdict"] == "fail" and gate["value"] == 1
+
+
+def test_with_a_third_of_the_canaries_offline_the_stage_holds_for_data(
+    service: HubService, clock: ManualClock, onnx_bytes: bytes, onnx_bytes_v2: bytes
+) -> None:
+    ids = enrol_fleet(service, 30)
+    service.register_version("iris", onnx_bytes, actor=ADMIN)
+    service.deploy("iris", 1, "all", actor=ADMIN)
+    service.register_version("iris", onnx_bytes_v2, actor=ADMIN)
+    gates = [{"metric": "error_rate", "max_delta": 0.05, "min_devices": 3, "min_samples": 20}]
+    ro = service.create_rollout(plan(gates=gates), actor=OPERATOR)
+    service.tick_rollouts()
+    canaries = sorted(assigned(service))
+    assert len(canaries) == 3
+    feed = Feed(service, clock)
+    for _ in range(6):  # an hour: six soaks' worth, two of three canaries report
+        clock.advance(600)
+        feed.round(ids, skip=canaries[:1])
+        service.tick_rollouts()
+    view = service.get_rollout(ro["id"])
+    assert (view["state"], view["stage_index"], view["verdict"]) == ("running", 0, "hold")
+    (gate,) = view["gates"]
+    assert gate["devices"] == 2 and gate["samples"] > 20
+    clock.advance(600)  # the third one is back
+    feed.round(ids)
+    service.tick_rollouts()
+    assert service.get_rollout(ro["id"])["stage_index"] == 1

@@ -18,8 +18,8 @@ WEEKDAYS = ChangeWindow("Europe/Berlin", (0, 1, 2, 3, 4), dt.time(6), dt.time(14
 NIGHT = ChangeWindow("Europe/Berlin", (4,), dt.time(22), dt.time(2))  # Friday 22:00 - Sat 02:00
 
 
-def berlin(*args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=BERLIN, fold=fold)  # type: ignore[misc]
+def berlin(y: int, mo: int, d: int, h: int, mi: int = 0, s: int = 0, fold: int = 0) -> datetime:
+    return datetime(y, mo, d, h, mi, s, tzinfo=BERLIN, fold=fold)
 
 
 def test_no_window_is_always_open() -> None:

@@ -105,11 +105,12 @@ def test_cohorts_are_stable_across_replays_and_nested(
     assert plan.sizes() == counts
 
 
-def test_the_canaries_are_the_lowest_positions() -> None:
+def test_devices_are_taken_in_position_order() -> None:
     fleet = [f"dev-{i}" for i in range(500)]
     plan = plan_cohorts(fleet, "ro-1", DEFAULT)
-    lowest = sorted(fleet, key=lambda d: position(d, "ro-1"))[:5]
-    assert plan.members(0) == lowest
+    order = sorted(fleet, key=lambda d: position(d, "ro-1"))
+    assert plan.members(0) == order[:5]
+    assert list(plan.stage_of) == order  # the mapping iterates in rollout order
 
 
 def test_a_new_device_does_not_move_anyone_else() -> None:

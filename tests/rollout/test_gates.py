@@ -7,6 +7,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelfleet.rollout.gates import GroupStats, Verdict, evaluate
 from modelfleet.rollout.plan import DEFAULT_GATES, GateMetric, GateSpec
@@ -179,7 +181,7 @@ def test_a_hold_between_bad_evaluations_keeps_the_streak() -> None:
 @pytest.mark.parametrize("metric", [GateMetric.GUARD_ROLLBACKS, GateMetric.CRASHES])
 def test_a_guard_rollback_or_crash_fails_at_once_without_data(metric: GateMetric) -> None:
     spec = GateSpec(metric, max=0, min_devices=5, min_samples=10_000, consecutive=3)
-    stage = GroupStats(devices=1, requests=3, **{metric.value: 1})  # type: ignore[arg-type]
+    stage = GroupStats(devices=1, requests=3, **{metric.value: 1})
     verdict, streak, reason = one(spec, stage, None)
     assert verdict is Verdict.FAIL and streak == 1 and "at once" in reason
 
@@ -220,3 +222,64 @@ def test_a_holding_gate_still_shows_its_current_value() -> None:
     spec = GateSpec(GateMetric.ERROR_RATE, max=0.5, min_samples=500)
     r = evaluate([spec], GroupStats(devices=1, requests=10, errors=1), None, {}).results[0]
     assert r.verdict is Verdict.HOLD and r.value == pytest.approx(0.1) and r.samples == 10
+
+
+counts = st.integers(min_value=0, max_value=5_000)
+group_stats = st.builds(
+    GroupStats,
+    devices=st.integers(min_value=0, max_value=50),
+    requests=counts,
+    errors=counts,
+    latency_p99_s=st.none() | st.floats(min_value=0, max_value=5),
+    guard_rollbacks=st.integers(min_value=0, max_value=3),
+    crashes=st.integers(min_value=0, max_value=3),
+    refusals=counts,
+    shadow_compared=counts,
+    shadow_disagreed=counts,
+    confidence_mean=st.none() | st.floats(min_value=0, max_value=1),
+    confidence_samples=counts,
+)
+metrics = st.sampled_from([m for m in GateMetric if m is not GateMetric.DRIFT_SCORE])
+limits = st.floats(min_value=0, max_value=2)
+
+
+@st.composite
+def gate_specs(draw: st.DrawFn) -> GateSpec:
+    metric = draw(metrics)
+    relative = metric is not GateMetric.CONFIDENCE_SHIFT and draw(st.booleans())
+    return GateSpec(
+        metric,
+        max=None if relative else draw(limits),
+        max_ratio=draw(st.floats(min_value=1, max_value=3)) if relative else None,
+        max_delta=draw(st.none() | limits) if relative else None,
+        min_devices=draw(st.integers(min_value=1, max_value=20)),
+        min_samples=draw(st.integers(min_value=0, max_value=3_000)),
+        consecutive=draw(st.integers(min_value=1, max_value=4)),
+    )
+
+
+@settings(max_examples=400)
+@given(
+    spec=gate_specs(),
+    stage=group_stats,
+    control=st.none() | group_stats,
+    streak=st.integers(min_value=0, max_value=5),
+)
+def test_a_gate_passes_only_on_enough_data_within_its_limit(
+    spec: GateSpec, stage: GroupStats, control: GroupStats | None, streak: int
+) -> None:
+    (r,) = evaluate([spec], stage, control, {spec.metric.value: streak}).results
+    if r.verdict is Verdict.PASS:
+        assert stage.devices >= spec.min_devices and r.samples >= spec.min_samples
+        assert r.value is not None and r.limit is not None and r.value <= r.limit
+        assert r.streak == 0
+        if spec.relative or spec.metric is GateMetric.CONFIDENCE_SHIFT:
+            assert control is not None and control.devices >= spec.min_devices
+    elif r.verdict is Verdict.HOLD:
+        assert r.streak == streak
+    elif r.verdict is Verdict.BAD:
+        assert r.streak == streak + 1 < spec.consecutive
+    else:
+        assert r.streak == streak + 1
+        at_once = spec.metric in (GateMetric.GUARD_ROLLBACKS, GateMetric.CRASHES)
+        assert r.streak >= spec.consecutive or (at_once and not spec.relative)

@@ -76,6 +76,16 @@ def test_the_documented_yaml_parses_to_what_it_says() -> None:
     assert plan.safety_lag_s == 86_400.0
     assert plan.slo == {"latency_p99_ms": 50.0}
     assert plan.percents == [1.0, 9.0, 90.0, 100.0]
+    assert plan.stable_stage == 2
+    one = parse_plan(
+        {
+            "model": "m",
+            "version": 1,
+            "target": {"all": True},
+            "stages": [{"name": "all", "percent": 100}],
+        }
+    )
+    assert one.stable_stage == 0
 
 
 def test_a_minimal_plan_gets_the_defaults() -> None:

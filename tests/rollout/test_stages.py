@@ -62,16 +62,18 @@ def test_a_new_rollout_starts_the_first_stage() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kw", "reason"),
+    ("approved", "window", "lag", "reason"),
     [
-        ({"approved": False}, "awaiting approval"),
-        ({"window": False}, "waiting for the change window"),
-        ({"lag": False}, "waiting for the safety lag"),
+        (False, True, True, "awaiting approval"),
+        (True, False, True, "waiting for the change window"),
+        (True, True, False, "waiting for the safety lag"),
     ],
 )
-def test_waiting_before_the_first_stage(kw: dict[str, bool], reason: str) -> None:
+def test_waiting_before_the_first_stage(
+    approved: bool, window: bool, lag: bool, reason: str
+) -> None:
     start = initial_progress(True)
-    step = tick(PLAN, start, facts(**kw))
+    step = tick(PLAN, start, facts(approved=approved, window=window, lag=lag))
     assert step.action is Action.NONE and step.stage is None and reason in step.reason
     assert step.progress.stage == -1
 

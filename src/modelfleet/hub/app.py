@@ -39,7 +39,7 @@ from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknow
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
-from modelfleet.hub.controller import ControllerLease, ControllerLoop
+from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
 
 __all__ = ["API_PREFIX", "build_hub_app", "serve", "status_of"]

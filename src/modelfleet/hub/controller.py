@@ -25,38 +25,30 @@ controller reads the stored stage and its start time and goes on from there, nev
 or repeating a stage. A crash after the commit and before signing is repaired by the next
 ``publish`` (start-up, upkeep, the next change).
 
-One controller acts among many hub processes: :class:`ControllerLease` holds a session-level
-PostgreSQL advisory lock (:data:`~modelfleet.hub.locks.ROLLOUT_CONTROLLER`) on a dedicated
-connection for as long as the process lives; the other processes try again each interval.
-On SQLite the single hub process is the controller. :class:`ControllerLoop` is the thread
-``hub serve`` runs.
+One controller acts among many hub processes: the lease and the thread ``hub serve`` runs
+are in :mod:`modelfleet.hub.rollout_lease`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import orjson
-from sqlalchemy import Connection, Engine, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelfleet.clock import Clock
 from modelfleet.errors import ModelfleetError
-from modelfleet.hub import db, locks
+from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import apply_step, progress_of, store_progress
-from modelfleet.hub.rollout_windows import GroupKey, RunningTotals, summary_of
+from modelfleet.hub.rollout_windows import CRASH_EVENTS, GroupKey, RunningTotals, summary_of
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
 from modelfleet.rollout.plan import RolloutPlan, parse_plan
@@ -75,9 +67,6 @@ __all__ = [
     "ACTIONS",
     "CONTROLLER_ACTOR",
     "CRASH_EVENTS",
-    "EVALUATE_EVERY_TICKS",
-    "ControllerLease",
-    "ControllerLoop",
     "RolloutController",
     "group_stats",
 ]
@@ -86,9 +75,6 @@ log = logging.getLogger("modelfleet.hub.controller")
 
 CONTROLLER_ACTOR: Final = "controller"
 """The audit actor of everything the controller does."""
-
-CRASH_EVENTS: Final = frozenset({"crash", "restart", "watchdog_restart"})
-"""Telemetry event names counted as crashes and watchdog restarts (the ``crashes`` gate)."""
 
 ACTIONS: Final[Mapping[Action, str]] = {
     Action.START_STAGE: "rollout-stage",
@@ -308,28 +294,31 @@ class RolloutController:
         whether it is new (else it is the last stored one, recomputed from its evidence).
 
         A new evaluation needs new inputs and, within :attr:`evaluate_every_s` of the last
-        one, more guard rollbacks or crashes than it saw (those count at once); otherwise
-        the telemetry is not even read again."""
+        one, more guard rollbacks reported in check-ins than it saw (those count at once);
+        otherwise the telemetry is not even read again."""
         row, progress = snap.row, snap.progress
         since = progress.stage_started_at
         if progress.stage < 0 or since is None or now <= since:
             return None, {}, {}, False
         last = snap.last_evidence
-        rollbacks, crashes = self._incidents(row, since, now)
+        stage_key = GroupKey(row.model, str(row.version), since, rollout_id=row.id)
+        control_key = None
+        if row.from_version is not None:
+            control_since = snap.control_since or since
+            control_key = GroupKey(row.model, str(row.from_version), control_since, "production")
+        self._used.update(k for k in (stage_key, control_key) if k is not None)
+        rollbacks = self._rollbacks(row, since)
         if last is not None and snap.last_evaluated_at is not None:
             seen = (last.get("stats") or {}).get("stage") or {}
             recent = (now - snap.last_evaluated_at).total_seconds() < self.evaluate_every_s
-            quiet = rollbacks <= seen.get("guard_rollbacks", 0) and crashes <= seen.get(
-                "crashes", 0
-            )
-            if recent and quiet:
+            if recent and rollbacks <= seen.get("guard_rollbacks", 0):
                 return self._recompute(snap.plan, last)
-        stage = group_stats(
-            self._stage_summary(row, since, now), rollbacks=rollbacks, crashes=crashes
-        )
+        summary = self._group(stage_key)
+        stage = group_stats(summary, rollbacks=rollbacks, crashes=int(summary["crashes"]))
         control = None
-        if row.from_version is not None:
-            control = self._control_stats(row, snap.control_since or since, now)
+        if control_key is not None:
+            summary = self._group(control_key)
+            control = group_stats(summary, crashes=int(summary["crashes"]))
         stats: JSONDict = {
             "stage": stage.to_dict(),
             "control": control.to_dict() if control is not None else None,
@@ -357,21 +346,17 @@ class RolloutController:
             running = self._running[key] = RunningTotals(key)
         with self._ctx.read() as s:
             running.update(s)
-        self._used.add(key)
-        return summary_of(running.totals)
+        return summary_of(running)
 
-    def _stage_summary(self, row: db.Rollout, since: datetime, until: datetime) -> JSONDict:
-        return self._group(GroupKey(row.model, str(row.version), since, rollout_id=row.id))
-
-    def _incidents(self, row: db.Rollout, since: datetime, until: datetime) -> tuple[int, int]:
+    def _rollbacks(self, row: db.Rollout, since: datetime) -> int:
         """Guard rollbacks the rollout's devices reported in check-ins since ``since`` (at
-        once: before their telemetry window says so), and crash/restart events."""
+        once: before their telemetry window says so)."""
         with self._ctx.read() as s:
             members = select(db.RolloutDevice.device_id).where(
                 db.RolloutDevice.rollout_id == row.id
             )
             ev = db.DeviceRollbackEvent
-            rollbacks = int(
+            return int(
                 s.execute(
                     select(func.count()).where(
                         ev.model == row.model,
@@ -382,40 +367,6 @@ class RolloutController:
                 ).scalar()
                 or 0
             )
-            crashes = self._crashes(s, row.model, str(row.version), since, until, row.id)
-        return rollbacks, crashes
-
-    def _control_stats(self, row: db.Rollout, since: datetime, until: datetime) -> GroupStats:
-        version = str(row.from_version)
-        summary = self._group(GroupKey(row.model, version, since, role="production"))
-        with self._ctx.read() as s:
-            crashes = self._crashes(s, row.model, version, since, until, None)
-        return group_stats(summary, crashes=crashes)
-
-    @staticmethod
-    def _crashes(
-        s: Session,
-        model: str,
-        version: str,
-        since: datetime,
-        until: datetime,
-        rollout_id: str | None,
-    ) -> int:
-        r = db.TelemetryRecord
-        where = [
-            r.kind == "event",
-            r.model == model,
-            r.version == version,
-            r.device_at >= since,
-            r.device_at < until,
-        ]
-        if rollout_id is not None:
-            where.append(r.rollout_id == rollout_id)
-        n = 0
-        for (body,) in s.execute(select(r.body).where(*where)):
-            if orjson.loads(body).get("event") in CRASH_EVENTS:
-                n += 1
-        return n
 
     # -- apply ---------------------------------------------------------------------------
 
@@ -522,142 +473,3 @@ class RolloutController:
             },
             row.ticket,
         )
-
-
-class ControllerLease:
-    """Who may run the controller: a session advisory lock on PostgreSQL, always this
-    process on SQLite.
-
-    The lock lives on a dedicated connection (autocommit, never idle in a transaction) held
-    while the process lives; PostgreSQL releases it when the connection ends (the process
-    died, or the network dropped it), and another process's next :meth:`acquire` takes it.
-
-    Args:
-        engine: the hub's engine.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._conn: Connection | None = None
-        self._sqlite = engine.dialect.name == "sqlite"
-
-    @property
-    def held(self) -> bool:
-        """Whether this process held the lease at the last :meth:`acquire`."""
-        return self._sqlite or self._conn is not None
-
-    def acquire(self) -> bool:
-        """Hold the lease, or try to take it; True when this process holds it now.
-
-        A held lease is checked (the connection still answers); a lost one is given up and
-        tried again at the next call. Never raises for a database failure: no lease.
-        """
-        if self._sqlite:
-            return True
-        try:
-            if self._conn is not None:
-                self._conn.execute(text("SELECT 1"))
-                return True
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                got = bool(
-                    conn.execute(
-                        text("SELECT pg_try_advisory_lock(:k)"), {"k": locks.ROLLOUT_CONTROLLER}
-                    ).scalar()
-                )
-            except BaseException:
-                conn.close()
-                raise
-            if not got:
-                conn.close()
-                return False
-            self._conn = conn
-            log.info("this process holds the rollout controller lease (pid %d)", os.getpid())
-            return True
-        except SQLAlchemyError as e:
-            if self._conn is not None:
-                log.warning("lost the rollout controller lease: %s", str(e).partition("\n")[0])
-                self._drop()
-            return False
-
-    def release(self) -> None:
-        """Give the lease up (at shutdown)."""
-        if self._conn is None:
-            return
-        # Closing the connection releases it anyway.
-        with contextlib.suppress(SQLAlchemyError):
-            self._conn.execute(
-                text("SELECT pg_advisory_unlock(:k)"), {"k": locks.ROLLOUT_CONTROLLER}
-            )
-        self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                conn.invalidate()
-                conn.close()
-
-
-EVALUATE_EVERY_TICKS: Final = 6
-"""The loop evaluates a stage's telemetry at most every this many ticks (30 s at the default
-5 s interval); guard rollbacks and crashes are looked at every tick."""
-
-
-class ControllerLoop:
-    """The thread ``hub serve`` runs: every ``interval_s`` of the hub clock, take or keep
-    the lease, and tick when held. Sets the controller's ``evaluate_every_s`` to
-    :data:`EVALUATE_EVERY_TICKS` intervals.
-
-    Args:
-        controller: what to tick.
-        lease: who may.
-        interval_s: seconds of clock time between ticks (a scaled clock runs them faster).
-        clock: the hub's clock (``real_seconds`` of a scaled clock converts the wait).
-    """
-
-    def __init__(
-        self,
-        controller: RolloutController,
-        lease: ControllerLease,
-        interval_s: float,
-        clock: Clock,
-    ) -> None:
-        if not interval_s > 0:
-            raise ValueError("the controller interval must be positive")
-        self._controller = controller
-        controller.evaluate_every_s = EVALUATE_EVERY_TICKS * interval_s
-        self._lease = lease
-        real_seconds = getattr(clock, "real_seconds", None)
-        self._wait_s = float(real_seconds(interval_s)) if callable(real_seconds) else interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def run_once(self) -> bool:
-        """Take or keep the lease and tick when held; True when it ticked. Errors are
-        logged, never raised: the next round tries again."""
-        if not self._lease.acquire():
-            return False
-        try:
-            self._controller.tick()
-        except ModelfleetError as e:
-            log.error("rollout controller tick failed: %s", str(e).partition("\n")[0])
-        except Exception:
-            log.exception("rollout controller tick failed")
-        return True
-
-    def start(self) -> None:
-        """Start the thread (daemon: it never keeps the process alive)."""
-        self._thread = threading.Thread(target=self._run, name="rollout-controller", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._wait_s):
-            self.run_once()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop ticking, wait for a tick in progress, give the lease up."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self._lease.release()

@@ -41,7 +41,6 @@ __all__ = [
     "Applied",
     "apply_step",
     "progress_of",
-    "stable_stage",
     "store_progress",
 ]
 
@@ -78,12 +77,6 @@ def store_progress(row: db.Rollout, progress: Progress, now: datetime) -> None:
     row.reason = progress.reason[:2000]
     row.updated_at = now
     row.revision += 1
-
-
-def stable_stage(plan: RolloutPlan) -> int:
-    """Index of the plan's stable stage: the last one below 100 % (-1 when none)."""
-    below = [i for i, s in enumerate(plan.stages) if s.percent < 100.0]
-    return below[-1] if below else -1
 
 
 def _assignments(s: Session, model: str, ids: Sequence[str]) -> dict[str, db.Assignment]:
@@ -216,7 +209,7 @@ def apply_step(
     if step.action is Action.START_STAGE:
         assert step.stage is not None
         done = start_stage(s, row, plan, step.stage, now)
-        if row.stable_since is None and step.stage >= stable_stage(plan) >= 0:
+        if row.stable_since is None and step.stage >= plan.stable_stage:
             row.stable_since = now
     elif step.action is Action.ROLL_BACK:
         done = roll_back(s, row, now)

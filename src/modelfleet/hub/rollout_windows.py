@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Final
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -29,7 +29,10 @@ from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict
 from modelfleet.telemetry.wire import WindowTotals
 
-__all__ = ["MARGIN", "GroupKey", "RunningTotals", "summary_of"]
+__all__ = ["CRASH_EVENTS", "MARGIN", "GroupKey", "RunningTotals", "summary_of"]
+
+CRASH_EVENTS: Final = frozenset({"crash", "restart", "watchdog_restart"})
+"""Telemetry event names counted as crashes and watchdog restarts (the ``crashes`` gate)."""
 
 MARGIN: Final = 20_000
 """Record ids below the high-water mark read again each time (in-flight inserts)."""
@@ -55,36 +58,49 @@ class RunningTotals:
     high: int = 0
     recent: set[int] = field(default_factory=set)
 
+    crashes: int = 0
+
     def update(self, s: Session) -> None:
-        """Merge the group's records stored since the last call (all of them the first time)."""
+        """Merge the group's records stored since the last call (all of them the first time):
+        its windows, and its crash/restart events (:data:`CRASH_EVENTS`; events have no role)."""
         r = db.TelemetryRecord
         k = self.key
+        window = r.kind == "window"
+        if k.role is not None:
+            window = and_(window, r.role == k.role)
         where: list[ColumnElement[bool]] = [
-            r.kind == "window",
+            or_(window, r.kind == "event"),
             r.model == k.model,
             r.version == k.version,
             r.device_at >= k.since,
             r.id > max(0, self.high - MARGIN),
         ]
-        if k.role is not None:
-            where.append(r.role == k.role)
         if k.rollout_id is not None:
             where.append(r.rollout_id == k.rollout_id)
         # Ids first (no bodies): the margin's records were mostly merged already.
         new = [i for i in s.scalars(select(r.id).where(*where)) if i not in self.recent]
         for start in range(0, len(new), 1000):
             chunk = new[start : start + 1000]
-            for record_id, body in s.execute(select(r.id, r.body).where(r.id.in_(chunk))):
-                self.totals.add(orjson.loads(body))
+            for record_id, kind, body in s.execute(
+                select(r.id, r.kind, r.body).where(r.id.in_(chunk))
+            ):
+                record = orjson.loads(body)
+                if kind == "window":
+                    self.totals.add(record)
+                elif record.get("event") in CRASH_EVENTS:
+                    self.crashes += 1
                 self.recent.add(record_id)
                 self.high = max(self.high, record_id)
         floor = self.high - MARGIN
         self.recent = {i for i in self.recent if i > floor}
 
 
-def summary_of(totals: WindowTotals) -> JSONDict:
-    """The fields of a telemetry summary that gates read (see ``Telemetry.summary``)."""
+def summary_of(running: RunningTotals) -> JSONDict:
+    """The fields of a telemetry summary that gates read (see ``Telemetry.summary``), and
+    ``"crashes"``."""
+    totals = running.totals
     out = totals.to_record()
+    out["crashes"] = running.crashes
     latency = totals.histograms.get("latency_s")
     p99 = latency.quantile(0.99) if latency is not None else None
     out["devices"] = len(totals.devices)

@@ -31,7 +31,6 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Table, func, insert, select
@@ -49,7 +48,8 @@ from modelfleet.hub.auth import Permission, Principal, check
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
-from modelfleet.hub.rollout_apply import ASSIGNED, ROLLED_BACK, WAITING, apply_step, progress_of
+from modelfleet.hub.rollout_apply import WAITING, apply_step, progress_of
+from modelfleet.hub.rollout_views import OFFLINE_AFTER_S, rollout_summary, rollout_view
 from modelfleet.rollout.change import in_window
 from modelfleet.rollout.cohorts import blast_radius_groups, plan_cohorts
 from modelfleet.rollout.desired_state import Mode
@@ -70,14 +70,9 @@ __all__ = ["COMMANDS", "MAX_EVALUATIONS", "OFFLINE_AFTER_S", "Rollouts", "load_p
 COMMANDS: Final[tuple[Command, ...]] = ("pause", "resume", "promote", "rollback", "abort")
 """The operator commands (``approve`` is separate: it needs the approver role)."""
 
-OFFLINE_AFTER_S: Final = 600.0
-"""A rollout device not seen for this long counts as offline in the view (10 min: three
-polls at the agent's default interval and then some)."""
-
 MAX_EVALUATIONS: Final = 1000
 """Most evaluation rows one request answers."""
 
-_HISTORY: Final = 20
 _UNFINISHED: Final = tuple(state.value for state in RolloutState if state not in TERMINAL)
 _INT32_MAX: Final = 2**31 - 1
 _MAX_TICKET: Final = 128
@@ -339,23 +334,7 @@ class Rollouts:
                     .group_by(db.RolloutDevice.rollout_id)
                 ).all()
             )
-            return [self._summary(r, int(totals.get(r.id, 0))) for r in rows]
-
-    @staticmethod
-    def _summary(row: db.Rollout, total: int) -> JSONDict:
-        plan = parse_plan(row.plan)
-        return {
-            "id": row.id,
-            "model": row.model,
-            "version": row.version,
-            "state": row.state,
-            "stage_name": stage_spec(plan, row.stage).name if row.stage >= 0 else None,
-            "stage_index": row.stage,
-            "stages": row.stage_count,
-            "devices_total": total,
-            "created_at": _iso(row.created_at),
-            "updated_at": _iso(row.updated_at),
-        }
+            return [rollout_summary(r, int(totals.get(r.id, 0))) for r in rows]
 
     def get(self, rollout_id: str) -> JSONDict:
         """See ``HubService.get_rollout``."""
@@ -364,127 +343,7 @@ class Rollouts:
 
     def view(self, s: Session, row: db.Rollout) -> JSONDict:
         """The full view of a rollout (see the module docstring)."""
-        now = self._ctx.now()
-        plan = parse_plan(row.plan)
-        devices = self._device_counts(s, row, now)
-        out = self._summary(row, devices["total"])
-        stage: JSONDict | None = None
-        if row.stage >= 0:
-            spec = stage_spec(plan, row.stage)
-            left = None
-            if row.stage_started_at is not None:
-                elapsed = (now - row.stage_started_at).total_seconds()
-                left = max(0.0, spec.soak_s - elapsed)
-            stage = {
-                "index": row.stage,
-                "name": spec.name,
-                "percent": spec.percent,
-                "mode": spec.mode.value,
-                "share": spec.share,
-                "started_at": _iso(row.stage_started_at),
-                "soak_s": spec.soak_s,
-                "soak_left_s": left,
-            }
-        last = s.scalars(
-            select(db.GateEvaluation)
-            .where(db.GateEvaluation.rollout_id == row.id, db.GateEvaluation.stage == row.stage)
-            .order_by(db.GateEvaluation.id.desc())
-            .limit(1)
-        ).first()
-        history = list(
-            s.scalars(
-                select(db.RolloutTransition)
-                .where(db.RolloutTransition.rollout_id == row.id)
-                .order_by(db.RolloutTransition.id.desc())
-                .limit(_HISTORY)
-            )
-        )
-        evaluation = (last.evidence or {}).get("evaluation", {}) if last is not None else {}
-        out.update(
-            {
-                "plan": row.plan,
-                "from_version": row.from_version,
-                "reason": row.reason,
-                "ticket": row.ticket,
-                "created_by": row.created_by,
-                "approved_by": row.approved_by,
-                "approved_at": _iso(row.approved_at),
-                "completed_at": _iso(row.completed_at),
-                "stage": stage,
-                "devices": devices,
-                "gates": list(evaluation.get("results", [])),
-                "verdict": last.verdict if last is not None else None,
-                "evaluated_at": _iso(last.evaluated_at) if last is not None else None,
-                "history": [
-                    {
-                        "at": _iso(t.at),
-                        "actor": t.actor,
-                        "action": t.action,
-                        "state": t.state,
-                        "stage": t.stage,
-                        "reason": t.reason,
-                        "ticket": t.ticket,
-                    }
-                    for t in reversed(history)
-                ],
-            }
-        )
-        return out
-
-    @staticmethod
-    def _device_counts(s: Session, row: db.Rollout, now: datetime) -> dict[str, int]:
-        rd, a = db.RolloutDevice, db.Assignment
-        counts = {"total": 0, WAITING: 0, ASSIGNED: 0, "running": 0, ROLLED_BACK: 0, "offline": 0}
-        for state, n in s.execute(
-            select(rd.state, func.count()).where(rd.rollout_id == row.id).group_by(rd.state)
-        ):
-            counts["total"] += n
-            counts[state] = counts.get(state, 0) + n
-        # Assigned, but the assignment no longer carries the rollout: its guard rolled it
-        # back, or an operator changed it.
-        taken = int(
-            s.execute(
-                select(func.count())
-                .select_from(rd)
-                .outerjoin(a, (a.device_id == rd.device_id) & (a.model == row.model))
-                .where(
-                    rd.rollout_id == row.id,
-                    rd.state == ASSIGNED,
-                    (a.rollout_id.is_(None)) | (a.rollout_id != row.id),
-                )
-            ).scalar()
-            or 0
-        )
-        counts[ASSIGNED] -= taken
-        counts[ROLLED_BACK] += taken
-        serving = db.DeviceServing
-        counts["running"] = int(
-            s.execute(
-                select(func.count(func.distinct(serving.device_id)))
-                .select_from(rd)
-                .join(serving, serving.device_id == rd.device_id)
-                .where(
-                    rd.rollout_id == row.id,
-                    serving.model == row.model,
-                    serving.version == str(row.version),
-                )
-            ).scalar()
-            or 0
-        )
-        cutoff = now - timedelta(seconds=OFFLINE_AFTER_S)
-        counts["offline"] = int(
-            s.execute(
-                select(func.count())
-                .select_from(rd)
-                .join(db.Device, db.Device.id == rd.device_id)
-                .where(
-                    rd.rollout_id == row.id,
-                    (db.Device.last_seen.is_(None)) | (db.Device.last_seen < cutoff),
-                )
-            ).scalar()
-            or 0
-        )
-        return counts
+        return rollout_view(s, row, self._ctx.now())
 
     def evaluations(self, rollout_id: str, limit: int = 50) -> list[JSONDict]:
         """See ``HubService.rollout_evaluations``."""

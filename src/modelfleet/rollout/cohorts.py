@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from modelfleet.errors import InvalidInputError
@@ -39,6 +39,18 @@ def position(device_id: str, rollout_id: str) -> float:
     """
     digest = hashlib.sha256(rollout_id.encode() + b"\0" + device_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _position_key(rollout_id: str) -> Callable[[str], tuple[float, str]]:
+    """A sort key equal to ``(position(d, rollout_id), d)``, hashing the shared prefix once."""
+    prefix = hashlib.sha256(rollout_id.encode() + b"\0")
+
+    def key(device_id: str) -> tuple[float, str]:
+        h = prefix.copy()
+        h.update(device_id.encode())
+        return int.from_bytes(h.digest()[:8], "big") / 2**64, device_id
+
+    return key
 
 
 def stage_counts(n: int, percents: Sequence[float]) -> list[int]:
@@ -146,7 +158,7 @@ def plan_cohorts(
     """
     groups = groups or {}
     unique = dict.fromkeys(device_ids)
-    ordered = sorted(unique, key=lambda d: (position(d, rollout_id), d))
+    ordered = sorted(unique, key=_position_key(rollout_id))
     counts = stage_counts(len(ordered), percents)
     sizes: dict[str, int] = {}
     for d in ordered:

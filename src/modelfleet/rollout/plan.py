@@ -37,15 +37,14 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import datetime
-import math
-import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-from modelfleet.errors import InvalidInputError
+from modelfleet.rollout import _fields as fields
+from modelfleet.rollout._fields import fail
 from modelfleet.rollout.desired_state import Mode
 
 __all__ = [
@@ -160,10 +159,12 @@ class Selector:
             return False
         if self.devices and device_id not in self.devices:
             return False
-        have = set(tags)
+        if not (self.tags or self.groups):
+            return True
+        have = tags if isinstance(tags, set | frozenset) else set(tags)
         if self.tags and not have.issuperset(self.tags):
             return False
-        return not self.groups or any(f"group:{g}" in have for g in self.groups)
+        return not self.groups or any("group:" + g in have for g in self.groups)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``target`` mapping: only the filters that are set."""
@@ -247,22 +248,30 @@ class RolloutPlan:
     def __post_init__(self) -> None:
         # The same checks as parse_plan, for plans built in code.
         if not self.model:
-            raise _fail("model", "required")
+            raise fail("model", "required")
         if isinstance(self.version, bool) or self.version < 1:
-            raise _fail("version", f"must be at least 1, got {self.version}")
+            raise fail("version", f"must be at least 1, got {self.version}")
         if not (self.selector.all or self.selector.to_dict()):
-            raise _fail("target", "name the devices: all: true, or sites, tags, groups or devices")
+            raise fail("target", "name the devices: all: true, or sites, tags, groups or devices")
         _check_stages(self.stages, "stages")
         _check_gates(self.gates, "gates")
         if self.change_window is not None:
             _check_window(self.change_window, "change.window")
         if not 0.0 <= self.safety_lag_s <= MAX_DURATION_S:
-            raise _fail("safety_lag", f"must be in [0, {MAX_DURATION_S:.0f}] s")
+            raise fail("safety_lag", f"must be in [0, {MAX_DURATION_S:.0f}] s")
 
     @property
     def percents(self) -> list[float]:
         """The stages' cumulative percents, as :func:`.cohorts.plan_cohorts` takes them."""
         return [s.percent for s in self.stages]
+
+    @property
+    def stable_stage(self) -> int:
+        """Index of the stable stage: the last one below 100 % (0 when there is only one).
+
+        Reaching it (or completing) starts the safety lag of other rollouts of the version.
+        """
+        return max(0, len(self.stages) - 2)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-able data in the YAML shape; ``parse_plan(p.to_dict()) == p``."""
@@ -312,10 +321,7 @@ _DAYS = {name: i for i, name in enumerate(_DAY_NAMES)} | {
         ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
     )
 }
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
-MAX_DURATION_S = 365 * 86400.0
+MAX_DURATION_S = fields.MAX_DURATION_S
 """Longest soak or safety lag accepted (a year)."""
 MAX_PLAN_STAGES = 20
 """Most stages a plan may list."""
@@ -336,86 +342,13 @@ def _format_time(t: datetime.time) -> str:
     return t.strftime("%H:%M:%S" if t.second else "%H:%M")
 
 
-def _fail(path: str, message: str) -> InvalidInputError:
-    return InvalidInputError(f"{path}: {message}" if path else message)
-
-
-def _mapping(value: object, path: str, known: Sequence[str]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(path, f"expected a mapping, got {_kind(value)}")
-    unknown = sorted(str(k) for k in value if k not in known)
-    if unknown:
-        where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
-        raise _fail("", f"{where}: unknown key; known here: {', '.join(known)}")
-    return value
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _number(value: object, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(path, f"expected a number, got {_kind(value)}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise _fail(path, f"must be finite, got {value}")
-    return f
-
-
-def _integer(value: object, path: str, minimum: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"expected an integer, got {_kind(value)}")
-    if value < minimum:
-        raise _fail(path, f"must be at least {minimum}, got {value}")
-    return value
-
-
-def _text(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(path, f"expected a non-empty string, got {_kind(value)}")
-    return value
-
-
-def _texts(value: object, path: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise _fail(path, f"expected a list of strings, got {_kind(value)}")
-    out = tuple(_text(v, f"{path}[{i}]") for i, v in enumerate(value))
-    if len(set(out)) != len(out):
-        raise _fail(path, "duplicate entries")
-    return out
-
-
-def _optional_text(doc: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = doc.get(key)
-    return None if value is None else _text(value, path)
-
-
 def parse_duration(value: object, path: str = "duration") -> float:
     """Seconds from a number or a string like ``"30s"``, ``"30m"``, ``"1h"``, ``"2d"``, ``"1h30m"``.
 
     Raises:
         InvalidInputError: naming ``path``: not a duration, negative, or not finite.
     """
-    if isinstance(value, str):
-        text = value.strip().lower()
-        parts = _DURATION.findall(text)
-        if not text or "".join(n + u for n, u in parts) != text:
-            if re.fullmatch(r"\d+(?:\.\d+)?", text):
-                seconds = float(text)
-            else:
-                raise _fail(path, f"not a duration: {value!r} (use seconds or 30s, 30m, 1h, 2d)")
-        else:
-            seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
-    else:
-        seconds = _number(value, path)
-    if seconds < 0:
-        raise _fail(path, f"must not be negative, got {value!r}")
-    if seconds > MAX_DURATION_S:
-        raise _fail(path, f"must be at most {MAX_DURATION_S:.0f} s (a year), got {value!r}")
-    return seconds
+    return fields.duration(value, path)
 
 
 def parse_plan(doc: Mapping[str, Any]) -> RolloutPlan:
@@ -429,28 +362,28 @@ def parse_plan(doc: Mapping[str, Any]) -> RolloutPlan:
             a duplicate stage name or gate metric, ``drift_score`` (lands with drift
             monitoring, issue 9), an unknown time zone or weekday, a bad time of day.
     """
-    top = _mapping(doc, "", _TOP_KEYS)
+    top = fields.mapping(doc, "", _TOP_KEYS)
     for key in ("model", "version", "target"):
         if key not in top:
-            raise _fail(key, "required")
+            raise fail(key, "required")
     stages = DEFAULT_STAGES if top.get("stages") is None else _stages(top["stages"], "stages")
     gates = DEFAULT_GATES if top.get("gates") is None else _gates(top["gates"], "gates")
     blast: str | None = None
     if top.get("blast_radius") is not None:
-        br = _mapping(top["blast_radius"], "blast_radius", ("tag_prefix",))
+        br = fields.mapping(top["blast_radius"], "blast_radius", ("tag_prefix",))
         if "tag_prefix" not in br:
-            raise _fail("blast_radius.tag_prefix", "required")
-        blast = _text(br["tag_prefix"], "blast_radius.tag_prefix")
+            raise fail("blast_radius.tag_prefix", "required")
+        blast = fields.text(br["tag_prefix"], "blast_radius.tag_prefix")
     ticket: str | None = None
     window: ChangeWindow | None = None
     if top.get("change") is not None:
-        ch = _mapping(top["change"], "change", ("ticket", "window"))
-        ticket = _optional_text(ch, "ticket", "change.ticket")
+        ch = fields.mapping(top["change"], "change", ("ticket", "window"))
+        ticket = fields.optional_text(ch, "ticket", "change.ticket")
         if ch.get("window") is not None:
             window = _window(ch["window"], "change.window")
     policy = FailurePolicy.ROLLBACK
     if top.get("on_failure") is not None:
-        policy = _enum(FailurePolicy, top["on_failure"], "on_failure")
+        policy = fields.enum(FailurePolicy, top["on_failure"], "on_failure")
     lag = 0.0
     if top.get("safety_lag") is not None:
         lag = parse_duration(top["safety_lag"], "safety_lag")
@@ -458,12 +391,12 @@ def parse_plan(doc: Mapping[str, Any]) -> RolloutPlan:
     if top.get("slo") is not None:
         raw = top["slo"]
         if not isinstance(raw, Mapping):
-            raise _fail("slo", f"expected a mapping, got {_kind(raw)}")
+            raise fail("slo", f"expected a mapping, got {fields.kind(raw)}")
         for k, v in raw.items():
-            slo[_text(k, "slo")] = _number(v, f"slo.{k}")
+            slo[fields.text(k, "slo")] = fields.number(v, f"slo.{k}")
     return RolloutPlan(
-        model=_text(top["model"], "model"),
-        version=_integer(top["version"], "version", 1),
+        model=fields.text(top["model"], "model"),
+        version=fields.integer(top["version"], "version", 1),
         selector=_selector(top["target"], "target"),
         stages=stages,
         gates=gates,
@@ -473,7 +406,7 @@ def parse_plan(doc: Mapping[str, Any]) -> RolloutPlan:
         failure_policy=policy,
         safety_lag_s=lag,
         slo=slo,
-        name=_optional_text(top, "name", "name"),
+        name=fields.optional_text(top, "name", "name"),
     )
 
 
@@ -491,57 +424,43 @@ _TOP_KEYS = (
     "name",
 )
 
-E = TypeVar("E", bound=StrEnum)
-
-
-def _enum(cls: type[E], value: object, path: str) -> E:
-    choices = ", ".join(m.value for m in cls)
-    if not isinstance(value, str):
-        raise _fail(path, f"expected one of {choices}, got {_kind(value)}")
-    try:
-        return cls(value.lower())
-    except ValueError:
-        raise _fail(path, f"expected one of {choices}, got {value!r}") from None
-
 
 def _selector(value: object, path: str) -> Selector:
-    d = _mapping(value, path, ("all", "sites", "tags", "groups", "devices"))
+    d = fields.mapping(value, path, ("all", "sites", "tags", "groups", "devices"))
     everything = d.get("all", False)
     if not isinstance(everything, bool):
-        raise _fail(f"{path}.all", f"expected true or false, got {_kind(everything)}")
+        raise fail(f"{path}.all", f"expected true or false, got {fields.kind(everything)}")
     lists = {
-        k: _texts(d[k], f"{path}.{k}")
+        k: fields.texts(d[k], f"{path}.{k}")
         for k in ("sites", "tags", "groups", "devices")
         if d.get(k) is not None
     }
     if everything and any(lists.values()):
-        raise _fail(
-            path, "all: true goes alone (drop it to filter by sites, tags, groups, devices)"
-        )
+        raise fail(path, "all: true goes alone (drop it to filter by sites, tags, groups, devices)")
     if not everything and not any(lists.values()):
-        raise _fail(path, "name the devices: all: true, or sites, tags, groups or devices")
+        raise fail(path, "name the devices: all: true, or sites, tags, groups or devices")
     return Selector(all=everything, **lists)
 
 
 def _stages(value: object, path: str) -> tuple[StageSpec, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise _fail(path, f"expected a list of stages, got {_kind(value)}")
+        raise fail(path, f"expected a list of stages, got {fields.kind(value)}")
     if not 1 <= len(value) <= MAX_PLAN_STAGES:
-        raise _fail(path, f"expected 1 to {MAX_PLAN_STAGES} stages, got {len(value)}")
+        raise fail(path, f"expected 1 to {MAX_PLAN_STAGES} stages, got {len(value)}")
     out: list[StageSpec] = []
     for i, raw in enumerate(value):
         p = f"{path}[{i}]"
-        d = _mapping(raw, p, ("name", "percent", "mode", "share", "soak"))
+        d = fields.mapping(raw, p, ("name", "percent", "mode", "share", "soak"))
         for key in ("name", "percent"):
             if key not in d:
-                raise _fail(f"{p}.{key}", "required")
-        mode = Mode.FULL if d.get("mode") is None else _enum(Mode, d["mode"], f"{p}.mode")
-        share = 0.0 if d.get("share") is None else _number(d["share"], f"{p}.share")
+                raise fail(f"{p}.{key}", "required")
+        mode = Mode.FULL if d.get("mode") is None else fields.enum(Mode, d["mode"], f"{p}.mode")
+        share = 0.0 if d.get("share") is None else fields.number(d["share"], f"{p}.share")
         soak = 3600.0 if d.get("soak") is None else parse_duration(d["soak"], f"{p}.soak")
         out.append(
             StageSpec(
-                _text(d["name"], f"{p}.name"),
-                _number(d["percent"], f"{p}.percent"),
+                fields.text(d["name"], f"{p}.name"),
+                fields.number(d["percent"], f"{p}.percent"),
                 mode,
                 share,
                 soak,
@@ -553,60 +472,60 @@ def _stages(value: object, path: str) -> tuple[StageSpec, ...]:
 
 def _check_stages(stages: tuple[StageSpec, ...], path: str) -> None:
     if not stages:
-        raise _fail(path, "at least one stage")
+        raise fail(path, "at least one stage")
     names: set[str] = set()
     for i, st in enumerate(stages):
         p = f"{path}[{i}]"
         if st.name in names:
-            raise _fail(f"{p}.name", f"duplicate stage name {st.name!r}")
+            raise fail(f"{p}.name", f"duplicate stage name {st.name!r}")
         names.add(st.name)
         if not 0.0 < st.percent <= 100.0:
-            raise _fail(f"{p}.percent", f"must be in (0, 100], got {st.percent:g}")
+            raise fail(f"{p}.percent", f"must be in (0, 100], got {st.percent:g}")
         if i and st.percent <= stages[i - 1].percent:
-            raise _fail(
+            raise fail(
                 f"{p}.percent",
                 f"must be greater than {path}[{i - 1}].percent ({stages[i - 1].percent:g}): "
                 "percents are cumulative shares of the fleet",
             )
         if st.mode is Mode.FULL:
             if st.share != 0.0:
-                raise _fail(f"{p}.share", "only split and shadow stages take a share")
+                raise fail(f"{p}.share", "only split and shadow stages take a share")
         elif not 0.0 < st.share <= 1.0:
-            raise _fail(f"{p}.share", f"{st.mode.value} needs a share in (0, 1], got {st.share:g}")
+            raise fail(f"{p}.share", f"{st.mode.value} needs a share in (0, 1], got {st.share:g}")
         if not 0.0 <= st.soak_s <= MAX_DURATION_S:
-            raise _fail(f"{p}.soak", f"must be in [0, {MAX_DURATION_S:.0f}] s")
+            raise fail(f"{p}.soak", f"must be in [0, {MAX_DURATION_S:.0f}] s")
     last = len(stages) - 1
     if stages[last].percent != 100.0:
-        raise _fail(
+        raise fail(
             f"{path}[{last}].percent", f"the last stage must be 100, got {stages[last].percent:g}"
         )
     if stages[last].mode is not Mode.FULL:
-        raise _fail(
+        raise fail(
             f"{path}[{last}].mode", "the last stage must be full (the version becomes production)"
         )
 
 
 def _gates(value: object, path: str) -> tuple[GateSpec, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise _fail(path, f"expected a list of gates, got {_kind(value)}")
+        raise fail(path, f"expected a list of gates, got {fields.kind(value)}")
     out: list[GateSpec] = []
     keys = ("metric", "max", "max_ratio", "max_delta", "min_devices", "min_samples", "consecutive")
     for i, raw in enumerate(value):
         p = f"{path}[{i}]"
-        d = _mapping(raw, p, keys)
+        d = fields.mapping(raw, p, keys)
         if "metric" not in d:
-            raise _fail(f"{p}.metric", "required")
+            raise fail(f"{p}.metric", "required")
 
         def num(key: str, d: Mapping[str, Any] = d, p: str = p) -> float | None:
-            return None if d.get(key) is None else _number(d[key], f"{p}.{key}")
+            return None if d.get(key) is None else fields.number(d[key], f"{p}.{key}")
 
         def count(key: str, default: int, d: Mapping[str, Any] = d, p: str = p) -> int:
             low = 0 if key == "min_samples" else 1
-            return default if d.get(key) is None else _integer(d[key], f"{p}.{key}", low)
+            return default if d.get(key) is None else fields.integer(d[key], f"{p}.{key}", low)
 
         out.append(
             GateSpec(
-                _enum(GateMetric, d["metric"], f"{p}.metric"),
+                fields.enum(GateMetric, d["metric"], f"{p}.metric"),
                 max=num("max"),
                 max_ratio=num("max_ratio"),
                 max_delta=num("max_delta"),
@@ -621,41 +540,41 @@ def _gates(value: object, path: str) -> tuple[GateSpec, ...]:
 
 def _check_gates(gates: tuple[GateSpec, ...], path: str) -> None:
     if not gates:
-        raise _fail(path, "at least one gate (a stage never passes blind)")
+        raise fail(path, "at least one gate (a stage never passes blind)")
     seen: set[GateMetric] = set()
     for i, g in enumerate(gates):
         p = f"{path}[{i}]"
         if g.metric in seen:
-            raise _fail(f"{p}.metric", f"{g.metric.value} appears twice")
+            raise fail(f"{p}.metric", f"{g.metric.value} appears twice")
         seen.add(g.metric)
         if g.metric is GateMetric.DRIFT_SCORE:
-            raise _fail(f"{p}.metric", "drift_score lands with drift monitoring (issue 9)")
+            raise fail(f"{p}.metric", "drift_score lands with drift monitoring (issue 9)")
         relative = g.max_ratio is not None or g.max_delta is not None
         if g.max is not None and relative:
-            raise _fail(p, "either max (absolute) or max_ratio/max_delta (relative), not both")
+            raise fail(p, "either max (absolute) or max_ratio/max_delta (relative), not both")
         if g.max is None and not relative:
-            raise _fail(p, "needs a threshold: max, or max_ratio and/or max_delta")
+            raise fail(p, "needs a threshold: max, or max_ratio and/or max_delta")
         if g.max is not None and g.max < 0:
-            raise _fail(f"{p}.max", f"must not be negative, got {g.max:g}")
+            raise fail(f"{p}.max", f"must not be negative, got {g.max:g}")
         if g.max_ratio is not None and g.max_ratio < 1:
-            raise _fail(f"{p}.max_ratio", f"must be at least 1, got {g.max_ratio:g}")
+            raise fail(f"{p}.max_ratio", f"must be at least 1, got {g.max_ratio:g}")
         if g.max_delta is not None and g.max_delta < 0:
-            raise _fail(f"{p}.max_delta", f"must not be negative, got {g.max_delta:g}")
+            raise fail(f"{p}.max_delta", f"must not be negative, got {g.max_delta:g}")
         if g.metric is GateMetric.CONFIDENCE_SHIFT and relative:
-            raise _fail(p, "confidence_shift is already against the control: use max")
+            raise fail(p, "confidence_shift is already against the control: use max")
         if g.min_devices < 1 or g.consecutive < 1 or g.min_samples < 0:
-            raise _fail(p, "min_devices and consecutive must be at least 1, min_samples at least 0")
+            raise fail(p, "min_devices and consecutive must be at least 1, min_samples at least 0")
 
 
 def _window(value: object, path: str) -> ChangeWindow:
-    d = _mapping(value, path, ("tz", "days", "start", "end"))
+    d = fields.mapping(value, path, ("tz", "days", "start", "end"))
     for key in ("tz", "days", "start", "end"):
         if key not in d:
-            raise _fail(f"{path}.{key}", "required")
-    tz = _text(d["tz"], f"{path}.tz")
+            raise fail(f"{path}.{key}", "required")
+    tz = fields.text(d["tz"], f"{path}.tz")
     raw_days = d["days"]
     if isinstance(raw_days, str) or not isinstance(raw_days, Sequence) or not raw_days:
-        raise _fail(f"{path}.days", "expected a non-empty list of weekdays (mon..sun or 0..6)")
+        raise fail(f"{path}.days", "expected a non-empty list of weekdays (mon..sun or 0..6)")
     days: list[int] = []
     for i, day in enumerate(raw_days):
         p = f"{path}.days[{i}]"
@@ -664,37 +583,28 @@ def _window(value: object, path: str) -> ChangeWindow:
         elif isinstance(day, int) and not isinstance(day, bool) and 0 <= day <= 6:
             n = day
         else:
-            raise _fail(p, f"expected a weekday (mon..sun or 0 = Monday..6), got {day!r}")
+            raise fail(p, f"expected a weekday (mon..sun or 0 = Monday..6), got {day!r}")
         if n in days:
-            raise _fail(p, f"{_DAY_NAMES[n]} appears twice")
+            raise fail(p, f"{_DAY_NAMES[n]} appears twice")
         days.append(n)
     w = ChangeWindow(
-        tz, tuple(sorted(days)), _time(d["start"], f"{path}.start"), _time(d["end"], f"{path}.end")
+        tz,
+        tuple(sorted(days)),
+        fields.time_of_day(d["start"], f"{path}.start"),
+        fields.time_of_day(d["end"], f"{path}.end"),
     )
     _check_window(w, path)
     return w
-
-
-def _time(value: object, path: str) -> datetime.time:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 (PyYAML) reads an unquoted 14:00 as the sexagesimal integer 840: minutes.
-        if 0 <= value < 1440:
-            return datetime.time(value // 60, value % 60)
-        raise _fail(path, f'expected a time of day "HH:MM" (quote it in YAML), got {value!r}')
-    m = _TIME.fullmatch(value) if isinstance(value, str) else None
-    if m is None:
-        raise _fail(path, f"expected a time of day HH:MM, got {value!r}")
-    return datetime.time(int(m[1]), int(m[2]), int(m[3] or 0))
 
 
 def _check_window(w: ChangeWindow, path: str) -> None:
     try:
         zoneinfo.ZoneInfo(w.tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise _fail(
+        raise fail(
             f"{path}.tz", f"unknown time zone {w.tz!r} (use an IANA name such as Europe/Berlin)"
         ) from None
     if not w.days or any(not 0 <= d <= 6 for d in w.days):
-        raise _fail(f"{path}.days", "weekdays are 0 (Monday) to 6 (Sunday)")
+        raise fail(f"{path}.days", "weekdays are 0 (Monday) to 6 (Sunday)")
     if w.start == w.end:
-        raise _fail(f"{path}.end", "must differ from start")
+        raise fail(f"{path}.end", "must differ from start")

@@ -372,7 +372,9 @@ class RolloutStageOut(_Out):
     share: float
     started_at: str | None
     soak_s: float
-    soak_left_s: float | None = Field(description="seconds of soak left (0 once over)")
+    soak_left_s: float | None = Field(
+        description="seconds of soak left (0 once over; null when the rollout has ended)"
+    )
 
 
 class RolloutDevicesOut(_Out):
