@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from modelfleet import __version__
-from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd
+from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd, sim_cmd
 from modelfleet.cli._deploy_wait import (
     DeployWaitError,
     DeviceWait,
@@ -861,6 +861,7 @@ audit_cmds.register(app, _client)
 
 agent_cmds.register(agent_app)
 demo_cmd.register(app)
+sim_cmd.register(app)
 
 
 def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
