@@ -184,10 +184,6 @@ def run_rollout(devices: int, poll_s: float, soak: str, database_url: str) -> di
             for seed in (0, 1):
                 model, sample = _model(seed)
                 client.register_version("m", model, sample)
-            # hub/rollout_apply.py does not mark a rolled-out version published (reported):
-            # a plain deploy to a spare device puts v2 in the catalog
-            client.add_device("spare", site="spare")
-            client.deploy("m", 2, ["spare"])
             config = SimConfig(hub_url=url, token=token, devices=devices, poll_s=poll_s,
                                window_s=poll_s, concurrency=16, site="fleet")  # fmt: skip
             sim = FleetSimulator(config, ScaledClock(origin, rate))

@@ -75,20 +75,10 @@ def _run_rollout(hub: Hub, sim: FleetSimulator, plan: dict[str, Any], limit_s: f
     return _api(hub, "GET", f"/rollouts/{ro['id']}")
 
 
-def _publish(hub: Hub, site: str) -> None:
-    """Workaround: hub/rollout_apply.py does not mark a rolled-out version published, so the
-    catalog would not list it and every device would refuse it (found by this simulator,
-    reported); a plain deploy to a spare device publishes v2 and v3."""
-    hub.client.add_device(f"{site}-spare", site="spare")
-    for v in (2, 3):
-        hub.client.deploy("m", v, [f"{site}-spare"])
-
-
 def _fleet(scaled: tuple[Hub, ScaledClock], site: str, faults: list[str]) -> FleetSimulator:
     hub, clock = scaled
     sim = make_sim(hub, site, N, clock=clock, site=site, poll_s=60, window_s=60,
                    faults=tuple(parse_faults(faults)))  # fmt: skip
-    _publish(hub, site)
     hub.client.deploy("m", 1, [d.device_id for d in sim.devices])
     sim.run_for(600, until=lambda: sim.serving() == {"m": {"v1": N}})
     sim.run_for(180)  # control windows of v1
@@ -120,10 +110,8 @@ def test_a_good_version_reaches_every_device_and_a_bad_one_stops_at_the_canary(
 def test_with_a_third_of_the_canary_offline_the_stage_holds_for_data(
     scaled: tuple[Hub, ScaledClock],
 ) -> None:
-    hub, _ = scaled
     hub, clock = scaled
     with make_sim(hub, "dark", N, clock=clock, site="dark", poll_s=60, window_s=60) as sim:
-        _publish(hub, "dark")
         hub.client.deploy("m", 1, [d.device_id for d in sim.devices])
         sim.run_for(600, until=lambda: sim.serving() == {"m": {"v1": N}})
         sim.run_for(180)
