@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from modelfleet.cli._errors import ExitCode, UsageError
+from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt
 from modelfleet.cli._output import console, err_console, print_json, table
 from modelfleet.errors import InvalidInputError
 
@@ -30,23 +31,6 @@ __all__ = ["parse_since", "register"]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-HubOpt = Annotated[
-    str, typer.Option("--hub", envvar="MODELFLEET_HUB", help="Hub URL, e.g. http://127.0.0.1:8700")
-]
-TokenOpt = Annotated[
-    str, typer.Option("--token", envvar="MODELFLEET_TOKEN", help="API token", show_default=False)
-]
-TokenFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        envvar="MODELFLEET_TOKEN_FILE",
-        help="Read the API token from this file (keeps it out of `ps`); used when no --token.",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 #: ``(hub, token, token_file) -> HubClient``: the main module's, so every command shares
 #: one token handling.
