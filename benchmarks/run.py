@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
+    parser.add_argument(
+        "--before-src",
+        default="",
+        help="checkin: also measure a hub from this src folder, in turns (before/after)",
+    )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument(
         "--devices", type=int, default=100_000, help="rollout-core: largest fleet (100000)"
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "checkin":
         from benchmarks.checkin import main as checkin
 
-        return checkin(["--database-url", args.database_url])
+        extra = ["--before-src", args.before_src, "--rounds", "2"] if args.before_src else []
+        return checkin(["--database-url", args.database_url, *extra])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 
