@@ -97,8 +97,12 @@ class CheckinEndpoint:
         try:
             _refuse_nul(device_id, scope.get("query_string", b""))
             token = _bearer(authorization)
-            too_large = declared is not None and declared.isdigit() and int(declared) > self._limit
-            body = None if too_large else await self._read_body(receive)
+            limit = self._limit
+            body: bytes | str
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                body = f"the request body exceeds the limit of {limit} bytes"
+            else:
+                body = await self._read_body(receive)
             outcome = await anyio.to_thread.run_sync(self._check_in, token, device_id, body)
         except _ClientGone:
             return
@@ -113,8 +117,8 @@ class CheckinEndpoint:
             return
         await _send(send, 200, orjson.dumps({**outcome, "status": "recorded"}), [])
 
-    async def _read_body(self, receive: Any) -> bytes | None:
-        """The body, or None once it exceeds the limit (the rest is not read).
+    async def _read_body(self, receive: Any) -> bytes | str:
+        """The body, or once it exceeds the limit why it is refused (the rest is not read).
 
         Raises:
             _ClientGone: the client went away.
@@ -128,14 +132,15 @@ class CheckinEndpoint:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
-                return None
+                return f"the report exceeds the limit of {self._limit} bytes"
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _check_in(self, token: str | None, device_id: str, body: bytes | None) -> dict[str, Any]:
+    def _check_in(self, token: str | None, device_id: str, body: bytes | str) -> dict[str, Any]:
         """Token, permission, size, report: in this order, as the FastAPI route checks them
-        (on the thread pool: each may read the database).
+        (on the thread pool: each may read the database). ``body`` is the body, or why its
+        size is refused (the messages the FastAPI route gives).
 
         Raises:
             UnauthenticatedError, ForbiddenError, PayloadTooLargeError, and what
@@ -144,8 +149,8 @@ class CheckinEndpoint:
         service = self._service
         who = service.authenticate(token)
         check(who, Permission.ADMIN, device_id=device_id)
-        if body is None:
-            raise PayloadTooLargeError(f"the request body exceeds the limit of {self._limit} bytes")
+        if isinstance(body, str):
+            raise PayloadTooLargeError(body)
         return service.record_report(device_id, body)
 
 
