@@ -191,8 +191,7 @@ class Fleet:
         if cached is not None:
             return cached
         read_at = self._ctx.clock.monotonic()  # before the read: the entry never outlives it
-        with self._ctx.read() as s:
-            row = s.execute(_TOKEN, {"sha": sha}).first()
+        row = self._ctx.read_row(_TOKEN, {"sha": sha})
         if row is None or row.revoked:
             raise UnauthenticatedError("the token is not valid")
         principal = Principal(Role(row.role), row.subject)
@@ -339,8 +338,7 @@ class Fleet:
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
         if not events:
-            with self._ctx.read() as s:
-                row = s.execute(_REPORTED, {"id": device_id}).first()
+            row = self._ctx.read_row(_REPORTED, {"id": device_id})
             if row is not None and row.reported is not None and _same_report(row.reported, data):
                 self._seen.touch(device_id, now)
                 versions = self._director.current_versions(device_id, row.timestamp_version)
@@ -358,8 +356,7 @@ class Fleet:
             applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
         if changed:
             self._director.publish()
-        with self._ctx.read() as s:
-            ts = s.execute(_REPORTED, {"id": device_id}).first()
+        ts = self._ctx.read_row(_REPORTED, {"id": device_id})
         versions = self._director.current_versions(device_id, ts.timestamp_version if ts else 0)
         return {"applied_rollbacks": applied, "tuf": versions.to_dict()}
 
