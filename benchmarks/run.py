@@ -1,14 +1,16 @@
 """Entry point of modelfleet's benchmarks.
 
-``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|rollout-core|drift|director|
-checkin|all] [--duration N] ...``
+``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
+rollout-core|rollout-sim|drift|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
 ``benchmarks/telemetry_hub.py``). ``rollout-core`` times the pure rollout core (cohorts plus
-gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest). ``drift``
-times the drift core (device counting per row, the hub's merge and statistics over 10,000 device
-windows) and measures its false-alarm rate over 1,000 stable windows (``benchmarks/drift.py``).
+gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the largest);
+``rollout-sim`` runs a simulated fleet (``--devices``, default 10,000) against a real
+``hub serve`` (``benchmarks/rollout_sim.py``). ``drift`` times the drift core (device counting
+per row, the hub's merge and statistics over 10,000 device windows) and measures its false-alarm
+rate over 1,000 stable windows (``benchmarks/drift.py``).
 
 ``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
 ``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
@@ -47,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             "lifecycle",
             "telemetry",
             "telemetry-hub",
-            "rollout-core",
-            "drift",
             "director",
             "checkin",
+            "rollout-core",
+            "rollout-sim",
+            "drift",
             "all",
         ],
     )
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument(
-        "--devices", type=int, default=100_000, help="rollout-core: largest fleet (100000)"
+        "--devices",
+        type=int,
+        default=None,
+        help="rollout-core: largest fleet (100000); rollout-sim: devices (10000)",
     )
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
@@ -100,12 +106,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration >= 1, --repeats >= 1 and --inproc-calls >= 100 are required")
 
     status = 0
+    if args.benchmark == "rollout-sim":
+        from benchmarks.rollout_sim import main as rollout_sim
+
+        n = str(args.devices or 10_000)
+        return rollout_sim(["--devices", n, "--database-url", args.database_url])
+    if args.benchmark == "director":
+        from benchmarks.director import main as director
+
+        return director(["--database-url", args.database_url])
+    if args.benchmark == "checkin":
+        from benchmarks.checkin import main as checkin
+
+        extra = ["--before-src", args.before_src, "--rounds", "2"] if args.before_src else []
+        return checkin(["--database-url", args.database_url, *extra])
     if args.benchmark in ("rollout-core", "all"):
         from benchmarks.rollout_core import main as rollout_core
 
         extra = ["--no-docs"] if args.no_docs else []
         status = rollout_core(
-            ["--devices", str(args.devices), "--repeats", str(args.repeats), *extra]
+            ["--devices", str(args.devices or 100_000), "--repeats", str(args.repeats), *extra]
         )
         if args.benchmark == "rollout-core":
             return status
@@ -116,15 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         status = drift(["--repeats", str(args.repeats), *extra]) or status
         if args.benchmark == "drift":
             return status
-    if args.benchmark == "director":
-        from benchmarks.director import main as director
-
-        return director(["--database-url", args.database_url])
-    if args.benchmark == "checkin":
-        from benchmarks.checkin import main as checkin
-
-        extra = ["--before-src", args.before_src, "--rounds", "2"] if args.before_src else []
-        return checkin(["--database-url", args.database_url, *extra])
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
 

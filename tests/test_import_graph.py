@@ -11,6 +11,7 @@ between packages (``modelfleet.hub``, ``modelfleet.agent``, …; a top-level mod
 * ``agent/`` never imports ``hub/``, ``client``, fastapi or sqlalchemy; ``audit/`` never
   imports ``hub/``;
 * ``serving/``, ``monitoring/`` and ``rollout/`` import no web framework, database or clock;
+* ``sim/`` never imports ``hub/``, ``agent/``, ``client``, a web framework or a database;
 * ``telemetry/`` never imports ``agent/``, ``hub/``, ``client``, a web framework or a database;
   opentelemetry (extra ``otel``) is imported only by ``telemetry/otel.py``, inside functions;
 * what ``modelfleet agent run`` and the CLI load at import time needs no extra (the
@@ -263,6 +264,11 @@ FORBIDDEN = [
     *(
         (f"{p}-imports-web-db-or-clock", f"modelfleet.{p}", (*WEB, *DATABASE, *CLOCK))
         for p in ("serving", "monitoring", "rollout")
+    ),
+    (
+        "sim-imports-hub-agent-client-web-or-db",
+        "modelfleet.sim",
+        ("modelfleet.hub", "modelfleet.agent", "modelfleet.client", *WEB, *DATABASE),
     ),
     (
         "telemetry-imports-agent-hub-web-or-db",

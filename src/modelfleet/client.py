@@ -265,6 +265,9 @@ class HubClient:
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
+        reference: Path | str | None = None,
+        categorical: Sequence[str] = (),
+        drift_sketches: bool = True,
     ) -> dict[str, Any]:
         """Upload a model and register it as the next version of ``name``.
 
@@ -276,26 +279,40 @@ class HubClient:
                 ``.csv`` file; generated from the schema if None.
             lineage: provenance fields stored with the version.
             ticket: change ticket.
+            reference: reference rows for drift (issue 9): ``.npy``, ``.npz``, ``.csv``
+                with a header, or ``.parquet`` (needs pyarrow). Profiled here: the
+                inputs, and the model's outputs on them (run with ONNX Runtime); the
+                profile is signed into the package manifest. None: drift will not be
+                computed for this version.
+            categorical: reference columns that are categorical (text columns always are).
+            drift_sketches: keep KLL sketches of the reference columns in the profile (KS).
 
         Returns:
-            The version dict (``model``, ``version``, ``sha256``, ``schema``, ...).
+            The version dict (``model``, ``version``, ``sha256``, ``schema``, ...), with
+            ``drift``: the profile's digest and columns, or a ``message`` that drift will
+            not be computed.
 
         Raises:
             InvalidModelError: the estimator cannot be converted (the hub answers
                 :class:`InvalidInputError` for a model it cannot load).
-            InvalidInputError: a bad file, sample, or model.
+            InvalidInputError: a bad file, sample, reference, or model.
+            ModuleNotFoundError: a Parquet reference without pyarrow installed.
         """
         sample = _load_sample(sample_input)
-        if isinstance(model, bytes | Path | str):
-            model_digest = self.upload_blob(model)
-        else:
+        if not isinstance(model, bytes | Path | str):
             if sample is None:
                 raise InvalidInputError(
                     "a scikit-learn model needs sample_input to be converted to ONNX"
                 )
             from modelfleet.packaging.sklearn import sklearn_to_onnx
 
-            model_digest = self.upload_blob(sklearn_to_onnx(model, sample))
+            model = sklearn_to_onnx(model, sample)
+        profile = None
+        if reference is not None:
+            profile = _reference_profile(model, reference, categorical, drift_sketches)
+        elif categorical:
+            raise InvalidInputError("categorical columns were named without a reference")
+        model_digest = self.upload_blob(model)
         sample_digest = None
         if sample is not None:
             buf = io.BytesIO()
@@ -310,8 +327,11 @@ class HubClient:
                 "lineage": dict(lineage or {}),
                 "ticket": ticket,
                 "decisions": {k: dict(v) for k, v in decisions.items()} if decisions else None,
+                **({"reference_profile": profile} if profile is not None else {}),
             },
         )
+        if profile is None:
+            result.setdefault("drift", {"reference_profile": None, "message": NO_DRIFT})
         return result
 
     def list_models(self) -> list[dict[str, Any]]:
@@ -575,10 +595,36 @@ def register_model(
     model: Path | str | bytes | Any,
     sample_input: np.ndarray | Path | str | None = None,
     lineage: Mapping[str, Any] | None = None,
+    *,
+    reference: Path | str | None = None,
+    categorical: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Register ``model`` as the next version of ``name`` (see
-    :meth:`HubClient.register_version`)."""
-    return client.register_version(name, model, sample_input, lineage)
+    :meth:`HubClient.register_version`; ``reference``: rows for the drift profile)."""
+    return client.register_version(
+        name, model, sample_input, lineage, reference=reference, categorical=categorical
+    )
+
+
+#: What a registration without a reference says (the hub answers the same).
+NO_DRIFT = "no reference profile: drift will not be computed for this version"
+
+
+def _reference_profile(
+    model: Path | str | bytes, reference: Path | str, categorical: Sequence[str], sketches: bool
+) -> dict[str, Any]:
+    """The manifest's ``reference_profile`` for ``model`` from the reference file."""
+    from modelfleet.packaging.reference import build_package_profile, load_reference
+
+    if isinstance(model, bytes):
+        data = model
+    else:
+        try:
+            data = Path(model).read_bytes()
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {model}: {e.strerror or e}") from e
+    table = load_reference(reference)
+    return build_package_profile(data, table, categorical, sketches=sketches).to_dict()
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

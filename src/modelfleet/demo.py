@@ -291,7 +291,16 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
     processes.append(
         start(
             "hub",
-            modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(hub_port)),
+            modelfleet_cmd(
+                "hub",
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                str(hub_port),
+                "--controller-interval-s",
+                "0.5",
+            ),
             logs,
         )
     )
@@ -484,6 +493,7 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
 
     # 9 ---------------------------------------------------------------------------------
     _telemetry_step(story, hub, canary)
+    _rollout_step(story, hub, hub_url, admin_token)
 
     # summary ---------------------------------------------------------------------------
     console.print()
@@ -502,6 +512,97 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
     console.print(t)
     if keep_logs:
         console.print(f"[dim]Logs of the hub and agents: {logs}[/]")
+
+
+SIM_DEVICES = 100
+"""Simulated devices of the plant in step 10."""
+
+
+def _rollout_step(story: Story, hub: Any, hub_url: str, admin_token: str) -> None:
+    """Step 10: a staged rollout to a simulated plant, stopped in its canary stage by its gate."""
+    from sklearn.linear_model import LogisticRegression
+
+    from modelfleet.sim.faults import parse_faults
+    from modelfleet.sim.fleet import FleetSimulator, SimConfig
+    from modelfleet.sim.traffic import Traffic
+
+    story.step(
+        "a staged rollout stopped by its gate",
+        f"plant-c has {SIM_DEVICES} devices, simulated in this process by `modelfleet sim`: each\n"
+        "one checks in, verifies its own director metadata with TUF, applies its desired state\n"
+        "and sends telemetry windows (its inferences are simulated). v4 is rolled out to\n"
+        "plant-c in stages (5 %, then 100 %); at plant-c v4 fails 30 % of its requests. The\n"
+        "controller compares the canary's error rate with the devices still on v2 and, after two\n"
+        "bad evaluations in a row, rolls every canary device back to its pinned previous version.",
+    )
+    x, y = make_data(seed=4)
+    v4 = hub.register_version(MODEL, LogisticRegression(max_iter=1000, C=0.5).fit(x, y),
+                              sample_input=x[:8])  # fmt: skip
+    config = SimConfig(
+        hub_url=hub_url, token=admin_token, devices=SIM_DEVICES, prefix="plant-c",
+        site="plant-c", poll_s=1.0, window_s=TELEMETRY_WINDOW_S, traffic=Traffic(rps=50),
+        faults=tuple(parse_faults([f"version={v4['version']}:error_rate=0.3"])),
+    )  # fmt: skip
+    with FleetSimulator(config) as sim:
+        sim.enrol()
+        ids = [d.device_id for d in sim.devices]
+        hub.deploy(MODEL, 2, devices=ids, mode="full")
+        sim.run_for(60, until=lambda: sim.serving() == {MODEL: {"v2": SIM_DEVICES}})
+        story.check(
+            sim.serving() == {MODEL: {"v2": SIM_DEVICES}},
+            f"all {SIM_DEVICES} plant-c devices run v2 (verified through their own director)",
+        )
+        sim.run_for(2 * TELEMETRY_WINDOW_S + 1)  # the control group's windows
+        rollout = hub.create_rollout(
+            {
+                "model": MODEL,
+                "version": v4["version"],
+                "target": {"sites": ["plant-c"]},
+                "stages": [
+                    {"name": "canary", "percent": 5, "soak": "2m"},
+                    {"name": "full", "percent": 100, "soak": 0},
+                ],
+                "gates": [
+                    {"metric": "error_rate", "max_delta": 0.05, "min_devices": 3,
+                     "min_samples": 200, "consecutive": 2},
+                    {"metric": "guard_rollbacks", "max": 0},
+                ],
+                "on_failure": "rollback",
+            }
+        )  # fmt: skip
+        rid = rollout["id"]
+        story.say(f"rollout {rid}: v{v4['version']} to plant-c, canary 5 %, then 100 %")
+        peak: set[str] = set()
+        bad = int(v4["version"])
+
+        def ended() -> bool:
+            peak.update(d.device_id for d in sim.devices if d.serving().get(MODEL) == (bad, None))
+            return str(hub.get_rollout(rid)["state"]) in ("rolled_back", "completed", "paused")
+
+        sim.run_for(120, until=ended)
+        view = hub.get_rollout(rid)
+        story.check(
+            view["state"] == "rolled_back", f"the rollout ended {view['state']}: {view['reason']}"
+        )
+        t = Table("gate", "canary", "control (v2)", "limit", "devices", "samples", "verdict",
+                  title=f"{rid}: the evaluation that stopped it")  # fmt: skip
+        for g in view["gates"]:
+            t.add_row(*(_fmt(g.get(k)) for k in ("metric", "value", "control", "limit")),
+                      str(g["devices"]), str(g["samples"]), str(g["verdict"]))  # fmt: skip
+        console.print(t)
+        sim.run_for(30, until=lambda: sim.serving() == {MODEL: {"v2": SIM_DEVICES}})
+        story.check(
+            0 < len(peak) <= SIM_DEVICES // 10 and sim.serving() == {MODEL: {"v2": SIM_DEVICES}},
+            f"v4 reached only the {len(peak)} canary devices; all {SIM_DEVICES} run v2 again",
+        )
+    steps = [e["action"] for e in hub.audit_page(subject=rid, limit=50)["entries"]][::-1]
+    story.say("audit log: " + " → ".join(steps))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def _telemetry_step(story: Story, hub: Any, canary: Agent) -> None:

@@ -43,11 +43,12 @@ class MemorySource:
         self.cancelled = 0
 
     def publish(  # type: ignore[no-untyped-def]
-        self, name: str, version: int, model: bytes, sample=None, decisions=None
+        self, name: str, version: int, model: bytes, sample=None, decisions=None, profile=None
     ) -> ArtefactRef:
         manifest = build_manifest(
-            name, version, model, sample_input=sample, decisions=decisions
-        ).to_json()
+            name, version, model, sample_input=sample, decisions=decisions,
+            reference_profile=profile,
+        ).to_json()  # fmt: skip
         for path, data in (
             (model_target_path(name, version), model),
             (manifest_target_path(name, version), manifest),

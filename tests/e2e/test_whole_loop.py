@@ -236,3 +236,5 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Every step did what it claimed" in result.stdout
     assert "refused v3" in result.stdout
+    assert "the rollout ended rolled_back" in result.stdout
+    assert "v4 reached only the 5 canary devices" in result.stdout

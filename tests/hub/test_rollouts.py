@@ -427,3 +427,23 @@ def test_with_a_third_of_the_canaries_offline_the_stage_holds_for_data(
     feed.round(ids)
     service.tick_rollouts()
     assert service.get_rollout(ro["id"])["stage_index"] == 1
+
+
+def test_a_version_first_shipped_by_a_rollout_is_listed_in_the_catalog(
+    fleet: tuple[HubService, list[str]],
+) -> None:
+    """Found by the fleet simulator: devices refuse a version the catalog does not list, and
+    only a plain deploy used to publish it."""
+    from modelfleet.rollout.desired_state import model_target_path
+
+    service, _ = fleet
+    catalog = service.trust.repository("catalog")
+    assert catalog.target(model_target_path("iris", 2)) is None  # registered, never deployed
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()
+    assert service.get_rollout(ro["id"])["stage_index"] == 0
+    listed = service.trust.repository("catalog").target(model_target_path("iris", 2))
+    assert listed is not None
+    with service.context.read() as s:
+        row = s.scalars(select(db.ModelVersion).where(db.ModelVersion.version == 2)).one()
+        assert listed.hashes["sha256"] == row.sha256

@@ -27,6 +27,7 @@ from modelfleet.agent.observers import (
     OUTCOME_OK,
     OUTCOME_SERVER_ERROR,
     OUTCOME_TIMEOUT,
+    BatchObserver,
     ObserverFanout,
     Outcome,
     RequestTracer,
@@ -344,6 +345,8 @@ class _InferEndpoint:
         count_route: counts each cascaded request's route.
         timer: seconds, monotonic (``time.perf_counter``; injected by tests).
         tracer: told the stage times of the requests it samples, if any.
+        batches: told the tensors of answered requests of the versions it watches (drift
+            profile counts), if any.
     """
 
     def __init__(
@@ -357,9 +360,11 @@ class _InferEndpoint:
         count_route: Callable[[str, str], None] | None = None,
         timer: Callable[[], float] = time.perf_counter,
         tracer: RequestTracer | None = None,
+        batches: BatchObserver | None = None,
     ) -> None:
         self._host = host
         self._tracer = tracer
+        self._batches = batches
         self._fanout = fanout
         self._cascade = cascade
         self._count_route = count_route or (lambda model, route: None)
@@ -438,6 +443,11 @@ class _InferEndpoint:
             req, rows = self._decode(model, body, header_length)
             wanted = req.output_names if req.outputs else None
             run_all = shadow_model is not None or cascade is not None
+            batches = self._batches
+            if batches is not None and not batches.watches(name, served):
+                batches = None
+            elif batches is not None:
+                run_all = True  # the profile counts every output, whatever was asked
             decoded = timer()
             if rows <= self._inline_max_rows:
                 outputs = model.infer(req.inputs, None if run_all else wanted)
@@ -453,6 +463,11 @@ class _InferEndpoint:
                 run.done = timer()  # the upstream's time is not this model's
                 upstream = await cascade.forward(name, body, header_length)
                 cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
+            if batches is not None:
+                try:
+                    batches.on_batch(name, served, _role(route, model), req.inputs, outputs)
+                except Exception:  # a broken observer must not fail the request
+                    _log.exception("batch observer %r failed", batches)
             if shadow_model is not None:
                 self._mirror.submit(shadow_model, req.inputs, outputs)
             if run_all and wanted is not None:

@@ -53,6 +53,7 @@ from modelfleet.agent._infer import (
 )
 from modelfleet.agent.metrics import AgentMetrics
 from modelfleet.agent.observers import (
+    BatchObserver,
     ComparisonResult,
     ObserverFanout,
     RequestObserver,
@@ -169,6 +170,7 @@ def build_agent_app(
     tracer: RequestTracer | None = None,
     on_cascade_route: Callable[[str, str], None] | None = None,
     on_shadow_dropped: Callable[[str, str], None] | None = None,
+    batches: BatchObserver | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -194,6 +196,8 @@ def build_agent_app(
             counts it (telemetry windows count cascade routes).
         on_shadow_dropped: told (model, candidate version) of each shadow request dropped
             at a full queue.
+        batches: told the tensors of answered requests of the versions it watches (the
+            drift profile counts, issue 9); None costs one ``is None`` check.
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -235,7 +239,9 @@ def build_agent_app(
             if on_cascade_route is not None:
                 on_cascade_route(model, str(route))
 
-    infer = _InferEndpoint(host, mirror, fanout, limits, rng, cascade, count_route, timer, tracer)
+    infer = _InferEndpoint(
+        host, mirror, fanout, limits, rng, cascade, count_route, timer, tracer, batches
+    )
 
     def _lookup(request: Request, missing: int = 404) -> tuple[Servable, list[str]] | Response:
         name: str = request.path_params["model"]

@@ -49,6 +49,10 @@ class AgentConfig:
         telemetry_buffer_bytes: bound of the write-ahead telemetry buffer (64 KiB to 16 GiB;
             the default holds 72 h of windows for 8 served versions, see
             ``docs/telemetry-format.md``).
+        drift: count answered requests into the reference profiles of the versions that
+            have one, into each telemetry window's ``profile`` (issue 9; needs telemetry).
+        drift_sketches: add KLL sketches to those counts (KS at the hub); off by default:
+            they cost device CPU and make each window tens of KB larger.
     """
 
     hub_url: str
@@ -71,6 +75,8 @@ class AgentConfig:
     telemetry: bool = True
     telemetry_window_s: float = 60.0
     telemetry_buffer_bytes: int = DEFAULT_MAX_BYTES
+    drift: bool = True
+    drift_sketches: bool = False
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -21,6 +21,7 @@ from modelfleet.agent.config import AgentConfig
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard
 from modelfleet.agent.models import onnx_loader
+from modelfleet.agent.profiles import ProfileObserver
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop, verify_token
 from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
@@ -167,6 +168,7 @@ def run_agent(
         config.state_dir / "tuf", config.hub_url, config.token, trust_root, download=config.download
     )
     host = ModelHost()
+    profiles = ProfileObserver(config.drift_sketches) if config.telemetry and config.drift else None
     updater = Updater(
         config.device_id,
         config.state_dir,
@@ -174,7 +176,7 @@ def run_agent(
         host,
         clock,
         config.keep_previous_loaded,
-        loader=onnx_loader(config.runtime),
+        loader=onnx_loader(config.runtime, None if profiles is None else profiles.watch),
     )
     loop_holder: list[UpdateLoop] = []
     guard = LocalGuard(
@@ -203,9 +205,11 @@ def run_agent(
             config.telemetry_window_s,
             counters,
             guard.monitor,
+            profiles,
         )
         metrics.registry.register(TelemetryCollector(telemetry))
     else:
+        profiles = None
         updater.on_event = lambda at, kind, message, model, version: counters.on_event(kind)
         updater.on_download = counters.on_download
     for problem in updater.restore():
@@ -245,6 +249,7 @@ def run_agent(
         cascade=cascade,
         on_cascade_route=None if telemetry is None else telemetry.recorder.on_cascade,
         on_shadow_dropped=None if telemetry is None else telemetry.recorder.on_shadow_dropped,
+        batches=profiles,
         limits=ServingLimits(
             max_body_bytes=config.max_body_bytes,
             max_batch=config.max_batch,

@@ -16,9 +16,9 @@ from pathlib import Path
 from modelfleet.agent.plan import slot_key
 from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE
 from modelfleet.agent.state import ModelSlots, SlotRecord
-from modelfleet.catalog.schema import OutputDecision
 from modelfleet.errors import InvalidInputError
 from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.reference import PackageProfile
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.model import RuntimeSettings
@@ -32,6 +32,7 @@ __all__ = [
     "memory_allows",
     "onnx_loader",
     "proc_meminfo_available",
+    "profile_of",
     "publish_route",
 ]
 
@@ -66,24 +67,62 @@ def memory_allows(model_bytes: int, available: int | None, headroom: float = 4.0
     return available > model_bytes * headroom + (256 << 20)
 
 
-def _decisions_beside(model_file: Path) -> dict[str, OutputDecision] | None:
-    """The output decisions of the verified manifest installed next to ``model_file``
-    (None when there is none: the runtime then infers them from the schema)."""
+def _manifest_beside(model_file: Path) -> PackageManifest | None:
+    """The verified manifest installed next to ``model_file``, None when there is none."""
     try:
         raw = (model_file.parent / MANIFEST_FILE).read_bytes()
-        return PackageManifest.from_json(raw).effective_decisions()
+        return PackageManifest.from_json(raw)
     except (OSError, InvalidInputError):
         return None
 
 
-def onnx_loader(settings: RuntimeSettings | None = None) -> ModelLoader:
+#: (model, version, profile or None) -> None: told the drift profile of each version loaded.
+ProfileSink = Callable[[str, str, PackageProfile | None], None]
+
+
+def profile_of(manifest: PackageManifest | None) -> PackageProfile | None:
+    """The reference profile of a verified manifest; None when it has none, or one this
+    agent cannot read (logged: the model still serves, its drift is not counted)."""
+    if manifest is None:
+        return None
+    try:
+        return manifest.package_profile()
+    except InvalidInputError as e:
+        log.warning(
+            "%s v%s: drift not counted, its reference profile is unreadable: %s",
+            manifest.name,
+            manifest.version,
+            e,
+        )
+        return None
+
+
+def onnx_loader(
+    settings: RuntimeSettings | None = None, profiles: ProfileSink | None = None
+) -> ModelLoader:
     """A loader of installed versions into ONNX Runtime with ``settings`` (execution
     providers, thread counts), each with the output decisions its signed manifest declares
-    (what a shadow comparison judges)."""
+    (what a shadow comparison judges); ``profiles`` is told each loaded version's reference
+    profile (from the same verified manifest) before the version can be routed."""
     runtime = settings or RuntimeSettings()
 
     def load(name: str, version: str, path: Path, sha256: str) -> LoadedModel:
-        return LoadedModel.load(name, version, path, sha256, runtime, _decisions_beside(path))
+        manifest = _manifest_beside(path)
+        decisions = None if manifest is None else manifest.effective_decisions()
+        model = LoadedModel.load(name, version, path, sha256, runtime, decisions)
+        if profiles is not None:
+            if manifest is not None and str(manifest.version) != version:
+                # version folders are keyed by the model's digest: another version of the
+                # same bytes installed the manifest found here, and its profile is not ours
+                log.warning(
+                    "%s v%s: drift not counted, the manifest beside it is v%s's",
+                    name,
+                    version,
+                    manifest.version,
+                )
+                manifest = None
+            profiles(name, version, profile_of(manifest))
+        return model
 
     return load
 

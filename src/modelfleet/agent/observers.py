@@ -15,13 +15,19 @@ also offers ``subscribe_wants_confidence(callback)``, and calls ``callback()`` w
 
 A :class:`RequestTracer` (one, optional, for a tracing exporter) is told the stage times of
 the requests it samples; without one the request path pays one ``is None`` check.
+
+A :class:`BatchObserver` (one, optional: the drift profile counts of issue 9) is told the
+tensors of every answered request of the versions it watches; without one the request path
+pays one ``is None`` check too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Literal, Protocol
+
+import numpy as np
 
 __all__ = [
     "OUTCOMES",
@@ -29,6 +35,7 @@ __all__ = [
     "OUTCOME_OK",
     "OUTCOME_SERVER_ERROR",
     "OUTCOME_TIMEOUT",
+    "BatchObserver",
     "ComparisonResult",
     "ObserverFanout",
     "Outcome",
@@ -99,6 +106,28 @@ class RequestObserver(Protocol):
         self, model: str, candidate_version: str, comparison: ComparisonResult
     ) -> None:
         """One finished shadow comparison of ``candidate_version`` against production."""
+        ...
+
+
+class BatchObserver(Protocol):
+    """Told the tensors of each answered request of a version it watches (at most one per
+    app). Called on the serving event loop: both methods must be quick and never block."""
+
+    def watches(self, model: str, version: str) -> bool:
+        """Whether this version's answers are wanted (asked before the inference: the
+        request path then computes every output, not only the ones asked for)."""
+        ...
+
+    def on_batch(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """One answered request: the decoded inputs and every output of the model. The
+        arrays are not changed afterwards; the observer may keep references to them."""
         ...
 
 

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from modelfleet.agent.guard_monitor import GuardMonitor
 from modelfleet.agent.hub_link import HubLink
+from modelfleet.agent.profiles import ProfileObserver
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import Clock
 from modelfleet.rollout.desired_state import Mode
@@ -167,9 +168,10 @@ def build_device_telemetry(
     window_s: float,
     counters: UpdateCounters | None = None,
     guard: GuardMonitor | None = None,
+    profiles: ProfileObserver | None = None,
 ) -> DeviceTelemetry:
-    """The agent's :class:`DeviceTelemetry`, hooked to the updater and the guard's monitor
-    (breaches), not started."""
+    """The agent's :class:`DeviceTelemetry`, hooked to the updater, the guard's monitor
+    (breaches) and the drift profile counts (a ``profile`` field per window), not started."""
     telemetry = DeviceTelemetry(
         device_id,
         buffer,
@@ -181,6 +183,7 @@ def build_device_telemetry(
         production_of=lambda model: (
             r.production.version if (r := host.route(model)) is not None else None
         ),
+        attach=None if profiles is None else profiles.close,
     )
     recorder = telemetry.recorder
 

@@ -81,6 +81,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "skl2onnx": "sklearn",
     "joblib": "sklearn",
     "opentelemetry": "otel",
+    "pyarrow": "parquet",
 }
 
 

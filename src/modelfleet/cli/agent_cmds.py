@@ -377,6 +377,20 @@ def register(agent_app: typer.Typer) -> None:
             bool,
             typer.Option(help="Record telemetry windows and forward them to the hub."),
         ] = True,
+        drift: Annotated[
+            bool,
+            typer.Option(
+                help="Count answered requests into the reference profiles of the versions "
+                "that have one (a 'profile' field in each telemetry window)."
+            ),
+        ] = True,
+        drift_sketches: Annotated[
+            bool,
+            typer.Option(
+                help="Add KLL sketches (for KS) to the drift counts: more CPU, and windows "
+                "tens of KB larger."
+            ),
+        ] = False,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -425,6 +439,8 @@ def register(agent_app: typer.Typer) -> None:
             telemetry=telemetry,
             telemetry_window_s=telemetry_window_s,
             telemetry_buffer_bytes=int(telemetry_buffer_mb * 1024 * 1024),
+            drift=drift,
+            drift_sketches=drift_sketches,
         )
         try:
             run_agent(config, sim_clock(os.environ), otlp=otlp)

@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from modelfleet import __version__
-from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd
+from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd, sim_cmd
 from modelfleet.cli._deploy_wait import (
     DeployWaitError,
     DeviceWait,
@@ -391,6 +391,19 @@ def model_register(
             "ignore); shadow disagreement compares decisions. Repeatable; default inferred.",
         ),
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Reference rows for drift (.npy, .npz, .csv with a header, .parquet with "
+            "pyarrow): profiled with the model's outputs on them and signed into the "
+            "package. Without it drift is not computed.",
+        ),
+    ] = None,
+    categorical: Annotated[
+        str | None,
+        typer.Option("--categorical", help="Categorical reference columns, COL,COL,..."),
+    ] = None,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
     token_file: TokenFileOpt = None,
@@ -402,6 +415,11 @@ def model_register(
         raise UsageError(f"no such file: {file}")
     if sample_input is not None and not sample_input.is_file():
         raise UsageError(f"no such file: {sample_input}")
+    if reference is not None and not reference.is_file():
+        raise UsageError(f"no such file: {reference}")
+    cats = [c.strip() for c in (categorical or "").split(",") if c.strip()]
+    if cats and reference is None:
+        raise UsageError("--categorical needs --reference")
     model: Path | Any = file
     if file.suffix.lower() in SKLEARN_SUFFIXES:
         if sample_input is None:
@@ -410,13 +428,25 @@ def model_register(
     client = _client(hub, token, token_file)
     with _spinner(f"uploading and checking {file.name}"):
         result = client.register_version(
-            name, model, sample_input=sample_input, decisions=decisions
+            name,
+            model,
+            sample_input=sample_input,
+            decisions=decisions,
+            reference=reference,
+            categorical=cats,
         )
     if json_out:
         print_json(result)
         return
     console.print(f"[green]Registered[/] {name} version {result['version']}")
     _print_version(result)
+    drift = result.get("drift") or {}
+    if drift.get("message"):
+        digest = drift.get("reference_profile")
+        console.print(
+            f"Drift: {drift['message']}" + (f" (profile {digest})" if digest else ""),
+            highlight=False,
+        )
 
 
 @contextlib.contextmanager
@@ -836,6 +866,7 @@ audit_cmds.register(app, _client)
 
 agent_cmds.register(agent_app)
 demo_cmd.register(app)
+sim_cmd.register(app)
 
 
 def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:

@@ -30,10 +30,38 @@ from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _check_name, _iso, load_npy
 from modelfleet.hub.context import HubContext
 from modelfleet.packaging.build import build_manifest
+from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 from modelfleet.trust.repository import TargetSpec
 
-__all__ = ["CATALOG_PREFIX", "Catalog"]
+__all__ = ["CATALOG_PREFIX", "NO_DRIFT_MESSAGE", "Catalog", "drift_summary"]
+
+NO_DRIFT_MESSAGE = "no reference profile: drift will not be computed for this version"
+
+
+def _profile_digest(manifest: PackageManifest) -> str | None:
+    profile = manifest.package_profile()
+    return None if profile is None else profile.digest
+
+
+def drift_summary(manifest: PackageManifest) -> JSONDict:
+    """What a registration answers about drift (issue 9): the profile's digest and
+    columns, or that drift will not be computed."""
+    profile = manifest.package_profile()
+    if profile is None:
+        return {"reference_profile": None, "message": NO_DRIFT_MESSAGE}
+    p = profile.profile
+    return {
+        "reference_profile": profile.digest,
+        "rows": p.rows,
+        "inputs": len(p.inputs),
+        "outputs": len(p.outputs),
+        "categorical": [f.name for f in (*p.inputs, *p.outputs) if f.kind.value == "categorical"],
+        "sketches": p.sketch_k is not None,
+        "message": f"drift reference: {p.rows} rows, {len(p.inputs)} input and "
+        f"{len(p.outputs)} output columns",
+    }
+
 
 CATALOG_PREFIX = "models/"
 """Every catalog target path starts with this (see :func:`model_target_path`)."""
@@ -126,6 +154,7 @@ class Catalog:
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
+        reference_profile: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next version of ``name`` (see ``HubService.register_version``).
 
@@ -134,7 +163,9 @@ class Catalog:
         """
         uploaded = [d for d in (model, sample_input) if isinstance(d, str)]
         try:
-            return self._register(name, model, sample_input, actor, lineage, ticket, decisions)
+            return self._register(
+                name, model, sample_input, actor, lineage, ticket, decisions, reference_profile
+            )
         except (InvalidInputError, RefusedUpdateError) as e:
             self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
             raise
@@ -148,6 +179,7 @@ class Catalog:
         lineage: Mapping[str, Any] | None,
         ticket: str | None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
+        reference_profile: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         _check_name("model name", name)
         declared = (
@@ -168,7 +200,14 @@ class Catalog:
             raise InvalidInputError(f"lineage must be JSON-able: {e}") from e
         now = self._ctx.now()
         draft = build_manifest(
-            name, 1, data, sample, lineage_dict, created_at=now, decisions=declared
+            name,
+            1,
+            data,
+            sample,
+            lineage_dict,
+            created_at=now,
+            decisions=declared,
+            reference_profile=reference_profile,
         )
         with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
@@ -217,10 +256,11 @@ class Catalog:
                     "manifest_sha256": manifest_digest,
                     "opset": manifest.opset,
                     "smoke_vectors": len(manifest.smoke),
+                    "reference_profile": _profile_digest(manifest),
                 },
                 ticket,
             )
-        return self.get_version(name, version)
+        return {**self.get_version(name, version), "drift": drift_summary(manifest)}
 
     def mark_revoked(self, name: str, version: int, actor: str, ticket: str | None) -> None:
         """Mark a version revoked and audit it (the catalog is re-signed after the commit).

@@ -93,16 +93,30 @@ def _assignments(s: Session, model: str, ids: Sequence[str]) -> dict[str, db.Ass
 
 
 def start_stage(s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: datetime) -> Applied:
-    """Assign the version to every device of stages ``<= k`` with stage ``k``'s mode.
+    """Assign the version to every device of stages ``<= k`` with stage ``k``'s mode, and
+    publish it in the catalog.
 
     Waiting devices get it; devices of earlier stages that still carry the rollout id move to
     the new stage's mode when it differs (split to full, say). A device whose assignment no
     longer carries the rollout id (its guard rolled back, or an operator changed it) is left
     alone and marked rolled back; one that already runs the version as production is left
     alone and counted as assigned.
+
+    Raises:
+        InvalidInputError: the version was revoked (nothing is assigned).
     """
     spec = stage_spec(plan, k)
     share = spec.share if spec.mode is not Mode.FULL else 0.0
+    version = s.scalars(
+        select(db.ModelVersion)
+        .join(db.Model, db.Model.id == db.ModelVersion.model_id)
+        .where(db.Model.name == row.model, db.ModelVersion.version == row.version)
+    ).one_or_none()
+    if version is None or version.revoked:
+        raise InvalidInputError(f"{row.model} version {row.version} is revoked or gone")
+    # The catalog lists published versions only (Director.publish signs it after the commit):
+    # a version first reaching devices through a rollout is published here, as a deploy does.
+    version.published = True
     members = list(
         s.scalars(
             select(db.RolloutDevice).where(

@@ -398,6 +398,7 @@ class HubService:
         lineage: Mapping[str, Any] | None = None,
         ticket: str | None = None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
+        reference_profile: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next immutable version of ``name`` (creating the model if new).
 
@@ -417,9 +418,13 @@ class HubService:
             decisions: what each output decides, overriding the inferred ones, e.g.
                 ``{"score": {"kind": "regression", "rtol": 0.05}}`` (kinds: label,
                 argmax, regression, ignore); signed into the manifest.
+            reference_profile: the drift reference profile the SDK built from the
+                reference rows (``PackageProfile.to_dict``), signed into the manifest;
+                None: drift will not be computed (the answer's ``drift`` says so).
 
         Returns:
-            The version (see the module docstring).
+            The version (see the module docstring), plus ``drift``: the profile's digest
+            and columns, or ``{"reference_profile": None, "message": …}``.
 
         Raises:
             InvalidModelError: not ONNX or not loadable; no version is created.
@@ -434,6 +439,7 @@ class HubService:
             lineage=lineage,
             ticket=ticket,
             decisions=decisions,
+            reference_profile=reference_profile,
         )
 
     def revoke_version(

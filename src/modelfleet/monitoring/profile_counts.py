@@ -81,6 +81,9 @@ class ProfileWindow:
         counts: per group (``"inputs"``, ``"outputs"``) the flat counts (see module doc).
         sketches: per group, one sketch (or None) per column in profile order.
         windows: how many windows were merged into this one.
+        sketched: False when a counter kept no sketches (an agent with sketches off,
+            or a merge with such a window): then no column has a sketch, KS is not
+            computed, and the wire form says ``"sketched": false``.
     """
 
     profile: ReferenceProfile
@@ -88,6 +91,7 @@ class ProfileWindow:
     sketches: dict[str, list[Sketch | None]]
     windows: int = 1
     _digest: str = field(default="", repr=False)
+    sketched: bool = True
 
     def __post_init__(self) -> None:
         if not self._digest:
@@ -151,8 +155,12 @@ class ProfileWindow:
         """
         if other.digest != self.digest:
             raise InvalidInputError("windows of different reference profiles cannot be merged")
+        if not other.sketched:
+            self._unsketch()
         for g in _GROUPS:
             self.counts[g] = self.counts[g] + other.counts[g]
+            if not self.sketched:
+                continue
             mine = self.sketches[g]
             for i, s in enumerate(other.sketches[g]):
                 if s is None:
@@ -163,6 +171,10 @@ class ProfileWindow:
                     mine[i].merge(s)  # type: ignore[union-attr]
         self.windows += other.windows
 
+    def _unsketch(self) -> None:
+        self.sketched = False
+        self.sketches = {g: [None] * len(v) for g, v in self.sketches.items()}
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON-able wire form: sparse counts, base64 sketches (empty ones left out)."""
         out: dict[str, Any] = {
@@ -170,6 +182,8 @@ class ProfileWindow:
             "profile": self.digest,
             "windows": self.windows,
         }
+        if not self.sketched and self.profile.sketch_k is not None:
+            out["sketched"] = False
         for g in _GROUPS:
             c = self.counts[g]
             nz = np.flatnonzero(c)
@@ -254,7 +268,10 @@ def merge_wire(
     The counts of all windows are checked and summed in bulk (one ``np.bincount`` per
     group); no per-window object is built. With ``sketches=False`` the sketches are checked
     for shape only and not merged (the binned statistics and the combined verdict need
-    none; KS does). Nothing is returned when any window is refused.
+    none; KS does). A window sent with ``"sketched": false`` (an agent with sketches
+    off) carries no sketches: the merged window then has none either (``sketched`` is
+    False; KS needs every window's values). Nothing is returned when any window is
+    refused.
 
     Raises:
         InvalidInputError: as :meth:`ProfileWindow.from_wire`, for any of the windows.
@@ -275,6 +292,7 @@ def merge_wire(
         for g in _GROUPS
     }
     windows = 0
+    unsketched: list[int] = []
     w = -1
     for w, doc in enumerate(docs):
         if not isinstance(doc, Mapping):
@@ -295,6 +313,13 @@ def merge_wire(
         found = doc.get("sketches", {})
         if not isinstance(found, Mapping):
             raise InvalidInputError("a window's sketches must be an object")
+        sketched = doc.get("sketched", True)
+        if type(sketched) is not bool:
+            raise InvalidInputError("a window's 'sketched' must be true or false")
+        if not sketched:
+            if any(found.get(g) for g in _GROUPS):
+                raise InvalidInputError("a window sent with 'sketched': false has sketches")
+            unsketched.append(w)
         for g in _GROUPS:
             i, c = _sparse(doc.get(g, {"index": [], "count": []}), f"window {w} {g}")
             starts[g].append(len(index[g]))
@@ -343,6 +368,7 @@ def merge_wire(
         held = np.zeros((total, cols))
         for win, col, n_held in claimed[g]:
             held[win, col] = n_held
+        held[unsketched] = per[unsketched]  # nothing sketched, nothing to check
         sketched = list(numeric[g].values())
         mismatch = per[:, sketched] != held[:, sketched]
         if mismatch.any():
@@ -353,6 +379,8 @@ def merge_wire(
                 f"{int(held[win, sketched[j]])} values, the counts {int(per[win, sketched[j]])}"
             )
     out.windows = windows
+    if unsketched:
+        out._unsketch()
     return out
 
 
@@ -485,19 +513,23 @@ class ProfileCounter:
         profile: the version's reference profile.
         flush_rows: rows buffered before they are counted (1 … 65536); a batch at least
             this large is counted at once. :meth:`snapshot` counts what is buffered.
+        sketches: keep the KLL sketches the profile asks for (``sketch_k``); False
+            counts the bins only (cheaper, and smaller windows: no KS for them).
 
     Not thread-safe by itself.
     """
 
-    def __init__(self, profile: ReferenceProfile, flush_rows: int = 1024) -> None:
+    def __init__(
+        self, profile: ReferenceProfile, flush_rows: int = 1024, *, sketches: bool = True
+    ) -> None:
         if not 1 <= flush_rows <= 65536:
             raise InvalidInputError("flush_rows must be between 1 and 65536")
         self.profile = profile
         self._digest = profile.digest
-        self._inputs = _Group(profile.inputs, profile.sketch_k, flush_rows)
-        self._outputs = (
-            _Group(profile.outputs, profile.sketch_k, flush_rows) if profile.outputs else None
-        )
+        self._sketched = sketches or profile.sketch_k is None
+        k = profile.sketch_k if sketches else None
+        self._inputs = _Group(profile.inputs, k, flush_rows)
+        self._outputs = _Group(profile.outputs, k, flush_rows) if profile.outputs else None
 
     def count(self, inputs: Any, outputs: Any = None) -> None:
         """Count one batch: inputs as a 2-D array (rows × profile columns, in profile
@@ -537,4 +569,4 @@ class ProfileCounter:
             else:
                 counts[name] = g.counts.copy()
                 sketches[name] = [None if s is None else s.copy() for s in g.sketches]
-        return ProfileWindow(self.profile, counts, sketches, 1, self._digest)
+        return ProfileWindow(self.profile, counts, sketches, 1, self._digest, self._sketched)

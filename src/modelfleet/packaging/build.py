@@ -12,6 +12,7 @@ from modelfleet.catalog.schema import OutputDecision, infer_decisions
 from modelfleet.hashing import sha256_bytes
 from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.packaging.onnx_model import inspect_onnx, load_session
+from modelfleet.packaging.reference import PackageProfile
 from modelfleet.packaging.smoke import (
     check_smoke,
     generate_inputs,
@@ -30,6 +31,7 @@ def build_manifest(
     lineage: dict[str, Any] | None = None,
     created_at: datetime | None = None,
     decisions: Mapping[str, OutputDecision] | None = None,
+    reference_profile: Mapping[str, Any] | None = None,
 ) -> PackageManifest:
     """Check ``model`` and describe it as version ``version`` of ``name``.
 
@@ -42,13 +44,21 @@ def build_manifest(
     ``[batch, k > 1]`` float named like prob/score/logit: argmax; other floats: regression
     with rtol 1e-3, atol 1e-6).
 
+    ``reference_profile`` (a :meth:`PackageProfile.to_dict
+    <modelfleet.packaging.reference.PackageProfile.to_dict>`, built by the SDK from the
+    reference rows) is checked (format, tensors against the schema) and stored as the
+    manifest's ``"reference_profile"``; None: drift will not be computed for the version.
+
     Raises:
         InvalidModelError: the bytes are not a loadable ONNX model.
-        InvalidInputError: the sample input does not fit the model, or ``decisions`` names
-            an output the model does not have.
+        InvalidInputError: the sample input does not fit the model, ``decisions`` names
+            an output the model does not have, or the reference profile is malformed or
+            names tensors the model does not have.
         SmokeTestError: the model does not reproduce its own outputs.
     """
     info = inspect_onnx(model)
+    if reference_profile is not None:
+        PackageProfile.from_dict(reference_profile).check_schema(info.schema)
     all_decisions = infer_decisions(info.schema, decisions)
     session = load_session(model)
     if sample_input is not None:
@@ -69,4 +79,5 @@ def build_manifest(
         created_at=(created_at or datetime.now(UTC)).replace(microsecond=0).isoformat(),
         lineage={"producer": info.producer, **(lineage or {})},
         decisions=all_decisions,
+        reference_profile=None if reference_profile is None else dict(reference_profile),
     )

@@ -20,6 +20,7 @@ from modelfleet.catalog.schema import (
     infer_decisions,
 )
 from modelfleet.errors import InvalidInputError
+from modelfleet.packaging.reference import PackageProfile
 from modelfleet.packaging.smoke import SmokeVector
 
 __all__ = ["MANIFEST_FORMAT", "PackageManifest"]
@@ -39,6 +40,7 @@ _KNOWN = {
     "created_at",
     "lineage",
     "decisions",
+    "reference_profile",
 }
 
 
@@ -58,6 +60,10 @@ class PackageManifest:
         decisions: what each output decides (when two versions disagree), keyed by output
             name; written as ``"decisions"`` when not empty. Manifests from before issue 6
             have none: use :meth:`effective_decisions`.
+        reference_profile: the drift reference profile as stored (issue 9), read with
+            :meth:`package_profile`; None when the version was registered without one.
+            Kept as the signed JSON so a manifest with a newer profile format still loads
+            (the model serves; drift is not counted).
     """
 
     name: str
@@ -73,13 +79,32 @@ class PackageManifest:
     lineage: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     decisions: Mapping[str, OutputDecision] = field(default_factory=dict)
+    reference_profile: Mapping[str, Any] | None = None
+
+    def package_profile(self) -> PackageProfile | None:
+        """The reference profile and its tensor layout, checked against the schema; None
+        when the manifest has none.
+
+        Raises:
+            InvalidInputError: the profile is malformed, of a newer format, or does not
+                fit the model's tensors.
+        """
+        if self.reference_profile is None:
+            return None
+        out = PackageProfile.from_dict(self.reference_profile)
+        out.check_schema(self.schema)
+        return out
 
     def effective_decisions(self) -> dict[str, OutputDecision]:
         """Every output's decision: the declared ones, the rest inferred from the schema."""
         return infer_decisions(self.schema, self.decisions)
 
     def to_dict(self) -> dict[str, Any]:
-        decisions = {"decisions": decisions_to_dict(self.decisions)} if self.decisions else {}
+        decisions: dict[str, Any] = {}
+        if self.decisions:
+            decisions["decisions"] = decisions_to_dict(self.decisions)
+        if self.reference_profile is not None:
+            decisions["reference_profile"] = dict(self.reference_profile)
         return {
             **self.extra,
             **decisions,
@@ -125,6 +150,7 @@ class PackageManifest:
                 created_at=str(data.get("created_at", "")),
                 lineage=dict(data.get("lineage") or {}),
                 decisions=decisions_from_dict(data.get("decisions") or {}),
+                reference_profile=_profile_field(data.get("reference_profile")),
                 extra={k: v for k, v in data.items() if k not in _KNOWN},
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -140,3 +166,11 @@ class PackageManifest:
         if not isinstance(data, dict):
             raise InvalidInputError("package manifest is not a JSON object")
         return cls.from_dict(data)
+
+
+def _profile_field(value: Any) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInputError("the manifest's reference_profile must be an object")
+    return value

@@ -28,7 +28,13 @@ from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError, StorageError
 from modelfleet.telemetry.buffer import TelemetryBuffer
 from modelfleet.telemetry.forwarder import DEFAULT_BACKOFF, Forwarder, Send, real_wait
-from modelfleet.telemetry.windows import ProductionOf, RolloutOf, Routed, WindowRecorder
+from modelfleet.telemetry.windows import (
+    Attach,
+    ProductionOf,
+    RolloutOf,
+    Routed,
+    WindowRecorder,
+)
 
 __all__ = ["MAX_WINDOW_S", "MIN_WINDOW_S", "DeviceTelemetry"]
 
@@ -53,6 +59,8 @@ class DeviceTelemetry:
         rollout_of: the rollout id a (model, version) is served under.
         routed: the (model, version, role) triples routed now (idle windows).
         production_of: a model's production version now.
+        attach: extra window fields per (model, version, role), asked at each close (the
+            agent's drift profile counts, issue 9).
         backoff: the forwarder's waits between failed sends.
         rand: uniform [0, 1) source for the jitter.
 
@@ -75,6 +83,7 @@ class DeviceTelemetry:
         rand: Callable[[], float] | None = None,
         forwarder_max_records: int = 1000,
         forwarder_max_duty: float | None = None,
+        attach: Attach | None = None,
     ) -> None:
         if not (math.isfinite(window_s) and MIN_WINDOW_S <= window_s <= MAX_WINDOW_S):
             raise ConfigError(
@@ -85,7 +94,9 @@ class DeviceTelemetry:
         self.buffer = buffer
         self.clock = clock
         self._rollout_of = rollout_of
-        self.recorder = WindowRecorder(device_id, clock.now(), rollout_of, routed, production_of)
+        self.recorder = WindowRecorder(
+            device_id, clock.now(), rollout_of, routed, production_of, attach
+        )
         extra: dict[str, Any] = {} if rand is None else {"rand": rand}
         if forwarder_max_duty is not None:
             extra["max_duty"] = forwarder_max_duty

@@ -17,16 +17,17 @@ data" (issue 7).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
 from modelfleet.monitoring.histogram import LATENCY_EDGES_S, Histogram
 from modelfleet.telemetry.wire import CONFIDENCE_EDGES, OUTCOME_KEYS, encode_histogram
 
-__all__ = ["ProductionOf", "RolloutOf", "Routed", "WindowRecorder"]
+__all__ = ["Attach", "ProductionOf", "RolloutOf", "Routed", "WindowRecorder"]
 
 #: (model, version) -> the rollout id the version is served under, or None.
 RolloutOf = Callable[[str, str], "str | None"]
@@ -34,6 +35,11 @@ RolloutOf = Callable[[str, str], "str | None"]
 Routed = Callable[[], Iterable[tuple[str, str, str]]]
 #: (model) -> the production version routed for ``model`` now, or None.
 ProductionOf = Callable[[str], "str | None"]
+#: (the keys a close emits) -> extra fields per (model, version, role) for this window,
+#: e.g. the drift profile counts (issue 9); keys it adds get a window too.
+Attach = Callable[[list[tuple[str, str, str]]], Mapping[tuple[str, str, str], Mapping[str, Any]]]
+
+_log = logging.getLogger("modelfleet.telemetry")
 
 _OUTCOME_INDEX: Final[dict[str, int]] = {k: i for i, k in enumerate(OUTCOME_KEYS)}
 _LAT: Final = LATENCY_EDGES_S
@@ -102,6 +108,9 @@ class WindowRecorder:
         routed: the (model, version, role) triples routed now.
         production_of: the production version of a model now (where update events and
             refusals of that model are counted), or None when it serves none.
+        attach: called at each close, after the swap, with the keys it closes; the fields
+            it returns are added to those windows (new wire fields, kept by older hubs as
+            unknown fields). A failing ``attach`` adds nothing (logged).
     """
 
     #: The fan-out computes the top-class confidence only when an observer wants it.
@@ -114,8 +123,10 @@ class WindowRecorder:
         rollout_of: RolloutOf = lambda model, version: None,
         routed: Routed = lambda: (),
         production_of: ProductionOf = lambda model: None,
+        attach: Attach | None = None,
     ) -> None:
         self.device_id = device_id
+        self.attach = attach
         self._rollout_of = rollout_of
         self._routed = routed
         self._production_of = production_of
@@ -249,6 +260,13 @@ class WindowRecorder:
         keys = set(table)
         with contextlib.suppress(Exception):  # a route read must never stop a window closing
             keys.update(self._routed())
+        extra: Mapping[tuple[str, str, str], Mapping[str, Any]] = {}
+        if self.attach is not None:
+            try:
+                extra = self.attach(sorted(keys))
+                keys.update(extra)
+            except Exception:  # nor may the extra fields
+                _log.exception("telemetry window fields failed")
         opened_s = opened.isoformat()
         closed_s = max(now, opened).isoformat()
         out: list[dict[str, Any]] = []
@@ -270,6 +288,9 @@ class WindowRecorder:
                 "closed_at": closed_s,
             }
             record.update(counts.to_record())
+            fields = extra.get(key)
+            if fields:
+                record.update(fields)
             out.append(record)
         return out
 

@@ -105,6 +105,12 @@ class VersionIn(BaseModel):
         description="what each output decides (shadow disagreement), overriding the ones "
         "inferred from the schema",
     )
+    reference_profile: dict[str, Any] | None = Field(
+        default=None,
+        description="drift reference profile built by the SDK from reference rows "
+        "({profile, inputs, outputs}; issue 9), signed into the manifest; absent: drift "
+        "will not be computed",
+    )
 
 
 class RevokeIn(BaseModel):

@@ -100,6 +100,7 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
         decisions={k: d.model_dump() for k, d in body.decisions.items()}
         if body.decisions
         else None,
+        reference_profile=body.reference_profile,
     )
 
 
