@@ -17,8 +17,15 @@ request with the next device's own token. Two ways of checking in:
 measure "before"; its director is the shared one, so ``refresh`` then reads
 ``/tuf/director/metadata/``).
 
+``--before-src DIR`` also starts a second hub from another checkout's ``src`` (one with
+per-device director repositories, e.g. a ``git worktree`` of the previous commit) on the
+same home and database, and measures the two in turns, ``--rounds`` times: on a shared
+machine only figures taken in one run, side by side, compare (the ``ratio`` rows). Both
+run without a rollout controller then.
+
 ``python -m benchmarks.checkin [--database-url postgres] [--devices 200] [--duration 10]
-[--connections 16] [--mode fast|refresh|both] [--hub-src DIR]``
+[--connections 16] [--mode fast|refresh|ceiling|both] [--hub-src DIR] [--before-src DIR]
+[--rounds 1]``
 """
 
 from __future__ import annotations
@@ -144,62 +151,83 @@ def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float
     return float(rate.group(1)), int(bad.group(1)) if bad else 0
 
 
+def _start_hub(home: Path, tmp: Path, src: str, name: str, no_controller: bool) -> Any:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    extra = ["--no-controller"] if no_controller else []
+    cmd = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port), *extra)
+    proc = start(name, cmd, tmp, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.popen.poll() is not None:
+            proc.stop()
+            raise RuntimeError(proc.output())
+        time.sleep(0.2)
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     backend = "postgresql" if args.database_url.startswith("postgres") else "sqlite"
     database_url = _pg_database() if args.database_url == "postgres" else args.database_url
-    results = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mf-checkin-") as tmp:
         home = Path(tmp) / "hub"
         tokens = _setup(home, database_url or None, args.devices)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
-        if args.hub_src:
-            env["PYTHONPATH"] = str(Path(args.hub_src).resolve())
-        cmd = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port))
-        proc = start("hub", cmd, Path(tmp), env=env)
-        url = f"http://127.0.0.1:{port}"
+        hubs = [("base" if args.hub_src else "this", args.hub_src)]
+        if args.before_src:
+            hubs.append(("before", args.before_src))
+        started = []
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/v1/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(proc.output())
-                time.sleep(0.2)
+            for name, src in hubs:
+                proc, url = _start_hub(home, Path(tmp), src, f"hub-{name}", len(hubs) > 1)
+                started.append((name, proc, url))
             ids = list(tokens)
             body = json.dumps(agent_report("DEVICE"))
             modes = ["ceiling", "fast", "refresh"] if args.mode == "both" else [args.mode]
-            for mode in modes:
-                lua = _LUA % {
-                    "devices": ",".join(f'"{d}"' for d in ids),
-                    "tokens": ",".join(f'"{tokens[d]}"' for d in ids),
-                    "body": body,
-                    "mode": mode,
-                    "per_device": "false" if args.hub_src else "true",
-                }
-                script = Path(tmp) / f"{mode}.lua"
-                script.write_text(lua)
-                _wrk(url, script, 2, args.connections)  # warm-up
-                rate, bad = _wrk(url, script, args.duration, args.connections)
-                per = 5 if mode == "refresh" else 1
-                results.append(
-                    {
-                        "backend": backend,
+            for round_no in range(args.rounds):
+                for mode in modes:
+                    lua = _LUA % {
+                        "devices": ",".join(f'"{d}"' for d in ids),
+                        "tokens": ",".join(f'"{tokens[d]}"' for d in ids),
+                        "body": body,
                         "mode": mode,
-                        "hub": "base" if args.hub_src else "this",
-                        "devices": args.devices,
-                        "connections": args.connections,
-                        "requests_per_s": round(rate),
-                        "checkins_per_s": round(rate / per),
-                        "non_2xx": bad,
+                        "per_device": "false" if args.hub_src else "true",
                     }
-                )
-                print(json.dumps(results[-1]), flush=True)
+                    script = Path(tmp) / f"{mode}.lua"
+                    script.write_text(lua)
+                    for name, _proc, url in started:
+                        _wrk(url, script, 2, args.connections)  # warm-up
+                        rate, bad = _wrk(url, script, args.duration, args.connections)
+                        per = 5 if mode == "refresh" else 1
+                        results.append(
+                            {
+                                "backend": backend,
+                                "mode": mode,
+                                "hub": name,
+                                "round": round_no,
+                                "devices": args.devices,
+                                "connections": args.connections,
+                                "requests_per_s": round(rate),
+                                "checkins_per_s": round(rate / per),
+                                "non_2xx": bad,
+                                "load_average": round(os.getloadavg()[0], 1),
+                            }
+                        )
+                        print(json.dumps(results[-1]), flush=True)
+                    if len(started) > 1:
+                        this, before = results[-2]["checkins_per_s"], results[-1]["checkins_per_s"]
+                        ratio = {"mode": mode, "round": round_no, "ratio": round(this / before, 2)}
+                        print(json.dumps(ratio), flush=True)
         finally:
-            proc.stop()
+            for _name, proc, _url in started:
+                proc.stop()
     return results
 
 
@@ -211,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--mode", choices=["fast", "refresh", "ceiling", "both"], default="both")
     parser.add_argument("--hub-src", default="", help="run the hub from this src folder")
+    parser.add_argument(
+        "--before-src", default="", help="also run a hub from this src folder, in turns"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="turns of every mode (1)")
     args = parser.parse_args(argv)
     results = run(args)
     RESULTS.mkdir(exist_ok=True)

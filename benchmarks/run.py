@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="telemetry-hub, director, checkin: '' (SQLite) or 'postgres'",
     )
+    parser.add_argument(
+        "--before-src",
+        default="",
+        help="checkin: also measure a hub from this src folder, in turns (before/after)",
+    )
     parser.add_argument("--windows", type=int, default=60_000, help="telemetry-hub: windows")
     parser.add_argument(
         "--devices",
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "checkin":
         from benchmarks.checkin import main as checkin
 
-        return checkin(["--database-url", args.database_url])
+        extra = ["--before-src", args.before_src, "--rounds", "2"] if args.before_src else []
+        return checkin(["--database-url", args.database_url, *extra])
     if args.benchmark in ("rollout-core", "all"):
         from benchmarks.rollout_core import main as rollout_core
 

@@ -162,6 +162,10 @@ def hub_serve(
         bool,
         typer.Option("--no-controller", help="Run no rollout controller in this process."),
     ] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option("--access-log", help="Log a line per request (off: fleet check-in rates)."),
+    ] = False,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
     from modelfleet.errors import ConfigError
@@ -181,6 +185,7 @@ def hub_serve(
         port=port,
         clock=agent_cmds.sim_clock(os.environ),
         controller_interval_s=0.0 if no_controller else controller_interval_s,
+        access_log=access_log,
     )
 
 

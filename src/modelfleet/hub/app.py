@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
@@ -35,6 +36,7 @@ from modelfleet.hub.api import (
     tokens,
     tuf,
 )
+from modelfleet.hub.api._checkin import CheckinEndpoint, checkin_device_id
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
 from modelfleet.hub.api.docs import docs_router
@@ -42,7 +44,7 @@ from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
 
-__all__ = ["API_PREFIX", "build_hub_app", "serve", "status_of"]
+__all__ = ["API_PREFIX", "HubApp", "build_hub_app", "serve", "status_of"]
 
 API_PREFIX = "/api/v1"
 _TITLE = "modelfleet hub"
@@ -64,6 +66,29 @@ async def _refresh_loop(service: HubService, interval_s: float) -> None:
             log.error("cannot re-sign expiring TUF metadata: %s", e)
 
 
+class HubApp(FastAPI):
+    """FastAPI, plus a fast path that hands ``POST /api/v1/devices/{id}/report`` (the
+    check-in every device sends every poll) straight to :class:`CheckinEndpoint` (issue 8,
+    H9), as the agent does with its infer route (ADR 0003). The endpoint answers every
+    error itself; any other request takes FastAPI's router, middleware and handlers.
+    """
+
+    checkin: CheckinEndpoint | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        checkin = self.checkin
+        if checkin is not None and scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            device_id = checkin_device_id(path)
+            if device_id is not None:
+                await checkin(scope, receive, send, device_id)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def build_hub_app(
     service: HubService,
     refresh_interval_s: float | None = None,
@@ -81,7 +106,7 @@ def build_hub_app(
             (:mod:`modelfleet.hub.controller`); 0 runs no controller.
 
     Returns:
-        The FastAPI app.
+        The FastAPI app (its check-in route on a fast path, see :class:`HubApp`).
     """
     interval = (
         service.config.refresh_interval_s if refresh_interval_s is None else refresh_interval_s
@@ -110,7 +135,7 @@ def build_hub_app(
                     await task
 
     openapi_url = f"{API_PREFIX}/openapi.json"
-    app = FastAPI(
+    app = HubApp(
         title=_TITLE,
         version=__version__,
         openapi_url=openapi_url,
@@ -120,6 +145,7 @@ def build_hub_app(
         dependencies=[Depends(refuse_unknown_query), Depends(refuse_nul_in_path_and_query)],
     )
     app.state.service = service
+    app.checkin = CheckinEndpoint(service)
     install_error_handlers(app)
     for area in (
         health.router,
@@ -142,6 +168,13 @@ def build_hub_app(
     return app
 
 
+def _pick(module: str, fallback: str) -> str:
+    """``module`` if importable (the ``hub`` extra installs it), else ``fallback``."""
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) is not None else fallback
+
+
 def serve(
     config: HubConfig | Path,
     *,
@@ -149,6 +182,7 @@ def serve(
     port: int | None = None,
     clock: Clock | None = None,
     controller_interval_s: float = 5.0,
+    access_log: bool = False,
 ) -> None:
     """Run the hub API with uvicorn until interrupted (the process edge).
 
@@ -159,6 +193,8 @@ def serve(
         clock: time source (the system clock if None).
         controller_interval_s: the rollout controller's tick interval (hub-clock seconds);
             0 runs no controller in this process.
+        access_log: log a line per request (off by default: at fleet rates it cost more
+            than a check-in itself; issue 8, H9).
 
     Raises:
         ConfigError: the home is not initialised.
@@ -179,6 +215,11 @@ def serve(
             host=host if host is not None else config.host,
             port=port if port is not None else config.port,
             log_level="info",
+            access_log=access_log,
+            # uvicorn's "auto" picks these when installed; asked for by name so that the
+            # hub never drops silently to h11 and asyncio's loop (ADR 0003: ~2x)
+            http=_pick("httptools", "auto"),
+            loop=_pick("uvloop", "auto"),
             log_config=None,  # the CLI's logging (telemetry/logs.py) formats uvicorn's lines
         )
     finally:

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Executable, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +59,8 @@ class HubContext:
         # One writer at a time in this process: SQLite has one writer anyway, and the
         # audit chain and desired-state serials are read-modify-write.
         self._write_lock = threading.RLock()
+        # The same pool, each connection in autocommit while checked out (see read_row).
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def now(self) -> datetime:
         """The clock's current time (aware UTC)."""
@@ -123,6 +125,22 @@ class HubContext:
         try:
             with self.sessions() as session:
                 yield session
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {e}") from e
+
+    def read_row(self, statement: Executable, params: Mapping[str, Any]) -> Row[Any] | None:
+        """The first row of one Core ``statement``, read outside a transaction.
+
+        For the check-in's reads (issue 8, H9): on an autocommit connection, without the
+        ORM, so PostgreSQL sees one statement and no ``BEGIN``/``ROLLBACK`` around it (two
+        round trips of the four a session's read costs, the pool's ping being the other).
+
+        Raises:
+            StorageError: a database failure.
+        """
+        try:
+            with self._autocommit.connect() as conn:
+                return conn.execute(statement, params).first()
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {e}") from e
 

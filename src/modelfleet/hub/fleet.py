@@ -32,7 +32,7 @@ from modelfleet.hub.deployments import Deployments, parse_rollback_events
 from modelfleet.hub.director import Director
 from modelfleet.hub.telemetry import telemetry_view
 
-__all__ = ["VOLATILE_REPORT_FIELDS", "Fleet"]
+__all__ = ["TOKEN_CACHE_SIZE", "TOKEN_CACHE_TTL_S", "VOLATILE_REPORT_FIELDS", "Fleet"]
 
 VOLATILE_REPORT_FIELDS = frozenset({"last_check", "loaded", "guard"})
 """Report fields that change every poll without anything having happened (the agent's
@@ -96,6 +96,43 @@ class _SeenBuffer:
                 s.connection().execute(_TOUCH, [{"b_id": d, "b_now": t} for d, t in batch.items()])
 
 
+TOKEN_CACHE_TTL_S = 1.0
+"""How long a valid token's principal is answered from memory (issue 8, H9): a token revoked
+or removed in the database, by this replica or another, is refused at most this much later."""
+
+TOKEN_CACHE_SIZE = 65_536
+"""Most tokens held in the cache (~200 bytes each); a full cache drops its expired entries,
+then everything."""
+
+
+class _TokenCache:
+    """Valid tokens' principals by SHA-256 digest, each answered for at most
+    :data:`TOKEN_CACHE_TTL_S` after it was read from the database (the injected clock's
+    monotonic time). Invalid tokens are never cached: each costs a read, as before."""
+
+    def __init__(self, ctx: HubContext) -> None:
+        self._clock = ctx.clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sha: str) -> Principal | None:
+        entry = self._entries.get(sha)
+        if entry is None or self._clock.monotonic() - entry[0] >= TOKEN_CACHE_TTL_S:
+            return None
+        return entry[1]
+
+    def put(self, sha: str, principal: Principal, read_at: float) -> None:
+        with self._lock:
+            if len(self._entries) >= TOKEN_CACHE_SIZE:
+                now = self._clock.monotonic()
+                self._entries = {
+                    k: v for k, v in self._entries.items() if now - v[0] < TOKEN_CACHE_TTL_S
+                }
+                if len(self._entries) >= TOKEN_CACHE_SIZE:
+                    self._entries = {}
+            self._entries[sha] = (read_at, principal)
+
+
 def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether two reports agree on every field but the volatile ones (pure)."""
     keys = (set(old) | set(new)) - VOLATILE_REPORT_FIELDS
@@ -116,6 +153,7 @@ class Fleet:
         self._deployments = deployments
         self._director = director
         self._seen = _SeenBuffer(ctx)
+        self._tokens = _TokenCache(ctx)
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -148,11 +186,17 @@ class Fleet:
         """See ``HubService.authenticate``."""
         if not token:
             raise UnauthenticatedError("a bearer token is required")
-        with self._ctx.read() as s:
-            row = s.execute(_TOKEN, {"sha": hash_token(token)}).first()
+        sha = hash_token(token)
+        cached = self._tokens.get(sha)
+        if cached is not None:
+            return cached
+        read_at = self._ctx.clock.monotonic()  # before the read: the entry never outlives it
+        row = self._ctx.read_row(_TOKEN, {"sha": sha})
         if row is None or row.revoked:
             raise UnauthenticatedError("the token is not valid")
-        return Principal(Role(row.role), row.subject)
+        principal = Principal(Role(row.role), row.subject)
+        self._tokens.put(sha, principal, read_at)
+        return principal
 
     # -- devices -------------------------------------------------------------------------
 
@@ -294,8 +338,7 @@ class Fleet:
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
         if not events:
-            with self._ctx.read() as s:
-                row = s.execute(_REPORTED, {"id": device_id}).first()
+            row = self._ctx.read_row(_REPORTED, {"id": device_id})
             if row is not None and row.reported is not None and _same_report(row.reported, data):
                 self._seen.touch(device_id, now)
                 versions = self._director.current_versions(device_id, row.timestamp_version)
@@ -313,8 +356,7 @@ class Fleet:
             applied, changed = self._deployments.apply_device_rollbacks(s, device_id, events, now)
         if changed:
             self._director.publish()
-        with self._ctx.read() as s:
-            ts = s.execute(_REPORTED, {"id": device_id}).first()
+        ts = self._ctx.read_row(_REPORTED, {"id": device_id})
         versions = self._director.current_versions(device_id, ts.timestamp_version if ts else 0)
         return {"applied_rollbacks": applied, "tuf": versions.to_dict()}
 

@@ -193,7 +193,8 @@ class HubService:
         return self.fleet.create_token(role, subject, actor)
 
     def authenticate(self, token: str | None) -> Principal:
-        """Who holds ``token``.
+        """Who holds ``token`` (a valid token's answer is reused for up to
+        :data:`~modelfleet.hub.fleet.TOKEN_CACHE_TTL_S`: a revocation takes that long at most).
 
         Raises:
             UnauthenticatedError: no token, or not a valid, unrevoked one.

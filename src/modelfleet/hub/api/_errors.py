@@ -32,7 +32,9 @@ from modelfleet.errors import (
 )
 
 __all__ = [
+    "UNEXPECTED_ERROR",
     "ErrorBody",
+    "error_answer",
     "error_responses",
     "install_error_handlers",
     "openapi_with_400s",
@@ -81,6 +83,24 @@ def status_of(error: ModelfleetError) -> int:
     return 500
 
 
+def error_answer(exc: ModelfleetError) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """How the hub answers a modelfleet error: status, :class:`ErrorBody` fields, headers
+    (``WWW-Authenticate`` on a 401). A 5xx is logged, and answered with the first line of
+    its message only: a database error goes on with the SQL statement and its parameters,
+    which are for the hub log, not for clients."""
+    status = status_of(exc)
+    message = str(exc)
+    if status >= 500:
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+        message = message.partition("\n")[0][:300]
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return status, {"error": message, "type": type(exc).__name__}, headers
+
+
+UNEXPECTED_ERROR: dict[str, Any] = {"error": "internal error; see the hub log", "type": None}
+"""The body of a 500 for anything that is not a modelfleet error (details go to the log)."""
+
+
 def error_responses(*statuses: int, storage: bool = True) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route that may answer ``statuses``, plus 503 when it
     touches storage (every route that checks a token does)."""
@@ -107,16 +127,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def modelfleet_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ModelfleetError)
-        status = status_of(exc)
-        message = str(exc)
-        if status >= 500:
-            log.error("request failed: %s: %s", type(exc).__name__, exc)
-            # The first line only: a database error goes on with the SQL statement and
-            # its parameters, which are for the hub log, not for clients.
-            message = message.partition("\n")[0][:300]
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        body = ErrorBody(error=message, type=type(exc).__name__)
-        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+        status, body, headers = error_answer(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -134,9 +146,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        return JSONResponse(
-            ErrorBody(error="internal error; see the hub log").model_dump(), status_code=500
-        )
+        return JSONResponse(UNEXPECTED_ERROR, status_code=500)
 
     app.add_exception_handler(ModelfleetError, modelfleet_error)
     app.add_exception_handler(RequestValidationError, validation_error)
