@@ -200,7 +200,7 @@ def test_hub_with_json_logs_formats_uvicorn_access_lines_as_json(
     assert cli("init", str(home)).returncode == 0
     port = free_port()
     proc = spawn("hub-json", "hub", "serve", "--home", str(home), "--port", str(port),
-                 "--log-format", "json")  # fmt: skip
+                 "--log-format", "json", "--access-log")  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     assert wait_for(lambda: httpx.get(f"{url}/api/v1/health").status_code == 200), proc.output()
     assert wait_for(lambda: "/api/v1/health" in proc.output())
