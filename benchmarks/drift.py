@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._docs import write_section
 from modelfleet.monitoring.drift import DriftTest, Verdict, evaluate
 from modelfleet.monitoring.profile import ReferenceProfile
 from modelfleet.monitoring.profile_counts import ProfileCounter, merge_wire
@@ -236,15 +237,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write_docs(section: str) -> None:
-    block = f"{SECTION}\n\n{BEGIN}\n{section}{END}\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    end = text.find(END)
-    if start != -1 and end != -1:
-        text = text[:start] + block + text[end + len(END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.write_text(text)
+    write_section(SECTION, BEGIN, END, section, DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

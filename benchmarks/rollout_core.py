@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._docs import write_section
 from modelfleet.rollout.cohorts import blast_radius_groups, plan_cohorts
 from modelfleet.rollout.gates import GroupStats, Verdict, evaluate
 from modelfleet.rollout.plan import GateMetric, GateSpec, parse_plan
@@ -185,15 +186,7 @@ def _overflow(run: dict[str, Any]) -> str:
 
 
 def write_docs(section: str) -> None:
-    block = f"{SECTION}\n\n{BEGIN}\n{section}{END}\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    end = text.find(END)
-    if start != -1 and end != -1:
-        text = text[:start] + block + text[end + len(END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.write_text(text)
+    write_section(SECTION, BEGIN, END, section, DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

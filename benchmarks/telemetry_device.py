@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from benchmarks._docs import write_section
+
 BEGIN = "<!-- telemetry-device:begin -->"
 END = "<!-- telemetry-device:end -->"
 SECTION = "## Telemetry on the device (issue 7)"
@@ -340,15 +342,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def update_docs(section: str) -> None:
-    block = f"{SECTION}\n\n{BEGIN}\n{section}{END}\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    end = text.find(END)
-    if start != -1 and end != -1:
-        text = text[:start] + block + text[end + len(END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOCS.write_text(text)
+    write_section(SECTION, BEGIN, END, section, DOCS)
 
 
 def rerender() -> None:
