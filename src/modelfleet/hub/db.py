@@ -51,6 +51,7 @@ __all__ = [
     "DeviceTelemetry",
     "DirectorDevice",
     "GateEvaluation",
+    "HubEvent",
     "Model",
     "ModelVersion",
     "Rollout",
@@ -312,6 +313,23 @@ class DeviceTelemetry(Base):
     skew_flagged: Mapped[bool] = mapped_column(Boolean)
     buffered: Mapped[int] = mapped_column(BigInteger)
     evicted_total: Mapped[int] = mapped_column(BigInteger)
+
+
+class HubEvent(Base):
+    """One event in the hub's outbox (issue 9): ``kind`` (e.g. ``drift.state_changed``),
+    ``subject`` (what it is about, e.g. ``model/site``), ``payload`` its JSON. Written in
+    the transaction of the change that caused it (:func:`modelfleet.hub.events.record_event`);
+    ids only grow, so a subscriber resumes after the last id it delivered.
+    """
+
+    __tablename__ = "hub_events"
+    __table_args__ = (Index("ix_hub_events_kind_id", "kind", "id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str] = mapped_column(String(512))
+    payload: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
 
 
 class DeviceRollbackEvent(Base):
