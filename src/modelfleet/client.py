@@ -232,6 +232,23 @@ class HubClient:
         result: dict[str, Any] = self._json("GET", "/api/v1/telemetry/summary", params=params)
         return result
 
+    def drift_report(self, model: str, **query: str | None) -> dict[str, Any]:
+        """The explained drift of one model version (viewer). Keyword filters: ``version``,
+        ``site``, ``since`` / ``until`` (ISO 8601); None ones are left out. See
+        ``HubService.drift_report``."""
+        params = {"model": model, **{k: v for k, v in query.items() if v is not None}}
+        result: dict[str, Any] = self._json("GET", "/api/v1/drift", params=params)
+        return result
+
+    def drift_states(
+        self, model: str | None = None, site: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The drift state of each model at each site (viewer); see
+        ``HubService.drift_states``."""
+        params = {k: v for k, v in (("model", model), ("site", site)) if v is not None}
+        result: list[dict[str, Any]] = self._json("GET", "/api/v1/drift/states", params=params)
+        return result
+
     # -- models --------------------------------------------------------------------------
 
     def upload_blob(self, data: Path | str | bytes) -> str:
@@ -268,6 +285,10 @@ class HubClient:
         reference: Path | str | None = None,
         categorical: Sequence[str] = (),
         drift_sketches: bool = True,
+        anomaly_scorer: Path | str | bytes | None = None,
+        anomaly_output: str | None = None,
+        anomaly_threshold: float = 0.0,
+        anomaly_higher_is_anomalous: bool = False,
     ) -> dict[str, Any]:
         """Upload a model and register it as the next version of ``name``.
 
@@ -286,6 +307,11 @@ class HubClient:
                 computed for this version.
             categorical: reference columns that are categorical (text columns always are).
             drift_sketches: keep KLL sketches of the reference columns in the profile (KS).
+            anomaly_scorer: an ONNX model taking the model's input and giving one score per
+                row (e.g. an IsolationForest via skl2onnx), signed into the manifest
+                (issue 9); ``anomaly_output`` names its score output, ``anomaly_threshold``
+                the raw score where rows turn anomalous, ``anomaly_higher_is_anomalous``
+                its direction (False for IsolationForest's decision_function).
 
         Returns:
             The version dict (``model``, ``version``, ``sha256``, ``schema``, ...), with
@@ -312,6 +338,12 @@ class HubClient:
             profile = _reference_profile(model, reference, categorical, drift_sketches)
         elif categorical:
             raise InvalidInputError("categorical columns were named without a reference")
+        scorer = None
+        if anomaly_scorer is not None:
+            scorer = _scorer_spec(
+                model, anomaly_scorer, anomaly_output, anomaly_threshold,
+                anomaly_higher_is_anomalous,
+            )  # fmt: skip
         model_digest = self.upload_blob(model)
         sample_digest = None
         if sample is not None:
@@ -328,6 +360,7 @@ class HubClient:
                 "ticket": ticket,
                 "decisions": {k: dict(v) for k, v in decisions.items()} if decisions else None,
                 **({"reference_profile": profile} if profile is not None else {}),
+                **({"anomaly_scorer": scorer} if scorer is not None else {}),
             },
         )
         if profile is None:
@@ -532,6 +565,30 @@ class HubClient:
         entries: list[dict[str, Any]] = body["entries"]
         return entries
 
+    # -- review queue (issue 9) -----------------------------------------------------------
+
+    def review_list(self, **filters: Any) -> list[dict[str, Any]]:
+        """Review samples (filters: model, version, site, status, since, until, limit)."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        body = self._json("GET", "/api/v1/review", params=params)
+        if not isinstance(body, list):
+            raise TransportError("the hub answered /api/v1/review with something not a list")
+        return body
+
+    def review_export(self, fmt: str = "jsonl", **filters: Any) -> bytes:
+        """The samples with their tensors: JSONL or Label Studio import JSON bytes."""
+        params = {"format": fmt, **{k: v for k, v in filters.items() if v is not None}}
+        return self._request("GET", "/api/v1/review/export", params=params).content
+
+    def review_import_labels(self, body: bytes, fmt: str = "jsonl") -> dict[str, Any]:
+        """Import labels (JSONL or Label Studio's JSON export)."""
+        return self._object("POST", "/api/v1/review/labels", params={"format": fmt}, content=body)
+
+    def review_metrics(self, model: str, by: str = "version", **filters: Any) -> dict[str, Any]:
+        """Accuracy, macro precision and recall of labelled samples per version/site/day."""
+        params = {"model": model, "by": by, **{k: v for k, v in filters.items() if v is not None}}
+        return self._object("GET", "/api/v1/review/metrics", params=params)
+
     def audit_page(
         self,
         *,
@@ -588,6 +645,37 @@ class HubClient:
                 return
             after = int(page[-1]["seq"])
 
+    # -- webhooks (issue 9) --------------------------------------------------------------
+
+    def add_webhook(
+        self, url: str, kinds: Sequence[str] = (), description: str = ""
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to the hub's events (admin); the answer's ``secret`` is shown
+        only here."""
+        body = {"url": url, "kinds": list(kinds), "description": description}
+        return self._object("POST", "/api/v1/webhooks", json=body)
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook subscription (no secrets)."""
+        return self._list("GET", "/api/v1/webhooks")
+
+    def remove_webhook(self, webhook_id: int) -> dict[str, Any]:
+        """Remove a subscription with its deliveries (admin)."""
+        return self._object("DELETE", f"/api/v1/webhooks/{int(webhook_id)}")
+
+    def webhook_deliveries(
+        self, webhook_id: int, state: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """A subscription's deliveries, newest first, each with its attempt log."""
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        return self._list("GET", f"/api/v1/webhooks/{int(webhook_id)}/deliveries", params=params)
+
+    def test_webhook(self, webhook_id: int) -> dict[str, Any]:
+        """Send one signed test event now (admin): ``{"ok", "status_code", "error", ...}``."""
+        return self._object("POST", f"/api/v1/webhooks/{int(webhook_id)}/test")
+
 
 def register_model(
     client: HubClient,
@@ -608,6 +696,36 @@ def register_model(
 
 #: What a registration without a reference says (the hub answers the same).
 NO_DRIFT = "no reference profile: drift will not be computed for this version"
+
+
+def _scorer_spec(
+    model: Path | str | bytes,
+    scorer: Path | str | bytes,
+    output: str | None,
+    threshold: float,
+    higher_is_anomalous: bool,
+) -> dict[str, Any]:
+    """The manifest's ``anomaly_scorer`` for ``model`` from the scorer's ONNX."""
+    from modelfleet.packaging.anomaly import build_scorer_spec
+    from modelfleet.packaging.onnx_model import inspect_onnx
+
+    def read(x: Path | str | bytes, what: str) -> bytes:
+        if isinstance(x, bytes):
+            return x
+        try:
+            return Path(x).read_bytes()
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {what} {x}: {e.strerror or e}") from e
+
+    schema = inspect_onnx(read(model, "model")).schema
+    spec = build_scorer_spec(
+        read(scorer, "anomaly scorer"),
+        schema,
+        output=output,
+        threshold=threshold,
+        higher_is_anomalous=higher_is_anomalous,
+    )
+    return spec.to_dict()
 
 
 def _reference_profile(

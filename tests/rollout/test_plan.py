@@ -205,7 +205,7 @@ DELETE = object()
         ("stages[0].name", DELETE, r"^stages\[0\]\.name: required"),
         ("gates", [], r"^gates: at least one gate"),
         ("gates[0].metric", "accuracy", r"^gates\[0\]\.metric: expected one of latency_p99"),
-        ("gates[0].metric", "drift_score", r"^gates\[0\]\.metric: drift_score lands with drift"),
+        ("gates[0].metric", "drift_score", r"^gates\[0\]: drift_score is against the version's"),
         ("gates[1].metric", "error_rate", r"^gates\[1\]\.metric: error_rate appears twice"),
         ("gates[2].max_ratio", 2, r"^gates\[2\]: either max \(absolute\) or max_ratio"),
         ("gates[2].max", DELETE, r"^gates\[2\]: needs a threshold"),

@@ -32,6 +32,7 @@ from modelfleet.agent.observers import (
     Outcome,
     RequestTracer,
 )
+from modelfleet.agent.overrides import OVERRIDE_PARAMETER
 from modelfleet.agent.upstream import UpstreamAnswer, UpstreamClient
 from modelfleet.errors import (
     AuthError,
@@ -347,6 +348,9 @@ class _InferEndpoint:
         tracer: told the stage times of the requests it samples, if any.
         batches: told the tensors of answered requests of the versions it watches (drift
             profile counts), if any.
+        overrides: given (model, route, value) of a request's ``modelfleet_override``
+            parameter, before the inference (issue 9); raises InvalidInputError,
+            NotFoundError or ConflictError for a bad one, which refuses the request.
     """
 
     def __init__(
@@ -361,8 +365,11 @@ class _InferEndpoint:
         timer: Callable[[], float] = time.perf_counter,
         tracer: RequestTracer | None = None,
         batches: BatchObserver | None = None,
+        *,
+        overrides: Callable[[str, Route, Any], object] | None = None,
     ) -> None:
         self._host = host
+        self._overrides = overrides
         self._tracer = tracer
         self._batches = batches
         self._fanout = fanout
@@ -441,6 +448,9 @@ class _InferEndpoint:
                 body = _inflate(body, encoding, limit)
             run.body_done = timer()
             req, rows = self._decode(model, body, header_length)
+            overrides = self._overrides
+            if overrides is not None and req.parameters and OVERRIDE_PARAMETER in req.parameters:
+                overrides(name, route, req.parameters[OVERRIDE_PARAMETER])
             wanted = req.output_names if req.outputs else None
             run_all = shadow_model is not None or cascade is not None
             batches = self._batches
@@ -465,7 +475,7 @@ class _InferEndpoint:
                 cascade_route = CascadeRoute.UPSTREAM if upstream else CascadeRoute.FALLBACK
             if batches is not None:
                 try:
-                    batches.on_batch(name, served, _role(route, model), req.inputs, outputs)
+                    batches.on_batch(name, served, _role(route, model), req.inputs, outputs, req.id)
                 except Exception:  # a broken observer must not fail the request
                     _log.exception("batch observer %r failed", batches)
             if shadow_model is not None:

@@ -8,6 +8,9 @@ Endpoints (KServe ``required_api.md`` plus Triton's binary tensor extension):
 * ``GET /v2/models/{m}[/versions/{v}]/ready`` (503 while that model or version is not loaded)
 * ``POST /v2/models/{m}[/versions/{v}]/infer`` (no Content-Type needed: ``tritonclient``
   sends none)
+* ``POST /v2/models/{m}[/versions/{v}]/overrides``: a human overrode or confirmed an answer
+  (issue 9; also the inference request parameter ``modelfleet_override``, see
+  :mod:`modelfleet.agent.overrides`)
 * ``GET /agent/status``, ``POST /agent/rollback`` (bearer control token)
 * ``GET /metrics``
 
@@ -59,10 +62,12 @@ from modelfleet.agent.observers import (
     RequestObserver,
     RequestTracer,
 )
+from modelfleet.agent.overrides import OverrideSink, parse_override, resolve_override
 from modelfleet.agent.upstream import UpstreamClient
 from modelfleet.errors import ModelfleetError
 from modelfleet.serving.host import ModelHost
 from modelfleet.serving.model import Servable
+from modelfleet.serving.router import Route
 from modelfleet.serving.shadow import ShadowMirror
 
 __all__ = [
@@ -171,6 +176,7 @@ def build_agent_app(
     on_cascade_route: Callable[[str, str], None] | None = None,
     on_shadow_dropped: Callable[[str, str], None] | None = None,
     batches: BatchObserver | None = None,
+    on_override: OverrideSink | None = None,
 ) -> Starlette:
     """Build the agent's serving app around a :class:`ModelHost`.
 
@@ -198,6 +204,9 @@ def build_agent_app(
             at a full queue.
         batches: told the tensors of answered requests of the versions it watches (the
             drift profile counts, issue 9); None costs one ``is None`` check.
+        on_override: told (model, version, role, outcome) of each operator override or
+            confirmation, from the overrides endpoint or the ``modelfleet_override``
+            request parameter (telemetry windows count them; issue 9).
 
     Returns:
         A Starlette app; ``app.state`` holds ``host``, ``metrics``, ``fanout`` (the
@@ -239,8 +248,35 @@ def build_agent_app(
             if on_cascade_route is not None:
                 on_cascade_route(model, str(route))
 
+    overrides_total = Counter(
+        "modelfleet_agent_overrides_total",
+        "Answers a human overrode or confirmed, as the application reported them.",
+        ["model", "version", "outcome"],
+        registry=stats.registry,
+    )
+
+    def count_override(
+        name: str, route: Route | None, doc: Any, path_version: str | None
+    ) -> dict[str, str]:
+        override = parse_override(doc)
+        version, role = resolve_override(route, name, override, path_version)
+        overrides_total.labels(name, version, override.outcome).inc()
+        if on_override is not None:
+            on_override(name, version, role, override.outcome)
+        return {"model": name, "version": version, "role": role, "outcome": override.outcome}
+
     infer = _InferEndpoint(
-        host, mirror, fanout, limits, rng, cascade, count_route, timer, tracer, batches
+        host,
+        mirror,
+        fanout,
+        limits,
+        rng,
+        cascade,
+        count_route,
+        timer,
+        tracer,
+        batches,
+        overrides=lambda name, route, doc: count_override(name, route, doc, None),
     )
 
     def _lookup(request: Request, missing: int = 404) -> tuple[Servable, list[str]] | Response:
@@ -279,6 +315,26 @@ def build_agent_app(
     async def server_meta(request: Request) -> Response:
         return Response(server_metadata, 200, None, _JSON)
 
+    async def override(request: Request) -> Response:
+        name: str = request.path_params["model"]
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > _MAX_OVERRIDE_BODY:
+            return _error(413, f"an override body is at most {_MAX_OVERRIDE_BODY} bytes")
+        body = await request.body()
+        if len(body) > _MAX_OVERRIDE_BODY:
+            return _error(413, f"an override body is at most {_MAX_OVERRIDE_BODY} bytes")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, 'the body must be JSON like {"outcome": "overridden"}')
+        try:
+            counted = count_override(
+                name, host.route(name), doc, request.path_params.get("version")
+            )
+        except ModelfleetError as e:
+            return _error(status_of(e), str(e))
+        return _json(counted)
+
     async def metrics_endpoint(request: Request) -> Response:
         text, content_type = stats.render()
         return Response(text, 200, {"content-type": content_type})
@@ -292,6 +348,8 @@ def build_agent_app(
         HttpRoute("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
         HttpRoute("/v2/models/{model}", model_metadata, methods=["GET"]),
         HttpRoute("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
+        HttpRoute("/v2/models/{model}/overrides", override, methods=["POST"]),
+        HttpRoute("/v2/models/{model}/versions/{version}/overrides", override, methods=["POST"]),
         HttpRoute("/v2", server_meta, methods=["GET"]),
         HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
     ]
@@ -355,6 +413,7 @@ class _AgentApp(Starlette):
 
 
 _PATH_CACHE_SIZE: Final = 1024
+_MAX_OVERRIDE_BODY: Final = 64 * 1024
 
 
 def _infer_params(path: str) -> dict[str, str] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelfleet.agent.review import ReviewSettings
 from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
 from modelfleet.serving.cascade import CascadeSettings
@@ -53,6 +54,10 @@ class AgentConfig:
             have one, into each telemetry window's ``profile`` (issue 9; needs telemetry).
         drift_sketches: add KLL sketches to those counts (KS at the hub); off by default:
             they cost device CPU and make each window tens of KB larger.
+        anomaly: run the anomaly scorers packages carry on answered requests (an
+            ``anomaly`` histogram per window; issue 9; needs telemetry).
+        review: the review sampler's budget and thresholds; its default budget 0 samples
+            nothing (``agent run --review-budget BYTES``; needs telemetry).
     """
 
     hub_url: str
@@ -77,6 +82,8 @@ class AgentConfig:
     telemetry_buffer_bytes: int = DEFAULT_MAX_BYTES
     drift: bool = True
     drift_sketches: bool = False
+    anomaly: bool = True
+    review: ReviewSettings = field(default_factory=ReviewSettings)
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -10,18 +10,21 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from modelfleet._atomic import atomic_write_bytes
+from modelfleet.agent.anomaly import AnomalyScorer, load_scorer
 from modelfleet.agent.config import AgentConfig
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.local_guard import GuardCollector, LocalGuard
 from modelfleet.agent.models import onnx_loader
+from modelfleet.agent.observers import BatchFanout, BatchObserver
 from modelfleet.agent.profiles import ProfileObserver
+from modelfleet.agent.review import BUDGET_FILE, ReviewSampler
 from modelfleet.agent.update_loop import IdentityCheck, Reporter, UpdateLoop, verify_token
 from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
@@ -113,6 +116,34 @@ def load_trust_root(config: AgentConfig, link: HubLink | None = None) -> bytes:
     return data
 
 
+def _scorer_sink(
+    anomaly: AnomalyScorer, config: AgentConfig
+) -> Callable[[str, str, Mapping[str, Any] | None], None]:
+    def sink(model: str, version: str, doc: Mapping[str, Any] | None) -> None:
+        anomaly.watch(model, version, load_scorer(doc, config.runtime))
+
+    return sink
+
+
+def batch_observers(
+    profiles: ProfileObserver | None,
+    anomaly: AnomalyScorer | None,
+    sampler: ReviewSampler | None,
+) -> BatchObserver | None:
+    """The request path's one batch observer: drift counts, then the sampler (which runs
+    the anomaly scorer itself), or the scorer alone when nothing is sampled."""
+    parts: list[BatchObserver] = []
+    if profiles is not None:
+        parts.append(profiles)
+    if sampler is not None:
+        parts.append(sampler)
+    elif anomaly is not None:
+        parts.append(anomaly)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else BatchFanout(parts)
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the serving socket ourselves so the real port is known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -169,6 +200,7 @@ def run_agent(
     )
     host = ModelHost()
     profiles = ProfileObserver(config.drift_sketches) if config.telemetry and config.drift else None
+    anomaly = AnomalyScorer() if config.telemetry and config.anomaly else None
     updater = Updater(
         config.device_id,
         config.state_dir,
@@ -176,7 +208,11 @@ def run_agent(
         host,
         clock,
         config.keep_previous_loaded,
-        loader=onnx_loader(config.runtime, None if profiles is None else profiles.watch),
+        loader=onnx_loader(
+            config.runtime,
+            None if profiles is None else profiles.watch,
+            None if anomaly is None else _scorer_sink(anomaly, config),
+        ),
     )
     loop_holder: list[UpdateLoop] = []
     guard = LocalGuard(
@@ -192,7 +228,17 @@ def run_agent(
             buffer = TelemetryBuffer(config.state_dir / BUFFER_FILE, config.telemetry_buffer_bytes)
         except StorageError as e:  # serving matters more than telemetry
             log.error("telemetry off: %s", e)
+    sampler: ReviewSampler | None = None
     if buffer is not None:
+        if config.review.enabled:  # nothing is sampled unless configured (issue 9)
+            sampler = ReviewSampler(
+                config.device_id,
+                config.review,
+                clock,
+                anomaly=anomaly,
+                profile_of=None if profiles is None else profiles.profile,
+                budget_file=config.state_dir / BUDGET_FILE,
+            )
         # its own link: a slow telemetry upload never delays a poll or a check-in
         telemetry_link = HttpHubLink(config.hub_url, config.token, timeout=10.0, attempts=1)
         telemetry = build_device_telemetry(
@@ -206,10 +252,12 @@ def run_agent(
             counters,
             guard.monitor,
             profiles,
+            anomaly=anomaly,
+            sampler=sampler,
         )
         metrics.registry.register(TelemetryCollector(telemetry))
     else:
-        profiles = None
+        profiles = anomaly = None
         updater.on_event = lambda at, kind, message, model, version: counters.on_event(kind)
         updater.on_download = counters.on_download
     for problem in updater.restore():
@@ -245,11 +293,14 @@ def run_agent(
         control=control,
         server_name=f"modelfleet-agent/{config.device_id}",
         metrics=metrics,
-        observers=[guard] if telemetry is None else [guard, telemetry.recorder],
+        observers=[guard]
+        if telemetry is None
+        else [guard, telemetry.recorder, *([] if sampler is None else [sampler])],
         cascade=cascade,
         on_cascade_route=None if telemetry is None else telemetry.recorder.on_cascade,
         on_shadow_dropped=None if telemetry is None else telemetry.recorder.on_shadow_dropped,
-        batches=profiles,
+        on_override=None if telemetry is None else telemetry.recorder.on_override,
+        batches=batch_observers(profiles, anomaly, sampler),
         limits=ServingLimits(
             max_body_bytes=config.max_body_bytes,
             max_batch=config.max_batch,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from modelfleet.agent.plan import slot_key
 from modelfleet.agent.slots import MANIFEST_FILE, MODEL_FILE
@@ -78,6 +79,8 @@ def _manifest_beside(model_file: Path) -> PackageManifest | None:
 
 #: (model, version, profile or None) -> None: told the drift profile of each version loaded.
 ProfileSink = Callable[[str, str, PackageProfile | None], None]
+#: (model, version, the manifest's anomaly_scorer or None) -> None (issue 9).
+ScorerSink = Callable[[str, str, "Mapping[str, Any] | None"], None]
 
 
 def profile_of(manifest: PackageManifest | None) -> PackageProfile | None:
@@ -98,19 +101,22 @@ def profile_of(manifest: PackageManifest | None) -> PackageProfile | None:
 
 
 def onnx_loader(
-    settings: RuntimeSettings | None = None, profiles: ProfileSink | None = None
+    settings: RuntimeSettings | None = None,
+    profiles: ProfileSink | None = None,
+    scorers: ScorerSink | None = None,
 ) -> ModelLoader:
     """A loader of installed versions into ONNX Runtime with ``settings`` (execution
     providers, thread counts), each with the output decisions its signed manifest declares
     (what a shadow comparison judges); ``profiles`` is told each loaded version's reference
-    profile (from the same verified manifest) before the version can be routed."""
+    profile, and ``scorers`` its anomaly scorer (from the same verified manifest), before
+    the version can be routed."""
     runtime = settings or RuntimeSettings()
 
     def load(name: str, version: str, path: Path, sha256: str) -> LoadedModel:
         manifest = _manifest_beside(path)
         decisions = None if manifest is None else manifest.effective_decisions()
         model = LoadedModel.load(name, version, path, sha256, runtime, decisions)
-        if profiles is not None:
+        if profiles is not None or scorers is not None:
             if manifest is not None and str(manifest.version) != version:
                 # version folders are keyed by the model's digest: another version of the
                 # same bytes installed the manifest found here, and its profile is not ours
@@ -121,7 +127,10 @@ def onnx_loader(
                     manifest.version,
                 )
                 manifest = None
-            profiles(name, version, profile_of(manifest))
+            if profiles is not None:
+                profiles(name, version, profile_of(manifest))
+            if scorers is not None:
+                scorers(name, version, None if manifest is None else manifest.anomaly_scorer)
         return model
 
     return load

@@ -16,9 +16,10 @@ also offers ``subscribe_wants_confidence(callback)``, and calls ``callback()`` w
 A :class:`RequestTracer` (one, optional, for a tracing exporter) is told the stage times of
 the requests it samples; without one the request path pays one ``is None`` check.
 
-A :class:`BatchObserver` (one, optional: the drift profile counts of issue 9) is told the
-tensors of every answered request of the versions it watches; without one the request path
-pays one ``is None`` check too.
+A :class:`BatchObserver` (one, optional) is told the tensors of every answered request of the
+versions it watches; without one the request path pays one ``is None`` check too. Several
+(issue 9: the drift profile counts, the anomaly scorer, the review sampler) are composed by
+a :class:`BatchFanout`, itself a batch observer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "OUTCOME_OK",
     "OUTCOME_SERVER_ERROR",
     "OUTCOME_TIMEOUT",
+    "BatchFanout",
     "BatchObserver",
     "ComparisonResult",
     "ObserverFanout",
@@ -125,10 +127,49 @@ class BatchObserver(Protocol):
         role: str,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
+        request_id: str | None = None,
     ) -> None:
-        """One answered request: the decoded inputs and every output of the model. The
-        arrays are not changed afterwards; the observer may keep references to them."""
+        """One answered request: the decoded inputs and every output of the model, and the
+        request's OIP ``id`` when it had one. The arrays are not changed afterwards; the
+        observer may keep references to them."""
         ...
+
+
+class BatchFanout:
+    """Several batch observers as one (the request path holds at most one).
+
+    A version is watched when any observer watches it; each observer is then told only
+    of the versions it watches itself, in order. An observer that raises is logged and
+    skipped: it never fails the request nor starves the observers after it.
+
+    Args:
+        observers: the batch observers, called in this order.
+    """
+
+    __slots__ = ("observers",)
+
+    def __init__(self, observers: Iterable[BatchObserver]) -> None:
+        self.observers: tuple[BatchObserver, ...] = tuple(observers)
+
+    def watches(self, model: str, version: str) -> bool:
+        return any(o.watches(model, version) for o in self.observers)
+
+    def on_batch(
+        self,
+        model: str,
+        version: str,
+        role: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        request_id: str | None = None,
+    ) -> None:
+        for o in self.observers:
+            if not o.watches(model, version):
+                continue
+            try:
+                o.on_batch(model, version, role, inputs, outputs, request_id)
+            except Exception:
+                _log.exception("batch observer %r failed", o)
 
 
 class RequestTracer(Protocol):

@@ -160,6 +160,10 @@ class ProfileObserver:
         then keeps every output, which the counts need)."""
         return (model, version) in self._profiles
 
+    def profile(self, model: str, version: str) -> PackageProfile | None:
+        """The reference profile ``version`` of ``model`` is counted against, if any."""
+        return self._profiles.get((model, version))
+
     @property
     def watched(self) -> list[tuple[str, str, str]]:
         """``(model, version, digest)`` of every watched version."""
@@ -168,7 +172,13 @@ class ProfileObserver:
     # -- the request path (event loop) ------------------------------------------------------
 
     def on_batch(
-        self, model: str, version: str, role: str, inputs: Tensors, outputs: Tensors
+        self,
+        model: str,
+        version: str,
+        role: str,
+        inputs: Tensors,
+        outputs: Tensors,
+        request_id: str | None = None,
     ) -> None:
         """One answered request of a watched version: its rows are copied into the
         window's block buffers, counted when a block is full.

@@ -9,22 +9,25 @@ through :meth:`~modelfleet.agent.hub_link.HubLink.send_telemetry`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from modelfleet.agent.anomaly import AnomalyScorer
 from modelfleet.agent.guard_monitor import GuardMonitor
 from modelfleet.agent.hub_link import HubLink
 from modelfleet.agent.profiles import ProfileObserver
+from modelfleet.agent.review import ReviewSampler
 from modelfleet.agent.updater import Updater
 from modelfleet.clock import Clock
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
 from modelfleet.telemetry.buffer import TelemetryBuffer
 from modelfleet.telemetry.device import DeviceTelemetry
+from modelfleet.telemetry.windows import Attach
 
 __all__ = [
     "BUFFER_FILE",
@@ -158,6 +161,19 @@ class TelemetryCollector(Collector):
         )
 
 
+def _attach_all(closers: Sequence[Attach]) -> Attach:
+    """One ``attach`` of several: each key's fields from every closer, in order."""
+
+    def attach(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+        out: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for close in closers:
+            for key, fields in close(keys).items():
+                out.setdefault(key, {}).update(fields)
+        return out
+
+    return attach
+
+
 def build_device_telemetry(
     device_id: str,
     buffer: TelemetryBuffer,
@@ -169,9 +185,15 @@ def build_device_telemetry(
     counters: UpdateCounters | None = None,
     guard: GuardMonitor | None = None,
     profiles: ProfileObserver | None = None,
+    *,
+    anomaly: AnomalyScorer | None = None,
+    sampler: ReviewSampler | None = None,
 ) -> DeviceTelemetry:
     """The agent's :class:`DeviceTelemetry`, hooked to the updater, the guard's monitor
-    (breaches) and the drift profile counts (a ``profile`` field per window), not started."""
+    (breaches), the drift profile counts (a ``profile`` field per window), the anomaly
+    scores (an ``anomaly`` field) and the review sampler (``review_sample`` records after
+    a suspect window), not started."""
+    closers: list[Attach] = [c.close for c in (profiles, anomaly) if c is not None]
     telemetry = DeviceTelemetry(
         device_id,
         buffer,
@@ -183,7 +205,8 @@ def build_device_telemetry(
         production_of=lambda model: (
             r.production.version if (r := host.route(model)) is not None else None
         ),
-        attach=None if profiles is None else profiles.close,
+        attach=_attach_all(closers) if closers else None,
+        follow=None if sampler is None else sampler.after_close,
     )
     recorder = telemetry.recorder
 

@@ -41,7 +41,7 @@ _STATE_STYLE = {
     "aborted": "red",
 }
 _VERDICT_STYLE = {"pass": "green", "hold": "yellow", "bad": "dark_orange", "fail": "bold red"}
-_FRACTION_METRICS = frozenset({"error_rate", "refusals", "shadow_disagreement"})
+_FRACTION_METRICS = frozenset({"error_rate", "refusals", "shadow_disagreement", "override_rate"})
 _COUNT_METRICS = frozenset({"guard_rollbacks", "crashes"})
 _DEVICE_STATES = ("total", "waiting", "assigned", "running", "rolled_back", "offline")
 

@@ -391,10 +391,21 @@ def register(agent_app: typer.Typer) -> None:
                 "tens of KB larger."
             ),
         ] = False,
+        review_budget: Annotated[
+            int,
+            typer.Option(
+                "--review-budget",
+                min=0,
+                max=1 << 30,
+                help="Bytes per day of sampled requests (inputs and outputs) from suspect "
+                "windows sent to the hub's review queue; 0 (default): nothing is sampled.",
+            ),
+        ] = 0,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
         from modelfleet.agent.daemon import run_agent
+        from modelfleet.agent.review import ReviewSettings
         from modelfleet.serving.cascade import CascadeSettings
         from modelfleet.serving.model import RuntimeSettings
 
@@ -441,6 +452,7 @@ def register(agent_app: typer.Typer) -> None:
             telemetry_buffer_bytes=int(telemetry_buffer_mb * 1024 * 1024),
             drift=drift,
             drift_sketches=drift_sketches,
+            review=ReviewSettings(budget_bytes=review_budget),
         )
         try:
             run_agent(config, sim_clock(os.environ), otlp=otlp)

@@ -21,7 +21,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from modelfleet import __version__
-from modelfleet.cli import agent_cmds, audit_cmds, demo_cmd, sim_cmd
+from modelfleet.cli import (
+    agent_cmds,
+    audit_cmds,
+    demo_cmd,
+    drift_cmds,
+    review_cmds,
+    sim_cmd,
+    webhook_cmds,
+)
 from modelfleet.cli._deploy_wait import (
     DeployWaitError,
     DeviceWait,
@@ -166,6 +174,19 @@ def hub_serve(
         bool,
         typer.Option("--access-log", help="Log a line per request (off: fleet check-in rates)."),
     ] = False,
+    webhook_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--webhook-interval-s",
+            min=0.01,
+            max=3600.0,
+            help="Seconds (hub clock) between webhook delivery rounds.",
+        ),
+    ] = 5.0,
+    no_webhooks: Annotated[
+        bool,
+        typer.Option("--no-webhooks", help="Send no webhooks from this process."),
+    ] = False,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
     from modelfleet.errors import ConfigError
@@ -185,6 +206,7 @@ def hub_serve(
         port=port,
         clock=agent_cmds.sim_clock(os.environ),
         controller_interval_s=0.0 if no_controller else controller_interval_s,
+        webhook_interval_s=0.0 if no_webhooks else webhook_interval_s,
         access_log=access_log,
     )
 
@@ -404,6 +426,30 @@ def model_register(
         str | None,
         typer.Option("--categorical", help="Categorical reference columns, COL,COL,..."),
     ] = None,
+    anomaly_scorer: Annotated[
+        Path | None,
+        typer.Option(
+            "--anomaly-scorer",
+            help="ONNX model scoring the model's input, one score per row (e.g. an "
+            "IsolationForest via skl2onnx), signed into the package; agents score answered "
+            "requests with it (an 'anomaly' histogram per window, review sampling).",
+        ),
+    ] = None,
+    anomaly_output: Annotated[
+        str | None,
+        typer.Option("--anomaly-output", help="The scorer's score output (default: scores)."),
+    ] = None,
+    anomaly_threshold: Annotated[
+        float,
+        typer.Option("--anomaly-threshold", help="Raw score where rows turn anomalous."),
+    ] = 0.0,
+    anomaly_higher: Annotated[
+        bool,
+        typer.Option(
+            "--anomaly-higher-is-anomalous/--anomaly-lower-is-anomalous",
+            help="Score direction (IsolationForest: lower is anomalous, the default).",
+        ),
+    ] = False,
     hub: HubOpt = "http://127.0.0.1:8700",
     token: TokenOpt = "",
     token_file: TokenFileOpt = None,
@@ -417,6 +463,8 @@ def model_register(
         raise UsageError(f"no such file: {sample_input}")
     if reference is not None and not reference.is_file():
         raise UsageError(f"no such file: {reference}")
+    if anomaly_scorer is not None and not anomaly_scorer.is_file():
+        raise UsageError(f"no such file: {anomaly_scorer}")
     cats = [c.strip() for c in (categorical or "").split(",") if c.strip()]
     if cats and reference is None:
         raise UsageError("--categorical needs --reference")
@@ -434,6 +482,10 @@ def model_register(
             decisions=decisions,
             reference=reference,
             categorical=cats,
+            anomaly_scorer=anomaly_scorer,
+            anomaly_output=anomaly_output,
+            anomaly_threshold=anomaly_threshold,
+            anomaly_higher_is_anomalous=anomaly_higher,
         )
     if json_out:
         print_json(result)
@@ -860,6 +912,9 @@ def rollback_cmd(
 
 
 audit_cmds.register(app, _client)
+drift_cmds.register(app, _client)
+review_cmds.register(app, _client)
+webhook_cmds.register(app, _client)
 
 
 # -- agent ---------------------------------------------------------------------------------

@@ -27,14 +27,17 @@ from modelfleet.errors import ModelfleetError
 from modelfleet.hub.api import (
     audit,
     devices,
+    drift,
     health,
     metrics,
     models,
+    review,
     rollout,
     rollouts,
     telemetry,
     tokens,
     tuf,
+    webhooks,
 )
 from modelfleet.hub.api._checkin import CheckinEndpoint, checkin_device_id
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
@@ -43,6 +46,7 @@ from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
 from modelfleet.hub.service import HubService
+from modelfleet.hub.webhooks_loop import WebhookLoop
 
 __all__ = ["API_PREFIX", "HubApp", "build_hub_app", "serve", "status_of"]
 
@@ -94,6 +98,7 @@ def build_hub_app(
     refresh_interval_s: float | None = None,
     *,
     controller_interval_s: float = 0.0,
+    webhook_interval_s: float = 0.0,
 ) -> FastAPI:
     """Create the hub's ASGI app.
 
@@ -104,6 +109,8 @@ def build_hub_app(
         controller_interval_s: how often (hub-clock seconds) the rollout controller thread
             ticks while the app runs, when this process holds the controller lease
             (:mod:`modelfleet.hub.controller`); 0 runs no controller.
+        webhook_interval_s: how often (hub-clock seconds) the webhook thread runs a
+            delivery round (:mod:`modelfleet.hub.webhooks`); 0 delivers none.
 
     Returns:
         The FastAPI app (its check-in route on a fast path, see :class:`HubApp`).
@@ -124,9 +131,15 @@ def build_hub_app(
                 service.clock,
             )
             loop.start()
+        hooks = None
+        if webhook_interval_s > 0:
+            hooks = WebhookLoop(service.webhooks, webhook_interval_s, service.clock)
+            hooks.start()
         try:
             yield
         finally:
+            if hooks is not None:
+                await anyio.to_thread.run_sync(hooks.stop)
             if loop is not None:
                 await anyio.to_thread.run_sync(loop.stop)
             if task is not None:
@@ -157,6 +170,9 @@ def build_hub_app(
         rollouts.router,
         audit.router,
         telemetry.router,
+        drift.router,
+        review.router,
+        webhooks.router,
     ):
         app.include_router(area, prefix=API_PREFIX)
     app.include_router(tuf.tuf_router)
@@ -182,6 +198,7 @@ def serve(
     port: int | None = None,
     clock: Clock | None = None,
     controller_interval_s: float = 5.0,
+    webhook_interval_s: float = 5.0,
     access_log: bool = False,
 ) -> None:
     """Run the hub API with uvicorn until interrupted (the process edge).
@@ -193,6 +210,8 @@ def serve(
         clock: time source (the system clock if None).
         controller_interval_s: the rollout controller's tick interval (hub-clock seconds);
             0 runs no controller in this process.
+        webhook_interval_s: seconds (hub clock) between webhook delivery rounds; 0 sends
+            no webhooks from this process.
         access_log: log a line per request (off by default: at fleet rates it cost more
             than a check-in itself; issue 8, H9).
 
@@ -206,7 +225,11 @@ def serve(
         config = load_hub_config(Path(config), os.environ)
     service = HubService(config, clock or SystemClock())
     try:
-        app = build_hub_app(service, controller_interval_s=controller_interval_s)
+        app = build_hub_app(
+            service,
+            controller_interval_s=controller_interval_s,
+            webhook_interval_s=webhook_interval_s,
+        )
         # What start-up loaded lives as long as the process: out of the collector's way,
         # so the full collections that large telemetry batches trigger stay short.
         gc.freeze()

@@ -155,6 +155,7 @@ class Catalog:
         ticket: str | None = None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
+        anomaly_scorer: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next version of ``name`` (see ``HubService.register_version``).
 
@@ -164,7 +165,15 @@ class Catalog:
         uploaded = [d for d in (model, sample_input) if isinstance(d, str)]
         try:
             return self._register(
-                name, model, sample_input, actor, lineage, ticket, decisions, reference_profile
+                name,
+                model,
+                sample_input,
+                actor,
+                lineage,
+                ticket,
+                decisions,
+                reference_profile,
+                anomaly_scorer,
             )
         except (InvalidInputError, RefusedUpdateError) as e:
             self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
@@ -180,6 +189,7 @@ class Catalog:
         ticket: str | None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
+        anomaly_scorer: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         _check_name("model name", name)
         declared = (
@@ -208,6 +218,7 @@ class Catalog:
             created_at=now,
             decisions=declared,
             reference_profile=reference_profile,
+            anomaly_scorer=anomaly_scorer,
         )
         with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()

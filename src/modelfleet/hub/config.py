@@ -85,6 +85,9 @@ class HubConfig:
         telemetry_rollup_days: hourly roll-ups are kept this many days.
         retention_batch: most raw records (and reports) one upkeep round rolls up or
             deletes, so a round stays short however far behind it is.
+        review_queue_limit: most pending review samples kept per model (issue 9); the
+            sample that fills the queue records a ``review.queue_full`` event, later ones
+            are dropped until labels empty it.
     """
 
     home: Path
@@ -102,6 +105,7 @@ class HubConfig:
     telemetry_raw_days: int = 14
     telemetry_rollup_days: int = 400
     retention_batch: int = 200_000
+    review_queue_limit: int = 10_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,6 +134,8 @@ class HubConfig:
             )
         if not 100 <= self.retention_batch <= 10_000_000:
             raise ConfigError("retention_batch must be between 100 and 10000000")
+        if not 1 <= self.review_queue_limit <= 10_000_000:
+            raise ConfigError("review_queue_limit must be between 1 and 10000000")
 
     @property
     def paths(self) -> HubHome:

@@ -47,11 +47,12 @@ from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
+from modelfleet.hub.drift_rollups import ProfileCache
 from modelfleet.hub.rollout_apply import apply_step, progress_of, store_progress
 from modelfleet.hub.rollout_windows import CRASH_EVENTS, GroupKey, RunningTotals, summary_of
 from modelfleet.rollout.change import in_window, safety_lag_ok
 from modelfleet.rollout.gates import Evaluation, GroupStats, evaluate
-from modelfleet.rollout.plan import RolloutPlan, parse_plan
+from modelfleet.rollout.plan import GateMetric, RolloutPlan, parse_plan
 from modelfleet.rollout.stages import (
     Action,
     Facts,
@@ -101,6 +102,7 @@ def group_stats(summary: Mapping[str, Any], *, rollbacks: int = 0, crashes: int 
     requests = summary.get("requests") or {}
     guard = summary.get("guard") or {}
     shadow = summary.get("shadow") or {}
+    overrides = summary.get("overrides") or {}
     mean, samples = None, 0
     if "confidence" in summary:
         hist = decode_histogram(summary["confidence"])
@@ -118,6 +120,10 @@ def group_stats(summary: Mapping[str, Any], *, rollbacks: int = 0, crashes: int 
         shadow_disagreed=int(shadow.get("disagreed", 0)),
         confidence_mean=mean,
         confidence_samples=samples,
+        drift_score=summary.get("drift_score"),
+        drift_rows=int(summary.get("drift_rows") or 0),
+        overrides_overridden=int(overrides.get("overridden", 0)),
+        overrides_confirmed=int(overrides.get("confirmed", 0)),
     )
 
 
@@ -146,6 +152,8 @@ class RolloutController:
         evaluate_every_s: hub-clock seconds between two evaluations of a stage's telemetry
             (each reads every window of the stage so far); guard rollbacks and crashes are
             checked every tick and evaluate at once.
+        profiles: the versions' reference profiles: a stage's drift counts are merged
+            for the ``drift_score`` gate (issue 9) when its version has one; None: never.
     """
 
     def __init__(
@@ -155,8 +163,10 @@ class RolloutController:
         name: str | None = None,
         *,
         evaluate_every_s: float = 30.0,
+        profiles: ProfileCache | None = None,
     ) -> None:
         self.evaluate_every_s = evaluate_every_s
+        self._profiles = profiles
         self._running: dict[GroupKey, RunningTotals] = {}
         self._used: set[GroupKey] = set()
         self._ctx = ctx
@@ -313,6 +323,8 @@ class RolloutController:
             recent = (now - snap.last_evaluated_at).total_seconds() < self.evaluate_every_s
             if recent and rollbacks <= seen.get("guard_rollbacks", 0):
                 return self._recompute(snap.plan, last)
+        if self._drift_gated(snap.plan):
+            self._watch_drift(stage_key)
         summary = self._group(stage_key)
         stage = group_stats(summary, rollbacks=rollbacks, crashes=int(summary["crashes"]))
         control = None
@@ -338,6 +350,23 @@ class RolloutController:
         control = GroupStats(**stats["control"]) if stats.get("control") else None
         streaks_in = {str(k): int(v) for k, v in (evidence.get("streaks_in") or {}).items()}
         return evaluate(plan.gates, stage, control, streaks_in), streaks_in, stats, False
+
+    @staticmethod
+    def _drift_gated(plan: RolloutPlan) -> bool:
+        return any(g.metric is GateMetric.DRIFT_SCORE for g in plan.gates)
+
+    def _watch_drift(self, key: GroupKey) -> None:
+        """Merge the group's drift counts too (its version's reference profile), from the
+        start: a group first read without them is read again once."""
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = RunningTotals(key)
+        if running.profile is not None or self._profiles is None:
+            return
+        with self._ctx.read() as s:
+            profile = self._profiles.reference(s, key.model, key.version)
+        if profile is not None:
+            self._running[key] = RunningTotals(key, profile=profile)
 
     def _group(self, key: GroupKey) -> JSONDict:
         """The group's merged windows so far (read incrementally, :mod:`.rollout_windows`)."""

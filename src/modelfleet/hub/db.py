@@ -50,10 +50,14 @@ __all__ = [
     "DeviceState",
     "DeviceTelemetry",
     "DirectorDevice",
+    "DriftRollup",
+    "DriftStateRow",
     "GateEvaluation",
     "HubEvent",
     "Model",
     "ModelVersion",
+    "ReviewLabel",
+    "ReviewSample",
     "Rollout",
     "RolloutDevice",
     "RolloutTransition",
@@ -62,6 +66,9 @@ __all__ = [
     "Token",
     "TufRoleVersion",
     "UTCDateTime",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "make_engine",
     "make_sessionmaker",
     "migrate",
@@ -330,6 +337,169 @@ class HubEvent(Base):
     subject: Mapped[str] = mapped_column(String(512))
     payload: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime]
+
+
+# --- issue 9: drift-hub ---
+
+
+class DriftRollup(Base):
+    """Drift counts of one hour merged exactly at ingest (ADR 0019), per
+    ``(model, version, site, hour)``: the windows' ``profile`` fields merged with
+    :func:`~modelfleet.monitoring.profile_counts.merge_wire`, stored as the merged
+    window's wire form (``body``, JSON; sketches base64 while every window had them).
+    ``digest`` is the reference profile's; ``rows`` the input rows counted.
+    """
+
+    __tablename__ = "drift_rollups"
+    __table_args__ = (
+        UniqueConstraint("model", "version", "site", "hour", name="uq_drift_rollups_key"),
+        Index("ix_drift_rollups_hour", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str] = mapped_column(String(256))
+    site: Mapped[str] = mapped_column(String(128))
+    hour: Mapped[datetime]
+    digest: Mapped[str] = mapped_column(String(128))
+    windows: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class DriftStateRow(Base):
+    """The sequential drift state of a model at a site (ADR 0019): the CUSUM of
+    :mod:`modelfleet.monitoring.sequential` stepped once per closed hour, ``period`` the
+    start of the last hour stepped (None before the first), ``version`` the version whose
+    windows it reads (a new version starts the state afresh)."""
+
+    __tablename__ = "drift_states"
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    site: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
+    statistic: Mapped[float] = mapped_column(Float)
+    windows: Mapped[int] = mapped_column(BigInteger)
+    skipped: Mapped[int] = mapped_column(BigInteger)
+    drift_windows: Mapped[int] = mapped_column(BigInteger)
+    last_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_rows: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[datetime | None] = mapped_column(nullable=True)
+    changed_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+# --- issue 9: review ---
+
+
+class ReviewSample(Base):
+    """One sampled request of a suspect window, as a device sent it (issue 9, ADR 0020).
+
+    Stored once per ``sample_id`` (the device's; ingest itself is exactly-once per
+    ``(device_id, buffer_id, seq)``). ``status`` is ``pending`` until a label is imported,
+    then ``labelled``. ``reasons`` the window's suspect reasons, comma-separated; ``at`` the
+    window's device-time close; ``body`` the sample's JSON (inputs, outputs, request id).
+    """
+
+    __tablename__ = "review_samples"
+    __table_args__ = (
+        UniqueConstraint("sample_id", name="uq_review_samples_sample_id"),
+        Index("ix_review_samples_model_status", "model", "status", "id"),
+        Index("ix_review_samples_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str] = mapped_column(String(256))
+    site: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[str] = mapped_column(String(128))
+    anomaly_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+
+
+class ReviewLabel(Base):
+    """The label a human gave one review sample (imported later; the latest import wins)."""
+
+    __tablename__ = "review_labels"
+
+    sample_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    label: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(32))
+    imported_at: Mapped[datetime]
+
+
+# --- end issue 9: review ---
+
+
+# --- issue 9: webhooks ---
+
+
+class WebhookSubscription(Base):
+    """A webhook subscription (issue 9, ADR 0021): where to POST the hub's events.
+
+    ``kinds`` is a JSON list of event kinds (empty: every kind); ``secret`` the HMAC key
+    (kept as given: signing needs it; shown to the operator only when created);
+    ``cursor`` the id of the last hub event queued for it (events after it are queued
+    next). A new subscription starts at the newest event: it hears what happens next.
+    """
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    kinds: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(256))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    description: Mapped[str] = mapped_column(String(512))
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to one subscription: its state (``pending`` until it is
+    ``delivered`` or, after the last attempt, ``dead``), attempts so far, when the next
+    attempt is due and the last attempt's outcome. Unique per (subscription, event)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("hub_events.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime]
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per attempt (when, HTTP status or None, error, time taken)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float)
 
 
 class DeviceRollbackEvent(Base):

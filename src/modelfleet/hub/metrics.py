@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -26,9 +27,11 @@ from modelfleet import __version__
 from modelfleet.clock import Clock
 from modelfleet.errors import ModelfleetError
 from modelfleet.hub import db
+from modelfleet.hub.drift_rollups import DRIFT_RESULTS
 
 __all__ = [
     "BATCH_RESULTS",
+    "DRIFT_STATE_VALUES",
     "INGEST_LAG_BUCKETS_S",
     "RECORD_RESULTS",
     "FleetGauges",
@@ -41,6 +44,8 @@ log = logging.getLogger("modelfleet.hub")
 BATCH_RESULTS = ("stored", "duplicate", "invalid", "refused")
 RECORD_RESULTS = ("stored", "duplicate")
 DEVICE_STATES = ("fresh", "stale", "never_seen")
+#: ``modelfleet_drift_state`` value of each drift state (issue 9).
+DRIFT_STATE_VALUES = {"stable": 0, "warning": 1, "drifting": 2}
 
 #: Buckets of hub receive time minus window close time: a minute-window agent on a good
 #: link lands in the first few; an agent back from a 72 h outage in the last ones.
@@ -60,6 +65,8 @@ class FleetGauges:
         serving: ``(site, model, version)`` -> devices whose last report serves it.
         buffered: the sum of what devices last reported still buffered.
         evicted: the sum of the devices' reported eviction totals.
+        drift: ``(model, site)`` -> (last drift score or None, drift state: 0 stable,
+            1 warning, 2 drifting), from the sequential states (issue 9).
     """
 
     devices: dict[str, int] = field(default_factory=dict)
@@ -67,6 +74,7 @@ class FleetGauges:
     serving: dict[tuple[str, str, str], int] = field(default_factory=dict)
     buffered: int = 0
     evicted: int = 0
+    drift: dict[tuple[str, str], tuple[float | None, int]] = field(default_factory=dict)
 
 
 def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetGauges:
@@ -93,7 +101,12 @@ def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetG
         .join(db.Device, db.Device.id == db.DeviceServing.device_id)
         .group_by(db.Device.site, db.DeviceServing.model, db.DeviceServing.version)
     )
+    drift_rows = s.execute(
+        select(db.DriftStateRow.model, db.DriftStateRow.site, db.DriftStateRow.last_score,
+               db.DriftStateRow.state)
+    )  # fmt: skip
     return FleetGauges(
+        drift={(m, si): (v, DRIFT_STATE_VALUES.get(st, 0)) for m, si, v, st in drift_rows},
         devices=devices,
         clock_skewed=int(skewed or 0),
         serving={(site, model, version): int(n) for site, model, version, n in serving_rows},
@@ -157,6 +170,23 @@ class _FleetCollector(Collector):
             "Telemetry records the devices' buffers report evicted in total",
             value=g.evicted,
         )
+        score = GaugeMetricFamily(
+            "modelfleet_drift_score",
+            "Drift score of the model at the site in the last hour stepped (largest PSI of "
+            "drifting columns, 0 when none); absent before a scored hour",
+            labels=["model", "site"],
+        )
+        states = GaugeMetricFamily(
+            "modelfleet_drift_state",
+            "Sequential drift state of the model at the site: 0 stable, 1 warning, 2 drifting",
+            labels=["model", "site"],
+        )
+        for (model, site), (value, st) in sorted(g.drift.items()):
+            if value is not None:
+                score.add_metric([model, site], value)
+            states.add_metric([model, site], st)
+        yield score
+        yield states
 
 
 class HubMetrics:
@@ -193,6 +223,15 @@ class HubMetrics:
             buckets=INGEST_LAG_BUCKETS_S,
             registry=self.registry,
         )
+        self.drift_windows = Counter(
+            "modelfleet_hub_drift_windows",
+            "Windows' drift counts at ingest: rolled up, version without a reference "
+            "profile, or refused (counts that do not fit the version's profile)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in DRIFT_RESULTS:
+            self.drift_windows.labels(result)
         for result in BATCH_RESULTS:
             self.batches.labels(result)
         for result in RECORD_RESULTS:
@@ -201,8 +240,26 @@ class HubMetrics:
             "modelfleet_hub_info", "The hub's version", ["version"], registry=self.registry
         )
         info.labels(__version__).set(1)
+        # issue 9: override rate = rate(overridden) / rate(overridden + confirmed)
+        self.overrides = Counter(
+            "modelfleet_hub_overrides",
+            "Answers a human overrode or confirmed, from stored telemetry windows",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.registry.register(_FleetCollector(read_gauges, clock, cache_s))
+
+    def count_overrides(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Count the ``overrides`` of newly stored windows (checked by the wire format)."""
+        for r in records:
+            overrides = r.get("overrides") if r.get("kind") == "window" else None
+            if not overrides:
+                continue
+            for outcome in ("overridden", "confirmed"):
+                n = overrides.get(outcome, 0)
+                if n:
+                    self.overrides.labels(r["model"], r["version"], outcome).inc(n)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

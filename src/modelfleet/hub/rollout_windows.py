@@ -8,6 +8,12 @@ stored since its last read: those with an id above its high-water mark, less a m
 :data:`MARGIN` ids that it looks at again (ids only; it remembers which it merged), because
 on PostgreSQL a transaction that took lower ids may commit after a higher one was read.
 
+With a reference profile (:attr:`RunningTotals.profile`, set for a stage whose version has
+one), the windows' drift counts (``"profile"``, issue 9) are merged too, counts only
+(:func:`~modelfleet.monitoring.profile_counts.merge_wire` without sketches: the combined
+drift verdict reads none), into :attr:`RunningTotals.drift`; counts that do not fit the
+profile are left out and counted (``drift_refused``).
+
 The totals are in memory, per controller process; a new controller (restart, another lease
 holder) reads the group once from the start. Only raw windows are read: telemetry retention
 rolls them up after ``telemetry_raw_days`` (14), longer than any soak.
@@ -25,8 +31,12 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from modelfleet.errors import InvalidInputError
 from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict
+from modelfleet.monitoring.drift import DriftPolicy, evaluate
+from modelfleet.monitoring.profile import ReferenceProfile
+from modelfleet.monitoring.profile_counts import ProfileWindow, merge_wire
 from modelfleet.telemetry.wire import WindowTotals
 
 __all__ = ["CRASH_EVENTS", "MARGIN", "GroupKey", "RunningTotals", "summary_of"]
@@ -59,6 +69,9 @@ class RunningTotals:
     recent: set[int] = field(default_factory=set)
 
     crashes: int = 0
+    profile: ReferenceProfile | None = None
+    drift: ProfileWindow | None = None
+    drift_refused: int = 0
 
     def update(self, s: Session) -> None:
         """Merge the group's records stored since the last call (all of them the first time):
@@ -81,23 +94,49 @@ class RunningTotals:
         new = [i for i in s.scalars(select(r.id).where(*where)) if i not in self.recent]
         for start in range(0, len(new), 1000):
             chunk = new[start : start + 1000]
+            counts: list[object] = []
             for record_id, kind, body in s.execute(
                 select(r.id, r.kind, r.body).where(r.id.in_(chunk))
             ):
                 record = orjson.loads(body)
                 if kind == "window":
                     self.totals.add(record)
+                    if isinstance(record.get("profile"), dict) and record.get("role") != "shadow":
+                        counts.append(record["profile"])
                 elif record.get("event") in CRASH_EVENTS:
                     self.crashes += 1
                 self.recent.add(record_id)
                 self.high = max(self.high, record_id)
+            if counts and self.profile is not None:
+                self._merge_drift(self.profile, counts)
         floor = self.high - MARGIN
         self.recent = {i for i in self.recent if i > floor}
+
+    def _merge_drift(self, profile: ReferenceProfile, docs: list[object]) -> None:
+        """Merge windows' drift counts; a window whose counts do not fit is left out."""
+        try:
+            merged = merge_wire(docs, profile, sketches=False)
+        except InvalidInputError:
+            good = []
+            for d in docs:
+                try:
+                    merge_wire([d], profile, sketches=False)
+                    good.append(d)
+                except InvalidInputError:
+                    self.drift_refused += 1
+            if not good:
+                return
+            merged = merge_wire(good, profile, sketches=False)
+        if self.drift is None:
+            self.drift = merged
+        else:
+            self.drift.merge(merged)
 
 
 def summary_of(running: RunningTotals) -> JSONDict:
     """The fields of a telemetry summary that gates read (see ``Telemetry.summary``), and
-    ``"crashes"``."""
+    ``"crashes"``, ``"drift_score"`` and ``"drift_rows"`` (the combined drift of the merged
+    drift counts; None and 0 without a profile or counts)."""
     totals = running.totals
     out = totals.to_record()
     out["crashes"] = running.crashes
@@ -105,4 +144,8 @@ def summary_of(running: RunningTotals) -> JSONDict:
     p99 = latency.quantile(0.99) if latency is not None else None
     out["devices"] = len(totals.devices)
     out["latency_p99_s"] = p99 if p99 is not None and math.isfinite(p99) else None
+    out["drift_score"], out["drift_rows"] = None, 0
+    if running.profile is not None and running.drift is not None:
+        report = evaluate(running.profile, running.drift, DriftPolicy())
+        out["drift_score"], out["drift_rows"] = report.score, report.rows
     return out

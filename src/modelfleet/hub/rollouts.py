@@ -50,10 +50,11 @@ from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.rollout_apply import WAITING, apply_step, progress_of
 from modelfleet.hub.rollout_views import OFFLINE_AFTER_S, rollout_summary, rollout_view
+from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.change import in_window
 from modelfleet.rollout.cohorts import blast_radius_groups, plan_cohorts
 from modelfleet.rollout.desired_state import Mode
-from modelfleet.rollout.plan import RolloutPlan, parse_plan
+from modelfleet.rollout.plan import GateMetric, RolloutPlan, parse_plan
 from modelfleet.rollout.stages import (
     TERMINAL,
     Action,
@@ -156,6 +157,8 @@ class Rollouts:
             version = self._catalog.version_row(s, plan.model, plan.version)
             if version.revoked:
                 raise InvalidInputError(f"{plan.model} version {plan.version} is revoked")
+            if any(g.metric is GateMetric.DRIFT_SCORE for g in plan.gates):
+                self._check_profile(plan, version)
             if model.safety_classified and not plan.ticket:
                 raise InvalidInputError(
                     f"{plan.model} is safety-classified: its rollouts need a change ticket "
@@ -235,6 +238,16 @@ class Rollouts:
                 plan.ticket,
             )
         return self.get(rollout_id)
+
+    def _check_profile(self, plan: RolloutPlan, version: db.ModelVersion) -> None:
+        """A ``drift_score`` gate needs the version's reference profile (issue 9): without
+        one the gate could only hold, and the rollout would never pass it."""
+        manifest = PackageManifest.from_json(self._catalog.store.read(version.manifest_sha256))
+        if manifest.reference_profile is None:
+            raise InvalidInputError(
+                f"gates: drift_score needs a reference profile, and {plan.model} version "
+                f"{plan.version} was registered without one (register it with --reference)"
+            )
 
     def _resolve(self, s: Session, plan: RolloutPlan) -> tuple[list[str], dict[str, str]]:
         """The target devices (by id) and their blast-radius groups."""

@@ -13,9 +13,12 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.upkeep.Upkeep` - TUF serving, re-signing, GC, telemetry
   retention;
 * :class:`~modelfleet.hub.telemetry.Telemetry` - telemetry ingest, summaries, retention;
+* :class:`~modelfleet.hub.review.ReviewQueue` - review samples, labels, exports (issue 9);
 * :class:`~modelfleet.hub.metrics.HubMetrics` - the ``/metrics`` registry;
 * :class:`~modelfleet.hub.rollouts.Rollouts` - staged rollouts, operator commands, approval;
-* :class:`~modelfleet.hub.controller.RolloutController` - the rollouts' ticks (issue 8).
+* :class:`~modelfleet.hub.controller.RolloutController` - the rollouts' ticks (issue 8);
+* :class:`~modelfleet.hub.drift.Drift` - drift reports and states (issue 9);
+* :class:`~modelfleet.hub.webhooks.Webhooks` - webhook subscriptions and deliveries (issue 9).
 
 Every state change commits together with its audit entry in one database transaction;
 the TUF metadata is signed from the database *after* the commit, and whatever a crash
@@ -63,13 +66,18 @@ from modelfleet.hub.context import HubContext
 from modelfleet.hub.controller import RolloutController
 from modelfleet.hub.deployments import Deployments
 from modelfleet.hub.director import Director
+from modelfleet.hub.drift import Drift
+from modelfleet.hub.drift_rollups import DriftRollups, ProfileCache
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
 from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
+from modelfleet.hub.review import ReviewQueue
 from modelfleet.hub.rollouts import Rollouts
 from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
+from modelfleet.hub.webhooks import Webhooks
+from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
@@ -125,7 +133,10 @@ class HubService:
             self.deployments = Deployments(self.context, self.catalog, self.director)
             self.fleet = Fleet(self.context, self.deployments, self.director)
             self.metrics = HubMetrics(self._read_gauges, clock, config.metrics_cache_s)
-            self.telemetry = Telemetry(self.context, self.metrics)
+            self.profiles = ProfileCache(self.store)
+            self.drift = Drift(self.context, self.profiles)
+            self.telemetry = Telemetry(self.context, self.metrics, DriftRollups(self.profiles))
+            self.review = ReviewQueue(self.context, self._version_manifest)
             self.upkeep = Upkeep(
                 self.context,
                 self.store,
@@ -134,9 +145,11 @@ class HubService:
                 self.director,
                 self.telemetry,
                 audit_chain=self.audit_chain,
+                drift=self.drift,
             )
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
-            self.controller = RolloutController(self.context, self.director)
+            self.controller = RolloutController(self.context, self.director, profiles=self.profiles)
+            self.webhooks = Webhooks(self.context)
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -161,6 +174,7 @@ class HubService:
             self.fleet.flush_seen()
         except StorageError as e:  # closing must not fail on it
             _log.warning("last_seen of recent check-ins not written: %s", e)
+        self.webhooks.close()
         self.trust.close()
         self.engine.dispose()
 
@@ -346,6 +360,59 @@ class HubService:
         )
         return self.telemetry.summary(query)
 
+    # -- drift (issue 9) -----------------------------------------------------------------
+
+    def drift_report(
+        self,
+        model: str,
+        *,
+        version: str | None = None,
+        site: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> JSONDict:
+        """The explained drift of one model version over a time range (ADR 0019): its
+        drift roll-ups whose hour starts in ``[since, until)``, at ``site`` or every site,
+        merged and evaluated against the version's reference profile.
+
+        Args:
+            model: the model.
+            version: the version (decimal string); None: the version with the most rows
+                in the range (the newest version when none has any).
+            site: one site; None: all sites merged.
+            since: start (default: ``until`` minus 24 hours); naive times are UTC.
+            until: end, exclusive (default: now).
+
+        Returns:
+            ``{"model", "version", "site", "since", "until", "reference_profile",
+            "rollups", "windows", "sites", "sketched", "versions" (rows per version in
+            the range), "message", "score", "verdict" (drift | no_drift |
+            insufficient_data), "band", "rows", "drifted", "tested", "rule", "policy",
+            "inputs", "outputs" (per column: verdict, p_value, adjusted_p, psi and
+            "results": every test's value, threshold, verdict, bins, epsilon, n),
+            "prediction": {"verdict", "drifted"}}``. A version without a reference
+            profile answers ``insufficient_data`` with ``"message"`` saying drift is not
+            computed.
+
+        Raises:
+            InvalidInputError: a bad range (until not after since, over 400 days) or
+                version.
+            NotFoundError: no such model or version.
+        """
+        return self.drift.report(model, version=version, site=site, since=since, until=until)
+
+    def drift_states(self, model: str | None = None, site: str | None = None) -> list[JSONDict]:
+        """The sequential drift state of each (model, site) (filters: None matches any):
+        ``[{"model", "site", "version", "state" (stable | warning | drifting),
+        "statistic", "windows", "skipped", "drift_windows", "last_score", "last_rows",
+        "period" (the last hour stepped), "changed_at", "updated_at"}]``."""
+        return self.drift.states(model, site)
+
+    def advance_drift(self) -> JSONDict:
+        """Step the drift states over closed hours (the upkeep round runs it); see
+        :meth:`modelfleet.hub.drift.Drift.advance`."""
+        return self.drift.advance()
+
     def device_windows(self, device_id: str, limit: int = 50) -> list[JSONDict]:
         """A device's most recent raw telemetry records, newest first (at most
         ``limit``, capped at 1000): each as sent, plus ``"buffer_id"`` and
@@ -399,6 +466,7 @@ class HubService:
         ticket: str | None = None,
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
+        anomaly_scorer: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next immutable version of ``name`` (creating the model if new).
 
@@ -421,6 +489,9 @@ class HubService:
             reference_profile: the drift reference profile the SDK built from the
                 reference rows (``PackageProfile.to_dict``), signed into the manifest;
                 None: drift will not be computed (the answer's ``drift`` says so).
+            anomaly_scorer: the optional anomaly scorer
+                (``AnomalyScorerSpec.to_dict``: ONNX bytes, digest, threshold), checked
+                and signed into the manifest (issue 9).
 
         Returns:
             The version (see the module docstring), plus ``drift``: the profile's digest
@@ -440,6 +511,7 @@ class HubService:
             ticket=ticket,
             decisions=decisions,
             reference_profile=reference_profile,
+            anomaly_scorer=anomaly_scorer,
         )
 
     def revoke_version(
@@ -477,6 +549,10 @@ class HubService:
             NotFoundError: no such model or version.
         """
         return self.catalog.get_version(name, version)
+
+    def _version_manifest(self, name: str, version: int) -> PackageManifest:
+        """The stored manifest of a version (the review queue reads its decisions)."""
+        return PackageManifest.from_json(self.catalog.manifest_bytes(name, version))
 
     def manifest_bytes(self, name: str, version: int) -> bytes:
         """The stored package manifest JSON of a version.

@@ -31,10 +31,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from modelfleet.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from modelfleet.hub import db, locks
+from modelfleet.hub import db, locks, review
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
+from modelfleet.hub.drift_rollups import DriftRollups
 from modelfleet.hub.metrics import HubMetrics
+from modelfleet.hub.review_formats import slim
 from modelfleet.telemetry.wire import OUTCOME_KEYS, Batch, WindowTotals, parse_batch
 
 __all__ = [
@@ -146,11 +148,16 @@ class Telemetry:
     Args:
         ctx: the hub's sessions and clock.
         metrics: the counters ingest updates.
+        drift: merges the drift counts of stored windows into their roll-ups in the ingest
+            transaction (issue 9, :mod:`modelfleet.hub.drift_rollups`); None: not.
     """
 
-    def __init__(self, ctx: HubContext, metrics: HubMetrics) -> None:
+    def __init__(
+        self, ctx: HubContext, metrics: HubMetrics, drift: DriftRollups | None = None
+    ) -> None:
         self._ctx = ctx
         self._metrics = metrics
+        self._drift = drift
 
     # -- ingest --------------------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class Telemetry:
             self._metrics.batches.labels("invalid").inc()
             raise
         now = self._ctx.now()
+        samples = review.check_samples(batch)  # issue 9: the review queue's records
         rows, device_times = self._rows(batch, now)
         with self._ctx.telemetry_write() as s:
             site = s.execute(
@@ -174,14 +182,40 @@ class Telemetry:
             for row in rows:
                 row["site"] = site
             stored = self._insert(s, rows)
+            if samples:
+                limit = self._ctx.config.review_queue_limit
+                review.store_samples(s, device_id, samples, stored, site, now, limit)
             self._update_stream(s, batch, now, device_times)
+            drift = self._roll_up_drift(s, site, batch, stored, device_times, now)
         self._count(batch, stored, now, device_times)
+        for result, n in drift.items():
+            if n:
+                self._metrics.drift_windows.labels(result).inc(n)
         return {
             "stored": len(stored),
             "duplicates": len(rows) - len(stored),
             "acked_through": max(int(r["seq"]) for r in batch.records),
             "status": "recorded",
         }
+
+    def _roll_up_drift(
+        self,
+        s: Session,
+        site: str,
+        batch: Batch,
+        stored: set[int],
+        window_times: Mapping[int, datetime],
+        now: datetime,
+    ) -> dict[str, int]:
+        """The drift counts of the windows just stored, merged into their roll-ups."""
+        if self._drift is None or not stored:
+            return {}
+        windows = [
+            (r, window_times[r["seq"]])
+            for r in batch.records
+            if r["seq"] in stored and r["seq"] in window_times and "profile" in r
+        ]
+        return self._drift.add(s, site, windows, now) if windows else {}
 
     def _parse(self, device_id: str, body: bytes) -> Batch:
         limit = self._ctx.config.max_telemetry_bytes
@@ -219,7 +253,7 @@ class Telemetry:
                     "rollout_id": _short(r.get("rollout_id")),
                     "device_at": at,
                     "received_at": now,
-                    "body": orjson.dumps(r).decode(),
+                    "body": orjson.dumps(slim(r)).decode(),
                 }
             )
         return rows, window_times
@@ -272,6 +306,8 @@ class Telemetry:
             at = window_times.get(seq)
             if at is not None:
                 m.ingest_lag.observe(max(0.0, (now - at).total_seconds()))
+        if stored:
+            m.count_overrides(r for r in batch.records if r["seq"] in stored)
 
     # -- queries -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ it): it first signs committed changes the metadata lacks
 (:meth:`~modelfleet.hub.director.Director.repair`), then re-signs roles close to expiry,
 then collects garbage at most once per :data:`GC_INTERVAL_S`, then runs one bounded round
 of telemetry retention (:meth:`~modelfleet.hub.telemetry.Telemetry.apply_retention`), then
+steps the drift states over closed hours (:meth:`~modelfleet.hub.drift.Drift.advance`), then
 copies the audit chain's signed head to the home's checkpoint file
 (:meth:`~modelfleet.hub.audit_chain.AuditChain.advance_witness`, ADR 0016).
 """
@@ -22,6 +23,7 @@ from modelfleet.hub.audit_chain import AuditChain
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
+from modelfleet.hub.drift import Drift
 from modelfleet.hub.telemetry import Telemetry
 from modelfleet.trust.bundle import REPOSITORIES
 from modelfleet.trust.hub_trust import HubTrust
@@ -48,6 +50,7 @@ class Upkeep:
         director: signs what the database has and the metadata lacks.
         telemetry: applies the telemetry and report retention each round.
         audit_chain: moves the audit checkpoint file forward each round (None: not).
+        drift: steps the drift states over closed hours each round (None: not; issue 9).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Upkeep:
         director: Director,
         telemetry: Telemetry,
         audit_chain: AuditChain | None = None,
+        drift: Drift | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -67,6 +71,7 @@ class Upkeep:
         self._director = director
         self._telemetry = telemetry
         self._audit_chain = audit_chain
+        self._drift = drift
         self._last_gc: float | None = None
 
     # -- TUF -----------------------------------------------------------------------------
@@ -102,6 +107,8 @@ class Upkeep:
             self._last_gc = mono
             self.collect_garbage(older_than_s=GC_GRACE_S)
         self._telemetry.apply_retention()  # bounded; what is left goes in the next round
+        if self._drift is not None:
+            self._drift.advance()
         if self._audit_chain is not None:
             self._audit_chain.advance_witness()
         return done

@@ -32,6 +32,7 @@ def build_manifest(
     created_at: datetime | None = None,
     decisions: Mapping[str, OutputDecision] | None = None,
     reference_profile: Mapping[str, Any] | None = None,
+    anomaly_scorer: Mapping[str, Any] | None = None,
 ) -> PackageManifest:
     """Check ``model`` and describe it as version ``version`` of ``name``.
 
@@ -49,6 +50,10 @@ def build_manifest(
     reference rows) is checked (format, tensors against the schema) and stored as the
     manifest's ``"reference_profile"``; None: drift will not be computed for the version.
 
+    ``anomaly_scorer`` (an :meth:`AnomalyScorerSpec.to_dict
+    <modelfleet.packaging.anomaly.AnomalyScorerSpec.to_dict>`) is checked (digest, and that
+    it loads and fits the model's input) and stored as the manifest's ``"anomaly_scorer"``.
+
     Raises:
         InvalidModelError: the bytes are not a loadable ONNX model.
         InvalidInputError: the sample input does not fit the model, ``decisions`` names
@@ -57,6 +62,11 @@ def build_manifest(
         SmokeTestError: the model does not reproduce its own outputs.
     """
     info = inspect_onnx(model)
+    if anomaly_scorer is not None:
+        from modelfleet.packaging.anomaly import AnomalyScorerSpec, build_scorer_spec
+
+        given = AnomalyScorerSpec.from_dict(anomaly_scorer)
+        build_scorer_spec(given.onnx, info.schema, output=given.output)
     if reference_profile is not None:
         PackageProfile.from_dict(reference_profile).check_schema(info.schema)
     all_decisions = infer_decisions(info.schema, decisions)
@@ -80,4 +90,5 @@ def build_manifest(
         lineage={"producer": info.producer, **(lineage or {})},
         decisions=all_decisions,
         reference_profile=None if reference_profile is None else dict(reference_profile),
+        anomaly_scorer=None if anomaly_scorer is None else dict(anomaly_scorer),
     )

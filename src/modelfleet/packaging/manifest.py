@@ -41,6 +41,7 @@ _KNOWN = {
     "lineage",
     "decisions",
     "reference_profile",
+    "anomaly_scorer",
 }
 
 
@@ -64,6 +65,9 @@ class PackageManifest:
             :meth:`package_profile`; None when the version was registered without one.
             Kept as the signed JSON so a manifest with a newer profile format still loads
             (the model serves; drift is not counted).
+        anomaly_scorer: the optional anomaly scorer as stored (issue 9; its ONNX bytes,
+            digest and threshold, :class:`~modelfleet.packaging.anomaly.AnomalyScorerSpec`),
+            None when the version has none.
     """
 
     name: str
@@ -80,6 +84,7 @@ class PackageManifest:
     extra: dict[str, Any] = field(default_factory=dict)
     decisions: Mapping[str, OutputDecision] = field(default_factory=dict)
     reference_profile: Mapping[str, Any] | None = None
+    anomaly_scorer: Mapping[str, Any] | None = None
 
     def package_profile(self) -> PackageProfile | None:
         """The reference profile and its tensor layout, checked against the schema; None
@@ -105,6 +110,8 @@ class PackageManifest:
             decisions["decisions"] = decisions_to_dict(self.decisions)
         if self.reference_profile is not None:
             decisions["reference_profile"] = dict(self.reference_profile)
+        if self.anomaly_scorer is not None:
+            decisions["anomaly_scorer"] = dict(self.anomaly_scorer)
         return {
             **self.extra,
             **decisions,
@@ -151,6 +158,7 @@ class PackageManifest:
                 lineage=dict(data.get("lineage") or {}),
                 decisions=decisions_from_dict(data.get("decisions") or {}),
                 reference_profile=_profile_field(data.get("reference_profile")),
+                anomaly_scorer=_profile_field(data.get("anomaly_scorer"), "anomaly_scorer"),
                 extra={k: v for k, v in data.items() if k not in _KNOWN},
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -168,9 +176,9 @@ class PackageManifest:
         return cls.from_dict(data)
 
 
-def _profile_field(value: Any) -> Mapping[str, Any] | None:
+def _profile_field(value: Any, what: str = "reference_profile") -> Mapping[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidInputError("the manifest's reference_profile must be an object")
+        raise InvalidInputError(f"the manifest's {what} must be an object")
     return value

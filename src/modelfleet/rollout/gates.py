@@ -42,6 +42,13 @@ class GroupStats:
         shadow_compared, shadow_disagreed: shadow comparisons and how many disagreed.
         confidence_mean: mean top-class confidence, None without samples.
         confidence_samples: outputs the mean is over.
+        drift_score: the combined drift score of the group's drift counts merged over the
+            soak against the version's reference profile (issue 9,
+            :func:`modelfleet.monitoring.drift.evaluate`: the largest PSI of drifting
+            columns, 0 when none); None with insufficient data or no reference profile.
+        drift_rows: input rows those counts hold.
+        overrides_overridden, overrides_confirmed: answers a human overrode or confirmed,
+            as the application reported them to the agents (issue 9).
     """
 
     devices: int = 0
@@ -55,6 +62,10 @@ class GroupStats:
     shadow_disagreed: int = 0
     confidence_mean: float | None = None
     confidence_samples: int = 0
+    drift_score: float | None = None
+    drift_rows: int = 0
+    overrides_overridden: int = 0
+    overrides_confirmed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (stored with the evidence)."""
@@ -148,8 +159,12 @@ def evaluate(
     ``guard_rollbacks`` and ``crashes`` the count for an absolute ``max``, the count per
     reporting device for a relative gate; ``refusals`` refusals / requests;
     ``shadow_disagreement`` disagreed / compared; ``confidence_shift`` the absolute difference
-    of the stage's and the control's mean confidence (always needs the control).
-    Samples are requests, except shadow comparisons and confidence samples for those metrics.
+    of the stage's and the control's mean confidence (always needs the control);
+    ``drift_score`` the stage's combined drift score over the soak (absolute ``max`` only).
+    ``override_rate`` overridden / (overridden + confirmed), the share of the answers a human
+    judged that they overrode (issue 9, ADR 0021).
+    Samples are requests, except shadow comparisons, confidence samples, drift rows and
+    judged answers (overridden + confirmed) for those metrics.
 
     Args:
         gates: the plan's gates.
@@ -179,6 +194,10 @@ def _samples(metric: GateMetric, g: GroupStats) -> int:
         return g.shadow_compared
     if metric is GateMetric.CONFIDENCE_SHIFT:
         return g.confidence_samples
+    if metric is GateMetric.DRIFT_SCORE:
+        return g.drift_rows
+    if metric is GateMetric.OVERRIDE_RATE:
+        return g.overrides_overridden + g.overrides_confirmed
     return g.requests
 
 
@@ -195,6 +214,11 @@ def _value(metric: GateMetric, g: GroupStats, per_device: bool) -> float | None:
         return g.shadow_disagreed / g.shadow_compared if g.shadow_compared else None
     if metric is GateMetric.CONFIDENCE_SHIFT:
         return g.confidence_mean if g.confidence_samples else None
+    if metric is GateMetric.DRIFT_SCORE:
+        return g.drift_score
+    if metric is GateMetric.OVERRIDE_RATE:
+        judged = g.overrides_overridden + g.overrides_confirmed
+        return g.overrides_overridden / judged if judged else None
     part = g.errors if metric is GateMetric.ERROR_RATE else g.refusals
     return part / g.requests if g.requests else None
 

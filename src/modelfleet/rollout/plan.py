@@ -19,6 +19,7 @@ YAML shape::
       - {metric: error_rate, max_delta: 0.01, min_devices: 3, min_samples: 500, consecutive: 2}
       - {metric: latency_p99, max_ratio: 1.2}
       - {metric: guard_rollbacks, max: 0}
+      - {metric: drift_score, max: 0.25, min_samples: 1000}  # issue 9, optional
     blast_radius: {tag_prefix: "cell:"}
     change:
       ticket: CHG-1234
@@ -72,7 +73,8 @@ class GateMetric(StrEnum):
     REFUSALS = "refusals"
     SHADOW_DISAGREEMENT = "shadow_disagreement"
     CONFIDENCE_SHIFT = "confidence_shift"
-    DRIFT_SCORE = "drift_score"  # refused by parse_plan until drift monitoring lands (issue 9)
+    DRIFT_SCORE = "drift_score"  # issue 9: the stage's merged drift score (absolute max only)
+    OVERRIDE_RATE = "override_rate"  # answers humans overrode / those they judged (issue 9)
 
 
 class FailurePolicy(StrEnum):
@@ -359,8 +361,8 @@ def parse_plan(doc: Mapping[str, Any]) -> RolloutPlan:
     Raises:
         InvalidInputError: naming the field path: an unknown key, a wrong type, percents that
             do not increase to 100, a bad mode/share, a gate with no or two threshold styles,
-            a duplicate stage name or gate metric, ``drift_score`` (lands with drift
-            monitoring, issue 9), an unknown time zone or weekday, a bad time of day.
+            a duplicate stage name or gate metric, a relative ``drift_score`` or
+            ``confidence_shift`` gate, an unknown time zone or weekday, a bad time of day.
     """
     top = fields.mapping(doc, "", _TOP_KEYS)
     for key in ("model", "version", "target"):
@@ -547,8 +549,6 @@ def _check_gates(gates: tuple[GateSpec, ...], path: str) -> None:
         if g.metric in seen:
             raise fail(f"{p}.metric", f"{g.metric.value} appears twice")
         seen.add(g.metric)
-        if g.metric is GateMetric.DRIFT_SCORE:
-            raise fail(f"{p}.metric", "drift_score lands with drift monitoring (issue 9)")
         relative = g.max_ratio is not None or g.max_delta is not None
         if g.max is not None and relative:
             raise fail(p, "either max (absolute) or max_ratio/max_delta (relative), not both")
@@ -562,6 +562,8 @@ def _check_gates(gates: tuple[GateSpec, ...], path: str) -> None:
             raise fail(f"{p}.max_delta", f"must not be negative, got {g.max_delta:g}")
         if g.metric is GateMetric.CONFIDENCE_SHIFT and relative:
             raise fail(p, "confidence_shift is already against the control: use max")
+        if g.metric is GateMetric.DRIFT_SCORE and relative:
+            raise fail(p, "drift_score is against the version's reference profile: use max")
         if g.min_devices < 1 or g.consecutive < 1 or g.min_samples < 0:
             raise fail(p, "min_devices and consecutive must be at least 1, min_samples at least 0")
 

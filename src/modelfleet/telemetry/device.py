@@ -61,6 +61,9 @@ class DeviceTelemetry:
         production_of: a model's production version now.
         attach: extra window fields per (model, version, role), asked at each close (the
             agent's drift profile counts, issue 9).
+        follow: told the records of each closed window, returns more records appended with
+            them in the same append (the review samples of suspect windows, issue 9); one
+            that raises adds nothing (logged).
         backoff: the forwarder's waits between failed sends.
         rand: uniform [0, 1) source for the jitter.
 
@@ -84,6 +87,7 @@ class DeviceTelemetry:
         forwarder_max_records: int = 1000,
         forwarder_max_duty: float | None = None,
         attach: Attach | None = None,
+        follow: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> None:
         if not (math.isfinite(window_s) and MIN_WINDOW_S <= window_s <= MAX_WINDOW_S):
             raise ConfigError(
@@ -94,6 +98,7 @@ class DeviceTelemetry:
         self.buffer = buffer
         self.clock = clock
         self._rollout_of = rollout_of
+        self._follow = follow
         self.recorder = WindowRecorder(
             device_id, clock.now(), rollout_of, routed, production_of, attach
         )
@@ -139,7 +144,7 @@ class DeviceTelemetry:
         if self._thread is not None:
             self._thread.join(10.0)
         if flush:
-            self._append(self._drain_events() + self.recorder.close(self.clock.now()))
+            self._append(self._drain_events() + self._close(self.clock.now()))
         self.forwarder.stop()
         self.buffer.close()
 
@@ -194,7 +199,7 @@ class DeviceTelemetry:
                     closed_at = datetime.fromtimestamp(boundary, UTC)
                     if now.timestamp() - boundary > self.window_s:
                         closed_at = now  # the clock jumped (suspend, NTP): one long window
-                    self._append(self._drain_events() + self.recorder.close(closed_at))
+                    self._append(self._drain_events() + self._close(closed_at))
                     boundary = self._next_boundary(closed_at)
                 elif self._events:
                     self._append(self._drain_events())
@@ -212,7 +217,17 @@ class DeviceTelemetry:
         Returns:
             The seqs given (empty when the append failed and the records wait in memory).
         """
-        return self._append(self._drain_events() + self.recorder.close(now or self.clock.now()))
+        return self._append(self._drain_events() + self._close(now or self.clock.now()))
+
+    def _close(self, at: datetime) -> list[dict[str, Any]]:
+        """The window's records closed at ``at``, and what ``follow`` adds to them."""
+        records = self.recorder.close(at)
+        if self._follow is not None:
+            try:
+                records += self._follow(records)
+            except Exception:  # a follower must never stop a window being appended
+                log.exception("telemetry window follower failed")
+        return records
 
     def _drain_events(self) -> list[dict[str, Any]]:
         out = []

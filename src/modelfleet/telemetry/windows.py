@@ -61,6 +61,7 @@ class _Counts:
         "confidence",
         "guard",
         "latency",
+        "overrides",
         "queue",
         "refusals",
         "requests",
@@ -77,6 +78,7 @@ class _Counts:
         self.guard = {"breaches": 0, "rollbacks": 0}
         self.shadow = {"compared": 0, "disagreed": 0, "dropped": 0}
         self.cascade = {"local": 0, "upstream": 0, "failed": 0}
+        self.overrides = {"overridden": 0, "confirmed": 0}
         self.refusals = 0
         self.updates = 0
 
@@ -90,6 +92,7 @@ class _Counts:
             "guard": dict(self.guard),
             "shadow": dict(self.shadow),
             "cascade": dict(self.cascade),
+            "overrides": dict(self.overrides),
             "refusals": self.refusals,
             "updates": self.updates,
         }
@@ -206,6 +209,19 @@ class WindowRecorder:
             return
         with self._lock:
             self._counts(model, version, "production").cascade[name] += 1
+
+    def on_override(self, model: str, version: str, role: str, outcome: str) -> None:
+        """Count one answer of ``version`` (served as ``role``) that a human ``overridden``
+        or ``confirmed`` (issue 9; the agent's override endpoint resolved the version).
+
+        Raises:
+            KeyError: ``outcome`` is neither.
+        """
+        with self._lock:
+            counts = self._counts(model, version, role).overrides
+            if outcome not in counts:
+                raise KeyError(outcome)
+            counts[outcome] += 1
 
     def on_shadow_dropped(self, model: str, candidate_version: str) -> None:
         """Count one shadow request dropped at a full queue."""

@@ -23,6 +23,7 @@ from modelfleet.errors import InvalidInputError
 from modelfleet.monitoring.histogram import LATENCY_EDGES_S, Histogram
 
 __all__ = [
+    "ANOMALY_EDGES",
     "CONFIDENCE_EDGES",
     "EDGE_SETS",
     "FORMAT_VERSION",
@@ -48,10 +49,15 @@ MAX_RECORDS_PER_BATCH: Final = 5000
 #: Upper edges of the output-confidence histogram (top-class probability, 0.05 apart).
 CONFIDENCE_EDGES: Final = tuple(round(i * 0.05, 2) for i in range(1, 20))
 
+#: Upper edges of the anomaly-score histogram (issue 9): the oriented score minus the
+#: scorer's threshold, -1 … 1 in steps of 0.1; the buckets above 0 are the anomalous rows.
+ANOMALY_EDGES: Final = tuple(round(i * 0.1, 1) for i in range(-10, 11))
+
 #: Named edge sets: a histogram on the wire names its edges instead of listing them.
 EDGE_SETS: Final[Mapping[str, tuple[float, ...]]] = {
     "latency_s.v1": LATENCY_EDGES_S,
     "confidence.v1": CONFIDENCE_EDGES,
+    "anomaly.v1": ANOMALY_EDGES,
 }
 
 #: The histogram fields of a window and the edge set each must use.
@@ -60,6 +66,7 @@ HISTOGRAM_FIELDS: Final[Mapping[str, str]] = {
     "compute_s": "latency_s.v1",
     "queue_s": "latency_s.v1",
     "confidence": "confidence.v1",
+    "anomaly": "anomaly.v1",
 }
 
 #: Request outcomes a window counts (as the agent's request observers name them).
@@ -74,6 +81,8 @@ COUNTER_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {
     "guard": ("breaches", "rollbacks"),
     "shadow": ("compared", "disagreed", "dropped"),
     "cascade": ("local", "upstream", "failed"),
+    # answers a human overrode or confirmed, as the application reported them (issue 9)
+    "overrides": ("overridden", "confirmed"),
 }
 #: Plain counters of a window.
 PLAIN_COUNTERS: Final = ("refusals", "updates")

@@ -7,6 +7,7 @@ assembles them.
 * :mod:`.models` - blob uploads, model versions
 * :mod:`.rollout` - deployments and rollbacks
 * :mod:`.rollouts` - staged rollouts: plans, gates, operator commands, approval (issue 8)
+* :mod:`.review` - the review queue: samples, exports, labels, metrics (issue 9)
 * :mod:`.audit` - the audit log
 * :mod:`.tuf` - the trust root and TUF metadata and targets
 * :mod:`.docs` - the Swagger UI, with local assets

@@ -111,6 +111,12 @@ class VersionIn(BaseModel):
         "({profile, inputs, outputs}; issue 9), signed into the manifest; absent: drift "
         "will not be computed",
     )
+    anomaly_scorer: dict[str, Any] | None = Field(
+        default=None,
+        description="optional anomaly scorer (an ONNX model scoring the model's input, "
+        "base64, with its sha256, score output and threshold; issue 9), signed into the "
+        "manifest",
+    )
 
 
 class RevokeIn(BaseModel):

@@ -101,6 +101,7 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
         if body.decisions
         else None,
         reference_profile=body.reference_profile,
+        anomaly_scorer=body.anomaly_scorer,
     )
 
 
