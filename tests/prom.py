@@ -58,6 +58,12 @@ METRIC_NAMES = frozenset(
         "modelfleet_agent_telemetry_forward_failures_total",
         "modelfleet_agent_telemetry_append_failures_total",
         "modelfleet_agent_telemetry_last_forward_timestamp_seconds",
+        # hub and agent, issue 9
+        "modelfleet_drift_score",
+        "modelfleet_drift_state",
+        "modelfleet_hub_drift_windows_total",
+        "modelfleet_hub_overrides_total",
+        "modelfleet_agent_overrides_total",
         # Prometheus's own per-target series
         "up",
         "scrape_duration_seconds",

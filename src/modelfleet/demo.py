@@ -230,8 +230,9 @@ def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
             "[bold]modelfleet demo[/]\n"
             "A hub and three edge devices on this machine. We register a model, sign it,\n"
             "roll it out, A/B-test a new version on one device, catch a tampered release\n"
-            "and roll back, then read each version's telemetry at the hub — all on real TUF\n"
-            "metadata, real ONNX Runtime, real HTTP.",
+            "and roll back, read each version's telemetry at the hub, stop a staged rollout by\n"
+            "its gate and flag a drifting sensor without labels — all on real TUF metadata,\n"
+            "real ONNX Runtime, real HTTP.",
             border_style="cyan",
         )
     )
@@ -494,6 +495,7 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
     # 9 ---------------------------------------------------------------------------------
     _telemetry_step(story, hub, canary)
     _rollout_step(story, hub, hub_url, admin_token)
+    _drift_step(story, hub, agents[-1], root)
 
     # summary ---------------------------------------------------------------------------
     console.print()
@@ -597,6 +599,67 @@ def _rollout_step(story: Story, hub: Any, hub_url: str, admin_token: str) -> Non
         )
     steps = [e["action"] for e in hub.audit_page(subject=rid, limit=50)["entries"]][::-1]
     story.say("audit log: " + " → ".join(steps))
+
+
+DRIFT_ROWS = 1200
+"""Rows the drifting device serves in step 11 (the hub needs 200 per column for a verdict)."""
+
+
+def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
+    """Step 11: a version registered with reference rows; its inputs shift on one device;
+    the hub flags exactly the shifted column from the device's counts, no labels needed."""
+    from sklearn.linear_model import LogisticRegression
+
+    story.step(
+        "drift flagged without labels",
+        "v5 is registered with reference rows: the hub's CLI bins every input and output at\n"
+        "reference quantiles and signs the profile into the package. On lathe-07 a sensor\n"
+        "drifts: feature x3 reads 1.5 units high. The agent counts what it serves into the\n"
+        "profile's bins, in every telemetry window; the hub merges the counts exactly and\n"
+        "tests each column (PSI, KS, ...), with a false-alarm control across columns.",
+    )
+    data, labels = make_data(seed=5, n=2000 + DRIFT_ROWS)  # one distribution, split in two
+    x, y, served = data[:2000], labels[:2000], data[2000:].copy()
+    reference = root / "reference.npy"
+    np.save(reference, x)
+    v5 = hub.register_version(
+        MODEL, LogisticRegression(max_iter=1000).fit(x, y), sample_input=x[:8], reference=reference
+    )
+    version = int(v5["version"])
+    hub.deploy(MODEL, version, devices=[device.device_id], mode="full")
+    story.check(
+        wait_until(functools.partial(runs_version, device, version), timeout=60),
+        f"{device.device_id} verified and serves v{version} (its profile signed in the manifest)",
+    )
+    served[:, 3] += 1.5
+    for start_row in range(0, DRIFT_ROWS, 100):
+        infer(device, served[start_row : start_row + 100])
+
+    def report() -> dict[str, Any]:
+        got: dict[str, Any] = hub.drift_report(MODEL, version=str(version), site=device.site)
+        return got
+
+    story.check(
+        wait_until(lambda: report()["rows"] >= DRIFT_ROWS, timeout=60, interval=0.5),
+        f"the hub merged {device.device_id}'s drift counts ({DRIFT_ROWS} rows)",
+    )
+    view = report()
+    t = Table("column", "verdict", "PSI", "p (adjusted)", title=f"v{version} at {device.site}")
+    for f in view["inputs"]:
+        psi = f.get("psi")
+        t.add_row(
+            str(f["feature"]),
+            str(f["verdict"]),
+            "-" if psi is None else f"{psi:.3f}",
+            _fmt(f.get("adjusted_p")),
+        )
+    console.print(t)
+    drifted = sorted(str(f["feature"]) for f in view["inputs"] if f["verdict"] == "drift")
+    story.check(
+        view["verdict"] == "drift" and len(drifted) == 1 and drifted[0].endswith("3"),
+        f"drift flagged on {', '.join(drifted) or 'no column'} only (score {_fmt(view['score'])});"
+        " a rollout gate on drift_score would hold this version",
+    )
 
 
 def _fmt(value: Any) -> str:

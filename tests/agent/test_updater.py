@@ -13,6 +13,7 @@ from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import ManualClock
 from modelfleet.errors import InvalidInputError, TransportError
+from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.serving.host import ModelHost
 from tests.agent.fakes import MemorySource
@@ -243,6 +244,11 @@ def test_byte_identical_versions_are_still_distinct_versions(
     assert served_version(host) == "2"
     slots = updater.state.models["m"]
     assert (slots.active.version, slots.previous.version) == (2, 1)  # type: ignore[union-attr]
+    # each version keeps its own signed manifest: folders are keyed by the manifest's digest
+    folders = {r.version: Path(r.path) for r in (slots.active, slots.previous) if r}
+    assert folders[1] != folders[2]
+    for version, folder in folders.items():
+        assert PackageManifest.from_json((folder / "manifest.json").read_bytes()).version == version
     updater.rollback()
     assert served_version(host) == "1"
 

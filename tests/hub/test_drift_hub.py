@@ -257,3 +257,18 @@ def test_the_drift_gauges_pass_promtool(
     text = service.metrics_text()
     assert text.count(b'modelfleet_drift_state{model="iris"') == 2
     promtool_check_metrics(text)
+
+
+def test_retention_deletes_drift_rollups_with_the_telemetry_rollups(
+    service: HubService, clock: ManualClock, fleet: list[str], onnx_bytes: bytes,
+    outputs: Outputs, tmp_path: Path,
+) -> None:  # fmt: skip
+    package = register_profiled(service, onnx_bytes, tmp_path)
+    send(service, "cam-0", 1, clock.now(), counts(package, rows(300, seed=1), outputs))
+    assert len(_rollups(service)) == 1
+    keep = service.context.config.telemetry_rollup_days
+    clock.advance((keep - 1) * 86400)
+    assert service.apply_retention()["drift_rollups_deleted"] == 0
+    clock.advance(2 * 86400)
+    assert service.apply_retention()["drift_rollups_deleted"] == 1
+    assert _rollups(service) == []

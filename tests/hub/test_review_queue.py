@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import func, select
 
 from modelfleet.clock import ManualClock
 from modelfleet.errors import InvalidInputError
-from modelfleet.hub import events
+from modelfleet.hub import db, events
 from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.review import ReviewQuery
 from modelfleet.hub.review_formats import classification_metrics, parse_labels
@@ -121,3 +122,18 @@ def test_metrics_are_accuracy_and_macro_precision_and_recall() -> None:
     assert got["precision"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
     assert got["recall"] == pytest.approx((2 / 3 + 1 / 2 + 0.0) / 3)
     assert classification_metrics([])["accuracy"] is None
+
+
+def test_retention_deletes_old_samples_with_their_labels(
+    svc: HubService, clock: ManualClock
+) -> None:
+    ingest(svc, [sample(1, "a"), sample(2, "b")])
+    svc.review.import_labels(b'{"sample_id": "a", "label": "1"}\n', "jsonl")
+    clock.advance((svc.context.config.review_days - 1) * 86400)
+    assert svc.apply_retention()["review_samples_deleted"] == 0
+    ingest(svc, [sample(3, "c")], buffer_id="b2")  # received later: kept one round more
+    clock.advance(2 * 86400)
+    assert svc.apply_retention()["review_samples_deleted"] == 2
+    assert [r["sample_id"] for r in svc.review.list(ReviewQuery(status=None))] == ["c"]
+    with svc.context.read() as s:
+        assert s.execute(select(func.count()).select_from(db.ReviewLabel)).scalar() == 0

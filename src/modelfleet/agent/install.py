@@ -102,8 +102,8 @@ def install_version(
 def _install_version(
     source: PackageSource, slots: SlotStore, ref: ArtefactRef, cancel: threading.Event | None
 ) -> SlotRecord:
-    if slots.has(ref.model, ref.sha256):
-        final = slots.version_dir(ref.model, ref.sha256)
+    if slots.has(ref.model, ref.manifest_sha256):  # this very package, verified before
+        final = slots.version_dir(ref.model, ref.manifest_sha256)
         manifest = PackageManifest.from_json((final / MANIFEST_FILE).read_bytes())
     else:
         staging = slots.staging_dir()
@@ -120,7 +120,7 @@ def _install_version(
         except BaseException:
             slots.discard(staging)
             raise
-        final = slots.commit(staging, ref.model, ref.sha256)
+        final = slots.commit(staging, ref.model, ref.manifest_sha256)
     try:
         smoke_test(final / MODEL_FILE, manifest)
     except ModelfleetError:

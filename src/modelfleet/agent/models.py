@@ -118,8 +118,8 @@ def onnx_loader(
         model = LoadedModel.load(name, version, path, sha256, runtime, decisions)
         if profiles is not None or scorers is not None:
             if manifest is not None and str(manifest.version) != version:
-                # version folders are keyed by the model's digest: another version of the
-                # same bytes installed the manifest found here, and its profile is not ours
+                # a folder of an older agent, keyed by the model's digest: another version
+                # of the same bytes installed the manifest found here; its profile is not ours
                 log.warning(
                     "%s v%s: drift not counted, the manifest beside it is v%s's",
                     name,

@@ -588,8 +588,8 @@ class Updater:
 
     def _collect_garbage(self) -> None:
         keep = {
-            (name, r.sha256)
-            for name, s in self.state.models.items()
+            r.path
+            for s in self.state.models.values()
             for r in (s.active, s.previous, s.candidate)
             if r is not None
         }

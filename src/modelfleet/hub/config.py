@@ -88,6 +88,8 @@ class HubConfig:
         review_queue_limit: most pending review samples kept per model (issue 9); the
             sample that fills the queue records a ``review.queue_full`` event, later ones
             are dropped until labels empty it.
+        review_days: review samples (and their labels) received more than this many days
+            ago are deleted by the retention round.
     """
 
     home: Path
@@ -106,6 +108,7 @@ class HubConfig:
     telemetry_rollup_days: int = 400
     retention_batch: int = 200_000
     review_queue_limit: int = 10_000
+    review_days: int = 400
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +139,8 @@ class HubConfig:
             raise ConfigError("retention_batch must be between 100 and 10000000")
         if not 1 <= self.review_queue_limit <= 10_000_000:
             raise ConfigError("review_queue_limit must be between 1 and 10000000")
+        if not 1 <= self.review_days <= 36500:
+            raise ConfigError("review_days must be between 1 and 36500")
 
     @property
     def paths(self) -> HubHome:

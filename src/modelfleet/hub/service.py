@@ -428,12 +428,15 @@ class HubService:
         more than ``telemetry_raw_days`` ago are deleted, windows among them merged into
         their hourly roll-up first; roll-ups older than ``telemetry_rollup_days`` and
         device reports older than ``telemetry_raw_days`` (but each device's newest) are
-        deleted. At most ``retention_batch`` rows of each kind per round, in short
-        transactions; replicas take turns (advisory lock).
+        deleted; so are drift roll-ups older than ``telemetry_rollup_days`` and review
+        samples (with their labels) received more than ``review_days`` ago. At most
+        ``retention_batch`` rows per round in all, in short transactions; replicas take
+        turns (advisory lock).
 
         Returns:
             ``{"rolled_up", "records_deleted", "rollups_deleted", "reports_deleted",
-            "more"}`` (``more``: the budget ran out; the next round goes on).
+            "drift_rollups_deleted", "review_samples_deleted", "more"}`` (``more``: the
+            budget ran out; the next round goes on).
 
         Raises:
             StorageError: the database failed (what committed stays consistent).

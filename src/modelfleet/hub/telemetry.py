@@ -434,8 +434,18 @@ class Telemetry:
         )
         budget -= done["rollups_deleted"]
         done["reports_deleted"] = self._delete_reports(raw_cutoff, max(budget, 0))
+        budget -= done["reports_deleted"]
+        done["drift_rollups_deleted"] = self._delete_chunks(
+            db.DriftRollup, db.DriftRollup.hour < rollup_cutoff, max(budget, 0)
+        )
+        budget -= done["drift_rollups_deleted"]
+        review_cutoff = now - timedelta(days=cfg.review_days)
+        done["review_samples_deleted"] = self._delete_review(review_cutoff, max(budget, 0))
+        budget -= done["review_samples_deleted"]
         done["more"] = budget <= 0
-        if any(done[k] for k in ("records_deleted", "rollups_deleted", "reports_deleted")):
+        deleted = ("records_deleted", "rollups_deleted", "reports_deleted",
+                   "drift_rollups_deleted", "review_samples_deleted")  # fmt: skip
+        if any(done[k] for k in deleted):
             log.info("telemetry retention: %s", done)
         return done
 
@@ -534,8 +544,34 @@ class Telemetry:
             existing.device_ids, existing.updated_at = ids, now
         s.flush()
 
+    def _delete_review(self, cutoff: datetime, budget: int) -> int:
+        """Delete review samples received before ``cutoff``, and their labels."""
+        r = db.ReviewSample
+        total = 0
+        while budget - total > 0:
+            with self._ctx.telemetry_write(locks.RETENTION) as s:
+                rows = s.execute(
+                    select(r.id, r.sample_id)
+                    .where(r.received_at < cutoff)
+                    .order_by(r.id)
+                    .limit(min(_CHUNK, budget - total))
+                ).all()
+                if rows:
+                    sample_ids = [row.sample_id for row in rows]
+                    s.execute(
+                        delete(db.ReviewLabel).where(db.ReviewLabel.sample_id.in_(sample_ids))
+                    )
+                    s.execute(delete(r).where(r.id.in_([row.id for row in rows])))
+            total += len(rows)
+            if len(rows) < _CHUNK:
+                break
+        return total
+
     def _delete_chunks(
-        self, table: type[db.TelemetryRollup], condition: ColumnElement[bool], budget: int
+        self,
+        table: type[db.TelemetryRollup] | type[db.DriftRollup],
+        condition: ColumnElement[bool],
+        budget: int,
     ) -> int:
         total = 0
         while budget - total > 0:

@@ -87,7 +87,13 @@ def counts(who: Who, service: Service, model: Name = None) -> dict[str, Any]:
 @router.get(
     "/review/export",
     responses={
-        200: {"content": {"application/x-ndjson": {}, "application/json": {}}},
+        200: {
+            "description": "JSONL (one sample per line) or a Label Studio task list",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            },
+        },
         **error_responses(400, 401, 403),
     },
 )

@@ -1,4 +1,5 @@
-"""Placeholder for issue 10 (device credentials): fixes the migration chain; filled in by its branch.
+"""Placeholder for issue 10 (device credentials);
+fixes the migration chain; filled in by its branch.
 
 Revision ID: 0011
 Revises: 0010

@@ -1,4 +1,5 @@
-"""Placeholder for issue 10 (release approvals and revocation): fixes the migration chain; filled in by its branch.
+"""Placeholder for issue 10 (release approvals and revocation);
+fixes the migration chain; filled in by its branch.
 
 Revision ID: 0012
 Revises: 0011
