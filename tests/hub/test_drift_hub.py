@@ -17,6 +17,7 @@ from modelfleet.hub import db, events
 from modelfleet.hub.service import HubService
 from modelfleet.monitoring.profile_counts import merge_wire
 from tests.hub._drift import ADMIN, Outputs, counts, register_profiled, rows, send
+from tests.hub._telemetry import batch, window
 
 HOUR = timedelta(hours=1)
 
@@ -272,3 +273,22 @@ def test_retention_deletes_drift_rollups_with_the_telemetry_rollups(
     clock.advance(2 * 86400)
     assert service.apply_retention()["drift_rollups_deleted"] == 1
     assert _rollups(service) == []
+
+
+def test_a_report_carries_the_override_layer_of_its_version_and_site(
+    service: HubService, clock: ManualClock, fleet: list[str], onnx_bytes: bytes,
+    outputs: Outputs, tmp_path: Path,
+) -> None:  # fmt: skip
+    package = register_profiled(service, onnx_bytes, tmp_path)
+    now = clock.now()
+    judged = [("cam-0", 3, 7), ("cam-1", 1, 9), ("cam-2", 5, 0)]  # cam-2 is at plant-b
+    for device, overridden, confirmed in judged:
+        record = window(1, device, now, profile=counts(package, rows(300, seed=1), outputs),
+                        overrides={"overridden": overridden, "confirmed": confirmed})  # fmt: skip
+        service.ingest_telemetry(device, orjson.dumps(batch(device, [record], now)))
+    clock.advance(60)
+    layer = service.drift_report("iris", site="plant-a")["overrides"]
+    assert layer == {"overridden": 4, "confirmed": 16, "judged": 20, "rate": 0.2}
+    assert service.drift_report("iris")["overrides"]["judged"] == 25
+    assert service.drift_report("iris", since=now + HOUR, until=now + 2 * HOUR)["overrides"] == {
+        "overridden": 0, "confirmed": 0, "judged": 0, "rate": None}  # fmt: skip

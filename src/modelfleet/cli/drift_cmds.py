@@ -134,6 +134,13 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
             )
         if report.get("rule"):
             console.print(f"rule: {report['rule']}", soft_wrap=True)
+        overrides = report.get("overrides") or {}
+        if overrides.get("judged"):
+            console.print(
+                f"operator overrides: {overrides['overridden']} of {overrides['judged']} judged "
+                f"answers ({_num(overrides.get('rate'))})",
+                soft_wrap=True,
+            )
 
     @drift_app.command("status")
     def drift_status(

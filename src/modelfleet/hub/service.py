@@ -390,16 +390,43 @@ class HubService:
             insufficient_data), "band", "rows", "drifted", "tested", "rule", "policy",
             "inputs", "outputs" (per column: verdict, p_value, adjusted_p, psi and
             "results": every test's value, threshold, verdict, bins, epsilon, n),
-            "prediction": {"verdict", "drifted"}}``. A version without a reference
-            profile answers ``insufficient_data`` with ``"message"`` saying drift is not
-            computed.
+            "prediction": {"verdict", "drifted"}, "overrides": {"overridden",
+            "confirmed", "judged", "rate"}}``: the last is the operator-override layer,
+            the answers of that version (at that site) a human overrode or confirmed in
+            the range, as the agents counted them (rate None when none was judged). A
+            version without a reference profile answers ``insufficient_data`` with
+            ``"message"`` saying drift is not computed.
 
         Raises:
             InvalidInputError: a bad range (until not after since, over 400 days) or
                 version.
             NotFoundError: no such model or version.
         """
-        return self.drift.report(model, version=version, site=site, since=since, until=until)
+        report = self.drift.report(model, version=version, site=site, since=since, until=until)
+        report["overrides"] = self._override_layer(model, report, site)
+        return report
+
+    def _override_layer(self, model: str, report: JSONDict, site: str | None) -> JSONDict:
+        """Overrides of the report's version over its range (ADR 0021), from telemetry."""
+        version = report.get("version")
+        counts: Mapping[str, Any] = {}
+        if version is not None:
+            totals = self.telemetry_summary(
+                since=datetime.fromisoformat(str(report["since"])),
+                until=datetime.fromisoformat(str(report["until"])),
+                model=model,
+                version=str(version),
+                site=site,
+            )
+            counts = totals.get("overrides") or {}
+        overridden, confirmed = int(counts.get("overridden", 0)), int(counts.get("confirmed", 0))
+        judged = overridden + confirmed
+        return {
+            "overridden": overridden,
+            "confirmed": confirmed,
+            "judged": judged,
+            "rate": overridden / judged if judged else None,
+        }
 
     def drift_states(self, model: str | None = None, site: str | None = None) -> list[JSONDict]:
         """The sequential drift state of each (model, site) (filters: None matches any):
