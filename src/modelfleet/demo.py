@@ -606,17 +606,20 @@ DRIFT_ROWS = 1200
 
 
 def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
-    """Step 11: a version registered with reference rows; its inputs shift on one device;
-    the hub flags exactly the shifted column from the device's counts, no labels needed."""
+    """Step 11: a version registered with reference rows is rolled out to one site with a
+    drift gate; the device's inputs shift; the gate fails on the device's drift counts and
+    the rollout rolls back; the hub's report names exactly the shifted column."""
     from sklearn.linear_model import LogisticRegression
 
     story.step(
-        "drift flagged without labels",
+        "a drifting version held by its drift gate",
         "v5 is registered with reference rows: the hub's CLI bins every input and output at\n"
-        "reference quantiles and signs the profile into the package. On lathe-07 a sensor\n"
-        "drifts: feature x3 reads 1.5 units high. The agent counts what it serves into the\n"
-        "profile's bins, in every telemetry window; the hub merges the counts exactly and\n"
-        "tests each column (PSI, KS, ...), with a false-alarm control across columns.",
+        f"reference quantiles and signs the profile into the package. It is rolled out to\n"
+        f"{device.site} with a drift_score gate. On {device.device_id} a sensor drifts: "
+        "feature x3 reads\n1.5 units high. The agent counts what it serves into the profile's "
+        "bins in every\ntelemetry window; the hub merges the counts exactly, tests each column "
+        "(PSI, KS, ...)\nwith a false-alarm control across columns, and the gate reads the "
+        "result. No labels.",
     )
     data, labels = make_data(seed=5, n=2000 + DRIFT_ROWS)  # one distribution, split in two
     x, y, served = data[:2000], labels[:2000], data[2000:].copy()
@@ -626,26 +629,52 @@ def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
         MODEL, LogisticRegression(max_iter=1000).fit(x, y), sample_input=x[:8], reference=reference
     )
     version = int(v5["version"])
-    hub.deploy(MODEL, version, devices=[device.device_id], mode="full")
+    before = active_version(device)
+    rollout = hub.create_rollout(
+        {
+            "model": MODEL,
+            "version": version,
+            "target": {"sites": [device.site]},
+            "stages": [{"name": device.site, "percent": 100, "soak": "10m"}],
+            "gates": [{"metric": "drift_score", "max": 0.2, "min_samples": 400,
+                       "consecutive": 2}],
+            "on_failure": "rollback",
+        }
+    )  # fmt: skip
+    rid = rollout["id"]
     story.check(
         wait_until(functools.partial(runs_version, device, version), timeout=60),
-        f"{device.device_id} verified and serves v{version} (its profile signed in the manifest)",
+        f"rollout {rid}: {device.device_id} verified and serves v{version}",
     )
     served[:, 3] += 1.5
-    for start_row in range(0, DRIFT_ROWS, 100):
-        infer(device, served[start_row : start_row + 100])
 
     def report() -> dict[str, Any]:
         got: dict[str, Any] = hub.drift_report(MODEL, version=str(version), site=device.site)
         return got
 
+    half = DRIFT_ROWS // 2
+    for part in (served[:half], served[half:]):  # two bursts: two windows, two evaluations
+        target = report()["rows"] + len(part)
+        for start_row in range(0, len(part), 100):
+            infer(device, part[start_row : start_row + 100])
+        wait_until(functools.partial(_has_rows, report, target), timeout=30, interval=0.3)
+
+    def ended() -> bool:
+        return str(hub.get_rollout(rid)["state"]) in ("rolled_back", "completed", "paused")
+
+    wait_until(ended, timeout=60, interval=0.5)
+    view = hub.get_rollout(rid)
     story.check(
-        wait_until(lambda: report()["rows"] >= DRIFT_ROWS, timeout=60, interval=0.5),
-        f"the hub merged {device.device_id}'s drift counts ({DRIFT_ROWS} rows)",
+        view["state"] == "rolled_back", f"the rollout ended {view['state']}: {view['reason']}"
     )
-    view = report()
-    t = Table("column", "verdict", "PSI", "p (adjusted)", title=f"v{version} at {device.site}")
-    for f in view["inputs"]:
+    story.check(
+        wait_until(lambda: active_version(device) == before, timeout=60),
+        f"{device.device_id} is back on v{before}, the version it ran before (no download)",
+    )
+    drift = report()
+    t = Table("column", "verdict", "PSI", "p (adjusted)",
+              title=f"v{version} at {device.site}: the drift report")  # fmt: skip
+    for f in drift["inputs"]:
         psi = f.get("psi")
         t.add_row(
             str(f["feature"]),
@@ -654,12 +683,16 @@ def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
             _fmt(f.get("adjusted_p")),
         )
     console.print(t)
-    drifted = sorted(str(f["feature"]) for f in view["inputs"] if f["verdict"] == "drift")
+    drifted = sorted(str(f["feature"]) for f in drift["inputs"] if f["verdict"] == "drift")
     story.check(
-        view["verdict"] == "drift" and len(drifted) == 1 and drifted[0].endswith("3"),
-        f"drift flagged on {', '.join(drifted) or 'no column'} only (score {_fmt(view['score'])});"
-        " a rollout gate on drift_score would hold this version",
+        drift["verdict"] == "drift" and drifted == ["x3"],
+        f"drift flagged on {', '.join(drifted) or 'no column'} only "
+        f"(score {_fmt(drift['score'])}, {drift['rows']} rows from the device's counts)",
     )
+
+
+def _has_rows(report: Callable[[], dict[str, Any]], rows: int) -> bool:
+    return int(report()["rows"]) >= rows
 
 
 def _fmt(value: Any) -> str:
