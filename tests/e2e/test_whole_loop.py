@@ -238,3 +238,5 @@ def test_demo_runs_the_whole_story(tmp_path: Path) -> None:
     assert "refused v3" in result.stdout
     assert "the rollout ended rolled_back" in result.stdout
     assert "v4 reached only the 5 canary devices" in result.stdout
+    assert "drift flagged on x3 only" in result.stdout  # step 11: held by its drift gate
+    assert "gate failed in stage plant-b: drift_score" in result.stdout
