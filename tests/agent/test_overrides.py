@@ -159,3 +159,16 @@ def test_override_counters_merge_exactly_across_windows() -> None:
     assert totals.to_record()["overrides"] == {"overridden": 6, "confirmed": 3}
     with pytest.raises(KeyError):
         WindowRecorder("edge-1", T0).on_override("iris", "2", "candidate", "maybe")
+
+
+def test_apps_sharing_one_metrics_object_count_overrides_in_it() -> None:
+    from modelfleet.agent.metrics import AgentMetrics
+
+    host = _host()
+    metrics = AgentMetrics(host)
+    for _ in range(2):  # a second app on the same metrics (benchmarks, restarts) must build
+        app = build_agent_app(host, metrics=metrics)
+    with AppClient(app) as c:
+        r = c.post("/v2/models/iris/overrides", json={"outcome": "overridden"})
+        assert r.status_code == 200, r.text
+    assert "modelfleet_agent_overrides_total{" in metrics.render()[0].decode()

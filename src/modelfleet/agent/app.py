@@ -248,19 +248,12 @@ def build_agent_app(
             if on_cascade_route is not None:
                 on_cascade_route(model, str(route))
 
-    overrides_total = Counter(
-        "modelfleet_agent_overrides_total",
-        "Answers a human overrode or confirmed, as the application reported them.",
-        ["model", "version", "outcome"],
-        registry=stats.registry,
-    )
-
     def count_override(
         name: str, route: Route | None, doc: Any, path_version: str | None
     ) -> dict[str, str]:
         override = parse_override(doc)
         version, role = resolve_override(route, name, override, path_version)
-        overrides_total.labels(name, version, override.outcome).inc()
+        stats.overrides.labels(name, version, override.outcome).inc()
         if on_override is not None:
             on_override(name, version, role, override.outcome)
         return {"model": name, "version": version, "role": role, "outcome": override.outcome}

@@ -157,7 +157,8 @@ class AgentMetrics:
     ``modelfleet_agent_request_seconds{model,version}`` (histogram),
     ``modelfleet_agent_shadow_compared_total{model,version}``,
     ``modelfleet_agent_shadow_disagreements_total{model,version}``,
-    ``modelfleet_agent_shadow_dropped_total`` and ``modelfleet_agent_active_version_info``.
+    ``modelfleet_agent_shadow_dropped_total``, ``modelfleet_agent_overrides_total`` (issue 9)
+    and ``modelfleet_agent_active_version_info``.
 
     Attributes:
         registry: the app's own registry; render it with :meth:`render`.
@@ -187,6 +188,12 @@ class AgentMetrics:
             "modelfleet_agent_shadow_score_shift",
             "Mean absolute change of the candidate's scores vs production, last comparison.",
             ["model", "version"],
+            registry=self.registry,
+        )
+        self.overrides = Counter(
+            "modelfleet_agent_overrides",
+            "Answers a human overrode or confirmed, as the application reported them.",
+            ["model", "version", "outcome"],
             registry=self.registry,
         )
         self.registry.register(_RequestCollector(self))
