@@ -68,6 +68,19 @@ def _old_director_targets_bytes(n: int) -> int:
     return round(one_k * n / min(n, 1000))
 
 
+def _workers_cpu(pool: Any) -> float:
+    """CPU seconds used so far by the signing processes (Linux /proc; 0 where unknown)."""
+    executor = getattr(pool, "_pool", None) if pool is not None else None
+    total = 0.0
+    for pid in getattr(executor, "_processes", None) or {}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_size(n: int, stage: int, database_url: str, workers: int | None = None) -> dict[str, Any]:
     """One fleet size: bulk set-up, initial signing, one stage's change; the figures."""
     with tempfile.TemporaryDirectory(prefix="mf-dirbench-") as tmp:
@@ -112,6 +125,7 @@ def run_size(n: int, stage: int, database_url: str, workers: int | None = None) 
             t_initial = time.perf_counter() - t0
             moved = ids[: min(stage, n)]
             c0 = time.process_time()
+            w0 = _workers_cpu(pool)
             t0 = time.perf_counter()
             with service.context.write() as s:
                 for k in range(0, len(moved), _BULK):
@@ -130,6 +144,7 @@ def run_size(n: int, stage: int, database_url: str, workers: int | None = None) 
             service.director.publish()
             t_change = time.perf_counter() - t0
             c_change = time.process_time() - c0
+            w_change = _workers_cpu(pool) - w0
             with service.context.read() as s:
                 rows = s.execute(
                     select(
@@ -153,8 +168,11 @@ def run_size(n: int, stage: int, database_url: str, workers: int | None = None) 
         "initial_sign_s": round(t_initial, 2),
         "initial_stage_s": round(t_stage0, 2),
         "stage_s": round(t_stage, 3),
+        "publish_s": round(t_change - t_stage, 3),
         "stage_and_publish_s": round(t_change, 3),
         "stage_and_publish_cpu_s": round(c_change, 3),
+        "signing_workers_cpu_s": round(w_change, 3),
+        "load_average": os.getloadavg()[0],
         "signing_workers": pool.workers if pool is not None else 1,
     }
 

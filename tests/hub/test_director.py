@@ -371,3 +371,24 @@ def test_last_seen_written_behind_never_moves_back(
     view = service.get_device("cam-1")  # flushes the held time first
     assert view["last_seen"].startswith(newest.isoformat()[:19])
     assert not view["last_seen"].startswith(held.isoformat()[:19])
+
+
+def test_a_stage_signed_in_pipelined_batches_lists_every_device(
+    service: HubService,
+    http: TestClient,
+    fleet: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches smaller than the stage: every device signed once, each verifies its own."""
+    from modelfleet.hub import director
+
+    monkeypatch.setattr(director, "BATCH", 2)
+    service.deploy("iris", 1, list(fleet), actor="admin:admin")
+    with service.context.read() as s:
+        assert not s.scalar(select(func.count()).where(db.DirectorDevice.dirty.is_(True)))
+    for device_id, token in fleet.items():
+        client, _ = _device(service, http, tmp_path, token)
+        assert _serial(client, device_id) == 1
+        roles = service.director.device_roles(device_id)
+        assert roles is not None and roles.timestamp == 2  # enrolment, then the deploy

@@ -188,3 +188,68 @@ def test_a_large_stage_is_signed_by_worker_processes_with_the_same_key(
         targets = Metadata[Targets].from_bytes(signed.targets or b"")
         root.verify_delegate("targets", targets.signed_bytes, targets.signatures)
         assert targets.signed.unrecognized_fields[DEVICE_FIELD] == device_id
+
+
+# -- the template path (issue 8: signing a stage's desired states for 10,000 devices) ----
+
+
+@pytest.mark.parametrize(
+    ("name", "device_id", "target", "previous"),
+    [
+        ("first signing", "cam-1", (460, "ab" * 32), DeviceRoles()),
+        ("decommissioned", "cam-1", None, DeviceRoles(3, 4, 9)),
+        ("large versions", "plant_a.line-1.cam-7", (0, "0f" * 32), DeviceRoles(99, 10**12, 77)),
+        ("long id", "d" * 128, (10**10, "9" * 64), DeviceRoles(1, 1, 1)),
+    ],
+)
+def test_templated_roles_are_the_bytes_the_metadata_api_signs(
+    hub: Hub,
+    name: str,
+    device_id: str,
+    target: tuple[int, str] | None,
+    previous: DeviceRoles,
+) -> None:
+    """The fast path writes canonical JSON itself: python-tuf must compute the same signed
+    bytes from what it parses, and the Metadata API path (taken for a naive time) must
+    produce the same metadata and, Ed25519 being deterministic, the same signatures."""
+    import orjson
+    from tuf.api.serialization.json import CanonicalJSONSerializer
+
+    signer = hub.trust.device_signer
+    fast = signer.sign_change(device_id, target, previous, NOW)
+    slow = signer.sign_change(device_id, target, previous, NOW.replace(tzinfo=None))
+    root = Metadata[Root].from_bytes(hub.trust.director_root()[1]).signed
+    for role, a, b in (
+        ("targets", fast.targets, slow.targets),
+        ("snapshot", fast.snapshot, slow.snapshot),
+        ("timestamp", fast.timestamp, slow.timestamp),
+    ):
+        assert a is not None and b is not None, name
+        assert orjson.loads(a) == orjson.loads(b), (name, role)
+        md = Metadata.from_bytes(a)
+        signed_part = a[a.index(b'"signed":') + len(b'"signed":') : -1]
+        assert signed_part == CanonicalJSONSerializer().serialize(md.signed), (name, role)
+        root.verify_delegate(role, md.signed_bytes, md.signatures)
+    assert fast.roles.timestamp == slow.roles.timestamp == previous.timestamp + 1
+
+
+def test_an_id_needing_escapes_takes_the_metadata_api_path(hub: Hub) -> None:
+    out = hub.trust.device_signer.sign_change('cam"1\\x', (1, "a" * 64), DeviceRoles(), NOW)
+    targets = Metadata[Targets].from_bytes(out.targets or b"").signed
+    assert targets.unrecognized_fields[DEVICE_FIELD] == 'cam"1\\x'
+
+
+def test_a_failed_pool_batch_is_signed_in_process(hub: Hub) -> None:
+    """A pending pool batch whose workers died still yields signed roles (slower)."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from modelfleet.trust._sign_pool import PendingSigning
+
+    broken: Future[list[object]] = Future()
+    broken.set_exception(BrokenProcessPool("worker died"))
+    items = [(f"cam-{i}", (1, "a" * 64), DeviceRoles()) for i in range(3)]
+    parts = [broken]
+    pending = PendingSigning(None, hub.trust.device_signer, items, NOW, parts=parts)  # type: ignore[arg-type]
+    listed = [Metadata[Targets].from_bytes(o.targets or b"").signed for o in pending.result()]
+    assert [t.unrecognized_fields[DEVICE_FIELD] for t in listed] == ["cam-0", "cam-1", "cam-2"]

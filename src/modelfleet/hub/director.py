@@ -48,7 +48,12 @@ from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
-from modelfleet.trust.device_repo import DeviceRoles, SignedDeviceRoles, due_roles
+from modelfleet.trust.device_repo import (
+    DeviceRoles,
+    PendingSigning,
+    SignedDeviceRoles,
+    due_roles,
+)
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["DIRECTOR_PREFIX", "Director", "StagedState", "TufVersions"]
@@ -59,8 +64,13 @@ DIRECTOR_PREFIX = "devices/"
 StagedState = tuple[str, int, int]
 """``(sha256, length, serial)`` of a device's desired state."""
 
-BATCH = 5000
-"""Devices signed per transaction (publish and expiry re-signing)."""
+BATCH = 2500
+"""At most this many devices signed per transaction (publish and expiry re-signing);
+:meth:`Director.sign_dirty` pipelines its batches, so smaller ones overlap better and
+larger ones commit less often."""
+
+READ_MAX = 50_000
+"""Dirty rows read per round of :meth:`Director.sign_dirty` (bounds its memory)."""
 
 VERSIONS_TTL_S = 1.0
 """How long the catalog's and the shared root's versions are reused for check-in answers."""
@@ -305,6 +315,11 @@ class Director:
     def sign_dirty(self) -> int:
         """Sign every device staged since its last signing, in batches.
 
+        The dirty rows are read once per round (at most :data:`READ_MAX`), cut into even
+        batches of at most :data:`BATCH`, and pipelined: while batch *k* is written (one
+        transaction, compare-and-set per row), the signing processes already sign batch
+        *k + 1*. Rows re-staged meanwhile stay dirty and are signed in the next round.
+
         Returns:
             How many devices got new metadata.
         """
@@ -313,30 +328,42 @@ class Director:
             for _ in range(_MAX_ROUNDS):
                 with self._ctx.read() as s:
                     rows = s.execute(
-                        select(*_META).where(_TABLE.c.dirty.is_(True)).limit(BATCH)
+                        select(*_META).where(_TABLE.c.dirty.is_(True)).limit(READ_MAX)
                     ).all()
                 if not rows:
                     break
-                now = _utc_now(self._ctx.now())
-                signed_now = self._signer.sign_changes(
-                    [
-                        (
-                            r.device_id,
-                            (r.staged_length, r.staged_sha256)
-                            if r.staged_sha256 is not None
-                            else None,
-                            _roles(r),
-                        )
-                        for r in rows
-                    ],
-                    now,
-                )
-                results = list(zip(rows, signed_now, strict=True))
-                written = self._write(results, now, listed_from_staged=True)
+                written = self._sign_pipelined(rows)
                 signed += written
                 if written == 0:
                     break  # every row was re-staged or signed by another process meanwhile
         return signed
+
+    def _sign_pipelined(self, rows: Sequence[Any]) -> int:
+        count = -(-len(rows) // BATCH)
+        size = -(-len(rows) // count)
+        batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+
+        def start(batch: Sequence[Any]) -> tuple[datetime, PendingSigning]:
+            now = _utc_now(self._ctx.now())
+            items = [
+                (
+                    r.device_id,
+                    (r.staged_length, r.staged_sha256) if r.staged_sha256 is not None else None,
+                    _roles(r),
+                )
+                for r in batch
+            ]
+            return now, self._signer.sign_changes_async(items, now, run_size=len(rows))
+
+        written = 0
+        pending = start(batches[0])
+        for k, batch in enumerate(batches):
+            now, signing = pending
+            if k + 1 < len(batches):
+                pending = start(batches[k + 1])  # signed by the pool while this one is written
+            results = list(zip(batch, signing.result(), strict=True))
+            written += self._write(results, now, listed_from_staged=True)
+        return written
 
     def refresh_expiring(self) -> int:
         """Re-sign per-device roles close to expiry (the upkeep round), in batches.
@@ -392,6 +419,14 @@ class Director:
         it was read (compare-and-set on the timestamp version and the staged digest)."""
         if not results:
             return 0
+        resign: dict[tuple[datetime | None, ...], datetime | None] = {}  # a batch shares dates
+
+        def resign_at(roles: DeviceRoles) -> datetime | None:
+            key = (roles.targets_expires, roles.snapshot_expires, roles.timestamp_expires)
+            if key not in resign:
+                resign[key] = self._signer.resign_at(roles)
+            return resign[key]
+
         params = [
             {
                 "b_id": r.device_id,
@@ -407,7 +442,7 @@ class Director:
                 "b_snapshot_json": out.snapshot,
                 "b_timestamp_json": out.timestamp,
                 "b_signed_at": now,
-                "b_resign_at": self._signer.resign_at(out.roles),
+                "b_resign_at": resign_at(out.roles),
             }
             for r, out in results
         ]

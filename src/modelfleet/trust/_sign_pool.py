@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from modelfleet.trust.device_repo import DeviceRepoSigner, DeviceRoles, SignedDeviceRoles
 
-__all__ = ["PARALLEL_MIN", "SignPool", "default_workers"]
+__all__ = ["PARALLEL_MIN", "PendingSigning", "SignPool", "default_workers"]
 
 PARALLEL_MIN = 2000
 """Fewer devices than this are signed in process (the pool's round trip costs more)."""
@@ -58,6 +58,48 @@ def _sign_slice(items: Sequence[Item], now: datetime) -> list[SignedDeviceRoles]
     return [signer.sign_change(d, target, previous, now) for d, target, previous in items]
 
 
+class PendingSigning:
+    """Signatures under way in the pool (or already made): :meth:`result` waits for them.
+
+    Any failure of the pool is answered by signing the same items in this process (slower,
+    never wrong), so :meth:`result` raises only what in-process signing raises.
+    """
+
+    def __init__(
+        self,
+        pool: SignPool | None,
+        local: DeviceRepoSigner,
+        items: Sequence[Item],
+        now: datetime,
+        parts: list[Future[list[SignedDeviceRoles]]] | None = None,
+        done: list[SignedDeviceRoles] | None = None,
+    ) -> None:
+        self._pool, self._local, self._items, self._now = pool, local, items, now
+        self._parts = parts
+        self._done = done
+
+    def result(self) -> list[SignedDeviceRoles]:
+        """The signed roles, in the order of the items."""
+        if self._done is None:
+            try:
+                out: list[SignedDeviceRoles] = []
+                for part in self._parts or ():
+                    out.extend(part.result())
+                self._done = out
+            except (BrokenProcessPool, OSError, RuntimeError) as e:
+                _log.warning("signing pool failed (%s); signing in process", e)
+                if self._pool is not None:
+                    self._pool.close()
+                self._done = _sign_here(self._local, self._items, self._now)
+        return self._done
+
+
+def _sign_here(
+    local: DeviceRepoSigner, items: Sequence[Item], now: datetime
+) -> list[SignedDeviceRoles]:
+    return [local.sign_change(d, t, p, now) for d, t, p in items]
+
+
 class SignPool:
     """A lazily started pool of signing processes for one director key.
 
@@ -81,20 +123,32 @@ class SignPool:
     ) -> list[SignedDeviceRoles]:
         """Sign ``items`` (``(device id, target, previous roles)``) with ``now``, over the
         pool when there are enough of them, else (or if the pool fails) with ``local``."""
-        if self.workers < 2 or len(items) < PARALLEL_MIN:
-            return [local.sign_change(d, t, p, now) for d, t, p in items]
-        size = -(-len(items) // (self.workers * 2))
-        slices = [items[i : i + size] for i in range(0, len(items), size)]
+        return self.sign_async(local, items, now).result()
+
+    def sign_async(
+        self, local: DeviceRepoSigner, items: Sequence[Item], now: datetime, *, run_size: int = 0
+    ) -> PendingSigning:
+        """Start signing ``items`` and return at once (the caller writes the previous
+        batch meanwhile: ``Director.sign_dirty``'s pipeline).
+
+        Below :data:`PARALLEL_MIN` items (in this batch and in the caller's whole run,
+        ``run_size``) or with fewer than two workers, the items are signed here, before
+        this returns.
+        """
+        if self.workers < 2 or not items or max(len(items), run_size) < PARALLEL_MIN:
+            return PendingSigning(self, local, items, now, done=_sign_here(local, items, now))
+        size = -(-len(items) // self.workers)
         try:
             pool = self._started()
-            out: list[SignedDeviceRoles] = []
-            for part in pool.map(_sign_slice, slices, [now] * len(slices)):
-                out.extend(part)
-            return out
+            parts = [
+                pool.submit(_sign_slice, items[i : i + size], now)
+                for i in range(0, len(items), size)
+            ]
         except (BrokenProcessPool, OSError, RuntimeError) as e:
             _log.warning("signing pool failed (%s); signing in process", e)
             self.close()
-            return [local.sign_change(d, t, p, now) for d, t, p in items]
+            return PendingSigning(self, local, items, now, done=_sign_here(local, items, now))
+        return PendingSigning(self, local, items, now, parts=parts)
 
     def _started(self) -> ProcessPoolExecutor:
         with self._lock:

@@ -18,26 +18,39 @@ version is never signed twice with different content.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, MetaFile, Signed, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import (
+    SPECIFICATION_VERSION,
+    Metadata,
+    MetaFile,
+    Signed,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization import MetadataSerializer, SignedSerializer
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import desired_state_target_path
-from modelfleet.trust._sign_pool import SignPool
+from modelfleet.trust._sign_pool import PendingSigning, SignPool
 
 __all__ = [
     "DEVICE_FIELD",
     "DeviceRepoSigner",
     "DeviceRoles",
+    "PendingSigning",
     "SignedDeviceRoles",
     "due_roles",
 ]
@@ -125,6 +138,57 @@ class _CompactJSON(MetadataSerializer):
 _SIGNED = _FastCanonical()
 _ENVELOPE = _CompactJSON()
 
+# -- canonical bytes from templates (issue 8, "signing a stage ≤ 2 s") ---------------------
+# Per-device roles have one fixed shape each, so their canonical JSON (sorted keys, compact,
+# only '"' and '\\' escaped) is written directly instead of through Metadata objects and a
+# serializer: about half of the CPU a device cost besides the three Ed25519 signatures.
+# Only for values that need no escaping (the patterns below) and aware-UTC times (python-tuf
+# refuses others); anything else takes the Metadata API path, which signs the same bytes
+# (tests/trust/test_device_repo.py compares the two, byte for byte).
+_SPEC = ".".join(SPECIFICATION_VERSION).encode()
+_PLAIN_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}\Z")
+_HEX64 = re.compile(rb"[0-9a-f]{64}\Z")
+_EXPIRES = "%Y-%m-%dT%H:%M:%SZ"  # python-tuf's format (Signed.to_dict)
+
+
+@functools.lru_cache(maxsize=64)  # a batch shares one signing time: three distinct dates
+def _expires(value: datetime) -> bytes:
+    return value.replace(microsecond=0).strftime(_EXPIRES).encode()
+
+
+def _targets_bytes(
+    version: int, expires: datetime, device_id: bytes, target: tuple[int, bytes] | None
+) -> bytes:
+    listed = b""
+    if target is not None:
+        length, sha256 = target
+        listed = b'"devices/%s/desired-state.json":{"hashes":{"sha256":"%s"},"length":%d}' % (
+            device_id,
+            sha256,
+            length,
+        )
+    return (
+        b'{"_type":"targets","expires":"%s","spec_version":"%s","targets":{%s},'
+        b'"version":%d,"x-modelfleet-device":"%s"}'
+        % (_expires(expires), _SPEC, listed, version, device_id)
+    )
+
+
+def _meta_bytes(role: bytes, listed: bytes, version: int, expires: datetime, of: int) -> bytes:
+    """Canonical ``snapshot`` (``listed`` = targets.json) or ``timestamp`` (snapshot.json)
+    naming version ``of`` of the listed file (version only, no hashes or length)."""
+    return (
+        b'{"_type":"%s","expires":"%s","meta":{"%s":{"version":%d}},'
+        b'"spec_version":"%s","version":%d}' % (role, _expires(expires), listed, of, _SPEC, version)
+    )
+
+
+def _templated(device_id: str, target: tuple[int, str] | None, now: datetime) -> bool:
+    """Whether the template path signs exactly what python-tuf would (see above)."""
+    if now.tzinfo is not UTC or not _PLAIN_ID.match(device_id.encode()):
+        return False
+    return target is None or (type(target[0]) is int and bool(_HEX64.match(target[1].encode())))
+
 
 def due_roles(
     roles: DeviceRoles, now: datetime, lifetimes: Mapping[str, timedelta], margin: float
@@ -192,9 +256,29 @@ class DeviceRepoSigner:
         """:meth:`sign_change` for many devices, in order; spread over worker processes
         when the signer was given its key file and ``workers`` > 1 and there are enough
         devices (:data:`~modelfleet.trust._sign_pool.PARALLEL_MIN`)."""
+        return self.sign_changes_async(items, now).result()
+
+    def sign_changes_async(
+        self,
+        items: Sequence[tuple[str, tuple[int, str] | None, DeviceRoles]],
+        now: datetime,
+        *,
+        run_size: int = 0,
+    ) -> PendingSigning:
+        """Start :meth:`sign_changes` and return at once when worker processes sign them
+        (in process, they are signed before this returns); ``.result()`` waits.
+
+        Args:
+            items: ``(device id, target, previous roles)`` per device.
+            now: signing time, as for :meth:`sign_change`.
+            run_size: how many devices the caller's whole run signs (these items are one
+                batch of it): workers are used when the run, not only this batch, reaches
+                ``PARALLEL_MIN``.
+        """
         if self._pool is None:
-            return [self.sign_change(d, t, p, now) for d, t, p in items]
-        return self._pool.sign(self, items, now)
+            done = [self.sign_change(d, t, p, now) for d, t, p in items]
+            return PendingSigning(None, self, items, now, done=done)
+        return self._pool.sign_async(self, items, now, run_size=run_size)
 
     def close(self) -> None:
         """Stop the signing processes, if any were started."""
@@ -236,15 +320,25 @@ class DeviceRepoSigner:
         Raises:
             InvalidInputError: a bad length or digest.
         """
+        if target is not None and (target[0] < 0 or len(target[1]) != 64):
+            raise InvalidInputError(f"bad length or sha256 for device {device_id!r}")
+        t_version = previous.targets + 1
+        t_expires = now + self.lifetimes[Targets.type]
+        if _templated(device_id, target, now):
+            canonical = _targets_bytes(
+                t_version,
+                t_expires,
+                device_id.encode(),
+                (target[0], target[1].encode()) if target is not None else None,
+            )
+            return self._sign_from_snapshot(
+                previous, t_version, t_expires, self._envelope(canonical), now
+            )
         targets: dict[str, TargetFile] = {}
         if target is not None:
             length, sha256 = target
-            if length < 0 or len(sha256) != 64:
-                raise InvalidInputError(f"bad length or sha256 for device {device_id!r}")
             path = desired_state_target_path(device_id)
             targets[path] = TargetFile(length, {"sha256": sha256}, path)
-        t_version = previous.targets + 1
-        t_expires = now + self.lifetimes[Targets.type]
         t_bytes = self._sign(
             Targets(t_version, None, t_expires, targets, None, {DEVICE_FIELD: device_id})
         )
@@ -271,7 +365,7 @@ class DeviceRepoSigner:
             )
         ts_version = previous.timestamp + 1
         ts_expires = now + self.lifetimes[Timestamp.type]
-        ts = self._sign(Timestamp(ts_version, None, ts_expires, MetaFile(previous.snapshot)))
+        ts = self._timestamp(ts_version, ts_expires, previous.snapshot, now)
         roles = DeviceRoles(
             previous.targets,
             previous.snapshot,
@@ -294,16 +388,37 @@ class DeviceRepoSigner:
         s_expires = now + self.lifetimes[Snapshot.type]
         # Version-only meta (hashes and length are optional in TUF): every file is signed
         # by the same online key anyway, and the bytes a device fetches stay small.
-        snapshot = self._sign(
-            Snapshot(s_version, None, s_expires, {"targets.json": MetaFile(t_version)})
-        )
+        if now.tzinfo is UTC:
+            snapshot = self._envelope(
+                _meta_bytes(b"snapshot", b"targets.json", s_version, s_expires, t_version)
+            )
+        else:
+            snapshot = self._sign(
+                Snapshot(s_version, None, s_expires, {"targets.json": MetaFile(t_version)})
+            )
         ts_version = previous.timestamp + 1
         ts_expires = now + self.lifetimes[Timestamp.type]
-        timestamp = self._sign(Timestamp(ts_version, None, ts_expires, MetaFile(s_version)))
+        timestamp = self._timestamp(ts_version, ts_expires, s_version, now)
         roles = DeviceRoles(t_version, s_version, ts_version, t_expires, s_expires, ts_expires)
         return SignedDeviceRoles(roles, t_bytes, snapshot, timestamp)
+
+    def _timestamp(self, version: int, expires: datetime, snapshot: int, now: datetime) -> bytes:
+        if now.tzinfo is UTC:
+            return self._envelope(
+                _meta_bytes(b"timestamp", b"snapshot.json", version, expires, snapshot)
+            )
+        return self._sign(Timestamp(version, None, expires, MetaFile(snapshot)))
 
     def _sign(self, signed: Targets | Snapshot | Timestamp) -> bytes:
         md: Metadata[Any] = Metadata(signed)
         md.sign(self._signer, signed_serializer=_SIGNED)
         return md.to_bytes(_ENVELOPE)
+
+    def _envelope(self, canonical: bytes) -> bytes:
+        """Sign canonical ``signed`` bytes and wrap them as python-tuf's envelope (the
+        ``signed`` object embedded as is: valid JSON, and what the signature covers)."""
+        try:
+            signature = self._signer.sign(canonical)
+        except Exception as e:  # as Metadata.sign: any signer failure is a signing error
+            raise UnsignedMetadataError(f"Failed to sign: {e}") from e
+        return b'{"signatures":[%s],"signed":%s}' % (orjson.dumps(signature.to_dict()), canonical)
