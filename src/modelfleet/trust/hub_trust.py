@@ -387,8 +387,12 @@ class HubTrust:
         Raises:
             InvalidInputError: unknown repository name.
         """
+        repos = list(repos)
+        for repo in repos:
+            if repo not in self._repos:
+                raise InvalidInputError(f"unknown TUF repository {repo!r}")
         with self._locked(exclusive=False):
-            return {repo: self.repository(repo).next_root() for repo in repos}
+            return {repo: self._repos[repo].next_root() for repo in repos}
 
     def install_roots(
         self,
@@ -414,9 +418,12 @@ class HubTrust:
             StorageError: the metadata could not be written.
         """
         done: list[str] = []
+        for repo in roots:
+            if repo not in self._repos:
+                raise InvalidInputError(f"unknown TUF repository {repo!r}")
         with self._locked(exclusive=True):
             for repo, root in roots.items():
-                self.repository(repo).check_next_root(root)
+                self._repos[repo].check_next_root(root)
             for repo, root in roots.items():
                 mine = (signers or {}).get(repo, {})
                 done += [f"{repo}/{r}" for r in self._repos[repo].install_root(root, mine)]

@@ -44,12 +44,15 @@ __all__ = [
     "OfflineSigner",
     "SecretsHandler",
     "generate_keys",
+    "import_uri_public_key",
     "key_file",
     "load_signers",
     "new_file_key",
     "new_uri_key",
     "online_key_path",
+    "pin_handler",
     "signer_for",
+    "uri_signer",
 ]
 
 SecretsHandler = Callable[[str], str]
@@ -86,12 +89,27 @@ class OfflineSigner(Signer):
         )
 
 
+def pin_handler(pin: str) -> SecretsHandler | None:
+    """A secrets handler answering an HSM's ``"pin"`` request with ``pin`` (None: none)."""
+    if not pin:
+        return None
+
+    def answer(secret: str) -> str:
+        if secret != "pin":
+            raise ConfigError(f"a signer asks for {secret!r}, which modelfleet cannot give")
+        return pin
+
+    return answer
+
+
 def key_file(key_dir: Path, role: str) -> Path:
     """Return the PEM file ``init`` writes for ``role`` in ``key_dir``."""
     return Path(key_dir) / f"{role}.pem"
 
 
-def generate_keys(key_dir: Path, passphrase: bytes | None = None, now: datetime | None = None) -> None:
+def generate_keys(
+    key_dir: Path, passphrase: bytes | None = None, now: datetime | None = None
+) -> None:
     """Create a fresh ed25519 key for every role in :data:`ROLES` and the key registry.
 
     Args:
@@ -235,15 +253,50 @@ def signer_for(
             )
         return signer
     if record.uri is not None:
-        try:
-            return Signer.from_priv_key_uri(record.uri, record.public_key, secrets)
-        except UnsupportedLibraryError as e:
-            raise ConfigError(
-                f"cannot load signer {record.uri}: {e} (install modelfleet[hsm] for hsm:)"
-            ) from e
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"cannot load signer {record.uri}: {e}") from e
+        return uri_signer(record.uri, record.public_key, secrets)
     return OfflineSigner(record.public_key, record.role)
+
+
+def uri_signer(uri: str, public_key: Key, secrets: SecretsHandler | None = None) -> Signer:
+    """The securesystemslib signer behind ``uri`` (``hsm:``, ``gcpkms:``, ``file2:``...).
+
+    Raises:
+        ConfigError: the URI's scheme is unknown, its library is not installed (the
+            ``hsm`` extra for ``hsm:``), or the signer refuses the public key.
+    """
+    try:
+        return Signer.from_priv_key_uri(uri, public_key, secrets)
+    except UnsupportedLibraryError as e:
+        raise ConfigError(f"cannot load signer {uri}: {e} (modelfleet[hsm] for hsm:)") from e
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"cannot load signer {uri}: {e}") from e
+
+
+def import_uri_public_key(uri: str, secrets: SecretsHandler | None = None) -> Key:
+    """Read the public key of a PKCS#11 key named by an ``hsm:<keyid>[?label=...]`` URI.
+
+    Raises:
+        ConfigError: not an ``hsm:`` URI (give the public key then), the ``hsm`` extra is
+            missing, ``PYKCS11LIB`` is unset, or no such token or key.
+    """
+    from urllib import parse
+
+    parsed = parse.urlparse(uri)
+    if parsed.scheme != "hsm":
+        raise ConfigError(f"give the public key of {uri} (only hsm: keys are read from the signer)")
+    try:
+        from securesystemslib.signer import HSMSigner
+
+        hsm_keyid = int(parsed.path) if parsed.path else None
+        label = dict(parse.parse_qsl(parsed.query)).get("label")
+        _, key = HSMSigner.import_(hsm_keyid, label, secrets)
+    except UnsupportedLibraryError as e:
+        raise ConfigError(f"{uri}: {e} (install modelfleet[hsm])") from e
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"{uri}: {e}") from e
+    except Exception as e:  # python-pkcs11 raises its own tree (PKCS11Error)
+        raise ConfigError(f"{uri}: the PKCS#11 token refused: {type(e).__name__} {e}") from e
+    return key
 
 
 def load_signers(

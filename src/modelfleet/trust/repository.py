@@ -555,9 +555,7 @@ class TufRepository:
         if root.signed.is_expired(_utc(self._clock.now())):
             raise MetadataVerificationError(f"{self.name}: root version {want} is expired")
         for who, trusted in (("current", self._root.signed), ("new", root.signed)):
-            result = trusted.get_verification_result(
-                Root.type, root.signed_bytes, root.signatures
-            )
+            result = trusted.get_verification_result(Root.type, root.signed_bytes, root.signatures)
             if not result.verified:
                 raise MetadataVerificationError(
                     f"{self.name}: root version {want} has {len(result.signed)} of the "
