@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from modelfleet.errors import ConfigError, ConflictError, MetadataVerificationError
+from modelfleet.errors import ConflictError, MetadataVerificationError
 from modelfleet.trust import DeviceTrustClient, HubTrust
 from modelfleet.trust._key_files import read_private_key
 from modelfleet.trust.key_admin import KeyAdmin
 from modelfleet.trust.key_registry import OFFLINE, KeyRegistry, KeyState
 from modelfleet.trust.root_signing import parse_bundle, sign_bundle
-from tests.trust._trust_support import TOKEN, Hub, make_hub, serve
+from tests.trust._trust_support import TOKEN, Hub, serve
 
 
 def _admin(hub: Hub) -> KeyAdmin:
@@ -36,8 +37,6 @@ def _take_root_offline(hub: Hub, dest: Path) -> Path:
     assert record.file is not None
     moved = dest / "root-offline.pem"
     shutil.move(hub.home / "keys" / record.file, moved)
-    from dataclasses import replace
-
     registry.put(replace(record, location=OFFLINE))
     registry.save()
     return moved
