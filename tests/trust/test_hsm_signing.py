@@ -75,8 +75,17 @@ def _token_with_key(module: str) -> str:
     from pkcs11.util.ec import encode_named_curve_parameters
 
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", LABEL]
-        + ["--so-pin", "1234", "--pin", PIN],
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--so-pin",
+            "1234",
+            "--pin",
+            PIN,
+        ],  # fmt: skip
         check=True,
         capture_output=True,
         timeout=30,

@@ -231,6 +231,10 @@ def register(app: typer.Typer) -> None:
         public_key: Path | None,
         passphrase_file: Path | None,
     ) -> KeyChange:
+        from modelfleet.trust.key_registry import ROLES
+
+        if role not in ROLES:
+            raise UsageError(f"unknown key role {role!r}; one of {', '.join(ROLES)}")
         if out is not None and signer_uri:
             raise UsageError("give either --out or --signer-uri, not both")
         if public_key is not None and not signer_uri:
