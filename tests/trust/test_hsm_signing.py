@@ -85,7 +85,7 @@ def _token_with_key(module: str) -> str:
             "1234",
             "--pin",
             PIN,
-        ],  # fmt: skip
+        ],
         check=True,
         capture_output=True,
         timeout=30,
