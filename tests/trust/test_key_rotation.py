@@ -214,3 +214,33 @@ def test_refused_key_operations_change_nothing(
             admin.rotate("nobody")
     assert _root_version(hub, "catalog") == before
     assert not [r for r in KeyRegistry.load(hub.home / "keys").pending()]
+
+
+def test_a_running_hub_signs_with_the_keys_another_process_rotated(
+    hub: Hub, client: DeviceTrustClient, tmp_path: Path
+) -> None:
+    ref = hub.publish("iris", 1)
+    blob = hub.assign("dev-1", ref)
+    assert client.fetch_desired_state("dev-1") == blob
+    # `modelfleet keys` runs in its own process: its own HubTrust on the same folders.
+    other = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock)
+    root = KeyAdmin(hub.home / "keys", other, hub.clock).rotate("root")
+    snap = KeyAdmin(hub.home / "keys", other, hub.clock).rotate("snapshot")
+    # The running hub (hub.trust, opened before) picks the new keys up at its next change.
+    ref2 = hub.publish("iris", 2)
+    snapshot = Metadata.from_file(
+        str(
+            hub.home
+            / "tuf"
+            / "catalog"
+            / f"{hub.trust.repository('catalog').version('snapshot')}.snapshot.json"
+        )
+    )
+    assert set(snapshot.signatures) == set(snap.added)
+    hub.clock.advance(timedelta(days=300).total_seconds())
+    assert "catalog/root" in hub.trust.refresh_expiring()  # with the new root key
+    v = hub.trust.versions("catalog")[0]
+    md = Metadata[Root].from_file(str(hub.home / "tuf" / "catalog" / f"{v}.root.json"))
+    assert set(md.signatures) == set(root.added)
+    client.begin_cycle()
+    client.fetch_package_file(ref2.model_path, ref2.sha256, ref2.length, tmp_path / "m")

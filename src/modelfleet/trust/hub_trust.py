@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, 
 
 __all__ = ["HubTrust"]
 
+_log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -61,6 +63,8 @@ class HubTrust:
         self._repos = dict(repos)
         self._thread_lock = threading.Lock()
         self._device_signer = device_signer
+        # Re-reads the key registry when another process changed the keys (issue 10).
+        self._reload_keys: Callable[[], dict[str, dict[str, Signer]]] | None = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -78,17 +82,7 @@ class HubTrust:
         tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
     ]:
         policy = expiry or ExpiryPolicy()
-        keys = load_signers(key_dir, passphrase, secrets)
-        director_key = keys["director"]
-        signers = {
-            "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
-            "director": {
-                "root": keys["root"],
-                "targets": director_key,
-                "snapshot": director_key,
-                "timestamp": director_key,
-            },
-        }
+        signers = _repo_signers(key_dir, passphrase, secrets)
         return {
             repo: (
                 Path(tuf_dir) / repo,
@@ -126,6 +120,7 @@ class HubTrust:
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
         device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
         hub = cls(tuf_dir, {}, device_signer)
+        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
                 if any((Path(tuf_dir) / repo).glob("*.root.json")):
@@ -159,6 +154,7 @@ class HubTrust:
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
         device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
         hub = cls(tuf_dir, {}, device_signer)
+        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
         return hub
@@ -464,12 +460,41 @@ class HubTrust:
             with fd:
                 fcntl.flock(fd.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 try:
-                    for r in self._repos.values():
+                    for name, r in self._repos.items():
                         if not r.is_current():
-                            r.reload()
+                            self._reload(name, r)
                     yield
                 finally:
                     fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+
+
+    def _reload(self, name: str, repo: TufRepository) -> None:
+        try:
+            repo.reload()
+        except ConfigError:
+            # `modelfleet keys` may have installed a root with other keys: take the keys
+            # the registry names now, and try once more (a real mismatch still raises).
+            if self._reload_keys is None:
+                raise
+            repo.use_signers(self._reload_keys()[name])
+            repo.reload()
+            _log.info("TUF keys of %s changed on disk; signing with the new ones", name)
+
+
+def _repo_signers(
+    key_dir: Path, passphrase: bytes | None, secrets: SecretsHandler | None
+) -> dict[str, dict[str, Signer]]:
+    keys = load_signers(key_dir, passphrase, secrets)
+    director_key = keys["director"]
+    return {
+        "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
+        "director": {
+            "root": keys["root"],
+            "targets": director_key,
+            "snapshot": director_key,
+            "timestamp": director_key,
+        },
+    }
 
 
 def _device_signer(

@@ -538,6 +538,11 @@ class TufRepository:
         md.signed.expires = _utc(self._clock.now()) + self._lifetimes[Root.type]
         return md
 
+    def use_signers(self, signers: Mapping[str, Signer]) -> None:
+        """Sign with ``signers`` from now on (the keys changed on disk; call :meth:`reload`
+        next, which checks them against the root)."""
+        self._signers = {**self._signers, **signers}
+
     def check_next_root(self, root: Metadata[Root]) -> None:
         """Verify ``root`` as the next root, as a device walking the chain would.
 
