@@ -128,3 +128,24 @@ def test_a_retired_key_never_becomes_active_again(tmp_path: Path) -> None:
     assert retired.retired == now
     with pytest.raises(ConflictError, match="cannot become active"):
         transition(retired, KeyState.ACTIVE, now)
+
+
+def test_signing_workers_decrypt_an_encrypted_director_key(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from modelfleet.trust import _sign_pool
+    from modelfleet.trust.keys import online_key_path
+
+    generate_keys(tmp_path, b"pw")
+    path = online_key_path(tmp_path, "director")
+    assert path is not None
+    lifetimes = {r: timedelta(days=1) for r in ("targets", "snapshot", "timestamp")}
+    _sign_pool._init(str(path), lifetimes, 0.3, b"pw")  # what each worker runs at start
+    try:
+        signer = _sign_pool._worker["signer"]
+        assert (
+            signer._signer.public_key.keyid
+            == load_signers(tmp_path, b"pw")["director"].public_key.keyid
+        )
+    finally:
+        _sign_pool._worker.clear()
