@@ -8,6 +8,7 @@ with the reason otherwise, failed under CI (``make test`` installs both).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -134,3 +135,27 @@ def test_offline_bundle_signed_through_the_signer_uri(hsm: str, hub: Hub) -> Non
     bundle = RootBundle.make(roots, current)
     sign_bundle(bundle, uri_signer(hsm, public, pin_handler(PIN)))
     assert all(s["new_signed"] == 1 and not s["ready"] for s in bundle.status().values())
+
+
+def test_keys_cli_rotates_root_onto_the_token_with_no_hsm_code_in_the_command(
+    hsm: str, tmp_path: Path
+) -> None:
+    from tests.cli_run import run_cli
+
+    env = {
+        "MODELFLEET_HSM_PIN": PIN,
+        "SOFTHSM2_CONF": os.environ["SOFTHSM2_CONF"],
+        "PYKCS11LIB": os.environ["PYKCS11LIB"],
+    }
+    home = tmp_path / "hub"
+    assert run_cli("init", str(home), env=env).returncode == 0
+    result = run_cli("keys", "rotate", "root", "--home", str(home), "--signer-uri", hsm,
+                     "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    change = json.loads(result.stdout)
+    assert not change["pending"] and "director/root" in change["written"]
+    # A later change is signed by the registry's hsm: signer, loaded in a new process.
+    result = run_cli("keys", "rotate", "snapshot", "--home", str(home), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    root = Metadata[Root].from_file(str(home / "tuf" / "catalog" / "3.root.json"))
+    assert set(root.signatures) == set(change["added"])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Key, Signer
-from tuf.api.metadata import Metadata, Root
+from tuf.api.metadata import Root
 
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.clock import Clock
@@ -236,7 +236,7 @@ class KeyAdmin:
         """The roots waiting for offline signatures (``pending-root.json``).
 
         Raises:
-            NotFoundError-like ConflictError: nothing is waiting.
+            ConflictError: nothing is waiting.
         """
         try:
             return self.pending_file.read_bytes()
@@ -479,7 +479,3 @@ def _finalise(registry: KeyRegistry, roots: Mapping[str, Root], now: Any) -> lis
         changed.append(new)
     return changed
 
-
-def root_metadata(data: bytes) -> Metadata[Root]:
-    """Parse one root metadata file (e.g. to inspect a pending root)."""
-    return Metadata[Root].from_bytes(data)
