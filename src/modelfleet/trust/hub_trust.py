@@ -467,7 +467,6 @@ class HubTrust:
                 finally:
                     fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
 
-
     def _reload(self, name: str, repo: TufRepository) -> None:
         try:
             repo.reload()

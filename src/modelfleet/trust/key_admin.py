@@ -478,4 +478,3 @@ def _finalise(registry: KeyRegistry, roots: Mapping[str, Root], now: Any) -> lis
         registry.put(new)
         changed.append(new)
     return changed
-
