@@ -244,3 +244,17 @@ def test_a_running_hub_signs_with_the_keys_another_process_rotated(
     assert set(md.signatures) == set(root.added)
     client.begin_cycle()
     client.fetch_package_file(ref2.model_path, ref2.sha256, ref2.length, tmp_path / "m")
+
+
+def test_encrypt_turns_legacy_key_files_into_encrypted_ones(hub: Hub) -> None:
+    from modelfleet.trust import load_signers
+    from modelfleet.trust._key_files import ENCRYPTED_HEADER
+
+    admin = KeyAdmin(hub.home / "keys", hub.trust, hub.clock, passphrase=b"new passphrase")
+    before = {r: s.public_key.keyid for r, s in load_signers(hub.home / "keys").items()}
+    done = admin.encrypt()
+    assert sorted(done) == sorted(f"{r}.pem" for r in before)
+    assert all((hub.home / "keys" / f).read_bytes().startswith(ENCRYPTED_HEADER) for f in done)
+    after = load_signers(hub.home / "keys", b"new passphrase")
+    assert {r: s.public_key.keyid for r, s in after.items()} == before
+    assert admin.encrypt() == []  # nothing left to encrypt
