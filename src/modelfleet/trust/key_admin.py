@@ -106,8 +106,8 @@ class KeyAdmin:
     """Key operations on one hub home's key folder and trust store.
 
     Callers run one at a time per home (the CLI); the trust store's own lock keeps a
-    running hub's signing consistent meanwhile. A running hub must be restarted after an
-    online key (targets, snapshot, timestamp) changed: it still holds the old one.
+    running hub's signing consistent meanwhile, and the running hub re-reads the registry
+    when it finds roots with other keys (see :class:`~modelfleet.trust.hub_trust.HubTrust`).
 
     Args:
         key_dir: ``HOME/keys``.
