@@ -394,6 +394,7 @@ class HubTrust:
         self,
         roots: Mapping[str, Metadata[Root]],
         signers: Mapping[str, Mapping[str, Signer]] | None = None,
+        on_installed: Callable[[], None] | None = None,
     ) -> list[str]:
         """Adopt signed next roots, all or none, and re-sign the roles whose keys changed.
 
@@ -403,6 +404,9 @@ class HubTrust:
         Args:
             roots: ``{repo: signed next root}``.
             signers: ``{repo: {role: signer}}`` to sign with from now on (the new keys).
+            on_installed: called once the roots are written, still under the lock (the
+                key registry is saved there, so no other process reads new roots with
+                the old registry).
 
         Returns:
             ``"<repo>/<role>"`` for every role written.
@@ -423,6 +427,8 @@ class HubTrust:
             for repo, root in roots.items():
                 mine = (signers or {}).get(repo, {})
                 done += [f"{repo}/{r}" for r in self._repos[repo].install_root(root, mine)]
+            if on_installed is not None:
+                on_installed()
         return done
 
     # -- upkeep ------------------------------------------------------------------------

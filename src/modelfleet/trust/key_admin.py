@@ -426,8 +426,7 @@ class KeyAdmin:
         roots.update({repo: md.signed for repo, md in bundle.roots.items()})
         changed = _finalise(after, roots, self._now())
         signers = self._role_signers(after)
-        written = self.trust.install_roots(bundle.roots, signers)
-        after.save()
+        written = self.trust.install_roots(bundle.roots, signers, on_installed=after.save)
         self._delete_files([r for r in changed if r.state is KeyState.RETIRED])
         if self.trust_root_file is not None:
             atomic_write_bytes(self.trust_root_file, self.trust.trust_root_bundle(), mode=0o644)
