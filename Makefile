@@ -17,9 +17,11 @@ demo: $(STAMP)
 
 # Installs Debian's prometheus package if missing (promtool and a real Prometheus for the
 # observability tests), starts a throw-away PostgreSQL on loopback (installing Debian's
-# package if missing) so the PostgreSQL tests run too, then the whole suite.
+# package if missing) so the PostgreSQL tests run too, installs Debian's softhsm2 if missing
+# (the PKCS#11 signing test, issue 10), then the whole suite.
 test: $(STAMP)
-	bash scripts/ensure-prometheus.sh bash scripts/with-postgres.sh $(BIN)/python -m pytest -q
+	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh \
+		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow"

@@ -26,6 +26,7 @@ from modelfleet.cli import (
     audit_cmds,
     demo_cmd,
     drift_cmds,
+    keys_cmds,
     review_cmds,
     sim_cmd,
     webhook_cmds,
@@ -107,9 +108,13 @@ def init_cmd(
             show_default=False,
         ),
     ] = "",
+    passphrase_file: keys_cmds.PassphraseFileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a hub home: config, database, artefact store, TUF keys and metadata."""
+    """Create a hub home: config, database, artefact store, TUF keys and metadata.
+
+    With a passphrase (--passphrase-file or $MODELFLEET_KEY_PASSPHRASE) the key files are
+    encrypted at rest; the hub then needs the same passphrase to start."""
     scheme = database_url.partition("://")[0] if database_url else ""
     if database_url and "://" not in database_url:
         raise UsageError(f"--database-url is not a URL: {_hide_password(database_url)!r}")
@@ -123,7 +128,8 @@ def init_cmd(
         require_extra("hub", "psycopg", what="a PostgreSQL database")
     from modelfleet.hub.service import init_home
 
-    token = init_home(home, database_url=database_url or None)
+    passphrase = keys_cmds.read_passphrase(passphrase_file, os.environ)
+    token = init_home(home, database_url=database_url or None, key_passphrase=passphrase)
     database = _hide_password(database_url) if database_url else home / "hub.db"
     if json_out:
         print_json({"home": str(home), "database": str(database), "admin_token": token})
@@ -135,7 +141,8 @@ def init_cmd(
             "config": home / "config.toml",
             "database": database,
             "artefact store": home / "artefacts",
-            "TUF keys (ed25519)": home / "keys",
+            "TUF keys (ed25519)": f"{home / 'keys'}"
+            + (" (encrypted)" if passphrase else " (unencrypted: give a passphrase)"),
             "trust root for agents": home / "trust-root.json",
         },
     )
@@ -915,6 +922,7 @@ audit_cmds.register(app, _client)
 drift_cmds.register(app, _client)
 review_cmds.register(app, _client)
 webhook_cmds.register(app, _client)
+keys_cmds.register(app)  # issue 10: keys
 
 
 # -- agent ---------------------------------------------------------------------------------

@@ -14,9 +14,23 @@ from typing import Any
 
 from modelfleet.errors import ConfigError
 
-__all__ = ["ENV_DATABASE_URL", "HubConfig", "HubHome", "load_hub_config", "render_config_toml"]
+__all__ = [
+    "ENV_DATABASE_URL",
+    "ENV_HSM_PIN",
+    "ENV_KEY_PASSPHRASE",
+    "ENV_KEY_PASSPHRASE_FILE",
+    "HubConfig",
+    "HubHome",
+    "load_hub_config",
+    "render_config_toml",
+]
 
 ENV_DATABASE_URL = "MODELFLEET_DATABASE_URL"
+# --- issue 10: keys ---
+ENV_KEY_PASSPHRASE = "MODELFLEET_KEY_PASSPHRASE"
+ENV_KEY_PASSPHRASE_FILE = "MODELFLEET_KEY_PASSPHRASE_FILE"
+ENV_HSM_PIN = "MODELFLEET_HSM_PIN"
+# --- end issue 10: keys ---
 _MIB = 1 << 20
 
 
@@ -90,6 +104,9 @@ class HubConfig:
             are dropped until labels empty it.
         review_days: review samples (and their labels) received more than this many days
             ago are deleted by the retention round.
+        key_passphrase: decrypts the key files (``MODELFLEET_KEY_PASSPHRASE`` or the file
+            ``MODELFLEET_KEY_PASSPHRASE_FILE`` names; issue 10).
+        hsm_pin: the PIN of a PKCS#11 token holding a key (``MODELFLEET_HSM_PIN``).
     """
 
     home: Path
@@ -110,6 +127,9 @@ class HubConfig:
     review_queue_limit: int = 10_000
     review_days: int = 400
     extra: dict[str, Any] = field(default_factory=dict)
+    # issue 10 (ADR 0025): secrets, only ever from the environment, never in config.toml
+    key_passphrase: bytes | None = field(default=None, repr=False, compare=False)
+    hsm_pin: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -147,7 +167,7 @@ class HubConfig:
         return HubHome(self.home)
 
 
-_KEYS = {f.name for f in fields(HubConfig)} - {"home", "extra"}
+_KEYS = {f.name for f in fields(HubConfig)} - {"home", "extra", "key_passphrase", "hsm_pin"}
 
 
 def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConfig:
@@ -180,10 +200,27 @@ def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConf
     extra = {k: v for k, v in table.items() if k not in _KEYS}
     if env and env.get(ENV_DATABASE_URL):
         known["database_url"] = env[ENV_DATABASE_URL]
+    known.update(_secrets(env or {}))
     try:
         return HubConfig(home=hub_home.root, extra=extra, **known)
     except TypeError as e:
         raise ConfigError(f"{hub_home.config_file}: {e}") from e
+
+
+def _secrets(env: Mapping[str, str]) -> dict[str, Any]:
+    """The key passphrase and HSM PIN the environment gives (issue 10)."""
+    out: dict[str, Any] = {}
+    if env.get(ENV_KEY_PASSPHRASE):
+        out["key_passphrase"] = env[ENV_KEY_PASSPHRASE].encode("utf-8")
+    elif env.get(ENV_KEY_PASSPHRASE_FILE):
+        path = Path(env[ENV_KEY_PASSPHRASE_FILE])
+        try:
+            out["key_passphrase"] = path.read_bytes().rstrip(b"\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read the key passphrase file {path}: {e}") from e
+    if env.get(ENV_HSM_PIN):
+        out["hsm_pin"] = env[ENV_HSM_PIN]
+    return out
 
 
 def render_config_toml(config: HubConfig) -> str:

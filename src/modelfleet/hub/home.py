@@ -18,7 +18,13 @@ from modelfleet.trust.keys import generate_keys
 __all__ = ["init_home"]
 
 
-def init_home(home: Path, clock: Clock | None = None, *, database_url: str | None = None) -> str:
+def init_home(
+    home: Path,
+    clock: Clock | None = None,
+    *,
+    database_url: str | None = None,
+    key_passphrase: bytes | None = None,
+) -> str:
     """Create a hub home: folders, config, database, keys, TUF repositories, admin token.
 
     The home folder is made mode 0700; ``config.toml``, ``admin.token`` and the SQLite
@@ -30,6 +36,8 @@ def init_home(home: Path, clock: Clock | None = None, *, database_url: str | Non
         database_url: SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``;
             written into ``config.toml`` (so ``hub serve`` uses it without the
             environment) and migrated here. SQLite ``home/hub.db`` if None or empty.
+        key_passphrase: encrypts the key files at rest (issue 10); None writes them
+            unencrypted (loading them warns).
 
     Returns:
         The admin token (also written to ``home/admin.token``, mode 0600).
@@ -56,13 +64,17 @@ def init_home(home: Path, clock: Clock | None = None, *, database_url: str | Non
         paths.artefacts.mkdir(exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create {paths.root}: {e.strerror or e}") from e
-    config = HubConfig(home=paths.root, database_url=database_url or "")
+    config = HubConfig(
+        home=paths.root, database_url=database_url or "", key_passphrase=key_passphrase
+    )
     engine = db.make_engine(config.database_url)
     try:
         db.migrate(engine)
-        generate_keys(paths.keys)
+        generate_keys(paths.keys, key_passphrase, now=clock.now())
         counters = DbRoleCounters(db.make_sessionmaker(engine))
-        trust = HubTrust.init(paths.tuf, paths.keys, clock, counters=counters)
+        trust = HubTrust.init(
+            paths.tuf, paths.keys, clock, counters=counters, passphrase=key_passphrase
+        )
     finally:
         engine.dispose()
     atomic_write_bytes(paths.trust_root, trust.trust_root_bundle(), mode=0o644)

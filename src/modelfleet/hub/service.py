@@ -81,6 +81,7 @@ from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.trust._sign_pool import default_workers
 from modelfleet.trust.hub_trust import HubTrust
+from modelfleet.trust.keys import pin_handler
 
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
 
@@ -127,6 +128,8 @@ class HubService:
                 clock,
                 counters=DbRoleCounters(sessions),
                 signing_workers=default_workers(),
+                passphrase=config.key_passphrase,  # issue 10: keys
+                secrets=pin_handler(config.hsm_pin),
             )
             self.catalog = Catalog(self.context, self.store)
             self.director = Director(self.context, self.store, self.trust, self.catalog)

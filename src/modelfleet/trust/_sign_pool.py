@@ -2,7 +2,8 @@
 
 Ed25519 and canonical JSON hold the GIL, so threads do not help; a small pool of worker
 processes, started once through a fork server (never forked from the threaded hub itself),
-each loads the director key from its PEM file and signs a slice of the devices. The results
+each loads the director key from its PEM file (decrypting it with the passphrase it is
+given) and signs a slice of the devices. The results
 (bytes and versions) come back to the caller, which stores them as before. Any failure of
 the pool falls back to signing in this process: slower, never wrong.
 """
@@ -43,13 +44,15 @@ def default_workers() -> int:
     return max(1, min(cpus, 4))
 
 
-def _init(key_path: str, lifetimes: Mapping[str, timedelta], margin: float) -> None:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+def _init(
+    key_path: str, lifetimes: Mapping[str, timedelta], margin: float, passphrase: bytes | None
+) -> None:
     from securesystemslib.signer import CryptoSigner
 
+    from modelfleet.trust._key_files import read_private_key
     from modelfleet.trust.device_repo import DeviceRepoSigner
 
-    private = load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    private = read_private_key(Path(key_path), passphrase)
     _worker["signer"] = DeviceRepoSigner(CryptoSigner(private), lifetimes, margin)
 
 
@@ -108,12 +111,19 @@ class SignPool:
         lifetimes: role lifetimes (as the in-process signer's).
         margin: the refresh margin (as the in-process signer's).
         workers: processes to start; 1 or less never starts any.
+        passphrase: the key file's passphrase (handed to each worker at its start, never
+            written anywhere), None for an unencrypted file.
     """
 
     def __init__(
-        self, key_path: Path, lifetimes: Mapping[str, timedelta], margin: float, workers: int
+        self,
+        key_path: Path,
+        lifetimes: Mapping[str, timedelta],
+        margin: float,
+        workers: int,
+        passphrase: bytes | None = None,
     ) -> None:
-        self._args = (str(key_path), dict(lifetimes), margin)
+        self._args = (str(key_path), dict(lifetimes), margin, passphrase)
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()

@@ -225,6 +225,9 @@ class DeviceRepoSigner:
             targets, snapshot and timestamp).
         lifetimes: lifetime per role (``ExpiryPolicy.lifetimes("director")``).
         refresh_margin: re-sign when less than this fraction of a lifetime is left.
+        key_path: the director key's file, for worker processes (None: no workers).
+        key_passphrase: that file's passphrase, if it is encrypted.
+        workers: worker processes for large stages (1: none).
     """
 
     def __init__(
@@ -234,6 +237,7 @@ class DeviceRepoSigner:
         refresh_margin: float,
         *,
         key_path: Path | None = None,
+        key_passphrase: bytes | None = None,
         workers: int = 1,
     ) -> None:
         missing = [r for r in _ONLINE_ROLES if r not in lifetimes]
@@ -243,7 +247,7 @@ class DeviceRepoSigner:
         self.lifetimes = dict(lifetimes)
         self.refresh_margin = refresh_margin
         self._pool = (
-            SignPool(key_path, self.lifetimes, refresh_margin, workers)
+            SignPool(key_path, self.lifetimes, refresh_margin, workers, key_passphrase)
             if key_path is not None and workers > 1
             else None
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, Root
 
 from modelfleet.catalog.artefacts import is_sha256
 from modelfleet.clock import Clock
@@ -27,11 +29,12 @@ from modelfleet.rollout.desired_state import (
 )
 from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
 from modelfleet.trust.device_repo import DeviceRepoSigner
-from modelfleet.trust.keys import key_file, load_signers
+from modelfleet.trust.keys import SecretsHandler, load_signers, online_key_path
 from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, TufRepository
 
 __all__ = ["HubTrust"]
 
+_log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -60,6 +63,8 @@ class HubTrust:
         self._repos = dict(repos)
         self._thread_lock = threading.Lock()
         self._device_signer = device_signer
+        # Re-reads the key registry when another process changed the keys (issue 10).
+        self._reload_keys: Callable[[], dict[str, dict[str, Signer]]] | None = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -70,22 +75,14 @@ class HubTrust:
         clock: Clock,
         expiry: ExpiryPolicy | None,
         counters: RoleCounters | None,
+        passphrase: bytes | None = None,
+        secrets: SecretsHandler | None = None,
     ) -> dict[
         str,
         tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
     ]:
         policy = expiry or ExpiryPolicy()
-        keys = load_signers(key_dir)
-        director_key = keys["director"]
-        signers = {
-            "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
-            "director": {
-                "root": keys["root"],
-                "targets": director_key,
-                "snapshot": director_key,
-                "timestamp": director_key,
-            },
-        }
+        signers = _repo_signers(key_dir, passphrase, secrets)
         return {
             repo: (
                 Path(tuf_dir) / repo,
@@ -107,6 +104,9 @@ class HubTrust:
         expiry: ExpiryPolicy | None = None,
         counters: RoleCounters | None = None,
         signing_workers: int = 1,
+        *,
+        passphrase: bytes | None = None,
+        secrets: SecretsHandler | None = None,
     ) -> HubTrust:
         """Create both repositories' initial signed metadata.
 
@@ -117,8 +117,10 @@ class HubTrust:
             ConflictError: a repository already exists under ``tuf_dir``.
             StorageError: ``tuf_dir`` is not writable.
         """
-        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {}, _device_signer(args["director"], key_dir, signing_workers))
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
+        device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
+        hub = cls(tuf_dir, {}, device_signer)
+        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
                 if any((Path(tuf_dir) / repo).glob("*.root.json")):
@@ -135,17 +137,24 @@ class HubTrust:
         expiry: ExpiryPolicy | None = None,
         counters: RoleCounters | None = None,
         signing_workers: int = 1,
+        *,
+        passphrase: bytes | None = None,
+        secrets: SecretsHandler | None = None,
     ) -> HubTrust:
         """Open existing repositories.
 
         ``signing_workers`` > 1 lets per-device signing of large stages use that many
         worker processes (see :class:`~modelfleet.trust.device_repo.DeviceRepoSigner`).
+        ``passphrase`` decrypts encrypted key files; ``secrets`` answers signer URIs'
+        secret requests (an HSM's PIN); see :func:`~modelfleet.trust.keys.load_signers`.
 
         Raises:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
-        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters)
-        hub = cls(tuf_dir, {}, _device_signer(args["director"], key_dir, signing_workers))
+        args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
+        device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
+        hub = cls(tuf_dir, {}, device_signer)
+        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
         return hub
@@ -358,6 +367,70 @@ class HubTrust:
         with self._locked(exclusive=False):
             return self._repos[repo]
 
+    # -- root rotation (issue 10, ADR 0025) -----------------------------------------------
+
+    def roots(self) -> dict[str, Root]:
+        """The current root of each repository (read-only use)."""
+        with self._locked(exclusive=False):
+            return {
+                repo: Metadata[Root].from_bytes(self._repos[repo].root_json()).signed
+                for repo in REPOSITORIES
+            }
+
+    def next_roots(self, repos: Iterable[str] = REPOSITORIES) -> dict[str, Metadata[Root]]:
+        """Unsigned next root (version + 1, fresh expiry) of each of ``repos``.
+
+        Raises:
+            InvalidInputError: unknown repository name.
+        """
+        repos = list(repos)
+        for repo in repos:
+            if repo not in self._repos:
+                raise InvalidInputError(f"unknown TUF repository {repo!r}")
+        with self._locked(exclusive=False):
+            return {repo: self._repos[repo].next_root() for repo in repos}
+
+    def install_roots(
+        self,
+        roots: Mapping[str, Metadata[Root]],
+        signers: Mapping[str, Mapping[str, Signer]] | None = None,
+        on_installed: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Adopt signed next roots, all or none, and re-sign the roles whose keys changed.
+
+        Every root is checked against its repository's current root (version + 1, a
+        threshold of the old *and* the new root keys) before any file is written.
+
+        Args:
+            roots: ``{repo: signed next root}``.
+            signers: ``{repo: {role: signer}}`` to sign with from now on (the new keys).
+            on_installed: called once the roots are written, still under the lock (the
+                key registry is saved there, so no other process reads new roots with
+                the old registry).
+
+        Returns:
+            ``"<repo>/<role>"`` for every role written.
+
+        Raises:
+            InvalidInputError: unknown repository name.
+            MetadataVerificationError: a root does not chain (nothing is written then).
+            ConfigError: a signer's key is not the one the new root lists.
+            StorageError: the metadata could not be written.
+        """
+        done: list[str] = []
+        for repo in roots:
+            if repo not in self._repos:
+                raise InvalidInputError(f"unknown TUF repository {repo!r}")
+        with self._locked(exclusive=True):
+            for repo, root in roots.items():
+                self._repos[repo].check_next_root(root)
+            for repo, root in roots.items():
+                mine = (signers or {}).get(repo, {})
+                done += [f"{repo}/{r}" for r in self._repos[repo].install_root(root, mine)]
+            if on_installed is not None:
+                on_installed()
+        return done
+
     # -- upkeep ------------------------------------------------------------------------
 
     def refresh_expiring(self) -> list[str]:
@@ -393,25 +466,55 @@ class HubTrust:
             with fd:
                 fcntl.flock(fd.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 try:
-                    for r in self._repos.values():
+                    for name, r in self._repos.items():
                         if not r.is_current():
-                            r.reload()
+                            self._reload(name, r)
                     yield
                 finally:
                     fcntl.flock(fd.fileno(), fcntl.LOCK_UN)
+
+    def _reload(self, name: str, repo: TufRepository) -> None:
+        try:
+            repo.reload()
+        except ConfigError:
+            # `modelfleet keys` may have installed a root with other keys: take the keys
+            # the registry names now, and try once more (a real mismatch still raises).
+            if self._reload_keys is None:
+                raise
+            repo.use_signers(self._reload_keys()[name])
+            repo.reload()
+            _log.info("TUF keys of %s changed on disk; signing with the new ones", name)
+
+
+def _repo_signers(
+    key_dir: Path, passphrase: bytes | None, secrets: SecretsHandler | None
+) -> dict[str, dict[str, Signer]]:
+    keys = load_signers(key_dir, passphrase, secrets)
+    director_key = keys["director"]
+    return {
+        "catalog": {r: keys[r] for r in ("root", "targets", "snapshot", "timestamp")},
+        "director": {
+            "root": keys["root"],
+            "targets": director_key,
+            "snapshot": director_key,
+            "timestamp": director_key,
+        },
+    }
 
 
 def _device_signer(
     args: tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
     key_dir: Path,
     workers: int,
+    passphrase: bytes | None,
 ) -> DeviceRepoSigner:
     _, signers, _, lifetimes, margin, _ = args
     return DeviceRepoSigner(
         signers["timestamp"],
         lifetimes,
         margin,
-        key_path=key_file(key_dir, "director"),
+        key_path=online_key_path(key_dir, "director"),
+        key_passphrase=passphrase,
         workers=workers,
     )
 

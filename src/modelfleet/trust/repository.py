@@ -47,8 +47,14 @@ from tuf.api.metadata import (
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.catalog.artefacts import is_sha256
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError, ConflictError, InvalidInputError
+from modelfleet.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    MetadataVerificationError,
+)
 from modelfleet.hashing import sha256_bytes
+from modelfleet.trust.keys import OfflineSigner
 
 __all__ = ["ExpiryPolicy", "MemoryRoleCounters", "RoleCounters", "TargetSpec", "TufRepository"]
 
@@ -486,8 +492,17 @@ class TufRepository:
             return left < self._lifetimes[role] * self._margin
 
         done: list[str] = []
+        root_due = due(Root.type)
+        if root_due and isinstance(self._signers[Root.type], OfflineSigner):
+            # An offline root is re-signed in the offline ceremony (ADR 0025), not here.
+            _log.warning(
+                "%s root expires %s and its key is offline: sign the next root offline",
+                self.metadata_dir,
+                self.expires(Root.type).isoformat(),
+            )
+            root_due = False
         with self._rollback_on_error():
-            if due(Root.type):
+            if root_due:
                 self._bump(Root.type, t)
                 self._store(Root.type)
                 # Recorded after the file: a root version counted but never written would
@@ -508,6 +523,91 @@ class TufRepository:
             if flag
         ]
         return done
+
+    # -- root rotation (issue 10, ADR 0025) -----------------------------------------------
+
+    def next_root(self) -> Metadata[Root]:
+        """An unsigned copy of the current root, version + 1, with a fresh expiry.
+
+        The caller changes its keys, signs it (here or on an offline machine) and hands it
+        to :meth:`install_root`.
+        """
+        md = Metadata[Root].from_bytes(self._root_bytes)
+        md.signatures.clear()
+        md.signed.version += 1
+        md.signed.expires = _utc(self._clock.now()) + self._lifetimes[Root.type]
+        return md
+
+    def use_signers(self, signers: Mapping[str, Signer]) -> None:
+        """Sign with ``signers`` from now on (the keys changed on disk; call :meth:`reload`
+        next, which checks them against the root)."""
+        self._signers = {**self._signers, **signers}
+
+    def check_next_root(self, root: Metadata[Root]) -> None:
+        """Verify ``root`` as the next root, as a device walking the chain would.
+
+        Raises:
+            MetadataVerificationError: not the next version, expired, or not signed by a
+                threshold of the current root's root keys *and* of its own (TUF 5.3.4).
+        """
+        if not isinstance(root.signed, Root):
+            raise MetadataVerificationError(f"{self.name}: not root metadata")
+        want = self.version(Root.type) + 1
+        if root.signed.version != want:
+            raise MetadataVerificationError(
+                f"{self.name}: root version {root.signed.version} is not the next one ({want})"
+            )
+        if root.signed.is_expired(_utc(self._clock.now())):
+            raise MetadataVerificationError(f"{self.name}: root version {want} is expired")
+        for who, trusted in (("current", self._root.signed), ("new", root.signed)):
+            result = trusted.get_verification_result(Root.type, root.signed_bytes, root.signatures)
+            if not result.verified:
+                raise MetadataVerificationError(
+                    f"{self.name}: root version {want} has {len(result.signed)} of the "
+                    f"{result.threshold} signatures the {who} root's keys must give"
+                )
+
+    def install_root(self, root: Metadata[Root], signers: Mapping[str, Signer]) -> list[str]:
+        """Adopt ``root`` (already signed) as the next root version, then re-sign every
+        top-level role whose keys it changed, with ``signers``.
+
+        Args:
+            root: the next root, checked with :meth:`check_next_root`.
+            signers: the signers to use from now on, for at least the roles whose keys
+                changed (other roles keep theirs).
+
+        Returns:
+            The roles written, ``root`` first.
+
+        Raises:
+            MetadataVerificationError: see :meth:`check_next_root`.
+            ConfigError: a signer's key is not the one ``root`` lists for its role.
+            StorageError: the metadata could not be written.
+        """
+        self.check_next_root(root)
+        new_signers = {**self._signers, **signers}
+        for role in TOP_LEVEL_ROLE_NAMES:
+            if new_signers[role].public_key.keyid not in root.signed.roles[role].keyids:
+                raise ConfigError(f"{self.name}: the new root does not list the {role} key")
+        old = self._root.signed
+        changed = {
+            role
+            for role in TOP_LEVEL_ROLE_NAMES - {Root.type}
+            if set(old.roles[role].keyids) != set(root.signed.roles[role].keyids)
+        }
+        data = root.to_bytes()
+        with self._rollback_on_error():
+            atomic_write_bytes(self.metadata_dir / f"{root.signed.version}.root.json", data)
+            self._record({Root.type: root.signed.version})
+            self._root, self._root_bytes, self._signers = root, data, new_signers
+            self._commit(
+                targets=Targets.type in changed,
+                snapshot=Snapshot.type in changed,
+                timestamp=Timestamp.type in changed,
+            )
+        order = (Targets.type, Snapshot.type, Timestamp.type)
+        resigned = [r for i, r in enumerate(order) if any(c in changed for c in order[: i + 1])]
+        return [Root.type, *resigned]
 
     # -- internals ---------------------------------------------------------------------
 
