@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-install clean
+.PHONY: demo test test-fast lint bench bench-install conformance clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 # Installed size and agent RSS: `pip install modelfleet` (agent only) vs the full install.
 bench-install: $(STAMP)
 	$(BIN)/python -m benchmarks.install_size --full
+
+# The tuf-conformance suite against `modelfleet tuf-client` (issue 10; not part of `make test`):
+# builds .bench/conformance-venv and prints the suite's result (docs/conformance.md).
+conformance: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/conformance.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pg

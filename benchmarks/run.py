@@ -1,7 +1,7 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-core|rollout-sim|drift|all] [--duration N] ...``
+rollout-core|rollout-sim|drift|verify-install|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             "rollout-core",
             "rollout-sim",
             "drift",
+            "verify-install",
             "all",
         ],
     )
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--inproc-calls", type=int, default=20_000, help="timed in-process calls (20000)"
     )
+    parser.add_argument(
+        "--size", type=int, default=1 << 30, help="verify-install: package bytes (1 GiB)"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(args_in)
     if args.duration <= 0 or args.repeats < 1 or args.inproc_calls < 100:
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
         n = str(args.devices or 10_000)
         return rollout_sim(["--devices", n, "--database-url", args.database_url])
+    if args.benchmark == "verify-install":  # issue 10
+        from benchmarks.verify_install import main as verify_install
+
+        extra = ["--no-docs"] if args.no_docs else []
+        return verify_install(["--size", str(args.size), "--repeats", "3", *extra])
     if args.benchmark == "director":
         from benchmarks.director import main as director
 

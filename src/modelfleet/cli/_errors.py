@@ -82,6 +82,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "joblib": "sklearn",
     "opentelemetry": "otel",
     "pyarrow": "parquet",
+    "model_signing": "signing",
 }
 
 

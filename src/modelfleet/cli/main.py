@@ -29,6 +29,7 @@ from modelfleet.cli import (
     keys_cmds,
     review_cmds,
     sim_cmd,
+    tuf_client_cmd,
     webhook_cmds,
 )
 from modelfleet.cli._deploy_wait import (
@@ -930,6 +931,7 @@ keys_cmds.register(app)  # issue 10: keys
 agent_cmds.register(agent_app)
 demo_cmd.register(app)
 sim_cmd.register(app)
+tuf_client_cmd.register(app)  # issue 10: tuf-conformance client CLI
 
 
 def _wants_json(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:

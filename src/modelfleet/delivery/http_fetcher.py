@@ -149,15 +149,21 @@ class HttpFetcher(FetcherInterface):
             self._limits.cancel = before
 
     @contextmanager
-    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
-        """As the base class, with the deadline sized by ``max_length``."""
+    def sized(self, max_length: int) -> Iterator[None]:
+        """Downloads this thread starts inside the block get the deadline of a download of
+        ``max_length`` bytes (the caller enforces the length itself)."""
         before = self._limits.max_length
         self._limits.max_length = max_length
         try:
-            with super().download_file(url, max_length) as f:
-                yield f
+            yield
         finally:
             self._limits.max_length = before
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """As the base class, with the deadline sized by ``max_length``."""
+        with self.sized(max_length), super().download_file(url, max_length) as f:
+            yield f
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         """Start a GET and return its body as chunks.

@@ -31,10 +31,29 @@ from modelfleet.hub._values import JSONDict, _check_name, _iso, load_npy
 from modelfleet.hub.context import HubContext
 from modelfleet.packaging.build import build_manifest
 from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.openssf_signing import (
+    CUSTOM_KEY,
+    SIGNATURE_FILE,
+    custom_fields,
+    ensure_signing_key,
+    sign_model,
+)
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 from modelfleet.trust.repository import TargetSpec
 
-__all__ = ["CATALOG_PREFIX", "NO_DRIFT_MESSAGE", "Catalog", "drift_summary"]
+__all__ = [
+    "CATALOG_PREFIX",
+    "NO_DRIFT_MESSAGE",
+    "Catalog",
+    "drift_summary",
+    "signature_target_path",
+]
+
+
+def signature_target_path(name: str, version: int) -> str:
+    """Catalog target path of a version's OpenSSF model-signing bundle (issue 10)."""
+    return f"models/{name}/{version}/{SIGNATURE_FILE}"
+
 
 NO_DRIFT_MESSAGE = "no reference profile: drift will not be computed for this version"
 
@@ -78,6 +97,8 @@ class Catalog:
     def __init__(self, ctx: HubContext, store: FileArtefactStore) -> None:
         self._ctx = ctx
         self.store = store
+        # manifest digest -> its model-signing fields (manifests are immutable)
+        self._signatures: dict[str, dict[str, Any] | None] = {}
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -124,6 +145,9 @@ class Catalog:
             select(db.ModelVersion.sha256, db.ModelVersion.manifest_sha256)
         ):
             out.update((sha, manifest_sha))
+            signature = self._signature_of(manifest_sha)
+            if signature is not None:
+                out.add(signature["bundle_sha256"])
         out.update(s.scalars(select(db.DeviceState.sha256)))
         return out
 
@@ -220,6 +244,8 @@ class Catalog:
             reference_profile=reference_profile,
             anomaly_scorer=anomaly_scorer,
         )
+        # issue 10: OpenSSF model signing, bound into the manifest and the TUF target
+        signature = sign_model(data, ensure_signing_key(self._ctx.config.paths.keys), name)
         with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
             if model_row is None:
@@ -233,9 +259,14 @@ class Catalog:
                 )
             )
             version = (latest or 0) + 1
-            manifest = dataclasses.replace(draft, version=version)
+            manifest = dataclasses.replace(
+                draft,
+                version=version,
+                extra={**draft.extra, CUSTOM_KEY: signature.to_dict()},
+            )
             manifest_bytes = manifest.to_json()
             model_digest = self.store.put_bytes(data)
+            self.store.put_bytes(signature.bundle)
             manifest_digest = self.store.put_bytes(manifest_bytes)
             s.add(
                 db.ModelVersion(
@@ -268,6 +299,7 @@ class Catalog:
                     "opset": manifest.opset,
                     "smoke_vectors": len(manifest.smoke),
                     "reference_profile": _profile_digest(manifest),
+                    "model_signing": signature.subject_sha256,
                 },
                 ticket,
             )
@@ -329,6 +361,11 @@ class Catalog:
                 "runtime": "onnxruntime",
                 "ir_version": v.ir_version,
             }
+            signature = self._signature_of(v.manifest_sha256)
+            if signature is not None:
+                bundle = signature_target_path(name, v.version)
+                custom.update(custom_fields(signature, bundle))
+                out[bundle] = (signature["bundle_length"], signature["bundle_sha256"], None)
             out[model_target_path(name, v.version)] = (v.length, v.sha256, custom)
             out[manifest_target_path(name, v.version)] = (
                 v.manifest_length,
@@ -336,6 +373,21 @@ class Catalog:
                 None,
             )
         return out
+
+    def _signature_of(self, manifest_sha256: str) -> dict[str, Any] | None:
+        """The model-signing fields a version's manifest records (None: registered before
+        issue 10, or its manifest is gone); cached, manifests being immutable."""
+        if manifest_sha256 not in self._signatures:
+            try:
+                extra = PackageManifest.from_json(self.store.read(manifest_sha256)).extra
+            except (NotFoundError, InvalidInputError):
+                extra = {}
+            found = extra.get(CUSTOM_KEY)
+            if isinstance(found, dict) and isinstance(found.get("bundle_sha256"), str):
+                self._signatures[manifest_sha256] = dict(found)
+            else:
+                self._signatures[manifest_sha256] = None
+        return self._signatures[manifest_sha256]
 
     # -- lookups -------------------------------------------------------------------------
 

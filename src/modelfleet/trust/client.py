@@ -32,72 +32,37 @@ argument), so a device with a badly wrong clock will refuse or accept stale meta
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
 
-from tuf.api.exceptions import (
-    BadVersionNumberError,
-    DownloadError,
-    DownloadHTTPError,
-    DownloadLengthMismatchError,
-    ExpiredMetadataError,
-    LengthOrHashMismatchError,
-    RepositoryError,
-    SlowRetrievalError,
-    UnsignedMetadataError,
-)
+from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Root, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
-from modelfleet._atomic import fsync_dir
-from modelfleet.delivery.http_fetcher import (
-    DownloadCancelledError,
-    DownloadDeadlineError,
-    DownloadSettings,
-    HttpFetcher,
-)
+from modelfleet.delivery.http_fetcher import DownloadSettings, HttpFetcher
 from modelfleet.errors import (
     ArtefactVerificationError,
     ConfigError,
-    DeadlineExceededError,
     MetadataVerificationError,
     StorageError,
-    TransportError,
 )
 from modelfleet.rollout.desired_state import desired_state_target_path
+from modelfleet.trust._ngclient import (
+    TrackingFetcher,
+    download_target,
+    new_updater,
+    translate_tuf_errors,
+)
 from modelfleet.trust.bundle import REPOSITORIES, parse_trust_root_bundle
 from modelfleet.trust.device_repo import DEVICE_FIELD
 from modelfleet.trust.freshness import DEFAULT_MARGIN, HeldVersions, stale_repositories
 
 __all__ = ["DeviceTrustClient"]
-
-
-class _TrackingFetcher(FetcherInterface):
-    """Delegates to another fetcher and remembers the last URL, to name failed files.
-
-    ``download_file`` is delegated whole, so the inner fetcher sees the length a download
-    may have (the :class:`HttpFetcher` sizes its deadline by it).
-    """
-
-    def __init__(self, inner: FetcherInterface) -> None:
-        self.inner = inner
-        self.last_url: str | None = None
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        self.last_url = url
-        return self.inner.fetch(url)
-
-    @contextlib.contextmanager
-    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
-        self.last_url = url
-        with self.inner.download_file(url, max_length) as f:
-            yield f
 
 
 class DeviceTrustClient:
@@ -148,7 +113,7 @@ class DeviceTrustClient:
         self._director_lock = threading.Lock()
         self._catalog_lock = threading.Lock()
         self._catalog_stale = True
-        self._fetcher = _TrackingFetcher(self._inner)
+        self._fetcher = TrackingFetcher(self._inner)
         self._roots: dict[str, bytes | None]
         if trust_root is not None:
             self._roots = dict(parse_trust_root_bundle(trust_root))
@@ -299,22 +264,15 @@ class DeviceTrustClient:
                 f"(director sha256 {expected_sha256} length {expected_length}; "
                 f"catalog sha256 {catalog_sha} length {info.length})"
             )
-        dest = Path(dest)
-        tmp = dest.with_name(f".{dest.name}.partial")
         with self._translate("catalog", artefact=target_path):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if catalog.find_cached_target(info, str(dest)) is not None:
-                return dest
-            try:
-                catalog.download_target(info, str(tmp))
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            fsync_dir(dest.parent)
-        return dest
+            return download_target(
+                catalog,
+                self._fetcher,
+                info,
+                f"{self._hub}/tuf/catalog/targets/",
+                Path(dest),
+                self._metadata_dir("catalog"),
+            )
 
     def close(self) -> None:
         """Close the default fetcher's HTTP connections (a passed-in fetcher is left open)."""
@@ -364,76 +322,31 @@ class DeviceTrustClient:
         """ngclient over this device's own director repository (shared root)."""
         base = self._device_dir(device_id)
         md_dir, target_dir = base / "metadata", base / "targets"
-        md_dir.mkdir(parents=True, exist_ok=True)
-        target_dir.mkdir(parents=True, exist_ok=True)
         bootstrap = self._roots["director"]
         if bootstrap is None and not (md_dir / "root.json").exists():
             bootstrap = (self._metadata_dir("director") / "root.json").read_bytes()
-        self._fetcher.last_url = None
-        return Updater(
-            str(md_dir),
+        return new_updater(
+            md_dir,
             f"{self._hub}/tuf/director/devices/{device_id}/metadata/",
-            str(target_dir),
+            target_dir,
             f"{self._hub}/tuf/director/targets/",
-            fetcher=self._fetcher,
-            bootstrap=bootstrap,
+            self._fetcher,
+            bootstrap,
         )
 
     def _updater(self, repo: str) -> Updater:
-        md_dir = self._metadata_dir(repo)
-        target_dir = self.cache_dir / repo / "targets"
-        md_dir.mkdir(parents=True, exist_ok=True)
-        target_dir.mkdir(parents=True, exist_ok=True)
-        self._fetcher.last_url = None
-        return Updater(
-            str(md_dir),
+        return new_updater(
+            self._metadata_dir(repo),
             f"{self._hub}/tuf/{repo}/metadata/",
-            str(target_dir),
+            self.cache_dir / repo / "targets",
             f"{self._hub}/tuf/{repo}/targets/",
-            fetcher=self._fetcher,
-            bootstrap=self._roots[repo],
+            self._fetcher,
+            self._roots[repo],
         )
 
-    @contextlib.contextmanager
-    def _translate(self, repo: str, artefact: str | None = None) -> Iterator[None]:
+    def _translate(self, repo: str, artefact: str | None = None) -> AbstractContextManager[None]:
         """Turn tuf / OS exceptions into modelfleet ones, naming what failed."""
-        try:
-            yield
-        except DownloadHTTPError as e:
-            raise TransportError(f"{self._what(repo, artefact)}: HTTP {e.status_code}") from e
-        except DownloadLengthMismatchError as e:
-            if artefact is not None:
-                raise ArtefactVerificationError(
-                    f"artefact {artefact}: longer than its signed length"
-                ) from e
-            raise MetadataVerificationError(
-                f"{self._what(repo, None)}: longer than allowed ({e})"
-            ) from e
-        except DownloadDeadlineError as e:
-            raise DeadlineExceededError(f"{self._what(repo, artefact)}: {e}") from e
-        except SlowRetrievalError as e:
-            raise TransportError(f"{self._what(repo, artefact)}: timed out") from e
-        except DownloadCancelledError as e:
-            raise TransportError(f"{self._what(repo, artefact)}: download cancelled") from e
-        except DownloadError as e:
-            cause = e.__cause__ or e
-            raise TransportError(f"{self._what(repo, artefact)}: {cause}") from e
-        except RepositoryError as e:
-            if artefact is not None and isinstance(e, LengthOrHashMismatchError):
-                kind = "length mismatch" if "length" in str(e).lower() else "hash mismatch"
-                raise ArtefactVerificationError(f"artefact {artefact}: {kind} ({e})") from e
-            raise MetadataVerificationError(
-                f"{self._what(repo, None)}: {_metadata_failure(e)} ({e})"
-            ) from e
-        except OSError as e:
-            raise StorageError(f"{repo} cache in {self.cache_dir}: {e.strerror or e}") from e
-
-    def _what(self, repo: str, artefact: str | None) -> str:
-        if artefact is not None:
-            return f"artefact {artefact}"
-        url = self._fetcher.last_url
-        name = url.rsplit("/", 1)[-1] if url else "metadata"
-        return f"{repo} {name}"
+        return translate_tuf_errors(repo, self._fetcher, self.cache_dir, artefact)
 
 
 def _held(md_dir: Path) -> HeldVersions | None:
@@ -446,17 +359,3 @@ def _held(md_dir: Path) -> HeldVersions | None:
     if not isinstance(root, Root) or not isinstance(ts, Timestamp):
         return None
     return HeldVersions(root.version, ts.version, ts.expires)
-
-
-def _metadata_failure(e: RepositoryError) -> str:
-    if isinstance(e, UnsignedMetadataError):
-        return "signature verification failed"
-    if isinstance(e, ExpiredMetadataError):
-        return "metadata expired"
-    if isinstance(e, BadVersionNumberError):
-        return "version rollback or mismatch"
-    if isinstance(e, LengthOrHashMismatchError):
-        return "length or hash mismatch"
-    if isinstance(e, DeserializationError):
-        return "malformed metadata"
-    return "rejected"

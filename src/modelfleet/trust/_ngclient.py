@@ -1,0 +1,294 @@
+"""The one way modelfleet drives python-tuf's ngclient: updater set-up, error translation,
+verified target download.
+
+Shared by the agent's :class:`~modelfleet.trust.client.DeviceTrustClient` and the
+``modelfleet tuf-client`` conformance CLI (issue 10), so the conformance suite tests the
+code the agent runs.
+
+* :func:`new_updater` builds an ``Updater`` over a :class:`TrackingFetcher` (which remembers
+  the last URL, to name the file that failed).
+* :func:`translate_tuf_errors` turns every tuf / OS exception into a modelfleet one.
+* :func:`download_target` fetches a verified target in **one pass**: the bytes are hashed as
+  they are written to a temporary file beside the destination, which is fsynced and
+  renamed into place only when length and hashes match (ADR 0024: ngclient's own
+  ``download_target`` writes a temporary file, reads it back to hash it and copies it,
+  three passes over a 1 GiB model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+from urllib import parse
+
+from tuf.api.exceptions import (
+    BadVersionNumberError,
+    DownloadError,
+    DownloadHTTPError,
+    DownloadLengthMismatchError,
+    ExpiredMetadataError,
+    LengthOrHashMismatchError,
+    RepositoryError,
+    SlowRetrievalError,
+    UnsignedMetadataError,
+)
+from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.api.serialization import DeserializationError
+from tuf.ngclient import Updater
+from tuf.ngclient.fetcher import FetcherInterface
+
+from modelfleet._atomic import fsync_dir
+from modelfleet.delivery.http_fetcher import (
+    DownloadCancelledError,
+    DownloadDeadlineError,
+    HttpFetcher,
+)
+from modelfleet.errors import (
+    ArtefactVerificationError,
+    DeadlineExceededError,
+    MetadataVerificationError,
+    StorageError,
+    TransportError,
+)
+
+__all__ = [
+    "TrackingFetcher",
+    "cached_target_path",
+    "download_target",
+    "new_updater",
+    "translate_tuf_errors",
+]
+
+_WRITE_CHUNK = 1 << 20
+
+
+class TrackingFetcher(FetcherInterface):
+    """Delegates to another fetcher and remembers the last URL, to name failed files.
+
+    ``download_file`` is delegated whole, so the inner fetcher sees the length a download
+    may have (the :class:`HttpFetcher` sizes its deadline by it).
+    """
+
+    def __init__(self, inner: FetcherInterface) -> None:
+        self.inner = inner
+        self.last_url: str | None = None
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        self.last_url = url
+        return self.inner.fetch(url)
+
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        self.last_url = url
+        with self.inner.download_file(url, max_length) as f:
+            yield f
+
+    @contextlib.contextmanager
+    def stream(self, url: str, max_length: int) -> Iterator[Iterator[bytes]]:
+        """The body of ``url`` as chunks, sized for a download of ``max_length`` bytes.
+
+        The caller enforces the length (see :func:`download_target`); an
+        :class:`HttpFetcher` sizes its deadline by it.
+        """
+        self.last_url = url
+        if isinstance(self.inner, HttpFetcher):
+            with self.inner.sized(max_length):
+                yield self.inner.fetch(url)
+        else:
+            yield self.inner.fetch(url)
+
+
+def new_updater(
+    metadata_dir: Path,
+    metadata_url: str,
+    target_dir: Path | None,
+    target_url: str | None,
+    fetcher: TrackingFetcher,
+    bootstrap: bytes | None,
+) -> Updater:
+    """An ngclient ``Updater`` (folders created; ``bootstrap`` None: the cached root).
+
+    Raises:
+        OSError: a folder cannot be created.
+        RepositoryError: ``bootstrap`` (or the cached root) is not a valid root.
+    """
+    metadata_dir.mkdir(parents=True, exist_ok=True)
+    if target_dir is not None:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    fetcher.last_url = None
+    return Updater(
+        str(metadata_dir),
+        metadata_url,
+        None if target_dir is None else str(target_dir),
+        target_url,
+        fetcher=fetcher,
+        bootstrap=bootstrap,
+    )
+
+
+def cached_target_path(target_dir: Path, info: TargetFile) -> Path:
+    """Where a target is kept in ``target_dir``: its URL-quoted path (as ngclient names it),
+    so one target path always maps to one file name, and none escapes ``target_dir``."""
+    return target_dir / parse.quote(info.path, safe="")
+
+
+def download_target(
+    updater: Updater,
+    fetcher: TrackingFetcher,
+    info: TargetFile,
+    target_base_url: str,
+    dest: Path,
+    metadata_dir: Path,
+) -> Path:
+    """Download ``info`` to ``dest``, verified, in one pass; nothing is written to ``dest``
+    unless the length and every hash match. ``dest`` already right: nothing is fetched.
+
+    Args:
+        updater: a refreshed updater (its metadata folder holds the trusted root, which
+            says whether target URLs carry the hash prefix).
+        fetcher: the updater's fetcher.
+        info: the verified target, from ``updater.get_targetinfo``.
+        target_base_url: base URL of the repository's targets.
+        dest: where the file goes (a ``.partial`` sibling is used meanwhile).
+        metadata_dir: the updater's metadata folder.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DownloadLengthMismatchError: the server sent more than ``info.length`` (the
+            download is cut there).
+        LengthOrHashMismatchError: fewer bytes, or a hash differs.
+        DownloadError: transport failure. OSError: ``dest`` cannot be written.
+    """
+    if updater.find_cached_target(info, str(dest)) is not None:
+        return dest
+    url = target_base_url.rstrip("/") + "/" + _target_url_path(updater, info, metadata_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    hashers = {name: _hasher(name) for name in info.hashes}
+    received = 0
+    try:
+        with fetcher.stream(url, info.length) as chunks, open(tmp, "wb") as out:
+            for chunk in chunks:
+                received += len(chunk)
+                if received > info.length:
+                    raise DownloadLengthMismatchError(
+                        f"{info.path}: more than its signed length {info.length}"
+                    )
+                for h in hashers.values():
+                    h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            if received != info.length:
+                raise LengthOrHashMismatchError(
+                    f"{info.path}: length {received} != signed length {info.length}"
+                )
+            for name, h in hashers.items():
+                if h.hexdigest() != info.hashes[name]:
+                    raise LengthOrHashMismatchError(f"{info.path}: {name} hash mismatch")
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fsync_dir(dest.parent)
+    return dest
+
+
+def _hasher(name: str) -> hashlib._Hash:
+    try:
+        return hashlib.new(name)
+    except ValueError as e:
+        raise LengthOrHashMismatchError(f"unsupported hash algorithm {name!r}") from e
+
+
+def _target_url_path(updater: Updater, info: TargetFile, metadata_dir: Path) -> str:
+    """The target's path in the URL: ``dir/<hash>.<name>`` under consistent snapshots with
+    hash-prefixed targets (spec §5.7.3), else its path."""
+    path = info.path
+    if updater.config.prefix_targets_with_hash and _consistent_snapshot(metadata_dir):
+        dirname, sep, basename = path.rpartition("/")
+        path = f"{dirname}{sep}{next(iter(info.hashes.values()))}.{basename}"
+    return path
+
+
+def _consistent_snapshot(metadata_dir: Path) -> bool:
+    """From the trusted root ngclient persisted (``root.json``) after verifying it."""
+    root = Metadata[Root].from_bytes((metadata_dir / "root.json").read_bytes()).signed
+    return bool(root.consistent_snapshot)
+
+
+@contextlib.contextmanager
+def translate_tuf_errors(
+    repo: str, fetcher: TrackingFetcher, cache_dir: Path, artefact: str | None = None
+) -> Iterator[None]:
+    """Turn tuf / OS exceptions into modelfleet ones, naming what failed.
+
+    Args:
+        repo: the repository's name in messages (``catalog``, ``director``…).
+        fetcher: names the metadata file that failed (its last URL).
+        cache_dir: named when the local cache cannot be written.
+        artefact: the target being downloaded, if any: its failures become
+            :class:`ArtefactVerificationError`.
+
+    Raises:
+        MetadataVerificationError, ArtefactVerificationError, TransportError
+        (DeadlineExceededError), StorageError: translated, ``from`` the original.
+    """
+    try:
+        yield
+    except DownloadHTTPError as e:
+        raise TransportError(f"{_what(repo, fetcher, artefact)}: HTTP {e.status_code}") from e
+    except DownloadLengthMismatchError as e:
+        if artefact is not None:
+            raise ArtefactVerificationError(
+                f"artefact {artefact}: longer than its signed length"
+            ) from e
+        raise MetadataVerificationError(
+            f"{_what(repo, fetcher, None)}: longer than allowed ({e})"
+        ) from e
+    except DownloadDeadlineError as e:
+        raise DeadlineExceededError(f"{_what(repo, fetcher, artefact)}: {e}") from e
+    except SlowRetrievalError as e:
+        raise TransportError(f"{_what(repo, fetcher, artefact)}: timed out") from e
+    except DownloadCancelledError as e:
+        raise TransportError(f"{_what(repo, fetcher, artefact)}: download cancelled") from e
+    except DownloadError as e:
+        cause = e.__cause__ or e
+        raise TransportError(f"{_what(repo, fetcher, artefact)}: {cause}") from e
+    except RepositoryError as e:
+        if artefact is not None and isinstance(e, LengthOrHashMismatchError):
+            kind = "length mismatch" if "length" in str(e).lower() else "hash mismatch"
+            raise ArtefactVerificationError(f"artefact {artefact}: {kind} ({e})") from e
+        raise MetadataVerificationError(
+            f"{_what(repo, fetcher, None)}: {_metadata_failure(e)} ({e})"
+        ) from e
+    except OSError as e:
+        raise StorageError(f"{repo} cache in {cache_dir}: {e.strerror or e}") from e
+
+
+def _what(repo: str, fetcher: TrackingFetcher, artefact: str | None) -> str:
+    if artefact is not None:
+        return f"artefact {artefact}"
+    url = fetcher.last_url
+    name = url.rsplit("/", 1)[-1] if url else "metadata"
+    return f"{repo} {name}"
+
+
+def _metadata_failure(e: RepositoryError) -> str:
+    if isinstance(e, UnsignedMetadataError):
+        return "signature verification failed"
+    if isinstance(e, ExpiredMetadataError):
+        return "metadata expired"
+    if isinstance(e, BadVersionNumberError):
+        return "version rollback or mismatch"
+    if isinstance(e, LengthOrHashMismatchError):
+        return "length or hash mismatch"
+    if isinstance(e, DeserializationError):
+        return "malformed metadata"
+    return "rejected"

@@ -1,0 +1,53 @@
+"""OpenSSF model signing helpers (issue 10): key handling, the missing-extra message."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from modelfleet.cli._errors import ExitCode, failure_of
+from modelfleet.errors import ArtefactVerificationError, ConfigError
+from modelfleet.packaging.openssf_signing import (
+    SIGNING_PUBLIC_KEY_NAME,
+    ensure_signing_key,
+    read_signature,
+    sign_model,
+)
+
+
+def test_signing_key_is_created_once_private_and_with_its_public_half(tmp_path: Path) -> None:
+    key = ensure_signing_key(tmp_path / "keys")
+    assert key.stat().st_mode & 0o077 == 0
+    first = key.read_bytes()
+    assert ensure_signing_key(tmp_path / "keys").read_bytes() == first
+    assert b"PUBLIC KEY" in (tmp_path / "keys" / SIGNING_PUBLIC_KEY_NAME).read_bytes()
+
+
+def test_an_ed25519_key_is_refused_model_signing_takes_ec_keys(tmp_path: Path) -> None:
+    (tmp_path / "model-signing.key").write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+        )
+    )
+    with pytest.raises(ConfigError, match="not an EC key"):
+        ensure_signing_key(tmp_path)
+
+
+def test_missing_signing_extra_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "model_signing", None)  # import fails as if absent
+    with pytest.raises(ModuleNotFoundError) as info:
+        sign_model(b"model", ensure_signing_key(tmp_path))
+    failure = failure_of(info.value)
+    assert failure is not None and failure.code == ExitCode.MISSING_EXTRA
+    assert "pip install 'modelfleet[signing]'" in failure.message
+
+
+def test_a_bundle_that_is_not_model_signing_is_refused() -> None:
+    with pytest.raises(ArtefactVerificationError, match="not a model-signing bundle"):
+        read_signature(b'{"mediaType": "something else"}')
