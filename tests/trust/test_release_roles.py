@@ -52,7 +52,11 @@ def _package(hub: Hub, name: str = "iris", version: int = 3) -> tuple[ArtefactRe
     )
     expires = hub.clock.now().replace(microsecond=0) + timedelta(days=30)
     signed = build_release_bytes(
-        name, version, (ref.length, ref.sha256, CUSTOM), (len(manifest), ref.manifest_sha256), expires
+        name,
+        version,
+        (ref.length, ref.sha256, CUSTOM),
+        (len(manifest), ref.manifest_sha256),
+        expires,
     )
     return ref, signed
 
@@ -109,7 +113,9 @@ def test_device_refuses_a_release_role_served_below_its_threshold(
     catalog = hub.trust.repository("catalog")
     role = release_role_name("iris", 3)
     (catalog.metadata_dir / f"1.{role}.json").write_bytes(weak)
-    catalog._snapshot.signed.meta[f"{role}.json"] = MetaFile(1, len(weak), {"sha256": sha256_bytes(weak)})
+    catalog._snapshot.signed.meta[f"{role}.json"] = MetaFile(
+        1, len(weak), {"sha256": sha256_bytes(weak)}
+    )
     catalog._commit(snapshot=True)
     with pytest.raises(MetadataVerificationError, match="signature"):
         _install(client, hub, ref, tmp_path / "m")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,11 @@ from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 from modelfleet.trust.repository import TargetSpec
 
-__all__ = ["CATALOG_PREFIX", "NO_DRIFT_MESSAGE", "Catalog", "drift_summary"]
+__all__ = ["CATALOG_PREFIX", "NO_DRIFT_MESSAGE", "Catalog", "ReleaseGate", "drift_summary"]
+
+ReleaseGate = Callable[[Session, str, db.ModelVersion], None]
+"""Called in a registration's transaction with the new version (issue 10: release
+approvals open a request for it when release keys are registered)."""
 
 NO_DRIFT_MESSAGE = "no reference profile: drift will not be computed for this version"
 
@@ -78,6 +82,7 @@ class Catalog:
     def __init__(self, ctx: HubContext, store: FileArtefactStore) -> None:
         self._ctx = ctx
         self.store = store
+        self.release_gate: ReleaseGate | None = None
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -237,25 +242,27 @@ class Catalog:
             manifest_bytes = manifest.to_json()
             model_digest = self.store.put_bytes(data)
             manifest_digest = self.store.put_bytes(manifest_bytes)
-            s.add(
-                db.ModelVersion(
-                    model_id=model_row.id,
-                    version=version,
-                    sha256=model_digest,
-                    length=len(data),
-                    manifest_sha256=manifest_digest,
-                    manifest_length=len(manifest_bytes),
-                    opset=manifest.opset,
-                    ir_version=manifest.ir_version,
-                    schema=manifest.schema.to_dict(),
-                    lineage=manifest.lineage,
-                    smoke_vectors=len(manifest.smoke),
-                    created_at=now,
-                    created_by=actor,
-                    published=False,
-                    revoked=False,
-                )
+            version_row = db.ModelVersion(
+                model_id=model_row.id,
+                version=version,
+                sha256=model_digest,
+                length=len(data),
+                manifest_sha256=manifest_digest,
+                manifest_length=len(manifest_bytes),
+                opset=manifest.opset,
+                ir_version=manifest.ir_version,
+                schema=manifest.schema.to_dict(),
+                lineage=manifest.lineage,
+                smoke_vectors=len(manifest.smoke),
+                created_at=now,
+                created_by=actor,
+                published=False,
+                revoked=False,
             )
+            s.add(version_row)
+            if self.release_gate is not None:
+                s.flush()
+                self.release_gate(s, name, version_row)
             self._ctx.audit(
                 s,
                 actor,
@@ -272,25 +279,6 @@ class Catalog:
                 ticket,
             )
         return {**self.get_version(name, version), "drift": drift_summary(manifest)}
-
-    def mark_revoked(self, name: str, version: int, actor: str, ticket: str | None) -> None:
-        """Mark a version revoked and audit it (the catalog is re-signed after the commit).
-
-        Raises:
-            NotFoundError: no such version.
-        """
-        with self._ctx.write() as s:
-            row = self.version_row(s, name, version)
-            row.revoked = True
-            users = self.deployments_of(s, name, version)
-            self._ctx.audit(
-                s,
-                actor,
-                "model.revoke",
-                f"{name}/{version}",
-                {"still_assigned": sorted({d["device_id"] for d in users})},
-                ticket,
-            )
 
     def set_safety_classified(
         self, name: str, classified: bool, actor: str, ticket: str | None = None
@@ -313,22 +301,41 @@ class Catalog:
                 )
         return self.get_model(name)
 
+    @staticmethod
+    def target_custom(name: str, v: db.ModelVersion) -> dict[str, Any]:
+        """The fields signed with a version's model target (devices check them)."""
+        return {
+            "model": name,
+            "version": v.version,
+            "opset": v.opset,
+            "runtime": "onnxruntime",
+            "ir_version": v.ir_version,
+        }
+
     def signed_targets(self, s: Session) -> dict[str, TargetSpec]:
-        """What the catalog repository must list: every published, unrevoked version."""
+        """What the catalog's top-level targets must list: every published, unrevoked
+        version that needs no release signatures (those with a release request are listed
+        through their release role once approved; issue 10, ADR 0027)."""
+        gated = (
+            select(db.ReleaseRequest.id)
+            .where(
+                db.ReleaseRequest.model == db.Model.name,
+                db.ReleaseRequest.version == db.ModelVersion.version,
+            )
+            .exists()
+        )
         rows = s.execute(
             select(db.Model.name, db.ModelVersion)
             .join(db.ModelVersion, db.ModelVersion.model_id == db.Model.id)
-            .where(db.ModelVersion.published.is_(True), db.ModelVersion.revoked.is_(False))
+            .where(
+                db.ModelVersion.published.is_(True),
+                db.ModelVersion.revoked.is_(False),
+                ~gated,
+            )
         ).all()
         out: dict[str, TargetSpec] = {}
         for name, v in rows:
-            custom = {
-                "model": name,
-                "version": v.version,
-                "opset": v.opset,
-                "runtime": "onnxruntime",
-                "ir_version": v.ir_version,
-            }
+            custom = self.target_custom(name, v)
             out[model_target_path(name, v.version)] = (v.length, v.sha256, custom)
             out[manifest_target_path(name, v.version)] = (
                 v.manifest_length,

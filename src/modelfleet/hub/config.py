@@ -88,6 +88,9 @@ class HubConfig:
         review_queue_limit: most pending review samples kept per model (issue 9); the
             sample that fills the queue records a ``review.queue_full`` event, later ones
             are dropped until labels empty it.
+        release_threshold: release signatures a package version needs before the
+            catalog lists it, once release keys are registered (issue 10, ADR 0027).
+        safety_release_threshold: the same for versions of safety-classified models.
     """
 
     home: Path
@@ -106,6 +109,8 @@ class HubConfig:
     telemetry_rollup_days: int = 400
     retention_batch: int = 200_000
     review_queue_limit: int = 10_000
+    release_threshold: int = 1
+    safety_release_threshold: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +141,11 @@ class HubConfig:
             raise ConfigError("retention_batch must be between 100 and 10000000")
         if not 1 <= self.review_queue_limit <= 10_000_000:
             raise ConfigError("review_queue_limit must be between 1 and 10000000")
+        if not 1 <= self.release_threshold <= self.safety_release_threshold <= 16:
+            raise ConfigError(
+                "release thresholds must satisfy 1 <= release_threshold <= "
+                "safety_release_threshold <= 16"
+            )
 
     @property
     def paths(self) -> HubHome:

@@ -30,9 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from securesystemslib.signer import Signer
+from securesystemslib.signer import Key, Signer
 from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
-from securesystemslib.signer import Key
 from tuf.api.metadata import (
     TOP_LEVEL_ROLE_NAMES,
     DelegatedRole,
@@ -559,7 +558,11 @@ class TufRepository:
             StorageError: the metadata could not be written.
         """
         top = self._targets.signed
-        if top.delegations is None or not top.delegations.roles or role not in top.delegations.roles:
+        if (
+            top.delegations is None
+            or not top.delegations.roles
+            or role not in top.delegations.roles
+        ):
             return False
         with self._rollback_on_error():
             roles = top.delegations.roles

@@ -121,6 +121,7 @@ class VersionIn(BaseModel):
 
 class RevokeIn(BaseModel):
     ticket: Text | None = None
+    reason: Text = Field(default="", max_length=1024, description="why (audited)")
 
 
 class DeploymentIn(BaseModel):
