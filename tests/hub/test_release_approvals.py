@@ -51,7 +51,9 @@ def _sign(http: TestClient, token: str, signer: CryptoSigner, version: int) -> A
 
 
 def _listed(service: HubService, version: int) -> bool:
-    return service.trust.repository("catalog").target(model_target_path("iris", version)) is not None
+    return (
+        service.trust.repository("catalog").target(model_target_path("iris", version)) is not None
+    )
 
 
 def _deploy(http: TestClient, token: str, version: int, devices: list[str]) -> None:

@@ -26,6 +26,7 @@ from modelfleet.cli import (
     audit_cmds,
     demo_cmd,
     drift_cmds,
+    release_cmds,
     review_cmds,
     sim_cmd,
     webhook_cmds,
@@ -915,6 +916,7 @@ audit_cmds.register(app, _client)
 drift_cmds.register(app, _client)
 review_cmds.register(app, _client)
 webhook_cmds.register(app, _client)
+release_cmds.register(app, model_app, _client)  # issue 10: approvals
 
 
 # -- agent ---------------------------------------------------------------------------------

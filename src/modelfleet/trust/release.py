@@ -23,6 +23,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
     load_pem_private_key,
     load_pem_public_key,
 )
@@ -31,6 +35,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signature, SSlibKey
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 
+from modelfleet._atomic import atomic_write_bytes
 from modelfleet.errors import ConfigError, InvalidInputError
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 
@@ -39,7 +44,9 @@ __all__ = [
     "build_release_bytes",
     "check_release_bytes",
     "load_release_signer",
+    "new_release_key",
     "public_key_from_pem",
+    "public_pem",
     "release_paths",
     "release_role_name",
     "sign_release",
@@ -142,6 +149,39 @@ def public_key_from_pem(pem: bytes) -> Key:
     except (ValueError, TypeError) as e:
         raise InvalidInputError(f"not a PEM ed25519 key: {e}") from e
     return SSlibKey.from_crypto(public)
+
+
+def public_pem(pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a PEM ed25519 key (public or private): what is sent
+    to the hub when a release key is registered; a private key never is.
+
+    Raises:
+        InvalidInputError: not a PEM ed25519 key.
+    """
+    key = public_key_from_pem(pem)
+    raw = bytes.fromhex(str(key.keyval["public"]))
+    return Ed25519PublicKey.from_public_bytes(raw).public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def new_release_key(path: Path) -> Key:
+    """Write a fresh ed25519 release key to ``path`` (PKCS#8 PEM, mode 0600) and its
+    public half to ``path`` + ``.pub``; the approver keeps the private file.
+
+    Raises:
+        ConfigError: ``path`` exists (a release key is never overwritten).
+        StorageError: the folder is not writable.
+    """
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"refusing to overwrite {path}")
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    atomic_write_bytes(path, pem, mode=0o600)
+    pub = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    atomic_write_bytes(path.with_name(path.name + ".pub"), pub)
+    return SSlibKey.from_crypto(private.public_key())
 
 
 def load_release_signer(path: Path) -> CryptoSigner:
