@@ -153,6 +153,10 @@ class Revocations:
                     stranded.append(asg.device_id)
                 if after == before or after.production is None:
                     continue
+                if (after.production, after.candidate) == (before.production, before.candidate):
+                    # Only the rollback target went: the desired state is unchanged.
+                    asg.previous_version = after.previous
+                    continue
                 asg.production_version, asg.candidate_version = after.production, after.candidate
                 asg.previous_version, asg.mode, asg.share = (
                     after.previous,
