@@ -7,6 +7,7 @@ the hub hands out locally, as ``modelfleet approve`` does, and post the signatur
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -301,3 +302,17 @@ def test_fall_back_follows_the_rollback_rule(
     slots: Slots[int], revoked: set[int], after: Slots[int], outcome: Fallback
 ) -> None:
     assert fall_back(slots, revoked) == (after, outcome)
+
+
+def test_registration_signs_the_package_target_into_the_manifest(
+    http: TestClient, admin_token: str, service: HubService, onnx_bytes: bytes
+) -> None:
+    up = http.post("/api/v1/blobs", content=onnx_bytes, headers=auth(admin_token)).json()
+    body = {"blob": up["sha256"], "target": {"hardware": ["arm64"], "execution_providers": []}}
+    r = http.post("/api/v1/models/iris/versions", json=body, headers=auth(admin_token))
+    assert r.status_code == 201, r.text
+    manifest = json.loads(service.manifest_bytes("iris", 1))
+    assert manifest["target"] == {"hardware": ["arm64"], "execution_providers": []}
+    body["target"] = {"hardware": ["no spaces allowed"]}
+    r = http.post("/api/v1/models/iris/versions", json=body, headers=auth(admin_token))
+    assert r.status_code == 400 and "target.hardware" in r.json()["error"]

@@ -62,6 +62,7 @@ from modelfleet.agent.state import (
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
 from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
+from modelfleet.packaging.target import DeviceProfile
 from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
 from modelfleet.serving.host import ModelHost
 
@@ -141,6 +142,8 @@ class Updater:
         loader: how a version is loaded into memory (default: ONNX Runtime).
         retry: backoff between retries of a failed install.
         rand: uniform random source in [0, 1) for the retry jitter.
+        profile: the device's declared hardware tags and execution providers; a package
+            whose signed ``target`` does not fit is refused (issue 10). None: not checked.
     """
 
     def __init__(
@@ -156,8 +159,10 @@ class Updater:
         loader: ModelLoader | None = None,
         retry: BackoffPolicy = DEFAULT_RETRY,
         rand: Callable[[], float] = random.random,
+        profile: DeviceProfile | None = None,
     ) -> None:
         self.device_id = device_id
+        self.profile = profile
         self.state_dir = Path(state_dir)
         self.source = source
         self.host = host
@@ -355,7 +360,12 @@ class Updater:
                 break
             try:
                 installed[slot_key(ref.sha256, ref.version)] = install_version(
-                    self.source, self.slots, ref, cancel, rollout_id=rollouts.get(ref.model)
+                    self.source,
+                    self.slots,
+                    ref,
+                    cancel,
+                    rollout_id=rollouts.get(ref.model),
+                    profile=self.profile,
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))

@@ -31,6 +31,7 @@ from modelfleet.hub._values import JSONDict, _check_name, _iso, load_npy
 from modelfleet.hub.context import HubContext
 from modelfleet.packaging.build import build_manifest
 from modelfleet.packaging.manifest import PackageManifest
+from modelfleet.packaging.target import TARGET_FIELD, PackageTarget
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 from modelfleet.trust.repository import TargetSpec
 
@@ -161,6 +162,7 @@ class Catalog:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next version of ``name`` (see ``HubService.register_version``).
 
@@ -179,6 +181,7 @@ class Catalog:
                 decisions,
                 reference_profile,
                 anomaly_scorer,
+                target,
             )
         except (InvalidInputError, RefusedUpdateError) as e:
             self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
@@ -195,8 +198,10 @@ class Catalog:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         _check_name("model name", name)
+        needs = PackageTarget.from_dict(target)
         declared = (
             {str(k): OutputDecision.from_dict(v) for k, v in decisions.items()}
             if decisions
@@ -239,6 +244,10 @@ class Catalog:
             )
             version = (latest or 0) + 1
             manifest = dataclasses.replace(draft, version=version)
+            if needs:  # issue 10: signed with the manifest, checked on every device
+                manifest = dataclasses.replace(
+                    manifest, extra={**manifest.extra, TARGET_FIELD: needs.to_dict()}
+                )
             manifest_bytes = manifest.to_json()
             model_digest = self.store.put_bytes(data)
             manifest_digest = self.store.put_bytes(manifest_bytes)

@@ -477,6 +477,7 @@ class HubService:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next immutable version of ``name`` (creating the model if new).
 
@@ -502,6 +503,9 @@ class HubService:
             anomaly_scorer: the optional anomaly scorer
                 (``AnomalyScorerSpec.to_dict``: ONNX bytes, digest, threshold), checked
                 and signed into the manifest (issue 9).
+            target: what the package needs of a device (issue 10): ``{"hardware": [tags
+                all required], "execution_providers": [any one required]}``, signed into
+                the manifest; devices that do not fit refuse it.
 
         Returns:
             The version (see the module docstring), plus ``drift``: the profile's digest
@@ -522,6 +526,7 @@ class HubService:
             decisions=decisions,
             reference_profile=reference_profile,
             anomaly_scorer=anomaly_scorer,
+            target=target,
         )
 
     def revoke_version(

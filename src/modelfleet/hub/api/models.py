@@ -102,6 +102,7 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
         else None,
         reference_profile=body.reference_profile,
         anomaly_scorer=body.anomaly_scorer,
+        target=body.target,
     )
 
 
