@@ -204,3 +204,17 @@ def test_posted_signature_is_verified_against_the_release_key(hub: Hub) -> None:
     forged = Signature(sig.keyid, "00" * 64)
     with pytest.raises(InvalidInputError, match="does not verify"):
         verify_release_signature(a.public_key, signed, forged.keyid, forged.signature)
+
+
+def test_catalog_lists_says_when_a_running_version_was_revoked(
+    hub: Hub, client: DeviceTrustClient, tmp_path: Path
+) -> None:
+    approvers = _signers(1)
+    ref, signed = _package(hub)
+    hub.trust.delegate_release("iris", 3, _keys(approvers), 1, _file(signed, approvers))
+    _install(client, hub, ref, tmp_path / "m")
+    assert client.catalog_lists(ref.model_path, ref.sha256)
+    assert not client.catalog_lists(ref.model_path, "0" * 64)
+    hub.trust.revoke_package("iris", 3)
+    client.begin_cycle()  # the next refresh
+    assert not client.catalog_lists(ref.model_path, ref.sha256)
