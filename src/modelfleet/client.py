@@ -676,6 +676,43 @@ class HubClient:
         """Send one signed test event now (admin): ``{"ok", "status_code", "error", ...}``."""
         return self._object("POST", f"/api/v1/webhooks/{int(webhook_id)}/test")
 
+    # -- release approvals (issue 10) ----------------------------------------------------
+
+    def add_release_key(self, public_pem: bytes, label: str = "") -> dict[str, Any]:
+        """Register a public release key (admin); send the public half only."""
+        body = {"public_key": public_pem.decode("ascii"), "label": label}
+        return self._object("POST", "/api/v1/release-keys", json=body)
+
+    def list_release_keys(self) -> list[dict[str, Any]]:
+        """The release keys the hub knows."""
+        return self._list("GET", "/api/v1/release-keys")
+
+    def release(self, name: str, version: int) -> dict[str, Any]:
+        """A version's release request: the canonical bytes to sign (base64 ``signed``),
+        its threshold and the signatures so far."""
+        return self._object("GET", f"/api/v1/models/{name}/versions/{int(version)}/release")
+
+    def post_release_signature(
+        self, name: str, version: int, keyid: str, sig: str
+    ) -> dict[str, Any]:
+        """Post one release signature (approver)."""
+        return self._object(
+            "POST",
+            f"/api/v1/models/{name}/versions/{int(version)}/release/signatures",
+            json={"keyid": keyid, "sig": sig},
+        )
+
+    def revoke(
+        self, name: str, version: int, reason: str, ticket: str | None = None
+    ) -> dict[str, Any]:
+        """Revoke a version with a reason; the answer's ``fallback`` lists the devices
+        moved back to their previous version and those stranded."""
+        return self._object(
+            "POST",
+            f"/api/v1/models/{name}/versions/{int(version)}/revoke",
+            json={"ticket": ticket, "reason": reason},
+        )
+
 
 def register_model(
     client: HubClient,

@@ -154,7 +154,8 @@ def test_director_catalog_disagreement_is_refused(
     source.assign(DEVICE, bogus)
     host = ModelHost()
     result = make_updater(tmp_path, source, host).run_cycle()
-    assert "disagree" in result.refusals[0].reason
+    # The signed manifest is fetched first (issue 10): it names the catalog's digest.
+    assert "director named m v1 (000000000000)" in result.refusals[0].reason
     assert host.route("m") is None
 
 

@@ -56,6 +56,8 @@ class AgentConfig:
             they cost device CPU and make each window tens of KB larger.
         anomaly: run the anomaly scorers packages carry on answered requests (an
             ``anomaly`` histogram per window; issue 9; needs telemetry).
+        hardware: the hardware tags this device declares (issue 10); a package whose signed
+            ``target`` needs a tag not here is refused.
         review: the review sampler's budget and thresholds; its default budget 0 samples
             nothing (``agent run --review-budget BYTES``; needs telemetry).
     """
@@ -84,6 +86,7 @@ class AgentConfig:
     drift_sketches: bool = False
     anomaly: bool = True
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    hardware: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -31,6 +31,7 @@ from modelfleet.backoff import BackoffPolicy
 from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import ConfigError, StorageError, TransportError
+from modelfleet.packaging.target import DeviceProfile
 from modelfleet.telemetry.device import DeviceTelemetry
 from modelfleet.telemetry.otel import OtlpSettings
 
@@ -208,6 +209,7 @@ def run_agent(
         host,
         clock,
         config.keep_previous_loaded,
+        profile=DeviceProfile.of(config.hardware, config.runtime.providers),  # issue 10
         loader=onnx_loader(
             config.runtime,
             None if profiles is None else profiles.watch,

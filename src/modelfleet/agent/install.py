@@ -28,6 +28,7 @@ from modelfleet.errors import (
 from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.packaging.onnx_model import load_session
 from modelfleet.packaging.smoke import check_smoke
+from modelfleet.packaging.target import TARGET_FIELD, DeviceProfile, PackageTarget, target_mismatch
 from modelfleet.rollout.desired_state import ArtefactRef
 from modelfleet.telemetry.logs import log_context
 
@@ -84,8 +85,13 @@ def install_version(
     cancel: threading.Event | None = None,
     *,
     rollout_id: str | None = None,
+    profile: DeviceProfile | None = None,
 ) -> SlotRecord:
     """Download, verify and smoke-test one version; return its slot record.
+
+    The manifest is fetched (verified) first and checked against the director's word and
+    ``profile`` (issue 10): a package for other hardware is refused before its model is
+    downloaded.
 
     Every line logged meanwhile carries the model, version and ``rollout_id``
     (:func:`modelfleet.telemetry.logs.log_context`).
@@ -96,27 +102,33 @@ def install_version(
         StorageError: the disk failed.
     """
     with log_context(model=ref.model, version=str(ref.version), rollout_id=rollout_id):
-        return _install_version(source, slots, ref, cancel)
+        return _install_version(source, slots, ref, cancel, profile)
 
 
 def _install_version(
-    source: PackageSource, slots: SlotStore, ref: ArtefactRef, cancel: threading.Event | None
+    source: PackageSource,
+    slots: SlotStore,
+    ref: ArtefactRef,
+    cancel: threading.Event | None,
+    profile: DeviceProfile | None = None,
 ) -> SlotRecord:
     if slots.has(ref.model, ref.manifest_sha256):  # this very package, verified before
         final = slots.version_dir(ref.model, ref.manifest_sha256)
         manifest = PackageManifest.from_json((final / MANIFEST_FILE).read_bytes())
+        check_manifest_matches(manifest, ref, profile)  # this device's profile may differ now
     else:
         staging = slots.staging_dir()
         try:
             for path, sha, length, name in (
-                (ref.model_path, ref.sha256, ref.length, MODEL_FILE),
                 (ref.manifest_path, ref.manifest_sha256, ref.manifest_length, MANIFEST_FILE),
+                (ref.model_path, ref.sha256, ref.length, MODEL_FILE),
             ):
                 if cancel is not None and cancel.is_set():
                     raise TransportError(f"{ref.model} v{ref.version}: download cancelled")
                 source.fetch_package_file(path, sha, length, staging / name, cancel=cancel)
-            manifest = PackageManifest.from_json((staging / MANIFEST_FILE).read_bytes())
-            check_manifest_matches(manifest, ref)
+                if name == MANIFEST_FILE:
+                    manifest = PackageManifest.from_json((staging / MANIFEST_FILE).read_bytes())
+                    check_manifest_matches(manifest, ref, profile)
         except BaseException:
             slots.discard(staging)
             raise
@@ -130,12 +142,17 @@ def _install_version(
     return SlotRecord(ref.version, ref.sha256, str(final))
 
 
-def check_manifest_matches(manifest: PackageManifest, ref: ArtefactRef) -> None:
-    """The signed manifest must describe exactly the artefact the director named.
+def check_manifest_matches(
+    manifest: PackageManifest, ref: ArtefactRef, profile: DeviceProfile | None = None
+) -> None:
+    """The signed manifest must describe exactly the artefact the director named, for a
+    runtime, opset and (with ``profile``) hardware and execution providers this device has.
 
     Raises:
         ArtefactVerificationError: name, version or digest differ.
-        CompatibilityError: runtime or opset this device cannot run.
+        CompatibilityError: runtime, opset, hardware or execution provider this device
+            cannot run.
+        InvalidInputError: a malformed ``target`` field.
     """
     if (manifest.name, manifest.version, manifest.sha256) != (ref.model, ref.version, ref.sha256):
         raise ArtefactVerificationError(
@@ -149,6 +166,10 @@ def check_manifest_matches(manifest: PackageManifest, ref: ArtefactRef) -> None:
             f"model needs ONNX opset {manifest.opset}; this device supports up to "
             f"{max_supported_opset()}"
         )
+    if profile is not None:
+        why = target_mismatch(PackageTarget.from_dict(manifest.extra.get(TARGET_FIELD)), profile)
+        if why is not None:
+            raise CompatibilityError(why)
 
 
 def smoke_test(model_path: Path, manifest: PackageManifest) -> None:

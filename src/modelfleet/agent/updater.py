@@ -62,10 +62,17 @@ from modelfleet.agent.state import (
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
 from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
-from modelfleet.rollout.desired_state import ArtefactRef, Assignment, DesiredState
+from modelfleet.packaging.target import DeviceProfile
+from modelfleet.rollout.desired_state import (
+    ArtefactRef,
+    Assignment,
+    DesiredState,
+    model_target_path,
+)
 from modelfleet.serving.host import ModelHost
 
 __all__ = [
+    "CatalogView",
     "Check",
     "CycleResult",
     "EventHook",
@@ -97,6 +104,20 @@ class FreshnessSource(Protocol):
 
     def refresh_catalog(self) -> None:
         """Refresh the catalog's metadata now."""
+        ...
+
+
+@runtime_checkable
+class CatalogView(Protocol):
+    """A package source that can say whether the catalog still lists a version (issue 10:
+    a revoked version is gone from it)."""
+
+    def catalog_lists(self, target_path: str, sha256: str) -> bool:
+        """Whether the verified catalog lists ``target_path`` with ``sha256`` now.
+
+        Raises:
+            TrustError, TransportError, StorageError: the catalog could not be refreshed.
+        """
         ...
 
 
@@ -141,6 +162,8 @@ class Updater:
         loader: how a version is loaded into memory (default: ONNX Runtime).
         retry: backoff between retries of a failed install.
         rand: uniform random source in [0, 1) for the retry jitter.
+        profile: the device's declared hardware tags and execution providers; a package
+            whose signed ``target`` does not fit is refused (issue 10). None: not checked.
     """
 
     def __init__(
@@ -156,8 +179,10 @@ class Updater:
         loader: ModelLoader | None = None,
         retry: BackoffPolicy = DEFAULT_RETRY,
         rand: Callable[[], float] = random.random,
+        profile: DeviceProfile | None = None,
     ) -> None:
         self.device_id = device_id
+        self.profile = profile
         self.state_dir = Path(state_dir)
         self.source = source
         self.host = host
@@ -241,10 +266,49 @@ class Updater:
             return Check(False, error="no package source")
         fast = self._fast_check(hub_tuf)
         if fast is not None:
+            self._leave_revoked()
             return fast
         check = self._full_check()
         self._last_full = check if check.reachable and not check.error else None
+        if check.reachable:
+            self._leave_revoked()
         return check
+
+    def _leave_revoked(self) -> None:
+        """Fall back from every running version the catalog no longer lists (revoked;
+        issue 10), by the rollback rule and without downloading, before the director
+        says so. A version with nothing to fall back to keeps serving (logged)."""
+        source = self.source
+        if not isinstance(source, CatalogView):
+            return
+        with self._lock:
+            running = [
+                (name, rec)
+                for name, slots in self.state.models.items()
+                for rec in (slots.candidate, slots.active)
+                if rec is not None
+            ]
+        gone: list[tuple[str, int]] = []
+        for name, rec in running:
+            try:
+                if not source.catalog_lists(model_target_path(name, rec.version), rec.sha256):
+                    gone.append((name, rec.version))
+            except ModelfleetError as e:  # the next refresh decides; keep serving
+                log.debug("catalog not checked for revocations: %s", e)
+                return
+        for name, version in gone:
+            try:
+                self.rollback(
+                    name, reason=f"v{version} was revoked (not in the catalog)", away_from=version
+                )
+            except InvalidInputError:
+                if self._problem(f"{name} v{version} revoked, nothing to fall back to"):
+                    log.error(
+                        "%s v%s is no longer in the catalog and there is no earlier version "
+                        "to fall back to: it keeps serving until the director names another",
+                        name,
+                        version,
+                    )
 
     def _fast_check(self, hub_tuf: object) -> Check | None:
         last = self._last_full
@@ -355,7 +419,12 @@ class Updater:
                 break
             try:
                 installed[slot_key(ref.sha256, ref.version)] = install_version(
-                    self.source, self.slots, ref, cancel, rollout_id=rollouts.get(ref.model)
+                    self.source,
+                    self.slots,
+                    ref,
+                    cancel,
+                    rollout_id=rollouts.get(ref.model),
+                    profile=self.profile,
                 )
             except ModelfleetError as e:
                 (refused if is_refusal(e) else failed).append((ref, e))

@@ -401,6 +401,14 @@ def register(agent_app: typer.Typer) -> None:
                 "windows sent to the hub's review queue; 0 (default): nothing is sampled.",
             ),
         ] = 0,
+        hardware: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--hardware",
+                help="A hardware tag this device declares (repeat), e.g. arm64; a package "
+                "whose signed target needs a tag not declared is refused (issue 10).",
+            ),
+        ] = None,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -453,6 +461,7 @@ def register(agent_app: typer.Typer) -> None:
             drift=drift,
             drift_sketches=drift_sketches,
             review=ReviewSettings(budget_bytes=review_budget),
+            hardware=tuple(hardware or ()),
         )
         try:
             run_agent(config, sim_clock(os.environ), otlp=otlp)

@@ -27,6 +27,7 @@ from modelfleet.cli import (
     demo_cmd,
     drift_cmds,
     keys_cmds,
+    release_cmds,
     review_cmds,
     sim_cmd,
     tuf_client_cmd,
@@ -924,6 +925,7 @@ drift_cmds.register(app, _client)
 review_cmds.register(app, _client)
 webhook_cmds.register(app, _client)
 keys_cmds.register(app)  # issue 10: keys
+release_cmds.register(app, model_app, _client)  # issue 10: approvals
 
 
 # -- agent ---------------------------------------------------------------------------------

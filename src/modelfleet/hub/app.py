@@ -31,6 +31,7 @@ from modelfleet.hub.api import (
     health,
     metrics,
     models,
+    releases,
     review,
     rollout,
     rollouts,
@@ -173,6 +174,7 @@ def build_hub_app(
         drift.router,
         review.router,
         webhooks.router,
+        releases.router,  # issue 10: approvals
     ):
         app.include_router(area, prefix=API_PREFIX)
     app.include_router(tuf.tuf_router)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from modelfleet.packaging.openssf_signing import (
     ensure_signing_key,
     sign_model,
 )
+from modelfleet.packaging.target import TARGET_FIELD, PackageTarget
 from modelfleet.rollout.desired_state import manifest_target_path, model_target_path
 from modelfleet.trust.repository import TargetSpec
 
@@ -45,9 +46,14 @@ __all__ = [
     "CATALOG_PREFIX",
     "NO_DRIFT_MESSAGE",
     "Catalog",
+    "ReleaseGate",
     "drift_summary",
     "signature_target_path",
 ]
+
+ReleaseGate = Callable[[Session, str, db.ModelVersion], None]
+"""Called in a registration's transaction with the new version (issue 10: release
+approvals open a request for it when release keys are registered)."""
 
 
 def signature_target_path(name: str, version: int) -> str:
@@ -99,6 +105,7 @@ class Catalog:
         self.store = store
         # manifest digest -> its model-signing fields (manifests are immutable)
         self._signatures: dict[str, dict[str, Any] | None] = {}
+        self.release_gate: ReleaseGate | None = None
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class Catalog:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next version of ``name`` (see ``HubService.register_version``).
 
@@ -198,6 +206,7 @@ class Catalog:
                 decisions,
                 reference_profile,
                 anomaly_scorer,
+                target,
             )
         except (InvalidInputError, RefusedUpdateError) as e:
             self.discard_unreferenced(uploaded, actor, f"registration refused: {e}")
@@ -214,8 +223,10 @@ class Catalog:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         _check_name("model name", name)
+        needs = PackageTarget.from_dict(target)
         declared = (
             {str(k): OutputDecision.from_dict(v) for k, v in decisions.items()}
             if decisions
@@ -264,29 +275,35 @@ class Catalog:
                 version=version,
                 extra={**draft.extra, CUSTOM_KEY: signature.to_dict()},
             )
+            if needs:  # issue 10: signed with the manifest, checked on every device
+                manifest = dataclasses.replace(
+                    manifest, extra={**manifest.extra, TARGET_FIELD: needs.to_dict()}
+                )
             manifest_bytes = manifest.to_json()
             model_digest = self.store.put_bytes(data)
             self.store.put_bytes(signature.bundle)
             manifest_digest = self.store.put_bytes(manifest_bytes)
-            s.add(
-                db.ModelVersion(
-                    model_id=model_row.id,
-                    version=version,
-                    sha256=model_digest,
-                    length=len(data),
-                    manifest_sha256=manifest_digest,
-                    manifest_length=len(manifest_bytes),
-                    opset=manifest.opset,
-                    ir_version=manifest.ir_version,
-                    schema=manifest.schema.to_dict(),
-                    lineage=manifest.lineage,
-                    smoke_vectors=len(manifest.smoke),
-                    created_at=now,
-                    created_by=actor,
-                    published=False,
-                    revoked=False,
-                )
+            version_row = db.ModelVersion(
+                model_id=model_row.id,
+                version=version,
+                sha256=model_digest,
+                length=len(data),
+                manifest_sha256=manifest_digest,
+                manifest_length=len(manifest_bytes),
+                opset=manifest.opset,
+                ir_version=manifest.ir_version,
+                schema=manifest.schema.to_dict(),
+                lineage=manifest.lineage,
+                smoke_vectors=len(manifest.smoke),
+                created_at=now,
+                created_by=actor,
+                published=False,
+                revoked=False,
             )
+            s.add(version_row)
+            if self.release_gate is not None:
+                s.flush()
+                self.release_gate(s, name, version_row)
             self._ctx.audit(
                 s,
                 actor,
@@ -304,25 +321,6 @@ class Catalog:
                 ticket,
             )
         return {**self.get_version(name, version), "drift": drift_summary(manifest)}
-
-    def mark_revoked(self, name: str, version: int, actor: str, ticket: str | None) -> None:
-        """Mark a version revoked and audit it (the catalog is re-signed after the commit).
-
-        Raises:
-            NotFoundError: no such version.
-        """
-        with self._ctx.write() as s:
-            row = self.version_row(s, name, version)
-            row.revoked = True
-            users = self.deployments_of(s, name, version)
-            self._ctx.audit(
-                s,
-                actor,
-                "model.revoke",
-                f"{name}/{version}",
-                {"still_assigned": sorted({d["device_id"] for d in users})},
-                ticket,
-            )
 
     def set_safety_classified(
         self, name: str, classified: bool, actor: str, ticket: str | None = None
@@ -345,26 +343,48 @@ class Catalog:
                 )
         return self.get_model(name)
 
+    def target_custom(self, name: str, v: db.ModelVersion) -> dict[str, Any]:
+        """The fields signed with a version's model target (devices check them), with the
+        digests of its OpenSSF model-signing bundle when it has one (issue 10)."""
+        custom: dict[str, Any] = {
+            "model": name,
+            "version": v.version,
+            "opset": v.opset,
+            "runtime": "onnxruntime",
+            "ir_version": v.ir_version,
+        }
+        signature = self._signature_of(v.manifest_sha256)
+        if signature is not None:
+            custom.update(custom_fields(signature, signature_target_path(name, v.version)))
+        return custom
+
     def signed_targets(self, s: Session) -> dict[str, TargetSpec]:
-        """What the catalog repository must list: every published, unrevoked version."""
+        """What the catalog's top-level targets must list: every published, unrevoked
+        version that needs no release signatures (those with a release request are listed
+        through their release role once approved; issue 10, ADR 0027)."""
+        gated = (
+            select(db.ReleaseRequest.id)
+            .where(
+                db.ReleaseRequest.model == db.Model.name,
+                db.ReleaseRequest.version == db.ModelVersion.version,
+            )
+            .exists()
+        )
         rows = s.execute(
             select(db.Model.name, db.ModelVersion)
             .join(db.ModelVersion, db.ModelVersion.model_id == db.Model.id)
-            .where(db.ModelVersion.published.is_(True), db.ModelVersion.revoked.is_(False))
+            .where(
+                db.ModelVersion.published.is_(True),
+                db.ModelVersion.revoked.is_(False),
+                ~gated,
+            )
         ).all()
         out: dict[str, TargetSpec] = {}
         for name, v in rows:
-            custom = {
-                "model": name,
-                "version": v.version,
-                "opset": v.opset,
-                "runtime": "onnxruntime",
-                "ir_version": v.ir_version,
-            }
+            custom = self.target_custom(name, v)
             signature = self._signature_of(v.manifest_sha256)
             if signature is not None:
                 bundle = signature_target_path(name, v.version)
-                custom.update(custom_fields(signature, bundle))
                 out[bundle] = (signature["bundle_length"], signature["bundle_sha256"], None)
             out[model_target_path(name, v.version)] = (v.length, v.sha256, custom)
             out[manifest_target_path(name, v.version)] = (

@@ -107,6 +107,9 @@ class HubConfig:
         key_passphrase: decrypts the key files (``MODELFLEET_KEY_PASSPHRASE`` or the file
             ``MODELFLEET_KEY_PASSPHRASE_FILE`` names; issue 10).
         hsm_pin: the PIN of a PKCS#11 token holding a key (``MODELFLEET_HSM_PIN``).
+        release_threshold: release signatures a package version needs before the
+            catalog lists it, once release keys are registered (issue 10, ADR 0027).
+        safety_release_threshold: the same for versions of safety-classified models.
     """
 
     home: Path
@@ -126,6 +129,8 @@ class HubConfig:
     retention_batch: int = 200_000
     review_queue_limit: int = 10_000
     review_days: int = 400
+    release_threshold: int = 1
+    safety_release_threshold: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
     # issue 10 (ADR 0025): secrets, only ever from the environment, never in config.toml
     key_passphrase: bytes | None = field(default=None, repr=False, compare=False)
@@ -161,6 +166,11 @@ class HubConfig:
             raise ConfigError("review_queue_limit must be between 1 and 10000000")
         if not 1 <= self.review_days <= 36500:
             raise ConfigError("review_days must be between 1 and 36500")
+        if not 1 <= self.release_threshold <= self.safety_release_threshold <= 16:
+            raise ConfigError(
+                "release thresholds must satisfy 1 <= release_threshold <= "
+                "safety_release_threshold <= 16"
+            )
 
     @property
     def paths(self) -> HubHome:

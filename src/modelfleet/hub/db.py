@@ -502,6 +502,63 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[float] = mapped_column(Float)
 
 
+# --- issue 10: approvals ---
+
+
+class ReleaseKey(Base):
+    """A public release key the hub knows (issue 10, ADR 0027); its private half stays
+    with its approver. ``key`` is the securesystemslib key dict."""
+
+    __tablename__ = "release_keys"
+
+    keyid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[dict[str, Any]]
+    label: Mapped[str] = mapped_column(String(256))
+    added_at: Mapped[datetime]
+    added_by: Mapped[str] = mapped_column(String(256))
+
+
+class ReleaseRequest(Base):
+    """A package version that needs release signatures before the catalog lists it.
+
+    ``signed`` holds the canonical bytes approvers sign (fixed when the request opens);
+    ``state`` is ``pending``, ``approved`` (``keyids`` and ``threshold`` are then the
+    delegation the catalog signs) or ``revoked``. One per (model, version).
+    """
+
+    __tablename__ = "release_requests"
+    __table_args__ = (UniqueConstraint("model", "version", name="uq_release_requests_model"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    signed: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16))
+    keyids: Mapped[list[Any]]
+    threshold: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ReleaseSignature(Base):
+    """One approver's signature over a request's ``signed`` bytes (verified when posted)."""
+
+    __tablename__ = "release_signatures"
+    __table_args__ = (
+        UniqueConstraint("request_id", "keyid", name="uq_release_signatures_request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"))
+    keyid: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(1024))
+    actor: Mapped[str] = mapped_column(String(256))
+    at: Mapped[datetime]
+
+
+# --- end issue 10: approvals ---
+
+
 class DeviceRollbackEvent(Base):
     """A rollback a device reported (issue 6 contract 2), stored so it applies at most once.
 

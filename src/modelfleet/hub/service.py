@@ -57,6 +57,7 @@ from modelfleet.errors import ConfigError, StorageError
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
+from modelfleet.hub.approvals import Approvals
 from modelfleet.hub.audit_anchor import WITNESS_NAME, WitnessFile, load_audit_signer
 from modelfleet.hub.audit_chain import AuditChain
 from modelfleet.hub.auth import Principal, Role
@@ -72,6 +73,7 @@ from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
 from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
 from modelfleet.hub.review import ReviewQueue
+from modelfleet.hub.revocation import Revocations
 from modelfleet.hub.rollouts import Rollouts
 from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
@@ -153,6 +155,13 @@ class HubService:
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
             self.controller = RolloutController(self.context, self.director, profiles=self.profiles)
             self.webhooks = Webhooks(self.context)
+            # --- issue 10: approvals ---
+            self.approvals = Approvals(self.context, self.catalog, self.trust)
+            self.catalog.release_gate = self.approvals.gate
+            self.revocations = Revocations(
+                self.context, self.catalog, self.director, self.approvals
+            )
+            # --- end issue 10: approvals ---
             behind = self.trust.behind()
             if behind:
                 _log.warning(
@@ -161,6 +170,7 @@ class HubService:
                     "; ".join(behind),
                 )
             self.director.repair()
+            self.approvals.publish()  # issue 10: approved releases a crash left unsigned
             self.audit_chain.adopt()
         except BaseException:
             if hasattr(self, "trust"):
@@ -500,6 +510,7 @@ class HubService:
         decisions: Mapping[str, Mapping[str, Any]] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
         anomaly_scorer: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
     ) -> JSONDict:
         """Register the next immutable version of ``name`` (creating the model if new).
 
@@ -525,6 +536,9 @@ class HubService:
             anomaly_scorer: the optional anomaly scorer
                 (``AnomalyScorerSpec.to_dict``: ONNX bytes, digest, threshold), checked
                 and signed into the manifest (issue 9).
+            target: what the package needs of a device (issue 10): ``{"hardware": [tags
+                all required], "execution_providers": [any one required]}``, signed into
+                the manifest; devices that do not fit refuse it.
 
         Returns:
             The version (see the module docstring), plus ``drift``: the profile's digest
@@ -545,22 +559,35 @@ class HubService:
             decisions=decisions,
             reference_profile=reference_profile,
             anomaly_scorer=anomaly_scorer,
+            target=target,
         )
 
     def revoke_version(
-        self, name: str, version: int, actor: str, ticket: str | None = None
+        self,
+        name: str,
+        version: int,
+        actor: str,
+        ticket: str | None = None,
+        reason: str = "",
     ) -> JSONDict:
         """Remove a version from the signed catalog; devices refuse it from then on.
 
-        Devices that run it keep their assignment until redeployed or rolled back.
+        Devices using it fall back by the rollback rule (issue 10, ADR 0027): a candidate
+        is dropped, a production goes back to its previous version; a device with no
+        earlier unrevoked version keeps its assignment ("stranded"). Audited as
+        ``model.revoke`` with ``reason``, the ticket and every move.
+
+        Returns:
+            The version (see the module docstring) plus ``fallback``: ``{"moved": {device:
+            {"from", "to", "fallback"}}, "stranded": [device ids]}``.
 
         Raises:
             NotFoundError: no such version.
+            InvalidInputError: a reason over 1024 characters.
             StorageError: the catalog could not be re-signed (it is at the next change).
         """
-        self.catalog.mark_revoked(name, version, actor, ticket)
-        self.director.publish()
-        return self.catalog.get_version(name, version)
+        fallback = self.revocations.revoke(name, version, reason=reason, actor=actor, ticket=ticket)
+        return {**self.catalog.get_version(name, version), "fallback": fallback}
 
     def list_models(self) -> list[JSONDict]:
         """Every model: ``{"name", "description", "created_at", "latest_version", "versions"}``

@@ -205,6 +205,19 @@ class DeviceTrustClient:
             self.held(device_id), answer, now or datetime.now(UTC), self._margin
         )
 
+    def catalog_lists(self, target_path: str, sha256: str) -> bool:
+        """Whether the catalog (refreshed once per cycle) lists ``target_path`` with
+        ``sha256`` now; False once it is revoked (issue 10). Downloads no artefact.
+
+        Raises:
+            MetadataVerificationError, TransportError, StorageError: as for
+                :meth:`fetch_package_file`.
+        """
+        with self._catalog_lock, self._translate("catalog"):
+            catalog = self._current_catalog()
+            info = catalog.get_targetinfo(target_path)
+        return info is not None and info.hashes.get("sha256") == sha256
+
     def fetch_package_file(
         self,
         target_path: str,
@@ -246,12 +259,7 @@ class DeviceTrustClient:
         self, target_path: str, expected_sha256: str, expected_length: int, dest: Path
     ) -> Path:
         with self._translate("catalog"):
-            if self._catalog is None or self._catalog_stale:
-                updater = self._updater("catalog")
-                updater.refresh()
-                self._catalog = updater
-                self._catalog_stale = False
-            catalog = self._catalog
+            catalog = self._current_catalog()
             info = catalog.get_targetinfo(target_path)
         if info is None:
             raise ArtefactVerificationError(
@@ -280,6 +288,15 @@ class DeviceTrustClient:
             self._inner.close()
 
     # -- internals ---------------------------------------------------------------------
+
+    def _current_catalog(self) -> Updater:
+        """This cycle's verified catalog, refreshed on first use (catalog lock held)."""
+        if self._catalog is None or self._catalog_stale:
+            updater = self._updater("catalog")
+            updater.refresh()
+            self._catalog = updater
+            self._catalog_stale = False
+        return self._catalog
 
     @contextlib.contextmanager
     def _cancellable(self, cancel: threading.Event | None) -> Iterator[None]:

@@ -11,12 +11,12 @@ import fcntl
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.signer import Signer
+from securesystemslib.signer import Key, Signer
 from tuf.api.metadata import Metadata, Root
 
 from modelfleet.catalog.artefacts import is_sha256
@@ -30,6 +30,7 @@ from modelfleet.rollout.desired_state import (
 from modelfleet.trust.bundle import REPOSITORIES, make_trust_root_bundle
 from modelfleet.trust.device_repo import DeviceRepoSigner
 from modelfleet.trust.keys import SecretsHandler, load_signers, online_key_path
+from modelfleet.trust.release import release_role_name
 from modelfleet.trust.repository import ExpiryPolicy, RoleCounters, TargetSpec, TufRepository
 
 __all__ = ["HubTrust"]
@@ -218,9 +219,34 @@ class HubTrust:
             StorageError: the metadata could not be written.
         """
         with self._locked(exclusive=True):
-            self._repos["catalog"].remove_targets(
+            catalog = self._repos["catalog"]
+            catalog.remove_targets(
                 [model_target_path(name, version), manifest_target_path(name, version)]
             )
+            catalog.revoke_release(release_role_name(name, version))
+
+    def delegate_release(
+        self, name: str, version: int, keys: Sequence[Key], threshold: int, metadata: bytes
+    ) -> bool:
+        """List an approved version through its release role (issue 10, ADR 0027).
+
+        See :meth:`TufRepository.delegate_release`; idempotent.
+
+        Raises:
+            InvalidInputError: bad name or metadata, or below ``threshold``.
+            ConflictError: its paths are listed elsewhere in the catalog.
+            StorageError: the metadata could not be written.
+        """
+        _check_name("model name", name)
+        with self._locked(exclusive=True):
+            return self._repos["catalog"].delegate_release(
+                release_role_name(name, version), keys, threshold, metadata
+            )
+
+    def delegated_releases(self) -> list[str]:
+        """The release roles the catalog delegates to now (``release.<name>.v<N>``)."""
+        with self._locked(exclusive=False):
+            return self._repos["catalog"].delegated_roles()
 
     # -- director ----------------------------------------------------------------------
 

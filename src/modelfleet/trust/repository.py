@@ -24,16 +24,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from securesystemslib.signer import Signer
-from tuf.api.exceptions import RepositoryError
+from securesystemslib.signer import Key, Signer
+from tuf.api.exceptions import RepositoryError, UnsignedMetadataError
 from tuf.api.metadata import (
     TOP_LEVEL_ROLE_NAMES,
+    DelegatedRole,
+    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -43,6 +45,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import DeserializationError
 
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.catalog.artefacts import is_sha256
@@ -106,7 +109,10 @@ class MemoryRoleCounters:
 # clients walk them one by one.
 KEEP_VERSIONS = 16
 
-_METADATA_NAME = re.compile(r"^(?:timestamp|[1-9][0-9]{0,15}\.(?:root|snapshot|targets))\.json$")
+_METADATA_NAME = re.compile(
+    r"^(?:timestamp|[1-9][0-9]{0,15}\.(?:root|snapshot|targets"
+    r"|release\.[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.v[1-9][0-9]{0,15}))\.json$"
+)
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
 
 
@@ -215,6 +221,10 @@ class TufRepository:
         self._timestamp: Metadata[Timestamp] = Metadata(Timestamp())
         self._root_bytes = b""
         self._timestamp_bytes = b""
+        # Release roles the top-level targets delegates to now (issue 10, ADR 0027), and
+        # which role lists each of their paths.
+        self._delegated: dict[str, Targets] = {}
+        self._delegated_paths: dict[str, str] = {}
 
     # -- construction ------------------------------------------------------------------
 
@@ -305,6 +315,7 @@ class TufRepository:
                 raise ConfigError(f"TUF metadata in {d} has the wrong role types")
             for md in (root, timestamp, snapshot, targets):
                 root.signed.verify_delegate(md.signed.type, md.signed_bytes, md.signatures)
+            delegated = _load_delegated(d, targets.signed, snapshot.signed)
         except (OSError, KeyError) as e:
             raise ConfigError(f"TUF metadata in {d} is incomplete: {e}") from e
         except RepositoryError as e:
@@ -328,6 +339,8 @@ class TufRepository:
             targets,
         )
         self._root_bytes, self._timestamp_bytes = root_bytes, ts_bytes
+        self._delegated = delegated
+        self._delegated_paths = {p: role for role, t in delegated.items() for p in t.targets}
 
     def is_current(self) -> bool:
         """True if the files on disk are still the ones last loaded or written."""
@@ -366,8 +379,16 @@ class TufRepository:
         }
 
     def target(self, path: str) -> TargetFile | None:
-        """The signed entry for ``path``, or None if not listed."""
-        return self._targets.signed.targets.get(path)
+        """The signed entry for ``path`` (top-level or in a delegated release role), or
+        None if not listed."""
+        tf = self._targets.signed.targets.get(path)
+        if tf is None and path in self._delegated_paths:
+            tf = self._delegated[self._delegated_paths[path]].targets.get(path)
+        return tf
+
+    def delegated_roles(self) -> list[str]:
+        """The release roles the top-level targets delegates to now, sorted."""
+        return sorted(self._delegated)
 
     def target_paths(self) -> list[str]:
         """All listed target paths, sorted."""
@@ -451,7 +472,7 @@ class TufRepository:
                 raise InvalidInputError(f"bad length or sha256 for target {path!r}")
             fields = {"custom": dict(custom)} if custom is not None else None
             tf = TargetFile(length, {"sha256": sha256}, path, fields)
-            if self.target(path) != tf:
+            if self._targets.signed.targets.get(path) != tf:
                 changes[path] = tf
         return changes
 
@@ -471,6 +492,96 @@ class TufRepository:
             for p in gone:
                 del self._targets.signed.targets[p]
             self._commit(targets=True)
+        return True
+
+    def delegate_release(
+        self, role: str, keys: Sequence[Key], threshold: int, metadata: bytes
+    ) -> bool:
+        """Delegate a release role's paths to ``keys`` with ``threshold`` (ADR 0027).
+
+        ``metadata`` is the role's signed file as the approvers made it; it is checked to
+        meet the threshold (the same check every device makes), stored as
+        ``<version>.<role>.json`` and listed in the snapshot, then the top-level targets
+        delegates exactly the paths it lists, terminating (one new targets version).
+
+        Returns:
+            True if delegated now (False: already delegated; nothing signed).
+
+        Raises:
+            InvalidInputError: malformed metadata, a bad path, fewer valid signatures of
+                ``keys`` than ``threshold``, or a threshold below 1.
+            ConflictError: one of its paths is already listed elsewhere in this repository.
+            StorageError: the metadata could not be written.
+        """
+        if role in self._delegated:
+            return False
+        if threshold < 1 or threshold > len(keys):
+            raise InvalidInputError(f"threshold {threshold} of {len(keys)} release key(s)")
+        try:
+            md = Metadata[Targets].from_bytes(metadata)
+        except DeserializationError as e:
+            raise InvalidInputError(f"release metadata for {role} is malformed: {e}") from e
+        if not isinstance(md.signed, Targets) or md.signed.delegations is not None:
+            raise InvalidInputError(f"release metadata for {role} is not a plain targets role")
+        paths = sorted(md.signed.targets)
+        for p in paths:
+            _check_target_path(p)
+            if self.target(p) is not None:
+                raise ConflictError(f"{p} is already listed in the {self.name} repository")
+        delegation = DelegatedRole(role, [k.keyid for k in keys], threshold, True, paths=paths)
+        probe = Targets(delegations=Delegations({k.keyid: k for k in keys}, {role: delegation}))
+        try:
+            probe.verify_delegate(role, md.signed_bytes, md.signatures)
+        except UnsignedMetadataError as e:
+            raise InvalidInputError(f"{role}: below its signature threshold ({e})") from e
+        data = md.to_bytes()
+        version = md.signed.version
+        with self._rollback_on_error():
+            atomic_write_bytes(self.metadata_dir / f"{version}.{role}.json", data)
+            self._snapshot.signed.meta[f"{role}.json"] = MetaFile(
+                version, len(data), {"sha256": sha256_bytes(data)}
+            )
+            top = self._targets.signed
+            if top.delegations is None or top.delegations.roles is None:
+                top.delegations = Delegations({}, {})
+            assert top.delegations.roles is not None
+            top.delegations.keys.update({k.keyid: k for k in keys})
+            top.delegations.roles[role] = delegation
+            self._commit(targets=True)
+        self._delegated[role] = md.signed
+        self._delegated_paths.update(dict.fromkeys(paths, role))
+        return True
+
+    def revoke_release(self, role: str) -> bool:
+        """Stop delegating to a release role (one new targets version); its paths are then
+        listed nowhere. The role's file stays listed in the snapshot: clients refuse a
+        snapshot that drops an entry, and no delegation reaches it any more.
+
+        Returns:
+            True if it was delegated (False: nothing signed).
+
+        Raises:
+            StorageError: the metadata could not be written.
+        """
+        top = self._targets.signed
+        if (
+            top.delegations is None
+            or not top.delegations.roles
+            or role not in top.delegations.roles
+        ):
+            return False
+        with self._rollback_on_error():
+            roles = top.delegations.roles
+            del roles[role]
+            used = {k for r in roles.values() for k in r.keyids}
+            for keyid in [k for k in top.delegations.keys if k not in used]:
+                del top.delegations.keys[keyid]
+            if not roles:
+                top.delegations = None
+            self._commit(targets=True)
+        gone = self._delegated.pop(role, None)
+        for p in gone.targets if gone is not None else ():
+            self._delegated_paths.pop(p, None)
         return True
 
     def refresh_expiring(self, now: datetime | None = None) -> list[str]:
@@ -724,3 +835,24 @@ class TufRepository:
             ):
                 with contextlib.suppress(OSError):
                     p.unlink()
+
+
+def _load_delegated(d: Path, top: Targets, snapshot: Snapshot) -> dict[str, Targets]:
+    """Load and verify every release role ``top`` delegates to, at the snapshot's version.
+
+    Raises:
+        KeyError: the snapshot does not list a delegated role.
+        OSError: its file is missing.
+        RepositoryError: it does not meet its delegation's threshold.
+    """
+    out: dict[str, Targets] = {}
+    if top.delegations is None or not top.delegations.roles:
+        return out
+    for role in top.delegations.roles:
+        meta = snapshot.meta[f"{role}.json"]
+        md = Metadata[Targets].from_bytes((d / f"{meta.version}.{role}.json").read_bytes())
+        top.verify_delegate(role, md.signed_bytes, md.signatures)
+        if not isinstance(md.signed, Targets):
+            raise ConfigError(f"release role {role} in {d} is not a targets role")
+        out[role] = md.signed
+    return out

@@ -117,10 +117,16 @@ class VersionIn(BaseModel):
         "base64, with its sha256, score output and threshold; issue 9), signed into the "
         "manifest",
     )
+    target: dict[str, Any] | None = Field(
+        default=None,
+        description="what the package needs of a device (issue 10): hardware tags (all "
+        "required) and execution providers (one required), signed into the manifest",
+    )
 
 
 class RevokeIn(BaseModel):
     ticket: Text | None = None
+    reason: Text = Field(default="", max_length=1024, description="why (audited)")
 
 
 class DeploymentIn(BaseModel):

@@ -102,6 +102,7 @@ def register_version(name: str, body: VersionIn, who: Who, service: Service) -> 
         else None,
         reference_profile=body.reference_profile,
         anomaly_scorer=body.anomaly_scorer,
+        target=body.target,
     )
 
 
@@ -166,6 +167,9 @@ def get_manifest(name: str, version: VersionNumber, who: Who, service: Service) 
 def revoke_version(
     name: str, version: VersionNumber, body: RevokeIn, who: Who, service: Service
 ) -> dict[str, Any]:
-    """Remove a version from the signed catalog (publisher)."""
+    """Remove a version from the signed catalog (publisher); devices using it fall back
+    to their previous version (``fallback`` says which moved)."""
     check(who, Permission.PUBLISH)
-    return service.revoke_version(name, version, actor=who.actor, ticket=body.ticket)
+    return service.revoke_version(
+        name, version, actor=who.actor, ticket=body.ticket, reason=body.reason
+    )
