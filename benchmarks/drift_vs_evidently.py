@@ -222,14 +222,21 @@ def render(result: dict[str, Any]) -> str:
             f"{r['hub_s'] * 1000:.1f} ms | {r['ratio_hub']:.0f}× |"
         )
     same = sum(r["agree"] for r in s["rows"])
+    share = e["run_cpu_s"] / e["run_s"]
     lines += [
         "",
         f"Reading: the same columns flagged in {same} of {len(s['rows'])} scenarios. "
+        f"On this shared box Evidently's `report.run` got {share:.0%} of a CPU on average "
+        "(CPU time / wall time) and modelfleet's process "
+        f"{m['e2e_cpu_s'] / m['e2e_s']:.0%}: wall times carry other jobs' waits, so the "
+        "CPU-time ratio is the steadier of the two (drift.py measures the device the same "
+        "way). Peak RSS is each process's own high-water mark (`VmHWM`), imports and "
+        "data included. "
         "Evidently needs the raw reference and current frames in one process and sorts them "
         "per column (Wasserstein, Jensen–Shannon); modelfleet's device counts each row once "
         "into the reference bins (one compare per edge over a 1,024-row block, one "
         "`bincount`), the windows merge by adding counts, and the hub's statistics read "
-        "~700 counts instead of 10 million values. The end-to-end figure is the whole "
+        "660 counts instead of 10 million values. The end-to-end figure is the whole "
         "fleet's counting on one core; spread over devices, the hub step alone is what "
         "a report costs.",
         "",
