@@ -129,6 +129,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                 "e2e_s": ours["e2e_s"],
                 "hub_s": ours["hub_s"],
                 "ratio_e2e": evi_s / ours["e2e_s"],
+                "ratio_e2e_cpu": statistics.median(r["run_cpu_s"] for r in theirs)
+                / ours["e2e_cpu_s"],
                 "ratio_hub": evi_s / ours["hub_s"],
             }
         )
@@ -211,14 +213,15 @@ def render(result: dict[str, Any]) -> str:
         "fails; modelfleet: the combined rule, Holm-corrected χ² and PSI ≥ 0.1).",
         "",
         "| scenario | planted | Evidently | modelfleet | same | Evidently | modelfleet "
-        "end to end | ratio | hub step | ratio |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "end to end | ratio (wall) | ratio (CPU) | hub step | ratio |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
         lines.append(
             f"| {r['scenario']} | {_cols(r['expected'])} | {_cols(r['evidently'])} | "
             f"{_cols(r['modelfleet'])} | {'yes' if r['agree'] else '**no**'} | "
             f"{r['evidently_s']:.1f} s | {r['e2e_s'] * 1000:.0f} ms | {r['ratio_e2e']:.0f}× | "
+            f"{r['ratio_e2e_cpu']:.0f}× | "
             f"{r['hub_s'] * 1000:.1f} ms | {r['ratio_hub']:.0f}× |"
         )
     same = sum(r["agree"] for r in s["rows"])
