@@ -11,7 +11,8 @@
 * **hub**: one model (18 numeric + 2 categorical inputs, a score and a label output) over
   ``--devices`` (10,000) device windows of 500 rows each, as wire dicts (what the hub's
   ingest holds after JSON decoding): :func:`merge_wire` then :func:`evaluate`. Counts only
-  (the combined verdict reads no sketch) and with the KLL merges (KS). Goal ≤ 1 s.
+  (the combined verdict reads no sketch) and with the KLL merges (KS). Informational: the
+  hub merges at ingest, so the ≤ 1 s goal is the roll-ups' (next).
 * **hub roll-ups** (ADR 0019): the same windows (with sketches) merged at ingest into the
   hub's roll-ups (``hub.drift_rollups.DriftRollups.add``, one call per device window as
   ingest makes it, in a real SQLite hub database) per (model, version, site, hour) over
@@ -284,7 +285,9 @@ def render(result: dict[str, Any]) -> str:
     for label, what in (("counts", "counts only (PSI, JS, Hellinger, W1, χ², the combined "
                                    "verdict)"), ("sketches", "+ KLL merges (KS)")):  # fmt: skip
         c = h[label]
-        goal = "≤ 1 s: " + ("met" if c["total_s"] <= 1.0 else "**not met**")
+        # informational: the hub never merges raw device windows for a report; it merges
+        # at ingest (ADR 0019) and the roll-ups row below carries the ≤ 1 s goal
+        goal = "informational (the hub's path: roll-ups below)"
         lines.append(
             f"| {what} | {c['merge_s']:.2f} s | {c['evaluate_s'] * 1000:.0f} ms | "
             f"**{c['total_s']:.2f} s** | {goal} |"
@@ -398,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     goal_device = all(
         c["sketches_us"] <= 2.0 for c in cells if c["features"] == 20 and c["batch"] > 1
     )
-    goal_hub = hub_result["counts"]["total_s"] <= 1.0 and rollups["total_s"] <= 1.0
+    # the ≤ 1 s goal is the hub's report path (roll-ups merged at ingest); the raw-window
+    # rows are informational (noisy on a loaded machine, and not how the hub merges)
+    goal_hub = rollups["total_s"] <= 1.0
     return 0 if goal_device and goal_hub else 1
 
 

@@ -1,7 +1,7 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-core|rollout-sim|drift|verify-install|all] [--duration N] ...``
+rollout-core|rollout-sim|drift|drift-evidently|verify-install|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -10,7 +10,9 @@ gate evaluation) at 1,000 / 10,000 / 100,000 devices (``--devices`` sets the lar
 ``rollout-sim`` runs a simulated fleet (``--devices``, default 10,000) against a real
 ``hub serve`` (``benchmarks/rollout_sim.py``). ``drift`` times the drift core (device counting
 per row, the hub's merge and statistics over 10,000 device windows) and measures its false-alarm
-rate over 1,000 stable windows (``benchmarks/drift.py``).
+rate over 1,000 stable windows (``benchmarks/drift.py``). ``drift-evidently`` compares drift
+from device histograms with Evidently's DataDriftPreset (in its own venv, ``.bench/``) on the
+same 100,000 × 50 data: time, memory, verdicts (``benchmarks/drift_vs_evidently.py``).
 
 ``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
 ``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             "rollout-sim",
             "drift",
             "verify-install",
+            "drift-evidently",
             "all",
         ],
     )
@@ -138,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.benchmark == "rollout-core":
             return status
+    if args.benchmark == "drift-evidently":
+        from benchmarks.drift_vs_evidently import main as drift_evidently
+
+        extra = ["--no-docs"] if args.no_docs else []
+        return drift_evidently(["--repeats", "3", *extra])  # Evidently: ~30 s a run
     if args.benchmark in ("drift", "all"):
         from benchmarks.drift import main as drift
 

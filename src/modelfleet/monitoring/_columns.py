@@ -10,6 +10,7 @@ missing. Everything is vectorised over rows; the loops here run over columns.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ Batch = npt.ArrayLike | Mapping[str, npt.ArrayLike]
 Floats = npt.NDArray[np.float64]
 Keys = npt.NDArray[np.str_]
 Mask = npt.NDArray[np.bool_]
+Tally = npt.NDArray[np.int64]
 
 _EXACT_INT = 2.0**53
 
@@ -88,3 +90,31 @@ def category_keys(col: npt.NDArray[Any]) -> tuple[Keys, Mask]:
     if kind in "SU":
         return col.astype(np.str_), np.zeros(col.shape, dtype=np.bool_)
     return col.astype(np.str_), np.zeros(col.shape, dtype=np.bool_)
+
+
+def category_counts(col: npt.NDArray[Any]) -> tuple[Keys, Tally, int]:
+    """The keys of ``col``'s present values with how often each occurs, and its missing
+    count: the rows of :func:`category_keys`, tallied.
+
+    A key may appear more than once (two values that write alike); callers sum by key.
+    The values are grouped first and only the distinct ones are turned into keys: NumPy's
+    ``unique`` for numbers, booleans and fixed-width strings (equal values write alike;
+    NaNs are grouped and missing), a ``Counter`` for an object column of ``str`` only;
+    any other column takes :func:`category_keys` over every row.
+    """
+    kind = col.dtype.kind
+    if kind in "biufUS":
+        values, tally = np.unique(col, return_counts=True)
+    else:
+        items = col.tolist() if kind == "O" else []
+        if not items or set(map(type, items)) != {str}:
+            keys, missing = category_keys(col)
+            present, tally = np.unique(keys[~missing], return_counts=True)
+            return present, tally.astype(np.int64), int(missing.sum())
+        counter = Counter(items)
+        values = np.array(list(counter), dtype=object)
+        tally = np.fromiter(counter.values(), np.int64, count=len(counter))
+    keys, missing = category_keys(values)
+    if not missing.any():
+        return keys, tally.astype(np.int64), 0
+    return keys[~missing], tally[~missing].astype(np.int64), int(tally[missing].sum())
