@@ -24,6 +24,7 @@ from modelfleet import __version__
 from modelfleet.cli import (
     agent_cmds,
     audit_cmds,
+    credential_cmds,
     demo_cmd,
     drift_cmds,
     review_cmds,
@@ -915,6 +916,7 @@ audit_cmds.register(app, _client)
 drift_cmds.register(app, _client)
 review_cmds.register(app, _client)
 webhook_cmds.register(app, _client)
+credential_cmds.register(device_app, _client)  # issue 10
 
 
 # -- agent ---------------------------------------------------------------------------------
