@@ -179,7 +179,7 @@ def test_a_refused_renewal_is_logged_and_never_raises(
 def test_a_credential_without_a_known_expiry_learns_it_or_renews_when_refused(
     setup: Any,
 ) -> None:
-    clock, hub, current, _store = setup
+    _clock, hub, current, _store = setup
     current.replace(StoredCredential("cam-1", "mfd_old"))
     renewer = _renewer(setup)
     renewer.tick()
