@@ -204,3 +204,33 @@ def test_a_failed_write_keeps_the_new_credential_in_memory_and_writes_it_later(
     renewer.tick()
     loaded = store.load()
     assert loaded is not None and loaded.token == "mfd_new1"
+
+
+def test_a_refused_credential_never_stops_the_update_loop(setup: Any, tmp_path: Path) -> None:
+    from modelfleet.agent.update_loop import UpdateLoop
+    from modelfleet.agent.updater import Updater
+    from modelfleet.serving.host import ModelHost
+    from tests.agent.fakes import MemorySource
+
+    clock, hub, current, _store = setup
+    clock.advance(120 * DAY)  # expired while offline
+    hub.fail = UnauthenticatedError("the device credential has been revoked")
+    renewer = _renewer(setup)
+    source = MemorySource()
+    source.offline = True
+    updater = Updater("cam-1", tmp_path / "agent", source, ModelHost(), clock)
+    loop = UpdateLoop(
+        updater,
+        interval=10.0,
+        backoff=BackoffPolicy(base_s=10.0, cap_s=80.0),
+        rand=lambda: 0.5,
+        identity=lambda: False,  # the hub does not accept the token (401)
+        renew=renewer.tick,
+    )
+    delays = []
+    for _ in range(5):
+        delays.append(loop.tick())
+        clock.advance(100.0)
+    assert all(isinstance(d, float) and d > 0 for d in delays)  # never None: never stops
+    assert loop.refused == "" and len(hub.calls) == 5  # renewal tried on every tick
+    assert current() == "mfd_old"
