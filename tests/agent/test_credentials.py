@@ -234,3 +234,20 @@ def test_a_refused_credential_never_stops_the_update_loop(setup: Any, tmp_path: 
     assert all(isinstance(d, float) and d > 0 for d in delays)  # never None: never stops
     assert loop.refused == "" and len(hub.calls) == 5  # renewal tried on every tick
     assert current() == "mfd_old"
+
+
+def test_a_token_from_before_credentials_is_exchanged_once_and_an_old_hub_is_left_alone(
+    setup: Any,
+) -> None:
+    from modelfleet.errors import NotFoundError
+
+    _clock, hub, current, _store = setup
+    current.replace(StoredCredential("cam-1", "mft_legacy"))
+    renewer = _renewer(setup)
+    assert renewer.tick() is True and current() == "mfd_new1"
+    current.replace(StoredCredential("cam-1", "mft_legacy"))
+    old_hub = _renewer(setup)
+    hub.fail = NotFoundError("POST …/rotate: hub answered HTTP 404")
+    assert old_hub.tick() is False
+    assert old_hub.tick() is False and len(hub.calls) == 2  # asked once, not again
+    assert current() == "mft_legacy"

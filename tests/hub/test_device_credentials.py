@@ -314,3 +314,21 @@ def test_a_not_modified_check_in_with_a_device_credential_is_one_query(
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
     assert "device_credentials" in selects[0] and "devices" in selects[0]
+
+
+def test_a_device_token_from_before_credentials_gets_a_credential_by_renewing(
+    service: HubService, http: TestClient, tokens: dict[str, str], clock: ManualClock
+) -> None:
+    from modelfleet.hub.auth import hash_token, new_token
+
+    legacy = new_token()  # a `tokens` row as a hub before migration 0011 minted it
+    with service.context.write() as s:
+        s.add(db.Token(token_sha256=hash_token(legacy), role="device", subject="dev-1",
+                       created_at=clock.now(), created_by="admin:admin", revoked=False))  # fmt: skip
+    assert _report(http, legacy).status_code == 200  # still works
+    assert _rotate(http, legacy, "dev-2").status_code == 403  # not its device
+    fresh = _rotate(http, legacy)
+    assert fresh.status_code == 200 and fresh.json()["token"].startswith("mfd_")
+    assert _report(http, fresh.json()["token"]).status_code == 200
+    http.post("/api/v1/devices/dev-1/revoke", json={}, headers=auth(tokens["operator"]))
+    assert _report(http, legacy).status_code == 401

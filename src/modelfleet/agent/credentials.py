@@ -26,7 +26,13 @@ import orjson
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
-from modelfleet.errors import ConfigError, ModelfleetError, StorageError, UnauthenticatedError
+from modelfleet.errors import (
+    ConfigError,
+    ModelfleetError,
+    NotFoundError,
+    StorageError,
+    UnauthenticatedError,
+)
 
 __all__ = [
     "CREDENTIAL_FILE",
@@ -151,7 +157,8 @@ class CurrentCredential:
 
 class CredentialRenewer:
     """Renews the credential when due, at most one try per backoff delay; never raises
-    (every failure is logged: the agent keeps serving whatever happens here).
+    (every failure is logged: the agent keeps serving whatever happens here). A token that
+    is not a device credential (one minted before issue 10) is exchanged for one at once.
 
     Args:
         current: the credential in use.
@@ -189,6 +196,7 @@ class CredentialRenewer:
         self.failures = 0
         self._unsaved = False
         self._asked_expiry = False
+        self._no_rotation = False
         self.last_error = ""
 
     def tick(self) -> bool:
@@ -202,10 +210,15 @@ class CredentialRenewer:
         if cred.not_after is None and not self._asked_expiry and cred.token.startswith("mfd_"):
             self._learn_expiry(cred)
             cred = self._current.get()
-        if not renewal_due(cred, self._clock.now(), self._renew_before_s):
+        legacy = not cred.token.startswith("mfd_") and not self._no_rotation
+        if not legacy and not renewal_due(cred, self._clock.now(), self._renew_before_s):
             return False
         try:
             fresh = StoredCredential.from_answer(self._rotate(cred.token))
+        except NotFoundError:  # a hub from before issue 10: nothing to renew there
+            self._no_rotation = True
+            log.info("the hub has no credential renewal; keeping the token as it is")
+            return False
         except ModelfleetError as e:
             self._failed(f"credential renewal failed: {e}")
             return False

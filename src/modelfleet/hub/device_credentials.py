@@ -250,12 +250,15 @@ class DeviceCredentials:
             {"id", "grace_until"}}``.
 
         Raises:
-            UnauthenticatedError: not a device credential, unknown, revoked, replaced past
-                its grace window, or expired too long ago (the reason is logged and said).
+            UnauthenticatedError: unknown, revoked, replaced past its grace window, or
+                expired too long ago (the reason is logged and said). A legacy device
+                token (``tokens`` table) gets its device's first credential.
             ForbiddenError: the credential is another device's.
         """
-        if not token or not is_device_credential(token):
-            raise UnauthenticatedError("renewal needs the device's credential (mfd_...)")
+        if not token:
+            raise UnauthenticatedError("a bearer token is required")
+        if not is_device_credential(token):
+            return self._from_legacy(token, device_id)
         sha = hash_token(token)
         now = self._ctx.now()
         with self._ctx.write() as s:
@@ -311,6 +314,42 @@ class DeviceCredentials:
                 "previous": {"id": old.id, "grace_until": _iso(old.grace_until)},
             }
         return answer
+
+    def _from_legacy(self, token: str, device_id: str) -> JSONDict:
+        """A first credential for a device that holds a ``tokens``-table device token from
+        before migration 0011 (it keeps working until the device is revoked).
+
+        Raises:
+            UnauthenticatedError: not a valid device token.
+            ForbiddenError: another device's token.
+        """
+        with self._ctx.write() as s:
+            legacy = s.scalar(select(db.Token).where(db.Token.token_sha256 == hash_token(token)))
+            if legacy is None or legacy.revoked or legacy.role != Role.DEVICE.value:
+                log.warning(
+                    "credential renewal refused for %r: not a valid device token", device_id
+                )
+                raise UnauthenticatedError("the token is not valid")
+            if legacy.subject != device_id:
+                log.warning(
+                    "credential renewal refused: %r's token used for %r", legacy.subject, device_id
+                )
+                raise ForbiddenError("a device may renew only its own credential")
+            secret, new = self.issue(s, device_id, f"device:{device_id}")
+            self._ctx.audit(
+                s,
+                f"device:{device_id}",
+                "device.credential.rotate",
+                device_id,
+                {"from": "legacy-token", "to": new.id},
+            )
+            return {
+                "device_id": device_id,
+                "credential_id": new.id,
+                "token": secret,
+                "not_after": _iso(new.not_after),
+                "previous": {"id": None, "grace_until": None},
+            }
 
     def _supersede(self, s: Session, credential_id: str | None, now: datetime) -> None:
         successor = None if credential_id is None else s.get(db.DeviceCredential, credential_id)
