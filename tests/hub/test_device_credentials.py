@@ -323,8 +323,9 @@ def test_a_device_token_from_before_credentials_gets_a_credential_by_renewing(
 
     legacy = new_token()  # a `tokens` row as a hub before migration 0011 minted it
     with service.context.write() as s:
-        s.add(db.Token(token_sha256=hash_token(legacy), role="device", subject="dev-1",
-                       created_at=clock.now(), created_by="admin:admin", revoked=False))  # fmt: skip
+        row = db.Token(token_sha256=hash_token(legacy), role="device", subject="dev-1",
+                       created_at=clock.now(), created_by="admin", revoked=False)  # fmt: skip
+        s.add(row)
     assert _report(http, legacy).status_code == 200  # still works
     assert _rotate(http, legacy, "dev-2").status_code == 403  # not its device
     fresh = _rotate(http, legacy)
