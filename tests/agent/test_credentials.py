@@ -52,7 +52,8 @@ class _Hub:
         if self.whoami_error is not None:
             raise self.whoami_error
         not_after = (self.clock.now() + timedelta(days=60)).isoformat()
-        return {"role": "device", "credential": {"id": "dc_0", "not_after": not_after}}
+        return {"role": "device", "device_id": "cam-1",
+                "credential": {"id": "dc_0", "not_after": not_after}}  # fmt: skip
 
 
 class _RecordingStore(CredentialStore):
@@ -251,3 +252,23 @@ def test_a_token_from_before_credentials_is_exchanged_once_and_an_old_hub_is_lef
     assert old_hub.tick() is False
     assert old_hub.tick() is False and len(hub.calls) == 2  # asked once, not again
     assert current() == "mft_legacy"
+
+
+def test_the_renewed_credential_wins_unless_the_operator_configured_a_new_token() -> None:
+    from modelfleet.agent.credentials import choose_credential, token_origin
+
+    renewed = StoredCredential("cam-1", "mfd_renewed", "dc_2", None, token_origin("mfd_given"))
+    assert choose_credential(renewed, "cam-1", "mfd_given") is renewed  # descends from it
+    fresh = choose_credential(renewed, "cam-1", "mfd_new_from_operator")
+    assert fresh.token == "mfd_new_from_operator"
+    assert choose_credential(renewed, "cam-2", "mfd_given").token == "mfd_given"  # not its own
+    enrolled = StoredCredential("cam-1", "mfd_enrolled", "dc_1")  # `device enrol` wrote it
+    assert choose_credential(enrolled, "cam-1", "mfd_enrolled").token == "mfd_enrolled"
+
+
+def test_another_devices_token_is_never_written_down(setup: Any) -> None:
+    _clock, hub, current, store = setup
+    current.replace(StoredCredential("cam-1", "mfd_other"))
+    hub.whoami = lambda: {"device_id": "cam-2", "credential": {"id": "x", "not_after": "2030"}}
+    _renewer(setup).tick()
+    assert store.load() is None and current.get().not_after is None

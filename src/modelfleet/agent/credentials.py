@@ -12,6 +12,7 @@ the hub's answer and the write bricks nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -40,7 +41,9 @@ __all__ = [
     "CredentialStore",
     "CurrentCredential",
     "StoredCredential",
+    "choose_credential",
     "renewal_due",
+    "token_origin",
 ]
 
 log = logging.getLogger("modelfleet.agent.credentials")
@@ -53,12 +56,15 @@ DEFAULT_RENEW_BEFORE_S = 30 * 86_400.0
 
 @dataclass(frozen=True, slots=True)
 class StoredCredential:
-    """The credential the agent uses (``not_after`` None: not known yet)."""
+    """The credential the agent uses (``not_after`` None: not known yet). ``origin`` is the
+    SHA-256 of the configured token it descends from (renewals keep it): a configured token
+    that no longer matches means the operator gave a new one, which then wins."""
 
     device_id: str
     token: str
     credential_id: str | None = None
     not_after: datetime | None = None
+    origin: str | None = None
 
     def __repr__(self) -> str:  # never the secret
         return f"StoredCredential({self.device_id!r}, id={self.credential_id!r})"
@@ -79,6 +85,23 @@ class StoredCredential:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StorageError(f"the hub's credential answer is incomplete: {e}") from e
+
+
+def token_origin(token: str) -> str:
+    """The SHA-256 hex of a configured token (what :attr:`StoredCredential.origin` holds)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def choose_credential(
+    stored: StoredCredential | None, device_id: str, configured: str
+) -> StoredCredential:
+    """The credential to start with (pure): the stored one when it is this device's and
+    descends from the configured token (or is it); else the configured token, afresh."""
+    origin = token_origin(configured)
+    if stored is not None and stored.device_id == device_id:
+        if stored.token == configured or stored.origin == origin:
+            return stored if stored.origin else replace(stored, origin=origin)
+    return StoredCredential(device_id, configured, origin=origin)
 
 
 def renewal_due(cred: StoredCredential, now: datetime, renew_before_s: float) -> bool:
@@ -114,6 +137,7 @@ class CredentialStore:
                 str(data["token"]),
                 data.get("credential_id"),
                 datetime.fromisoformat(not_after) if not_after else None,
+                data.get("origin"),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"the device credential {self.path} is malformed: {e}") from e
@@ -129,6 +153,7 @@ class CredentialStore:
             "token": cred.token,
             "credential_id": cred.credential_id,
             "not_after": cred.not_after.isoformat() if cred.not_after else None,
+            "origin": cred.origin,
         }
         try:
             atomic_write_bytes(self.path, orjson.dumps(body), mode=0o600)
@@ -214,7 +239,9 @@ class CredentialRenewer:
         if not legacy and not renewal_due(cred, self._clock.now(), self._renew_before_s):
             return False
         try:
-            fresh = StoredCredential.from_answer(self._rotate(cred.token))
+            fresh = replace(
+                StoredCredential.from_answer(self._rotate(cred.token)), origin=cred.origin
+            )
         except NotFoundError:  # a hub from before issue 10: nothing to renew there
             self._no_rotation = True
             log.info("the hub has no credential renewal; keeping the token as it is")
@@ -235,7 +262,8 @@ class CredentialRenewer:
 
     def _learn_expiry(self, cred: StoredCredential) -> None:
         try:
-            info = self._whoami().get("credential")
+            identity = self._whoami()
+            info = identity.get("credential")
         except UnauthenticatedError:
             # Refused already (expired while offline?): renewal is the one way back.
             self._asked_expiry = True
@@ -245,6 +273,8 @@ class CredentialRenewer:
             self._failed(f"cannot learn the credential's expiry: {e}")
             return
         self._asked_expiry = True
+        if identity.get("device_id") != cred.device_id:
+            return  # another device's token: the identity check refuses it; never store it
         if isinstance(info, Mapping) and info.get("not_after"):
             try:
                 not_after = datetime.fromisoformat(str(info["not_after"]))

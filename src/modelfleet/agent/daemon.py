@@ -176,7 +176,7 @@ def run_agent(
         CredentialRenewer,
         CredentialStore,
         CurrentCredential,
-        StoredCredential,
+        choose_credential,
     )
     from modelfleet.agent.hub_link import HttpHubLink
     from modelfleet.agent.metrics import AgentMetrics
@@ -196,14 +196,10 @@ def run_agent(
     clock = clock or SystemClock()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
-    # Issue 10: the credential renewed last (on disk) wins over the one configured.
+    # Issue 10: the credential renewed last (on disk) wins over the configured token it
+    # descends from; a different configured token (a new one from the operator) wins.
     store = CredentialStore(config.state_dir)
-    stored = store.load()
-    current = CurrentCredential(
-        stored
-        if stored is not None and stored.device_id == config.device_id
-        else StoredCredential(config.device_id, config.token)
-    )
+    current = CurrentCredential(choose_credential(store.load(), config.device_id, config.token))
     hub = HttpHubLink(config.hub_url, current, timeout=10.0)
     renewer = CredentialRenewer(
         current,
