@@ -98,9 +98,9 @@ def choose_credential(
     """The credential to start with (pure): the stored one when it is this device's and
     descends from the configured token (or is it); else the configured token, afresh."""
     origin = token_origin(configured)
-    if stored is not None and stored.device_id == device_id:
-        if stored.token == configured or stored.origin == origin:
-            return stored if stored.origin else replace(stored, origin=origin)
+    mine = stored is not None and stored.device_id == device_id
+    if stored is not None and mine and origin in (stored.origin, token_origin(stored.token)):
+        return stored if stored.origin else replace(stored, origin=origin)
     return StoredCredential(device_id, configured, origin=origin)
 
 
