@@ -216,7 +216,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             modes = ["ceiling", "fast", "refresh"] if args.mode == "both" else [args.mode]
             for round_no in range(args.rounds):
                 for mode in modes:
-                    for name, _proc, url in started:
+                    # alternate who goes first: an order effect shows as a flipped ratio
+                    turn = started if round_no % 2 == 0 else started[::-1]
+                    for name, _proc, url in turn:
                         lua = _LUA % {
                             "devices": ",".join(f'"{d}"' for d in ids),
                             "tokens": ",".join(f'"{token_sets[name][d]}"' for d in ids),
@@ -245,7 +247,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         )
                         print(json.dumps(results[-1]), flush=True)
                     if len(started) > 1:
-                        this, before = results[-2]["checkins_per_s"], results[-1]["checkins_per_s"]
+                        rates = {r["hub"]: r["checkins_per_s"] for r in results[-2:]}
+                        this, before = rates["this"], rates["before"]
                         ratio = {"mode": mode, "round": round_no, "ratio": round(this / before, 2)}
                         print(json.dumps(ratio), flush=True)
         finally:
