@@ -21,7 +21,8 @@ measure "before"; its director is the shared one, so ``refresh`` then reads
 per-device director repositories, e.g. a ``git worktree`` of the previous commit) on the
 same home and database, and measures the two in turns, ``--rounds`` times: on a shared
 machine only figures taken in one run, side by side, compare (the ``ratio`` rows). Both
-run without a rollout controller then.
+run without a rollout controller then. The before hub's devices use tokens of the
+``tokens`` table (what a hub before issue 10 knows); this hub's, device credentials.
 
 ``python -m benchmarks.checkin [--database-url postgres] [--devices 200] [--duration 10]
 [--connections 16] [--mode fast|refresh|ceiling|both] [--hub-src DIR] [--before-src DIR]
@@ -137,6 +138,25 @@ def _setup(home: Path, database_url: str | None, devices: int) -> dict[str, str]
     return tokens
 
 
+def _legacy_tokens(home: Path, tokens: dict[str, str]) -> dict[str, str]:
+    """A ``tokens``-table device token per device, for a hub from before issue 10."""
+    from modelfleet.hub import db
+    from modelfleet.hub.auth import hash_token, new_token
+
+    service = HubService(load_hub_config(home), SystemClock())
+    legacy = {d: new_token() for d in tokens}
+    try:
+        with service.context.write() as s:
+            s.add_all(
+                db.Token(token_sha256=hash_token(t), role="device", subject=d,
+                         created_at=service.clock.now(), created_by="bench", revoked=False)
+                for d, t in legacy.items()
+            )  # fmt: skip
+    finally:
+        service.close()
+    return legacy
+
+
 def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float, int]:
     out = subprocess.run(
         [ensure_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
@@ -180,6 +200,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="mf-checkin-") as tmp:
         home = Path(tmp) / "hub"
         tokens = _setup(home, database_url or None, args.devices)
+        token_sets = {"this": tokens, "base": tokens}
+        if args.before_src:
+            token_sets["before"] = _legacy_tokens(home, tokens)
         hubs = [("base" if args.hub_src else "this", args.hub_src)]
         if args.before_src:
             hubs.append(("before", args.before_src))
@@ -193,16 +216,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             modes = ["ceiling", "fast", "refresh"] if args.mode == "both" else [args.mode]
             for round_no in range(args.rounds):
                 for mode in modes:
-                    lua = _LUA % {
-                        "devices": ",".join(f'"{d}"' for d in ids),
-                        "tokens": ",".join(f'"{tokens[d]}"' for d in ids),
-                        "body": body,
-                        "mode": mode,
-                        "per_device": "false" if args.hub_src else "true",
-                    }
-                    script = Path(tmp) / f"{mode}.lua"
-                    script.write_text(lua)
-                    for name, _proc, url in started:
+                    # alternate who goes first: an order effect shows as a flipped ratio
+                    turn = started if round_no % 2 == 0 else started[::-1]
+                    for name, _proc, url in turn:
+                        lua = _LUA % {
+                            "devices": ",".join(f'"{d}"' for d in ids),
+                            "tokens": ",".join(f'"{token_sets[name][d]}"' for d in ids),
+                            "body": body,
+                            "mode": mode,
+                            "per_device": "false" if args.hub_src else "true",
+                        }
+                        script = Path(tmp) / f"{mode}-{name}.lua"
+                        script.write_text(lua)
                         _wrk(url, script, 2, args.connections)  # warm-up
                         rate, bad = _wrk(url, script, args.duration, args.connections)
                         per = 5 if mode == "refresh" else 1
@@ -222,7 +247,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         )
                         print(json.dumps(results[-1]), flush=True)
                     if len(started) > 1:
-                        this, before = results[-2]["checkins_per_s"], results[-1]["checkins_per_s"]
+                        rates = {r["hub"]: r["checkins_per_s"] for r in results[-2:]}
+                        this, before = rates["this"], rates["before"]
                         ratio = {"mode": mode, "round": round_no, "ratio": round(this / before, 2)}
                         print(json.dumps(ratio), flush=True)
         finally:

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -712,6 +713,44 @@ class HubClient:
             f"/api/v1/models/{name}/versions/{int(version)}/revoke",
             json={"ticket": ticket, "reason": reason},
         )
+
+    # --- issue 10: credentials ---
+
+    def create_bootstrap_token(
+        self,
+        device_id: str,
+        *,
+        site: str = "",
+        tags: Sequence[str] = (),
+        ttl_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A one-time bootstrap token for ``device_id`` (operator); shown only here."""
+        body = {"site": site, "tags": list(tags), "ttl_s": ttl_s}
+        path = f"/api/v1/devices/{quote(device_id, safe='')}/bootstrap-tokens"
+        return self._object("POST", path, json=body)
+
+    def device_credentials(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """Device credentials (never their secrets): one device's, or every device's."""
+        if device_id is None:
+            return self._list("GET", "/api/v1/credentials")
+        return self._list("GET", f"/api/v1/devices/{quote(device_id, safe='')}/credentials")
+
+    def revoke_credential(self, credential_id: str, reason: str = "") -> dict[str, Any]:
+        """Revoke one device credential (operator)."""
+        path = f"/api/v1/credentials/{quote(credential_id, safe='')}/revoke"
+        return self._object("POST", path, json={"reason": reason})
+
+    def revoke_device(self, device_id: str, reason: str = "") -> dict[str, Any]:
+        """Revoke every credential and token of a device (operator)."""
+        path = f"/api/v1/devices/{quote(device_id, safe='')}/revoke"
+        return self._object("POST", path, json={"reason": reason})
+
+    def decommission_device(self, device_id: str, reason: str = "") -> dict[str, Any]:
+        """Take a device out of the fleet (operator)."""
+        path = f"/api/v1/devices/{quote(device_id, safe='')}/decommission"
+        return self._object("POST", path, json={"reason": reason})
+
+    # --- end issue 10: credentials ---
 
 
 def register_model(

@@ -69,7 +69,7 @@ def test_malformed_request_is_400_json_not_422(http: TestClient, admin_token: st
 def test_duplicate_device_is_409(http: TestClient, admin_token: str) -> None:
     h = auth(admin_token)
     first = http.post("/api/v1/devices", json={"id": "d1", "tags": ["line-3"]}, headers=h)
-    assert first.status_code == 201 and first.json()["token"].startswith("mft_")
+    assert first.status_code == 201 and first.json()["token"].startswith("mfd_")
     again = http.post("/api/v1/devices", json={"id": "d1"}, headers=h)
     assert again.status_code == 409 and "already exists" in again.json()["error"]
 

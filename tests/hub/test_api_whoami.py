@@ -24,7 +24,10 @@ def test_whoami_names_the_tokens_role_subject_and_device(
 ) -> None:
     r = http.get("/api/v1/whoami", headers=auth(tokens[role]))
     assert r.status_code == 200, r.text
-    assert r.json() == {"subject": subject, "role": role, "device_id": device_id}
+    body = r.json()
+    credential = body.pop("credential", None)  # a device credential says when it expires
+    assert body == {"subject": subject, "role": role, "device_id": device_id}
+    assert (credential is not None) == (role == "device")
 
 
 @pytest.mark.parametrize(

@@ -125,10 +125,11 @@ def test_a_revoked_token_is_refused_within_the_cache_ttl(
     assert http.post(path, json=REPORT, headers=headers).status_code == 200
     assert http.get("/api/v1/whoami", headers=headers).status_code == 200
     with service.context.sessions.begin() as s:  # another replica, or an operator's SQL
+        creds = db.DeviceCredential  # a device's token is a device credential (issue 10)
         if how == "revoked":
-            s.execute(update(db.Token).where(db.Token.subject == "dev-1").values(revoked=True))
+            s.execute(update(creds).where(creds.device_id == "dev-1").values(state="revoked"))
         else:
-            s.execute(delete(db.Token).where(db.Token.subject == "dev-1"))
+            s.execute(delete(creds).where(creds.device_id == "dev-1"))
     clock.advance(TOKEN_CACHE_TTL_S)
     r = http.post(path, json=REPORT, headers=headers)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"

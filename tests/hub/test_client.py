@@ -60,7 +60,7 @@ def test_device_lifecycle_deploy_report_rollback(
     client: HubClient, http: TestClient, onnx_bytes: bytes, onnx_bytes_v2: bytes
 ) -> None:
     device = client.add_device("cam-1", site="plant", tags=["line-3", "gpu"])
-    assert device["id"] == "cam-1" and device["token"].startswith("mft_")
+    assert device["id"] == "cam-1" and device["token"].startswith("mfd_")
     assert device["tags"] == ["gpu", "line-3"]
     client.register_version("iris", onnx_bytes)
     client.register_version("iris", onnx_bytes_v2)

@@ -173,6 +173,12 @@ def run_agent(
     from prometheus_client import ProcessCollector
 
     from modelfleet.agent.app import ServingLimits, build_agent_app
+    from modelfleet.agent.credentials import (
+        CredentialRenewer,
+        CredentialStore,
+        CurrentCredential,
+        choose_credential,
+    )
     from modelfleet.agent.hub_link import HttpHubLink
     from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.agent.server import serve
@@ -191,13 +197,25 @@ def run_agent(
     clock = clock or SystemClock()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
-    hub = HttpHubLink(config.hub_url, config.token, timeout=10.0)
+    # Issue 10: the credential renewed last (on disk) wins over the configured token it
+    # descends from; a different configured token (a new one from the operator) wins.
+    store = CredentialStore(config.state_dir)
+    current = CurrentCredential(choose_credential(store.load(), config.device_id, config.token))
+    hub = HttpHubLink(config.hub_url, current, timeout=10.0)
+    renewer = CredentialRenewer(
+        current,
+        store,
+        lambda token: hub.rotate_credential(config.device_id, token),
+        hub.whoami,
+        clock,
+        backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
+    )
     # Contract 3: refuse a token that is not this device's before using it at all. With
     # the hub out of reach, serve from disk and check on first contact (the loop).
     identity_checked = verify_token(hub, config.device_id)
     trust_root = load_trust_root(config, hub)
     source = DeviceTrustClient(
-        config.state_dir / "tuf", config.hub_url, config.token, trust_root, download=config.download
+        config.state_dir / "tuf", config.hub_url, current, trust_root, download=config.download
     )
     host = ModelHost()
     profiles = ProfileObserver(config.drift_sketches) if config.telemetry and config.drift else None
@@ -242,7 +260,7 @@ def run_agent(
                 budget_file=config.state_dir / BUDGET_FILE,
             )
         # its own link: a slow telemetry upload never delays a poll or a check-in
-        telemetry_link = HttpHubLink(config.hub_url, config.token, timeout=10.0, attempts=1)
+        telemetry_link = HttpHubLink(config.hub_url, current, timeout=10.0, attempts=1)
         telemetry = build_device_telemetry(
             config.device_id,
             buffer,
@@ -275,6 +293,7 @@ def run_agent(
         config.heartbeat_s,
         backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
         identity=None if identity_checked else lambda: verify_token(hub, config.device_id),
+        renew=renewer.tick,
     )
     loop_holder.append(loop)
     control = AgentControlImpl(updater, loop, guard, telemetry)

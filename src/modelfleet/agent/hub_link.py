@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -87,12 +87,25 @@ def check_identity(identity: Mapping[str, Any], device_id: str) -> None:
         )
 
 
+class _Bearer(httpx.Auth):
+    """``Authorization: Bearer`` from a callable, read per request (a rotated credential
+    is used from the next request on)."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token()}"
+        yield request
+
+
 class HttpHubLink:
     """:class:`HubLink` over httpx with retries (capped exponential backoff, full jitter).
 
     Args:
         hub_url: the hub's base URL.
-        token: this device's bearer token.
+        token: this device's bearer token, or a callable giving the one in use now
+            (:class:`~modelfleet.agent.credentials.CurrentCredential`).
         timeout: seconds per request (connect and each read).
         attempts: tries per call for transport failures and 429/502/503/504 (1 to 10).
         backoff: delays between tries.
@@ -105,7 +118,7 @@ class HttpHubLink:
     def __init__(
         self,
         hub_url: str,
-        token: str,
+        token: str | Callable[[], str],
         timeout: float = 10.0,
         *,
         attempts: int = 3,
@@ -129,7 +142,8 @@ class HttpHubLink:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "modelfleet-agent"},
+            headers={"User-Agent": "modelfleet-agent"},
+            auth=_Bearer(token if callable(token) else lambda: token),
             follow_redirects=False,
         )
 
@@ -175,6 +189,37 @@ class HttpHubLink:
         except TransportError:
             return {}  # an older hub may answer with no body
 
+    def rotate_credential(self, device_id: str, token: str) -> dict[str, Any]:
+        """Renew the credential ``token`` (issue 10): the hub's answer with the new one
+        (``device_id``, ``credential_id``, ``token``, ``not_after``). Retried as the other
+        calls are.
+
+        Raises:
+            UnauthenticatedError: the hub refuses ``token`` (revoked, expired too long).
+            TransportError: the hub cannot be reached.
+        """
+        r = self._request(
+            "POST", f"/api/v1/devices/{device_id}/credentials/rotate", auth=_Bearer(lambda: token)
+        )
+        return self._json(r)
+
+    def enrol(self, bootstrap_token: str, device_id: str) -> dict[str, Any]:
+        """Exchange a one-time bootstrap token for this device's credential.
+
+        Raises:
+            UnauthenticatedError: unknown, used or expired bootstrap token.
+            ForbiddenError: the token is for another device.
+            TransportError: the hub cannot be reached.
+        """
+        r = self._request(
+            "POST",
+            "/api/v1/enrol",
+            content=orjson.dumps({"device_id": device_id}),
+            headers={"Content-Type": "application/json"},
+            auth=_Bearer(lambda: bootstrap_token),
+        )
+        return self._json(r)
+
     # -- internals -------------------------------------------------------------------------
 
     def _request(
@@ -184,12 +229,19 @@ class HttpHubLink:
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | None = None,
     ) -> httpx.Response:
         failures = 0
         while True:
             error: TransportError
             try:
-                r = self._http.request(method, path, content=content, headers=headers)
+                r = self._http.request(
+                    method,
+                    path,
+                    content=content,
+                    headers=headers,
+                    auth=auth or httpx.USE_CLIENT_DEFAULT,
+                )
             except httpx.HTTPError as e:
                 error = TransportError(f"cannot reach the hub at {self.base_url}: {e}")
                 error.__cause__ = e
@@ -220,7 +272,10 @@ class HttpHubLink:
 def _status_error(method: str, path: str, r: httpx.Response) -> Exception:
     msg = f"{method} {path}: hub answered HTTP {r.status_code}"
     if r.status_code == 401:
-        return UnauthenticatedError(f"{msg}: the hub does not accept this device token")
+        reason = _hub_reason(r)
+        return UnauthenticatedError(
+            f"{msg}: the hub does not accept this device token" + (f" ({reason})" if reason else "")
+        )
     if r.status_code == 403:
         return ForbiddenError(f"{msg}: the token may not do this")
     if r.status_code == 404:
@@ -228,3 +283,12 @@ def _status_error(method: str, path: str, r: httpx.Response) -> Exception:
     if r.status_code in (400, 409, 422):
         return InvalidInputError(msg)
     return TransportError(msg)
+
+
+def _hub_reason(r: httpx.Response) -> str:
+    """The hub's ``error`` text of an error answer (e.g. why a credential is refused)."""
+    try:
+        body = orjson.loads(r.content)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(body.get("error", ""))[:300] if isinstance(body, dict) else ""

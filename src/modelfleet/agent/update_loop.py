@@ -86,6 +86,8 @@ class UpdateLoop:
         rand: uniform random source in [0, 1) for jitter.
         identity: checks the token on first contact (see :func:`verify_token`); until it
             passes nothing is polled or reported.
+        renew: called first in every tick (``CredentialRenewer.tick``, issue 10): renews
+            the device credential when due; it never raises and never stops the loop.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class UpdateLoop:
         backoff: BackoffPolicy | None = None,
         rand: Callable[[], float] = random.random,
         identity: IdentityCheck | None = None,
+        renew: Callable[[], object] | None = None,
     ) -> None:
         self.updater = updater
         self.interval = interval
@@ -106,6 +109,7 @@ class UpdateLoop:
         self.backoff = backoff or BackoffPolicy(base_s=interval, cap_s=max(interval, 300.0))
         self._rand = rand
         self._identity = identity
+        self._renew = renew
         self.refused = ""
         self._failures = 0
         self._forced = True
@@ -157,6 +161,8 @@ class UpdateLoop:
 
     def tick(self) -> float | None:
         """One poll (and check-in); returns the seconds to wait, or None to stop."""
+        if self._renew is not None:
+            self._renew()  # before the identity check: an expired credential renews first
         if self._identity is not None:
             try:
                 checked = self._identity()

@@ -84,6 +84,23 @@ def configure_logging(level: str, fmt: str = "text", static: dict[str, Any] | No
         logging.getLogger(name).setLevel(quiet)
 
 
+def _stored_credential(
+    state_dir: Path, device_id: str, token: str | None, token_file: Path | None
+) -> str:
+    """The credential ``modelfleet device enrol`` (or a renewal) wrote in ``state_dir``,
+    when no token is given and none is in the environment; else ``""`` (issue 10).
+
+    Raises:
+        ConfigError: the stored credential is unreadable.
+    """
+    if token or token_file or os.environ.get(DEVICE_TOKEN_ENV):
+        return ""
+    from modelfleet.agent.credentials import CredentialStore
+
+    stored = CredentialStore(state_dir).load()
+    return stored.token if stored is not None and stored.device_id == device_id else ""
+
+
 def resolve_device_token(
     token: str | None, token_file: Path | None, environ: dict[str, str]
 ) -> str:
@@ -437,7 +454,9 @@ def register(agent_app: typer.Typer) -> None:
         except ConfigError as e:
             raise UsageError(f"--log-format/--log-level: {e}") from e
         try:
-            device_token = resolve_device_token(token, token_file, dict(os.environ))
+            device_token = _stored_credential(state_dir, device_id, token, token_file)
+            if not device_token:
+                device_token = resolve_device_token(token, token_file, dict(os.environ))
         except ConfigError as e:
             err_console.print(f"[red]error:[/] {e}")
             sys.exit(2)

@@ -24,6 +24,7 @@ from modelfleet import __version__
 from modelfleet.cli import (
     agent_cmds,
     audit_cmds,
+    credential_cmds,
     demo_cmd,
     drift_cmds,
     keys_cmds,
@@ -926,6 +927,7 @@ review_cmds.register(app, _client)
 webhook_cmds.register(app, _client)
 keys_cmds.register(app)  # issue 10: keys
 release_cmds.register(app, model_app, _client)  # issue 10: approvals
+credential_cmds.register(device_app, _client)  # issue 10
 
 
 # -- agent ---------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class HttpFetcher(FetcherInterface):
 
     def __init__(
         self,
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
         *,
         settings: DownloadSettings | None = None,
         chunk_size: int = DEFAULT_CHUNK,
@@ -113,7 +113,7 @@ class HttpFetcher(FetcherInterface):
 
         Args:
             token: bearer token sent as ``Authorization: Bearer <token>`` (None or empty: no
-                header).
+                header), or a callable read per request (a device credential that rotates).
             settings: timeouts, minimum rate and deadline bounds.
             chunk_size: most bytes per yielded chunk.
             headers: extra headers for every request (e.g. ``User-Agent``).
@@ -123,8 +123,9 @@ class HttpFetcher(FetcherInterface):
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
-        if token:
+        if token and not callable(token):
             base["Authorization"] = f"Bearer {token}"
+        self._token = token if callable(token) else None
         self.settings = settings or DownloadSettings()
         self._headers = base
         self._chunk = chunk_size
@@ -185,7 +186,10 @@ class HttpFetcher(FetcherInterface):
             raise DownloadCancelledError(f"GET {url}: cancelled")
         read_s = min(self.settings.read_timeout_s, deadline_s)
         timeout = httpx.Timeout(read_s, connect=min(self.settings.connect_timeout_s, deadline_s))
-        request = self._client.build_request("GET", url, headers=self._headers, timeout=timeout)
+        headers = self._headers
+        if self._token is not None:
+            headers = {**headers, "Authorization": f"Bearer {self._token()}"}
+        request = self._client.build_request("GET", url, headers=headers, timeout=timeout)
         try:
             response = self._client.send(request, stream=True)
         except httpx.TimeoutException as e:

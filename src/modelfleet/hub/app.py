@@ -43,6 +43,7 @@ from modelfleet.hub.api import (
 from modelfleet.hub.api._checkin import CheckinEndpoint, checkin_device_id
 from modelfleet.hub.api._deps import refuse_nul_in_path_and_query, refuse_unknown_query
 from modelfleet.hub.api._errors import install_error_handlers, openapi_with_400s, status_of
+from modelfleet.hub.api.credentials import router as credentials_router  # issue 10
 from modelfleet.hub.api.docs import docs_router
 from modelfleet.hub.config import HubConfig, load_hub_config
 from modelfleet.hub.rollout_lease import ControllerLease, ControllerLoop
@@ -175,6 +176,7 @@ def build_hub_app(
         review.router,
         webhooks.router,
         releases.router,  # issue 10: approvals
+        credentials_router,
     ):
         app.include_router(area, prefix=API_PREFIX)
     app.include_router(tuf.tuf_router)

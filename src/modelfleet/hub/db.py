@@ -559,6 +559,61 @@ class ReleaseSignature(Base):
 # --- end issue 10: approvals ---
 
 
+# --- issue 10: credentials ---
+
+
+class DeviceCredential(Base):
+    """A device's bearer credential (issue 10, ADR 0026): only its SHA-256 is stored; the
+    check-in finds it, its device's stored report and director versions in one indexed
+    query (``secret_sha256`` is unique)."""
+
+    __tablename__ = "device_credentials"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+    not_after: Mapped[datetime]
+    grace_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    replaced_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_reason: Mapped[str] = mapped_column(String(256), default="")
+
+
+class BootstrapToken(Base):
+    """A one-time enrolment token for one device id (issue 10): only its SHA-256 is kept;
+    ``used_at`` is set by the one exchange that may succeed."""
+
+    __tablename__ = "bootstrap_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    site: Mapped[str] = mapped_column(String(128), default="")
+    tags: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class DeviceDecommission(Base):
+    """A decommissioned device (issue 10): no credential, no assignment, no desired state;
+    deploys and rollouts skip it."""
+
+    __tablename__ = "device_decommissions"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    at: Mapped[datetime]
+    by: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(String(512), default="")
+
+
+# --- end issue 10: credentials ---
+
+
 class DeviceRollbackEvent(Base):
     """A rollback a device reported (issue 6 contract 2), stored so it applies at most once.
 

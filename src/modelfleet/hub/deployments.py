@@ -128,8 +128,9 @@ class Deployments:
             InvalidInputError: a bare string that is not ``"all"``, or no devices.
             NotFoundError: an unknown device id.
         """
+        gone = select(db.DeviceDecommission.device_id)  # issue 10: decommissioned devices
         if devices == ALL_DEVICES:
-            query = select(db.Device.id).order_by(db.Device.id)
+            query = select(db.Device.id).where(db.Device.id.not_in(gone)).order_by(db.Device.id)
             if model is not None:
                 query = (
                     select(db.Assignment.device_id)
@@ -144,6 +145,9 @@ class Deployments:
             unknown = [d for d in ids if s.get(db.Device, d) is None]
             if unknown:
                 raise NotFoundError(f"no device {', '.join(repr(d) for d in unknown)}")
+            retired = set(s.scalars(gone.where(db.DeviceDecommission.device_id.in_(ids))))
+            if retired:
+                raise InvalidInputError(f"decommissioned: {', '.join(sorted(retired))}")
         if not ids:
             raise InvalidInputError("no devices to change")
         return ids

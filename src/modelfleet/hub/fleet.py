@@ -7,8 +7,9 @@ transaction; the device's new desired state is signed after the commit.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -21,14 +22,25 @@ from modelfleet.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    StorageError,
     UnauthenticatedError,
 )
 from modelfleet.hub import db
 from modelfleet.hub._reports import report_changes, served_versions
 from modelfleet.hub._values import JSONDict, _check_name, _iso
-from modelfleet.hub.auth import Principal, Role, hash_token, new_token, parse_role
+from modelfleet.hub.auth import (
+    Permission,
+    Principal,
+    Role,
+    check,
+    hash_token,
+    new_token,
+    parse_role,
+)
 from modelfleet.hub.context import HubContext
+from modelfleet.hub.credentials import CredentialSettings, is_device_credential, judge
 from modelfleet.hub.deployments import Deployments, parse_rollback_events
+from modelfleet.hub.device_credentials import DeviceCredentials
 from modelfleet.hub.director import Director
 from modelfleet.hub.telemetry import telemetry_view
 
@@ -37,6 +49,8 @@ __all__ = ["TOKEN_CACHE_SIZE", "TOKEN_CACHE_TTL_S", "VOLATILE_REPORT_FIELDS", "F
 VOLATILE_REPORT_FIELDS = frozenset({"last_check", "loaded", "guard"})
 """Report fields that change every poll without anything having happened (the agent's
 own list, ``agent/update_loop.py``): a report differing only in these is "unchanged"."""
+
+log = logging.getLogger("modelfleet.hub")
 
 
 _TOKEN = select(db.Token.role, db.Token.subject, db.Token.revoked).where(
@@ -48,6 +62,27 @@ _REPORTED = (
     .select_from(db.Device)
     .outerjoin(_DD, _DD.c.device_id == db.Device.id)
     .where(db.Device.id == bindparam("id"))
+)
+_DC = db.DeviceCredential
+_CREDENTIAL = select(_DC.id, _DC.device_id, _DC.state, _DC.not_after, _DC.grace_until).where(
+    _DC.secret_sha256 == bindparam("sha")
+)
+# The check-in's one query (issue 8/10): the credential by its unique digest, its device's
+# stored report and director timestamp version, each by primary key.
+_CHECKIN = (
+    select(
+        _DC.id,
+        _DC.device_id,
+        _DC.state,
+        _DC.not_after,
+        _DC.grace_until,
+        db.Device.reported,
+        _DD.c.timestamp_version,
+    )
+    .select_from(_DC)
+    .join(db.Device, db.Device.id == _DC.device_id)
+    .outerjoin(_DD, _DD.c.device_id == _DC.device_id)
+    .where(_DC.secret_sha256 == bindparam("sha"))
 )
 _TOUCH = (
     update(db.Device)
@@ -68,19 +103,40 @@ class _SeenBuffer:
     ``last_seen`` back. Readers of device views flush first. A crash loses at most the last
     second of ``last_seen`` updates, never a report."""
 
-    def __init__(self, ctx: HubContext) -> None:
+    def __init__(self, ctx: HubContext, *, background: bool = True) -> None:
         self._ctx = ctx
         self._pending: dict[str, datetime] = {}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._flushed_at = ctx.clock.monotonic()
+        self._background = background
+        self._flushing = False
 
     def touch(self, device_id: str, now: datetime) -> None:
+        """Hold ``last_seen``; once a flush is due, it runs on a thread of its own (one at a
+        time), never on the request's (issue 8: the write left the check-in's path)."""
         mono = self._ctx.clock.monotonic()
         with self._lock:
             self._pending[device_id] = now
-            due = mono - self._flushed_at >= SEEN_FLUSH_S
-        if due:
+            due = mono - self._flushed_at >= SEEN_FLUSH_S and not self._flushing
+            if due:
+                self._flushing = True
+                self._flushed_at = mono
+        if not due:
+            return
+        if self._background:
+            threading.Thread(target=self._flush_behind, name="modelfleet-last-seen").start()
+        else:
+            self._flush_behind()
+
+    def _flush_behind(self) -> None:
+        try:
             self.flush()
+        except StorageError as e:  # the next flush carries on; a report is never lost
+            log.warning("last_seen of recent check-ins not written: %s", e)
+        finally:
+            with self._lock:
+                self._flushing = False
 
     def flush(self) -> None:
         """Write every pending ``last_seen`` now.
@@ -88,12 +144,14 @@ class _SeenBuffer:
         Raises:
             StorageError: the database cannot be written (the times are dropped).
         """
-        with self._lock:
-            batch, self._pending = self._pending, {}
-            self._flushed_at = self._ctx.clock.monotonic()
-        if batch:
-            with self._ctx.telemetry_write() as s:
-                s.connection().execute(_TOUCH, [{"b_id": d, "b_now": t} for d, t in batch.items()])
+        with self._write_lock:  # a reader's flush waits for one in flight behind it
+            with self._lock:
+                batch, self._pending = self._pending, {}
+                self._flushed_at = self._ctx.clock.monotonic()
+            if batch:
+                with self._ctx.telemetry_write() as s:
+                    rows = [{"b_id": d, "b_now": t} for d, t in batch.items()]
+                    s.connection().execute(_TOUCH, rows)
 
 
 TOKEN_CACHE_TTL_S = 1.0
@@ -120,6 +178,12 @@ class _TokenCache:
         if entry is None or self._clock.monotonic() - entry[0] >= TOKEN_CACHE_TTL_S:
             return None
         return entry[1]
+
+    def forget(self, shas: Iterable[str]) -> None:
+        """Drop these digests (a revocation in this process takes effect at once)."""
+        with self._lock:
+            for sha in shas:
+                self._entries.pop(sha, None)
 
     def put(self, sha: str, principal: Principal, read_at: float) -> None:
         with self._lock:
@@ -148,12 +212,21 @@ class Fleet:
         director: signs a device's desired state after a reported rollback.
     """
 
-    def __init__(self, ctx: HubContext, deployments: Deployments, director: Director) -> None:
+    def __init__(
+        self,
+        ctx: HubContext,
+        deployments: Deployments,
+        director: Director,
+        credential_settings: CredentialSettings | None = None,
+    ) -> None:
         self._ctx = ctx
         self._deployments = deployments
         self._director = director
         self._seen = _SeenBuffer(ctx)
         self._tokens = _TokenCache(ctx)
+        self.credentials = DeviceCredentials(
+            ctx, director, self._insert_device, self._tokens.forget, credential_settings
+        )
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -164,10 +237,15 @@ class Fleet:
             raise InvalidInputError("a token needs a subject of 1 to 256 characters")
         token = new_token()
         with self._ctx.write() as s:
-            if role is Role.DEVICE and s.get(db.Device, subject) is None:
-                raise NotFoundError(f"no device {subject!r}")
-            self._add_token(s, token, role, subject, actor)
-            self._ctx.audit(s, actor, "token.create", subject, {"role": role.value})
+            details: JSONDict = {"role": role.value}
+            if role is Role.DEVICE:  # a device's token is a credential that expires (issue 10)
+                if s.get(db.Device, subject) is None:
+                    raise NotFoundError(f"no device {subject!r}")
+                token, cred = self.credentials.issue(s, subject, actor)
+                details["credential"] = cred.id
+            else:
+                self._add_token(s, token, role, subject, actor)
+            self._ctx.audit(s, actor, "token.create", subject, details)
         return token
 
     def _add_token(self, s: Session, token: str, role: Role, subject: str, actor: str) -> None:
@@ -191,12 +269,64 @@ class Fleet:
         if cached is not None:
             return cached
         read_at = self._ctx.clock.monotonic()  # before the read: the entry never outlives it
-        row = self._ctx.read_row(_TOKEN, {"sha": sha})
-        if row is None or row.revoked:
-            raise UnauthenticatedError("the token is not valid")
-        principal = Principal(Role(row.role), row.subject)
+        if is_device_credential(token):
+            principal = self._credential_principal(self._ctx.read_row(_CREDENTIAL, {"sha": sha}))
+        else:
+            row = self._ctx.read_row(_TOKEN, {"sha": sha})
+            if row is None or row.revoked:
+                raise UnauthenticatedError("the token is not valid")
+            principal = Principal(Role(row.role), row.subject)
         self._tokens.put(sha, principal, read_at)
         return principal
+
+    def _credential_principal(self, row: Any) -> Principal:
+        """The device a stored credential row names, if it is accepted now.
+
+        Raises:
+            UnauthenticatedError: unknown, revoked, replaced past its grace, or expired
+                (the reason is logged, and said in the answer).
+        """
+        if row is None:
+            raise UnauthenticatedError("the token is not valid")
+        verdict = judge(
+            row.state, row.not_after, row.grace_until, self._ctx.now(), self.credentials.settings
+        )
+        if not verdict.ok:
+            log.warning(
+                "device %s: credential %s refused: %s", row.device_id, row.id, verdict.reason
+            )
+            raise UnauthenticatedError(verdict.reason)
+        return Principal(Role.DEVICE, row.device_id)
+
+    def check_in(self, token: str | None, device_id: str, body: bytes | str) -> JSONDict:
+        """The whole check-in (the bare ASGI route's): token, permission, size, report, in
+        this order. A device credential takes one query for itself, its device's stored
+        report and director timestamp (issue 8); any other token is authenticated as
+        elsewhere. ``body`` is the body, or why its size is refused.
+
+        Raises:
+            UnauthenticatedError, ForbiddenError (another device's credential: logged),
+            PayloadTooLargeError, and what :meth:`record_report` raises.
+        """
+        prefetched = None
+        if token and is_device_credential(token):
+            row = self._ctx.read_row(_CHECKIN, {"sha": hash_token(token)})
+            who = self._credential_principal(row)
+            assert row is not None  # _credential_principal refuses None
+            if row.device_id != device_id:
+                log.warning(
+                    "device %s: credential %s refused for device %s's check-in",
+                    row.device_id,
+                    row.id,
+                    device_id,
+                )
+            check(who, Permission.ADMIN, device_id=device_id)
+            prefetched = row
+        else:
+            check(self.authenticate(token), Permission.ADMIN, device_id=device_id)
+        if isinstance(body, str):
+            raise PayloadTooLargeError(body)
+        return self.record_report(device_id, body, prefetched=prefetched)
 
     # -- devices -------------------------------------------------------------------------
 
@@ -216,30 +346,49 @@ class Fleet:
         if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags or ()):
             raise InvalidInputError("tags must be a list of non-empty strings")
         tag_list = sorted(set(tags or ()))
-        token = new_token()
         with self._ctx.write() as s:
             if s.get(db.Device, device_id) is not None:
                 raise ConflictError(f"device {device_id!r} already exists")
-            s.add(
-                db.Device(
-                    id=device_id,
-                    site=site,
-                    tags=tag_list,
-                    created_at=self._ctx.now(),
-                    last_seen=None,
-                    reported=None,
-                )
-            )
-            s.flush()
-            self._add_token(s, token, Role.DEVICE, device_id, actor)
+            self._insert_device(s, device_id, site, tag_list, actor, ticket)
+            # The device's credential expires and rotates (issue 10, ADR 0026).
+            token, cred = self.credentials.issue(s, device_id, actor)
             self._ctx.audit(
-                s, actor, "device.add", device_id, {"site": site, "tags": tag_list}, ticket
+                s,
+                actor,
+                "device.add",
+                device_id,
+                {"site": site, "tags": tag_list, "credential": cred.id},
+                ticket,
             )
-            # Its own director repository, listing nothing yet: "no desired state" is
-            # signed too, never inferred from a missing file (issue 8).
-            self._director.remove_desired_states(s, [device_id])
         self._director.publish()
         return self.get_device(device_id), token
+
+    def _insert_device(
+        self,
+        s: Session,
+        device_id: str,
+        site: str,
+        tags: Sequence[str],
+        actor: str,
+        ticket: str | None = None,
+    ) -> None:
+        """The device's row and its empty director repository, in the caller's transaction
+        (``actor`` and ``ticket`` are the caller's to audit)."""
+        del actor, ticket
+        s.add(
+            db.Device(
+                id=device_id,
+                site=site,
+                tags=sorted(set(tags)),
+                created_at=self._ctx.now(),
+                last_seen=None,
+                reported=None,
+            )
+        )
+        s.flush()
+        # Its own director repository, listing nothing yet: "no desired state" is
+        # signed too, never inferred from a missing file (issue 8).
+        self._director.remove_desired_states(s, [device_id])
 
     def flush_seen(self) -> None:
         """Write the ``last_seen`` times still held in memory (before reads, at upkeep)."""
@@ -307,8 +456,11 @@ class Fleet:
 
     # -- reports -------------------------------------------------------------------------
 
-    def record_report(self, device_id: str, report: Mapping[str, Any] | bytes) -> JSONDict:
-        """See ``HubService.record_report``.
+    def record_report(
+        self, device_id: str, report: Mapping[str, Any] | bytes, *, prefetched: Any = None
+    ) -> JSONDict:
+        """See ``HubService.record_report``; ``prefetched``: this device's stored report and
+        director timestamp version, already read (the check-in's one query).
 
         A report that differs from the stored one only in fields that change every poll
         (:data:`VOLATILE_REPORT_FIELDS`) and carries no rollbacks takes the cheap path
@@ -338,7 +490,11 @@ class Fleet:
         events = parse_rollback_events(data.get("rollbacks"))
         now = self._ctx.now()
         if not events:
-            row = self._ctx.read_row(_REPORTED, {"id": device_id})
+            row = (
+                prefetched
+                if prefetched is not None
+                else self._ctx.read_row(_REPORTED, {"id": device_id})
+            )
             if row is not None and row.reported is not None and _same_report(row.reported, data):
                 self._seen.touch(device_id, now)
                 versions = self._director.current_versions(device_id, row.timestamp_version)

@@ -252,7 +252,10 @@ class Rollouts:
     def _resolve(self, s: Session, plan: RolloutPlan) -> tuple[list[str], dict[str, str]]:
         """The target devices (by id) and their blast-radius groups."""
         sel = plan.selector
-        devices = s.execute(select(db.Device.id, db.Device.site, db.Device.tags)).all()
+        gone = select(db.DeviceDecommission.device_id)  # issue 10: decommissioned devices
+        devices = s.execute(
+            select(db.Device.id, db.Device.site, db.Device.tags).where(db.Device.id.not_in(gone))
+        ).all()
         if sel.devices:
             known = {d for d, _, _ in devices}
             unknown = [d for d in sel.devices if d not in known]

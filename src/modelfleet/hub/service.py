@@ -60,7 +60,7 @@ from modelfleet.hub._values import ALL_DEVICES, JSONDict, load_npy
 from modelfleet.hub.approvals import Approvals
 from modelfleet.hub.audit_anchor import WITNESS_NAME, WitnessFile, load_audit_signer
 from modelfleet.hub.audit_chain import AuditChain
-from modelfleet.hub.auth import Principal, Role
+from modelfleet.hub.auth import Principal, Role, hash_token
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.config import HubConfig
 from modelfleet.hub.context import HubContext
@@ -288,6 +288,63 @@ class HubService:
         outcome = self.fleet.record_report(device_id, report)
         self.metrics.checkins.inc()
         return outcome
+
+    # --- issue 10: credentials ---
+
+    def check_in(self, token: str | None, device_id: str, body: bytes | str) -> JSONDict:
+        """The check-in as the bare ASGI route does it: token, permission, size, report
+        (see :meth:`~modelfleet.hub.fleet.Fleet.check_in`; ``body`` as a string is why its
+        size is refused)."""
+        return self.fleet.check_in(token, device_id, body)
+
+    def create_bootstrap_token(
+        self,
+        device_id: str,
+        actor: str,
+        *,
+        site: str = "",
+        tags: Sequence[str] = (),
+        ttl_s: float | None = None,
+    ) -> JSONDict:
+        """A one-time bootstrap token enrolling ``device_id`` (ADR 0026); shown once."""
+        return self.fleet.credentials.create_bootstrap(
+            device_id, actor, site=site, tags=tags, ttl_s=ttl_s
+        )
+
+    def enrol_device(self, bootstrap_token: str | None, device_id: str | None) -> JSONDict:
+        """Exchange a bootstrap token for the device's credential (once); a new device is
+        enrolled and its empty director repository signed."""
+        answer, new_device = self.fleet.credentials.enrol(bootstrap_token, device_id)
+        if new_device:
+            self.director.publish()
+        return answer
+
+    def rotate_credential(self, token: str | None, device_id: str) -> JSONDict:
+        """A device renews its own credential (also an expired one, within the renewal
+        window); the old one stays valid for the grace window."""
+        return self.fleet.credentials.rotate(token, device_id)
+
+    def revoke_credential(self, credential_id: str, actor: str, reason: str = "") -> JSONDict:
+        """Revoke one device credential."""
+        return self.fleet.credentials.revoke_credential(credential_id, actor, reason)
+
+    def revoke_device(self, device_id: str, actor: str, reason: str = "") -> JSONDict:
+        """Revoke every credential and token of a device."""
+        return self.fleet.credentials.revoke_device(device_id, actor, reason)
+
+    def decommission_device(self, device_id: str, actor: str, reason: str = "") -> JSONDict:
+        """Revoke a device's credentials, remove its assignments and desired state."""
+        return self.fleet.credentials.decommission(device_id, actor, reason)
+
+    def device_credentials(self, device_id: str | None = None) -> list[JSONDict]:
+        """Device credentials (never their secrets), of one device or all."""
+        return self.fleet.credentials.list(device_id)
+
+    def credential_of(self, token: str) -> JSONDict | None:
+        """The stored credential of a device credential string, or None."""
+        return self.fleet.credentials.describe(hash_token(token))
+
+    # --- end issue 10: credentials ---
 
     # -- telemetry -----------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,7 +81,7 @@ class DeviceTrustClient:
         self,
         cache_dir: Path,
         hub_url: str,
-        token: str,
+        token: str | Callable[[], str],
         trust_root: bytes | None,
         fetcher: FetcherInterface | None = None,
         download: DownloadSettings | None = None,
@@ -92,7 +92,8 @@ class DeviceTrustClient:
         Args:
             cache_dir: device-local folder for verified metadata and targets.
             hub_url: base URL of the hub, e.g. ``http://hub:8080``.
-            token: bearer token (sent by the default :class:`HttpFetcher`).
+            token: bearer token (sent by the default :class:`HttpFetcher`), or a callable
+                read per request (a device credential that rotates, issue 10).
             trust_root: the hub's ``trust-root.json`` bundle bytes, the trust anchor. None
                 means: use the roots already in the cache (from an earlier run).
             fetcher: transport to use instead of an :class:`HttpFetcher` with ``token``.

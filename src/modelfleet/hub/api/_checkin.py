@@ -3,7 +3,9 @@
 Every device polls through this one route, so it skips what FastAPI costs per request: the
 router, five dependencies of which four are run on the thread pool (one hop each), the
 request and response objects. It reads the headers once from the scope and does the
-whole check-in — token, permission, size limit, report — in one thread-pool call, then
+whole check-in — token, permission, size limit, report — in one thread-pool call (for a
+device credential one query: the credential, the stored report and the director version,
+issue 10), then
 sends raw ASGI messages. :class:`~modelfleet.hub.app.HubApp` hands it the matching requests
 ahead of the router; the FastAPI route in :mod:`modelfleet.hub.api.devices` stays, for the
 OpenAPI document and for any request this fast path does not take. Same rules, answers and
@@ -19,9 +21,8 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 import orjson
 
-from modelfleet.errors import InvalidInputError, ModelfleetError, PayloadTooLargeError
+from modelfleet.errors import InvalidInputError, ModelfleetError
 from modelfleet.hub.api._errors import UNEXPECTED_ERROR, error_answer
-from modelfleet.hub.auth import Permission, check
 from modelfleet.hub.service import HubService
 
 __all__ = ["CheckinEndpoint", "checkin_device_id"]
@@ -146,12 +147,7 @@ class CheckinEndpoint:
             UnauthenticatedError, ForbiddenError, PayloadTooLargeError, and what
             ``HubService.record_report`` raises.
         """
-        service = self._service
-        who = service.authenticate(token)
-        check(who, Permission.ADMIN, device_id=device_id)
-        if isinstance(body, str):
-            raise PayloadTooLargeError(body)
-        return service.record_report(device_id, body)
+        return self._service.check_in(token, device_id, body)
 
 
 async def _send(send: Any, status: int, content: bytes, extra: list[tuple[bytes, bytes]]) -> None:

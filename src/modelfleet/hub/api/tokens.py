@@ -9,7 +9,9 @@ from fastapi import APIRouter
 from modelfleet.hub.api._deps import Service, Who
 from modelfleet.hub.api._errors import error_responses
 from modelfleet.hub.api.bodies import TokenIn, TokenOut, WhoAmIOut
+from modelfleet.hub.api.credentials import Bearer
 from modelfleet.hub.auth import Permission, Role, check
+from modelfleet.hub.credentials import is_device_credential
 
 __all__ = ["router"]
 
@@ -17,14 +19,18 @@ router = APIRouter(tags=["auth"])
 
 
 @router.get("/whoami", response_model=WhoAmIOut, responses=error_responses(401))
-def whoami(who: Who) -> dict[str, Any]:
+def whoami(who: Who, service: Service, bearer: Bearer) -> dict[str, Any]:
     """Who holds this token (any valid token): its subject, role, and for a device token
-    the device id."""
-    return {
+    the device id; for a device credential also ``credential`` (its id, state and
+    ``not_after``: the agent renews before it, issue 10)."""
+    answer: dict[str, Any] = {
         "subject": who.subject,
         "role": who.role.value,
         "device_id": who.subject if who.role is Role.DEVICE else None,
     }
+    if who.role is Role.DEVICE and bearer and is_device_credential(bearer.credentials):
+        answer["credential"] = service.credential_of(bearer.credentials)
+    return answer
 
 
 @router.post(

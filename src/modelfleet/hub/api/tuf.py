@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
@@ -11,6 +13,8 @@ from modelfleet.hub.api._errors import error_responses
 from modelfleet.hub.auth import Permission, Role, check
 
 __all__ = ["api_router", "tuf_router"]
+
+log = logging.getLogger("modelfleet.hub")
 
 api_router = APIRouter(tags=["trust"])  # under /api/v1
 tuf_router = APIRouter(prefix="/tuf", tags=["trust"])  # the TUF repositories' base URLs
@@ -65,6 +69,9 @@ def tuf_device_metadata(device_id: str, filename: str, who: Who, service: Servic
     ``<N>.targets.json``. A device token reads only its own; other tokens any."""
     check(who, Permission.TUF)
     if who.role is Role.DEVICE and who.subject != device_id:
+        log.warning(
+            "device %s refused: it asked for device %s's director metadata", who.subject, device_id
+        )
         raise ForbiddenError("a device may read only its own director metadata")
     return Response(
         service.tuf_device_metadata(device_id, filename),
@@ -93,6 +100,7 @@ def tuf_target(repo: str, path: str, who: Who, service: Service) -> Response:
         and repo == "director"
         and not path.startswith(f"devices/{who.subject}/")
     ):
+        log.warning("device %s refused: it asked for director target %s", who.subject, path)
         raise ForbiddenError("a device may read only its own desired state")
     if repo == "director":
         return Response(service.director_target(path), media_type="application/octet-stream")
