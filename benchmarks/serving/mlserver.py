@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks._peer_venv import build_venv, imports_work, venv_python
 
 MLSERVER_REQUIREMENTS = (
     "mlserver==1.7.1",
@@ -59,11 +60,6 @@ DEFAULTS = MLServerVariant(
 )
 
 
-def venv_python(venv: Path) -> Path:
-    """The interpreter of ``venv``."""
-    return venv / "bin" / "python"
-
-
 def ensure_venv(venv: Path, log: Path) -> Path:
     """Create ``venv`` with MLServer when it is missing or broken; return its ``mlserver``.
 
@@ -73,41 +69,14 @@ def ensure_venv(venv: Path, log: Path) -> Path:
     mlserver = venv / "bin" / "mlserver"
     if mlserver.exists() and _works(venv):
         return mlserver
-    print(f"creating MLServer's virtual environment in {venv} (pip; log in {log}) ...", flush=True)
-    if venv.exists():
-        shutil.rmtree(venv)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    python = venv_python(venv)
-    steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
-        [str(python), "-m", "pip", "install", "-q", *MLSERVER_REQUIREMENTS],
-    ]
-    with log.open("w") as out:
-        for step in steps:
-            try:
-                done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise MLServerUnavailable(f"{' '.join(step)} failed: {e}") from e
-            if done.returncode != 0:
-                raise MLServerUnavailable(
-                    f"{' '.join(step)} exited with {done.returncode}; see {log}"
-                )
+    build_venv(venv, MLSERVER_REQUIREMENTS, log, "MLServer", MLServerUnavailable)
     if not _works(venv):
         raise MLServerUnavailable(f"MLServer does not import in {venv}; see {log}")
     return mlserver
 
 
 def _works(venv: Path) -> bool:
-    try:
-        done = subprocess.run(
-            [str(venv_python(venv)), "-c", "import mlserver, onnxruntime, uvloop, httptools"],
-            capture_output=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+    return imports_work(venv, ("mlserver", "onnxruntime", "uvloop", "httptools"), 120)
 
 
 def versions(venv: Path) -> dict[str, str]:

@@ -12,9 +12,7 @@ checkpoint file in the hub's home.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from modelfleet._atomic import atomic_write_bytes, fsync_dir
+from modelfleet._atomic import atomic_write_bytes, create_secret_once
 from modelfleet.audit.checkpoint import Checkpoint, CheckpointSigner
 from modelfleet.errors import ConfigError, StorageError
 
@@ -68,24 +66,7 @@ def _create_key(path: Path) -> None:
     pem = Ed25519PrivateKey.generate().private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".audit.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise ConfigError(f"cannot create the audit key in {path.parent}: {e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        with contextlib.suppress(FileExistsError):  # another process was first: keep its key
-            os.link(tmp, path)
-    except OSError as e:
-        raise ConfigError(f"cannot create the audit key {path}: {e.strerror or e}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
+    create_secret_once(path, pem, "audit key")
 
 
 class WitnessFile:

@@ -19,9 +19,7 @@ naming the extra.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from modelfleet._atomic import atomic_write_bytes, fsync_dir
+from modelfleet._atomic import atomic_write_bytes, create_secret_once
 from modelfleet.errors import ArtefactVerificationError, ConfigError
 
 __all__ = [
@@ -135,25 +133,7 @@ def _create_key(path: Path) -> None:
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".model-signing.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise ConfigError(f"cannot create the model-signing key in {path.parent}: {e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        with contextlib.suppress(FileExistsError):  # another process was first: keep its key
-            os.link(tmp, path)
-    except OSError as e:
-        raise ConfigError(f"cannot create the model-signing key {path}: {e.strerror}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
+    create_secret_once(path, pem, "model-signing key")
 
 
 def _hashing_config(ms: Any) -> Any:
