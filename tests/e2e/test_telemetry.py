@@ -41,7 +41,7 @@ from tests.telemetry.fake_ingest import stored_identities, stored_windows
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 OUTAGE_S = 72 * 3600
-RATE = 8000.0  # simulated seconds per real second: 72 h in 32 s
+RATE = 4000.0  # simulated seconds per real second: 72 h in 65 s
 DEVICE = "edge-tel"
 
 
