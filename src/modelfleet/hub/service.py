@@ -295,7 +295,9 @@ class HubService:
         """The check-in as the bare ASGI route does it: token, permission, size, report
         (see :meth:`~modelfleet.hub.fleet.Fleet.check_in`; ``body`` as a string is why its
         size is refused)."""
-        return self.fleet.check_in(token, device_id, body)
+        outcome = self.fleet.check_in(token, device_id, body)
+        self.metrics.checkins.inc()
+        return outcome
 
     def create_bootstrap_token(
         self,
