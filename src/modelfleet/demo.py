@@ -652,17 +652,23 @@ def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
         got: dict[str, Any] = hub.drift_report(MODEL, version=str(version), site=device.site)
         return got
 
+    def ended() -> bool:
+        return str(hub.get_rollout(rid)["state"]) in ("rolled_back", "completed", "paused")
+
+    def evaluated_bad() -> bool:
+        view = hub.get_rollout(rid)
+        return "1 of 2 in a row" in str(view["reason"]) or ended()
+
     half = DRIFT_ROWS // 2
-    for part in (served[:half], served[half:]):  # two bursts: two windows, two evaluations
+    # Two bursts, two windows, two evaluations: the second burst waits until the controller
+    # has evaluated the first (a new evaluation needs new inputs; on a slow machine both
+    # bursts could otherwise land before one evaluation and the streak would stop at 1).
+    for part, evaluated in ((served[:half], evaluated_bad), (served[half:], ended)):
         target = report()["rows"] + len(part)
         for start_row in range(0, len(part), 100):
             infer(device, part[start_row : start_row + 100])
         wait_until(functools.partial(_has_rows, report, target), timeout=30, interval=0.3)
-
-    def ended() -> bool:
-        return str(hub.get_rollout(rid)["state"]) in ("rolled_back", "completed", "paused")
-
-    wait_until(ended, timeout=60, interval=0.5)
+        wait_until(evaluated, timeout=60, interval=0.3)
     view = hub.get_rollout(rid)
     story.check(
         view["state"] == "rolled_back", f"the rollout ended {view['state']}: {view['reason']}"
