@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from modelfleet._atomic import create_secret_once
 from modelfleet.errors import ModelfleetError
 
 __all__ = ["run_demo"]
@@ -279,9 +281,15 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
         "create the hub",
         "`modelfleet init` makes a hub home: a SQLite catalog (migrated with Alembic), a\n"
         "content-addressed artefact store and ed25519 keys for two TUF repositories — the\n"
-        "catalog (approved packages) and the director (which device runs what).",
+        "catalog (approved packages) and the director (which device runs what). The keys\n"
+        "are encrypted at rest with a passphrase the hub reads from a 0600 file\n"
+        "(MODELFLEET_KEY_PASSPHRASE_FILE).",
     )
-    admin_token = init_home(home)
+    passphrase = root / "key-passphrase"
+    create_secret_once(passphrase, secrets.token_urlsafe(24).encode(), "key passphrase")
+    # Every process of the demo (hub, CLI) inherits it; nothing else reads the keys.
+    os.environ["MODELFLEET_KEY_PASSPHRASE_FILE"] = str(passphrase)
+    admin_token = init_home(home, key_passphrase=passphrase.read_bytes())
     story.check((home / "trust-root.json").is_file(), f"hub home created in {home}")
     story.check(
         (home / "admin.token").stat().st_mode & 0o777 == 0o600,
