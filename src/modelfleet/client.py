@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import re
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -64,6 +65,8 @@ class HubClient:
         timeout: seconds per request (connect, read, write).
         http: an httpx client to use instead of a new one (tests pass FastAPI's
             ``TestClient`` here); it is not closed by :meth:`close`.
+        verify: TLS verification for ``https://`` (a context pinning the hub's CA:
+            :func:`modelfleet.delivery.tls.client_verify`).
     """
 
     def __init__(
@@ -73,11 +76,12 @@ class HubClient:
         timeout: float = 30.0,
         *,
         http: httpx.Client | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout, verify=verify)
         self._headers = headers
 
     def close(self) -> None:

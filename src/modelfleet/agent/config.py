@@ -60,6 +60,8 @@ class AgentConfig:
             ``target`` needs a tag not here is refused.
         review: the review sampler's budget and thresholds; its default budget 0 samples
             nothing (``agent run --review-budget BYTES``; needs telemetry).
+        hub_ca: the hub's CA certificate (PEM): ``https://`` to the hub trusts it and no
+            other CA (``agent run --hub-ca``; issue 10). None: the system's CAs.
     """
 
     hub_url: str
@@ -87,6 +89,7 @@ class AgentConfig:
     anomaly: bool = True
     review: ReviewSettings = field(default_factory=ReviewSettings)
     hardware: tuple[str, ...] = ()
+    hub_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -30,6 +30,7 @@ from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
+from modelfleet.delivery.tls import client_verify
 from modelfleet.errors import ConfigError, StorageError, TransportError
 from modelfleet.packaging.target import DeviceProfile
 from modelfleet.telemetry.device import DeviceTelemetry
@@ -201,7 +202,8 @@ def run_agent(
     # descends from; a different configured token (a new one from the operator) wins.
     store = CredentialStore(config.state_dir)
     current = CurrentCredential(choose_credential(store.load(), config.device_id, config.token))
-    hub = HttpHubLink(config.hub_url, current, timeout=10.0)
+    tls = client_verify(config.hub_ca)  # a bad CA file fails here, before anything runs
+    hub = HttpHubLink(config.hub_url, current, timeout=10.0, verify=tls)
     renewer = CredentialRenewer(
         current,
         store,
@@ -215,7 +217,12 @@ def run_agent(
     identity_checked = verify_token(hub, config.device_id)
     trust_root = load_trust_root(config, hub)
     source = DeviceTrustClient(
-        config.state_dir / "tuf", config.hub_url, current, trust_root, download=config.download
+        config.state_dir / "tuf",
+        config.hub_url,
+        current,
+        trust_root,
+        download=config.download,
+        verify=tls,
     )
     host = ModelHost()
     profiles = ProfileObserver(config.drift_sketches) if config.telemetry and config.drift else None
@@ -260,7 +267,7 @@ def run_agent(
                 budget_file=config.state_dir / BUDGET_FILE,
             )
         # its own link: a slow telemetry upload never delays a poll or a check-in
-        telemetry_link = HttpHubLink(config.hub_url, current, timeout=10.0, attempts=1)
+        telemetry_link = HttpHubLink(config.hub_url, current, timeout=10.0, attempts=1, verify=tls)
         telemetry = build_device_telemetry(
             config.device_id,
             buffer,

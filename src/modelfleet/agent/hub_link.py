@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, Protocol
@@ -113,6 +114,7 @@ class HttpHubLink:
         rand: uniform random source in [0, 1) for the jitter.
         transport: an httpx transport (tests pass a ``MockTransport``).
         telemetry_timeout: seconds for a whole telemetry request (connect, upload, answer).
+        verify: TLS verification for ``https://`` (a context pinning the hub's CA).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class HttpHubLink:
         rand: Callable[[], float] = random.random,
         transport: httpx.BaseTransport | None = None,
         telemetry_timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if not 1 <= attempts <= 10:
             raise InvalidInputError("attempts must be between 1 and 10")
@@ -145,6 +148,7 @@ class HttpHubLink:
             headers={"User-Agent": "modelfleet-agent"},
             auth=_Bearer(token if callable(token) else lambda: token),
             follow_redirects=False,
+            verify=verify,
         )
 
     def close(self) -> None:

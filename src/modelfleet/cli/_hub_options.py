@@ -4,6 +4,8 @@ the same way."""
 
 from __future__ import annotations
 
+import os
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +17,16 @@ from modelfleet.errors import UnauthenticatedError
 if TYPE_CHECKING:
     from modelfleet.client import HubClient
 
-__all__ = ["DEFAULT_HUB", "HubOpt", "JsonOpt", "TokenFileOpt", "TokenOpt", "hub_client"]
+__all__ = [
+    "DEFAULT_HUB",
+    "HubCaOpt",
+    "HubOpt",
+    "JsonOpt",
+    "TokenFileOpt",
+    "TokenOpt",
+    "hub_client",
+    "hub_tls",
+]
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
 
@@ -35,6 +46,15 @@ TokenFileOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+HubCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--hub-ca",
+        envvar="MODELFLEET_HUB_CA",
+        help="The hub's CA certificate (PEM): https to the hub trusts it and no other CA.",
+        show_default=False,
+    ),
+]
 
 
 def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClient:
@@ -58,4 +78,23 @@ def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClien
             "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
             "or pass --token"
         )
-    return HubClient(hub, token)
+    return HubClient(hub, token, verify=hub_tls(None))
+
+
+def hub_tls(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """TLS verification towards the hub: ``ca_file``, else ``$MODELFLEET_HUB_CA``, pinned;
+    else the system's CAs (every client command reads the variable; ``agent run`` and
+    ``credential enrol`` take ``--hub-ca`` too).
+
+    Raises:
+        UsageError: the CA file cannot be read or holds no certificate.
+    """
+    from modelfleet.delivery.tls import ENV_HUB_CA, client_verify
+    from modelfleet.errors import ConfigError
+
+    if ca_file is None and os.environ.get(ENV_HUB_CA):
+        ca_file = Path(os.environ[ENV_HUB_CA])
+    try:
+        return client_verify(ca_file)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e

@@ -15,6 +15,7 @@ import orjson
 import typer
 
 from modelfleet.cli._errors import UsageError, require_extra
+from modelfleet.cli._hub_options import HubCaOpt
 from modelfleet.cli._output import console, err_console, key_values, print_json, table
 from modelfleet.clock import Clock, parse_scaled_clock
 from modelfleet.errors import (
@@ -426,6 +427,7 @@ def register(agent_app: typer.Typer) -> None:
                 "whose signed target needs a tag not declared is refused (issue 10).",
             ),
         ] = None,
+        hub_ca: HubCaOpt = None,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -481,6 +483,7 @@ def register(agent_app: typer.Typer) -> None:
             drift_sketches=drift_sketches,
             review=ReviewSettings(budget_bytes=review_budget),
             hardware=tuple(hardware or ()),
+            hub_ca=hub_ca,
         )
         try:
             run_agent(config, sim_clock(os.environ), otlp=otlp)

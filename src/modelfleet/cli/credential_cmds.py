@@ -18,7 +18,14 @@ from typing import Annotated, Any
 
 import typer
 
-from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt
+from modelfleet.cli._hub_options import (
+    HubCaOpt,
+    HubOpt,
+    JsonOpt,
+    TokenFileOpt,
+    TokenOpt,
+    hub_tls,
+)
 from modelfleet.cli._output import console, print_json, table
 from modelfleet.cli._plan_file import parse_duration
 
@@ -75,6 +82,7 @@ def register(device_app: typer.Typer, client: ClientFactory) -> None:
             typer.Option("--bootstrap-token-file", help="File holding the bootstrap token."),
         ] = None,
         hub: HubOpt = "http://127.0.0.1:8700",
+        hub_ca: HubCaOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """On the device: exchange a bootstrap token for the device's credential."""
@@ -86,7 +94,7 @@ def register(device_app: typer.Typer, client: ClientFactory) -> None:
         if bootstrap_token_file is None:
             raise UsageError("pass --bootstrap-token-file FILE (mode 600)")
         bootstrap = read_token_file(bootstrap_token_file)
-        link = HttpHubLink(hub, "", timeout=10.0)
+        link = HttpHubLink(hub, "", timeout=10.0, verify=hub_tls(hub_ca))
         try:
             cred = StoredCredential.from_answer(link.enrol(bootstrap, device_id))
         finally:

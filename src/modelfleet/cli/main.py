@@ -197,6 +197,18 @@ def hub_serve(
         bool,
         typer.Option("--no-webhooks", help="Send no webhooks from this process."),
     ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option("--tls", help="Serve HTTPS with HOME/tls/hub.pem and hub.key (hub tls-init)."),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Serve HTTPS with this certificate chain (PEM)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", help="The private key (PEM) of --tls-cert."),
+    ] = None,
 ) -> None:
     """Serve the hub's REST API, TUF repositories and dashboard."""
     from modelfleet.errors import ConfigError
@@ -207,6 +219,7 @@ def hub_serve(
     except ConfigError as e:
         raise UsageError(f"--log-format: {e}") from e
     require_extra("hub", *HUB_MODULES, what="`modelfleet hub serve`")
+    tls_files = _tls_files(home, tls, tls_cert, tls_key)
     configure_logging(fmt, "info", {"service": "hub"})
     from modelfleet.hub.app import serve
 
@@ -218,7 +231,76 @@ def hub_serve(
         controller_interval_s=0.0 if no_controller else controller_interval_s,
         webhook_interval_s=0.0 if no_webhooks else webhook_interval_s,
         access_log=access_log,
+        tls=tls_files,
     )
+
+
+def _tls_files(
+    home: Path, tls: bool, cert: Path | None, key: Path | None
+) -> tuple[Path, Path] | None:
+    """The certificate and key ``hub serve`` is told to use, checked readable."""
+    from modelfleet.hub.tls_setup import hub_tls_files
+
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if tls and cert is not None:
+        raise UsageError("--tls uses HOME/tls; give either it or --tls-cert/--tls-key")
+    if tls:
+        files = hub_tls_files(home)
+        if not files.exist():
+            raise UsageError(
+                f"--tls: no {files.cert} and {files.key}; create them with "
+                f"`modelfleet hub tls-init --home {home} --host NAME`"
+            )
+        cert, key = files.cert, files.key
+    if cert is None or key is None:
+        return None
+    for path in (cert, key):
+        if not path.is_file():
+            raise UsageError(f"TLS file {path} does not exist")
+    return cert, key
+
+
+@hub_app.command("tls-init")
+def hub_tls_init(
+    home: Annotated[Path, typer.Option("--home", help="Hub home made by `modelfleet init`.")],
+    host: Annotated[
+        list[str],
+        typer.Option("--host", help="A DNS name or IP address devices reach the hub by (repeat)."),
+    ],
+    days: Annotated[
+        int, typer.Option(min=1, max=3650, help="Days the hub's certificate is valid.")
+    ] = 825,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a CA and the hub's TLS certificate in HOME/tls (for `hub serve --tls`);
+    devices pin the CA with `agent run --hub-ca HOME/tls/ca.pem`."""
+    from datetime import UTC, datetime
+
+    from modelfleet.errors import ConfigError
+    from modelfleet.hub.tls_setup import create_hub_tls
+
+    if not (home / "config.toml").is_file():
+        raise UsageError(f"{home} is not a hub home (run `modelfleet init --home {home}`)")
+    try:
+        files, fingerprint = create_hub_tls(home, host, datetime.now(UTC), days)
+    except ConfigError as e:  # a bad --host, or files already there: the command line's fault
+        raise UsageError(str(e)) from e
+    out = {
+        "ca_cert": str(files.ca_cert),
+        "ca_key": str(files.ca_key),
+        "cert": str(files.cert),
+        "key": str(files.key),
+        "ca_sha256": fingerprint,
+        "hosts": host,
+    }
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"[green]✓[/] hub certificate for {', '.join(host)} in {files.cert.parent}")
+    console.print(f"  CA certificate (copy to devices): {files.ca_cert}")
+    console.print(f"  CA SHA-256: {fingerprint}")
+    console.print(f"  move {files.ca_key} offline; serve with `modelfleet hub serve --tls`")
 
 
 # -- devices -------------------------------------------------------------------------------

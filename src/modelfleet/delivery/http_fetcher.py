@@ -16,6 +16,7 @@ desired state supersedes it); both are checked after every piece the socket deli
 from __future__ import annotations
 
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -108,6 +109,7 @@ class HttpFetcher(FetcherInterface):
         headers: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """Create a fetcher.
 
@@ -120,6 +122,8 @@ class HttpFetcher(FetcherInterface):
             client: a ready ``httpx.Client`` (tests pass one with a ``MockTransport``);
                 the fetcher then does not own it and :meth:`close` leaves it open.
             monotonic: the clock deadlines are measured on.
+            verify: TLS verification for ``https://`` (a context pinning the hub's CA:
+                :func:`modelfleet.delivery.tls.client_verify`).
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
@@ -137,6 +141,7 @@ class HttpFetcher(FetcherInterface):
                 self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
             ),
             follow_redirects=False,
+            verify=verify,
         )
 
     @contextmanager

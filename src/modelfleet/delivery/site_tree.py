@@ -43,9 +43,8 @@ def tree_path(relative: str) -> PurePosixPath:
     if relative == TRUST_ROOT:
         return PurePosixPath(relative)
     parts = relative.split("/")
-    if (
-        not relative.startswith(TUF_PREFIX)
-        or any(p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts)
+    if not relative.startswith(TUF_PREFIX) or any(
+        p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts
     ):
         raise InvalidInputError(f"not a site-tree path: {relative!r}")
     return PurePosixPath(relative)

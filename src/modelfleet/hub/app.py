@@ -204,6 +204,7 @@ def serve(
     controller_interval_s: float = 5.0,
     webhook_interval_s: float = 5.0,
     access_log: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Run the hub API with uvicorn until interrupted (the process edge).
 
@@ -218,6 +219,7 @@ def serve(
             no webhooks from this process.
         access_log: log a line per request (off by default: at fleet rates it cost more
             than a check-in itself; issue 8, H9).
+        tls: (certificate chain PEM, private key PEM): serve HTTPS only (issue 10).
 
     Raises:
         ConfigError: the home is not initialised.
@@ -248,6 +250,8 @@ def serve(
             http=_pick("httptools", "auto"),
             loop=_pick("uvloop", "auto"),
             log_config=None,  # the CLI's logging (telemetry/logs.py) formats uvicorn's lines
+            ssl_certfile=None if tls is None else str(tls[0]),
+            ssl_keyfile=None if tls is None else str(tls[1]),
         )
     finally:
         service.close()

@@ -32,6 +32,7 @@ argument), so a device with a badly wrong clock will refuse or accept stale meta
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -86,6 +87,7 @@ class DeviceTrustClient:
         fetcher: FetcherInterface | None = None,
         download: DownloadSettings | None = None,
         refresh_margin: timedelta = DEFAULT_MARGIN,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """Set up the client and cache the bundle's roots; nothing is fetched yet.
 
@@ -100,6 +102,8 @@ class DeviceTrustClient:
             download: deadlines of the default fetcher's downloads (minimum rate, caps).
             refresh_margin: the fast path refreshes anyway when a held timestamp expires
                 within this.
+            verify: the default fetcher's TLS verification (a context pinning the hub's
+                CA: :func:`modelfleet.delivery.tls.client_verify`).
 
         Raises:
             ConfigError: the bundle is malformed or its roots do not verify, or it is None
@@ -110,7 +114,7 @@ class DeviceTrustClient:
         self.cache_dir = Path(cache_dir)
         self._hub = hub_url.rstrip("/")
         self._own_fetcher = fetcher is None
-        self._inner = fetcher or HttpFetcher(token, settings=download)
+        self._inner = fetcher or HttpFetcher(token, settings=download, verify=verify)
         self._director_lock = threading.Lock()
         self._catalog_lock = threading.Lock()
         self._catalog_stale = True
