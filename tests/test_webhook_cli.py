@@ -107,6 +107,20 @@ def test_a_test_event_to_a_dead_url_exits_1_with_one_line(hub: tuple[ServedHub, 
     cli_json(served, "webhook", "remove", str(created["id"]))
 
 
+def test_pause_resume_and_redrive_from_the_cli(hub: tuple[ServedHub, Path]) -> None:
+    served, _ = hub
+    created = cli_json(served, "webhook", "add", "http://127.0.0.1:9/hook")
+    hook_id = str(created["id"])
+    assert cli_json(served, "webhook", "disable", hook_id)["enabled"] is False
+    paused = run_cli("webhook", "list", env=served.env())
+    assert paused.returncode == 0
+    assert cli_json(served, "webhook", "enable", hook_id)["enabled"] is True
+    assert cli_json(served, "webhook", "redrive", hook_id)["redriven"] == []
+    nothing = run_cli("webhook", "redrive", hook_id, env=served.env())
+    assert nothing.returncode == 0 and "No dead deliveries" in nothing.stdout
+    cli_json(served, "webhook", "remove", hook_id)
+
+
 @pytest.mark.parametrize(
     ("args", "code", "text"),
     [
@@ -114,6 +128,9 @@ def test_a_test_event_to_a_dead_url_exits_1_with_one_line(hub: tuple[ServedHub, 
         (("add", "http://127.0.0.1/x", "--kind", "nope"), ExitCode.ERROR, "unknown event kind"),
         (("remove", "424242"), ExitCode.NOT_FOUND, "no webhook 424242"),
         (("deliveries", "1", "--state", "lost"), ExitCode.ERROR, "state"),
+        (("disable", "424242"), ExitCode.NOT_FOUND, "no webhook 424242"),
+        (("redrive", "424242"), ExitCode.NOT_FOUND, "no webhook 424242"),
+        (("redrive", "1", "--delivery", "0"), ExitCode.USAGE, "--delivery"),
     ],
 )
 def test_bad_webhook_commands_fail_with_one_clear_line(

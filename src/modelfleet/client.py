@@ -668,6 +668,20 @@ class HubClient:
         """Remove a subscription with its deliveries (admin)."""
         return self._object("DELETE", f"/api/v1/webhooks/{int(webhook_id)}")
 
+    def set_webhook_enabled(self, webhook_id: int, enabled: bool) -> dict[str, Any]:
+        """Pause (False) or resume (True) a subscription; returns it."""
+        return self._object(
+            "PATCH", f"/api/v1/webhooks/{int(webhook_id)}", json={"enabled": bool(enabled)}
+        )
+
+    def redrive_webhook(self, webhook_id: int, delivery_ids: Sequence[int] = ()) -> dict[str, Any]:
+        """Send dead deliveries again (the named ones, or every dead one)."""
+        return self._object(
+            "POST",
+            f"/api/v1/webhooks/{int(webhook_id)}/redrive",
+            json={"delivery_ids": [int(i) for i in delivery_ids]},
+        )
+
     def webhook_deliveries(
         self, webhook_id: int, state: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:

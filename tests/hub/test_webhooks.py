@@ -292,3 +292,129 @@ def test_deliveries_are_due_on_the_hub_clock_not_the_wall_clock(
         hooks.run_once()
         [d] = hooks.deliveries(sub)
         assert _parse(d["next_attempt_at"]) == clock.now() + timedelta(seconds=5)
+
+
+# -- operations: pause, resume, redrive -----------------------------------------------------
+
+
+def test_a_redriven_dead_delivery_is_sent_again_and_its_old_log_kept(
+    service: HubService, clock: ManualClock
+) -> None:
+    hooks = _hooks(service, max_attempts=2)
+    with receiver(fail_first=2, fail_status=500) as rcv:
+        sub = _subscribe(hooks, rcv, clock)
+        _event(service)
+        for _ in range(4):
+            hooks.run_once()
+            clock.advance(3600)
+        [dead] = hooks.deliveries(sub, state="dead")
+        assert hooks.redrive(sub, ADMIN) == {"subscription_id": sub, "redriven": [dead["id"]]}
+        hooks.run_once()  # due at once: no clock advance
+        assert len(rcv.received) == 3
+    [delivery] = hooks.deliveries(sub)
+    assert delivery["state"] == "delivered"
+    assert [a["status_code"] for a in delivery["log"]] == [500, 500, 204]
+    assert hooks.redrive(sub, ADMIN)["redriven"] == []  # nothing dead any more
+    audit = [e["action"] for e in service.audit(limit=1000) if e["subject"] == f"webhook/{sub}"]
+    assert "webhook.redrive" in audit
+
+
+def test_redriving_a_delivery_that_is_not_dead_is_refused(
+    service: HubService, clock: ManualClock
+) -> None:
+    hooks = _hooks(service)
+    with receiver() as rcv:
+        sub = _subscribe(hooks, rcv, clock)
+        _event(service)
+        hooks.run_once()
+    [delivered] = hooks.deliveries(sub)
+    with pytest.raises(InvalidInputError, match="not a dead delivery"):
+        hooks.redrive(sub, ADMIN, [delivered["id"]])
+    with pytest.raises(InvalidInputError, match="not a dead delivery"):
+        hooks.redrive(sub, ADMIN, [delivered["id"] + 1000])
+    with pytest.raises(NotFoundError):
+        hooks.redrive(sub + 1000, ADMIN)
+    assert hooks.deliveries(sub)[0]["state"] == "delivered"
+
+
+def test_a_paused_subscription_sends_nothing_and_gets_what_it_missed_on_resume(
+    service: HubService, clock: ManualClock
+) -> None:
+    hooks = _hooks(service)
+    with receiver() as rcv:
+        sub = _subscribe(hooks, rcv, clock)
+        first = _event(service)
+        assert hooks.set_enabled(sub, False, ADMIN)["enabled"] is False
+        second = _event(service)
+        for _ in range(3):
+            hooks.run_once()
+            clock.advance(60)
+        assert rcv.received == []
+        assert hooks.set_enabled(sub, True, ADMIN)["enabled"] is True
+        hooks.run_once()
+        got = sorted(int(r.event_id) for r in rcv.received)
+    assert got == [first, second]
+    audit = [e["action"] for e in service.audit(limit=1000) if e["subject"] == f"webhook/{sub}"]
+    assert audit.count("webhook.disable") == 1 and audit.count("webhook.enable") == 1
+
+
+def test_pause_resume_and_redrive_through_the_api_are_admin_only(
+    http: TestClient, client: HubClient, tokens: dict[str, str], admin_token: str
+) -> None:
+    created = client.add_webhook("http://127.0.0.1:9/x")
+    admin = client
+    assert admin.set_webhook_enabled(created["id"], False)["enabled"] is False
+    assert admin.redrive_webhook(created["id"]) == {
+        "subscription_id": created["id"],
+        "redriven": [],
+    }
+    viewer = HubClient(str(http.base_url), tokens["viewer"], http=http)
+    with pytest.raises(ForbiddenError):
+        viewer.set_webhook_enabled(created["id"], True)
+    with pytest.raises(ForbiddenError):
+        viewer.redrive_webhook(created["id"])
+    bad = http.patch(
+        f"/api/v1/webhooks/{created['id']}",
+        json={"enabled": "sometimes"},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert bad.status_code == 400 and "enabled" in bad.text
+
+
+def test_retention_deletes_old_finished_deliveries_and_events_every_cursor_passed(
+    service: HubService, clock: ManualClock
+) -> None:
+    hooks = _hooks(service)
+    with receiver() as rcv, receiver() as other:
+        ok = _subscribe(hooks, rcv, clock)
+        first = _event(service)
+        late = _subscribe(hooks, other, clock)  # starts past `first`
+        hooks.set_enabled(late, False, ADMIN)  # paused: its cursor stays before `second`
+        second = _event(service)
+        hooks.run_once()
+    assert [d["state"] for d in hooks.deliveries(ok)] == ["delivered", "delivered"]
+    clock.advance(29 * 86400)
+    assert service.apply_retention()["webhook_deliveries_deleted"] == 0  # not old enough
+    clock.advance(2 * 86400)
+    done = service.apply_retention()
+    assert done["webhook_deliveries_deleted"] == 2 and done["events_deleted"] == 1
+    assert hooks.deliveries(ok) == []
+    with service.context.read() as s:
+        left = [e["id"] for e in events.events_after(s, 0, 100)]
+    assert first not in left and second in left  # `late` still has `second` to hear
+    assert service.apply_retention()["events_deleted"] == 0
+
+
+def test_retention_keeps_pending_deliveries_and_their_events(
+    service: HubService, clock: ManualClock
+) -> None:
+    hooks = _hooks(service, max_attempts=50)
+    with receiver(fail_first=100) as rcv:
+        sub = _subscribe(hooks, rcv, clock)
+        event = _event(service)
+        hooks.run_once()
+    clock.advance(60 * 86400)
+    done = service.apply_retention()
+    assert done["webhook_deliveries_deleted"] == 0 and done["events_deleted"] == 0
+    [delivery] = hooks.deliveries(sub)
+    assert delivery["state"] == "pending" and delivery["event_id"] == event

@@ -108,6 +108,69 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
             return
         console.print(f"[yellow]Removed webhook[/] {result['id']}: {result['url']}")
 
+    def _set_enabled(
+        webhook_id: int,
+        enabled: bool,
+        hub: str,
+        token: str,
+        token_file: Path | None,
+        json_out: bool,
+    ) -> None:
+        result = client(hub, token, token_file).set_webhook_enabled(webhook_id, enabled)
+        if json_out:
+            print_json(result)
+            return
+        what = "[green]Resumed[/]" if enabled else "[yellow]Paused[/]"
+        console.print(f"{what} webhook {result['id']}: {result['url']}")
+
+    @webhook_app.command("disable")
+    def webhook_disable(
+        webhook_id: Annotated[int, typer.Argument(metavar="ID", min=1)],
+        hub: HubOpt = "http://127.0.0.1:8700",
+        token: TokenOpt = "",
+        token_file: TokenFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Pause a subscription: nothing is queued or sent until `webhook enable` (admin)."""
+        _set_enabled(webhook_id, False, hub, token, token_file, json_out)
+
+    @webhook_app.command("enable")
+    def webhook_enable(
+        webhook_id: Annotated[int, typer.Argument(metavar="ID", min=1)],
+        hub: HubOpt = "http://127.0.0.1:8700",
+        token: TokenOpt = "",
+        token_file: TokenFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Resume a paused subscription; it gets the events it missed (admin)."""
+        _set_enabled(webhook_id, True, hub, token, token_file, json_out)
+
+    @webhook_app.command("redrive")
+    def webhook_redrive(
+        webhook_id: Annotated[int, typer.Argument(metavar="ID", min=1)],
+        delivery: Annotated[
+            list[int] | None,
+            typer.Option("--delivery", min=1, help="A dead delivery's id (repeat); default all."),
+        ] = None,
+        hub: HubOpt = "http://127.0.0.1:8700",
+        token: TokenOpt = "",
+        token_file: TokenFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Send dead deliveries again from attempt one (admin)."""
+        result = client(hub, token, token_file).redrive_webhook(webhook_id, delivery or ())
+        if json_out:
+            print_json(result)
+            return
+        ids = result["redriven"]
+        if not ids:
+            console.print(f"No dead deliveries of webhook {webhook_id} to send again")
+            return
+        console.print(
+            f"[green]Sending again[/] {len(ids)} deliveries of webhook {webhook_id}: "
+            + ", ".join(str(i) for i in ids)
+        )
+
     @webhook_app.command("deliveries")
     def webhook_deliveries(
         webhook_id: Annotated[int, typer.Argument(metavar="ID", min=1)],

@@ -104,6 +104,9 @@ class HubConfig:
             are dropped until labels empty it.
         review_days: review samples (and their labels) received more than this many days
             ago are deleted by the retention round.
+        event_days: outbox events, and webhook deliveries delivered or dead, older than
+            this many days are deleted (an event only once every subscription is past it
+            and no delivery of it is pending).
         key_passphrase: decrypts the key files (``MODELFLEET_KEY_PASSPHRASE`` or the file
             ``MODELFLEET_KEY_PASSPHRASE_FILE`` names; issue 10).
         hsm_pin: the PIN of a PKCS#11 token holding a key (``MODELFLEET_HSM_PIN``).
@@ -129,6 +132,7 @@ class HubConfig:
     retention_batch: int = 200_000
     review_queue_limit: int = 10_000
     review_days: int = 400
+    event_days: int = 30
     release_threshold: int = 1
     safety_release_threshold: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
@@ -166,6 +170,8 @@ class HubConfig:
             raise ConfigError("review_queue_limit must be between 1 and 10000000")
         if not 1 <= self.review_days <= 36500:
             raise ConfigError("review_days must be between 1 and 36500")
+        if not 1 <= self.event_days <= 36500:
+            raise ConfigError("event_days must be between 1 and 36500")
         if not 1 <= self.release_threshold <= self.safety_release_threshold <= 16:
             raise ConfigError(
                 "release thresholds must satisfy 1 <= release_threshold <= "

@@ -142,6 +142,7 @@ class HubService:
             self.drift = Drift(self.context, self.profiles)
             self.telemetry = Telemetry(self.context, self.metrics, DriftRollups(self.profiles))
             self.review = ReviewQueue(self.context, self._version_manifest)
+            self.webhooks = Webhooks(self.context)
             self.upkeep = Upkeep(
                 self.context,
                 self.store,
@@ -151,10 +152,10 @@ class HubService:
                 self.telemetry,
                 audit_chain=self.audit_chain,
                 drift=self.drift,
+                webhooks=self.webhooks,
             )
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
             self.controller = RolloutController(self.context, self.director, profiles=self.profiles)
-            self.webhooks = Webhooks(self.context)
             # --- issue 10: approvals ---
             self.approvals = Approvals(self.context, self.catalog, self.trust)
             self.catalog.release_gate = self.approvals.gate
@@ -534,13 +535,15 @@ class HubService:
 
         Returns:
             ``{"rolled_up", "records_deleted", "rollups_deleted", "reports_deleted",
-            "drift_rollups_deleted", "review_samples_deleted", "more"}`` (``more``: the
-            budget ran out; the next round goes on).
+            "drift_rollups_deleted", "review_samples_deleted", "more",
+            "webhook_deliveries_deleted", "events_deleted"}`` (``more``: the budget ran out;
+            the next round goes on). The last two: the outbox and webhook deliveries
+            older than ``event_days`` (:meth:`Webhooks.apply_retention`).
 
         Raises:
             StorageError: the database failed (what committed stays consistent).
         """
-        return self.telemetry.apply_retention()
+        return self.upkeep.apply_retention()
 
     # -- blobs and versions --------------------------------------------------------------
 

@@ -13,7 +13,9 @@ copies the audit chain's signed head to the home's checkpoint file
 
 from __future__ import annotations
 
+import logging
 import math
+from datetime import timedelta
 from pathlib import Path
 
 from modelfleet.catalog.artefacts import FileArtefactStore, is_sha256
@@ -25,10 +27,13 @@ from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.drift import Drift
 from modelfleet.hub.telemetry import Telemetry
+from modelfleet.hub.webhooks import Webhooks
 from modelfleet.trust.bundle import REPOSITORIES
 from modelfleet.trust.hub_trust import HubTrust
 
 __all__ = ["GC_GRACE_S", "GC_INTERVAL_S", "Upkeep"]
+
+log = logging.getLogger(__name__)
 
 GC_GRACE_S = 3600.0
 """Unreferenced blobs younger than this are kept: an upload waits for its registration."""
@@ -63,6 +68,7 @@ class Upkeep:
         telemetry: Telemetry,
         audit_chain: AuditChain | None = None,
         drift: Drift | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -72,7 +78,21 @@ class Upkeep:
         self._telemetry = telemetry
         self._audit_chain = audit_chain
         self._drift = drift
+        self._webhooks = webhooks
         self._last_gc: float | None = None
+
+    def apply_retention(self) -> JSONDict:
+        """One bounded retention round: telemetry (see ``HubService.apply_retention``),
+        then the events outbox and webhook deliveries older than ``event_days``."""
+        done = self._telemetry.apply_retention()
+        if self._webhooks is not None:
+            cfg = self._ctx.config
+            cutoff = self._ctx.now() - timedelta(days=cfg.event_days)
+            gone = self._webhooks.apply_retention(cutoff, cfg.retention_batch)
+            if any(gone.values()):
+                log.info("webhook retention: %s", gone)
+            done.update(gone)
+        return done
 
     # -- TUF -----------------------------------------------------------------------------
 
@@ -106,7 +126,7 @@ class Upkeep:
         if self._last_gc is None or mono - self._last_gc >= GC_INTERVAL_S:
             self._last_gc = mono
             self.collect_garbage(older_than_s=GC_GRACE_S)
-        self._telemetry.apply_retention()  # bounded; what is left goes in the next round
+        self.apply_retention()  # bounded; what is left goes in the next round
         if self._drift is not None:
             self._drift.advance()
         if self._audit_chain is not None:

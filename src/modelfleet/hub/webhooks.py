@@ -313,6 +313,61 @@ class Webhooks:
             )
         return out
 
+    def set_enabled(self, subscription_id: int, enabled: bool, actor: str) -> dict[str, Any]:
+        """Pause (``enabled=False``) or resume a subscription, audited. A paused one queues
+        nothing and sends nothing; its cursor stays, so on resume it gets the events it
+        missed (as far as the outbox still keeps them) and its pending deliveries resume.
+
+        Raises:
+            NotFoundError: no such subscription.
+        """
+        with self._ctx.write() as s:
+            row = self._row(s, subscription_id)
+            if row.enabled != enabled:
+                row.enabled = enabled
+                action = "webhook.enable" if enabled else "webhook.disable"
+                self._ctx.audit(s, actor, action, f"webhook/{subscription_id}", {"url": row.url})
+            return self._view(s, row)
+
+    def redrive(
+        self, subscription_id: int, actor: str, delivery_ids: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        """Give dead deliveries a fresh start: ``pending``, due now, attempts from zero (the
+        log of earlier attempts is kept). ``delivery_ids`` picks some (each must be this
+        subscription's and dead); empty means every dead one. Audited; returns
+        ``{"subscription_id", "redriven": [ids]}``.
+
+        Raises:
+            InvalidInputError: a named delivery is not dead or not this subscription's.
+            NotFoundError: no such subscription.
+        """
+        now = self._ctx.now()
+        with self._ctx.write() as s:
+            self._row(s, subscription_id)
+            q = select(db.WebhookDelivery).where(
+                db.WebhookDelivery.subscription_id == subscription_id
+            )
+            if delivery_ids:
+                q = q.where(db.WebhookDelivery.id.in_(list(delivery_ids)))
+            else:
+                q = q.where(db.WebhookDelivery.state == "dead")
+            rows = list(s.scalars(q.order_by(db.WebhookDelivery.id)))
+            found = {d.id: d for d in rows}
+            wrong = [i for i in delivery_ids if i not in found or found[i].state != "dead"]
+            if wrong:
+                raise InvalidInputError(
+                    f"not a dead delivery of webhook {subscription_id}: "
+                    + ", ".join(str(i) for i in wrong)
+                )
+            for d in rows:
+                d.state, d.attempts, d.next_attempt_at = "pending", 0, now
+            ids = [d.id for d in rows]
+            if ids:
+                self._ctx.audit(
+                    s, actor, "webhook.redrive", f"webhook/{subscription_id}", {"deliveries": ids}
+                )
+        return {"subscription_id": subscription_id, "redriven": ids}
+
     def deliveries(
         self, subscription_id: int, state: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
@@ -343,7 +398,7 @@ class Webhooks:
                 attempts = s.scalars(
                     select(db.WebhookAttempt)
                     .where(db.WebhookAttempt.delivery_id.in_(list(logs)))
-                    .order_by(db.WebhookAttempt.delivery_id, db.WebhookAttempt.attempt)
+                    .order_by(db.WebhookAttempt.delivery_id, db.WebhookAttempt.id)  # by time
                 )
                 for a in attempts:
                     logs[a.delivery_id].append(
@@ -403,6 +458,43 @@ class Webhooks:
             "duration_ms": round(duration_ms, 3),
             "event_id": event_id,
         }
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def apply_retention(self, cutoff: datetime, budget: int) -> dict[str, int]:
+        """Delete, oldest first and at most ``budget`` rows of each kind: deliveries that
+        are ``delivered`` or ``dead`` and were created before ``cutoff`` (with their log),
+        then outbox events from before ``cutoff`` that every subscription's cursor has
+        passed and no delivery still names. Pending deliveries and the events they need
+        are never deleted. Returns ``{"webhook_deliveries_deleted", "events_deleted"}``.
+        """
+        with self._ctx.write() as s:
+            ids = list(
+                s.scalars(
+                    select(db.WebhookDelivery.id)
+                    .where(
+                        db.WebhookDelivery.state.in_(("delivered", "dead")),
+                        db.WebhookDelivery.created_at < cutoff,
+                    )
+                    .order_by(db.WebhookDelivery.id)
+                    .limit(budget)
+                )
+            )
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                s.execute(delete(db.WebhookAttempt).where(db.WebhookAttempt.delivery_id.in_(chunk)))
+                s.execute(delete(db.WebhookDelivery).where(db.WebhookDelivery.id.in_(chunk)))
+            lowest_cursor = s.scalar(select(func.min(db.WebhookSubscription.cursor)))
+            still_named = select(db.WebhookDelivery.event_id)
+            q = select(db.HubEvent.id).where(
+                db.HubEvent.at < cutoff, db.HubEvent.id.not_in(still_named)
+            )
+            if lowest_cursor is not None:
+                q = q.where(db.HubEvent.id <= lowest_cursor)
+            events_gone = list(s.scalars(q.order_by(db.HubEvent.id).limit(budget)))
+            for i in range(0, len(events_gone), 1000):
+                s.execute(delete(db.HubEvent).where(db.HubEvent.id.in_(events_gone[i : i + 1000])))
+        return {"webhook_deliveries_deleted": len(ids), "events_deleted": len(events_gone)}
 
     # -- delivery rounds -------------------------------------------------------------------
 
@@ -469,6 +561,7 @@ class Webhooks:
                 .where(
                     db.WebhookDelivery.state == "pending",
                     db.WebhookDelivery.next_attempt_at <= now,
+                    db.WebhookSubscription.enabled.is_(True),  # a paused one sends nothing
                 )
                 .order_by(db.WebhookDelivery.next_attempt_at, db.WebhookDelivery.id)
                 .limit(self.settings.batch)

@@ -22,6 +22,9 @@ __all__ = [
     "WebhookDeliveryOut",
     "WebhookIn",
     "WebhookOut",
+    "WebhookPatchIn",
+    "WebhookRedriveIn",
+    "WebhookRedriveOut",
     "WebhookTestOut",
     "router",
 ]
@@ -35,9 +38,11 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class WebhookIn(BaseModel):
+class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class WebhookIn(_In):
     url: Text = Field(max_length=2048, description="http(s) URL the events are POSTed to")
     kinds: list[Annotated[Text, Field(max_length=128)]] = Field(
         default_factory=list,
@@ -141,6 +146,49 @@ def delete_webhook(webhook_id: WebhookId, who: Who, service: Service) -> dict[st
     """Remove a subscription, its deliveries and their log (admin)."""
     check(who, Permission.ADMIN)
     return service.webhooks.delete(webhook_id, actor=who.actor)
+
+
+class WebhookPatchIn(_In):
+    enabled: bool = Field(description="false pauses the subscription, true resumes it")
+
+
+class WebhookRedriveIn(_In):
+    delivery_ids: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, max_length=1000, description="dead deliveries; empty: every one"
+    )
+
+
+class WebhookRedriveOut(_Out):
+    subscription_id: int
+    redriven: list[int]
+
+
+@router.patch(
+    "/webhooks/{webhook_id}",
+    response_model=WebhookOut,
+    responses=error_responses(400, 401, 403, 404),
+)
+def patch_webhook(
+    webhook_id: WebhookId, body: WebhookPatchIn, who: Who, service: Service
+) -> dict[str, Any]:
+    """Pause or resume a subscription (admin); a paused one keeps its cursor and gets what
+    it missed when resumed."""
+    check(who, Permission.ADMIN)
+    return service.webhooks.set_enabled(webhook_id, body.enabled, actor=who.actor)
+
+
+@router.post(
+    "/webhooks/{webhook_id}/redrive",
+    response_model=WebhookRedriveOut,
+    responses=error_responses(400, 401, 403, 404),
+)
+def redrive_webhook(
+    webhook_id: WebhookId, body: WebhookRedriveIn, who: Who, service: Service
+) -> dict[str, Any]:
+    """Send dead deliveries again from attempt one (admin): the named ones, or every dead
+    one when none is named."""
+    check(who, Permission.ADMIN)
+    return service.webhooks.redrive(webhook_id, actor=who.actor, delivery_ids=body.delivery_ids)
 
 
 @router.get(
