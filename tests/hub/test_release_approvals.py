@@ -264,7 +264,7 @@ def test_revoking_the_only_version_strands_the_device_and_says_so(
     service.add_device("cam-1", "plant", [], actor="admin:admin")
     _deploy(http, admin_token, 1, ["cam-1"])
     out = service.revoke_version("iris", 1, actor="admin:admin", reason="recall")
-    assert out["fallback"] == {"moved": {}, "stranded": ["cam-1"]}
+    assert out["fallback"] == {"moved": {}, "stranded": ["cam-1"], "aborted_rollouts": []}
     assert not _listed(service, 1)
 
 

@@ -447,3 +447,22 @@ def test_a_version_first_shipped_by_a_rollout_is_listed_in_the_catalog(
     with service.context.read() as s:
         row = s.scalars(select(db.ModelVersion).where(db.ModelVersion.version == 2)).one()
         assert listed.hashes["sha256"] == row.sha256
+
+
+def test_revoking_the_version_aborts_its_unfinished_rollouts_in_the_same_change(
+    fleet: tuple[HubService, list[str]],
+) -> None:
+    service, _ = fleet
+    ro = service.create_rollout(plan(), actor=OPERATOR)
+    service.tick_rollouts()  # the canaries get v2
+    assert assigned(service)
+    out = service.revoke_version("iris", 2, actor=ADMIN, reason="bad calibration", ticket="SEC-9")
+    assert out["fallback"]["aborted_rollouts"] == [ro["id"]]
+    view = service.get_rollout(ro["id"])
+    assert view["state"] == "aborted" and "version revoked: bad calibration" in view["reason"]
+    assert assigned(service) == set()  # the canaries went back to v1 with the revocation
+    service.tick_rollouts()  # no stage ever starts again
+    assert service.get_rollout(ro["id"])["state"] == "aborted" and assigned(service) == set()
+    assert "rollout-abort" in actions(service, ro["id"])
+    revoke = [e for e in service.audit(limit=1000) if e["action"] == "model.revoke"][-1]
+    assert revoke["details"]["aborted_rollouts"] == [ro["id"]] and revoke["ticket"] == "SEC-9"

@@ -174,3 +174,7 @@ def register(app: typer.Typer, model_app: typer.Typer, client: ClientFactory) ->
                 f"No earlier version to fall back to: {', '.join(fb['stranded'])} "
                 "(they keep serving what they run)"
             )
+        if fb.get("aborted_rollouts"):
+            console.print(
+                f"Rollouts of version {version} aborted: {', '.join(fb['aborted_rollouts'])}"
+            )

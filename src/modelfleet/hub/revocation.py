@@ -21,6 +21,7 @@ from dataclasses import replace
 from enum import StrEnum
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.hub import db
@@ -29,8 +30,11 @@ from modelfleet.hub.approvals import Approvals
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
+from modelfleet.hub.rollout_apply import apply_step, progress_of
 from modelfleet.rollout.assignment import RollbackKind, Slots, roll_back
 from modelfleet.rollout.desired_state import Mode
+from modelfleet.rollout.plan import parse_plan
+from modelfleet.rollout.stages import TERMINAL, operator
 
 __all__ = ["MAX_REASON", "Fallback", "Revocations", "fall_back"]
 
@@ -100,7 +104,8 @@ class Revocations:
 
         Returns:
             ``{"moved": {device: {"from": {...}, "to": {...}, "fallback"}},
-            "stranded": [device ids]}``.
+            "stranded": [device ids], "aborted_rollouts": [rollout ids]}``: every
+            unfinished rollout of the version is aborted in the same transaction.
 
         Raises:
             NotFoundError: no such version.
@@ -170,14 +175,61 @@ class Revocations:
                     "fallback": outcome.value,
                 }
             self._director.stage(s, list(moved))
+            aborted = self._abort_rollouts(s, name, version, reason, actor, ticket)
             self._ctx.audit(
                 s,
                 actor,
                 "model.revoke",
                 f"{name}/{version}",
-                {"reason": reason, "moved": moved, "stranded": stranded, "rollout_id": rollout_id},
+                {
+                    "reason": reason,
+                    "moved": moved,
+                    "stranded": stranded,
+                    "rollout_id": rollout_id,
+                    "aborted_rollouts": aborted,
+                },
                 ticket,
             )
         self._director.publish()
         self._approvals.publish()
-        return {"moved": moved, "stranded": stranded}
+        return {"moved": moved, "stranded": stranded, "aborted_rollouts": aborted}
+
+    def _abort_rollouts(
+        self,
+        s: Session,
+        name: str,
+        version: int,
+        reason: str,
+        actor: str,
+        ticket: str | None,
+    ) -> list[str]:
+        """Abort every unfinished rollout of the revoked version, in the revocation's
+        transaction (each audited as ``rollout-abort``): a revoked version never starts
+        another stage. Devices keep what the revocation left them."""
+        rows = s.scalars(
+            select(db.Rollout)
+            .where(
+                db.Rollout.model == name,
+                db.Rollout.version == version,
+                db.Rollout.state.not_in([t.value for t in TERMINAL]),
+            )
+            .order_by(db.Rollout.id)
+        ).all()
+        now = self._ctx.now()
+        why = f"version revoked: {reason}" if reason else "version revoked"
+        for row in rows:
+            plan = parse_plan(row.plan)
+            step = operator(plan, progress_of(row), "abort", now, reason=why)
+            apply_step(
+                self._ctx,
+                self._director,
+                s,
+                row,
+                plan,
+                step,
+                actor=actor,
+                action="rollout-abort",
+                ticket=ticket,
+                details={"command": "abort", "operator_reason": why},
+            )
+        return [row.id for row in rows]
