@@ -21,7 +21,7 @@ demo: $(STAMP)
 # (the PKCS#11 signing test, issue 10), then the whole suite.
 test: $(STAMP)
 	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh \
-		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q
+		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow"
