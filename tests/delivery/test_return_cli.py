@@ -196,3 +196,46 @@ def test_the_agent_registers_its_key_with_its_own_token(tmp_path: Path, home: Pa
     r = run_cli("bundle", "ingest", str(out), "--home", str(home), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stored"] == 7
+
+
+def _key_registered(home: Path, device_id: str) -> bool:
+    svc = _service(home)
+    try:
+        with svc.context.read() as s:
+            return s.get(db.DeviceKey, device_id) is not None
+    finally:
+        svc.close()
+
+
+def test_a_real_agent_makes_its_key_sends_it_and_its_state_folder_round_trips(
+    tmp_path: Path, home: Path
+) -> None:
+    from modelfleet.demo import free_port, modelfleet_cmd, start
+    from tests.e2e.conftest import wait_for
+
+    (tmp_path / "logs").mkdir()
+    state = tmp_path / "edge-1"
+    with served_hub(home, tmp_path / "logs") as hub:
+        r = run_cli("device", "add", "edge-1", "--site", SITE, "--json", env=hub.env())
+        assert r.returncode == 0, r.stderr
+        agent = start(
+            "agent",
+            modelfleet_cmd(
+                "agent", "run", "--hub", hub.url, "--device-id", "edge-1",
+                "--token", json.loads(r.stdout)["token"], "--state-dir", str(state),
+                "--port", str(free_port()), "--poll-interval", "0.2",
+                "--trust-root", str(home / "trust-root.json"),
+            ),
+            tmp_path / "logs",
+        )  # fmt: skip
+        try:
+            assert wait_for(lambda: (state / "state.json").exists()), agent.output()
+            assert wait_for(lambda: _key_registered(home, "edge-1")), agent.output()
+        finally:
+            agent.stop()
+    out = tmp_path / "return.mfr"
+    made = _report([SiteDevice("edge-1", state, None)], out)  # type: ignore[arg-type]
+    assert made["devices"][0]["report"] is True
+    r = run_cli("bundle", "ingest", str(out), "--home", str(home), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["devices"][0]["device_id"] == "edge-1"
