@@ -31,7 +31,7 @@ from modelfleet.backoff import BackoffPolicy
 from modelfleet.catalog.onnx_session import check_providers
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.delivery.tls import client_verify
-from modelfleet.errors import ConfigError, StorageError, TransportError
+from modelfleet.errors import ConfigError, ModelfleetError, StorageError, TransportError
 from modelfleet.packaging.target import DeviceProfile
 from modelfleet.telemetry.device import DeviceTelemetry
 from modelfleet.telemetry.otel import OtlpSettings
@@ -180,6 +180,7 @@ def run_agent(
         CurrentCredential,
         choose_credential,
     )
+    from modelfleet.agent.device_key import load_or_create_device_key
     from modelfleet.agent.hub_link import HttpHubLink
     from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.agent.server import serve
@@ -215,6 +216,31 @@ def run_agent(
     # Contract 3: refuse a token that is not this device's before using it at all. With
     # the hub out of reach, serve from disk and check on first contact (the loop).
     identity_checked = verify_token(hub, config.device_id)
+    # Issue 11: the device's own key (made once) signs its return bundles; the hub learns
+    # it over this device's token (best effort: `modelfleet device key` covers offline).
+    try:
+        device_key = load_or_create_device_key(config.state_dir)[0]
+    except ConfigError as e:  # serving matters more than the return channel
+        log.error("no device key (return bundles cannot be signed): %s", e)
+        device_key = None
+
+    def send_device_key() -> None:
+        if device_key is None:
+            return
+        try:
+            hub.put_device_key(config.device_id, device_key.public_hex)
+        except ModelfleetError as e:
+            log.warning("device key %s not registered at the hub: %s", device_key.key_id[:16], e)
+
+    if identity_checked:
+        send_device_key()
+
+    def first_contact() -> bool:
+        ok = verify_token(hub, config.device_id)
+        if ok:
+            send_device_key()
+        return ok
+
     trust_root = load_trust_root(config, hub)
     source = DeviceTrustClient(
         config.state_dir / "tuf",
@@ -299,7 +325,7 @@ def run_agent(
         report,
         config.heartbeat_s,
         backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
-        identity=None if identity_checked else lambda: verify_token(hub, config.device_id),
+        identity=None if identity_checked else first_contact,
         renew=renewer.tick,
     )
     loop_holder.append(loop)

@@ -193,6 +193,22 @@ class HttpHubLink:
         except TransportError:
             return {}  # an older hub may answer with no body
 
+    def put_device_key(self, device_id: str, public_key_hex: str) -> dict[str, Any]:
+        """Send this device's public key for return bundles (issue 11), with its own token.
+
+        Raises:
+            InvalidInputError: the hub holds another key for this device (409: an admin
+                replaces it).
+            TransportError: the hub cannot be reached.
+        """
+        r = self._request(
+            "PUT",
+            f"/api/v1/devices/{device_id}/key",
+            content=orjson.dumps({"public_key": public_key_hex}),
+            headers={"Content-Type": "application/json"},
+        )
+        return self._json(r)
+
     def rotate_credential(self, device_id: str, token: str) -> dict[str, Any]:
         """Renew the credential ``token`` (issue 10): the hub's answer with the new one
         (``device_id``, ``credential_id``, ``token``, ``not_after``). Retried as the other

@@ -24,11 +24,13 @@ from modelfleet import __version__
 from modelfleet.cli import (
     agent_cmds,
     audit_cmds,
+    bundle_cmds,
     credential_cmds,
     demo_cmd,
     drift_cmds,
     keys_cmds,
     release_cmds,
+    return_cmds,
     review_cmds,
     sim_cmd,
     tuf_client_cmd,
@@ -68,6 +70,7 @@ app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
 app.add_typer(agent_app, name="agent")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(bundle_cmds.bundle_app, name="bundle")  # issue 11
 
 HUB_MODULES = ("fastapi", "sqlalchemy", "alembic", "uvicorn")
 
@@ -1010,11 +1013,14 @@ webhook_cmds.register(app, _client)
 keys_cmds.register(app)  # issue 10: keys
 release_cmds.register(app, model_app, _client)  # issue 10: approvals
 credential_cmds.register(device_app, _client)  # issue 10
+return_cmds.register(bundle_cmds.bundle_app)  # issue 11: bundle report, bundle ingest
+return_cmds.register_device_key(device_app)  # issue 11
 
 
 # -- agent ---------------------------------------------------------------------------------
 
 agent_cmds.register(agent_app)
+return_cmds.register_agent_key(agent_app)  # issue 11
 demo_cmd.register(app)
 sim_cmd.register(app)
 tuf_client_cmd.register(app)  # issue 10: tuf-conformance client CLI

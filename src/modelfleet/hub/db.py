@@ -44,6 +44,7 @@ __all__ = [
     "AuditHead",
     "Base",
     "Device",
+    "DeviceKey",
     "DeviceReport",
     "DeviceRollbackEvent",
     "DeviceServing",
@@ -56,6 +57,7 @@ __all__ = [
     "HubEvent",
     "Model",
     "ModelVersion",
+    "ReturnBundle",
     "ReviewLabel",
     "ReviewSample",
     "Rollout",
@@ -798,6 +800,39 @@ class RolloutTransition(Base):
     stage: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text, default="")
     ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+# --- issue 11: return channel ---
+
+
+class DeviceKey(Base):
+    """A device's Ed25519 public key (issue 11, ADR 0029): it verifies the envelopes of
+    return bundles. Learnt over the device's token or from an admin, never from a bundle."""
+
+    __tablename__ = "device_keys"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    keyid: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime]
+    added_by: Mapped[str] = mapped_column(String(256))
+
+
+class ReturnBundle(Base):
+    """A return bundle ingested (issue 11): its digest makes a second ingest of the same
+    file a no-op; ``summary`` is what the first ingest stored."""
+
+    __tablename__ = "return_bundles"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime]
+    ingested_at: Mapped[datetime]
+    ingested_by: Mapped[str] = mapped_column(String(256))
+    summary: Mapped[dict[str, Any]]
+
+
+# --- end issue 11: return channel ---
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

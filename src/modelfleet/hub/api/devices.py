@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from modelfleet.hub.api._deps import Service, Who, check_length
@@ -85,3 +86,36 @@ async def report(device_id: str, request: Request, who: Who, service: Service) -
     raw = await request.body()
     outcome = await run_in_threadpool(service.record_report, device_id, raw)
     return Response(orjson.dumps({**outcome, "status": "recorded"}), media_type="application/json")
+
+
+# --- issue 11: return channel ---
+
+
+class DeviceKeyIn(BaseModel):
+    """A device's Ed25519 public key (64 hex digits)."""
+
+    public_key: str = Field(min_length=64, max_length=64, pattern="^[0-9a-fA-F]{64}$")
+
+
+@router.put(
+    "/devices/{device_id}/key",
+    response_model=dict[str, Any],
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def put_device_key(
+    device_id: str, body: DeviceKeyIn, who: Who, service: Service, replace: bool = False
+) -> dict[str, Any]:
+    """Register the device's public key for return bundles (issue 11, ADR 0029): the
+    device's own token (its first key, or the same again) or an admin; replacing a
+    different key needs an admin and ``replace=true``."""
+    from modelfleet.hub.bundle_ingest import DeviceKeys
+
+    check(who, Permission.ADMIN, device_id=device_id)
+    if replace:
+        check(who, Permission.ADMIN)
+    return DeviceKeys(service.context).register(
+        device_id, bytes.fromhex(body.public_key), who.actor, replace=replace
+    )
+
+
+# --- end issue 11: return channel ---
