@@ -7,7 +7,8 @@ between packages (``modelfleet.hub``, ``modelfleet.agent``, …; a top-level mod
 
 * no cycle between packages;
 * fastapi, sqlalchemy, alembic and psycopg only under ``hub/``; starlette and uvicorn only
-  under ``hub/`` and ``agent/``; ``cli/`` may import any of them lazily, inside a function;
+  under ``hub/`` and ``agent/`` (starlette also in ``delivery/mirror.py``, the site
+  mirror); ``cli/`` may import any of them lazily, inside a function;
 * ``agent/`` never imports ``hub/``, ``client``, fastapi or sqlalchemy; ``audit/`` never
   imports ``hub/``;
 * ``serving/``, ``monitoring/`` and ``rollout/`` import no web framework, database or clock;
@@ -237,7 +238,7 @@ RULES = [
     ("alembic", ("modelfleet.hub",)),
     ("psycopg", ("modelfleet.hub",)),
     ("psycopg2", ("modelfleet.hub",)),
-    ("starlette", ("modelfleet.hub", "modelfleet.agent")),
+    ("starlette", ("modelfleet.hub", "modelfleet.agent", "modelfleet.delivery.mirror")),
     ("uvicorn", ("modelfleet.hub", "modelfleet.agent")),
 ]
 

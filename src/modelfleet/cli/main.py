@@ -33,6 +33,7 @@ from modelfleet.cli import (
     return_cmds,
     review_cmds,
     sim_cmd,
+    site_cmds,
     tuf_client_cmd,
     webhook_cmds,
 )
@@ -1015,6 +1016,7 @@ release_cmds.register(app, model_app, _client)  # issue 10: approvals
 credential_cmds.register(device_app, _client)  # issue 10
 return_cmds.register(bundle_cmds.bundle_app)  # issue 11: bundle report, bundle ingest
 return_cmds.register_device_key(device_app)  # issue 11
+site_cmds.register(app)  # issue 11: site mirror
 
 
 # -- agent ---------------------------------------------------------------------------------
