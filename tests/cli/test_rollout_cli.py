@@ -357,6 +357,9 @@ def test_ctrl_c_stops_watching_quietly_with_exit_0(fake_hub: Served) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**_clean_env(), **fake_hub.env()},
+        # As at a terminal: a suite started as a background job (`make test &`, CI) hands
+        # its children SIGINT ignored, and Python then installs no KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
