@@ -62,6 +62,11 @@ class AgentConfig:
             nothing (``agent run --review-budget BYTES``; needs telemetry).
         hub_ca: the hub's CA certificate (PEM): ``https://`` to the hub trusts it and no
             other CA (``agent run --hub-ca``; issue 10). None: the system's CAs.
+        update_folder: update from this folder (a mounted removable-media bundle laid out
+            as a site tree, :mod:`modelfleet.delivery.site_tree`) instead of the hub: the
+            same TUF verification, no check-ins and no token check with the hub; telemetry
+            stays buffered for ``bundle report`` (``agent run --from-folder``; issue 11).
+            Needs ``trust_root`` (or one cached): nothing on a stick is a trust anchor.
     """
 
     hub_url: str
@@ -90,6 +95,7 @@ class AgentConfig:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     hardware: tuple[str, ...] = ()
     hub_ca: Path | None = None
+    update_folder: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:

@@ -191,6 +191,7 @@ def run_agent(
         build_device_telemetry,
     )
     from modelfleet.agent.upstream import UpstreamClient
+    from modelfleet.delivery.folder_fetcher import FolderFetcher
     from modelfleet.serving.host import ModelHost
     from modelfleet.telemetry.buffer import TelemetryBuffer
     from modelfleet.trust.client import DeviceTrustClient
@@ -213,9 +214,10 @@ def run_agent(
         clock,
         backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
     )
+    offline = config.update_folder is not None  # issue 11: updates from a mounted folder
     # Contract 3: refuse a token that is not this device's before using it at all. With
     # the hub out of reach, serve from disk and check on first contact (the loop).
-    identity_checked = verify_token(hub, config.device_id)
+    identity_checked = offline or verify_token(hub, config.device_id)
     # Issue 11: the device's own key (made once) signs its return bundles; the hub learns
     # it over this device's token (best effort: `modelfleet device key` covers offline).
     try:
@@ -232,7 +234,7 @@ def run_agent(
         except ModelfleetError as e:
             log.warning("device key %s not registered at the hub: %s", device_key.key_id[:16], e)
 
-    if identity_checked:
+    if identity_checked and not offline:
         send_device_key()
 
     def first_contact() -> bool:
@@ -241,12 +243,17 @@ def run_agent(
             send_device_key()
         return ok
 
-    trust_root = load_trust_root(config, hub)
+    trust_root = load_trust_root(config, None if offline else hub)
+    folder = None
+    if config.update_folder is not None:
+        folder = FolderFetcher(config.update_folder, config.hub_url)
+        log.info("updates from folder %s (verified as from the hub)", config.update_folder)
     source = DeviceTrustClient(
         config.state_dir / "tuf",
         config.hub_url,
         current,
         trust_root,
+        fetcher=folder,
         download=config.download,
         verify=tls,
     )
@@ -322,11 +329,11 @@ def run_agent(
     loop = UpdateLoop(
         updater,
         config.poll_interval,
-        report,
+        None if offline else report,  # offline: the return bundle carries the reports
         config.heartbeat_s,
         backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
         identity=None if identity_checked else first_contact,
-        renew=renewer.tick,
+        renew=None if offline else renewer.tick,
     )
     loop_holder.append(loop)
     control = AgentControlImpl(updater, loop, guard, telemetry)

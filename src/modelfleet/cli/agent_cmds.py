@@ -428,6 +428,15 @@ def register(agent_app: typer.Typer) -> None:
             ),
         ] = None,
         hub_ca: HubCaOpt = None,
+        from_folder: Annotated[
+            Path | None,
+            typer.Option(
+                "--from-folder",
+                help="Update from this folder (an imported media bundle, a mounted stick) "
+                "instead of the hub; verified exactly as from the hub. Needs --trust-root.",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -484,7 +493,10 @@ def register(agent_app: typer.Typer) -> None:
             review=ReviewSettings(budget_bytes=review_budget),
             hardware=tuple(hardware or ()),
             hub_ca=hub_ca,
+            update_folder=from_folder,
         )
+        if from_folder is not None and not from_folder.is_dir():
+            raise UsageError(f"--from-folder {from_folder}: not a folder")
         try:
             run_agent(config, sim_clock(os.environ), otlp=otlp)
         except ForbiddenError as e:  # contract 3: a token that is not this device's

@@ -1,0 +1,131 @@
+"""Reading and writing site trees through python-tuf's fetcher interface (issue 11).
+
+* :class:`FolderFetcher` lets a device update from a mounted folder (an unpacked
+  removable-media bundle, a site share): the URLs the TUF client asks for under the hub's
+  base URL are read from the folder laid out as a site tree
+  (:mod:`modelfleet.delivery.site_tree`). Nothing is trusted because it came on a stick:
+  the same ngclient verification runs as over HTTPS (signatures, thresholds, expiry,
+  rollback, lengths, hashes, director ⇔ catalog agreement); the fetcher only moves bytes.
+  A file the folder lacks answers like the hub's ``404`` (``DownloadHTTPError``), so
+  ngclient stops probing for newer roots as it does online.
+* :class:`RecordingFetcher` wraps another fetcher and writes every body it delivered in
+  full into a site tree, so one TUF cycle run against the hub leaves behind exactly the
+  files a device's client walks (the root chain, timestamp, snapshot, targets, the
+  desired state and its artefacts) — the way a bundle or a device folder is filled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote, urlsplit
+
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.ngclient.fetcher import FetcherInterface
+
+from modelfleet.delivery import site_tree
+from modelfleet.errors import InvalidInputError
+
+__all__ = ["FolderFetcher", "RecordingFetcher", "tree_relative"]
+
+log = logging.getLogger("modelfleet.delivery")
+
+_CHUNK = 1 << 20
+
+
+def tree_relative(base_url: str, url: str) -> str:
+    """The site-tree path of ``url`` under ``base_url`` (percent-decoded, checked).
+
+    Raises:
+        InvalidInputError: ``url`` is not under ``base_url`` or is not a site-tree path.
+    """
+    base = urlsplit(base_url.rstrip("/"))
+    parts = urlsplit(url)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.query:
+        raise InvalidInputError(f"{url!r} is not under {base_url!r}")
+    prefix = base.path.rstrip("/") + "/"
+    if not parts.path.startswith(prefix):
+        raise InvalidInputError(f"{url!r} is not under {base_url!r}")
+    relative = unquote(parts.path[len(prefix) :])
+    site_tree.tree_path(relative)
+    return relative
+
+
+class FolderFetcher(FetcherInterface):
+    """Serves the TUF client's GETs under ``base_url`` from the site tree at ``root``.
+
+    The base class bounds every download by the length the signed metadata allows; this
+    class refuses any path outside the tree (``..``, odd characters, a symbolic link, a
+    non-regular file) with ``DownloadError`` and a missing file with
+    ``DownloadHTTPError(404)``.
+    """
+
+    def __init__(self, root: Path, base_url: str, *, chunk_size: int = _CHUNK) -> None:
+        """Read from ``root`` the URLs under ``base_url`` (the hub URL the device's trust
+        client was given)."""
+        self.root = Path(root)
+        self._base = base_url.rstrip("/")
+        self._chunk = chunk_size
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            relative = tree_relative(self._base, url)
+        except InvalidInputError as e:
+            raise DownloadError(f"folder {self.root}: {e}") from e
+        path = site_tree.resolve(self.root, relative)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError as e:
+            raise DownloadHTTPError(f"folder {self.root}: no {relative}", 404) from e
+        except OSError as e:
+            raise DownloadError(f"folder {self.root}: cannot read {relative}: {e}") from e
+        handle = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            handle.close()
+            raise DownloadError(f"folder {self.root}: {relative} is not a regular file")
+        return self._chunks(handle, relative)
+
+    def _chunks(self, handle: IO[bytes], relative: str) -> Iterator[bytes]:
+        try:
+            while chunk := handle.read(self._chunk):
+                yield chunk
+        except OSError as e:
+            raise DownloadError(f"folder {self.root}: reading {relative} failed: {e}") from e
+        finally:
+            handle.close()
+
+
+class RecordingFetcher(FetcherInterface):
+    """Delegates to ``inner`` and writes each body delivered in full under ``root``.
+
+    A body the caller stops reading (a length bound hit, an error) is not written; a body
+    is held in memory until it is complete (the export side, not a device). Only
+    URLs under ``base_url`` that are site-tree paths are kept; :attr:`recorded` lists them
+    in the order they were written.
+    """
+
+    def __init__(self, inner: FetcherInterface, root: Path, base_url: str) -> None:
+        self.inner = inner
+        self.root = Path(root)
+        self._base = base_url.rstrip("/")
+        self.recorded: list[str] = []
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        return self._recorded(url, self.inner.fetch(url))
+
+    def _recorded(self, url: str, body: Iterator[bytes]) -> Iterator[bytes]:
+        kept = bytearray()
+        for chunk in body:
+            kept += chunk
+            yield chunk
+        try:
+            relative = tree_relative(self._base, url)
+        except InvalidInputError:
+            log.debug("not recorded (not a site-tree path): %s", url)
+            return
+        site_tree.write_file(self.root, relative, bytes(kept))
+        self.recorded.append(relative)
