@@ -7,17 +7,28 @@ import logging
 import random
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
 
+from modelfleet.agent.daemon import UpdateLoop
+from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy
+from modelfleet.clock import ManualClock
 from modelfleet.delivery import HttpFetcher
 from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
+from modelfleet.packaging.build import build_manifest
+from modelfleet.serving.host import ModelHost
+from modelfleet.trust import DeviceTrustClient
+from tests.helpers import logistic_onnx
+from tests.trust._trust_support import TOKEN, make_hub, serve
 
 SIZE = 1 << 20
 ARTEFACT = random.Random(11).randbytes(SIZE)
@@ -207,3 +218,98 @@ def test_a_resumed_download_still_respects_max_length(server: tuple[str, _State]
 def test_max_resumes_is_bounded(bad: int) -> None:
     with pytest.raises(ConfigError):
         DownloadSettings(max_resumes=bad)
+
+
+# --- through python-tuf: the agent's update path over a link that cuts the artefact ---
+
+
+class _CuttingProxy(BaseHTTPRequestHandler):
+    """Relays GETs to the hub; cuts the first artefact body half-way, honours Range."""
+
+    upstream: str
+    cut_key: str
+    cuts_left: list[int]
+    ranges: list[str | None]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        headers = {"Authorization": self.headers.get("Authorization", "")}
+        request = urllib.request.Request(self.upstream + self.path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as upstream:
+                status, body = upstream.status, upstream.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        if status != 200 or self.cut_key not in self.path:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        header = self.headers.get("Range")
+        self.ranges.append(header)
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        start = int(match.group(1)) if match else 0
+        if match:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        end = len(body)
+        if self.cuts_left:
+            self.cuts_left.pop(0)
+            end = start + (len(body) - start) // 2
+        self.wfile.write(body[start:end])
+        self.wfile.flush()
+
+
+def test_an_update_over_a_link_cut_mid_artefact_resumes_verifies_and_installs(
+    tmp_path: Path,
+) -> None:
+    hub = make_hub(tmp_path / "hub")
+    model, x = logistic_onnx(seed=1)
+    manifest = build_manifest("m", 1, model, sample_input=x[:3]).to_json()
+    hub.assign("dev-1", hub.publish("m", 1, model, manifest))
+    with serve(hub) as upstream:
+        ranges: list[str | None] = []
+        proxy_cls = type(
+            "Proxy",
+            (_CuttingProxy,),
+            {"upstream": upstream, "cut_key": "model.onnx", "cuts_left": [1], "ranges": ranges},
+        )
+        proxy = ThreadingHTTPServer(("127.0.0.1", 0), proxy_cls)
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        sleeps: list[float] = []
+        fetcher = HttpFetcher(TOKEN, sleep=sleeps.append, rand=lambda: 0.5)
+        source = DeviceTrustClient(
+            tmp_path / "dev" / "tuf",
+            f"http://127.0.0.1:{proxy.server_address[1]}",
+            TOKEN,
+            hub.trust.trust_root_bundle(),
+            fetcher=fetcher,
+        )
+        updater = Updater(
+            "dev-1", tmp_path / "dev", source, ModelHost(), ManualClock(), retry=BackoffPolicy()
+        )
+        loop = UpdateLoop(updater, interval=1.0, rand=lambda: 0.5)
+        try:
+            loop.tick()
+            assert loop.wait_idle(30)
+            route = updater.host.route("m")
+            assert route is not None and route.production.version == "1"
+            assert updater.status()["update_status"] == "up to date (serial 1)"
+            assert len(ranges) == 2 and ranges[0] is None
+            assert ranges[1] is not None and ranges[1].startswith("bytes=")
+            assert len(sleeps) == 1
+        finally:
+            loop.stop()
+            source.close()
+            fetcher.close()
+            proxy.shutdown()
+            proxy.server_close()
+            thread.join(5)
