@@ -11,11 +11,24 @@ Every download also has an overall deadline sized by the length it may have (iss
 defect 13: an artefact dripping at 1 byte/s froze the agent): ``base_s + max_length /
 min_rate``, capped at ``max_s``. A download can be cancelled from another thread (a newer
 desired state supersedes it); both are checked after every piece the socket delivers.
+
+A body cut mid-way (peer closed, reset, read timeout) while the deadline has not passed
+is resumed (issue 11): the GET is re-issued with ``Range: bytes=N-`` (N = bytes already
+received), at most ``max_resumes`` times, after a capped exponential backoff with full
+jitter. A ``206`` is accepted only if its ``Content-Range`` starts at N; a ``200`` (the
+server ignored Range) is read from the start and its first N bytes skipped. That is safe
+because targets are immutable consistent-snapshot files, and ngclient checks the whole
+artefact's length and hashes at the end anyway, so a wrongly spliced body is refused.
+The deadline and cancellation apply to the whole download, across resumes. Only a body
+that was cut is resumed: an error status (a 503) is left to the caller's retries.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import random
+import re
 import ssl
 import threading
 import time
@@ -29,6 +42,7 @@ import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalError
 from tuf.ngclient.fetcher import FetcherInterface
 
+from modelfleet.backoff import BackoffPolicy
 from modelfleet.errors import ConfigError
 
 __all__ = [
@@ -39,6 +53,13 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK = 1 << 16
+
+#: Delays between resumes of a cut body: short, the link is usually back at once.
+DEFAULT_RESUME_BACKOFF = BackoffPolicy(base_s=0.5, cap_s=30.0)
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 
 class DownloadDeadlineError(SlowRetrievalError):
@@ -60,6 +81,8 @@ class DownloadSettings:
         base_s: allowance on top of ``length / min_rate`` for the request itself (0.1 s
             to 10 min).
         max_s: no download, however long, may take longer than this (1 s to 1 day).
+        max_resumes: how many times a body cut mid-way is resumed with an HTTP Range
+            request (0 to 100; 0: never).
     """
 
     connect_timeout_s: float = 10.0
@@ -67,8 +90,17 @@ class DownloadSettings:
     min_rate_bytes_s: float = 64 * 1024
     base_s: float = 30.0
     max_s: float = 3600.0
+    max_resumes: int = 5
 
     def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_resumes, bool)
+            or not isinstance(self.max_resumes, int)
+            or not 0 <= self.max_resumes <= 100
+        ):
+            raise ConfigError(
+                f"download setting max_resumes={self.max_resumes} is outside [0, 100]"
+            )
         checks = (
             ("connect_timeout_s", self.connect_timeout_s, 0.1, 300.0),
             ("read_timeout_s", self.read_timeout_s, 0.1, 600.0),
@@ -110,6 +142,9 @@ class HttpFetcher(FetcherInterface):
         client: httpx.Client | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         verify: ssl.SSLContext | bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        resume_backoff: BackoffPolicy = DEFAULT_RESUME_BACKOFF,
     ) -> None:
         """Create a fetcher.
 
@@ -124,6 +159,9 @@ class HttpFetcher(FetcherInterface):
             monotonic: the clock deadlines are measured on.
             verify: TLS verification for ``https://`` (a context pinning the hub's CA:
                 :func:`modelfleet.delivery.tls.client_verify`).
+            sleep: waits between resumes of a cut body (tests pass a fake).
+            rand: uniform in [0, 1), the jitter of those waits.
+            resume_backoff: the capped exponential backoff between resumes.
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
@@ -134,6 +172,9 @@ class HttpFetcher(FetcherInterface):
         self._headers = base
         self._chunk = chunk_size
         self._monotonic = monotonic
+        self._sleep = sleep
+        self._rand = rand
+        self._resume_backoff = resume_backoff
         self._limits = _Limits()
         self._owns_client = client is None
         self._client = client or httpx.Client(
@@ -172,14 +213,17 @@ class HttpFetcher(FetcherInterface):
             yield f
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        """Start a GET and return its body as chunks.
+        """Start a GET and return its body as chunks, resuming it if it is cut.
 
         Raises:
-            DownloadHTTPError: any status other than 200 (the body is discarded).
+            DownloadHTTPError: any status other than 200 (the body is discarded); on a
+                resume, any status other than 200 or 206.
             SlowRetrievalError: connect or read timeout; :class:`DownloadDeadlineError`
                 past the overall deadline.
-            DownloadCancelledError: cancelled before it started.
-            DownloadError: any other transport failure.
+            DownloadCancelledError: cancelled before it started or while it ran.
+            DownloadError: any other transport failure (a cut body once ``max_resumes``
+                resumes are spent), or a 206 whose ``Content-Range`` does not start where
+                the download left off.
         """
         cancel = self._limits.cancel
         max_length = self._limits.max_length
@@ -189,14 +233,8 @@ class HttpFetcher(FetcherInterface):
         deadline = self._monotonic() + deadline_s
         if cancel is not None and cancel.is_set():
             raise DownloadCancelledError(f"GET {url}: cancelled")
-        read_s = min(self.settings.read_timeout_s, deadline_s)
-        timeout = httpx.Timeout(read_s, connect=min(self.settings.connect_timeout_s, deadline_s))
-        headers = self._headers
-        if self._token is not None:
-            headers = {**headers, "Authorization": f"Bearer {self._token()}"}
-        request = self._client.build_request("GET", url, headers=headers, timeout=timeout)
         try:
-            response = self._client.send(request, stream=True)
+            response = self._send(url, deadline, deadline_s, offset=0)
         except httpx.TimeoutException as e:
             raise SlowRetrievalError(f"GET {url}: timed out") from e
         except httpx.HTTPError as e:
@@ -205,6 +243,69 @@ class HttpFetcher(FetcherInterface):
             response.close()
             raise DownloadHTTPError(f"GET {url}: HTTP {response.status_code}", response.status_code)
         return self._chunks(url, response, deadline, deadline_s, cancel)
+
+    def _send(self, url: str, deadline: float, deadline_s: float, offset: int) -> httpx.Response:
+        """Send one GET (from ``offset`` on if it is not 0), timeouts bounded by the deadline."""
+        remaining = max(0.1, min(deadline_s, deadline - self._monotonic()))
+        read_s = min(self.settings.read_timeout_s, remaining)
+        timeout = httpx.Timeout(read_s, connect=min(self.settings.connect_timeout_s, remaining))
+        headers = self._headers
+        if self._token is not None:
+            headers = {**headers, "Authorization": f"Bearer {self._token()}"}
+        if offset:
+            headers = {**headers, "Range": f"bytes={offset}-"}
+        request = self._client.build_request("GET", url, headers=headers, timeout=timeout)
+        return self._client.send(request, stream=True)
+
+    def _deadline_error(self, url: str, deadline_s: float) -> DownloadDeadlineError:
+        return DownloadDeadlineError(
+            f"GET {url}: not finished within its {deadline_s:.0f} s deadline "
+            f"(minimum rate {self.settings.min_rate_bytes_s:.0f} B/s)"
+        )
+
+    def _resume(
+        self,
+        url: str,
+        offset: int,
+        resumes: int,
+        deadline: float,
+        deadline_s: float,
+        cancel: threading.Event | None,
+    ) -> tuple[httpx.Response, int]:
+        """Wait, then re-issue the GET from ``offset``; return the response and how many
+        leading bytes of its body to skip (``offset`` when the server ignored Range)."""
+        delay = self._resume_backoff.delay(resumes, self._rand)
+        if self._monotonic() + delay > deadline:
+            raise self._deadline_error(url, deadline_s)
+        self._sleep(delay)
+        if cancel is not None and cancel.is_set():
+            raise DownloadCancelledError(f"GET {url}: cancelled")
+        if self._monotonic() > deadline:
+            raise self._deadline_error(url, deadline_s)
+        log.info(
+            "resuming download %s at offset %d (resume %d of %d)",
+            url,
+            offset,
+            resumes,
+            self.settings.max_resumes,
+        )
+        response = self._send(url, deadline, deadline_s, offset)
+        if response.status_code == 200:
+            return response, offset
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != offset:
+                response.close()
+                raise DownloadError(
+                    f"GET {url}: resumed at {offset} but got Content-Range "
+                    f"{response.headers.get('Content-Range')!r}"
+                )
+            return response, 0
+        response.close()
+        raise DownloadHTTPError(
+            f"GET {url}: HTTP {response.status_code} on resume at {offset}",
+            response.status_code,
+        )
 
     def _chunks(
         self,
@@ -215,33 +316,56 @@ class HttpFetcher(FetcherInterface):
         cancel: threading.Event | None,
     ) -> Iterator[bytes]:
         buffered = bytearray()
+        received = 0  # bytes of the artefact received so far (yielded or buffered)
+        resumes = 0
+        skip = 0  # leading bytes of the current body already received (Range ignored)
+        current: httpx.Response | None = response
         try:
-            # No chunk size: each piece the socket delivers comes back at once, so the
-            # deadline and cancellation are checked even when bytes arrive one by one.
-            for piece in response.iter_bytes():
-                if cancel is not None and cancel.is_set():
-                    raise DownloadCancelledError(f"GET {url}: cancelled")
-                if self._monotonic() > deadline:
-                    raise DownloadDeadlineError(
-                        f"GET {url}: not finished within its {deadline_s:.0f} s deadline "
-                        f"(minimum rate {self.settings.min_rate_bytes_s:.0f} B/s)"
-                    )
-                buffered += piece
-                while len(buffered) >= self._chunk:
-                    yield bytes(buffered[: self._chunk])
-                    del buffered[: self._chunk]
+            while True:
+                try:
+                    if current is None:
+                        resumes += 1
+                        current, skip = self._resume(
+                            url, received, resumes, deadline, deadline_s, cancel
+                        )
+                    # No chunk size: each piece the socket delivers comes back at once, so
+                    # the deadline and cancellation are checked even when bytes arrive one
+                    # by one.
+                    for piece in current.iter_bytes():
+                        if cancel is not None and cancel.is_set():
+                            raise DownloadCancelledError(f"GET {url}: cancelled")
+                        if self._monotonic() > deadline:
+                            raise self._deadline_error(url, deadline_s)
+                        if skip:
+                            dropped = min(skip, len(piece))
+                            skip -= dropped
+                            piece = piece[dropped:]
+                        buffered += piece
+                        received += len(piece)
+                        while len(buffered) >= self._chunk:
+                            yield bytes(buffered[: self._chunk])
+                            del buffered[: self._chunk]
+                    if skip:
+                        raise httpx.RemoteProtocolError(
+                            "body ended before the bytes already received"
+                        )
+                    break
+                except httpx.TimeoutException as e:
+                    if self._monotonic() > deadline:
+                        raise self._deadline_error(url, deadline_s) from e
+                    if resumes >= self.settings.max_resumes:
+                        raise SlowRetrievalError(f"GET {url}: timed out mid-body") from e
+                except httpx.HTTPError as e:
+                    if resumes >= self.settings.max_resumes:
+                        raise DownloadError(f"GET {url}: body interrupted: {e}") from e
+                if current is not None:
+                    current.close()
+                    current = None
             if buffered:
                 yield bytes(buffered)
-        except httpx.TimeoutException as e:
-            if self._monotonic() > deadline:
-                raise DownloadDeadlineError(
-                    f"GET {url}: not finished within its {deadline_s:.0f} s deadline"
-                ) from e
-            raise SlowRetrievalError(f"GET {url}: timed out mid-body") from e
-        except httpx.HTTPError as e:
-            raise DownloadError(f"GET {url}: body interrupted: {e}") from e
         finally:
-            response.close()
+            if current is not None:
+                current.close()
 
     def close(self) -> None:
         """Close the HTTP client if this fetcher created it."""
