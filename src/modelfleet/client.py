@@ -198,6 +198,15 @@ class HubClient:
         result: list[dict[str, Any]] = self._json("GET", "/api/v1/devices")
         return result
 
+    def media_access(self, site: str) -> dict[str, list[str]]:
+        """Each device of ``site`` with the SHA-256 digests of its usable credentials
+        (admin token; what ``bundle export`` gives an offline site mirror)."""
+        body = self._object("GET", f"/api/v1/sites/{quote(site, safe='')}/media-access")
+        devices = body.get("devices")
+        if not isinstance(devices, dict):
+            raise TransportError("the hub's media-access answer has no 'devices' object")
+        return {str(k): [str(x) for x in v] for k, v in devices.items()}
+
     def get_device(self, device_id: str) -> dict[str, Any]:
         """One device (see :meth:`list_devices`)."""
         result: dict[str, Any] = self._json("GET", f"/api/v1/devices/{device_id}")

@@ -26,6 +26,7 @@ __all__ = [
     "TokenOpt",
     "hub_client",
     "hub_tls",
+    "resolve_token",
 ]
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
@@ -66,6 +67,11 @@ def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClien
     """
     from modelfleet.client import HubClient
 
+    return HubClient(hub, resolve_token(token, token_file), verify=hub_tls(None))
+
+
+def resolve_token(token: str, token_file: Path | None = None) -> str:
+    """``token``, or the one read from ``token_file`` (errors as :func:`hub_client`)."""
     if not token and token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -78,7 +84,7 @@ def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClien
             "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
             "or pass --token"
         )
-    return HubClient(hub, token, verify=hub_tls(None))
+    return token
 
 
 def hub_tls(ca_file: Path | None) -> ssl.SSLContext | bool:

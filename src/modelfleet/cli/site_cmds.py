@@ -32,6 +32,10 @@ def _read_token(token_file: Path | None) -> str | None:
     return token
 
 
+#: What an offline mirror names as its hub (never contacted; RFC 6761 .invalid).
+_OFFLINE_HUB = "http://hub.offline.invalid"
+
+
 def register(app: typer.Typer) -> None:
     """Attach the ``site`` group (``site serve``) to ``app``."""
     site_app = typer.Typer(
@@ -42,13 +46,21 @@ def register(app: typer.Typer) -> None:
 
     @site_app.command("serve")
     def site_serve(
-        hub: Annotated[
-            str,
-            typer.Option("--hub", envvar="MODELFLEET_HUB", help="The hub's URL (http/https)."),
-        ],
         cache: Annotated[
             Path, typer.Option("--cache", help="Cache folder (a site tree; created if absent).")
         ],
+        hub: Annotated[
+            str,
+            typer.Option("--hub", envvar="MODELFLEET_HUB", help="The hub's URL (http/https)."),
+        ] = "",
+        offline: Annotated[
+            bool,
+            typer.Option(
+                "--offline",
+                help="No route to the hub: serve what `bundle import --mirror-cache` loaded; "
+                "telemetry stays on the devices for `bundle report`.",
+            ),
+        ] = False,
         token_file: Annotated[
             Path | None,
             typer.Option(
@@ -99,6 +111,11 @@ def register(app: typer.Typer) -> None:
             fmt = parse_log_format(log_format)
         except ConfigError as e:
             raise UsageError(f"--log-format: {e}") from e
+        if offline and hub:
+            raise UsageError("--offline takes no --hub: an offline mirror never calls the hub")
+        if not offline and not hub:
+            raise UsageError("give --hub URL, or --offline for a mirror fed by bundles")
+        hub = hub or _OFFLINE_HUB
         if not hub.startswith(("http://", "https://")):
             raise UsageError(f"--hub must be an http:// or https:// URL, not {hub!r}")
         if hub_ca is not None and not hub_ca.is_file():
@@ -121,11 +138,14 @@ def register(app: typer.Typer) -> None:
             hub_ca=hub_ca,
             metadata_ttl_s=metadata_ttl_s,
             drain_interval_s=drain_interval_s,
+            offline=offline,
         )
         mirror = SiteMirror(config)
         url = f"http://{host}:{port}"
         if json_out:
-            print_json({"url": url, "hub": hub, "cache": str(cache)})
+            print_json({"url": url, "hub": None if offline else hub, "cache": str(cache)})
+        elif offline:
+            console.print(f"offline site mirror at {url} (cache {cache}, fed by bundles)")
         else:
             console.print(f"site mirror of {hub} at {url} (cache {cache})")
         sys.stdout.flush()

@@ -90,6 +90,10 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _DEVICE_API = "/api/v1/devices/"
 _HEADER = "X-Modelfleet-Mirror"
 _UNKNOWN_OFFLINE = "the hub is unreachable and it has not accepted this token yet"
+_OFFLINE_TELEMETRY = (
+    "this site mirror is offline (fed by removable media): keep telemetry buffered for "
+    "`modelfleet bundle report`"
+)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,10 @@ class MirrorConfig:
         max_target_bytes: no artefact download grows beyond this.
         max_body_bytes: the largest request body taken from a device.
         outbox_max_bytes: the telemetry outbox's bound.
+        offline: fed by removable media (issue 11, ADR 0034): the hub is never contacted;
+            tokens are those the imported bundles listed, ``whoami`` is answered from them,
+            and telemetry is refused with 503 so it stays in each device's buffer for
+            ``bundle report``.
     """
 
     hub_url: str
@@ -128,6 +136,7 @@ class MirrorConfig:
     max_target_bytes: int = 64 << 30
     max_body_bytes: int = 16 << 20
     outbox_max_bytes: int = 256 << 20
+    offline: bool = False
 
     def __post_init__(self) -> None:
         if not self.hub_url.startswith(("http://", "https://")):
@@ -249,7 +258,8 @@ class SiteMirror:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         del app
         self._wake = asyncio.Event()
-        task = asyncio.create_task(self._drain_forever()) if self._drain else None
+        drain = self._drain and not self.config.offline
+        task = asyncio.create_task(self._drain_forever()) if drain else None
         try:
             yield
         finally:
@@ -284,6 +294,7 @@ class SiteMirror:
         """Counters, the outbox's figures and whether the hub is being left alone."""
         return {
             "hub": self._hub,
+            "offline": self.config.offline,
             "hub_reachable": not self._hub_down(),
             "counters": dict(self.counters),
             "telemetry_outbox": self.outbox.stats(),
@@ -293,11 +304,11 @@ class SiteMirror:
     # -- the hub's health --------------------------------------------------------------------
 
     def _hub_down(self) -> bool:
-        return self._clock() < self._down_until
+        return self.config.offline or self._clock() < self._down_until
 
     def _unavailable(self, message: str) -> Response:
         """503 with ``Retry-After``: when the mirror will ask the hub again (at least 1 s)."""
-        wait = max(1, math.ceil(self._down_until - self._clock()))
+        wait = 300 if self.config.offline else max(1, math.ceil(self._down_until - self._clock()))
         return JSONResponse(
             {"error": message},
             status_code=503,
@@ -572,6 +583,9 @@ class SiteMirror:
         if body is None:
             return _error(413, "the batch is too large")
         scope = f"device:{device_id}"
+        if self.config.offline:
+            # media-fed: the device keeps its windows for `bundle report` (the return channel)
+            return _error(503, _OFFLINE_TELEMETRY, retry_after=3600)
         if not self.memo.allows(token, scope):
             # Never seen: the hub decides (and the mirror learns the token from its answer).
             if self._hub_down():
@@ -651,6 +665,8 @@ class SiteMirror:
         """Any other ``/api/v1`` call (check-ins, whoami, rotation): forwarded once."""
         token = _bearer(request)
         path = request.url.path
+        if self.config.offline and path == "/api/v1/whoami" and request.method == "GET":
+            return self._offline_whoami(token)
         if self._hub_down():
             return self._unavailable("the hub is unreachable: try again later")
         body = await _body(request, self.config.max_body_bytes)
@@ -672,6 +688,13 @@ class SiteMirror:
                 device = request.url.path[len(_DEVICE_API) :].split("/", 1)[0]
                 self._learn(token, f"device:{device}", r.status_code)
         return _passthrough(r)
+
+    def _offline_whoami(self, token: str | None) -> Response:
+        """``whoami`` from the imported bundles' credential digests (offline mirrors)."""
+        device = None if token is None else self.memo.device_of(token)
+        if device is None:
+            return _error(401, "this offline mirror's bundles list no such device credential")
+        return JSONResponse({"subject": device, "role": "device", "device_id": device})
 
     async def _status(self, request: Request) -> Response:
         del request
@@ -716,5 +739,8 @@ def _passthrough(r: httpx.Response) -> Response:
     )
 
 
-def _error(status: int, message: str) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers={_HEADER: "error"})
+def _error(status: int, message: str, retry_after: int | None = None) -> Response:
+    headers = {_HEADER: "error"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,20 +238,25 @@ class TokenMemo:
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
         self._scopes: dict[str, set[str]] = {}
+        self._reload_if_changed()
+
+    def _load(self) -> dict[str, set[str]] | None:
         try:
             raw = orjson.loads(self._path.read_bytes())
-            if isinstance(raw, dict):
-                self._scopes = {
-                    str(k): {str(s) for s in v} for k, v in raw.items() if isinstance(v, list)
-                }
         except FileNotFoundError:
-            pass
+            return None
         except (OSError, orjson.JSONDecodeError) as e:
-            log.warning("token memo %s unreadable (starting empty): %s", self._path, e)
+            log.warning("token memo %s unreadable (kept as it was): %s", self._path, e)
+            return None
+        if not isinstance(raw, dict):
+            return None
+        return {str(k): {str(s) for s in v} for k, v in raw.items() if isinstance(v, list)}
 
     def allows(self, token: str, scope: str) -> bool:
         """Whether the hub has accepted ``token`` for ``scope`` (a device's, or shared)."""
+        self._reload_if_changed()
         with self._lock:
             scopes = self._scopes.get(token_key(token), set())
         if scope in scopes:
@@ -259,8 +265,51 @@ class TokenMemo:
 
     def known(self, token: str) -> bool:
         """Whether the hub has accepted ``token`` for anything."""
+        self._reload_if_changed()
         with self._lock:
             return bool(self._scopes.get(token_key(token)))
+
+    def device_of(self, token: str) -> str | None:
+        """The one device ``token`` was accepted for, or None (none, or several)."""
+        self._reload_if_changed()
+        with self._lock:
+            scopes = self._scopes.get(token_key(token), set())
+        devices = [
+            s[len("device:") :] for s in scopes if s.startswith("device:") and s != ANY_DEVICE
+        ]
+        return devices[0] if len(devices) == 1 else None
+
+    def replace_devices(self, access: Mapping[str, Sequence[str]]) -> None:
+        """What a removable-media bundle says (issue 11): for each device in ``access``,
+        exactly these credential digests (sha256 hex) read its scope; digests it no longer
+        lists (revoked, rotated out) lose that device's scope. Other devices are untouched.
+        """
+        scopes = {f"device:{d}" for d in access}
+        with self._lock:
+            for key in list(self._scopes):
+                held = self._scopes[key]
+                held -= scopes
+                if held <= {SHARED}:
+                    del self._scopes[key]
+            for device, digests in access.items():
+                for digest in digests:
+                    self._scopes.setdefault(digest, set()).update({SHARED, f"device:{device}"})
+        self._save()
+
+    def _reload_if_changed(self) -> None:
+        """Pick up a memo another process rewrote (``bundle import`` into a running mirror)."""
+        try:
+            st = self._path.stat()
+        except OSError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        loaded = self._load()
+        if loaded is not None:
+            with self._lock:
+                self._scopes = loaded
 
     def learn(self, token: str, *scopes: str) -> None:
         """The hub accepted ``token`` for ``scopes`` (and so for the shared scope too)."""
@@ -290,5 +339,7 @@ class TokenMemo:
             doc = {k: sorted(v) for k, v in self._scopes.items()}
         try:
             atomic_write_bytes(self._path, orjson.dumps(doc), mode=0o600)
-        except StorageError as e:
+            st = self._path.stat()
+            self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except (StorageError, OSError) as e:
             log.warning("token memo not saved: %s", e)

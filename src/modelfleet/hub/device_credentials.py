@@ -5,6 +5,7 @@ transaction. The rules (states, expiry, grace) are :mod:`modelfleet.hub.credenti
 
 from __future__ import annotations
 
+import builtins
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -494,6 +495,44 @@ class DeviceCredentials:
                     raise NotFoundError(f"no device {device_id!r}")
                 query = query.where(db.DeviceCredential.device_id == device_id)
             return [_view(r, now) for r in s.scalars(query)]
+
+    def media_access(self, site: str) -> dict[str, builtins.list[str]]:
+        """For a removable-media bundle (issue 11): each device of ``site`` (decommissioned
+        ones left out) with the SHA-256 digests of the credentials a site mirror may accept
+        from it offline: every one not revoked, rotating ones until their grace ends, and
+        expired ones too (an expired credential only stops talking to the hub, never local
+        operation). Digests only, never secrets; the devices' ids are sorted."""
+        now = self._ctx.now()
+        with self._ctx.read() as s:
+            devices = s.scalars(
+                select(db.Device.id)
+                .where(db.Device.site == site)
+                .where(db.Device.id.not_in(select(db.DeviceDecommission.device_id)))
+                .order_by(db.Device.id)
+            ).all()
+            access: dict[str, builtins.list[str]] = {d: [] for d in devices}
+            creds = s.scalars(
+                select(db.DeviceCredential).where(
+                    db.DeviceCredential.device_id.in_(devices),
+                    db.DeviceCredential.state != CredentialState.REVOKED.value,
+                )
+            )
+            for c in creds:
+                if c.state == CredentialState.ROTATING and (
+                    c.grace_until is not None and now >= c.grace_until
+                ):
+                    continue
+                access[c.device_id].append(c.secret_sha256)
+            legacy = s.scalars(
+                select(db.Token).where(
+                    db.Token.role == Role.DEVICE.value,
+                    db.Token.subject.in_(devices),
+                    db.Token.revoked.is_(False),
+                )
+            )
+            for t in legacy:
+                access[t.subject].append(t.token_sha256)
+        return {d: sorted(shas) for d, shas in access.items()}
 
     def describe(self, sha: str) -> JSONDict | None:
         """The credential of this digest (for ``whoami``), or None."""

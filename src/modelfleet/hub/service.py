@@ -339,6 +339,11 @@ class HubService:
         """Revoke a device's credentials, remove its assignments and desired state."""
         return self.fleet.credentials.decommission(device_id, actor, reason)
 
+    def media_access(self, site: str) -> dict[str, list[str]]:
+        """Each device of ``site`` with the digests of its usable credentials (issue 11:
+        what a removable-media bundle tells an offline site mirror)."""
+        return self.fleet.credentials.media_access(site)
+
     def device_credentials(self, device_id: str | None = None) -> list[JSONDict]:
         """Device credentials (never their secrets), of one device or all."""
         return self.fleet.credentials.list(device_id)

@@ -156,3 +156,23 @@ def decommission(device_id: str, body: ReasonIn, who: Who, service: Service) -> 
     desired state removed; deploys and rollouts skip it."""
     check(who, Permission.OPERATE)
     return service.decommission_device(device_id, who.actor, body.reason)
+
+
+class MediaAccessOut(BaseModel):
+    site: str
+    devices: dict[str, list[str]] = Field(
+        description="device id -> SHA-256 digests of the credentials it may use offline"
+    )
+
+
+@router.get(
+    "/sites/{site}/media-access",
+    response_model=MediaAccessOut,
+    responses=error_responses(400, 401, 403),
+)
+def media_access(site: str, who: Who, service: Service) -> dict[str, Any]:
+    """A site's devices and the digests (never the secrets) of the credentials a site
+    mirror fed by removable media may accept from them (admin; issue 11). An unknown site
+    has no devices."""
+    check(who, Permission.ADMIN)
+    return {"site": site, "devices": service.media_access(site)}
