@@ -1,7 +1,7 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-core|rollout-sim|drift|drift-evidently|verify-install|all] [--duration N] ...``
+rollout-core|rollout-sim|drift|drift-evidently|verify-install|delivery|all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -13,6 +13,9 @@ per row, the hub's merge and statistics over 10,000 device windows) and measures
 rate over 1,000 stable windows (``benchmarks/drift.py``). ``drift-evidently`` compares drift
 from device histograms with Evidently's DataDriftPreset (in its own venv, ``.bench/``) on the
 same 100,000 × 50 data: time, memory, verdicts (``benchmarks/drift_vs_evidently.py``).
+``delivery`` times resumed HTTP downloads of a 256 MiB file against plain httpx and measures
+hub egress for a 100-device site (``--devices``) with and without a site mirror
+(``benchmarks/delivery.py``).
 
 ``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
 ``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "drift",
             "verify-install",
             "drift-evidently",
+            "delivery",
             "all",
         ],
     )
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "--devices",
         type=int,
         default=None,
-        help="rollout-core: largest fleet (100000); rollout-sim: devices (10000)",
+        help="rollout-core: largest fleet (100000); rollout-sim: devices (10000); "
+        "delivery: devices (100)",
     )
     parser.add_argument("--cycles", type=int, default=5, help="lifecycle: guard rollbacks (5)")
     parser.add_argument("--swaps", type=int, default=6, help="lifecycle: swaps under load (6)")
@@ -152,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--no-docs"] if args.no_docs else []
         status = drift(["--repeats", str(args.repeats), *extra]) or status
         if args.benchmark == "drift":
+            return status
+    if args.benchmark in ("delivery", "all"):  # issue 11
+        from benchmarks.delivery import main as delivery
+
+        extra = ["--no-docs"] if args.no_docs else []
+        if args.benchmark == "delivery" and args.devices:
+            extra += ["--devices", str(args.devices)]
+        status = delivery(["--repeats", "3", *extra]) or status
+        if args.benchmark == "delivery":
             return status
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
