@@ -24,6 +24,7 @@ __all__ = [
     "CompatibilityError",
     "ConfigError",
     "ConflictError",
+    "CorruptDeliveryError",
     "DeadlineExceededError",
     "ForbiddenError",
     "InvalidInputError",
@@ -97,6 +98,15 @@ class MetadataVerificationError(TrustError):
 class ArtefactVerificationError(TrustError):
     """A downloaded artefact does not match its signed length or hashes, or the
     director and the catalog disagree about it."""
+
+
+class CorruptDeliveryError(ArtefactVerificationError):
+    """The bytes delivered for an artefact do not match its signed length or hashes.
+
+    The copy is bad (a tampered or damaged stick, a mirror's corrupted cache), not the
+    signed metadata: it is refused, and another copy may be good, so the agent retries
+    it (issue 11, ADR 0034).
+    """
 
 
 class CompatibilityError(TrustError):

@@ -10,7 +10,12 @@ import hashlib
 import threading
 from pathlib import Path
 
-from modelfleet.errors import ArtefactVerificationError, ModelfleetError, TransportError
+from modelfleet.errors import (
+    ArtefactVerificationError,
+    CorruptDeliveryError,
+    ModelfleetError,
+    TransportError,
+)
 from modelfleet.hashing import sha256_bytes
 from modelfleet.packaging.build import build_manifest
 from modelfleet.rollout.desired_state import (
@@ -107,7 +112,7 @@ class MemorySource:
             raise ArtefactVerificationError(f"director and catalog disagree about {target_path}")
         data = self.blobs[target_path]
         if hashlib.sha256(data).hexdigest() != signed[0]:
-            raise ArtefactVerificationError(f"{target_path}: hash mismatch")
+            raise CorruptDeliveryError(f"{target_path}: hash mismatch")
         self.downloads += 1
         dest.write_bytes(data)
         return dest

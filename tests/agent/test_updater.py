@@ -107,7 +107,7 @@ def test_tampered_artefact_is_refused_and_old_version_keeps_serving(
     result = updater.run_cycle()
     assert len(result.refusals) == 1
     assert "hash mismatch" in result.refusals[0].reason
-    assert result.refusals[0].kind == "trust"
+    assert result.refusals[0].kind == "delivery"  # bad bytes: refused, and retried (ADR 0034)
     assert served_version(host) == "1"
     status = updater.status()
     assert status["last_refusal"]["version"] == 2
@@ -406,10 +406,11 @@ def test_trust_refusal_is_reported_as_refused_not_retrying(
     updater = make_updater(tmp_path, source)
     v1 = source.publish("m", 1, models[1])
     path = "models/m/1/model.onnx"
-    source.blobs[path] = source.blobs[path][:-1] + b"\x00"
+    source.catalog[path] = ("0" * 64, v1.length)  # the signed catalog itself says no
     source.assign(DEVICE, v1)
     result = updater.run_cycle()
     assert result.refusals and not result.retrying
+    assert result.refusals[0].kind == "trust"
     status = updater.status()
     assert status["update_status"].startswith("refused: m v1: ")
     assert status["pending"] == []
@@ -468,3 +469,118 @@ def test_a_newer_desired_state_supersedes_the_one_being_downloaded(
     source.assign(DEVICE, source.publish("m", 3, models[3]))
     assert updater.run_cycle().changed
     assert served_version(host) == "3"
+
+
+def _tampered_v2(source: MemorySource, models: dict[int, bytes]) -> str:
+    """Publish and assign v2 with one byte of its model flipped; return the blob's path."""
+    v2 = source.publish("m", 2, models[2])
+    path = "models/m/2/model.onnx"
+    data = bytearray(source.blobs[path])
+    data[len(data) // 2] ^= 0xFF
+    source.blobs[path] = bytes(data)
+    source.assign(DEVICE, v2)
+    return path
+
+
+def test_bad_bytes_are_refused_then_retried_and_install_once_a_good_copy_arrives(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    # issue 11: a refusal for bad bytes used to be pinned to the serial, so a re-made
+    # stick (or a mirror that repaired its cache) with the same serial was never tried
+    clock = ManualClock()
+    host = ModelHost()
+    updater = Updater(
+        DEVICE, tmp_path, source, host, clock, retry=BackoffPolicy(2.0, 60.0), rand=lambda: 0.5
+    )
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    path = _tampered_v2(source, models)
+    result = updater.run_cycle()
+    assert [r.kind for r in result.refusals] == ["delivery"]
+    assert [p.version for p in result.retrying] == [2]
+    status = updater.status()
+    assert "hash mismatch" in status["last_refusal"]["reason"]
+    assert "refused: m v2" in status["update_status"]
+    assert status["update_status"].startswith("retrying: m v2")
+    assert status["refused"] == {}  # not pinned to the serial
+    assert served_version(host) == "1"
+    downloads = source.downloads
+    assert not updater.run_cycle().changed  # not before its backoff (2 s * 0.5)
+    assert source.downloads == downloads
+    source.blobs[path] = models[2]  # the good copy
+    clock.advance(1.0)
+    result = updater.run_cycle()
+    assert result.changed and not result.retrying and not result.refusals
+    assert served_version(host) == "2"
+    status = updater.status()
+    assert status["update_status"] == "up to date (serial 2)"
+    assert status["last_refusal"] is None and status["applied_serial"] == 2
+
+
+def test_bad_bytes_left_in_place_are_retried_with_capped_backoff_each_retry_logged(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    clock = ManualClock()
+    updater = Updater(
+        DEVICE, tmp_path, source, ModelHost(), clock, retry=BackoffPolicy(2.0, 10.0),
+        rand=lambda: 0.99,
+    )  # fmt: skip
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    _tampered_v2(source, models)
+    waits = []
+    for _ in range(5):
+        updater.run_cycle()
+        wait = updater.retry_in()
+        assert wait is not None
+        waits.append(round(wait, 2))
+        clock.advance(wait)
+    assert waits == [1.98, 3.96, 7.92, 9.9, 9.9]  # never hot: capped
+    status = updater.status()
+    assert status["pending"][0]["attempts"] == 5
+    assert [e["kind"] for e in status["events"]].count("retrying") == 5
+    assert status["last_refusal"]["version"] == 2  # still says why until an install works
+    assert served_version(updater.host) == "1"
+
+
+def test_a_changed_update_folder_makes_the_retry_due_at_once(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    clock = ManualClock()
+    medium = ["stick-1"]
+    updater = Updater(
+        DEVICE, tmp_path, source, ModelHost(), clock, retry=BackoffPolicy(60.0, 300.0),
+        rand=lambda: 0.9, medium=lambda: medium[0],
+    )  # fmt: skip
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    path = _tampered_v2(source, models)
+    assert updater.run_cycle().refusals
+    downloads = source.downloads
+    assert not updater.run_cycle().changed  # same stick: waits for its backoff (54 s)
+    assert source.downloads == downloads
+    source.blobs[path] = models[2]
+    medium[0] = "stick-2"  # the operator mounts a re-made stick
+    result = updater.run_cycle()  # no clock advance
+    assert result.changed and served_version(updater.host) == "2"
+    assert updater.status()["update_status"] == "up to date (serial 2)"
+
+
+def test_a_refusal_the_signed_metadata_makes_stays_pinned_even_when_the_folder_changes(
+    tmp_path: Path, source: MemorySource, models: dict[int, bytes]
+) -> None:
+    medium = ["stick-1"]
+    updater = Updater(
+        DEVICE, tmp_path, source, ModelHost(), ManualClock(), medium=lambda: medium[0]
+    )
+    source.assign(DEVICE, source.publish("m", 1, models[1]))
+    updater.run_cycle()
+    v2 = source.publish("m", 2, models[2])
+    source.catalog["models/m/2/model.onnx"] = ("0" * 64, v2.length)  # director ≠ catalog
+    source.assign(DEVICE, v2)
+    assert [r.kind for r in updater.run_cycle().refusals] == ["trust"]
+    medium[0] = "stick-2"
+    downloads = source.downloads
+    assert not updater.run_cycle().refusals  # same serial: not tried again
+    assert source.downloads == downloads
+    assert updater.status()["update_status"].startswith("refused: m v2")

@@ -18,7 +18,7 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from modelfleet.delivery.folder_fetcher import FolderFetcher, RecordingFetcher, tree_relative
 from modelfleet.delivery.http_fetcher import HttpFetcher
 from modelfleet.errors import (
-    ArtefactVerificationError,
+    CorruptDeliveryError,
     InvalidInputError,
     MetadataVerificationError,
     TransportError,
@@ -85,21 +85,46 @@ def test_a_device_installs_from_a_folder_filled_by_one_online_cycle(
     assert sha256_file(model) == (published.sha256, published.length)
 
 
-def test_a_tampered_artefact_on_the_stick_is_refused(
+def test_a_tampered_artefact_on_the_stick_is_refused_and_a_good_copy_then_installs(
     hub: Hub, published: ArtefactRef, tmp_path: Path
 ) -> None:
     _export(hub, "dev-1", tmp_path / "tree", tmp_path / "online")
     (blob,) = (tmp_path / "tree" / "tuf" / "catalog" / "targets").rglob(f"{published.sha256}.*")
-    data = bytearray(blob.read_bytes())
+    good = blob.read_bytes()
+    data = bytearray(good)
     data[3] ^= 0xFF
     blob.write_bytes(bytes(data))
 
     client = _offline(hub, tmp_path / "tree", tmp_path / "dev")
     assert client.fetch_desired_state("dev-1") is not None
     dest = tmp_path / "m.onnx"
-    with pytest.raises(ArtefactVerificationError, match="hash mismatch"):
+    with pytest.raises(CorruptDeliveryError, match="hash mismatch"):  # bad bytes: retried
         client.fetch_package_file(published.model_path, published.sha256, published.length, dest)
     assert not dest.exists()
+
+    blob.write_bytes(good)  # issue 11: a re-made stick; the same client takes it
+    client.fetch_package_file(published.model_path, published.sha256, published.length, dest)
+    assert sha256_file(dest) == (published.sha256, published.length)
+
+
+def test_the_folder_fingerprint_changes_when_the_stick_is_re_made(tmp_path: Path) -> None:
+    tree = tmp_path / "mnt"
+    (tree / "tuf" / "catalog").mkdir(parents=True)
+    blob = tree / "tuf" / "catalog" / "model.onnx"
+    blob.write_bytes(b"abcd")
+    folder = FolderFetcher(tree, HUB)
+    first = folder.fingerprint()
+    assert folder.fingerprint() == first  # nothing changed: same digest
+    blob.write_bytes(b"abce")  # same name and size, other bytes ...
+    os.utime(blob, ns=(10**18, 10**18))  # ... and times (a copy keeps its source's mtime)
+    second = folder.fingerprint()
+    assert second != first
+    (tree / "tuf" / "extra.json").write_bytes(b"{}")
+    assert folder.fingerprint() != second
+    for path in sorted(tree.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    tree.rmdir()
+    assert folder.fingerprint().startswith("unreadable")  # unmounted: a digest, no error
 
 
 def test_tampered_metadata_on_the_stick_is_refused(

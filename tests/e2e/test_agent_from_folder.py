@@ -4,14 +4,18 @@ A real hub signs v1 and v2 for a device; the files a device's TUF client walks a
 into a site tree by one online cycle (:class:`RecordingFetcher`, as an export does). A real
 ``agent run --from-folder`` whose hub address leads nowhere installs and serves v1 from the
 folder; a stick carrying v2 with a flipped byte in its model is refused with the reason in
-the agent's status, and v1 keeps serving.
+the agent's status, and v1 keeps serving. Then the operator mounts a re-made, intact v2
+stick with the same desired-state serial: the same running agent retries v2 at once (the
+folder changed; ADR 0034), installs and serves it, and its status clears the refusal.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -35,6 +39,15 @@ def infer(url: str) -> str:
     body = {"inputs": [{"name": "X", "shape": [1, 10], "datatype": "FP32", "data": [0.0] * 10}]}
     r = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
     return str(r.json().get("model_version", "")) if r.status_code == 200 else ""
+
+
+def agent_status(state: Path) -> dict[str, Any]:
+    out = cli("agent", "status", "--state-dir", str(state), "--json")
+    try:
+        status = json.loads(out.stdout)
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def export_tree(hub_url: str, token: str, trust_root: bytes, tree: Path, work: Path) -> None:
@@ -119,3 +132,21 @@ def test_an_agent_with_no_route_to_the_hub_updates_from_a_folder(
 
     assert wait_for(refused, 60), agent.output()[-3000:]
     assert infer(agent_url) == "1"
+
+    refusal = agent_status(state)["last_refusal"]
+    assert (refusal["version"], refusal["kind"]) == (2, "delivery")
+    serial = refusal["serial"]
+
+    # the operator re-makes the stick (same serial, intact bytes): the same agent installs v2
+    shutil.rmtree(mounted)
+    shutil.copytree(stick_v2, mounted)
+    assert wait_for(lambda: infer(agent_url) == "2", 60), agent.output()[-3000:]
+
+    def up_to_date() -> bool:
+        status = agent_status(state)
+        return status.get("update_status") == f"up to date (serial {serial})"
+
+    assert wait_for(up_to_date, 30), agent_status(state)
+    status = agent_status(state)
+    assert status["last_refusal"] is None and status["applied_serial"] == serial
+    assert agent.popen.poll() is None  # the same process throughout

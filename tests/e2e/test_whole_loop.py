@@ -73,7 +73,7 @@ def test_register_deploy_serve_tamper_and_rollback(
     assert cli("deploy", "m", "3", "--devices", "edge-1", env=hub.env()).returncode == 0
     assert wait_for(lambda: (agent_status(state).get("last_refusal") or {}).get("version") == 3)
     refusal = agent_status(state)["last_refusal"]
-    assert refusal["kind"] == "trust"
+    assert refusal["kind"] == "delivery"  # bad bytes: refused, retried (ADR 0034)
     assert infer(url, x).json()["model_version"] == "2"
     assert "REFUSED" in agent.output()
 

@@ -68,14 +68,14 @@ def test_update_events_reach_the_buffer_the_windows_and_the_counters(tmp_path: P
     v2 = source.publish("m", 2, logistic_onnx(seed=1)[0])
     source.blobs["models/m/2/model.onnx"] = source.blobs["models/m/2/model.onnx"][:-1] + b"\0"
     source.assign(DEVICE, v2)
-    updater.run_cycle()  # refused: hash mismatch
+    updater.run_cycle()  # refused: hash mismatch (and retried: ADR 0034)
     tel.close_window(clock.now())
     while tel.buffer.stats().records:
         tel.forwarder.step()
 
     records = hub.records()
     events = [r for r in records if r["kind"] == "event"]
-    assert [e["event"] for e in events] == ["switch", "refused"]
+    assert [e["event"] for e in events] == ["switch", "refused", "retrying"]
     assert events[1]["model"] == "m" and events[1]["version"] == "2"
     (window,) = [r for r in records if r["kind"] == "window"]
     assert (window["model"], window["version"], window["role"]) == ("m", "1", "production")
@@ -89,4 +89,4 @@ def test_update_events_reach_the_buffer_the_windows_and_the_counters(tmp_path: P
     assert "modelfleet_agent_refusals_total 1.0" in text
     assert f"modelfleet_agent_download_bytes_total {float(len(model1))}" in text
     assert 'modelfleet_agent_downloads_total{result="failed"} 1.0' in text
-    assert "modelfleet_agent_telemetry_forwarded_total 3.0" in text
+    assert "modelfleet_agent_telemetry_forwarded_total 4.0" in text  # 3 events, 1 window

@@ -268,6 +268,7 @@ def run_agent(
         clock,
         config.keep_previous_loaded,
         profile=DeviceProfile.of(config.hardware, config.runtime.providers),  # issue 10
+        medium=None if folder is None else folder.fingerprint,  # issue 11: re-made stick
         loader=onnx_loader(
             config.runtime,
             None if profiles is None else profiles.watch,

@@ -67,7 +67,11 @@ class PackageSource(Protocol):
 
 
 def is_refusal(error: Exception) -> bool:
-    """Whether an install failure is final for this serial (trust or check), not transient."""
+    """Whether an install failure is a refusal (trust or check), not a transient failure.
+
+    A refusal for bad delivered bytes (:class:`~modelfleet.errors.CorruptDeliveryError`) is
+    still retried: :func:`modelfleet.agent.refusals.failure_kind` says which (issue 11).
+    """
     return isinstance(error, TrustError | RefusedUpdateError | InvalidInputError)
 
 

@@ -8,7 +8,9 @@ desired state, the rollback rule of :mod:`modelfleet.rollout.assignment`),
 The state lock is held only to read or change the state and to switch routes, never while
 anything downloads (issue 6, defect 13): status and rollback answer during a download. An
 install that fails for a transient reason is retried with backoff until it succeeds or is
-refused (defect 12); ``update_status`` says which.
+refused (defect 12); ``update_status`` says which. An artefact whose delivered bytes do
+not match its signed hash is refused *and* retried the same way, at once when the mounted
+folder it came from changes (issue 11, :mod:`modelfleet.agent.refusals`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from modelfleet.agent.install import (
     PackageSource,
     check_manifest_matches,
     install_version,
-    is_refusal,
     smoke_test,
 )
 from modelfleet.agent.models import (
@@ -49,6 +50,13 @@ from modelfleet.agent.models import (
     publish_route,
 )
 from modelfleet.agent.plan import SlotPlan, plan_slots, slot_key
+from modelfleet.agent.refusals import (
+    FailureKind,
+    failure_kind,
+    refusal_after_install,
+    refusal_kind,
+    retry_due,
+)
 from modelfleet.agent.slots import SlotStore
 from modelfleet.agent.state import (
     AgentState,
@@ -164,6 +172,9 @@ class Updater:
         rand: uniform random source in [0, 1) for the retry jitter.
         profile: the device's declared hardware tags and execution providers; a package
             whose signed ``target`` does not fit is refused (issue 10). None: not checked.
+        medium: fingerprint of what the delivery medium holds now (a mounted folder's,
+            :meth:`~modelfleet.delivery.folder_fetcher.FolderFetcher.fingerprint`); when
+            it changes, a pending retry is due at once (issue 11). None: not watched.
     """
 
     def __init__(
@@ -180,6 +191,7 @@ class Updater:
         retry: BackoffPolicy = DEFAULT_RETRY,
         rand: Callable[[], float] = random.random,
         profile: DeviceProfile | None = None,
+        medium: Callable[[], str | None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.profile = profile
@@ -208,6 +220,8 @@ class Updater:
         self._file = StateFile(self.state_dir, clock.monotonic)
         self._retry_failures = 0
         self._retry_at = float("-inf")
+        self._medium = medium
+        self._retry_medium: str | None = None  # the medium when the failed attempt began
         self._hub_ok: bool | None = None
         self._last_problem = ""
         self._last_full: Check | None = None
@@ -373,12 +387,21 @@ class Updater:
         return Check(True, screened.desired, screened.error)
 
     def due(self, desired: DesiredState) -> bool:
-        """Whether ``desired`` needs applying now (new, or a retry whose backoff is over)."""
+        """Whether ``desired`` needs applying now: new, or a retry whose backoff is over or
+        whose delivery medium changed since the attempt that failed (issue 11)."""
         with self._lock:
             if not needs_work(desired, self.state):
                 return False
             retrying = desired.serial == self.state.desired_serial and self.state.pending
-            return not retrying or self.clock.monotonic() >= self._retry_at
+            if not retrying:
+                return True
+            now, retry_at, then = self.clock.monotonic(), self._retry_at, self._retry_medium
+        if now >= retry_at:
+            return True
+        due = retry_due(now, retry_at, then, self._medium_print())  # no lock: it reads a folder
+        if due:
+            log.info("the update folder changed: retrying the pending install now")
+        return due
 
     def retry_in(self) -> float | None:
         """Seconds until a failed install is due for a retry, or None when none is pending."""
@@ -394,13 +417,15 @@ class Updater:
         state arrived) nothing is switched and the result says ``superseded``.
         """
         assert self.source is not None
+        medium = self._medium_print()  # before anything is read from it, and with no lock
         with self._lock:
             if desired.serial < self.state.desired_serial:
                 return CycleResult(False, self.state.applied_serial, superseded=True)
             new_serial = self.state.desired is None or desired.serial != self.state.desired_serial
+            if new_serial or medium != self._retry_medium:
+                self._retry_failures = 0  # a new serial, or new content: backoff afresh
             if new_serial:
                 self.state.pending = []
-                self._retry_failures = 0
             self.state.desired = {
                 "serial": desired.serial,
                 "assignments": [a.to_dict() for a in desired.assignments],
@@ -427,7 +452,11 @@ class Updater:
                     profile=self.profile,
                 )
             except ModelfleetError as e:
-                (refused if is_refusal(e) else failed).append((ref, e))
+                kind = failure_kind(e)
+                if kind is not FailureKind.TRANSIENT:
+                    refused.append((ref, e))
+                if kind is not FailureKind.REFUSED:
+                    failed.append((ref, e))  # retried (delivery: refused and retried)
                 self._downloaded("failed", 0)
             else:
                 self._downloaded("ok", ref.length)
@@ -438,6 +467,7 @@ class Updater:
             ) or desired.serial < self.state.desired_serial:
                 log.info("serial %d superseded before it was applied", desired.serial)
                 return CycleResult(False, self.state.applied_serial, superseded=True)
+            self._retry_medium = medium
             return self._finish(desired, installed, refused, failed, new_serial)
 
     def _preload(
@@ -466,6 +496,9 @@ class Updater:
     ) -> CycleResult:
         serial = desired.serial
         refusals = [self._refuse(ref, serial, e) for ref, e in refused]
+        self.state.last_refusal = refusal_after_install(
+            self.state.last_refusal, (rec.sha256 for rec in installed.values())
+        )
         changed = new_serial
         for assignment in desired.assignments:
             changed |= self._switch(assignment, serial, installed)
@@ -527,7 +560,9 @@ class Updater:
         return True
 
     def _refuse(self, ref: ArtefactRef, serial: int, error: ModelfleetError) -> Refusal:
-        kind = "trust" if isinstance(error, TrustError) else "check"
+        """Record a refusal; a deterministic one is pinned to ``serial`` (not retried), a
+        delivery one (bad bytes) is not: it is retried like a transient failure."""
+        kind = refusal_kind(error)
         refusal = Refusal(
             at=self._now(),
             model=ref.model,
@@ -537,7 +572,8 @@ class Updater:
             reason=str(error),
             kind=kind,
         )
-        self.state.refused[ref.sha256] = serial
+        if failure_kind(error) is FailureKind.REFUSED:
+            self.state.refused[ref.sha256] = serial
         self.state.last_refusal = refusal
         self._event(
             refusal.at,
@@ -710,3 +746,13 @@ class Updater:
 
     def _now(self) -> str:
         return self.clock.now().replace(microsecond=0).isoformat()
+
+    def _medium_print(self) -> str | None:
+        """The delivery medium's fingerprint now (None: not watched, or unreadable)."""
+        if self._medium is None:
+            return None
+        try:
+            return self._medium()
+        except Exception:  # a watch that fails must not stop updates; the timer still runs
+            log.exception("update folder fingerprint failed")
+            return None

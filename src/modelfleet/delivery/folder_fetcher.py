@@ -7,7 +7,9 @@
   the same ngclient verification runs as over HTTPS (signatures, thresholds, expiry,
   rollback, lengths, hashes, director ⇔ catalog agreement); the fetcher only moves bytes.
   A file the folder lacks answers like the hub's ``404`` (``DownloadHTTPError``), so
-  ngclient stops probing for newer roots as it does online.
+  ngclient stops probing for newer roots as it does online. :meth:`FolderFetcher.fingerprint`
+  says when the folder's content changed (a re-made stick mounted), so the agent retries a
+  download whose bytes were bad at once rather than after its backoff (ADR 0034).
 * :class:`RecordingFetcher` wraps another fetcher and writes every body it delivered in
   full into a site tree, so one TUF cycle run against the hub leaves behind exactly the
   files a device's client walks (the root chain, timestamp, snapshot, targets, the
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -70,6 +73,33 @@ class FolderFetcher(FetcherInterface):
         self.root = Path(root)
         self._base = base_url.rstrip("/")
         self._chunk = chunk_size
+
+    def fingerprint(self) -> str:
+        """A digest of the folder's listing: every entry's path, type, size, inode and
+        modification and change times (no file is read). It changes when a file is
+        written, replaced or removed, or another medium is mounted there; equal listings
+        give equal digests. Never raises: a missing or unreadable folder has a digest too.
+        """
+        digest = hashlib.sha256()
+        try:
+            top = os.stat(self.root)
+        except OSError as e:
+            return f"unreadable: {e.strerror or e}"
+        digest.update(f"{top.st_dev}:{top.st_ino}:{top.st_ctime_ns}\n".encode())
+        for folder, dirs, files in os.walk(self.root, onerror=lambda e: None):
+            dirs.sort()
+            for name in sorted(files + dirs):
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # removed while walking: the next look sees the change
+                line = (
+                    f"{os.path.relpath(path, self.root)}\0{st.st_mode}:{st.st_size}:"
+                    f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+                )
+                digest.update(line.encode(errors="surrogateescape"))
+        return digest.hexdigest()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:

@@ -48,7 +48,7 @@ from modelfleet.delivery.http_fetcher import (
     HttpFetcher,
 )
 from modelfleet.errors import (
-    ArtefactVerificationError,
+    CorruptDeliveryError,
     DeadlineExceededError,
     MetadataVerificationError,
     StorageError,
@@ -233,11 +233,12 @@ def translate_tuf_errors(
         repo: the repository's name in messages (``catalog``, ``director``…).
         fetcher: names the metadata file that failed (its last URL).
         cache_dir: named when the local cache cannot be written.
-        artefact: the target being downloaded, if any: its failures become
-            :class:`ArtefactVerificationError`.
+        artefact: the target being downloaded, if any: bytes that do not match its
+            signed length or hashes become :class:`CorruptDeliveryError` (issue 11: that
+            copy is bad, another may be good).
 
     Raises:
-        MetadataVerificationError, ArtefactVerificationError, TransportError
+        MetadataVerificationError, CorruptDeliveryError, TransportError
         (DeadlineExceededError), StorageError: translated, ``from`` the original.
     """
     try:
@@ -246,9 +247,7 @@ def translate_tuf_errors(
         raise TransportError(f"{_what(repo, fetcher, artefact)}: HTTP {e.status_code}") from e
     except DownloadLengthMismatchError as e:
         if artefact is not None:
-            raise ArtefactVerificationError(
-                f"artefact {artefact}: longer than its signed length"
-            ) from e
+            raise CorruptDeliveryError(f"artefact {artefact}: longer than its signed length") from e
         raise MetadataVerificationError(
             f"{_what(repo, fetcher, None)}: longer than allowed ({e})"
         ) from e
@@ -264,7 +263,7 @@ def translate_tuf_errors(
     except RepositoryError as e:
         if artefact is not None and isinstance(e, LengthOrHashMismatchError):
             kind = "length mismatch" if "length" in str(e).lower() else "hash mismatch"
-            raise ArtefactVerificationError(f"artefact {artefact}: {kind} ({e})") from e
+            raise CorruptDeliveryError(f"artefact {artefact}: {kind} ({e})") from e
         raise MetadataVerificationError(
             f"{_what(repo, fetcher, None)}: {_metadata_failure(e)} ({e})"
         ) from e
