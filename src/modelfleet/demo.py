@@ -233,8 +233,8 @@ def run_demo(workdir: Path | None = None, keep: bool = False) -> bool:
             "A hub and three edge devices on this machine. We register a model, sign it,\n"
             "roll it out, A/B-test a new version on one device, catch a tampered release\n"
             "and roll back, read each version's telemetry at the hub, stop a staged rollout by\n"
-            "its gate and flag a drifting sensor without labels — all on real TUF metadata,\n"
-            "real ONNX Runtime, real HTTP.",
+            "its gate, flag a drifting sensor without labels and feed an air-gapped site by USB\n"
+            "stick — all on real TUF metadata, real ONNX Runtime, real HTTP.",
             border_style="cyan",
         )
     )
@@ -504,6 +504,7 @@ def _story(story: Story, root: Path, processes: list[Process], keep_logs: bool) 
     _telemetry_step(story, hub, canary)
     _rollout_step(story, hub, hub_url, admin_token)
     _drift_step(story, hub, agents[-1], root)
+    _offline_site_step(story, hub, home, root, logs, processes, hub_url, admin_token)
 
     # summary ---------------------------------------------------------------------------
     console.print()
@@ -702,6 +703,107 @@ def _drift_step(story: Story, hub: Any, device: Agent, root: Path) -> None:
         drift["verdict"] == "drift" and drifted == ["x3"],
         f"drift flagged on {', '.join(drifted) or 'no column'} only "
         f"(score {_fmt(drift['score'])}, {drift['rows']} rows from the device's counts)",
+    )
+
+
+def _cli_json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``modelfleet ARGS --json``; its JSON answer (ModelfleetError with its stderr)."""
+    r = subprocess.run(
+        modelfleet_cmd(*args, "--json"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    if r.returncode != 0:
+        raise ModelfleetError(f"modelfleet {args[0]} {args[1]}: {r.stderr.strip()}")
+    answer: dict[str, Any] = orjson.loads(r.stdout)
+    return answer
+
+
+def _offline_site_step(
+    story: Story,
+    hub: Any,
+    home: Path,
+    root: Path,
+    logs: Path,
+    processes: list[Process],
+    hub_url: str,
+    admin_token: str,
+) -> None:
+    """Step 12: a site with no route to the hub runs on a USB stick and reports back on one."""
+    story.step(
+        "an air-gapped site fed by a USB stick",
+        "vault-01 sits at a site with no network route to the hub. At the hub, `bundle export`\n"
+        "records the TUF metadata and artefacts the site's devices need into one file, encrypted\n"
+        "to the site's age key. At the site, `bundle import` decrypts it and verifies every\n"
+        "signature and hash with the device's own TUF client before it writes anything; the\n"
+        "agent updates from that folder with the same checks as over HTTPS. Its telemetry\n"
+        "windows stay buffered and go back to the hub in a signed return bundle.",
+    )
+    site, device = "vault", "vault-01"
+    vault, stick = root / "vault", root / "stick"
+    vault.mkdir()
+    stick.mkdir()
+    env = {"MODELFLEET_HUB": hub_url, "MODELFLEET_TOKEN": admin_token}
+    enrolled = hub.add_device(device, site=site, tags=["air-gapped"])
+    hub.deploy(MODEL, 2, devices=[device], mode="full")
+    agent = Agent(device, site, enrolled["token"], free_port(), vault / "agent")
+    pem = vault / "device.pem"
+    _cli_json("agent", "key", "--state-dir", str(agent.state_dir), "--out", str(pem))
+    _cli_json("device", "key", device, "--public-key", str(pem), "--home", str(home))
+    key = _cli_json("bundle", "site-key", "--out", str(vault / "site.key"))
+    made = _cli_json("bundle", "export", "--site", site, "--out", str(stick / "vault.mfb"),
+                     "--recipient", str(key["public_key"]), env=env)  # fmt: skip
+    story.check(
+        bool(made["encrypted"]),
+        f"exported {made['files']} files for {len(made['devices'])} device(s) into "
+        f"{made['bytes'] / 1024:.0f} KiB, encrypted to the site's key",
+    )
+    updates = vault / "updates"
+    imported = _cli_json("bundle", "import", str(stick / "vault.mfb"), "--site", site,
+                         "--folder", str(updates), "--trust-root", str(home / "trust-root.json"),
+                         "--identity", str(vault / "site.key"))  # fmt: skip
+    story.check(
+        imported["devices"].get(device) is not None,
+        f"imported at the site after checking every signature and hash "
+        f"({imported['files_written']} files written)",
+    )
+    nowhere = f"http://127.0.0.1:{free_port()}"  # the hub's address leads nowhere from the site
+    agent.process = start(f"agent-{device}", modelfleet_cmd(
+        "agent", "run", "--hub", nowhere, "--device-id", device, "--token", agent.token,
+        "--state-dir", str(agent.state_dir), "--port", str(agent.port), "--poll-interval", "0.5",
+        "--trust-root", str(home / "trust-root.json"), "--from-folder", str(updates),
+        "--telemetry-window-s", str(TELEMETRY_WINDOW_S),
+    ), logs)  # fmt: skip
+    processes.append(agent.process)
+    story.check(
+        wait_until(functools.partial(runs_version, agent, 2), timeout=90),
+        f"{device} verified v2 from the folder and serves it, with no route to the hub",
+    )
+    x, _ = make_data(seed=7, n=200)
+    for i in range(0, 200, 20):
+        infer(agent, x[i : i + 20])
+
+    def buffered() -> bool:
+        from modelfleet.agent.telemetry import BUFFER_FILE
+        from modelfleet.telemetry.buffer import read_stats
+
+        stats = read_stats(agent.state_dir / BUFFER_FILE)
+        return stats is not None and int(stats["records"]) >= 2
+
+    wait_until(buffered, timeout=30, interval=0.3)
+    agent.process.stop()
+    back = stick / "vault-return.mfr"
+    report = _cli_json("bundle", "report", "--agent-state", str(agent.state_dir), "--site",
+                       site, "--out", str(back))  # fmt: skip
+    records = sum(int(d["records"]) for d in report["devices"])
+    first = _cli_json("bundle", "ingest", str(back), "--home", str(home))
+    again = _cli_json("bundle", "ingest", str(back), "--home", str(home))
+    story.check(
+        records > 0 and first["stored"] == records and again["status"] == "already_ingested",
+        f"the return bundle brought {records} telemetry records to the hub, stored exactly once "
+        "(ingested twice, changed once)",
     )
 
 

@@ -53,7 +53,7 @@ def _ca(path: Path) -> Path:
         (["--hub", "http://hub", "--cache", "{tmp}/c", "--token-file", "{tmp}/empty"], "empty"),
         (["--hub", "http://hub", "--cache", "{tmp}/c", "--token-file", "{tmp}/nope"],
          "cannot read"),
-        (["--cache", "{tmp}/c"], "Missing option '--hub'"),
+        (["--cache", "{tmp}/c"], "give --hub URL, or --offline"),
         (["--hub", "http://hub", "--cache", "{tmp}/c", "--port", "0"], "--port"),
     ],
     ids=["scheme", "ca-missing", "ca-on-http", "cache-is-a-file", "token-empty",

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,8 +31,9 @@ from urllib.parse import unquote, urlsplit
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient.fetcher import FetcherInterface
 
+from modelfleet._atomic import fsync_dir
 from modelfleet.delivery import site_tree
-from modelfleet.errors import InvalidInputError
+from modelfleet.errors import InvalidInputError, StorageError
 
 __all__ = ["FolderFetcher", "RecordingFetcher", "tree_relative"]
 
@@ -132,10 +134,11 @@ class FolderFetcher(FetcherInterface):
 class RecordingFetcher(FetcherInterface):
     """Delegates to ``inner`` and writes each body delivered in full under ``root``.
 
-    A body the caller stops reading (a length bound hit, an error) is not written; a body
-    is held in memory until it is complete (the export side, not a device). Only
-    URLs under ``base_url`` that are site-tree paths are kept; :attr:`recorded` lists them
-    in the order they were written.
+    A body is spooled to a hidden ``.<name>.partial`` file beside its place as it streams
+    (memory stays one chunk, whatever the artefact's size) and renamed into place, fsynced,
+    only once the caller has read it to the end; a body the caller stops reading (a length
+    bound hit, an error) is deleted. Only URLs under ``base_url`` that are site-tree paths are
+    kept; :attr:`recorded` lists them in the order they were written.
     """
 
     def __init__(self, inner: FetcherInterface, root: Path, base_url: str) -> None:
@@ -145,17 +148,38 @@ class RecordingFetcher(FetcherInterface):
         self.recorded: list[str] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        return self._recorded(url, self.inner.fetch(url))
-
-    def _recorded(self, url: str, body: Iterator[bytes]) -> Iterator[bytes]:
-        kept = bytearray()
-        for chunk in body:
-            kept += chunk
-            yield chunk
+        body = self.inner.fetch(url)
         try:
             relative = tree_relative(self._base, url)
         except InvalidInputError:
             log.debug("not recorded (not a site-tree path): %s", url)
-            return
-        site_tree.write_file(self.root, relative, bytes(kept))
+            return body
+        return self._recorded(relative, body)
+
+    def _recorded(self, relative: str, body: Iterator[bytes]) -> Iterator[bytes]:
+        dest = site_tree.resolve(self.root, relative)
+        tmp = dest.with_name(f".{dest.name}.partial")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "wb")  # noqa: SIM115 - closed in the finally below
+        except OSError as e:
+            raise StorageError(f"cannot record {relative}: {e.strerror or e}") from e
+        done = False
+        try:
+            for chunk in body:
+                out.write(chunk)
+                yield chunk
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            done = True
+        except OSError as e:
+            raise StorageError(f"cannot record {relative}: {e.strerror or e}") from e
+        finally:
+            out.close()
+            if not done:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
         self.recorded.append(relative)
