@@ -1,7 +1,8 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-core|rollout-sim|drift|drift-evidently|verify-install|delivery|all] [--duration N] ...``
+rollout-core|rollout-sim|drift|drift-evidently|verify-install|delivery|bundle|all]
+[--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -15,7 +16,9 @@ from device histograms with Evidently's DataDriftPreset (in its own venv, ``.ben
 same 100,000 × 50 data: time, memory, verdicts (``benchmarks/drift_vs_evidently.py``).
 ``delivery`` times resumed HTTP downloads of a 256 MiB file against plain httpx and measures
 hub egress for a 100-device site (``--devices``) with and without a site mirror
-(``benchmarks/delivery.py``).
+(``benchmarks/delivery.py``). ``bundle`` times removable-media bundle export and import of a
+1 GiB artefact (``--bundle-mib``) against plain ``tar | zstd -3`` on the same tree
+(``benchmarks/bundle.py``).
 
 ``director`` signs per-device director repositories at 1,000 / 10,000 / 100,000 devices and
 ``checkin`` measures check-ins per second on one ``hub serve`` (both take ``--database-url
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "verify-install",
             "drift-evidently",
             "delivery",
+            "bundle",
             "all",
         ],
     )
@@ -111,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--size", type=int, default=1 << 30, help="verify-install: package bytes (1 GiB)"
+    )
+    parser.add_argument(
+        "--bundle-mib", type=float, default=1024, help="bundle: artefact MiB (1024)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(args_in)
@@ -166,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--devices", str(args.devices)]
         status = delivery(["--repeats", "3", *extra]) or status
         if args.benchmark == "delivery":
+            return status
+    if args.benchmark in ("bundle", "all"):  # issue 11
+        from benchmarks.bundle import main as bundle
+
+        extra = ["--no-docs"] if args.no_docs else []
+        status = bundle(["--bundle-mib", str(args.bundle_mib), "--repeats", "3", *extra]) or status
+        if args.benchmark == "bundle":
             return status
     if args.benchmark == "telemetry-hub":
         from benchmarks.telemetry_hub import main as telemetry_hub
