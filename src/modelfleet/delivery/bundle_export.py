@@ -23,7 +23,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from modelfleet.delivery import site_tree
 from modelfleet.delivery.folder_fetcher import FolderFetcher, RecordingFetcher
 from modelfleet.delivery.mirror_cache import immutable_digest
-from modelfleet.errors import InvalidInputError
+from modelfleet.errors import ArtefactVerificationError, InvalidInputError
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState
 
 __all__ = [
@@ -128,6 +128,7 @@ def fill_site_tree(
     recorder = RecordingFetcher(inner, tree, hub_url)
     fetcher = TreeFirstFetcher(recorder, tree, hub_url)
     exported: list[ExportedDevice] = []
+    verified: set[tuple[str, str]] = set()  # (target path, sha256) downloaded and checked
     for n, device in enumerate(devices, 1):
         cache = work / "devices" / device
         client = client_for(cache, fetcher)
@@ -138,6 +139,14 @@ def fill_site_tree(
             state = DesiredState.from_json(raw)
             serial, refs = state.serial, refs_of(state)
             for ref in refs:
+                if (ref.model_path, ref.sha256) in verified:
+                    # another device brought these bytes; this device's director must still
+                    # name what the catalog lists
+                    if not client.catalog_lists(ref.model_path, ref.sha256):
+                        raise ArtefactVerificationError(
+                            f"{device}: {ref.model} v{ref.version} is not in the catalog"
+                        )
+                    continue
                 scratch = work / "verified" / ref.sha256
                 client.fetch_package_file(ref.model_path, ref.sha256, ref.length, scratch / "m")
                 client.fetch_package_file(
@@ -147,6 +156,7 @@ def fill_site_tree(
                     scratch / "manifest.json",
                 )
                 shutil.rmtree(scratch, ignore_errors=True)
+                verified.add((ref.model_path, ref.sha256))
         shutil.rmtree(cache, ignore_errors=True)
         exported.append(ExportedDevice(device, serial, tuple(refs)))
         if progress is not None:
