@@ -192,9 +192,11 @@ class HubClient:
 
     def list_devices(self) -> list[dict[str, Any]]:
         """Every device: ``{"id", "site", "tags", "created_at", "last_seen", "report",
-        "assignments", "desired_state", "telemetry"}`` (``telemetry``: ``{"last_at",
-        "lag_s", "buffered", "evicted_total", "clock_skew_s", "skew_flagged",
-        "highest_seq", "buffer_id"}`` or None before the first batch)."""
+        "assignments", "desired_state", "telemetry", "director"}`` (``telemetry``:
+        ``{"last_at", "lag_s", "buffered", "evicted_total", "clock_skew_s", "skew_flagged",
+        "highest_seq", "buffer_id"}`` or None before the first batch; ``director``:
+        ``{"targets"|"snapshot"|"timestamp": {"version", "expires"}}`` of the device's
+        signed director metadata, or None before its first signing)."""
         result: list[dict[str, Any]] = self._json("GET", "/api/v1/devices")
         return result
 

@@ -4,16 +4,17 @@ re-signed before expiry; and the check-in fast path's freshness rule."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from modelfleet.errors import InvalidInputError
-from modelfleet.trust import ExpiryPolicy
+from modelfleet.trust import ExpiryPolicy, SiteExpiry
 from modelfleet.trust.client import DeviceTrustClient
 from modelfleet.trust.device_repo import DEVICE_FIELD, DeviceRoles, due_roles
 from modelfleet.trust.freshness import HeldVersions, stale_repositories
-from tests.trust._trust_support import Hub
+from tests.trust._trust_support import Hub, make_hub
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 LIFETIMES = ExpiryPolicy().lifetimes("director")
@@ -253,3 +254,46 @@ def test_a_failed_pool_batch_is_signed_in_process(hub: Hub) -> None:
     pending = PendingSigning(None, hub.trust.device_signer, items, NOW, parts=parts)  # type: ignore[arg-type]
     listed = [Metadata[Targets].from_bytes(o.targets or b"").signed for o in pending.result()]
     assert [t.unrecognized_fields[DEVICE_FIELD] for t in listed] == ["cam-0", "cam-1", "cam-2"]
+
+
+# -- issue 11: per-site lifetimes (ADR 0037) -------------------------------------------
+
+
+def _media_hub(tmp_path: Path) -> Hub:
+    policy = ExpiryPolicy(sites={"quarry": SiteExpiry(timestamp=timedelta(days=60))})
+    return make_hub(tmp_path / "hub", NOW, policy)
+
+
+def test_a_sites_signer_signs_with_its_lifetimes_and_the_same_key(tmp_path: Path) -> None:
+    hub = _media_hub(tmp_path)
+    base = hub.trust.device_signer
+    quarry = base.for_site("quarry")
+    assert base.for_site("office") is base and base.for_site("") is base
+    assert base.for_site("quarry") is quarry and quarry.keyid == base.keyid
+    out = quarry.sign_change("cam-q", (1, "a" * 64), DeviceRoles(), NOW)
+    assert Metadata.from_bytes(out.timestamp).signed.expires == NOW + timedelta(days=60)
+    online = base.sign_change("cam-o", (1, "a" * 64), DeviceRoles(), NOW)
+    assert Metadata.from_bytes(online.timestamp).signed.expires == NOW + timedelta(days=1)
+    # re-signing is due by the site's margin, not the global one
+    assert quarry.sign_expiring(out.roles, NOW + timedelta(days=39)) is None
+    assert base.sign_expiring(online.roles, NOW + timedelta(hours=17)) is not None
+    assert quarry.resign_at(out.roles) == NOW + timedelta(days=40)
+
+
+def test_a_signing_worker_signs_a_sites_batch_with_that_sites_lifetimes(tmp_path: Path) -> None:
+    from modelfleet.trust import _sign_pool
+    from modelfleet.trust.keys import online_key_path
+
+    hub = _media_hub(tmp_path)
+    path = online_key_path(tmp_path / "hub" / "keys", "director")
+    assert path is not None
+    _sign_pool._init(str(path), LIFETIMES, 1 / 3, None)  # what each worker runs at start
+    try:
+        quarry = hub.trust.device_signer.for_site("quarry").lifetimes
+        items = [("cam-q", (1, "a" * 64), DeviceRoles())]
+        (site,) = _sign_pool._sign_slice(items, NOW, quarry)
+        (plain,) = _sign_pool._sign_slice(items, NOW)
+    finally:
+        _sign_pool._worker.clear()
+    assert site.roles.timestamp_expires == NOW + timedelta(days=60)
+    assert plain.roles.timestamp_expires == NOW + timedelta(days=1)

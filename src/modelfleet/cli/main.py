@@ -387,6 +387,9 @@ def device_show(
             "site": device.get("site"),
             "tags": device.get("tags"),
             "last seen": device.get("last_seen"),
+            "director metadata expires": (
+                (device.get("director") or {}).get("timestamp") or {}
+            ).get("expires"),
             "desired": _desired(device.get("assignments")),
             "serving": _served(device.get("report")),
             "telemetry last batch": tel.get("last_at"),

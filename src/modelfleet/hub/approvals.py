@@ -68,7 +68,7 @@ class Approvals:
         self._ctx = ctx
         self._catalog = catalog
         self._trust = trust
-        self._lifetime = (expiry or ExpiryPolicy()).catalog_targets
+        self._lifetime = (expiry or ExpiryPolicy()).lifetimes("catalog")["targets"]
 
     # -- release keys --------------------------------------------------------------------
 

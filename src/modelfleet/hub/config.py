@@ -6,13 +6,16 @@ variables as a mapping, and only the CLI / server entry point passes ``os.enviro
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from modelfleet.errors import ConfigError
+from modelfleet.trust.repository import ExpiryPolicy, SiteExpiry
 
 __all__ = [
     "ENV_DATABASE_URL",
@@ -21,7 +24,9 @@ __all__ = [
     "ENV_KEY_PASSPHRASE_FILE",
     "HubConfig",
     "HubHome",
+    "format_duration",
     "load_hub_config",
+    "parse_duration",
     "render_config_toml",
 ]
 
@@ -113,6 +118,8 @@ class HubConfig:
         release_threshold: release signatures a package version needs before the
             catalog lists it, once release keys are registered (issue 10, ADR 0027).
         safety_release_threshold: the same for versions of safety-classified models.
+        expiry: TUF lifetimes, global and per site (the ``[expiry]`` and
+            ``[expiry.sites.<site>]`` tables; issue 11, ADR 0037).
     """
 
     home: Path
@@ -136,6 +143,7 @@ class HubConfig:
     release_threshold: int = 1
     safety_release_threshold: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
+    expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
     # issue 10 (ADR 0025): secrets, only ever from the environment, never in config.toml
     key_passphrase: bytes | None = field(default=None, repr=False, compare=False)
     hsm_pin: str = field(default="", repr=False, compare=False)
@@ -178,12 +186,117 @@ class HubConfig:
                 "safety_release_threshold <= 16"
             )
 
+        # issue 11: upkeep must come round before any timestamp reaches its margin
+        shortest = min(
+            [self.expiry.timestamp]
+            + [lives["timestamp"] for lives in self.expiry.site_lifetimes().values()]
+        )
+        if self.refresh_interval_s >= (shortest * self.expiry.refresh_margin).total_seconds():
+            raise ConfigError(
+                f"refresh_interval_s ({self.refresh_interval_s:g}) must be shorter than "
+                f"refresh_margin x the shortest timestamp lifetime ({shortest})"
+            )
+
     @property
     def paths(self) -> HubHome:
         return HubHome(self.home)
 
 
-_KEYS = {f.name for f in fields(HubConfig)} - {"home", "extra", "key_passphrase", "hsm_pin"}
+_KEYS = {f.name for f in fields(HubConfig)} - {
+    "home",
+    "extra",
+    "expiry",
+    "key_passphrase",
+    "hsm_pin",
+}
+
+# -- issue 11: [expiry] and [expiry.sites.<site>] (ADR 0037) --------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^([1-9][0-9]{0,9})([smhdw])$")
+MIN_LIFETIME = timedelta(minutes=1)
+MAX_LIFETIME = timedelta(days=400)
+_GLOBAL_EXPIRY = ("timestamp", "snapshot", "director_targets", "catalog_targets", "root")
+_SITE_EXPIRY = ("timestamp", "snapshot", "targets")
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def parse_duration(key: str, value: object) -> timedelta:
+    """A lifetime from its config text: a whole number and one unit, ``s`` ``m`` ``h``
+    ``d`` or ``w`` (``"90s"``, ``"12h"``, ``"60d"``, ``"8w"``).
+
+    Args:
+        key: the dotted config key, for the message.
+        value: what the file holds there.
+
+    Raises:
+        ConfigError: not such a string, or outside 1 minute .. 400 days.
+    """
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(
+            f'{key} must be a duration such as "1d" (a whole number and one unit of '
+            f"s, m, h, d, w), not {value!r}"
+        )
+    lifetime = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
+        raise ConfigError(f"{key} = {value!r} is outside 1 minute .. 400 days")
+    return lifetime
+
+
+def format_duration(value: timedelta) -> str:
+    """The config text of a lifetime (the largest unit that divides it)."""
+    seconds = int(value.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _expiry_policy(table: object, where: Path) -> ExpiryPolicy:
+    """The ``[expiry]`` table as a policy; unknown keys are errors (a typo'd lifetime
+    would otherwise sign with the default unnoticed)."""
+    if table is None:
+        return ExpiryPolicy()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [expiry] must be a table")
+    known: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _GLOBAL_EXPIRY:
+            known[key] = parse_duration(f"expiry.{key}", value)
+        elif key == "refresh_margin":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"expiry.refresh_margin must be a number, not {value!r}")
+            if not 0.05 <= value <= 0.9:
+                raise ConfigError("expiry.refresh_margin must be between 0.05 and 0.9")
+            known[key] = float(value)
+        elif key != "sites":
+            raise ConfigError(
+                f"{where}: unknown key expiry.{key} (known: "
+                f"{', '.join((*_GLOBAL_EXPIRY, 'refresh_margin', 'sites'))})"
+            )
+    sites = table.get("sites", {})
+    if not isinstance(sites, dict):
+        raise ConfigError(f"{where}: expiry.sites must be a table of [expiry.sites.<site>]")
+    known["sites"] = {name: _site_expiry(name, value, where) for name, value in sites.items()}
+    return ExpiryPolicy(**known)
+
+
+def _site_expiry(name: str, table: object, where: Path) -> SiteExpiry:
+    if not _SITE_NAME.match(name):
+        raise ConfigError(
+            f"{where}: expiry.sites.{name!r}: a site name is letters, digits, '.', '_', '-'"
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expiry.sites.{name} must be a table")
+    unknown = sorted(set(table) - set(_SITE_EXPIRY))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key expiry.sites.{name}.{unknown[0]} "
+            f"(a site sets only {', '.join(_SITE_EXPIRY)})"
+        )
+    return SiteExpiry(
+        **{k: parse_duration(f"expiry.sites.{name}.{k}", v) for k, v in table.items()}
+    )
 
 
 def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConfig:
@@ -217,6 +330,7 @@ def load_hub_config(home: Path, env: Mapping[str, str] | None = None) -> HubConf
     if env and env.get(ENV_DATABASE_URL):
         known["database_url"] = env[ENV_DATABASE_URL]
     known.update(_secrets(env or {}))
+    known["expiry"] = _expiry_policy(raw.get("expiry"), hub_home.config_file)
     try:
         return HubConfig(home=hub_home.root, extra=extra, **known)
     except TypeError as e:
@@ -257,7 +371,23 @@ def render_config_toml(config: HubConfig) -> str:
         f"telemetry_raw_days = {config.telemetry_raw_days}",
         f"telemetry_rollup_days = {config.telemetry_rollup_days}",
     ]
+    if config.expiry != ExpiryPolicy():
+        lines += _render_expiry(config.expiry)
     return "\n".join(lines) + "\n"
+
+
+def _render_expiry(policy: ExpiryPolicy) -> list[str]:
+    lines = ["", "[expiry]"]
+    lines += [f'{k} = "{format_duration(getattr(policy, k))}"' for k in _GLOBAL_EXPIRY]
+    lines.append(f"refresh_margin = {policy.refresh_margin}")
+    for name, site in policy.sites.items():
+        lines += ["", f"[expiry.sites.{name}]"]
+        lines += [
+            f'{k} = "{format_duration(v)}"'
+            for k in _SITE_EXPIRY
+            if (v := getattr(site, k)) is not None
+        ]
+    return lines
 
 
 def _toml_str(value: str) -> str:

@@ -34,7 +34,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, update
@@ -49,6 +49,7 @@ from modelfleet.hub.context import HubContext
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 from modelfleet.rollout.desired_state import Assignment as DesiredAssignment
 from modelfleet.trust.device_repo import (
+    DeviceRepoSigner,
     DeviceRoles,
     PendingSigning,
     SignedDeviceRoles,
@@ -90,6 +91,11 @@ _META = (
     _TABLE.c.targets_expires,
     _TABLE.c.snapshot_expires,
     _TABLE.c.timestamp_expires,
+    # the device's site picks its lifetimes (issue 11, ADR 0037); "" once it is deleted
+    select(db.Device.site)
+    .where(db.Device.id == _TABLE.c.device_id)
+    .scalar_subquery()
+    .label("site"),
 )
 """What signing reads of a row: no signed bytes, no desired-state bytes."""
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
@@ -112,6 +118,28 @@ class TufVersions:
             "catalog": {"root": self.catalog_root, "timestamp": self.catalog_timestamp},
             "director": {"root": self.director_root, "timestamp": self.director_timestamp},
         }
+
+
+class _SiteSigning:
+    """One batch's signings, one per site (each with its own lifetimes), joined back into
+    the batch's order by :meth:`result`."""
+
+    def __init__(self, size: int, parts: Sequence[tuple[Sequence[int], PendingSigning]]) -> None:
+        self._size, self._parts = size, parts
+
+    def result(self) -> list[SignedDeviceRoles]:
+        out: list[SignedDeviceRoles | None] = [None] * self._size
+        for indices, pending in self._parts:
+            for i, signed in zip(indices, pending.result(), strict=True):
+                out[i] = signed
+        assert all(x is not None for x in out)
+        return cast(list[SignedDeviceRoles], out)
+
+
+def _later(when: datetime | None, now: datetime) -> datetime:
+    """``when``, but at least a second after ``now`` (a row not due at ``now``)."""
+    soonest = now + timedelta(seconds=1)
+    return soonest if when is None or when < soonest else when
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -343,17 +371,26 @@ class Director:
         size = -(-len(rows) // count)
         batches = [rows[i : i + size] for i in range(0, len(rows), size)]
 
-        def start(batch: Sequence[Any]) -> tuple[datetime, PendingSigning]:
+        def start(batch: Sequence[Any]) -> tuple[datetime, _SiteSigning]:
             now = _utc_now(self._ctx.now())
-            items = [
-                (
-                    r.device_id,
-                    (r.staged_length, r.staged_sha256) if r.staged_sha256 is not None else None,
-                    _roles(r),
-                )
-                for r in batch
-            ]
-            return now, self._signer.sign_changes_async(items, now, run_size=len(rows))
+            by_site: dict[str, list[int]] = defaultdict(list)  # each site its lifetimes
+            for i, r in enumerate(batch):
+                by_site[self._site_key(r)].append(i)
+            parts = []
+            for site, indices in by_site.items():
+                items = [
+                    (
+                        batch[i].device_id,
+                        (batch[i].staged_length, batch[i].staged_sha256)
+                        if batch[i].staged_sha256 is not None
+                        else None,
+                        _roles(batch[i]),
+                    )
+                    for i in indices
+                ]
+                signer = self._signer.for_site(site)
+                parts.append((indices, signer.sign_changes_async(items, now, run_size=len(rows))))
+            return now, _SiteSigning(len(batch), parts)
 
         written = 0
         pending = start(batches[0])
@@ -384,29 +421,62 @@ class Director:
                 if not rows:
                     break
                 results: list[tuple[Any, SignedDeviceRoles]] = []
+                not_due: list[Any] = []
                 for r in rows:
                     roles = _roles(r)
-                    if "targets" in self._due(roles, now):
+                    signer = self._signer.for_site(r.site)
+                    if "targets" in self._due(signer, roles, now):
                         listed = (
                             (r.listed_length, r.listed_sha256)
                             if r.listed_sha256 is not None
                             else None
                         )
-                        results.append(
-                            (r, self._signer.sign_change(r.device_id, listed, roles, now))
-                        )
+                        results.append((r, signer.sign_change(r.device_id, listed, roles, now)))
                     else:
-                        fresh = self._signer.sign_expiring(roles, now)
+                        fresh = signer.sign_expiring(roles, now)
                         if fresh is not None:
                             results.append((r, fresh))
+                        else:
+                            not_due.append(r)
                 written = self._write(results, now, listed_from_staged=False)
+                # A row due by an older policy (its site's lifetimes changed, or the device
+                # moved site) is not due by the current one: move its re-signing time, or
+                # it would be read again every round.
+                moved = self._reschedule(not_due, now)
                 count += written
-                if written == 0:
+                if written == 0 and moved == 0:
                     break
         return count
 
-    def _due(self, roles: DeviceRoles, now: datetime) -> tuple[str, ...]:
-        return due_roles(roles, now, self._signer.lifetimes, self._signer.refresh_margin)
+    @staticmethod
+    def _due(signer: DeviceRepoSigner, roles: DeviceRoles, now: datetime) -> tuple[str, ...]:
+        return due_roles(roles, now, signer.lifetimes, signer.refresh_margin)
+
+    @staticmethod
+    def _site_key(r: Any) -> str:
+        return str(r.site or "")
+
+    def _reschedule(self, rows: Sequence[Any], now: datetime) -> int:
+        """Set each row's re-signing time from its site's current lifetimes (unchanged
+        rows only: compare-and-set on the timestamp version)."""
+        if not rows:
+            return 0
+        params = [
+            {
+                "b_id": r.device_id,
+                "b_prev": r.timestamp_version,
+                "b_resign_at": _later(self._signer.for_site(r.site).resign_at(_roles(r)), now),
+            }
+            for r in rows
+        ]
+        c = _TABLE.c
+        stmt = (
+            update(_TABLE)
+            .where(c.device_id == bindparam("b_id"), c.timestamp_version == bindparam("b_prev"))
+            .values(resign_at=bindparam("b_resign_at"))
+        )
+        with self._ctx.write() as s:
+            return int(s.connection().execute(stmt, params).rowcount)
 
     def _write(
         self,
@@ -419,12 +489,15 @@ class Director:
         it was read (compare-and-set on the timestamp version and the staged digest)."""
         if not results:
             return 0
-        resign: dict[tuple[datetime | None, ...], datetime | None] = {}  # a batch shares dates
+        resign: dict[
+            tuple[str | datetime | None, ...], datetime | None
+        ] = {}  # a batch shares dates
 
-        def resign_at(roles: DeviceRoles) -> datetime | None:
-            key = (roles.targets_expires, roles.snapshot_expires, roles.timestamp_expires)
+        def resign_at(r: Any, roles: DeviceRoles) -> datetime | None:
+            site = self._site_key(r)
+            key = (site, roles.targets_expires, roles.snapshot_expires, roles.timestamp_expires)
             if key not in resign:
-                resign[key] = self._signer.resign_at(roles)
+                resign[key] = self._signer.for_site(site).resign_at(roles)
             return resign[key]
 
         params = [
@@ -442,7 +515,7 @@ class Director:
                 "b_snapshot_json": out.snapshot,
                 "b_timestamp_json": out.timestamp,
                 "b_signed_at": now,
-                "b_resign_at": resign_at(out.roles),
+                "b_resign_at": resign_at(r, out.roles),
             }
             for r, out in results
         ]

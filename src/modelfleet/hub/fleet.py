@@ -197,6 +197,20 @@ class _TokenCache:
             self._entries[sha] = (read_at, principal)
 
 
+def _director_view(row: db.DirectorDevice | None) -> JSONDict | None:
+    """Version and expiry date of each of the device's signed director roles (issue 11:
+    its site's lifetimes show here); None before its first signing."""
+    if row is None or not row.timestamp_version:
+        return None
+    return {
+        role: {
+            "version": getattr(row, f"{role}_version"),
+            "expires": _iso(getattr(row, f"{role}_expires")),
+        }
+        for role in ("targets", "snapshot", "timestamp")
+    }
+
+
 def _same_report(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether two reports agree on every field but the volatile ones (pure)."""
     keys = (set(old) | set(new)) - VOLATILE_REPORT_FIELDS
@@ -452,6 +466,7 @@ class Fleet:
                 "issued_at": _iso(state.issued_at),
             },
             "telemetry": telemetry_view(stream, self._ctx.now()),
+            "director": _director_view(s.get(db.DirectorDevice, d.id)),
         }
 
     # -- reports -------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class HubService:
                 paths.tuf,
                 paths.keys,
                 clock,
+                expiry=config.expiry,  # issue 11: per-site lifetimes
                 counters=DbRoleCounters(sessions),
                 signing_workers=default_workers(),
                 passphrase=config.key_passphrase,  # issue 10: keys
@@ -157,7 +158,7 @@ class HubService:
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
             self.controller = RolloutController(self.context, self.director, profiles=self.profiles)
             # --- issue 10: approvals ---
-            self.approvals = Approvals(self.context, self.catalog, self.trust)
+            self.approvals = Approvals(self.context, self.catalog, self.trust, config.expiry)
             self.catalog.release_gate = self.approvals.gate
             self.revocations = Revocations(
                 self.context, self.catalog, self.director, self.approvals

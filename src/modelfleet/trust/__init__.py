@@ -23,6 +23,7 @@ from modelfleet.trust.repository import (
     ExpiryPolicy,
     MemoryRoleCounters,
     RoleCounters,
+    SiteExpiry,
     TargetSpec,
     TufRepository,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "HubTrust",
     "MemoryRoleCounters",
     "RoleCounters",
+    "SiteExpiry",
     "TargetSpec",
     "TufRepository",
     "generate_keys",

@@ -56,8 +56,18 @@ def _init(
     _worker["signer"] = DeviceRepoSigner(CryptoSigner(private), lifetimes, margin)
 
 
-def _sign_slice(items: Sequence[Item], now: datetime) -> list[SignedDeviceRoles]:
+def _sign_slice(
+    items: Sequence[Item], now: datetime, lifetimes: Mapping[str, timedelta] | None = None
+) -> list[SignedDeviceRoles]:
+    """Sign ``items`` in a worker; ``lifetimes`` (a site's, issue 11) replace the ones the
+    worker was started with, through a signer kept per distinct set."""
     signer: DeviceRepoSigner = _worker["signer"]
+    if lifetimes is not None and dict(lifetimes) != signer.lifetimes:
+        key = tuple(sorted(lifetimes.items()))
+        by_lives: dict[Any, DeviceRepoSigner] = _worker.setdefault("by_lifetimes", {})
+        if key not in by_lives:
+            by_lives[key] = signer.with_lifetimes(lifetimes)
+        signer = by_lives[key]
     return [signer.sign_change(d, target, previous, now) for d, target, previous in items]
 
 
@@ -151,7 +161,7 @@ class SignPool:
         try:
             pool = self._started()
             parts = [
-                pool.submit(_sign_slice, items[i : i + size], now)
+                pool.submit(_sign_slice, items[i : i + size], now, local.lifetimes)
                 for i in range(0, len(items), size)
             ]
         except (BrokenProcessPool, OSError, RuntimeError) as e:

@@ -18,6 +18,7 @@ version is never signed twice with different content.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -228,6 +229,8 @@ class DeviceRepoSigner:
         key_path: the director key's file, for worker processes (None: no workers).
         key_passphrase: that file's passphrase, if it is encrypted.
         workers: worker processes for large stages (1: none).
+        site_lifetimes: lifetimes per site (``ExpiryPolicy.site_lifetimes()``, issue 11):
+            :meth:`for_site` signs with them for devices at that site.
     """
 
     def __init__(
@@ -239,10 +242,12 @@ class DeviceRepoSigner:
         key_path: Path | None = None,
         key_passphrase: bytes | None = None,
         workers: int = 1,
+        site_lifetimes: Mapping[str, Mapping[str, timedelta]] | None = None,
     ) -> None:
-        missing = [r for r in _ONLINE_ROLES if r not in lifetimes]
-        if missing:
-            raise ConfigError(f"no lifetime for role(s) {', '.join(missing)}")
+        for lives in (lifetimes, *(site_lifetimes or {}).values()):
+            missing = [r for r in _ONLINE_ROLES if r not in lives]
+            if missing:
+                raise ConfigError(f"no lifetime for role(s) {', '.join(missing)}")
         self._signer = signer
         self.lifetimes = dict(lifetimes)
         self.refresh_margin = refresh_margin
@@ -251,6 +256,30 @@ class DeviceRepoSigner:
             if key_path is not None and workers > 1
             else None
         )
+        self._site_lifetimes = {k: dict(v) for k, v in (site_lifetimes or {}).items()}
+        self._by_site: dict[str, DeviceRepoSigner] = {}
+
+    def for_site(self, site: str | None) -> DeviceRepoSigner:
+        """The signer for devices at ``site``: the same key (and worker pool) with that
+        site's lifetimes when it has a policy, else this one (issue 11, ADR 0037)."""
+        if not site or site not in self._site_lifetimes:
+            return self
+        child = self._by_site.get(site)
+        if child is None:
+            child = self._by_site.setdefault(site, self.with_lifetimes(self._site_lifetimes[site]))
+        return child
+
+    def with_lifetimes(self, lifetimes: Mapping[str, timedelta]) -> DeviceRepoSigner:
+        """A signer sharing this one's key and worker pool, signing with ``lifetimes``."""
+        child = copy.copy(self)
+        child.lifetimes = dict(lifetimes)
+        child._site_lifetimes = {}
+        child._by_site = {}
+        return child
+
+    def site_policies(self) -> dict[str, dict[str, timedelta]]:
+        """The lifetimes of every site with its own policy (a copy)."""
+        return {k: dict(v) for k, v in self._site_lifetimes.items()}
 
     def sign_changes(
         self,

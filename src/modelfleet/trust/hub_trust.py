@@ -119,7 +119,9 @@ class HubTrust:
             StorageError: ``tuf_dir`` is not writable.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
-        device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
+        device_signer = _device_signer(
+            args["director"], key_dir, signing_workers, passphrase, expiry or ExpiryPolicy()
+        )
         hub = cls(tuf_dir, {}, device_signer)
         hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=True):
@@ -153,7 +155,9 @@ class HubTrust:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
-        device_signer = _device_signer(args["director"], key_dir, signing_workers, passphrase)
+        device_signer = _device_signer(
+            args["director"], key_dir, signing_workers, passphrase, expiry or ExpiryPolicy()
+        )
         hub = cls(tuf_dir, {}, device_signer)
         hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
         with hub._locked(exclusive=False):
@@ -533,15 +537,17 @@ def _device_signer(
     key_dir: Path,
     workers: int,
     passphrase: bytes | None,
+    policy: ExpiryPolicy,
 ) -> DeviceRepoSigner:
-    _, signers, _, lifetimes, margin, _ = args
+    _, signers, _, _, margin, _ = args
     return DeviceRepoSigner(
         signers["timestamp"],
-        lifetimes,
+        policy.device_lifetimes(None),
         margin,
         key_path=online_key_path(key_dir, "director"),
         key_passphrase=passphrase,
         workers=workers,
+        site_lifetimes=policy.site_lifetimes(),  # issue 11, ADR 0037
     )
 
 
