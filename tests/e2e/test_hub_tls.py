@@ -113,3 +113,45 @@ def test_agent_and_cli_pin_the_hub_ca_and_others_are_refused(
 
     # The check-in and the telemetry both went over the pinned TLS link.
     assert wait_for(checked_in_and_forwarded), agent.output()
+
+
+def test_a_site_mirror_reaches_the_hub_over_tls_with_its_ca_pinned(
+    tls_hub: _TlsHub, spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Issue 11: ``site serve --hub https://... --hub-ca`` caches for a device over the
+    pinned TLS link; a mirror pinning another CA serves nothing it cannot verify the hub for."""
+    hub = tls_hub
+    added = cli("device", "add", "cam-2", "--site", "plant-a", "--json", env=hub.env())
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    register(hub, tmp_path, 0)  # type: ignore[arg-type]
+    assert cli("deploy", "m", "1", "--devices", "cam-2", env=hub.env()).returncode == 0
+
+    other = create_hub_tls(tmp_path / "other", ["127.0.0.1"], datetime.now(UTC))[0].ca_cert
+    wrong_port = free_port()
+    spawn("mirror-wrong-ca", "site", "serve", "--hub", hub.url, "--hub-ca", str(other),
+          "--cache", str(tmp_path / "wrong-cache"), "--port", str(wrong_port))  # fmt: skip
+    wrong = f"http://127.0.0.1:{wrong_port}"
+    assert wait_for(lambda: httpx.get(f"{wrong}/-/mirror/status").status_code == 200)
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = httpx.get(f"{wrong}/api/v1/trust-root", headers=headers, timeout=30)
+    assert answer.status_code == 503, answer.text  # the hub's certificate is not trusted
+    assert not list((tmp_path / "wrong-cache").rglob("*.json"))
+
+    mport = free_port()
+    spawn("mirror", "site", "serve", "--hub", hub.url, "--hub-ca", str(hub.ca),
+          "--cache", str(tmp_path / "cache"), "--port", str(mport))  # fmt: skip
+    mirror = f"http://127.0.0.1:{mport}"
+    assert wait_for(lambda: httpx.get(f"{mirror}/-/mirror/status").status_code == 200)
+    port = free_port()
+    agent = spawn("agent-cam-2", "agent", "run", "--hub", mirror, "--device-id", "cam-2",
+                  "--token", token, "--state-dir", str(tmp_path / "cam-2"), "--port", str(port),
+                  "--poll-interval", "0.2",
+                  "--trust-root", str(hub.home / "trust-root.json"))  # fmt: skip
+    x = np.zeros((1, 10), np.float32)
+    assert wait_for(lambda: infer(f"http://127.0.0.1:{port}", x).status_code == 200, 90), (
+        agent.output()[-3000:]
+    )
+    status = httpx.get(f"{mirror}/-/mirror/status").json()
+    assert status["counters"]["upstream_target_downloads"] >= 1  # through the mirror, over TLS
+    assert any((tmp_path / "cache" / "tuf" / "catalog" / "targets").rglob("*.onnx"))
