@@ -295,3 +295,48 @@ def test_the_index_and_manifest_round_trip(tmp_path: Path) -> None:
     unpacked = read_bundle(tmp_path / "b.mfb", tmp_path / "staging")
     assert unpacked.manifest == manifest and dict(unpacked.files) == index
     assert (unpacked.tree / "tuf/catalog/metadata/1.root.json").read_bytes() == b"{}"
+
+
+def test_a_bundle_signed_with_a_revoked_key_is_refused(hub: Hub, tmp_path: Path) -> None:
+    """The timestamp key is rotated (root v2 revokes it). A bundle whose catalog timestamp is
+    re-signed with the old key at a higher version, root v2 left out, is checked against the
+    v2 the site already holds and refused (without that, root v1 would accept it)."""
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata
+
+    from modelfleet.trust import HubTrust
+    from modelfleet.trust._key_files import read_private_key
+    from modelfleet.trust.key_admin import KeyAdmin
+    from modelfleet.trust.key_registry import KeyRegistry
+
+    dest = tmp_path / "site"
+    old = _export(hub, tmp_path, name="old.mfb")
+    _import(old, dest, hub)  # the site's trust root: root v1
+    (record,) = KeyRegistry.load(hub.home / "keys").active("timestamp")
+    assert record.file is not None
+    stolen = CryptoSigner(read_private_key(hub.home / "keys" / record.file, None))
+    admin = KeyAdmin(hub.home / "keys", hub.trust, hub.clock, trust_root_file=tmp_path / "tr.json")
+    admin.rotate("timestamp")
+    hub.trust = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock)
+    hub.clock.advance(60)
+    hub.assign("dev-1", hub.publish("iris", 3))
+    new = _export(hub, tmp_path, name="new.mfb")
+    assert "tuf/catalog/metadata/2.root.json" in read_bundle(new, tmp_path / "peek").files
+    _import(new, dest, None)  # walks root v1 -> v2 from the bundle, with the site's anchor
+    assert (dest / "tuf/catalog/metadata/2.root.json").is_file()
+
+    forged_tree = read_bundle(new, tmp_path / "forge").tree
+    (forged_tree / "tuf/catalog/metadata/2.root.json").unlink()  # "there was no rotation"
+    ts_file = forged_tree / "tuf/catalog/metadata/timestamp.json"
+    ts = Metadata.from_bytes(ts_file.read_bytes())
+    ts.signed.version = 100
+    ts.signatures.clear()
+    ts.sign(stolen)
+    ts_file.write_bytes(ts.to_bytes())
+    forged = tmp_path / "forged.mfb"
+    manifest = MediaManifest("plant-a", "http://hub.invalid", "2026-12-05T00:00:00Z", DEVICES)
+    write_bundle(forged_tree, manifest, forged)
+    before = _tree(dest)
+    with pytest.raises(TrustError, match="bundle refused"):
+        _import(forged, dest, None)
+    assert _tree(dest) == before

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tuf.api.exceptions import DownloadHTTPError
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient.fetcher import FetcherInterface
 
 from modelfleet.delivery import site_tree
 from modelfleet.delivery.folder_fetcher import FolderFetcher, RecordingFetcher
 from modelfleet.delivery.mirror_cache import immutable_digest
-from modelfleet.errors import ArtefactVerificationError, InvalidInputError
+from modelfleet.errors import ArtefactVerificationError, InvalidInputError, TransportError
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState
 
 __all__ = [
@@ -31,11 +31,14 @@ __all__ = [
     "TreeFirstFetcher",
     "TrustSource",
     "fill_site_tree",
+    "record_root_chains",
     "refs_of",
     "write_trust_root",
 ]
 
 log = logging.getLogger("modelfleet.delivery")
+
+_MAX_ROOTS = 10_000  # no chain is longer; stops a hub that answers every version
 
 #: Builds a device's trust client: ``(cache dir, fetcher) -> DeviceTrustClient``.
 ClientFactory = Callable[[Path, FetcherInterface], "TrustSource"]
@@ -161,6 +164,7 @@ def fill_site_tree(
         exported.append(ExportedDevice(device, serial, tuple(refs)))
         if progress is not None:
             progress(n, len(devices), device)
+    record_root_chains(recorder, tree, hub_url, devices)
     log.info(
         "site tree: %d devices, %d files recorded, %d artefacts reused",
         len(devices),
@@ -168,6 +172,37 @@ def fill_site_tree(
         fetcher.reused,
     )
     return exported
+
+
+def record_root_chains(
+    recorder: RecordingFetcher, tree: Path, hub_url: str, devices: Sequence[str]
+) -> int:
+    """Record every ``<N>.root.json`` from version 1 up, of the catalog and of each device's
+    director, so a device (or a site) that holds an old root walks the whole chain, rotations
+    included, from the bundle alone. Returns how many were added.
+
+    Raises:
+        TransportError: the hub could not be reached (a 404 ends a chain).
+    """
+    prefixes = ["tuf/catalog/metadata", *(f"tuf/director/devices/{d}/metadata" for d in devices)]
+    base = hub_url.rstrip("/")
+    added = 0
+    for prefix in prefixes:
+        for n in range(1, _MAX_ROOTS + 1):
+            relative = f"{prefix}/{n}.root.json"
+            if site_tree.resolve(tree, relative).is_file():
+                continue
+            try:
+                for _ in recorder.fetch(f"{base}/{relative}"):
+                    pass
+            except DownloadHTTPError as e:
+                if e.status_code == 404:
+                    break
+                raise TransportError(f"{relative}: HTTP {e.status_code}") from e
+            except DownloadError as e:
+                raise TransportError(f"{relative}: {e}") from e
+            added += 1
+    return added
 
 
 def write_trust_root(tree: Path, trust_root: bytes) -> None:

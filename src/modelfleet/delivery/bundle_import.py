@@ -6,9 +6,11 @@
 2. the site: a bundle made for another site is refused;
 3. trust: for every device in the bundle, a TUF client anchored on the site's own trust root
    (the destination's ``trust-root.json`` or one given out of band — never the bundle's)
-   reads the staged tree through a :class:`~modelfleet.delivery.folder_fetcher.FolderFetcher`
-   and verifies the director's desired state and every artefact it names, exactly as the
-   device will (signatures and thresholds, expiry, director ⇔ catalog, lengths, hashes). A
+   reads the staged tree laid over the destination (what devices will read after the
+   import; a newer root the site holds is never left out) through
+   :class:`~modelfleet.delivery.folder_fetcher.FolderFetcher` and verifies the director's
+   desired state and every artefact it names, exactly as the device will (signatures and
+   thresholds, expiry, director ⇔ catalog, lengths, hashes). A
    bundle signed with an unknown or revoked key fails here;
 4. replay: a catalog or device director timestamp older than the one the destination holds
    refuses the whole bundle;
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient.fetcher import FetcherInterface
 
 from modelfleet._atomic import fsync_dir
@@ -84,15 +87,25 @@ class ImportResult:
 
 
 class _ReadLog(FetcherInterface):
-    """A FolderFetcher that remembers which tree paths were read."""
+    """The staged tree laid over the destination, remembering what came from the stage.
 
-    def __init__(self, tree: Path, base_url: str) -> None:
-        self._inner = FolderFetcher(tree, base_url)
+    A file the bundle lacks is read from the destination, as a device will read the merged
+    tree after the import: a bundle that leaves out a newer root the site already holds
+    (to pass metadata signed with a key that root revoked) is verified against that root
+    and refused.
+    """
+
+    def __init__(self, tree: Path, dest: Path, base_url: str) -> None:
+        self._staged = FolderFetcher(tree, base_url)
+        self._held = FolderFetcher(dest, base_url)
         self._base = base_url
         self.read: set[str] = set()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        body = self._inner.fetch(url)
+        try:
+            body = self._staged.fetch(url)
+        except DownloadHTTPError:
+            return self._held.fetch(url)
         self.read.add(tree_relative(self._base, url))
         return body
 
@@ -161,7 +174,7 @@ def import_bundle(
             raise TrustError(
                 f"this bundle is for site {manifest.site!r}, not {site!r}: nothing imported"
             )
-        serials, read = _verify(unpacked, staging / "verify", anchor, verifier)
+        serials, read = _verify(unpacked, dest, staging / "verify", anchor, verifier)
         _refuse_replay(dest, unpacked.tree, manifest)
         written = _commit(unpacked, dest, read)
         if trust_root is not None:
@@ -201,11 +214,11 @@ def _held_trust_root(dest: Path) -> bytes:
 
 
 def _verify(
-    unpacked: UnpackedBundle, work: Path, anchor: bytes, verifier: VerifierFactory
+    unpacked: UnpackedBundle, dest: Path, work: Path, anchor: bytes, verifier: VerifierFactory
 ) -> tuple[dict[str, int | None], set[str]]:
-    """Verify every device's desired state and artefacts from the staged tree."""
+    """Verify every device's desired state and artefacts from the staged tree over ``dest``."""
     manifest = unpacked.manifest
-    fetcher = _ReadLog(unpacked.tree, manifest.hub_url)
+    fetcher = _ReadLog(unpacked.tree, dest, manifest.hub_url)
     serials: dict[str, int | None] = {}
     checked: set[str] = set()
     for device in manifest.devices:
