@@ -64,6 +64,10 @@ METRIC_NAMES = frozenset(
         "modelfleet_hub_drift_windows_total",
         "modelfleet_hub_overrides_total",
         "modelfleet_agent_overrides_total",
+        # agent, issue 11 (ADR 0036: expired metadata, the time floor)
+        "modelfleet_agent_metadata_expired",
+        "modelfleet_agent_metadata_expires_timestamp_seconds",
+        "modelfleet_agent_time_floor_timestamp_seconds",
         # Prometheus's own per-target series
         "up",
         "scrape_duration_seconds",

@@ -18,6 +18,8 @@ HTTP status codes live only in the web adapters.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ArtefactVerificationError",
     "AuthError",
@@ -30,6 +32,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidModelError",
     "InvalidTensorError",
+    "MetadataExpiredError",
     "MetadataVerificationError",
     "ModelfleetError",
     "NotFoundError",
@@ -93,6 +96,27 @@ class TrustError(ModelfleetError):
 
 class MetadataVerificationError(TrustError):
     """TUF metadata failed verification (signature, version, expiry, length)."""
+
+
+class MetadataExpiredError(MetadataVerificationError):
+    """TUF metadata is expired by the device's reference time (issue 11, ADR 0036).
+
+    Not a statement about any artefact: fresh metadata (a bundle import, the hub) clears it.
+    The agent keeps serving what it verified earlier and installs nothing new meanwhile.
+
+    Attributes:
+        repo: ``catalog`` or ``director``.
+        role: the expired role (``timestamp``, ``snapshot``, ``targets``, ``root``), or "".
+        expires: when it expired, when known.
+    """
+
+    def __init__(
+        self, message: str, *, repo: str = "", role: str = "", expires: datetime | None = None
+    ) -> None:
+        super().__init__(message)
+        self.repo = repo
+        self.role = role
+        self.expires = expires
 
 
 class ArtefactVerificationError(TrustError):

@@ -20,6 +20,7 @@ from modelfleet.errors import (
     CorruptDeliveryError,
     DeadlineExceededError,
     InvalidInputError,
+    MetadataExpiredError,
     MetadataVerificationError,
     RefusedUpdateError,
     SmokeTestError,
@@ -46,11 +47,12 @@ REF = ArtefactRef("m", 2, "a" * 64, 10, "b" * 64, 5)
         (TransportError("HTTP 503"), FailureKind.TRANSIENT, "check"),
         (DeadlineExceededError("too slow"), FailureKind.TRANSIENT, "check"),
         (StorageError("disk full"), FailureKind.TRANSIENT, "check"),
+        (MetadataExpiredError("catalog timestamp expired"), FailureKind.TRANSIENT, "trust"),
     ],
     ids=[
         "hash-mismatch", "too-long", "not-in-catalog", "director-catalog-disagree",
         "bad-signature", "other-hardware", "smoke-failed", "refused-update", "malformed",
-        "unreachable", "deadline", "disk-full",
+        "unreachable", "deadline", "disk-full", "metadata-expired-awaits-fresh-metadata",
     ],
 )  # fmt: skip
 def test_only_bad_bytes_are_refused_and_retried(

@@ -18,7 +18,7 @@ from modelfleet.agent.state import (
     RollbackRecord,
     SlotRecord,
 )
-from modelfleet.errors import InvalidInputError
+from modelfleet.errors import InvalidInputError, MetadataExpiredError
 from modelfleet.rollout.assignment import Rollback, Slots, roll_back
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
 
@@ -26,6 +26,7 @@ __all__ = [
     "Screened",
     "describe_pending",
     "describe_switch",
+    "expired_status",
     "needs_work",
     "pending_after",
     "rollback_record",
@@ -142,6 +143,23 @@ def update_status(
         r = last_refusal
         parts.append(f"refused: {r.model} v{r.version}: {r.reason}")
     return "; ".join(parts) or f"up to date (serial {serial})"
+
+
+def expired_status(error: MetadataExpiredError, models: Mapping[str, ModelSlots]) -> str:
+    """The status line while metadata is expired (issue 11, ADR 0036), e.g. ``metadata
+    expired (director timestamp expired 2026-03-02T00:00:00+00:00): serving m v1, no new
+    installs until fresh metadata arrives (bundle import or hub)``."""
+    what = " ".join(p for p in (error.repo, error.role) if p) or "metadata"
+    when = f" {error.expires.isoformat()}" if error.expires is not None else ""
+    serving = ", ".join(
+        f"{name} v{slots.active.version}"
+        for name, slots in sorted(models.items())
+        if slots.active is not None
+    )
+    return (
+        f"metadata expired ({what} expired{when}): serving {serving or 'nothing'}, "
+        "no new installs until fresh metadata arrives (bundle import or hub)"
+    )
 
 
 def rollback_record(

@@ -78,6 +78,8 @@ class AgentControlImpl:
             status["guard_events"] = list(self._guard.events)
         if self._telemetry is not None:
             status["telemetry"] = self._telemetry.status()
+        # Not in check-in reports: the time floor moves at every refresh (ADR 0036).
+        status["metadata"] = self._updater.metadata_health().to_dict()
         return status
 
     def rollback(self, reason: str) -> dict[str, Any]:
@@ -256,6 +258,7 @@ def run_agent(
         fetcher=folder,
         download=config.download,
         verify=tls,
+        now=clock.now,  # ADR 0036: expiry against max(clock, time floor)
     )
     host = ModelHost()
     profiles = ProfileObserver(config.drift_sketches) if config.telemetry and config.drift else None
@@ -280,6 +283,7 @@ def run_agent(
         updater, host, clock.monotonic, after_rollback=lambda: loop_holder[0].report_soon()
     )
     metrics = AgentMetrics(host)
+    metrics.watch_metadata(updater.metadata_health)
     ProcessCollector(registry=metrics.registry)
     counters = UpdateCounters(metrics.registry)
     telemetry: DeviceTelemetry | None = None

@@ -16,12 +16,13 @@ coarser ``le`` bounds (a subset of its edges, so exact). The rare shadow events 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
@@ -35,6 +36,9 @@ from modelfleet.monitoring.histogram import (
     Histogram,
 )
 from modelfleet.serving.host import ModelHost
+
+if TYPE_CHECKING:
+    from modelfleet.agent.updater import MetadataHealth
 
 __all__ = ["LATENCY_BUCKETS", "OUTCOME_LABELS", "AgentMetrics"]
 
@@ -110,6 +114,40 @@ class _ActiveVersionCollector:
         yield family
 
 
+class _MetadataCollector:
+    """Whether the device's metadata is expired, read at scrape time (ADR 0036)."""
+
+    def __init__(self, health: Callable[[], MetadataHealth]) -> None:
+        self._health = health
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._health()
+        yield GaugeMetricFamily(
+            "modelfleet_agent_metadata_expired",
+            "1 while the verified metadata is expired: no new installs, the running model "
+            "keeps serving (runbook: metadata-expired).",
+            value=1.0 if health.expired else 0.0,
+        )
+        expires = GaugeMetricFamily(
+            "modelfleet_agent_metadata_expires_timestamp_seconds",
+            "Earliest expiry of the cached verified metadata, by repository (Unix time).",
+            labels=["repo"],
+        )
+        for repo, at in sorted(health.expires.items()):
+            if at is not None:
+                expires.add_metric([repo], at.timestamp())
+        yield expires
+        if health.floor is not None:
+            yield GaugeMetricFamily(
+                "modelfleet_agent_time_floor_timestamp_seconds",
+                "The device's time floor: the latest time it accepted metadata (Unix time).",
+                value=health.floor.timestamp(),
+            )
+
+
 class _RequestCollector:
     def __init__(self, metrics: AgentMetrics) -> None:
         self._metrics = metrics
@@ -158,7 +196,10 @@ class AgentMetrics:
     ``modelfleet_agent_shadow_compared_total{model,version}``,
     ``modelfleet_agent_shadow_disagreements_total{model,version}``,
     ``modelfleet_agent_shadow_dropped_total``, ``modelfleet_agent_overrides_total`` (issue 9)
-    and ``modelfleet_agent_active_version_info``.
+    and ``modelfleet_agent_active_version_info``; once :meth:`watch_metadata` is called,
+    ``modelfleet_agent_metadata_expired``,
+    ``modelfleet_agent_metadata_expires_timestamp_seconds{repo}`` and
+    ``modelfleet_agent_time_floor_timestamp_seconds`` (issue 11, ADR 0036).
 
     Attributes:
         registry: the app's own registry; render it with :meth:`render`.
@@ -198,6 +239,11 @@ class AgentMetrics:
         )
         self.registry.register(_RequestCollector(self))
         self.registry.register(_ActiveVersionCollector(host))
+
+    def watch_metadata(self, health: Callable[[], MetadataHealth]) -> None:
+        """Expose the metadata expiry series, read from ``health`` at each scrape (the
+        updater's :meth:`~modelfleet.agent.updater.Updater.metadata_health`)."""
+        self.registry.register(_MetadataCollector(health))
 
     # the RequestObserver of the request path ------------------------------------------------
 

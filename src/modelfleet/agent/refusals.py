@@ -11,7 +11,9 @@ which refusal status keeps showing.
 * **Delivery**: the bytes delivered do not match the signed length or hash. That copy is
   bad (a tampered or damaged stick, a mirror that served a corrupted cache); another copy
   of the same signed artefact may be good. It is refused and retried.
-* **Transient**: the bytes could not be had at all (hub unreachable, disk full); retried.
+* **Transient**: the bytes could not be had at all (hub unreachable, disk full), or the
+  metadata that lists them has expired (ADR 0036: fresh metadata, not another serial,
+  clears that); retried.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from modelfleet.agent.state import Refusal
 from modelfleet.errors import (
     CorruptDeliveryError,
     InvalidInputError,
+    MetadataExpiredError,
     RefusedUpdateError,
     TrustError,
 )
@@ -48,6 +51,8 @@ def failure_kind(error: Exception) -> FailureKind:
     """Classify an install failure (see the module docstring)."""
     if isinstance(error, CorruptDeliveryError):
         return FailureKind.DELIVERY
+    if isinstance(error, MetadataExpiredError):
+        return FailureKind.TRANSIENT
     if isinstance(error, TrustError | RefusedUpdateError | InvalidInputError):
         return FailureKind.REFUSED
     return FailureKind.TRANSIENT

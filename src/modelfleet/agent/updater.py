@@ -11,6 +11,10 @@ install that fails for a transient reason is retried with backoff until it succe
 refused (defect 12); ``update_status`` says which. An artefact whose delivered bytes do
 not match its signed hash is refused *and* retried the same way, at once when the mounted
 folder it came from changes (issue 11, :mod:`modelfleet.agent.refusals`).
+
+Expired metadata (issue 11, ADR 0036: checked against the device's time floor) blocks new
+installs and never unloads anything: what was verified and is running keeps serving, and
+``update_status`` and :meth:`Updater.metadata_health` say so until fresh metadata arrives.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from modelfleet.agent.cycle import (
     describe_switch,
+    expired_status,
     needs_work,
     pending_after,
     rollback_record,
@@ -69,7 +74,13 @@ from modelfleet.agent.state import (
 )
 from modelfleet.backoff import BackoffPolicy
 from modelfleet.clock import Clock
-from modelfleet.errors import InvalidInputError, ModelfleetError, TransportError, TrustError
+from modelfleet.errors import (
+    InvalidInputError,
+    MetadataExpiredError,
+    ModelfleetError,
+    TransportError,
+    TrustError,
+)
 from modelfleet.packaging.target import DeviceProfile
 from modelfleet.rollout.desired_state import (
     ArtefactRef,
@@ -79,12 +90,17 @@ from modelfleet.rollout.desired_state import (
 )
 from modelfleet.serving.host import ModelHost
 
+if TYPE_CHECKING:
+    from modelfleet.trust.client import MetadataTimes
+
 __all__ = [
     "CatalogView",
     "Check",
     "CycleResult",
     "EventHook",
     "FreshnessSource",
+    "MetadataHealth",
+    "MetadataTimeSource",
     "PackageSource",
     "SlotPlan",
     "Updater",
@@ -127,6 +143,42 @@ class CatalogView(Protocol):
             TrustError, TransportError, StorageError: the catalog could not be refreshed.
         """
         ...
+
+
+@runtime_checkable
+class MetadataTimeSource(Protocol):
+    """A package source that can say when its verified metadata expires (ADR 0036)."""
+
+    def metadata_times(self, device_id: str) -> MetadataTimes:
+        """Reference time, time floor and each repository's earliest cached expiry."""
+        ...
+
+
+@dataclass(frozen=True)
+class MetadataHealth:
+    """Whether this device's metadata is expired, for status and metrics (ADR 0036).
+
+    Attributes:
+        expired: the last refresh was refused as expired, or the cached metadata is
+            expired at the reference time (no new installs until fresh metadata).
+        reason: why, or "".
+        expires: per repository, the earliest expiry of its cached metadata (None: not
+            known).
+        floor: the device's time floor, when the source keeps one.
+    """
+
+    expired: bool
+    reason: str = ""
+    expires: Mapping[str, datetime | None] = field(default_factory=dict)
+    floor: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expired": self.expired,
+            "reason": self.reason,
+            "expires": {r: None if t is None else t.isoformat() for r, t in self.expires.items()},
+            "time_floor": None if self.floor is None else self.floor.isoformat(),
+        }
 
 
 @dataclass(frozen=True)
@@ -225,6 +277,8 @@ class Updater:
         self._hub_ok: bool | None = None
         self._last_problem = ""
         self._last_full: Check | None = None
+        #: The last refresh's expiry refusal, until a refresh succeeds (ADR 0036).
+        self._expired: MetadataExpiredError | None = None
 
     # -- startup -------------------------------------------------------------------------
 
@@ -309,6 +363,8 @@ class Updater:
                     gone.append((name, rec.version))
             except ModelfleetError as e:  # the next refresh decides; keep serving
                 log.debug("catalog not checked for revocations: %s", e)
+                if isinstance(e, MetadataExpiredError):
+                    self._note_expired(e)
                 return
         for name, version in gone:
             try:
@@ -361,7 +417,12 @@ class Updater:
             with self._lock:
                 self.state.last_check = now
                 self.state.last_error = msg
-                self.state.update_status = f"refused: {msg}"
+                if isinstance(e, MetadataExpiredError):
+                    # Nothing is unloaded: what was verified earlier keeps serving.
+                    self._expired = e
+                    self.state.update_status = expired_status(e, self.state.models)
+                else:
+                    self.state.update_status = f"refused: {msg}"
                 if self._problem(msg):
                     self._event(now, "refused", msg)
                     log.error("%s", msg)
@@ -371,6 +432,15 @@ class Updater:
         with self._lock:
             self.state.last_check = now
             self.state.last_error = ""
+            if self._expired is not None:  # fresh metadata: say what the cycle says again
+                log.info("fresh metadata accepted: metadata no longer expired")
+                self._expired = None
+                self.state.update_status = update_status(
+                    self.state.applied_serial,
+                    self.state.pending,
+                    self.retry_in(),
+                    self.state.last_refusal,
+                )
             screened = screen_desired(raw, self.device_id, self.state)
             if screened.error:
                 self.state.last_error = screened.error
@@ -533,6 +603,10 @@ class Updater:
             self._retry_failures = 0
             self.state.applied_serial = serial
         self.state.update_status = update_status(serial, pending, delay, self.state.last_refusal)
+        expired = [e for _, e in failed if isinstance(e, MetadataExpiredError)]
+        if expired:
+            self._expired = expired[0]
+            self.state.update_status = expired_status(expired[0], self.state.models)
         self._save()
         self._collect_garbage()
         return CycleResult(changed, serial, tuple(refusals), retrying=tuple(pending))
@@ -673,11 +747,53 @@ class Updater:
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The state as a JSON-able dict, plus what is loaded in memory."""
+        """The state as a JSON-able dict, plus what is loaded in memory (also the check-in
+        report; ``agent status`` adds :meth:`metadata_health`)."""
         with self._lock:
             data = self.state.to_dict()
             data["loaded"] = self.models.describe()
             return data
+
+    def metadata_health(self) -> MetadataHealth:
+        """Whether the metadata is expired (the last refresh said so, or the cached
+        metadata is, at the source's reference time), and when each repository's expires.
+
+        Reads the metadata cache: call it with no lock held."""
+        refused = self._expired
+        times = None
+        if isinstance(self.source, MetadataTimeSource):
+            try:
+                times = self.source.metadata_times(self.device_id)
+            except Exception:  # status must answer even if the cache cannot be read
+                log.exception("metadata expiry not readable")
+        cached: list[str] = times.expired if times is not None else []
+        if refused is not None:
+            reason = str(refused)
+        elif cached:
+            reason = f"cached {' and '.join(cached)} metadata expired"
+        else:
+            reason = ""
+        return MetadataHealth(
+            expired=refused is not None or bool(cached),
+            reason=reason,
+            expires={} if times is None else dict(times.expires),
+            floor=None if times is None else times.floor,
+        )
+
+    def _note_expired(self, error: MetadataExpiredError) -> None:
+        """Record an expiry refusal found outside the director check (the catalog's); one
+        found by this cycle's director check is kept (it is what the device saw first)."""
+        with self._lock:
+            if self._expired is not None:
+                return
+            self._expired = error
+            status = expired_status(error, self.state.models)
+            if status != self.state.update_status:
+                self.state.update_status = status
+                self.state.last_error = str(error)
+                self._save()
+            if self._problem(str(error)):
+                log.error("%s", status)
 
     # -- internals -----------------------------------------------------------------------
 

@@ -253,6 +253,21 @@ def print_status(status: dict[str, Any]) -> None:
             ["model", "production", "candidate", "mode", "share"],
             wanted,
         )
+    meta = status.get("metadata")
+    if isinstance(meta, dict):  # issue 11, ADR 0036 (only from a running agent)
+        expires = meta.get("expires") or {}
+        key_values(
+            "Metadata",
+            {
+                "expired": (
+                    f"YES: no new installs, serving continues ({meta.get('reason')})"
+                    if meta.get("expired")
+                    else "no"
+                ),
+                **{f"{repo} expires": at or "-" for repo, at in sorted(expires.items())},
+                "time floor": meta.get("time_floor") or "-",
+            },
+        )
     tel = status.get("telemetry")
     if isinstance(tel, dict):
         key_values(

@@ -7,6 +7,9 @@ code the agent runs.
 
 * :func:`new_updater` builds an ``Updater`` over a :class:`TrackingFetcher` (which remembers
   the last URL, to name the file that failed).
+  Its expiry checks use the ``reference_time`` it is given (ADR 0036: ``max(now, floor)``
+  of :mod:`modelfleet.trust._time_floor`), not ngclient's own ``datetime.now``.
+* :func:`refresh` refreshes an updater; expired metadata names its role and expiry.
 * :func:`translate_tuf_errors` turns every tuf / OS exception into a modelfleet one.
 * :func:`download_target` fetches a verified target in **one pass**: the bytes are hashed as
   they are written to a temporary file beside the destination, which is fsynced and
@@ -21,6 +24,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 from urllib import parse
@@ -48,8 +52,10 @@ from modelfleet.delivery.http_fetcher import (
     HttpFetcher,
 )
 from modelfleet.errors import (
+    ConfigError,
     CorruptDeliveryError,
     DeadlineExceededError,
+    MetadataExpiredError,
     MetadataVerificationError,
     StorageError,
     TransportError,
@@ -60,6 +66,7 @@ __all__ = [
     "cached_target_path",
     "download_target",
     "new_updater",
+    "refresh",
     "translate_tuf_errors",
 ]
 
@@ -109,18 +116,24 @@ def new_updater(
     target_url: str | None,
     fetcher: TrackingFetcher,
     bootstrap: bytes | None,
+    reference_time: datetime | None = None,
 ) -> Updater:
     """An ngclient ``Updater`` (folders created; ``bootstrap`` None: the cached root).
+
+    Args:
+        reference_time: the time its expiry checks use (timezone-aware); None: ngclient's
+            own ``datetime.now(UTC)`` at construction.
 
     Raises:
         OSError: a folder cannot be created.
         RepositoryError: ``bootstrap`` (or the cached root) is not a valid root.
+        ConfigError: the installed python-tuf no longer lets the reference time be set.
     """
     metadata_dir.mkdir(parents=True, exist_ok=True)
     if target_dir is not None:
         target_dir.mkdir(parents=True, exist_ok=True)
     fetcher.last_url = None
-    return Updater(
+    updater = Updater(
         str(metadata_dir),
         metadata_url,
         None if target_dir is None else str(target_dir),
@@ -128,6 +141,83 @@ def new_updater(
         fetcher=fetcher,
         bootstrap=bootstrap,
     )
+    if reference_time is not None:
+        _set_reference_time(updater, reference_time)
+    return updater
+
+
+def _set_reference_time(updater: Updater, reference_time: datetime) -> None:
+    """Make ``updater`` check expiry against ``reference_time`` (ADR 0036).
+
+    Private API, checked against python-tuf 7.0.1 (pyproject pins ``tuf>=7.0.1,<8``):
+    ``Updater.__init__`` builds ``self._trusted_set = TrustedMetadataSet(...)``, whose
+    ``__init__`` sets ``self.reference_time = datetime.now(timezone.utc)``; every expiry
+    check (final root, timestamp, snapshot, targets) reads that attribute, and the initial
+    root is loaded without one. Fails closed if the layout changes.
+    """
+    trusted = getattr(updater, "_trusted_set", None)
+    if trusted is None or not hasattr(trusted, "reference_time"):
+        raise ConfigError(
+            "python-tuf's Updater no longer has _trusted_set.reference_time "
+            "(checked for tuf 7.0.1): the device time floor cannot be applied"
+        )
+    trusted.reference_time = reference_time
+
+
+class _ExpiredRoleError(ExpiredMetadataError):
+    """ngclient's expiry refusal, with the role that expired and when (translated by
+    :func:`translate_tuf_errors`)."""
+
+    def __init__(self, message: str, role: str, expires: datetime | None) -> None:
+        super().__init__(message)
+        self.role = role
+        self.expires = expires
+
+
+def refresh(updater: Updater) -> None:
+    """``updater.refresh()``; an expiry refusal names the role and when it expired.
+
+    Raises:
+        whatever ``Updater.refresh`` raises (an expiry as an ``ExpiredMetadataError``).
+    """
+    try:
+        updater.refresh()
+    except ExpiredMetadataError as e:
+        role, expires, at = _expired_role(updater, str(e))
+        when = f" {expires.isoformat()}" if expires is not None else ""
+        checked = f", checked at {at.replace(microsecond=0).isoformat()}" if at else ""
+        raise _ExpiredRoleError(
+            f"{role or 'metadata'} expired{when}{checked}", role, expires
+        ) from e
+
+
+def _expired_role(updater: Updater, message: str) -> tuple[str, datetime | None, datetime | None]:
+    """(role, expires, reference time) of the expired role that expired first.
+
+    The earliest expiry is the least a wrong clock can claim (ADR 0036: the floor is raised
+    to it). ngclient (7.0.1) adds an expired timestamp or snapshot to its trusted set before
+    it refuses it; a targets role is refused before it is added: then only its name is
+    known (from the message).
+    """
+    trusted = getattr(updater, "_trusted_set", None)
+    raw_at = getattr(trusted, "reference_time", None)
+    at = raw_at if isinstance(raw_at, datetime) else None
+    expired: list[tuple[datetime, str]] = []
+    if trusted is not None and at is not None:
+        for role in ("root", "timestamp", "snapshot", "targets"):
+            try:
+                signed = trusted[role]
+            except KeyError:
+                continue
+            if signed.is_expired(at):
+                expired.append((signed.expires, role))
+    if expired:
+        expires, role = min(expired)
+        return role, expires, at
+    for role in ("timestamp", "snapshot", "root", "targets"):
+        if role in message:
+            return role, None, at
+    return "", None, at
 
 
 def cached_target_path(target_dir: Path, info: TargetFile) -> Path:
@@ -238,7 +328,8 @@ def translate_tuf_errors(
             copy is bad, another may be good).
 
     Raises:
-        MetadataVerificationError, CorruptDeliveryError, TransportError
+        MetadataVerificationError (MetadataExpiredError when it expired),
+        CorruptDeliveryError, TransportError
         (DeadlineExceededError), StorageError: translated, ``from`` the original.
     """
     try:
@@ -264,6 +355,13 @@ def translate_tuf_errors(
         if artefact is not None and isinstance(e, LengthOrHashMismatchError):
             kind = "length mismatch" if "length" in str(e).lower() else "hash mismatch"
             raise CorruptDeliveryError(f"artefact {artefact}: {kind} ({e})") from e
+        if isinstance(e, ExpiredMetadataError):
+            raise MetadataExpiredError(
+                f"{_what(repo, fetcher, None)}: metadata expired ({repo} {e})",
+                repo=repo,
+                role=getattr(e, "role", ""),
+                expires=getattr(e, "expires", None),
+            ) from e
         raise MetadataVerificationError(
             f"{_what(repo, fetcher, None)}: {_metadata_failure(e)} ({e})"
         ) from e

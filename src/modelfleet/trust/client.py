@@ -20,27 +20,33 @@ shared root, so what a device downloads does not grow with the fleet.
 Cache layout: ``cache_dir/{catalog,director}/metadata`` (ngclient's metadata cache, with
 ``root_history/``; the director's holds the pinned shared root) and
 ``cache_dir/{catalog,director}/targets``; the device's own director repository in
-``cache_dir/director-device/{metadata,targets}``.
+``cache_dir/director-device/{metadata,targets}``; the time floor in
+``cache_dir/time-floor.json``.
 
 :meth:`DeviceTrustClient.stale` applies the check-in fast path
 (:mod:`modelfleet.trust.freshness`): which repositories the hub's answer says changed.
 
-Note: ngclient checks expiry against the device's system clock (it takes no clock
-argument), so a device with a badly wrong clock will refuse or accept stale metadata.
+Time (issue 11, ADR 0036): expiry is checked against ``max(now, floor)``, where the
+**time floor** (``cache_dir/time-floor.json``, :mod:`modelfleet.trust._time_floor`) is the
+latest time at which this device accepted metadata. A clock set back (a year, or to 1970)
+cannot make expired metadata valid again; expired metadata raises
+:class:`~modelfleet.errors.MetadataExpiredError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tuf.api.exceptions import RepositoryError
-from tuf.api.metadata import Metadata, Root, Targets, Timestamp
+from tuf.api.exceptions import ExpiredMetadataError, RepositoryError
+from tuf.api.metadata import Metadata, Root, Signed, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
@@ -57,13 +63,38 @@ from modelfleet.trust._ngclient import (
     TrackingFetcher,
     download_target,
     new_updater,
+    refresh,
     translate_tuf_errors,
 )
+from modelfleet.trust._time_floor import FLOOR_FILE, TimeFloor
 from modelfleet.trust.bundle import REPOSITORIES, parse_trust_root_bundle
 from modelfleet.trust.device_repo import DEVICE_FIELD
 from modelfleet.trust.freshness import DEFAULT_MARGIN, HeldVersions, stale_repositories
 
-__all__ = ["DeviceTrustClient"]
+__all__ = ["DeviceTrustClient", "MetadataTimes"]
+
+log = logging.getLogger("modelfleet.trust")
+
+
+@dataclass(frozen=True)
+class MetadataTimes:
+    """What the device's verified metadata cache says about time (ADR 0036).
+
+    Attributes:
+        reference: the time expiry is checked against now, ``max(now, floor)``.
+        floor: the time floor, or None before the first accepted refresh.
+        expires: per repository (``catalog``, ``director``), the earliest expiry of its
+            cached top-level roles, or None where nothing is cached.
+    """
+
+    reference: datetime
+    floor: datetime | None
+    expires: dict[str, datetime | None]
+
+    @property
+    def expired(self) -> list[str]:
+        """The repositories whose cached metadata is expired at :attr:`reference`."""
+        return [r for r, t in sorted(self.expires.items()) if t is not None and t <= self.reference]
 
 
 class DeviceTrustClient:
@@ -88,6 +119,7 @@ class DeviceTrustClient:
         download: DownloadSettings | None = None,
         refresh_margin: timedelta = DEFAULT_MARGIN,
         verify: ssl.SSLContext | bool = True,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         """Set up the client and cache the bundle's roots; nothing is fetched yet.
 
@@ -104,6 +136,8 @@ class DeviceTrustClient:
                 within this.
             verify: the default fetcher's TLS verification (a context pinning the hub's
                 CA: :func:`modelfleet.delivery.tls.client_verify`).
+            now: the device's wall clock (timezone-aware UTC); expiry is checked against
+                ``max(now(), time floor)`` (ADR 0036). Default: the system clock.
 
         Raises:
             ConfigError: the bundle is malformed or its roots do not verify, or it is None
@@ -112,6 +146,8 @@ class DeviceTrustClient:
             StorageError: the cache folder is not writable.
         """
         self.cache_dir = Path(cache_dir)
+        self._now = now or _system_now
+        self._floor = TimeFloor(self.cache_dir / FLOOR_FILE)
         self._hub = hub_url.rstrip("/")
         self._own_fetcher = fetcher is None
         self._inner = fetcher or HttpFetcher(token, settings=download, verify=verify)
@@ -125,7 +161,7 @@ class DeviceTrustClient:
             for repo in REPOSITORIES:
                 # Loads and caches each root now, so later runs can start without a bundle.
                 try:
-                    self._updater(repo)
+                    self._updater(repo, self._now())
                 except RepositoryError as e:
                     raise ConfigError(f"trust-root bundle: the {repo} root is invalid: {e}") from e
                 except OSError as e:
@@ -170,8 +206,9 @@ class DeviceTrustClient:
         target = desired_state_target_path(device_id)
         with self._director_lock:
             with self._translate("director"):
-                updater = self._device_updater(device_id)
-                updater.refresh()
+                now = self._now()
+                updater = self._device_updater(device_id, now)
+                self._refresh(updater, self._device_dir(device_id) / "metadata", now)
                 self._check_bound(device_id)
                 info = updater.get_targetinfo(target)
             if info is None:
@@ -190,10 +227,7 @@ class DeviceTrustClient:
                 :meth:`fetch_package_file`.
         """
         with self._catalog_lock, self._translate("catalog"):
-            updater = self._updater("catalog")
-            updater.refresh()
-            self._catalog = updater
-            self._catalog_stale = False
+            self._refresh_catalog()
 
     def held(self, device_id: str) -> dict[str, HeldVersions | None]:
         """What this device holds, verified, of the catalog and of its own director
@@ -207,7 +241,27 @@ class DeviceTrustClient:
         """The repositories to refresh, given the check-in answer's ``"tuf"`` versions
         (see :func:`~modelfleet.trust.freshness.stale_repositories`)."""
         return stale_repositories(
-            self.held(device_id), answer, now or datetime.now(UTC), self._margin
+            self.held(device_id), answer, self.reference_time(now), self._margin
+        )
+
+    def reference_time(self, now: datetime | None = None) -> datetime:
+        """The time expiry is checked against: ``max(now, time floor)`` (ADR 0036).
+
+        Args:
+            now: the wall clock; None: this client's clock.
+        """
+        return self._floor.reference(now or self._now())
+
+    def metadata_times(self, device_id: str) -> MetadataTimes:
+        """The reference time, the floor and each repository's earliest cached expiry
+        (read from the verified metadata cache; for status and metrics)."""
+        return MetadataTimes(
+            self.reference_time(),
+            self._floor.floor,
+            {
+                "catalog": _earliest_expiry(self._metadata_dir("catalog")),
+                "director": _earliest_expiry(self._device_dir(device_id) / "metadata"),
+            },
         )
 
     def catalog_lists(self, target_path: str, sha256: str) -> bool:
@@ -297,11 +351,44 @@ class DeviceTrustClient:
     def _current_catalog(self) -> Updater:
         """This cycle's verified catalog, refreshed on first use (catalog lock held)."""
         if self._catalog is None or self._catalog_stale:
-            updater = self._updater("catalog")
-            updater.refresh()
-            self._catalog = updater
-            self._catalog_stale = False
+            return self._refresh_catalog()
         return self._catalog
+
+    def _refresh_catalog(self) -> Updater:
+        """Refresh the catalog and make it this cycle's view (catalog lock held)."""
+        now = self._now()
+        updater = self._updater("catalog", now)
+        self._refresh(updater, self._metadata_dir("catalog"), now)
+        self._catalog = updater
+        self._catalog_stale = False
+        return updater
+
+    def _refresh(self, updater: Updater, md_dir: Path, now: datetime) -> None:
+        """Refresh ``updater`` and move the time floor (ADR 0036).
+
+        Accepted: the floor rises to ``now`` (every final role was valid then, so the floor
+        never passes the expiry of metadata this device accepted). Refused as expired: it
+        rises to the expiry of the role found expired (signed evidence that bounds how far
+        a clock set forward can push it), so a clock set back afterwards still sees it
+        expired.
+
+        Raises:
+            whatever :func:`~modelfleet.trust._ngclient.refresh` raises; StorageError: the
+                floor could not be written after an accepted refresh.
+        """
+        try:
+            refresh(updater)
+        except ExpiredMetadataError as e:
+            reference = self._floor.reference(now)
+            seen = [t for t in (getattr(e, "expires", None), _earliest_expiry(md_dir)) if t]
+            passed = [t for t in seen if t <= reference]
+            if passed:
+                try:
+                    self._floor.advance(min(passed))
+                except StorageError as err:  # the expiry is what the caller must hear
+                    log.error("time floor not raised after an expiry refusal: %s", err)
+            raise
+        self._floor.advance(now)
 
     @contextlib.contextmanager
     def _cancellable(self, cancel: threading.Event | None) -> Iterator[None]:
@@ -340,7 +427,7 @@ class DeviceTrustClient:
                 "(another device's metadata replayed?)"
             )
 
-    def _device_updater(self, device_id: str) -> Updater:
+    def _device_updater(self, device_id: str, now: datetime) -> Updater:
         """ngclient over this device's own director repository (shared root)."""
         base = self._device_dir(device_id)
         md_dir, target_dir = base / "metadata", base / "targets"
@@ -354,9 +441,10 @@ class DeviceTrustClient:
             f"{self._hub}/tuf/director/targets/",
             self._fetcher,
             bootstrap,
+            self._floor.reference(now),
         )
 
-    def _updater(self, repo: str) -> Updater:
+    def _updater(self, repo: str, now: datetime) -> Updater:
         return new_updater(
             self._metadata_dir(repo),
             f"{self._hub}/tuf/{repo}/metadata/",
@@ -364,6 +452,7 @@ class DeviceTrustClient:
             f"{self._hub}/tuf/{repo}/targets/",
             self._fetcher,
             self._roots[repo],
+            self._floor.reference(now),
         )
 
     def _translate(self, repo: str, artefact: str | None = None) -> AbstractContextManager[None]:
@@ -381,3 +470,19 @@ def _held(md_dir: Path) -> HeldVersions | None:
     if not isinstance(root, Root) or not isinstance(ts, Timestamp):
         return None
     return HeldVersions(root.version, ts.version, ts.expires)
+
+
+def _system_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _earliest_expiry(md_dir: Path) -> datetime | None:
+    """The earliest ``expires`` of the top-level roles ngclient cached in ``md_dir``."""
+    found: list[datetime] = []
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        try:
+            signed: Signed = Metadata.from_bytes((md_dir / f"{role}.json").read_bytes()).signed
+        except (OSError, DeserializationError):
+            continue
+        found.append(signed.expires)
+    return min(found, default=None)
