@@ -185,3 +185,62 @@ def test_a_newer_desired_state_cancels_the_download_in_progress(tmp_path: Path) 
     route = host.route("m")
     assert route is not None and route.production.version == "3"
     assert updater.state.applied_serial == 3
+
+
+# -- staggered pulls (issue 11) -----------------------------------------------------------
+
+
+def test_a_new_serial_waits_for_its_staggered_pull_time_then_applies(tmp_path: Path) -> None:
+    from modelfleet.rollout.stagger import pull_at
+
+    source = MemorySource()
+    models = [logistic_onnx(seed=i)[0] for i in range(2)]
+    clock = ManualClock()
+    host = ModelHost()
+    updater = Updater("dev-1", tmp_path, source, host, clock)
+    sent: list[dict[str, Any]] = []
+    loop = UpdateLoop(updater, interval=10.0, reporter=sent.append, rand=lambda: 0.5,
+                      pull_window_s=3600.0)  # fmt: skip
+    v1 = source.publish("m", 1, models[0])
+    serial = source.assign("dev-1", v1)
+    at = pull_at("dev-1", serial, clock.now(), 3600.0)
+    wait_s = (at - clock.now()).total_seconds()
+    assert 0 < wait_s < 3600
+    delay = loop.tick()
+    assert delay is not None and delay <= min(10.0, wait_s) + 1e-9
+    assert loop._job is None and source.downloads == 0  # nothing downloaded yet
+    status = loop.status()
+    assert status["update_status"] == (
+        f"new serial {serial}: download scheduled at {at:%Y-%m-%dT%H:%MZ} (staggered)"
+    )
+    assert status["pull_scheduled"]["serial"] == serial
+    clock.advance(max(0.0, wait_s - 1))
+    loop.tick()
+    assert loop._job is None  # one second early: still waiting
+    clock.advance(1)
+    loop.tick()
+    assert loop.wait_idle(30)
+    assert updater.state.applied_serial == serial
+    assert "pull_scheduled" not in loop.status()
+
+    # v2 is staggered too; going back to v1 (still in a slot) needs no download: at once
+    source.assign("dev-1", source.publish("m", 2, models[1]))
+    loop.tick()
+    assert loop._job is not None and loop._job.serial == serial  # v2 waits its turn
+    assert "staggered" in loop.status()["update_status"]
+    clock.advance(3600)
+    loop.tick()
+    assert loop.wait_idle(30) and updater.state.applied_serial == serial + 1
+    back = source.assign("dev-1", v1)
+    loop.tick()
+    assert loop.wait_idle(30) and updater.state.applied_serial == back
+    route = host.route("m")
+    assert route is not None and route.production.version == "1"
+
+
+def test_without_a_window_a_new_serial_applies_at_once(tmp_path: Path) -> None:
+    source = MemorySource()
+    source.assign("dev-1", source.publish("m", 1, logistic_onnx(seed=0)[0]))
+    loop, updater, _ = _loop(tmp_path, source)
+    loop.tick()
+    assert loop.wait_idle(30) and updater.state.applied_serial == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from modelfleet.agent.review import ReviewSettings
 from modelfleet.delivery.http_fetcher import DownloadSettings
 from modelfleet.errors import ConfigError
+from modelfleet.rollout.stagger import MAX_PULL_WINDOW_S, OffShift
 from modelfleet.serving.cascade import CascadeSettings
 from modelfleet.serving.model import RuntimeSettings
 from modelfleet.telemetry.buffer import DEFAULT_MAX_BYTES, MAX_BUFFER_BYTES, MIN_BUFFER_BYTES
@@ -67,6 +68,10 @@ class AgentConfig:
             same TUF verification, no check-ins and no token check with the hub; telemetry
             stays buffered for ``bundle report`` (``agent run --from-folder``; issue 11).
             Needs ``trust_root`` (or one cached): nothing on a stick is a trust anchor.
+        pull_window_s: staggered pulls (issue 11, ADR 0038): the download of a new serial
+            starts at a deterministic offset in [0, pull_window_s) (0 to 7 days; 0: at once).
+        off_shift: start those downloads inside this daily UTC period (``agent run
+            --off-shift 22:00-06:00``); with no window, spread over the whole period.
     """
 
     hub_url: str
@@ -96,6 +101,8 @@ class AgentConfig:
     hardware: tuple[str, ...] = ()
     hub_ca: Path | None = None
     update_folder: Path | None = None
+    pull_window_s: float = 0.0
+    off_shift: OffShift | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id or "/" in self.device_id:
@@ -116,5 +123,7 @@ class AgentConfig:
             raise ConfigError("telemetry window must be between 1 s and 1 h")
         if not MIN_BUFFER_BYTES <= self.telemetry_buffer_bytes <= MAX_BUFFER_BYTES:
             raise ConfigError("telemetry buffer must be between 64 KiB and 16 GiB")
+        if not 0.0 <= self.pull_window_s <= MAX_PULL_WINDOW_S:
+            raise ConfigError("pull window must be between 0 s and 7 days")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")

@@ -72,7 +72,8 @@ class AgentControlImpl:
         self._telemetry = telemetry
 
     def status(self) -> dict[str, Any]:
-        status = self._updater.status()
+        # the loop's view adds a staggered pull that is waiting (issue 11)
+        status = self._loop.status() if self._loop is not None else self._updater.status()
         if self._guard is not None:
             status["guard"] = self._guard.state()
             status["guard_events"] = list(self._guard.events)
@@ -339,6 +340,8 @@ def run_agent(
         backoff=BackoffPolicy(config.poll_interval, config.backoff_cap_s),
         identity=None if identity_checked else first_contact,
         renew=None if offline else renewer.tick,
+        pull_window_s=config.pull_window_s,
+        off_shift=config.off_shift,
     )
     loop_holder.append(loop)
     control = AgentControlImpl(updater, loop, guard, telemetry)

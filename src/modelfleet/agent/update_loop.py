@@ -2,6 +2,12 @@
 
 A shell around :class:`~modelfleet.agent.updater.Updater`; its timing is pure
 (:mod:`modelfleet.backoff`) and its random source injected.
+
+Staggered pulls (issue 11, ADR 0038): with a pull window or an off-shift period, a new
+serial that needs a download waits until :func:`modelfleet.rollout.stagger.pull_at` (the
+model already running keeps serving meanwhile). A serial whose versions are all in slots
+already (a hub rollback, a smaller set) applies at once, and so does a retry of a serial
+whose download already began: staggering spreads downloads, nothing else.
 """
 
 from __future__ import annotations
@@ -11,15 +17,18 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from modelfleet.agent.cycle import to_install
 from modelfleet.agent.hub_link import HubLink, check_identity
 from modelfleet.agent.updater import Updater
 from modelfleet.backoff import BackoffPolicy, jittered_interval
 from modelfleet.errors import ForbiddenError, NotFoundError, TransportError, UnauthenticatedError
 from modelfleet.rollout.desired_state import DesiredState
+from modelfleet.rollout.stagger import OffShift, pull_at
 
 __all__ = ["IdentityCheck", "Reporter", "UpdateLoop", "verify_token"]
 
@@ -88,6 +97,9 @@ class UpdateLoop:
             passes nothing is polled or reported.
         renew: called first in every tick (``CredentialRenewer.tick``, issue 10): renews
             the device credential when due; it never raises and never stops the loop.
+        pull_window_s: spread the download of a new serial over this many seconds
+            (0: none; with ``off_shift``: the whole period).
+        off_shift: start those downloads inside this daily UTC period (None: any time).
     """
 
     def __init__(
@@ -101,6 +113,8 @@ class UpdateLoop:
         rand: Callable[[], float] = random.random,
         identity: IdentityCheck | None = None,
         renew: Callable[[], object] | None = None,
+        pull_window_s: float = 0.0,
+        off_shift: OffShift | None = None,
     ) -> None:
         self.updater = updater
         self.interval = interval
@@ -110,6 +124,10 @@ class UpdateLoop:
         self._rand = rand
         self._identity = identity
         self._renew = renew
+        self._pull_window_s = pull_window_s
+        self._off_shift = off_shift
+        #: (serial, when its download may start) of the newest serial that had to wait.
+        self._scheduled: tuple[int, datetime] | None = None
         self.refused = ""
         self._failures = 0
         self._forced = True
@@ -194,7 +212,60 @@ class UpdateLoop:
             return self.backoff.delay(self._failures, self._rand)
         delay = jittered_interval(self.interval, self._rand)
         retry = self.updater.retry_in()
-        return min(delay, retry) if retry is not None else delay
+        if retry is not None:
+            delay = min(delay, retry)
+        waiting = self._waiting_for()
+        if waiting is not None:
+            delay = min(delay, max(0.0, (waiting[1] - self.updater.clock.now()).total_seconds()))
+        return delay
+
+    def status(self) -> dict[str, Any]:
+        """The updater's status; while a staggered download waits, its ``update_status``
+        says so and ``pull_scheduled`` holds the serial and the time."""
+        status = self.updater.status()
+        waiting = self._waiting_for()
+        if waiting is not None:
+            serial, at = waiting
+            status["update_status"] = (
+                f"new serial {serial}: download scheduled at {_iso_minute(at)} (staggered)"
+            )
+            status["pull_scheduled"] = {"serial": serial, "at": at.isoformat()}
+        return status
+
+    def _waiting_for(self) -> tuple[int, datetime] | None:
+        """The scheduled pull not yet due, if any (and not yet overtaken by an apply)."""
+        scheduled = self._scheduled
+        if scheduled is None or self.updater.clock.now() >= scheduled[1]:
+            return None
+        if self.updater.state.desired_serial >= scheduled[0]:
+            return None  # applied (or attempted) meanwhile
+        return scheduled
+
+    def _pull_due(self, desired: DesiredState) -> bool:
+        """Whether ``desired``'s downloads may start now (see the module docstring)."""
+        if not self._pull_window_s and self._off_shift is None:
+            return True
+        state = self.updater.state
+        if state.desired is not None and desired.serial == state.desired_serial:
+            return True  # a retry: its own backoff applies, the download already began
+        scheduled = self._scheduled
+        if scheduled is None or scheduled[0] != desired.serial:
+            # Read without the updater's lock: only this thread applies, and a guard
+            # rollback in between changes no download this serial needs.
+            if not to_install(desired, state):
+                return True  # everything is in slots already: switch at once
+            now = self.updater.clock.now()
+            at = pull_at(
+                self.updater.device_id, desired.serial, now, self._pull_window_s, self._off_shift
+            )
+            scheduled = self._scheduled = (desired.serial, at)
+            log.info(
+                "new serial %d: download scheduled at %s (staggered)",
+                desired.serial,
+                _iso_minute(at),
+            )
+            self._forced = True  # tell the hub when this device will pull
+        return self.updater.clock.now() >= scheduled[1]
 
     def _maybe_apply(self, desired: DesiredState) -> None:
         job = self._job
@@ -207,7 +278,7 @@ class UpdateLoop:
                 )
                 job.cancel.set()
             return
-        if not self.updater.due(desired):
+        if not self.updater.due(desired) or not self._pull_due(desired):
             return
         cancel = threading.Event()
 
@@ -231,7 +302,7 @@ class UpdateLoop:
         sent, or it failed)."""
         if self.reporter is None:
             return None
-        status = self.updater.status()
+        status = self.status()
         key = orjson.dumps(
             {k: v for k, v in status.items() if k not in _VOLATILE_STATUS},
             option=orjson.OPT_SORT_KEYS,
@@ -257,3 +328,8 @@ class UpdateLoop:
         if isinstance(applied, list) and applied:
             self.updater.acknowledge_rollbacks([str(i) for i in applied])
         return answer or {}
+
+
+def _iso_minute(at: datetime) -> str:
+    """``2026-12-05T23:41Z``: the UTC minute, for status lines."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")

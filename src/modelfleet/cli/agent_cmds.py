@@ -452,6 +452,37 @@ def register(agent_app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        pull_window_s: Annotated[
+            float,
+            typer.Option(
+                "--pull-window-s",
+                min=0.0,
+                max=7 * 86400.0,
+                help="Spread the download of a new desired state over this many seconds "
+                "(a deterministic offset per device; 0: at once). Issue 11.",
+            ),
+        ] = 0.0,
+        off_shift: Annotated[
+            str,
+            typer.Option(
+                "--off-shift",
+                help="Start such downloads inside this daily UTC period, HH:MM-HH:MM "
+                "(e.g. 22:00-06:00, may wrap past midnight); without --pull-window-s the "
+                "whole period is the window.",
+                show_default=False,
+            ),
+        ] = "",
+        max_rate_mbps: Annotated[
+            float | None,
+            typer.Option(
+                "--max-rate-mbps",
+                min=0.01,
+                max=8_000_000.0,
+                help="This device's bandwidth budget for downloads, megabits per second "
+                "(default: unlimited); below 0.5 the download deadlines assume half of it.",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -473,6 +504,26 @@ def register(agent_app: typer.Typer) -> None:
                 timeout_s=cascade_timeout_ms / 1000,
                 when_unhealthy=cascade_when_unhealthy,
             )
+
+        from modelfleet.delivery.http_fetcher import DownloadSettings
+        from modelfleet.rollout.stagger import parse_off_shift
+
+        try:
+            shift = parse_off_shift(off_shift) if off_shift else None
+        except ConfigError as e:
+            raise UsageError(f"--off-shift: {e}") from e
+        try:
+            download = DownloadSettings()
+            if max_rate_mbps is not None:
+                rate = max_rate_mbps * 125_000
+                # A budget below the default minimum rate lowers it (half the budget), so
+                # the deadlines of a thin link stay consistent with its pace (ADR 0038).
+                download = DownloadSettings(
+                    min_rate_bytes_s=min(download.min_rate_bytes_s, rate / 2),
+                    max_rate_bytes_s=rate,
+                )
+        except ConfigError as e:
+            raise UsageError(f"--max-rate-mbps: {e}") from e
 
         otlp = _otlp_settings(otlp_endpoint, trace_sample, otlp_interval)
         try:
@@ -509,6 +560,9 @@ def register(agent_app: typer.Typer) -> None:
             hardware=tuple(hardware or ()),
             hub_ca=hub_ca,
             update_folder=from_folder,
+            download=download,
+            pull_window_s=pull_window_s,
+            off_shift=shift,
         )
         if from_folder is not None and not from_folder.is_dir():
             raise UsageError(f"--from-folder {from_folder}: not a folder")

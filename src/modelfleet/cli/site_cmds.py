@@ -32,6 +32,11 @@ def _read_token(token_file: Path | None) -> str | None:
     return token
 
 
+def mbps_to_bytes_s(mbps: float | None) -> float | None:
+    """Megabits per second (how links are sold) to bytes per second; None stays None."""
+    return None if mbps is None else mbps * 1_000_000 / 8
+
+
 #: What an offline mirror names as its hub (never contacted; RFC 6761 .invalid).
 _OFFLINE_HUB = "http://hub.offline.invalid"
 
@@ -97,6 +102,17 @@ def register(app: typer.Typer) -> None:
                 help="Seconds between sends of the buffered telemetry to the hub.",
             ),
         ] = 2.0,
+        max_rate_mbps: Annotated[
+            float | None,
+            typer.Option(
+                "--max-rate-mbps",
+                min=0.01,
+                max=8_000_000.0,
+                help="The site's WAN budget: all upstream artefact downloads together are "
+                "paced to this many megabits per second (default: unlimited).",
+                show_default=False,
+            ),
+        ] = None,
         log_format: Annotated[
             str,
             typer.Option("--log-format", envvar="MODELFLEET_LOG_FORMAT", help="text | json."),
@@ -139,6 +155,7 @@ def register(app: typer.Typer) -> None:
             metadata_ttl_s=metadata_ttl_s,
             drain_interval_s=drain_interval_s,
             offline=offline,
+            max_rate_bytes_s=mbps_to_bytes_s(max_rate_mbps),
         )
         mirror = SiteMirror(config)
         url = f"http://{host}:{port}"

@@ -21,6 +21,13 @@ because targets are immutable consistent-snapshot files, and ngclient checks the
 artefact's length and hashes at the end anyway, so a wrongly spliced body is refused.
 The deadline and cancellation apply to the whole download, across resumes. Only a body
 that was cut is resumed: an error status (a 503) is left to the caller's retries.
+
+A bandwidth budget (issue 11, ADR 0038): with ``max_rate_bytes_s`` set, every body this
+fetcher reads is paced by one token bucket (:mod:`modelfleet.delivery.ratelimit`) shared
+by all its threads, so a device on a thin link never takes more than its share. The wait
+counts against the deadline (a wait that would end past it fails the download at once);
+``max_rate >= min_rate`` is required so that a download paced alone always fits its
+deadline. Cancellation is checked at least once a second while waiting.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError, SlowRetrievalEr
 from tuf.ngclient.fetcher import FetcherInterface
 
 from modelfleet.backoff import BackoffPolicy
+from modelfleet.delivery.ratelimit import RateLimiter
 from modelfleet.errors import ConfigError
 
 __all__ = [
@@ -91,6 +99,7 @@ class DownloadSettings:
     base_s: float = 30.0
     max_s: float = 3600.0
     max_resumes: int = 5
+    max_rate_bytes_s: float | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -111,6 +120,18 @@ class DownloadSettings:
         for name, value, low, high in checks:
             if not (math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"download setting {name}={value} is outside [{low}, {high}]")
+        rate = self.max_rate_bytes_s
+        if rate is not None:
+            if not (math.isfinite(rate) and 1024.0 <= rate <= float(1 << 40)):
+                raise ConfigError(
+                    f"download setting max_rate_bytes_s={rate} is outside [1024, {1 << 40}]"
+                )
+            if rate < self.min_rate_bytes_s:
+                raise ConfigError(
+                    f"download setting max_rate_bytes_s={rate:.0f} is below "
+                    f"min_rate_bytes_s={self.min_rate_bytes_s:.0f}: every large download "
+                    "would miss its deadline (lower min_rate_bytes_s too)"
+                )
 
     def deadline_s(self, max_length: int) -> float:
         """Seconds a download of at most ``max_length`` bytes may take in all."""
@@ -162,6 +183,9 @@ class HttpFetcher(FetcherInterface):
             sleep: waits between resumes of a cut body (tests pass a fake).
             rand: uniform in [0, 1), the jitter of those waits.
             resume_backoff: the capped exponential backoff between resumes.
+
+        With ``settings.max_rate_bytes_s`` set, bodies are paced on ``monotonic`` and
+        ``sleep`` (one budget for the whole fetcher).
         """
         base = {"User-Agent": "modelfleet"}
         base.update(headers or {})
@@ -176,6 +200,10 @@ class HttpFetcher(FetcherInterface):
         self._rand = rand
         self._resume_backoff = resume_backoff
         self._limits = _Limits()
+        rate = self.settings.max_rate_bytes_s
+        self._budget = (
+            RateLimiter(rate, monotonic=monotonic, sleep=sleep) if rate is not None else None
+        )
         self._owns_client = client is None
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(
@@ -307,6 +335,29 @@ class HttpFetcher(FetcherInterface):
             response.status_code,
         )
 
+    def _pace(
+        self,
+        url: str,
+        n: int,
+        deadline: float,
+        deadline_s: float,
+        cancel: threading.Event | None,
+    ) -> None:
+        """Wait as the bandwidth budget asks after ``n`` bytes, in slices of at most 1 s so
+        that cancellation is seen; never past the deadline."""
+        assert self._budget is not None
+        delay = self._budget.reserve(n)
+        if delay <= 0:
+            return
+        if self._monotonic() + delay > deadline:
+            raise self._deadline_error(url, deadline_s)
+        while delay > 0:
+            step = min(delay, 1.0)
+            self._sleep(step)
+            delay -= step
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelledError(f"GET {url}: cancelled")
+
     def _chunks(
         self,
         url: str,
@@ -336,6 +387,8 @@ class HttpFetcher(FetcherInterface):
                             raise DownloadCancelledError(f"GET {url}: cancelled")
                         if self._monotonic() > deadline:
                             raise self._deadline_error(url, deadline_s)
+                        if self._budget is not None:
+                            self._pace(url, len(piece), deadline, deadline_s, cancel)
                         if skip:
                             dropped = min(skip, len(piece))
                             skip -= dropped

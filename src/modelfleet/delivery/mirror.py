@@ -33,6 +33,12 @@ Who is served from the cache: a token the hub has accepted for that content befo
 a token accepted for that device). An unknown token is checked with the hub
 (``/api/v1/whoami``) first; while the hub is away it gets ``503``.
 
+A bandwidth budget (issue 11, ADR 0038): with ``max_rate_bytes_s`` set, the bodies of all
+upstream artefact downloads together are paced by one token bucket
+(:class:`~modelfleet.delivery.ratelimit.AsyncRateLimiter`): the site's WAN budget, however
+many artefacts are fetched at once. Metadata, check-ins and telemetry are not paced (small,
+and a device waiting on them would only retry).
+
 Upstream calls use httpx with deadlines and retries with capped exponential backoff and full
 jitter (:mod:`modelfleet.backoff`); after a failure the hub is left alone for a backoff
 delay (requests in that time are served from the cache at once).
@@ -72,6 +78,7 @@ from modelfleet.delivery.mirror_cache import (
     scope_of,
 )
 from modelfleet.delivery.mirror_relay import TelemetryOutbox, accepted_answer
+from modelfleet.delivery.ratelimit import AsyncRateLimiter
 from modelfleet.delivery.tls import client_verify
 from modelfleet.errors import (
     ArtefactVerificationError,
@@ -121,6 +128,8 @@ class MirrorConfig:
             tokens are those the imported bundles listed, ``whoami`` is answered from them,
             and telemetry is refused with 503 so it stays in each device's buffer for
             ``bundle report``.
+        max_rate_bytes_s: the site's WAN budget for upstream artefact downloads, all of
+            them together (1 KiB/s to 1 TiB/s; None: unlimited).
     """
 
     hub_url: str
@@ -137,6 +146,7 @@ class MirrorConfig:
     max_body_bytes: int = 16 << 20
     outbox_max_bytes: int = 256 << 20
     offline: bool = False
+    max_rate_bytes_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.hub_url.startswith(("http://", "https://")):
@@ -154,6 +164,11 @@ class MirrorConfig:
         for name, value, low, high in checks:
             if not (math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"mirror setting {name}={value} is outside [{low}, {high}]")
+        rate = self.max_rate_bytes_s
+        if rate is not None and not (math.isfinite(rate) and 1024.0 <= rate <= float(1 << 40)):
+            raise ConfigError(
+                f"mirror setting max_rate_bytes_s={rate} is outside [1024, {1 << 40}]"
+            )
         if self.hub_ca is not None and not Path(self.hub_ca).is_file():
             raise ConfigError(f"--hub-ca {self.hub_ca}: no such file")
 
@@ -187,7 +202,7 @@ class SiteMirror:
             fails); None: a real connection.
         monotonic: the clock TTLs and the hub's backoff are measured on.
         rand: uniform random source in [0, 1) for the jitter.
-        sleep: how to wait between tries.
+        sleep: how to wait between tries, and as the bandwidth budget asks.
         drain: run the outbox drain task with the app (tests call :meth:`drain_once`).
 
     Raises:
@@ -217,6 +232,11 @@ class SiteMirror:
         self._rand = rand
         self._sleep = sleep
         self._drain = drain
+        rate = config.max_rate_bytes_s
+        #: One budget for every upstream artefact download of this mirror (the site's WAN).
+        self._budget = (
+            AsyncRateLimiter(rate, monotonic=monotonic, sleep=sleep) if rate is not None else None
+        )
         self._client: httpx.AsyncClient | None = None
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._fetched_at: dict[str, float] = {}
@@ -570,6 +590,8 @@ class SiteMirror:
                             f"{relative}: larger than {self.config.max_target_bytes} bytes"
                         )
                     out.write(chunk)
+                    if self._budget is not None:
+                        await self._budget.wait(len(chunk))
         return True
 
     # -- relay -----------------------------------------------------------------------------
