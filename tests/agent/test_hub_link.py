@@ -87,3 +87,17 @@ def test_only_this_devices_token_is_accepted(identity: dict[str, Any], refused: 
         return
     with pytest.raises(ForbiddenError, match=refused):
         check_identity(identity, "edge-1")
+
+
+def test_the_no_hub_link_fails_every_call_at_once_without_a_network() -> None:
+    from modelfleet.agent.hub_link import NoHubLink
+
+    link = NoHubLink("offline for the test")
+    for call in (
+        link.whoami,
+        link.trust_root,
+        lambda: link.check_in("d", {}),
+        lambda: link.send_telemetry("d", {}),
+    ):
+        with pytest.raises(TransportError, match="offline for the test"):
+            call()

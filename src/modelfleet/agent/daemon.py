@@ -184,7 +184,7 @@ def run_agent(
         choose_credential,
     )
     from modelfleet.agent.device_key import load_or_create_device_key
-    from modelfleet.agent.hub_link import HttpHubLink
+    from modelfleet.agent.hub_link import HttpHubLink, NoHubLink
     from modelfleet.agent.metrics import AgentMetrics
     from modelfleet.agent.server import serve
     from modelfleet.agent.telemetry import (
@@ -306,7 +306,11 @@ def run_agent(
                 budget_file=config.state_dir / BUDGET_FILE,
             )
         # its own link: a slow telemetry upload never delays a poll or a check-in
-        telemetry_link = HttpHubLink(config.hub_url, current, timeout=10.0, attempts=1, verify=tls)
+        telemetry_link: HubLink = (
+            NoHubLink("no hub: telemetry stays buffered for `bundle report`")
+            if offline
+            else HttpHubLink(config.hub_url, current, timeout=10.0, attempts=1, verify=tls)
+        )
         telemetry = build_device_telemetry(
             config.device_id,
             buffer,

@@ -28,7 +28,7 @@ from modelfleet.errors import (
     UnauthenticatedError,
 )
 
-__all__ = ["HttpHubLink", "HubLink", "check_identity"]
+__all__ = ["HttpHubLink", "HubLink", "NoHubLink", "check_identity"]
 
 log = logging.getLogger("modelfleet.agent.hub")
 
@@ -64,6 +64,27 @@ class HubLink(Protocol):
             NotFoundError: 404 (the hub does not know this device).
         """
         ...
+
+
+class NoHubLink:
+    """The link of an agent with no hub to talk to (``agent run --from-folder``, issue 11):
+    every call fails at once with TransportError and nothing touches the network, so
+    telemetry stays in the buffer for ``bundle report``."""
+
+    def __init__(self, why: str = "no hub: this agent updates from a folder") -> None:
+        self._why = why
+
+    def whoami(self) -> dict[str, Any]:
+        raise TransportError(self._why)
+
+    def trust_root(self) -> bytes:
+        raise TransportError(self._why)
+
+    def check_in(self, device_id: str, report: Mapping[str, Any]) -> dict[str, Any]:
+        raise TransportError(self._why)
+
+    def send_telemetry(self, device_id: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        raise TransportError(self._why)
 
 
 def check_identity(identity: Mapping[str, Any], device_id: str) -> None:
