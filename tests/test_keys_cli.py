@@ -37,8 +37,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_init_with_a_passphrase_writes_encrypted_keys_the_hub_opens_with_it(home: Path) -> None:
-    for role in ("root", "targets", "snapshot", "timestamp", "director"):
-        assert (home / "keys" / f"{role}.pem").read_bytes().startswith(ENCRYPTED_HEADER)
+    files = [f"{r}.pem" for r in ("root", "targets", "snapshot", "timestamp", "director")]
+    for name in [*files, "audit.pem", "model-signing.key"]:  # every private key (issue 10)
+        assert (home / "keys" / name).read_bytes().startswith(ENCRYPTED_HEADER), name
     from modelfleet.clock import SystemClock
     from modelfleet.hub.service import HubService
 

@@ -12,11 +12,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from modelfleet.cli._errors import ExitCode, failure_of
 from modelfleet.errors import ArtefactVerificationError, ConfigError
 from modelfleet.packaging.openssf_signing import (
+    MODEL_FILE,
     SIGNING_PUBLIC_KEY_NAME,
     ensure_signing_key,
     read_signature,
     sign_model,
+    verify_model,
 )
+from modelfleet.trust._key_files import is_encrypted
 
 
 def test_signing_key_is_created_once_private_and_with_its_public_half(tmp_path: Path) -> None:
@@ -28,13 +31,35 @@ def test_signing_key_is_created_once_private_and_with_its_public_half(tmp_path: 
 
 
 def test_an_ed25519_key_is_refused_model_signing_takes_ec_keys(tmp_path: Path) -> None:
-    (tmp_path / "model-signing.key").write_bytes(
+    key = tmp_path / "model-signing.key"
+    key.write_bytes(
         Ed25519PrivateKey.generate().private_bytes(
             Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
         )
     )
+    key.chmod(0o600)
     with pytest.raises(ConfigError, match="not an EC key"):
         ensure_signing_key(tmp_path)
+
+
+def test_a_signing_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    ensure_signing_key(tmp_path).chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        ensure_signing_key(tmp_path)
+
+
+def test_an_encrypted_signing_key_signs_a_bundle_that_verifies(tmp_path: Path) -> None:
+    pytest.importorskip("model_signing")
+    key = ensure_signing_key(tmp_path / "keys", b"pw")
+    assert is_encrypted(key.read_bytes()) and key.stat().st_mode & 0o777 == 0o600
+    signature = sign_model(b"model bytes", key, "m", b"pw")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / MODEL_FILE).write_bytes(b"model bytes")
+    (tmp_path / "model.sig").write_bytes(signature.bundle)
+    verify_model(folder, tmp_path / "model.sig", key.with_name(SIGNING_PUBLIC_KEY_NAME))
+    with pytest.raises(ConfigError, match=f"model signing with {key}"):
+        sign_model(b"model bytes", key, "m", b"wrong")
 
 
 def test_missing_signing_extra_names_the_extra(

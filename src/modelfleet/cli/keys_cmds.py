@@ -8,7 +8,8 @@ on the offline machine holding a root key:
 * ``rotate ROLE [...]``: replace the role's keys by a new one (root: the next roots are
   signed by the old and the new root key, so devices follow the chain).
 * ``retire KEYID``: take a key out of the roots (or drop a pending one).
-* ``encrypt``: encrypt the unencrypted key files with the passphrase.
+* ``encrypt``: encrypt the unencrypted key files (TUF role keys, audit key, model-signing
+  key) with the passphrase.
 * ``export-root --out FILE`` / ``sign-root`` / ``apply-root --signed FILE`` /
   ``discard-root``: the offline root ceremony.
 
@@ -288,11 +289,15 @@ def register(app: typer.Typer) -> None:
     def keys_encrypt(
         home: HomeOpt, passphrase_file: PassphraseFileOpt = None, json_out: JsonOpt = False
     ) -> None:
-        """Encrypt the hub's unencrypted key files with the passphrase."""
+        """Encrypt the hub's unencrypted key files with the passphrase (the TUF role keys,
+        the audit key and the model-signing key)."""
         if read_passphrase(passphrase_file, os.environ) is None:
             raise UsageError(f"give the passphrase: --passphrase-file or ${ENV_PASSPHRASE}")
+        from modelfleet.hub.audit_anchor import AUDIT_KEY_NAME
+        from modelfleet.packaging.openssf_signing import SIGNING_KEY_NAME
+
         with _admin(home, passphrase_file) as admin:
-            done = admin.encrypt()
+            done = admin.encrypt(also=(AUDIT_KEY_NAME, SIGNING_KEY_NAME))
         if json_out:
             print_json({"encrypted": done})
             return

@@ -3,7 +3,9 @@ checkpoint file in the hub's home.
 
 * ``HOME/keys/audit.pem``: an ed25519 key that signs the head record on every append. It is
   created the first time a hub opens a home that lacks it (homes made before issue 8 too),
-  and never replaced.
+  and never replaced. Like the TUF keys it is encrypted at rest with the hub's key
+  passphrase when the hub has one (issue 10; :mod:`modelfleet.trust._key_files`); an
+  unencrypted one (a home made before) still loads, with a warning.
 * ``HOME/audit-checkpoint.json``: the newest signed head this hub has checked, written
   atomically and only ever moved forward. It lives on the hub's disk, not in the database:
   someone who can write the database but not the hub's home can put the database back to an
@@ -12,22 +14,16 @@ checkpoint file in the hub's home.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_pem_private_key,
-)
 
-from modelfleet._atomic import atomic_write_bytes, create_secret_once
+from modelfleet._atomic import atomic_write_bytes
 from modelfleet.audit.checkpoint import Checkpoint, CheckpointSigner
 from modelfleet.errors import ConfigError, StorageError
+from modelfleet.trust._key_files import create_private_key, read_private_key
 
 __all__ = ["AUDIT_KEY_NAME", "WITNESS_NAME", "WitnessFile", "load_audit_signer"]
 
@@ -35,38 +31,29 @@ AUDIT_KEY_NAME = "audit.pem"
 WITNESS_NAME = "audit-checkpoint.json"
 
 
-def load_audit_signer(key_dir: Path) -> CheckpointSigner:
+def load_audit_signer(key_dir: Path, passphrase: bytes | None = None) -> CheckpointSigner:
     """The hub's audit key from ``key_dir/audit.pem``, created (mode 0600) when missing.
 
     Two processes opening one home at once agree on one key: the new key is linked into
     place only if no file is there yet.
 
+    Args:
+        key_dir: the hub's key folder.
+        passphrase: the hub's key passphrase: a new key is written encrypted with it and
+            an encrypted one read with it; None writes an unencrypted key (loading an
+            unencrypted key warns once).
+
     Raises:
-        ConfigError: the file is unreadable, not an ed25519 PEM key, or readable by others.
+        ConfigError: the file is unreadable, readable by others, not an ed25519 PEM key,
+            encrypted without a passphrase given, or the passphrase is wrong.
     """
     path = Path(key_dir) / AUDIT_KEY_NAME
     if not path.exists():
-        _create_key(path)
-    try:
-        pem = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read the audit key {path}: {e.strerror or e}") from e
-    try:
-        private = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"audit key {path} is corrupt or encrypted: {e}") from e
+        create_private_key(path, Ed25519PrivateKey.generate(), passphrase, "audit key")
+    private = read_private_key(path, passphrase, what="audit key")
     if not isinstance(private, Ed25519PrivateKey):
         raise ConfigError(f"audit key {path} is not an ed25519 key")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise ConfigError(f"audit key {path} is readable by others; chmod 600 it")
     return CheckpointSigner(private)
-
-
-def _create_key(path: Path) -> None:
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-    )
-    create_secret_once(path, pem, "audit key")
 
 
 class WitnessFile:

@@ -256,7 +256,9 @@ class Catalog:
             anomaly_scorer=anomaly_scorer,
         )
         # issue 10: OpenSSF model signing, bound into the manifest and the TUF target
-        signature = sign_model(data, ensure_signing_key(self._ctx.config.paths.keys), name)
+        passphrase = self._ctx.config.key_passphrase
+        key_file = ensure_signing_key(self._ctx.config.paths.keys, passphrase)
+        signature = sign_model(data, key_file, name, passphrase)
         with self._ctx.write() as s:
             model_row = s.scalars(select(db.Model).where(db.Model.name == name)).first()
             if model_row is None:

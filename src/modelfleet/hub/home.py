@@ -12,6 +12,7 @@ from modelfleet.hub import db
 from modelfleet.hub.auth import Role
 from modelfleet.hub.config import HubConfig, HubHome, render_config_toml
 from modelfleet.hub.tuf_versions import DbRoleCounters
+from modelfleet.packaging.openssf_signing import ensure_signing_key
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.keys import generate_keys
 
@@ -36,8 +37,9 @@ def init_home(
         database_url: SQLAlchemy URL, e.g. ``postgresql+psycopg://user:pw@host/db``;
             written into ``config.toml`` (so ``hub serve`` uses it without the
             environment) and migrated here. SQLite ``home/hub.db`` if None or empty.
-        key_passphrase: encrypts the key files at rest (issue 10); None writes them
-            unencrypted (loading them warns).
+        key_passphrase: encrypts the key files at rest (issue 10): the TUF role keys,
+            the audit key and the model-signing key; None writes them unencrypted
+            (loading them warns).
 
     Returns:
         The admin token (also written to ``home/admin.token``, mode 0600).
@@ -71,6 +73,7 @@ def init_home(
     try:
         db.migrate(engine)
         generate_keys(paths.keys, key_passphrase, now=clock.now())
+        ensure_signing_key(paths.keys, key_passphrase)  # issue 10: encrypted like the rest
         counters = DbRoleCounters(db.make_sessionmaker(engine))
         trust = HubTrust.init(
             paths.tuf, paths.keys, clock, counters=counters, passphrase=key_passphrase

@@ -120,7 +120,11 @@ class HubService:
                 db.migrate(self.engine)
             sessions = db.make_sessionmaker(self.engine)
             self.context = HubContext(
-                config, clock, self.engine, sessions, audit_signer=load_audit_signer(paths.keys)
+                config,
+                clock,
+                self.engine,
+                sessions,
+                audit_signer=load_audit_signer(paths.keys, config.key_passphrase),  # issue 10
             )
             self.audit_chain = AuditChain(self.context, WitnessFile(paths.root / WITNESS_NAME))
             self.store = FileArtefactStore(paths.artefacts)

@@ -9,6 +9,11 @@ modelfleet with that project's own CLI::
     mkdir detector && cp model.onnx detector/
     model_signing verify key --signature model.sig --public_key model-signing.pub detector
 
+The key is encrypted at rest with the hub's key passphrase like the TUF keys (issue 10,
+:mod:`modelfleet.trust._key_files`); model-signing takes the key *file* and its password
+(``use_elliptic_key_signer(private_key=..., password=...)``) and decrypts it in memory
+itself, so no decrypted copy is ever written.
+
 The bundle's subject digest (sha256 over the model folder's manifest) and the bundle's own
 sha256 are bound into the TUF target's ``custom`` fields (:func:`custom_fields`), so the
 two checks refer to each other. ``model-signing`` comes with the ``signing`` extra (the
@@ -27,16 +32,11 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from modelfleet._atomic import atomic_write_bytes, create_secret_once
+from modelfleet._atomic import atomic_write_bytes
 from modelfleet.errors import ArtefactVerificationError, ConfigError
+from modelfleet.trust._key_files import create_private_key, is_encrypted, read_private_key
 
 __all__ = [
     "MODEL_FILE",
@@ -58,6 +58,7 @@ SIGNING_PUBLIC_KEY_NAME = "model-signing.pub"
 #: Key of the TUF target ``custom`` object that carries the binding.
 CUSTOM_KEY = "model_signing"
 _HINT = "pip install 'modelfleet[signing]'"
+_WHAT = "model-signing key"
 
 
 @dataclass(frozen=True)
@@ -98,24 +99,28 @@ def _library() -> Any:
     return model_signing
 
 
-def ensure_signing_key(key_dir: Path) -> Path:
-    """The hub's model-signing key ``key_dir/model-signing.key`` (EC P-256, PEM, mode
-    0600), created with its public half ``model-signing.pub`` when missing. Two processes
-    creating it at once agree on one key (linked into place only if absent).
+def ensure_signing_key(key_dir: Path, passphrase: bytes | None = None) -> Path:
+    """The hub's model-signing key ``key_dir/model-signing.key`` (EC P-256, PKCS#8 PEM,
+    mode 0600), created with its public half ``model-signing.pub`` when missing. Two
+    processes creating it at once agree on one key (linked into place only if absent).
+
+    Args:
+        key_dir: the hub's key folder.
+        passphrase: the hub's key passphrase: a new key is written encrypted with it and
+            an encrypted one read with it; None writes an unencrypted key (loading an
+            unencrypted key warns once).
 
     Returns:
         The private key's path.
 
     Raises:
-        ConfigError: the key cannot be created or read, or is not an EC key.
+        ConfigError: the key cannot be created or read, is not an EC key, is encrypted
+            without a passphrase given, or the passphrase is wrong.
     """
     path = Path(key_dir) / SIGNING_KEY_NAME
     if not path.exists():
-        _create_key(path)
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"model-signing key {path} is unreadable or encrypted: {e}") from e
+        create_private_key(path, ec.generate_private_key(ec.SECP256R1()), passphrase, _WHAT)
+    key = read_private_key(path, passphrase, what=_WHAT)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"model-signing key {path} is not an EC key (P-256/384/521)")
     public = path.with_name(SIGNING_PUBLIC_KEY_NAME)
@@ -129,13 +134,6 @@ def _public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
 
-def _create_key(path: Path) -> None:
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-    )
-    create_secret_once(path, pem, "model-signing key")
-
-
 def _hashing_config(ms: Any) -> Any:
     # The bundle may sit inside the model folder (as model-signing's CLI puts it).
     return (
@@ -145,13 +143,21 @@ def _hashing_config(ms: Any) -> Any:
     )
 
 
-def sign_model(model: bytes, key_file: Path, folder_name: str = "model") -> ModelSignature:
+def sign_model(
+    model: bytes,
+    key_file: Path,
+    folder_name: str = "model",
+    passphrase: bytes | None = None,
+) -> ModelSignature:
     """Sign ``model`` as a model folder holding only ``model.onnx``.
 
     Args:
         model: the ONNX bytes.
         key_file: EC private key PEM (see :func:`ensure_signing_key`).
         folder_name: the folder's name, recorded as the statement's subject name.
+        passphrase: the key file's passphrase, if it is encrypted. model-signing reads
+            the file and decrypts it in memory (its ``password``; the bytes go to
+            ``cryptography``'s ``load_pem_private_key`` as they are).
 
     Raises:
         ModuleNotFoundError: the ``signing`` extra is not installed (the message says so).
@@ -164,9 +170,12 @@ def sign_model(model: bytes, key_file: Path, folder_name: str = "model") -> Mode
         (folder / MODEL_FILE).write_bytes(model)
         sig = Path(tmp) / SIGNATURE_FILE
         try:
+            encrypted = is_encrypted(Path(key_file).read_bytes())
             (
                 ms.signing.Config()
-                .use_elliptic_key_signer(private_key=key_file)
+                .use_elliptic_key_signer(
+                    private_key=key_file, password=passphrase if encrypted else None
+                )
                 .set_hashing_config(_hashing_config(ms))
                 .sign(folder, sig)
             )

@@ -6,6 +6,9 @@ Files written before encryption existed (``-----BEGIN PRIVATE KEY-----``) still 
 one is reported once per process with a warning, so an operator knows to re-encrypt it
 (``modelfleet keys encrypt``).
 
+The same rule holds for every private key in the hub's home: the TUF role keys, the audit
+key (``audit.pem``) and the OpenSSF model-signing key (``model-signing.key``).
+
 The passphrase is never read here from the environment: the CLI and the hub's entry point
 read ``MODELFLEET_KEY_PASSPHRASE`` / ``--passphrase-file`` and pass the bytes in.
 """
@@ -27,10 +30,18 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from modelfleet._atomic import atomic_write_bytes
+from modelfleet._atomic import atomic_write_bytes, create_secret_once
 from modelfleet.errors import ConfigError
 
-__all__ = ["ENCRYPTED_HEADER", "is_encrypted", "read_private_key", "write_private_key"]
+__all__ = [
+    "ENCRYPTED_HEADER",
+    "create_private_key",
+    "encrypt_key_file",
+    "is_encrypted",
+    "private_key_pem",
+    "read_private_key",
+    "write_private_key",
+]
 
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -57,22 +68,75 @@ def write_private_key(path: Path, private: PrivateKeyTypes, passphrase: bytes | 
         ConfigError: the passphrase is empty.
         StorageError: the file could not be written.
     """
+    atomic_write_bytes(Path(path), private_key_pem(private, passphrase), mode=0o600)
+
+
+def private_key_pem(private: PrivateKeyTypes, passphrase: bytes | None) -> bytes:
+    """``private`` as PKCS#8 PEM, encrypted when ``passphrase`` is given.
+
+    Raises:
+        ConfigError: the passphrase is empty.
+    """
     encryption: KeySerializationEncryption = NoEncryption()
     if passphrase is not None:
         if not passphrase:
             raise ConfigError("the key passphrase is empty")
         encryption = BestAvailableEncryption(passphrase)
-    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
-    atomic_write_bytes(Path(path), pem, mode=0o600)
+    return private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
 
 
-def read_private_key(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
+def create_private_key(
+    path: Path, private: PrivateKeyTypes, passphrase: bytes | None, what: str
+) -> None:
+    """Write ``private`` to ``path`` (mode 0600) unless a file is already there: two
+    processes creating one key at once agree on the first one's file (see
+    :func:`~modelfleet._atomic.create_secret_once`).
+
+    Args:
+        path: the key file.
+        private: the new key.
+        passphrase: encrypts the file when given; None writes it unencrypted.
+        what: names the key in errors (``"audit key"``).
+
+    Raises:
+        ConfigError: the passphrase is empty, or the file cannot be created.
+    """
+    create_secret_once(Path(path), private_key_pem(private, passphrase), what)
+
+
+def encrypt_key_file(path: Path, passphrase: bytes, what: str = "signing key") -> bool:
+    """Re-write an unencrypted key file encrypted with ``passphrase`` (atomically, mode
+    0600); an encrypted or missing file is left alone.
+
+    Returns:
+        True when the file was encrypted here.
+
+    Raises:
+        ConfigError: the passphrase is empty, or the file is unreadable or corrupt.
+        StorageError: the file could not be written.
+    """
+    path = Path(path)
+    try:
+        if is_encrypted(path.read_bytes()):
+            return False
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    write_private_key(path, read_private_key(path, None, what=what), passphrase)
+    return True
+
+
+def read_private_key(
+    path: Path, passphrase: bytes | None, *, what: str = "signing key"
+) -> PrivateKeyTypes:
     """Load a private key file written by :func:`write_private_key` (or a legacy one).
 
     Args:
         path: the key file.
         passphrase: the passphrase of an encrypted file; ignored (with a one-time warning)
             for an unencrypted legacy file.
+        what: names the key in errors and the warning (``"audit key"``).
 
     Returns:
         The private key.
@@ -86,36 +150,36 @@ def read_private_key(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
         pem = path.read_bytes()
         mode = path.stat().st_mode
     except FileNotFoundError as e:
-        raise ConfigError(f"signing key {path} is missing (run key generation)") from e
+        raise ConfigError(f"{what} {path} is missing (run key generation)") from e
     except OSError as e:
-        raise ConfigError(f"cannot read signing key {path}: {e.strerror or e}") from e
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from e
     if os.name == "posix" and mode & 0o077:
-        raise ConfigError(f"signing key {path} is readable by others; chmod 600 it")
+        raise ConfigError(f"{what} {path} is readable by others; chmod 600 it")
     encrypted = is_encrypted(pem)
     if encrypted and not passphrase:
         raise ConfigError(
-            f"signing key {path} is encrypted: give its passphrase "
+            f"{what} {path} is encrypted: give its passphrase "
             "(MODELFLEET_KEY_PASSPHRASE or --passphrase-file)"
         )
     try:
         private = load_pem_private_key(pem, password=passphrase if encrypted else None)
     except ValueError as e:
         if encrypted:
-            raise ConfigError(f"wrong passphrase for signing key {path}") from e
-        raise ConfigError(f"signing key {path} is corrupt: {e}") from e
+            raise ConfigError(f"wrong passphrase for {what} {path}") from e
+        raise ConfigError(f"{what} {path} is corrupt: {e}") from e
     except TypeError as e:
-        raise ConfigError(f"signing key {path} is corrupt: {e}") from e
+        raise ConfigError(f"{what} {path} is corrupt: {e}") from e
     if not encrypted:
-        _warn_unencrypted(path)
+        _warn_unencrypted(path, what)
     return private
 
 
-def _warn_unencrypted(path: Path) -> None:
+def _warn_unencrypted(path: Path, what: str) -> None:
     key = str(path.resolve())
     with _warned_lock:
         if key in _warned:
             return
         _warned.add(key)
     _log.warning(
-        "signing key %s is stored unencrypted; encrypt it with `modelfleet keys encrypt`", path
+        "%s %s is stored unencrypted; encrypt it with `modelfleet keys encrypt`", what, path
     )

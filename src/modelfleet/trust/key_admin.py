@@ -33,7 +33,7 @@ from tuf.api.metadata import Root
 from modelfleet._atomic import atomic_write_bytes
 from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError, ConflictError, InvalidInputError, StorageError
-from modelfleet.trust._key_files import is_encrypted, read_private_key, write_private_key
+from modelfleet.trust._key_files import encrypt_key_file
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.key_registry import (
     OFFLINE,
@@ -281,27 +281,34 @@ class KeyAdmin:
             self.pending_file.unlink()
         return KeyChange("apply-root", "root", written=written, status=bundle.status())
 
-    def encrypt(self) -> list[str]:
-        """Encrypt every unencrypted key file of the folder with the passphrase.
+    def encrypt(self, also: Iterable[str] = ()) -> list[str]:
+        """Encrypt every unencrypted key file of the folder with the passphrase, each
+        atomically and mode 0600 (an encrypted or missing file is left alone).
+
+        Args:
+            also: names of other key files in the folder, outside the registry (the CLI
+                names the audit key and the model-signing key; they belong to the hub
+                and packaging layers, which this module does not import).
 
         Returns:
             The files encrypted.
 
         Raises:
-            ConfigError: no passphrase was given.
+            ConfigError: no passphrase was given, or a file is unreadable or corrupt.
+            StorageError: a file could not be written.
         """
         if not self.passphrase:
             raise ConfigError("give the passphrase to encrypt with (MODELFLEET_KEY_PASSPHRASE)")
-        done = []
-        for record in KeyRegistry.load(self.key_dir).records():
-            if record.file is None or record.state is KeyState.RETIRED:
-                continue
-            path = self.key_dir / record.file
-            if not path.exists() or is_encrypted(path.read_bytes()):
-                continue
-            write_private_key(path, read_private_key(path, None), self.passphrase)
-            done.append(record.file)
-        return done
+        names = [
+            record.file
+            for record in KeyRegistry.load(self.key_dir).records()
+            if record.file is not None and record.state is not KeyState.RETIRED
+        ]
+        return [
+            name
+            for name in [*names, *also]
+            if encrypt_key_file(self.key_dir / name, self.passphrase)
+        ]
 
     # -- internals ---------------------------------------------------------------------
 
