@@ -1,4 +1,5 @@
-"""Wrong usage of the bandwidth and staggering options is one line and exit 2 (issue 11)."""
+"""Wrong usage of the bandwidth, staggering and resume options is one line and exit 2
+(issue 11)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,19 @@ from tests.test_cli_errors import assert_one_line_error
         (["--off-shift", "22:00-22:00"], "--off-shift"),
         (["--pull-window-s", "-1"], "--pull-window-s"),
         (["--max-rate-mbps", "0"], "--max-rate-mbps"),
+        (["--max-resumes", "101"], "--max-resumes"),
+        (["--max-resumes", "-1"], "--max-resumes"),
+        (["--max-resumes", "many"], "--max-resumes"),
     ],
-    ids=["hour-25", "empty-period", "negative-window", "zero-budget"],
+    ids=[
+        "hour-25",
+        "empty-period",
+        "negative-window",
+        "zero-budget",
+        "too-many-resumes",
+        "negative-resumes",
+        "resumes-not-a-number",
+    ],
 )
 def test_wrong_usage_of_agent_run_staggering_is_one_line_and_exit_2(
     tmp_path: Path, args: list[str], text: str

@@ -220,6 +220,40 @@ def test_max_resumes_is_bounded(bad: int) -> None:
         DownloadSettings(max_resumes=bad)
 
 
+# --- fetch_from: continuing a download kept across restarts (ADR 0033 amendment) ---
+
+
+def test_fetch_from_an_offset_asks_for_the_rest_only(server: tuple[str, _State]) -> None:
+    url, state = server
+    with HttpFetcher("s3cret") as f, f.sized(SIZE):
+        start, chunks = f.fetch_from(url, 600_000)
+        body = b"".join(chunks)
+    assert start == 600_000 and body == ARTEFACT[600_000:]
+    assert state.ranges == ["bytes=600000-"]
+
+
+def test_fetch_from_with_a_wrong_content_range_starts_over(server: tuple[str, _State]) -> None:
+    url, state = server
+    state.wrong_start = True
+    with HttpFetcher("s3cret") as f, f.sized(SIZE):
+        start, chunks = f.fetch_from(url, 600_000)
+        body = b"".join(chunks)
+    assert start == 0 and body == ARTEFACT
+    assert state.ranges == ["bytes=600000-", None]
+
+
+def test_fetch_from_resumes_a_cut_body_from_the_absolute_offset(
+    server: tuple[str, _State],
+) -> None:
+    url, state = server
+    state.cuts = [800_000]
+    with HttpFetcher("s3cret", sleep=lambda s: None) as f, f.sized(SIZE):
+        start, chunks = f.fetch_from(url, 600_000)
+        body = b"".join(chunks)
+    assert start == 600_000 and body == ARTEFACT[600_000:]
+    assert state.ranges == ["bytes=600000-", "bytes=800000-"]
+
+
 # --- through python-tuf: the agent's update path over a link that cuts the artefact ---
 
 

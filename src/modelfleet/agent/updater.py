@@ -815,6 +815,11 @@ class Updater:
             if r is not None
         }
         self.slots.garbage_collect(keep)
+        # Partial downloads kept across restarts (issue 11): only those of installs still
+        # to be retried stay. An optional capability of the source (DeviceTrustClient).
+        prune = getattr(self.source, "prune_partials", None)
+        if callable(prune):
+            prune(p.sha256 for p in self.state.pending)
 
     def _hub_contact(self, ok: bool, error: str = "") -> None:
         """Log hub lost / regained once each, not every poll (issue 6, defect 7)."""

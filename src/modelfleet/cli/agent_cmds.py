@@ -483,6 +483,17 @@ def register(agent_app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        max_resumes: Annotated[
+            int,
+            typer.Option(
+                "--max-resumes",
+                min=0,
+                max=100,
+                help="How many times one download cut mid-way is continued with an HTTP "
+                "Range request (0: never); a download cut short is kept and continued "
+                "after a restart too. Issue 11.",
+            ),
+        ] = 5,  # DownloadSettings.max_resumes' default (not imported at CLI start-up)
     ) -> None:
         """Run the device daemon: verify and apply updates, serve OIP v2."""
         from modelfleet.agent.config import AgentConfig
@@ -513,7 +524,7 @@ def register(agent_app: typer.Typer) -> None:
         except ConfigError as e:
             raise UsageError(f"--off-shift: {e}") from e
         try:
-            download = DownloadSettings()
+            download = DownloadSettings(max_resumes=max_resumes)
             if max_rate_mbps is not None:
                 rate = max_rate_mbps * 125_000
                 # A budget below the default minimum rate lowers it (half the budget), so
@@ -521,6 +532,7 @@ def register(agent_app: typer.Typer) -> None:
                 download = DownloadSettings(
                     min_rate_bytes_s=min(download.min_rate_bytes_s, rate / 2),
                     max_rate_bytes_s=rate,
+                    max_resumes=max_resumes,
                 )
         except ConfigError as e:
             raise UsageError(f"--max-rate-mbps: {e}") from e

@@ -21,6 +21,12 @@ because targets are immutable consistent-snapshot files, and ngclient checks the
 artefact's length and hashes at the end anyway, so a wrongly spliced body is refused.
 The deadline and cancellation apply to the whole download, across resumes. Only a body
 that was cut is resumed: an error status (a 503) is left to the caller's retries.
+If a download fails all the same, the bytes received before are yielded first.
+
+Across restarts (issue 11, ADR 0033 amendment): :meth:`HttpFetcher.fetch_from` starts a
+download at an offset (the caller kept the first bytes) and says where the body really
+starts: at the offset for a ``206`` that starts there, at 0 when the server ignored the
+Range (``200``) or refused it (``416``, another range: asked again without Range).
 
 A bandwidth budget (issue 11, ADR 0038): with ``max_rate_bytes_s`` set, every body this
 fetcher reads is paced by one token bucket (:mod:`modelfleet.delivery.ratelimit`) shared
@@ -253,24 +259,88 @@ class HttpFetcher(FetcherInterface):
                 resumes are spent), or a 206 whose ``Content-Range`` does not start where
                 the download left off.
         """
+        return self._open(url, 0)[1]
+
+    def fetch_from(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
+        """Start a GET of ``url`` from byte ``offset`` on (``Range: bytes=offset-``); return
+        where its body really starts and the body as chunks (resumed if it is cut).
+
+        Used to continue a download kept across restarts (issue 11, ADR 0033 amendment).
+        The start is ``offset`` only for a ``206`` whose ``Content-Range`` starts there
+        (and whose total, when given, is the length the download may have); a ``200``
+        (Range ignored) is the whole body from 0; a ``416`` or a ``206`` with another
+        range is dropped and the GET sent again without Range. Either way a start of 0
+        tells the caller to start over. The deadline is sized by the bytes still to
+        come (``max_length - offset`` inside :meth:`sized`), by the whole length once it
+        starts over.
+
+        Raises:
+            as :meth:`_fetch`, every error a ``DownloadError``.
+        """
+        try:
+            return self._open(url, max(0, offset))
+        except DownloadError:
+            raise
+        except Exception as e:
+            raise DownloadError(f"Failed to download {url}") from e
+
+    def _open(self, url: str, offset: int) -> tuple[int, Iterator[bytes]]:
         cancel = self._limits.cancel
         max_length = self._limits.max_length
-        deadline_s = (
-            self.settings.deadline_s(max_length) if max_length is not None else self.settings.max_s
-        )
-        deadline = self._monotonic() + deadline_s
+        started = self._monotonic()
+
+        def sized_deadline(start: int) -> tuple[float, float]:
+            if max_length is None:
+                return started + self.settings.max_s, self.settings.max_s
+            seconds = self.settings.deadline_s(max(0, max_length - start))
+            return started + seconds, seconds
+
+        deadline, deadline_s = sized_deadline(offset)
         if cancel is not None and cancel.is_set():
             raise DownloadCancelledError(f"GET {url}: cancelled")
+        response: httpx.Response | None = self._get(url, deadline, deadline_s, offset)
+        start = 0
+        if offset and response is not None:
+            if response.status_code == 206 and self._range_starts_at(response, offset, max_length):
+                start = offset
+            elif response.status_code in (206, 416):
+                log.info(
+                    "download %s: HTTP %d %r to a Range from %d, starting over",
+                    url,
+                    response.status_code,
+                    response.headers.get("Content-Range"),
+                    offset,
+                )
+                response.close()
+                response = None
+            elif response.status_code == 200:
+                log.info("download %s: Range from %d ignored (200), starting over", url, offset)
+            if start == 0:
+                deadline, deadline_s = sized_deadline(0)
+        if response is None:
+            response = self._get(url, deadline, deadline_s, 0)
+        if response.status_code != (206 if start else 200):
+            response.close()
+            raise DownloadHTTPError(f"GET {url}: HTTP {response.status_code}", response.status_code)
+        return start, self._chunks(url, response, deadline, deadline_s, cancel, start)
+
+    @staticmethod
+    def _range_starts_at(response: httpx.Response, offset: int, total: int | None) -> bool:
+        """Whether a 206's ``Content-Range`` starts at ``offset`` (and, when it names a
+        total and ``total`` is known, names that one)."""
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if match is None or int(match.group(1)) != offset:
+            return False
+        return total is None or match.group(3) == "*" or int(match.group(3)) == total
+
+    def _get(self, url: str, deadline: float, deadline_s: float, offset: int) -> httpx.Response:
+        """:meth:`_send`, transport failures translated."""
         try:
-            response = self._send(url, deadline, deadline_s, offset=0)
+            return self._send(url, deadline, deadline_s, offset)
         except httpx.TimeoutException as e:
             raise SlowRetrievalError(f"GET {url}: timed out") from e
         except httpx.HTTPError as e:
             raise DownloadError(f"GET {url}: {type(e).__name__}: {e}") from e
-        if response.status_code != 200:
-            response.close()
-            raise DownloadHTTPError(f"GET {url}: HTTP {response.status_code}", response.status_code)
-        return self._chunks(url, response, deadline, deadline_s, cancel)
 
     def _send(self, url: str, deadline: float, deadline_s: float, offset: int) -> httpx.Response:
         """Send one GET (from ``offset`` on if it is not 0), timeouts bounded by the deadline."""
@@ -365,9 +435,10 @@ class HttpFetcher(FetcherInterface):
         deadline: float,
         deadline_s: float,
         cancel: threading.Event | None,
+        start: int = 0,
     ) -> Iterator[bytes]:
         buffered = bytearray()
-        received = 0  # bytes of the artefact received so far (yielded or buffered)
+        received = start  # bytes of the artefact received so far (kept, yielded or buffered)
         resumes = 0
         skip = 0  # leading bytes of the current body already received (Range ignored)
         current: httpx.Response | None = response
@@ -416,6 +487,14 @@ class HttpFetcher(FetcherInterface):
                     current = None
             if buffered:
                 yield bytes(buffered)
+        except DownloadError:
+            # The bytes received before a download fails are right: hand them over first,
+            # so a caller that keeps a partial (issue 11) loses none of them.
+            if buffered:
+                rest = bytes(buffered)
+                buffered.clear()
+                yield rest
+            raise
         finally:
             if current is not None:
                 current.close()

@@ -16,14 +16,25 @@ code the agent runs.
   renamed into place only when length and hashes match (ADR 0024: ngclient's own
   ``download_target`` writes a temporary file, reads it back to hash it and copies it,
   three passes over a 1 GiB model).
+  Given a ``partial_dir`` (the agent's catalog downloads), the partial file is **kept**
+  across failures and restarts (issue 11, ADR 0033 amendment): named by the target's
+  signed sha256 and length, so no other target ever reuses it; the next download hashes
+  its bytes and asks the fetcher for the rest only (:meth:`HttpFetcher.fetch_from`).
+  Length and hashes are still checked over the whole file; a mismatch deletes it.
+  :func:`prune_partials` bounds how many are kept and for how long.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import logging
 import os
-from collections.abc import Iterator
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -65,12 +76,28 @@ __all__ = [
     "TrackingFetcher",
     "cached_target_path",
     "download_target",
+    "kept_partial_path",
     "new_updater",
+    "prune_partials",
     "refresh",
     "translate_tuf_errors",
 ]
 
 _WRITE_CHUNK = 1 << 20
+
+#: A kept partial is fsynced every this many bytes, so a power loss loses at most this
+#: much of it (unsynced pages may come back as zeros: one whole re-download).
+_SYNC_EVERY = 8 << 20
+
+#: Kept partials: at most this many (newest first), none older than this (issue 11).
+MAX_PARTIALS = 4
+MAX_PARTIAL_AGE_S = 7 * 86400.0
+
+PARTIAL_SUFFIX = ".partial"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger(__name__)
 
 
 class TrackingFetcher(FetcherInterface):
@@ -107,6 +134,20 @@ class TrackingFetcher(FetcherInterface):
                 yield self.inner.fetch(url)
         else:
             yield self.inner.fetch(url)
+
+    @contextlib.contextmanager
+    def stream_from(
+        self, url: str, max_length: int, offset: int
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """Where the body of ``url`` starts and its chunks, from ``offset`` on when the
+        inner fetcher can (an :class:`HttpFetcher`, whose deadline counts the remaining
+        bytes); any other fetcher, or a server that will not, starts at 0."""
+        self.last_url = url
+        if isinstance(self.inner, HttpFetcher):
+            with self.inner.sized(max_length):
+                yield self.inner.fetch_from(url, offset)
+        else:
+            yield 0, self.inner.fetch(url)
 
 
 def new_updater(
@@ -226,6 +267,53 @@ def cached_target_path(target_dir: Path, info: TargetFile) -> Path:
     return target_dir / parse.quote(info.path, safe="")
 
 
+def kept_partial_path(partial_dir: Path, info: TargetFile) -> Path | None:
+    """Where a partial download of ``info`` is kept in ``partial_dir``:
+    ``<sha256>.<length>.partial`` from its signed metadata, so a different target or hash
+    never reuses it; None when it has no well-formed sha256 (then nothing is kept)."""
+    sha = info.hashes.get("sha256", "")
+    if not _SHA256.fullmatch(sha) or info.length < 0:
+        return None
+    return partial_dir / f"{sha}.{info.length}{PARTIAL_SUFFIX}"
+
+
+def prune_partials(
+    partial_dir: Path,
+    keep: Iterable[Path] = (),
+    *,
+    now: float | None = None,
+    max_age_s: float = MAX_PARTIAL_AGE_S,
+    max_files: int = MAX_PARTIALS,
+) -> list[Path]:
+    """Delete kept partials not in ``keep`` that are older than ``max_age_s`` (by mtime)
+    or beyond the ``max_files`` newest (``keep`` counted first); return those deleted.
+
+    Args:
+        now: the wall clock in seconds (mtimes are wall-clock); None: ``time.time()``.
+    """
+    kept = {Path(p) for p in keep}
+    try:
+        found = [p for p in partial_dir.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+    except OSError:
+        return []
+    at = time.time() if now is None else now
+    aged: list[tuple[float, Path]] = []
+    for p in found:
+        if p in kept:
+            continue
+        with contextlib.suppress(OSError):
+            aged.append((p.stat().st_mtime, p))
+    aged.sort(reverse=True)
+    room = max(0, max_files - len(kept & set(found)))
+    removed: list[Path] = []
+    for n, (mtime, p) in enumerate(aged):
+        if n >= room or at - mtime > max_age_s:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def download_target(
     updater: Updater,
     fetcher: TrackingFetcher,
@@ -233,6 +321,7 @@ def download_target(
     target_base_url: str,
     dest: Path,
     metadata_dir: Path,
+    partial_dir: Path | None = None,
 ) -> Path:
     """Download ``info`` to ``dest``, verified, in one pass; nothing is written to ``dest``
     unless the length and every hash match. ``dest`` already right: nothing is fetched.
@@ -245,6 +334,9 @@ def download_target(
         target_base_url: base URL of the repository's targets.
         dest: where the file goes (a ``.partial`` sibling is used meanwhile).
         metadata_dir: the updater's metadata folder.
+        partial_dir: keep the partial download here across failures and restarts (see
+            :func:`kept_partial_path`; best on ``dest``'s filesystem) and continue it from
+            where it stopped. None: a ``.partial`` sibling of ``dest``, deleted on failure.
 
     Returns:
         ``dest``.
@@ -252,27 +344,107 @@ def download_target(
     Raises:
         DownloadLengthMismatchError: the server sent more than ``info.length`` (the
             download is cut there).
-        LengthOrHashMismatchError: fewer bytes, or a hash differs.
-        DownloadError: transport failure. OSError: ``dest`` cannot be written.
+        LengthOrHashMismatchError: fewer bytes, or a hash differs (over the whole file,
+            kept bytes included: a kept partial is deleted then).
+        DownloadError: transport failure (a kept partial stays). OSError: ``dest`` cannot
+            be written.
     """
     if updater.find_cached_target(info, str(dest)) is not None:
         return dest
     url = target_base_url.rstrip("/") + "/" + _target_url_path(updater, info, metadata_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    hashers = {name: _hasher(name) for name in info.hashes}
-    received = 0
+    kept = kept_partial_path(partial_dir, info) if partial_dir is not None else None
+    if kept is None:
+        tmp = dest.with_name(f".{dest.name}.partial")
+        try:
+            _download(fetcher, info, url, tmp, 0, {n: _hasher(n) for n in info.hashes})
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    else:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        prune_partials(kept.parent, keep=[kept])
+        hashers = {n: _hasher(n) for n in info.hashes}
+        offset = _hash_kept(kept, info, hashers)
+        try:
+            _download(fetcher, info, url, kept, offset, hashers, keep=True)
+        except (LengthOrHashMismatchError, DownloadLengthMismatchError):
+            with contextlib.suppress(OSError):
+                kept.unlink()
+            raise
+        _move(kept, dest)
+    fsync_dir(dest.parent)
+    return dest
+
+
+def _hash_kept(kept: Path, info: TargetFile, hashers: dict[str, hashlib._Hash]) -> int:
+    """Feed a kept partial's bytes to ``hashers``; return its length (0: none, or it was
+    longer than the target and is deleted)."""
     try:
-        with fetcher.stream(url, info.length) as chunks, open(tmp, "wb") as out:
-            for chunk in chunks:
-                received += len(chunk)
-                if received > info.length:
-                    raise DownloadLengthMismatchError(
-                        f"{info.path}: more than its signed length {info.length}"
-                    )
-                for h in hashers.values():
-                    h.update(chunk)
-                out.write(chunk)
+        size = kept.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size > info.length:
+        log.warning(
+            "%s: kept partial %s is longer (%d) than the signed length %d, deleted",
+            info.path,
+            kept.name,
+            size,
+            info.length,
+        )
+        kept.unlink()
+        return 0
+    with open(kept, "rb") as f:
+        while block := f.read(_WRITE_CHUNK):
+            for h in hashers.values():
+                h.update(block)
+    if size:
+        log.info("%s: continuing a kept partial download at %d of %d", info.path, size, info.length)
+    return size
+
+
+def _download(
+    fetcher: TrackingFetcher,
+    info: TargetFile,
+    url: str,
+    tmp: Path,
+    offset: int,
+    hashers: dict[str, hashlib._Hash],
+    keep: bool = False,
+) -> None:
+    """Write the target's bytes from ``offset`` on to ``tmp`` (its first ``offset`` bytes
+    already there and hashed), check length and hashes over the whole file, fsync.
+    The fetcher may start over from 0 (then ``tmp`` is rewritten and the hashes reset)."""
+    with _rest(fetcher, url, info.length, offset) as (start, chunks):
+        if start != offset:
+            hashers = {n: _hasher(n) for n in info.hashes}
+        with open(tmp, "r+b" if start else "wb") as out:
+            out.seek(start)
+            out.truncate()
+            received = start
+            unsynced = 0
+            try:
+                for chunk in chunks:
+                    received += len(chunk)
+                    if received > info.length:
+                        raise DownloadLengthMismatchError(
+                            f"{info.path}: more than its signed length {info.length}"
+                        )
+                    for h in hashers.values():
+                        h.update(chunk)
+                    out.write(chunk)
+                    unsynced += len(chunk)
+                    if unsynced >= _SYNC_EVERY:
+                        out.flush()
+                        os.fsync(out.fileno())
+                        unsynced = 0
+            except DownloadError:
+                if keep:  # what arrived is kept for the next run: make it durable
+                    with contextlib.suppress(OSError):
+                        out.flush()
+                        os.fsync(out.fileno())
+                raise
             out.flush()
             if received != info.length:
                 raise LengthOrHashMismatchError(
@@ -282,12 +454,42 @@ def download_target(
                 if h.hexdigest() != info.hashes[name]:
                     raise LengthOrHashMismatchError(f"{info.path}: {name} hash mismatch")
             os.fsync(out.fileno())
+
+
+@contextlib.contextmanager
+def _rest(
+    fetcher: TrackingFetcher, url: str, length: int, offset: int
+) -> Iterator[tuple[int, Iterator[bytes]]]:
+    """The body from ``offset`` on: nothing when the kept bytes are the whole length
+    (their hashes decide), else as :meth:`TrackingFetcher.stream_from`."""
+    if offset and offset >= length:
+        yield offset, iter(())
+    elif offset:
+        with fetcher.stream_from(url, length, offset) as rest:
+            yield rest
+    else:
+        with fetcher.stream(url, length) as chunks:
+            yield 0, chunks
+
+
+def _move(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest``; across filesystems, copy beside ``dest`` first."""
+    try:
+        os.replace(src, dest)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    fsync_dir(dest.parent)
-    return dest
+    src.unlink()
 
 
 def _hasher(name: str) -> hashlib._Hash:

@@ -21,7 +21,9 @@ Cache layout: ``cache_dir/{catalog,director}/metadata`` (ngclient's metadata cac
 ``root_history/``; the director's holds the pinned shared root) and
 ``cache_dir/{catalog,director}/targets``; the device's own director repository in
 ``cache_dir/director-device/{metadata,targets}``; the time floor in
-``cache_dir/time-floor.json``.
+``cache_dir/time-floor.json``; artefact downloads cut short, kept to be continued
+(issue 11, ADR 0033 amendment), in ``cache_dir/catalog/partials/<sha256>.<length>.partial``
+(at most four, none older than a week; :meth:`DeviceTrustClient.prune_partials`).
 
 :meth:`DeviceTrustClient.stale` applies the check-in fast path
 (:mod:`modelfleet.trust.freshness`): which repositories the hub's answer says changed.
@@ -39,7 +41,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +65,7 @@ from modelfleet.trust._ngclient import (
     TrackingFetcher,
     download_target,
     new_updater,
+    prune_partials,
     refresh,
     translate_tuf_errors,
 )
@@ -339,7 +342,27 @@ class DeviceTrustClient:
                 f"{self._hub}/tuf/catalog/targets/",
                 Path(dest),
                 self._metadata_dir("catalog"),
+                partial_dir=self.partial_dir,
             )
+
+    @property
+    def partial_dir(self) -> Path:
+        """Where catalog downloads cut short are kept to be continued (issue 11)."""
+        return self.cache_dir / "catalog" / "partials"
+
+    def prune_partials(self, keep_sha256: Iterable[str] = ()) -> list[Path]:
+        """Delete the kept partial downloads except those of artefacts with a sha256 in
+        ``keep_sha256`` (the ones still wanted); return those deleted. Never raises;
+        does nothing while a catalog download runs."""
+        wanted = set(keep_sha256)
+        # Never while a download writes one: a busy catalog is pruned next time.
+        if not self._catalog_lock.acquire(blocking=False):
+            return []
+        try:
+            keep = [p for p in _listed(self.partial_dir) if p.name.split(".", 1)[0] in wanted]
+            return prune_partials(self.partial_dir, keep, max_files=len(keep))
+        finally:
+            self._catalog_lock.release()
 
     def close(self) -> None:
         """Close the default fetcher's HTTP connections (a passed-in fetcher is left open)."""
@@ -486,3 +509,10 @@ def _earliest_expiry(md_dir: Path) -> datetime | None:
             continue
         found.append(signed.expires)
     return min(found, default=None)
+
+
+def _listed(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
