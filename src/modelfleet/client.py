@@ -713,6 +713,11 @@ class HubClient:
         body = {"public_key": public_pem.decode("ascii"), "label": label}
         return self._object("POST", "/api/v1/release-keys", json=body)
 
+    def remove_release_key(self, keyid: str) -> dict[str, Any]:
+        """Retire a release key (admin): ``{"keyid", "label", "removed_by", "keys_left",
+        "recounted"}``."""
+        return self._object("DELETE", f"/api/v1/release-keys/{quote(keyid, safe='')}")
+
     def list_release_keys(self) -> list[dict[str, Any]]:
         """The release keys the hub knows."""
         return self._list("GET", "/api/v1/release-keys")

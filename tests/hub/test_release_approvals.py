@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from securesystemslib.signer import CryptoSigner
 
+from modelfleet.errors import ConflictError, InvalidInputError, NotFoundError
 from modelfleet.hub.revocation import Fallback, fall_back
 from modelfleet.hub.service import HubService
 from modelfleet.rollout.assignment import Slots
 from modelfleet.rollout.desired_state import Mode, model_target_path
 from modelfleet.trust.release import release_role_name, sign_release
+from tests.hub._rollouts import plan
 from tests.hub._support import auth, register
 
 Approver = tuple[CryptoSigner, str]
@@ -87,8 +89,13 @@ def test_safety_classified_version_needs_two_release_signatures_and_one_is_not_e
     register(http, admin_token, "iris", onnx_bytes)
     service.set_model_safety("iris", True, actor="admin:admin")
     service.add_device("cam-1", "plant", [], actor="admin:admin")
-    _deploy(http, admin_token, 1, ["cam-1"])  # the director names it ...
-    assert not _listed(service, 1)  # ... the catalog does not: devices refuse it
+    r = http.post(
+        "/api/v1/deployments",
+        json={"model": "iris", "version": 1, "devices": ["cam-1"]},
+        headers=auth(admin_token),
+    )  # the hub refuses to name a version its catalog does not list
+    assert r.status_code == 409 and "0 of 2 release signatures" in r.json()["error"]
+    assert not _listed(service, 1)
 
     one = _sign(http, approver_token, approvers[0], 1)
     assert one.status_code == 200, one.text
@@ -174,9 +181,11 @@ def test_a_version_published_before_release_keys_needs_no_signature(
 ) -> None:
     register(http, admin_token, "iris", onnx_bytes)
     service.add_device("cam-1", "plant", [], actor="admin:admin")
+    service.add_device("cam-2", "plant", [], actor="admin:admin")
     _deploy(http, admin_token, 1, ["cam-1"])
     _approver(http, admin_token, "late")
     assert _listed(service, 1)  # still listed by the hub's own targets key
+    _deploy(http, admin_token, 1, ["cam-2"])  # and still deployable
     r = http.get("/api/v1/models/iris/versions/1/release", headers=auth(admin_token))
     assert r.status_code == 400 and "needs no release signatures" in r.json()["error"]
 
@@ -197,7 +206,8 @@ def test_adding_the_first_release_key_gates_unpublished_versions(
     )
     assert r.json()["gated"] == ["iris/1"]
     service.add_device("cam-1", "plant", [], actor="admin:admin")
-    _deploy(http, admin_token, 1, ["cam-1"])
+    with pytest.raises(ConflictError, match="awaits release approval"):
+        service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
     assert not _listed(service, 1)
 
 
@@ -220,6 +230,168 @@ def test_an_approval_a_crash_left_unsigned_is_signed_at_start_up(
         assert _listed(again, 1)
     finally:
         again.close()
+
+
+# -- the hub refuses to assign a version awaiting approval --------------------------------
+
+
+def _plan(version: int, **over: Any) -> dict[str, Any]:
+    return plan(version=version, stages=[{"name": "all", "percent": 100, "soak": 0}], **over)
+
+
+def test_a_deploy_of_a_pending_version_is_refused_until_the_threshold_and_audits_nothing(
+    http: TestClient,
+    admin_token: str,
+    approver_token: str,
+    service: HubService,
+    approvers: list[CryptoSigner],
+    onnx_bytes: bytes,
+) -> None:
+    register(http, admin_token, "iris", onnx_bytes)
+    service.set_model_safety("iris", True, actor="admin:admin")
+    service.add_device("cam-1", "plant", [], actor="admin:admin")
+    _sign(http, approver_token, approvers[0], 1)
+    before = len(service.audit(limit=1000))
+    with pytest.raises(ConflictError) as refused:
+        service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+    assert str(refused.value) == (
+        "iris v1 awaits release approval: 1 of 2 release signatures "
+        "(`modelfleet approve iris 1 --key FILE`)"
+    )
+    assert len(service.audit(limit=1000)) == before  # a refusal writes nothing
+    assert service.get_device("cam-1")["assignments"] == []
+    _sign(http, approver_token, approvers[1], 1)
+    _deploy(http, admin_token, 1, ["cam-1"])
+    assert service.get_device("cam-1")["assignments"][0]["production"] == 1
+
+
+def test_a_rollout_of_a_pending_version_is_refused(
+    http: TestClient,
+    admin_token: str,
+    approver_token: str,
+    service: HubService,
+    approvers: list[CryptoSigner],
+    onnx_bytes: bytes,
+) -> None:
+    register(http, admin_token, "iris", onnx_bytes)
+    service.add_device("cam-1", "plant", [], actor="admin:admin")
+    r = http.post("/api/v1/rollouts", json=_plan(1), headers=auth(admin_token))
+    assert r.status_code == 409, r.text
+    assert "iris v1 awaits release approval: 0 of 1" in r.json()["error"]
+    assert service.list_rollouts() == []
+    _sign(http, approver_token, approvers[0], 1)
+    r = http.post("/api/v1/rollouts", json=_plan(1), headers=auth(admin_token))
+    assert r.status_code == 201, r.text
+
+
+def test_a_rollout_created_before_the_first_release_key_does_not_start_its_stage(
+    http: TestClient,
+    admin_token: str,
+    approver_token: str,
+    service: HubService,
+    onnx_bytes: bytes,
+) -> None:
+    register(http, admin_token, "iris", onnx_bytes)  # unpublished, no key yet
+    service.add_device("cam-1", "plant", [], actor="admin:admin")
+    service.set_model_safety("iris", True, actor="admin:admin")
+    doc = _plan(1, change={"ticket": "CH-1"})
+    created = http.post("/api/v1/rollouts", json=doc, headers=auth(admin_token))
+    assert created.status_code == 201, created.text
+    assert created.json()["state"] == "awaiting_approval"
+    _approver(http, admin_token, "late")  # gates iris/1
+    rollout_id = created.json()["id"]
+    r = http.post(f"/api/v1/rollouts/{rollout_id}/approve", headers=auth(approver_token))
+    assert r.status_code == 200, r.text
+    ticked = service.controller.tick()
+    assert ticked == [
+        {
+            "rollout_id": rollout_id,
+            "error": "iris v1 awaits release approval: 0 of 2 release signatures "
+            "(`modelfleet approve iris 1 --key FILE`)",
+        }
+    ]
+    assert service.get_device("cam-1")["assignments"] == []
+
+
+def test_a_rollback_onto_a_listed_version_and_a_pre_key_version_stay_allowed(
+    http: TestClient,
+    admin_token: str,
+    approver_token: str,
+    service: HubService,
+    approvers: list[CryptoSigner],
+    onnx_bytes: bytes,
+    onnx_bytes_v2: bytes,
+) -> None:
+    service.add_device("cam-1", "plant", [], actor="admin:admin")
+    register(http, admin_token, "iris", onnx_bytes)
+    _sign(http, approver_token, approvers[0], 1)
+    _deploy(http, admin_token, 1, ["cam-1"])
+    register(http, admin_token, "iris", onnx_bytes_v2)
+    _sign(http, approver_token, approvers[0], 2)
+    _deploy(http, admin_token, 2, ["cam-1"])
+    service.rollback("iris", ["cam-1"], actor="admin:admin")  # back onto approved v1
+    assert service.get_device("cam-1")["assignments"][0]["production"] == 1
+
+
+# -- removing a release key ---------------------------------------------------------------
+
+
+def test_a_removed_release_key_signs_nothing_more_and_pending_requests_recount(
+    http: TestClient,
+    admin_token: str,
+    approver_token: str,
+    service: HubService,
+    approvers: list[CryptoSigner],
+    onnx_bytes: bytes,
+    onnx_bytes_v2: bytes,
+) -> None:
+    register(http, admin_token, "iris", onnx_bytes)
+    service.set_model_safety("iris", True, actor="admin:admin")
+    _sign(http, approver_token, approvers[0], 1)
+    _sign(http, approver_token, approvers[1], 1)  # v1 approved by keys 0 and 1
+    assert _listed(service, 1)
+    register(http, admin_token, "iris", onnx_bytes_v2)
+    _sign(http, approver_token, approvers[0], 2)  # v2: 1 of 2
+    gone = approvers[0].public_key.keyid
+    r = http.delete(f"/api/v1/release-keys/{gone}", headers=auth(approver_token))
+    assert r.status_code == 403
+    r = http.delete(f"/api/v1/release-keys/{gone}", headers=auth(admin_token))
+    assert r.status_code == 200, r.text
+    assert r.json()["recounted"] == [{"version": "iris/2", "signatures": 0, "threshold": 2}]
+    assert r.json()["keys_left"] == 2
+    assert _listed(service, 1)  # approved stays approved, its delegation untouched
+    assert service.approvals.request("iris", 1)["state"] == "approved"
+    assert service.approvals.request("iris", 2)["signatures"] == []
+    again = _sign(http, approver_token, approvers[0], 2)
+    assert again.status_code == 400 and "not registered" in again.json()["error"]
+    entry = [e for e in service.audit(limit=1000) if e["action"] == "release-key.remove"][-1]
+    assert (entry["actor"], entry["subject"]) == ("admin:admin", gone)
+    with pytest.raises(ConflictError, match="0 of 2 release signatures"):
+        service.deploy("iris", 2, ["cam-1"], actor="admin:admin")
+    assert http.delete(f"/api/v1/release-keys/{gone}", headers=auth(admin_token)).status_code == 404
+
+
+def test_removing_keys_below_a_pending_threshold_is_refused(
+    http: TestClient,
+    admin_token: str,
+    service: HubService,
+    approvers: list[CryptoSigner],
+    onnx_bytes: bytes,
+) -> None:
+    register(http, admin_token, "iris", onnx_bytes)
+    service.set_model_safety("iris", True, actor="admin:admin")  # needs 2 of the 3 keys
+    service.approvals.remove_key(approvers[0].public_key.keyid, "admin:admin")
+    with pytest.raises(ConflictError, match=r"iris/1 \(needs 2\) could never be approved"):
+        service.approvals.remove_key(approvers[1].public_key.keyid, "admin:admin")
+    assert len(service.approvals.list_keys()) == 2
+    service.revoke_version("iris", 1, actor="admin:admin", reason="withdrawn")
+    for signer in approvers[1:]:  # nothing pending: the last key may go
+        service.approvals.remove_key(signer.public_key.keyid, "admin:admin")
+    assert service.approvals.list_keys() == []
+    with pytest.raises(NotFoundError):
+        service.approvals.remove_key("nope", "admin:admin")
+    with pytest.raises(InvalidInputError, match="revoked"):
+        service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
 
 
 # -- revocation ---------------------------------------------------------------------------

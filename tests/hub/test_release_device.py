@@ -18,6 +18,7 @@ from securesystemslib.signer import CryptoSigner
 
 from modelfleet.clock import ManualClock
 from modelfleet.errors import ArtefactVerificationError
+from modelfleet.hub import deployments
 from modelfleet.hub.service import HubService
 from modelfleet.trust import DeviceTrustClient
 from modelfleet.trust.release import sign_release
@@ -36,7 +37,11 @@ def _approve(service: HubService, signer: CryptoSigner) -> dict[str, object]:
 
 
 def test_the_device_installs_only_at_the_threshold_and_refuses_after_revocation(
-    service: HubService, http: TestClient, tmp_path: Path, onnx_bytes: bytes
+    service: HubService,
+    http: TestClient,
+    tmp_path: Path,
+    onnx_bytes: bytes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     keys = [Ed25519PrivateKey.generate() for _ in range(3)]
     signers = [CryptoSigner(k) for k in keys]
@@ -46,7 +51,11 @@ def test_the_device_installs_only_at_the_threshold_and_refuses_after_revocation(
     _, token = service.add_device("cam-1", actor="admin:admin")
     service.register_version("iris", onnx_bytes, actor="admin:admin")
     service.set_model_safety("iris", True, actor="admin:admin")
+    # The hub refuses to assign a version awaiting approval (409); the device must refuse it
+    # on its own too (an assignment from before that check, a hub that is lied to).
+    monkeypatch.setattr(deployments, "refuse_unapproved", lambda *a: None)
     service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+    monkeypatch.undo()
     device = DeviceTrustClient(
         tmp_path / "cache",
         str(http.base_url),

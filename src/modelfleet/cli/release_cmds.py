@@ -6,6 +6,8 @@
 * ``release-key new FILE``: make a release key (``FILE`` private, ``FILE.pub`` public).
 * ``release-key add FILE [--label L]``: register a release key's public half (admin).
 * ``release-key list``: the release keys the hub knows.
+* ``release-key remove KEYID``: retire a release key (admin): its signatures are refused
+  from now on, pending versions recount without it, versions it approved stay approved.
 * ``model revoke NAME VERSION --reason R [--ticket T]``: take a version out of the catalog;
   the devices using it fall back to their previous version.
 """
@@ -141,6 +143,31 @@ def register(app: typer.Typer, model_app: typer.Typer, client: ClientFactory) ->
             return
         rows = [(k["keyid"], k["label"], k["added_by"], k["added_at"]) for k in keys]
         table("Release keys", ["key id", "label", "added by", "added at"], rows)
+
+    @key_app.command("remove")
+    def key_remove(
+        keyid: Annotated[str, typer.Argument(metavar="KEYID", help="The key's id (see list).")],
+        hub: HubOpt = "http://127.0.0.1:8700",
+        token: TokenOpt = "",
+        token_file: TokenFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Retire a release key (admin): its signatures are refused from now on; pending
+        versions lose its signature; versions it helped approve stay approved."""
+        result = client(hub, token, token_file).remove_release_key(keyid)
+        if json_out:
+            print_json(result)
+            return
+        console.print(f"[yellow]Removed release key[/] {keyid} {result.get('label', '')}".rstrip())
+        for r in result.get("recounted", []):
+            console.print(
+                f"  {r['version']}: now {r['signatures']} of {r['threshold']} release signatures"
+            )
+        if not result.get("keys_left"):
+            console.print(
+                "No release keys left: versions registered from now on need no release "
+                "signatures (the hub's own key lists them)"
+            )
 
     @model_app.command("revoke")
     def model_revoke(

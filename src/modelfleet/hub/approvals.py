@@ -8,11 +8,16 @@ the registered public key. When signatures of ``threshold`` distinct release key
 (``release_threshold``, or ``safety_release_threshold`` for a safety-classified model),
 the request is approved in the same transaction as the signature and its audit entry, and
 after the commit the catalog delegates the version to its role with those keys and that
-threshold. Until then the catalog does not list the version at all: the director may name
-it, every device refuses it as "not in the catalog".
+threshold. Until then the catalog does not list the version at all, and the hub refuses
+to assign it (:func:`refuse_unapproved`: a deploy, a rollout or its next stage, a rollback
+onto it) — every device would refuse it as "not in the catalog".
 
 Versions that were published before any release key existed stay listed by the hub's own
 targets key (they have no request).
+
+A removed release key (``release-key remove``, ADR 0027 amendment) signs nothing more: its
+signatures on pending requests are dropped and the requests recount; the versions it
+helped approve stay approved (their delegation is already signed and is not re-signed).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from securesystemslib.signer import Key
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from modelfleet.errors import ConflictError, InvalidInputError
+from modelfleet.errors import ConflictError, InvalidInputError, NotFoundError
 from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.catalog import Catalog
+from modelfleet.hub.config import HubConfig
 from modelfleet.hub.context import HubContext
 from modelfleet.trust.hub_trust import HubTrust
 from modelfleet.trust.release import (
@@ -40,12 +46,40 @@ from modelfleet.trust.release import (
 )
 from modelfleet.trust.repository import ExpiryPolicy
 
-__all__ = ["APPROVED", "PENDING", "REVOKED", "Approvals"]
+__all__ = ["APPROVED", "PENDING", "REVOKED", "Approvals", "refuse_unapproved"]
 
 PENDING, APPROVED, REVOKED = "pending", "approved", "revoked"
 _MAX_LABEL = 256
 
 _log = logging.getLogger(__name__)
+
+
+def refuse_unapproved(s: Session, config: HubConfig, name: str, version: int) -> None:
+    """Refuse to assign a version whose release request is still pending (issue 10).
+
+    A version with no request (published before any release key existed) or an approved
+    one passes; a revoked one is refused by its callers' own ``revoked`` check.
+
+    Args:
+        s: the caller's transaction.
+        config: for the thresholds.
+        name: the model.
+        version: the version about to be assigned.
+
+    Raises:
+        ConflictError: the version awaits release signatures; the message says how many
+            are in, how many are needed and the command that adds one.
+    """
+    req = _request_of(s, name, version)
+    if req is None or req.state != PENDING:
+        return
+    model = s.scalars(select(db.Model).where(db.Model.name == name)).one()
+    need = _threshold_of(config, model)
+    have = len(_signed_by(s, req))
+    raise ConflictError(
+        f"{name} v{version} awaits release approval: {have} of {need} release signatures "
+        f"(`modelfleet approve {name} {version} --key FILE`)"
+    )
 
 
 class Approvals:
@@ -127,6 +161,94 @@ class Approvals:
                 }
                 for k in rows
             ]
+
+    def remove_key(self, keyid: str, actor: str) -> JSONDict:
+        """Retire a release key (admin; ADR 0027 amendment): it signs nothing from now on.
+
+        Its signatures on pending requests are dropped and those requests recount toward
+        their threshold (none is approved by the removal: fewer signatures never reach it).
+        Versions it helped approve stay approved: their delegation, which lists the key,
+        is already signed and is not re-signed (revoke a version to withdraw it). Approved
+        requests a crash left undelegated are delegated first, with the key still known.
+        Audited as ``release-key.remove``.
+
+        Returns:
+            ``{"keyid", "label", "removed_by", "keys_left", "recounted": [{"version",
+            "signatures", "threshold"}]}`` (``version`` is ``NAME/N``).
+
+        Raises:
+            NotFoundError: no such key.
+            ConflictError: the keys left would be fewer than a pending request's threshold
+                (every pending version would become unapprovable); add a key first, or
+                revoke those versions.
+        """
+        self.publish()  # an approval a crash left undelegated still needs this key's dict
+        with self._ctx.write() as s:
+            row = s.get(db.ReleaseKey, keyid) if isinstance(keyid, str) else None
+            if row is None:
+                raise NotFoundError(f"no release key {keyid!r} at this hub")
+            left = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(db.ReleaseKey)
+                    .where(db.ReleaseKey.keyid != keyid)
+                )
+                or 0
+            )
+            pending = s.execute(
+                select(db.ReleaseRequest, db.Model)
+                .join(db.Model, db.Model.name == db.ReleaseRequest.model)
+                .where(db.ReleaseRequest.state == PENDING)
+                .order_by(db.ReleaseRequest.model, db.ReleaseRequest.version)
+            ).all()
+            stuck = [
+                f"{req.model}/{req.version} (needs {_threshold_of(self._ctx.config, m)})"
+                for req, m in pending
+                if left < _threshold_of(self._ctx.config, m)
+            ]
+            if stuck:
+                raise ConflictError(
+                    f"removing release key {keyid} would leave {left} release key(s): "
+                    f"{', '.join(stuck[:10])}{' ...' if len(stuck) > 10 else ''} could never "
+                    "be approved; add a key first (`modelfleet release-key add`) or revoke "
+                    "those versions"
+                )
+            recounted: list[JSONDict] = []
+            for req, m in pending:
+                sig = s.scalars(
+                    select(db.ReleaseSignature).where(
+                        db.ReleaseSignature.request_id == req.id,
+                        db.ReleaseSignature.keyid == keyid,
+                    )
+                ).first()
+                if sig is None:
+                    continue
+                s.delete(sig)
+                s.flush()
+                recounted.append(
+                    {
+                        "version": f"{req.model}/{req.version}",
+                        "signatures": len(_signed_by(s, req) - {keyid}),
+                        "threshold": _threshold_of(self._ctx.config, m),
+                    }
+                )
+            label = row.label
+            s.delete(row)
+            s.flush()
+            self._ctx.audit(
+                s,
+                actor,
+                "release-key.remove",
+                keyid,
+                {"label": label, "keys_left": left, "recounted": recounted},
+            )
+        return {
+            "keyid": keyid,
+            "label": label,
+            "removed_by": actor,
+            "keys_left": left,
+            "recounted": recounted,
+        }
 
     # -- requests ------------------------------------------------------------------------
 
@@ -313,27 +435,13 @@ class Approvals:
         return out
 
     def _request_row(self, s: Session, name: str, version: int) -> db.ReleaseRequest | None:
-        return s.scalars(
-            select(db.ReleaseRequest).where(
-                db.ReleaseRequest.model == name, db.ReleaseRequest.version == version
-            )
-        ).first()
+        return _request_of(s, name, version)
 
     def _threshold(self, model: db.Model) -> int:
-        c = self._ctx.config
-        return c.safety_release_threshold if model.safety_classified else c.release_threshold
+        return _threshold_of(self._ctx.config, model)
 
     def _valid_keyids(self, s: Session, req: db.ReleaseRequest) -> set[str]:
-        """Key ids of registered release keys with a stored signature (each verified when
-        posted)."""
-        known = set(s.scalars(select(db.ReleaseKey.keyid)))
-        return {
-            k
-            for k in s.scalars(
-                select(db.ReleaseSignature.keyid).where(db.ReleaseSignature.request_id == req.id)
-            )
-            if k in known
-        }
+        return _signed_by(s, req)
 
     def _keys(self, s: Session, keyids: list[Any]) -> list[Key]:
         rows = s.scalars(select(db.ReleaseKey).where(db.ReleaseKey.keyid.in_(list(keyids))))
@@ -366,6 +474,33 @@ class Approvals:
             "signed": base64.b64encode(req.signed).decode(),
             "installable": req.state == APPROVED and role in self._trust.delegated_releases(),
         }
+
+
+def _request_of(s: Session, name: str, version: int) -> db.ReleaseRequest | None:
+    return s.scalars(
+        select(db.ReleaseRequest).where(
+            db.ReleaseRequest.model == name, db.ReleaseRequest.version == version
+        )
+    ).first()
+
+
+def _threshold_of(config: HubConfig, model: db.Model) -> int:
+    if model.safety_classified:
+        return config.safety_release_threshold
+    return config.release_threshold
+
+
+def _signed_by(s: Session, req: db.ReleaseRequest) -> set[str]:
+    """Key ids of registered release keys with a stored signature (each verified when
+    posted); a removed key's signatures no longer count."""
+    known = set(s.scalars(select(db.ReleaseKey.keyid)))
+    return {
+        k
+        for k in s.scalars(
+            select(db.ReleaseSignature.keyid).where(db.ReleaseSignature.request_id == req.id)
+        )
+        if k in known
+    }
 
 
 def _signature(g: db.ReleaseSignature, labels: dict[str, str]) -> JSONDict:

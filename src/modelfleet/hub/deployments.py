@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub import db
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, _check_slo
+from modelfleet.hub.approvals import refuse_unapproved
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director, StagedState
@@ -181,6 +182,7 @@ class Deployments:
             row = self._catalog.version_row(s, name, version)
             if row.revoked:
                 raise InvalidInputError(f"{name} version {version} is revoked")
+            refuse_unapproved(s, self._ctx.config, name, version)  # issue 10: 409, no audit
             ids = self.targets(s, devices)
             existing = {
                 a.device_id: a
@@ -270,6 +272,8 @@ class Deployments:
                     raise InvalidInputError(
                         f"cannot roll {device_id!r} back: {name} version {done.to} is revoked"
                     )
+                if done.kind is rules.RollbackKind.PRODUCTION:
+                    refuse_unapproved(s, self._ctx.config, name, done.to)
                 before = {"production": a.production_version, "candidate": a.candidate_version}
                 _store_slots(a, done.slots)
                 a.rollout_id, a.updated_at = rollout_id, now

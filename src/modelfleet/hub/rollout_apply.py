@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.hub import db
+from modelfleet.hub.approvals import refuse_unapproved
+from modelfleet.hub.config import HubConfig
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.deployments import _slots, _store_slots
 from modelfleet.hub.director import Director
@@ -92,7 +94,9 @@ def _assignments(s: Session, model: str, ids: Sequence[str]) -> dict[str, db.Ass
     return out
 
 
-def start_stage(s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: datetime) -> Applied:
+def start_stage(
+    s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: datetime, config: HubConfig
+) -> Applied:
     """Assign the version to every device of stages ``<= k`` with stage ``k``'s mode, and
     publish it in the catalog.
 
@@ -104,6 +108,8 @@ def start_stage(s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: dat
 
     Raises:
         InvalidInputError: the version was revoked (nothing is assigned).
+        ConflictError: the version awaits release signatures (a release key was added after
+            the rollout was created; nothing is assigned, the rollout waits).
     """
     spec = stage_spec(plan, k)
     share = spec.share if spec.mode is not Mode.FULL else 0.0
@@ -114,6 +120,7 @@ def start_stage(s: Session, row: db.Rollout, plan: RolloutPlan, k: int, now: dat
     ).one_or_none()
     if version is None or version.revoked:
         raise InvalidInputError(f"{row.model} version {row.version} is revoked or gone")
+    refuse_unapproved(s, config, row.model, row.version)
     # The catalog lists published versions only (Director.publish signs it after the commit):
     # a version first reaching devices through a rollout is published here, as a deploy does.
     version.published = True
@@ -222,7 +229,7 @@ def apply_step(
     done = Applied()
     if step.action is Action.START_STAGE:
         assert step.stage is not None
-        done = start_stage(s, row, plan, step.stage, now)
+        done = start_stage(s, row, plan, step.stage, now, ctx.config)
         if row.stable_since is None and step.stage >= plan.stable_stage:
             row.stable_since = now
     elif step.action is Action.ROLL_BACK:

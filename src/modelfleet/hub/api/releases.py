@@ -1,9 +1,9 @@
 """Release keys and release approvals (issue 10, ADR 0027).
 
-Registering a release key is for admins; reading what to sign is for any reader; posting a
-release signature needs the ``approve`` permission (approvers and admins). The private key
-never reaches the hub: the body carries only a signature over the canonical bytes that
-``GET .../release`` hands out.
+Registering and removing a release key is for admins; reading what to sign is for any
+reader; posting a release signature needs the ``approve`` permission (approvers and
+admins). The private key never reaches the hub: the body carries only a signature over the
+canonical bytes that ``GET .../release`` hands out.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from modelfleet.hub.auth import Permission, check
 __all__ = [
     "ReleaseKeyIn",
     "ReleaseKeyOut",
+    "ReleaseKeyRemovedOut",
     "ReleaseOut",
     "ReleaseSignatureIn",
     "router",
@@ -45,6 +46,16 @@ class ReleaseKeyOut(_Out):
     label: str
     added_at: str | None
     added_by: str
+
+
+class ReleaseKeyRemovedOut(_Out):
+    keyid: str
+    label: str
+    removed_by: str
+    keys_left: int = Field(description="release keys still registered")
+    recounted: list[dict[str, Any]] = Field(
+        description="pending requests that lost the key's signature: version, signatures, threshold"
+    )
 
 
 class ReleaseSignatureIn(BaseModel):
@@ -83,6 +94,19 @@ def add_release_key(body: ReleaseKeyIn, who: Who, service: Service) -> dict[str,
     """Register a public release key (admin); unpublished versions then need approvals."""
     check(who, Permission.ADMIN)
     return service.approvals.add_key(body.public_key.encode(), body.label, who.actor)
+
+
+@router.delete(
+    "/release-keys/{keyid}",
+    response_model=ReleaseKeyRemovedOut,
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+def remove_release_key(keyid: str, who: Who, service: Service) -> dict[str, Any]:
+    """Retire a release key (admin): its signatures are refused from now on and pending
+    requests recount without it; versions it helped approve stay approved. Refused (409)
+    when the keys left could not approve a pending version."""
+    check(who, Permission.ADMIN)
+    return service.approvals.remove_key(keyid, who.actor)
 
 
 @router.get(
