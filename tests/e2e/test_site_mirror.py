@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -248,7 +247,7 @@ def test_ten_devices_behind_a_site_mirror_cause_one_artefact_download_from_the_h
 
 
 def test_with_the_hub_stopped_devices_are_served_from_the_cache_and_refuse_bad_copies(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    site: Site,
 ) -> None:
     if not site.v1.sha256:
         pytest.skip("needs the first test's cache")
@@ -306,21 +305,17 @@ def test_with_the_hub_stopped_devices_are_served_from_the_cache_and_refuse_bad_c
     with pytest.raises(MetadataVerificationError, match=ROLLED_BACK):
         victim_client.fetch_desired_state(victim)
 
-    # and expired metadata (the device's clock a year past its expiry) is refused
+    # and expired metadata (the device's clock two years on) is refused
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=800)
-
-    class _Later(dt.datetime):
-        @classmethod
-        def now(cls, tz: dt.tzinfo | None = None) -> _Later:  # type: ignore[override]
-            return cls.fromtimestamp(later.timestamp(), tz)
-
-    import tuf.ngclient._internal.trusted_metadata_set as tms
-
-    # ngclient takes no clock (trust/client.py says so): the device's clock is moved here
-    monkeypatch.setattr(tms, "datetime", SimpleNamespace(datetime=_Later, timezone=dt.timezone))
-    with pytest.raises(MetadataVerificationError, match=r"is expired"):
-        site.client(DEVICES[6], tag="-expired").fetch_desired_state(DEVICES[6])
-    monkeypatch.undo()
+    expired_client = DeviceTrustClient(
+        site.root / "devices" / f"{DEVICES[6]}-expired",
+        site.mirror_url,
+        site.tokens[DEVICES[6]],
+        site.trust_root,
+        now=lambda: later,
+    )
+    with pytest.raises(MetadataVerificationError, match=r"expired"):
+        expired_client.fetch_desired_state(DEVICES[6])
 
     # the hub comes back: the buffered telemetry reaches it, each record exactly once
     buffered = outbox_seqs(site)
