@@ -517,6 +517,7 @@ def register(agent_app: typer.Typer) -> None:
             )
 
         from modelfleet.delivery.http_fetcher import DownloadSettings
+        from modelfleet.delivery.ratelimit import mbps_to_bytes_s
         from modelfleet.rollout.stagger import parse_off_shift
 
         try:
@@ -525,8 +526,8 @@ def register(agent_app: typer.Typer) -> None:
             raise UsageError(f"--off-shift: {e}") from e
         try:
             download = DownloadSettings(max_resumes=max_resumes)
-            if max_rate_mbps is not None:
-                rate = max_rate_mbps * 125_000
+            rate = mbps_to_bytes_s(max_rate_mbps)
+            if rate is not None:
                 # A budget below the default minimum rate lowers it (half the budget), so
                 # the deadlines of a thin link stay consistent with its pace (ADR 0038).
                 download = DownloadSettings(

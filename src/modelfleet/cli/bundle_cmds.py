@@ -101,9 +101,10 @@ def _identities(files: list[Path]) -> list[str]:
             lines = f.read_text().splitlines()
         except OSError as e:
             raise UsageError(f"cannot read --identity {f}: {e.strerror or e}") from e
-        found += [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-")]
-        if not found:
+        keys = [ln.strip() for ln in lines if ln.strip().startswith("AGE-SECRET-KEY-")]
+        if not keys:
             raise UsageError(f"--identity {f} holds no age identity (AGE-SECRET-KEY-...)")
+        found += keys
     return found
 
 

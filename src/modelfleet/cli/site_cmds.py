@@ -32,11 +32,6 @@ def _read_token(token_file: Path | None) -> str | None:
     return token
 
 
-def mbps_to_bytes_s(mbps: float | None) -> float | None:
-    """Megabits per second (how links are sold) to bytes per second; None stays None."""
-    return None if mbps is None else mbps * 1_000_000 / 8
-
-
 #: What an offline mirror names as its hub (never contacted; RFC 6761 .invalid).
 _OFFLINE_HUB = "http://hub.offline.invalid"
 
@@ -146,6 +141,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from modelfleet.delivery.mirror import MirrorConfig, SiteMirror
+        from modelfleet.delivery.ratelimit import mbps_to_bytes_s
 
         config = MirrorConfig(
             hub_url=hub,

@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable
 
 from modelfleet.errors import ConfigError
 
-__all__ = ["AsyncRateLimiter", "RateLimiter", "TokenBucket"]
+__all__ = ["AsyncRateLimiter", "RateLimiter", "TokenBucket", "mbps_to_bytes_s"]
+
+
+def mbps_to_bytes_s(mbps: float | None) -> float | None:
+    """Megabits per second (how links are sold) to bytes per second; None stays None."""
+    return None if mbps is None else mbps * 1_000_000 / 8
+
 
 #: The smallest burst: one socket read's worth, so pacing does not split every read.
 MIN_BURST_BYTES = 64 * 1024
