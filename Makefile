@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: one more than the CPUs (many tests wait on real processes), at most 8.
+WORKERS ?= $(shell $(PY) -c 'import os; print(min(8, (os.cpu_count() or 1) + 1))')
 
 .PHONY: demo test test-fast lint bench bench-install conformance clean
 
@@ -18,13 +20,15 @@ demo: $(STAMP)
 # Installs Debian's prometheus package if missing (promtool and a real Prometheus for the
 # observability tests), starts a throw-away PostgreSQL on loopback (installing Debian's
 # package if missing) so the PostgreSQL tests run too, installs Debian's softhsm2 if missing
-# (the PKCS#11 signing test, issue 10), then the whole suite.
+# (the PKCS#11 signing test, issue 10), then the whole suite on $(WORKERS) pytest-xdist
+# workers (every PostgreSQL test makes its own database; `make test WORKERS=0` runs serially).
 test: $(STAMP)
 	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh \
-		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q --durations=25
+		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q --durations=25 \
+		-n $(WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow" -n $(WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
