@@ -195,7 +195,8 @@ class KeyAdmin:
             public_key: see ``uri``.
 
         Raises:
-            InvalidInputError: unknown role, or ``out`` and ``uri`` both given.
+            InvalidInputError: unknown role, ``out`` and ``uri`` both given, or ``out``
+                for the ``director`` (an online key).
             ConflictError: another root change waits for offline signatures.
         """
         return self._change("create", role, out, uri, public_key, retire_all=False)
@@ -338,6 +339,9 @@ class KeyAdmin:
             raise InvalidInputError(f"unknown key role {role!r}; one of {', '.join(ROLES)}")
         if out is not None and uri is not None:
             raise InvalidInputError("give either an output file or a signer URI, not both")
+        if role == "director" and out is not None:
+            # It signs every device's own repository as devices' states change (ADR 0039).
+            raise InvalidInputError("the director key signs online: it cannot be an offline key")
         self._refuse_pending()
         registry = self.reconcile()
         now = self._now()
