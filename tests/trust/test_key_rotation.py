@@ -140,6 +140,28 @@ def test_rotating_the_director_key_hands_the_new_key_to_the_per_device_signer(
     assert (history / "2.root.json").is_file()
 
 
+def test_signing_workers_sign_with_the_rotated_director_key_not_the_retired_one(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelfleet.trust import _sign_pool
+    from modelfleet.trust.device_repo import DeviceRoles
+
+    monkeypatch.setattr(_sign_pool, "PARALLEL_MIN", 4)
+    trust = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock, signing_workers=2)
+    try:
+        items = [(f"cam-{i}", (10 + i, f"{i:064x}"), DeviceRoles()) for i in range(8)]
+        now = hub.clock.now().replace(microsecond=0)
+        before = trust.device_signer.sign_changes(items, now)
+        change = KeyAdmin(hub.home / "keys", trust, hub.clock).rotate("director")
+        after = trust.device_signer.sign_changes(items, now)
+        assert trust.device_signer._pool is not None and trust.device_signer._pool._pool
+    finally:
+        trust.close()
+    for signed, keyids in ((before, set(change.retired)), (after, set(change.added))):
+        for out in signed:
+            assert set(Metadata.from_bytes(out.timestamp).signatures) == keyids
+
+
 def test_offline_root_ceremony_export_sign_apply(hub: Hub, tmp_path: Path) -> None:
     with serve(hub) as url:
         client = DeviceTrustClient(tmp_path / "dev", url, TOKEN, hub.trust.trust_root_bundle())
