@@ -26,7 +26,7 @@ from modelfleet.hub import db
 from modelfleet.hub import director as director_module
 from modelfleet.hub.app import build_hub_app
 from modelfleet.hub.config import load_hub_config
-from modelfleet.hub.service import HubService
+from modelfleet.hub.service import HubService, init_home
 from modelfleet.rollout.desired_state import DesiredState
 from modelfleet.trust import DeviceTrustClient, HubTrust
 from modelfleet.trust._key_files import read_private_key
@@ -34,6 +34,7 @@ from modelfleet.trust.device_repo import DeviceRepoSigner
 from modelfleet.trust.key_admin import KeyAdmin, KeyChange
 from modelfleet.trust.key_registry import KeyRegistry
 from tests.cli_run import run_cli
+from tests.pg import pg_database
 
 DEVICES = ("cam-1", "cam-2", "cam-3")
 
@@ -294,3 +295,25 @@ def test_keys_rotate_director_through_the_cli_resigns_devices_a_running_hub_serv
     listed = run_cli("keys", "list", "--home", str(hub_home[0]), "--json")
     states = {k["keyid"]: k["state"] for k in json.loads(listed.stdout)}
     assert states[old] == "retired" and states[new] == "active"
+
+
+@pytest.mark.postgres
+def test_a_director_rotation_on_postgres_resigns_every_row_and_the_device_installs(
+    tmp_path: Path, clock: ManualClock, onnx_bytes: bytes
+) -> None:
+    with pg_database() as url:
+        home = tmp_path / "hub"
+        init_home(home, clock, database_url=url)
+        service = HubService(load_hub_config(home), clock)
+        try:
+            tokens = {d: service.add_device(d, actor="admin:admin")[1] for d in DEVICES}
+            service.register_version("iris", onnx_bytes, actor="admin:admin")
+            service.deploy("iris", 1, ["cam-1"], actor="admin:admin")
+            (new,) = _rotate_elsewhere(service, clock, "director").added
+            service.refresh_expiring()
+            assert _signed_by(service) == {d: {new} for d in DEVICES}
+            with TestClient(build_hub_app(service, refresh_interval_s=0)) as http:
+                device, _ = _device(service, http, tmp_path, "cam-1", tokens["cam-1"])
+                assert _install(device, "cam-1", tmp_path) == 1
+        finally:
+            service.close()
