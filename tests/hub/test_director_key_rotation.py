@@ -6,7 +6,9 @@ the retired key signs afterwards is refused."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ from modelfleet.trust import DeviceTrustClient, HubTrust
 from modelfleet.trust._key_files import read_private_key
 from modelfleet.trust.device_repo import DeviceRepoSigner
 from modelfleet.trust.key_admin import KeyAdmin, KeyChange
-from modelfleet.trust.key_registry import KeyRegistry
+from modelfleet.trust.key_registry import OFFLINE, KeyRegistry
+from modelfleet.trust.root_signing import parse_bundle, sign_bundle
 from tests.cli_run import run_cli
 from tests.pg import pg_database
 
@@ -226,6 +229,46 @@ def test_metadata_signed_by_the_retired_director_key_is_refused_by_the_device(
         device.fetch_desired_state("cam-1")
     fetcher.tamper = {}
     assert _install(device, "cam-1", tmp_path) == 1  # the hub's own metadata still verifies
+
+
+def test_a_director_rotation_under_an_offline_root_waits_for_its_signature_and_devices_keep_working(
+    service: HubService,
+    http: TestClient,
+    fleet: dict[str, str],
+    clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    keys = service.paths.keys
+    registry = KeyRegistry.load(keys)
+    (root,) = registry.active("root")
+    assert root.file is not None
+    offline_root = tmp_path / "root-offline.pem"
+    shutil.move(keys / root.file, offline_root)
+    registry.put(replace(root, location=OFFLINE))
+    registry.save()
+    device, _ = _device(service, http, tmp_path, "cam-1", fleet["cam-1"])
+    assert _install(device, "cam-1", tmp_path) == 1
+    old, _ = _director_key(service)
+    # `modelfleet keys` in its own process, on a hub without its root key.
+    other = HubTrust.open(service.paths.tuf, keys, clock)
+    try:
+        admin = KeyAdmin(keys, other, clock)
+        assert admin.rotate("director").pending
+        # Meanwhile nothing changes for devices: the old key still signs, and verifies.
+        service.refresh_expiring()
+        assert _signed_by(service) == {d: {old} for d in DEVICES}
+        assert _install(device, "cam-1", tmp_path) == 1
+        bundle = parse_bundle(admin.export_root())  # to the offline machine and back
+        sign_bundle(bundle, CryptoSigner(read_private_key(offline_root, None)))
+        applied = admin.apply_root(bundle.to_bytes())
+    finally:
+        other.close()
+    assert "director/timestamp" in applied.written
+    new, _ = _director_key(service)
+    assert new != old
+    service.refresh_expiring()  # the running hub takes the key the ceremony installed
+    assert _signed_by(service) == {d: {new} for d in DEVICES}
+    assert _install(device, "cam-1", tmp_path) == 1
 
 
 @pytest.mark.parametrize("signed_before_crash", [0, 1], ids=["before-any-row", "mid-way"])
