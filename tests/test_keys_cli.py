@@ -117,7 +117,6 @@ def test_offline_root_ceremony_through_the_cli(home: Path, tmp_path: Path) -> No
     ("args", "code", "message"),
     [
         (["keys", "rotate", "nobody"], ExitCode.USAGE, "unknown key role"),
-        (["keys", "rotate", "director"], ExitCode.ERROR, "director key cannot be rotated"),
         (["keys", "create", "root", "--out", "x", "--signer-uri", "hsm:2"], 2, "not both"),
         (["keys", "retire", "abc"], ExitCode.ERROR, "at least 8 hex digits"),
         (["keys", "retire", "0123456789abcdef"], ExitCode.NOT_FOUND, "no key"),

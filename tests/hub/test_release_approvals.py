@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from securesystemslib.signer import CryptoSigner
+from sqlalchemy import select
 
 from modelfleet.errors import ConflictError, InvalidInputError, NotFoundError
+from modelfleet.hub import db
 from modelfleet.hub.revocation import Fallback, fall_back
 from modelfleet.hub.service import HubService
 from modelfleet.rollout.assignment import Slots
@@ -331,6 +333,40 @@ def test_a_rollback_onto_a_listed_version_and_a_pre_key_version_stay_allowed(
     _deploy(http, admin_token, 2, ["cam-1"])
     service.rollback("iris", ["cam-1"], actor="admin:admin")  # back onto approved v1
     assert service.get_device("cam-1")["assignments"][0]["production"] == 1
+
+
+def test_a_rollback_onto_a_version_awaiting_approval_is_refused_with_409_and_changes_nothing(
+    http: TestClient, admin_token: str, service: HubService, onnx_bytes: bytes, onnx_bytes_v2: bytes
+) -> None:
+    service.add_device("cam-1", "plant", [], actor="admin:admin")
+    register(http, admin_token, "iris", onnx_bytes)  # v1: before any key, never deployed
+    register(http, admin_token, "iris", onnx_bytes_v2)
+    _deploy(http, admin_token, 2, ["cam-1"])
+    r = http.post(
+        "/api/v1/release-keys",
+        json={
+            "public_key": Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        },
+        headers=auth(admin_token),
+    )
+    assert r.json()["gated"] == ["iris/1"]
+    # No API path assigns a pending version (each refuses it), so cam-1's slot naming v1
+    # as its previous version is written here, as an assignment older than the gate holds.
+    with service.context.write() as s:
+        (a,) = s.scalars(select(db.Assignment).where(db.Assignment.device_id == "cam-1"))
+        a.previous_version = 1
+    before = len(service.audit(limit=1000))
+    r = http.post(
+        "/api/v1/rollbacks", json={"model": "iris", "devices": ["cam-1"]}, headers=auth(admin_token)
+    )
+    assert r.status_code == 409, r.text
+    assert "iris v1 awaits release approval: 0 of 1 release signatures" in r.json()["error"]
+    assert service.get_device("cam-1")["assignments"][0]["production"] == 2
+    assert len(service.audit(limit=1000)) == before
+    assert not _listed(service, 1)
 
 
 # -- removing a release key ---------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from modelfleet.errors import ConflictError, MetadataVerificationError
+from modelfleet.errors import ConflictError, InvalidInputError, MetadataVerificationError
 from modelfleet.trust import DeviceTrustClient, HubTrust
 from modelfleet.trust._key_files import read_private_key
 from modelfleet.trust.key_admin import KeyAdmin
@@ -117,6 +117,51 @@ def test_rotating_the_timestamp_key_resigns_the_catalog_with_the_new_key(
     client.fetch_package_file(ref2.model_path, ref2.sha256, ref2.length, tmp_path / "b")
 
 
+def test_rotating_the_director_key_hands_the_new_key_to_the_per_device_signer(
+    hub: Hub, client: DeviceTrustClient, tmp_path: Path
+) -> None:
+    ref = hub.publish("iris", 1)
+    blob = hub.assign("dev-1", ref)
+    assert client.fetch_desired_state("dev-1") == blob
+    change = _admin(hub).rotate("director")
+    (new,) = change.added
+    assert change.written == [
+        "director/root", "director/targets", "director/snapshot", "director/timestamp",
+    ]  # fmt: skip
+    assert hub.trust.device_signer.keyid == new
+    # What the per-device signer signs now verifies under director root 2; the device
+    # walks to it (the hub's database re-signing is tests/hub/test_director_key_rotation.py).
+    hub.clock.advance(60)
+    blob2 = hub.assign("dev-1", ref, hub.publish("digits", 1))
+    ts = Metadata.from_bytes(hub.devices["dev-1"]["timestamp.json"])
+    assert set(ts.signatures) == {new}
+    assert client.fetch_desired_state("dev-1") == blob2
+    history = tmp_path / "device" / "director-device" / "metadata" / "root_history"
+    assert (history / "2.root.json").is_file()
+
+
+def test_signing_workers_sign_with_the_rotated_director_key_not_the_retired_one(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelfleet.trust import _sign_pool
+    from modelfleet.trust.device_repo import DeviceRoles
+
+    monkeypatch.setattr(_sign_pool, "PARALLEL_MIN", 4)
+    trust = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock, signing_workers=2)
+    try:
+        items = [(f"cam-{i}", (10 + i, f"{i:064x}"), DeviceRoles()) for i in range(8)]
+        now = hub.clock.now().replace(microsecond=0)
+        before = trust.device_signer.sign_changes(items, now)
+        change = KeyAdmin(hub.home / "keys", trust, hub.clock).rotate("director")
+        after = trust.device_signer.sign_changes(items, now)
+        assert trust.device_signer._pool is not None and trust.device_signer._pool._pool
+    finally:
+        trust.close()
+    for signed, keyids in ((before, set(change.retired)), (after, set(change.added))):
+        for out in signed:
+            assert set(Metadata.from_bytes(out.timestamp).signatures) == keyids
+
+
 def test_offline_root_ceremony_export_sign_apply(hub: Hub, tmp_path: Path) -> None:
     with serve(hub) as url:
         client = DeviceTrustClient(tmp_path / "dev", url, TOKEN, hub.trust.trust_root_bundle())
@@ -192,8 +237,8 @@ def test_create_adds_a_second_root_key_and_retire_takes_it_out(hub: Hub) -> None
     [
         ("retire-last", ConflictError, "below its threshold"),
         ("retire-twice", ConflictError, "already retired"),
-        ("rotate-director", ConflictError, "director key cannot be rotated"),
         ("unknown-role", Exception, "unknown key role"),
+        ("offline-director", InvalidInputError, "cannot be an offline key"),
     ],
 )
 def test_refused_key_operations_change_nothing(
@@ -208,8 +253,8 @@ def test_refused_key_operations_change_nothing(
     with pytest.raises(error, match=message):
         if action in ("retire-last", "retire-twice"):
             admin.retire(root.keyid)
-        elif action == "rotate-director":
-            admin.rotate("director")
+        elif action == "offline-director":
+            admin.rotate("director", out=hub.home / "director-offline.pem")
         else:
             admin.rotate("nobody")
     assert _root_version(hub, "catalog") == before

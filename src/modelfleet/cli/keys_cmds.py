@@ -6,7 +6,8 @@ on the offline machine holding a root key:
 * ``list``: every key, its role, state, where it lives, and the roots listing it.
 * ``create ROLE [--out FILE | --signer-uri URI [--public-key PEM]]``: add a key to a role.
 * ``rotate ROLE [...]``: replace the role's keys by a new one (root: the next roots are
-  signed by the old and the new root key, so devices follow the chain).
+  signed by the old and the new root key, so devices follow the chain; director: every
+  device's own director repository is re-signed with the new key too, ADR 0039).
 * ``retire KEYID``: take a key out of the roots (or drop a pending one).
 * ``encrypt``: encrypt the unencrypted key files (TUF role keys, audit key, model-signing
   key) with the passphrase.
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -90,6 +92,18 @@ def read_passphrase(file: Path | None, environ: Mapping[str, str]) -> bytes | No
 
 @contextlib.contextmanager
 def _admin(home: Path, passphrase_file: Path | None) -> Iterator[KeyAdmin]:
+    with _key_change(home, passphrase_file) as (admin, _):
+        yield admin
+
+
+@contextlib.contextmanager
+def _key_change(
+    home: Path, passphrase_file: Path | None
+) -> Iterator[tuple[KeyAdmin, Callable[[KeyChange], KeyChange]]]:
+    """The home's :class:`KeyAdmin`, and what finishes a change in the hub's database:
+    when the director's online key changed, every device's own director repository is
+    re-signed with the new key (issue 10, ADR 0039; a running hub, or the next start,
+    finishes it if this is interrupted)."""
     require_extra("hub", "sqlalchemy", "alembic", what="`modelfleet keys`")
     from modelfleet.cli.agent_cmds import sim_clock
     from modelfleet.clock import SystemClock
@@ -118,15 +132,34 @@ def _admin(home: Path, passphrase_file: Path | None) -> Iterator[KeyAdmin]:
             passphrase=passphrase,
             secrets=secrets,
         )
+        admin = KeyAdmin(
+            config.paths.keys,
+            trust,
+            clock,
+            passphrase,
+            secrets,
+            trust_root_file=config.paths.trust_root,
+        )
+
+        def resign_devices(change: KeyChange) -> KeyChange:
+            director_roles = {f"director/{r}" for r in ("targets", "snapshot", "timestamp")}
+            if change.pending or not director_roles & set(change.written):
+                return change
+            from modelfleet.catalog.artefacts import FileArtefactStore
+            from modelfleet.hub.catalog import Catalog
+            from modelfleet.hub.context import HubContext
+            from modelfleet.hub.director import Director
+
+            db.migrate(engine)  # as the hub does at its start
+            ctx = HubContext(config, clock, engine, db.make_sessionmaker(engine))
+            store = FileArtefactStore(config.paths.artefacts)
+            director = Director(ctx, store, trust, Catalog(ctx, store))
+            stale = director.mark_stale()
+            director.publish()  # the catalog first, then every dirty device (as `repair`)
+            return replace(change, written=[*change.written, f"director/devices: {stale}"])
+
         try:
-            yield KeyAdmin(
-                config.paths.keys,
-                trust,
-                clock,
-                passphrase,
-                secrets,
-                trust_root_file=config.paths.trust_root,
-            )
+            yield admin, resign_devices
         finally:
             trust.close()
     finally:
@@ -241,13 +274,15 @@ def register(app: typer.Typer) -> None:
         if public_key is not None and not signer_uri:
             raise UsageError("--public-key goes with --signer-uri")
         key = _public_key(signer_uri, public_key) if signer_uri else None
-        with _admin(home, passphrase_file) as admin:
+        with _key_change(home, passphrase_file) as (admin, finish):
             method = admin.create if action == "create" else admin.rotate
-            return method(role, out=out, uri=signer_uri or None, public_key=key)
+            return finish(method(role, out=out, uri=signer_uri or None, public_key=key))
 
     @keys_app.command("create")
     def keys_create(
-        role: Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")],
+        role: Annotated[
+            str, typer.Argument(help="root, targets, snapshot, timestamp or director.")
+        ],
         home: HomeOpt,
         out: OutOpt = None,
         signer_uri: UriOpt = "",
@@ -261,7 +296,9 @@ def register(app: typer.Typer) -> None:
 
     @keys_app.command("rotate")
     def keys_rotate(
-        role: Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")],
+        role: Annotated[
+            str, typer.Argument(help="root, targets, snapshot, timestamp or director.")
+        ],
         home: HomeOpt,
         out: OutOpt = None,
         signer_uri: UriOpt = "",
@@ -269,7 +306,8 @@ def register(app: typer.Typer) -> None:
         passphrase_file: PassphraseFileOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """Replace ROLE's keys by a new one; root: signed by the old and the new key."""
+        """Replace ROLE's keys by a new one; root: signed by the old and the new key;
+        director: every device's own repository is re-signed with the new key."""
         change = _change("rotate", role, home, out, signer_uri, public_key, passphrase_file)
         _print_change(change, json_out)
 
@@ -281,8 +319,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Retire a key: it leaves the roots (or, if pending, is dropped); its file goes."""
-        with _admin(home, passphrase_file) as admin:
-            change = admin.retire(keyid)
+        with _key_change(home, passphrase_file) as (admin, finish):
+            change = finish(admin.retire(keyid))
         _print_change(change, json_out)
 
     @keys_app.command("encrypt")
@@ -376,8 +414,8 @@ def register(app: typer.Typer) -> None:
             data = signed.read_bytes()
         except OSError as e:
             raise UsageError(f"--signed: cannot read {signed}: {e.strerror or e}") from e
-        with _admin(home, passphrase_file) as admin:
-            change = admin.apply_root(data)
+        with _key_change(home, passphrase_file) as (admin, finish):
+            change = finish(admin.apply_root(data))
         _print_change(change, json_out)
 
     @keys_app.command("discard-root")

@@ -678,6 +678,9 @@ class DirectorDevice(Base):
     signed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     resign_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     """When the first of the signed roles is due for re-signing (upkeep looks here)."""
+    signed_keyid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The director key that signed the roles (None: before migration 0014); rows signed
+    by a key other than the current one are re-signed (issue 10, ADR 0039)."""
 
 
 class AuditEntry(Base):

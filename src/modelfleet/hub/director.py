@@ -22,6 +22,12 @@ A change to what devices should run is two steps (issue 6, "sign after commit"):
 A crash between the two leaves rows dirty: :meth:`publish` signs them on the next change,
 at start-up (``HubService`` calls :meth:`repair`) and on each upkeep round, where
 :meth:`refresh_expiring` also re-signs per-device roles before they expire, in batches.
+
+Each row records the director key that signed it (``signed_keyid``). When the trust
+store's director key is not the one this process last checked the rows against (at
+start-up, and after ``modelfleet keys`` rotated it, here or in another process), every row
+signed by another key is marked dirty and re-signed by the same machinery, so a rotation
+interrupted anywhere is finished by the next signing (issue 10, ADR 0039).
 Versions of a device's roles come from its row and only grow; a decommissioned device
 keeps its row with no target listed (:meth:`remove_desired_states`).
 """
@@ -37,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, update
+from sqlalchemy import LargeBinary, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
@@ -200,9 +206,15 @@ class Director:
         self._store = store
         self._trust = trust
         self._catalog = catalog
-        self._signer = trust.device_signer
         self._publish_lock = threading.Lock()
         self._shared_versions: tuple[float, int, int, int] | None = None
+        # The director key the rows were last checked against (None: not yet; ADR 0039).
+        self._checked_keyid: str | None = None
+
+    @property
+    def _signer(self) -> DeviceRepoSigner:
+        # Read each time: the trust store swaps it when the director key is rotated.
+        return self._trust.device_signer
 
     # -- staging (inside the caller's transaction) ---------------------------------------
 
@@ -351,19 +363,51 @@ class Director:
         Returns:
             How many devices got new metadata.
         """
-        signed = 0
         with self._publish_lock:
-            for _ in range(_MAX_ROUNDS):
-                with self._ctx.read() as s:
-                    rows = s.execute(
-                        select(*_META).where(_TABLE.c.dirty.is_(True)).limit(READ_MAX)
-                    ).all()
-                if not rows:
-                    break
-                written = self._sign_pipelined(rows)
-                signed += written
-                if written == 0:
-                    break  # every row was re-staged or signed by another process meanwhile
+            self.mark_stale()
+            return self._sign_dirty_locked()
+
+    def mark_stale(self) -> int:
+        """Mark dirty every signed row whose roles another director key signed, once per
+        key this process signs with (the caller signs them next; issue 10, ADR 0039).
+
+        Returns:
+            How many rows were marked (0 as well when the key was checked already).
+        """
+        keyid = self._signer.keyid
+        if keyid == self._checked_keyid:
+            return 0
+        c = _TABLE.c
+        stmt = (
+            update(_TABLE)
+            .where(c.dirty.is_(False), c.signed_keyid.is_distinct_from(keyid))
+            .values(dirty=True)
+        )
+        with self._ctx.write() as s:
+            marked = int(s.connection().execute(stmt).rowcount)
+        self._checked_keyid = keyid
+        if marked:
+            _log.warning(
+                "%d device director repositories were signed by another director key; "
+                "re-signing them with %s",
+                marked,
+                keyid[:16],
+            )
+        return marked
+
+    def _sign_dirty_locked(self) -> int:
+        signed = 0
+        for _ in range(_MAX_ROUNDS):
+            with self._ctx.read() as s:
+                rows = s.execute(
+                    select(*_META).where(_TABLE.c.dirty.is_(True)).limit(READ_MAX)
+                ).all()
+            if not rows:
+                break
+            written = self._sign_pipelined(rows)
+            signed += written
+            if written == 0:
+                break  # every row was re-staged or signed by another process meanwhile
         return signed
 
     def _sign_pipelined(self, rows: Sequence[Any]) -> int:
@@ -371,8 +415,10 @@ class Director:
         size = -(-len(rows) // count)
         batches = [rows[i : i + size] for i in range(0, len(rows), size)]
 
-        def start(batch: Sequence[Any]) -> tuple[datetime, _SiteSigning]:
+        def start(batch: Sequence[Any]) -> tuple[datetime, str, _SiteSigning]:
             now = _utc_now(self._ctx.now())
+            # One signer for the batch: its key id is what the rows record.
+            root = self._signer
             by_site: dict[str, list[int]] = defaultdict(list)  # each site its lifetimes
             for i, r in enumerate(batch):
                 by_site[self._site_key(r)].append(i)
@@ -388,18 +434,18 @@ class Director:
                     )
                     for i in indices
                 ]
-                signer = self._signer.for_site(site)
+                signer = root.for_site(site)
                 parts.append((indices, signer.sign_changes_async(items, now, run_size=len(rows))))
-            return now, _SiteSigning(len(batch), parts)
+            return now, root.keyid, _SiteSigning(len(batch), parts)
 
         written = 0
         pending = start(batches[0])
         for k, batch in enumerate(batches):
-            now, signing = pending
+            now, keyid, signing = pending
             if k + 1 < len(batches):
                 pending = start(batches[k + 1])  # signed by the pool while this one is written
             results = list(zip(batch, signing.result(), strict=True))
-            written += self._write(results, now, listed_from_staged=True)
+            written += self._write(results, now, keyid, listed_from_staged=True)
         return written
 
     def refresh_expiring(self) -> int:
@@ -410,8 +456,11 @@ class Director:
         """
         count = 0
         with self._publish_lock:
+            if self.mark_stale():  # the director key changed: re-sign those rows first
+                count += self._sign_dirty_locked()
             for _ in range(_MAX_ROUNDS):
                 now = _utc_now(self._ctx.now())
+                root = self._signer
                 with self._ctx.read() as s:
                     rows = s.execute(
                         select(*_META)
@@ -424,7 +473,7 @@ class Director:
                 not_due: list[Any] = []
                 for r in rows:
                     roles = _roles(r)
-                    signer = self._signer.for_site(r.site)
+                    signer = root.for_site(r.site)
                     if "targets" in self._due(signer, roles, now):
                         listed = (
                             (r.listed_length, r.listed_sha256)
@@ -438,7 +487,7 @@ class Director:
                             results.append((r, fresh))
                         else:
                             not_due.append(r)
-                written = self._write(results, now, listed_from_staged=False)
+                written = self._write(results, now, root.keyid, listed_from_staged=False)
                 # A row due by an older policy (its site's lifetimes changed, or the device
                 # moved site) is not due by the current one: move its re-signing time, or
                 # it would be read again every round.
@@ -482,11 +531,13 @@ class Director:
         self,
         results: Sequence[tuple[Any, SignedDeviceRoles]],
         now: datetime,
+        keyid: str,
         *,
         listed_from_staged: bool,
     ) -> int:
         """Store signed roles in one transaction, each only if its row is unchanged since
-        it was read (compare-and-set on the timestamp version and the staged digest)."""
+        it was read (compare-and-set on the timestamp version and the staged digest);
+        ``keyid`` is the director key that signed them."""
         if not results:
             return 0
         resign: dict[
@@ -522,6 +573,7 @@ class Director:
         c = _TABLE.c
         values: dict[str, Any] = {
             "dirty": False,
+            "signed_keyid": literal(keyid),
             # unchanged roles are passed as NULL and keep their bytes
             "targets_json": func.coalesce(
                 bindparam("b_targets_json", type_=LargeBinary()), c.targets_json

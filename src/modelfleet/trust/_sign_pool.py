@@ -180,9 +180,15 @@ class SignPool:
                 )
             return self._pool
 
-    def close(self) -> None:
-        """Stop the worker processes (a later :meth:`sign` starts new ones)."""
+    def close(self, *, finish: bool = False) -> None:
+        """Stop the worker processes (a later :meth:`sign` starts new ones).
+
+        Args:
+            finish: let the signings under way finish, and return at once (the director
+                key was replaced while a batch may still be signing with the old one;
+                ADR 0039); otherwise they are cancelled and the workers waited for.
+        """
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not finish, cancel_futures=not finish)

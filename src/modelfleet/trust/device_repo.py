@@ -313,10 +313,11 @@ class DeviceRepoSigner:
             return PendingSigning(None, self, items, now, done=done)
         return self._pool.sign_async(self, items, now, run_size=run_size)
 
-    def close(self) -> None:
-        """Stop the signing processes, if any were started."""
+    def close(self, *, finish: bool = False) -> None:
+        """Stop the signing processes, if any were started (``finish``: see
+        :meth:`~modelfleet.trust._sign_pool.SignPool.close`)."""
         if self._pool is not None:
-            self._pool.close()
+            self._pool.close(finish=finish)
 
     @property
     def keyid(self) -> str:

@@ -66,6 +66,8 @@ class HubTrust:
         self._device_signer = device_signer
         # Re-reads the key registry when another process changed the keys (issue 10).
         self._reload_keys: Callable[[], dict[str, dict[str, Signer]]] | None = None
+        # Builds the per-device signer for a new director key (issue 10, ADR 0039).
+        self._new_device_signer: Callable[[Signer], DeviceRepoSigner] | None = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -97,6 +99,27 @@ class HubTrust:
         }
 
     @classmethod
+    def _with_keys(
+        cls,
+        tuf_dir: Path,
+        args: Mapping[str, tuple[Path, dict[str, Signer], Clock, Any, float, Any]],
+        key_dir: Path,
+        workers: int,
+        passphrase: bytes | None,
+        secrets: SecretsHandler | None,
+        expiry: ExpiryPolicy | None,
+    ) -> HubTrust:
+        policy = expiry or ExpiryPolicy()
+
+        def device_signer(signer: Signer) -> DeviceRepoSigner:
+            return _device_signer(signer, key_dir, workers, passphrase, policy)
+
+        hub = cls(tuf_dir, {}, device_signer(args["director"][1]["timestamp"]))
+        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
+        hub._new_device_signer = device_signer
+        return hub
+
+    @classmethod
     def init(
         cls,
         tuf_dir: Path,
@@ -119,11 +142,7 @@ class HubTrust:
             StorageError: ``tuf_dir`` is not writable.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
-        device_signer = _device_signer(
-            args["director"], key_dir, signing_workers, passphrase, expiry or ExpiryPolicy()
-        )
-        hub = cls(tuf_dir, {}, device_signer)
-        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
+        hub = cls._with_keys(tuf_dir, args, key_dir, signing_workers, passphrase, secrets, expiry)
         with hub._locked(exclusive=True):
             for repo in REPOSITORIES:
                 if any((Path(tuf_dir) / repo).glob("*.root.json")):
@@ -155,11 +174,7 @@ class HubTrust:
             ConfigError: keys or repositories missing, corrupt, or not matching.
         """
         args = cls._repo_args(tuf_dir, key_dir, clock, expiry, counters, passphrase, secrets)
-        device_signer = _device_signer(
-            args["director"], key_dir, signing_workers, passphrase, expiry or ExpiryPolicy()
-        )
-        hub = cls(tuf_dir, {}, device_signer)
-        hub._reload_keys = lambda: _repo_signers(key_dir, passphrase, secrets)
+        hub = cls._with_keys(tuf_dir, args, key_dir, signing_workers, passphrase, secrets, expiry)
         with hub._locked(exclusive=False):
             hub._repos = {repo: TufRepository.open(*args[repo]) for repo in REPOSITORIES}
         return hub
@@ -459,6 +474,9 @@ class HubTrust:
                 done += [f"{repo}/{r}" for r in self._repos[repo].install_root(root, mine)]
             if on_installed is not None:
                 on_installed()
+            director = (signers or {}).get("director", {}).get("timestamp")
+            if "director" in roots and director is not None:
+                self._use_director_key(director)
         return done
 
     # -- upkeep ------------------------------------------------------------------------
@@ -511,9 +529,28 @@ class HubTrust:
             # the registry names now, and try once more (a real mismatch still raises).
             if self._reload_keys is None:
                 raise
-            repo.use_signers(self._reload_keys()[name])
+            signers = self._reload_keys()[name]
+            repo.use_signers(signers)
             repo.reload()
             _log.info("TUF keys of %s changed on disk; signing with the new ones", name)
+            if name == "director":
+                self._use_director_key(signers["timestamp"])
+
+    def _use_director_key(self, signer: Signer) -> None:
+        """Sign per-device repositories with ``signer`` from now on (the director key was
+        rotated; issue 10, ADR 0039). Signings under way with the old key finish; the
+        hub's director re-signs every row that key signed."""
+        old = self._device_signer
+        if old is None or self._new_device_signer is None:
+            return
+        if old.keyid == signer.public_key.keyid:
+            return
+        self._device_signer = self._new_device_signer(signer)
+        old.close(finish=True)
+        _log.info(
+            "per-device director repositories are signed with key %s from now on",
+            signer.public_key.keyid[:16],
+        )
 
 
 def _repo_signers(
@@ -533,17 +570,16 @@ def _repo_signers(
 
 
 def _device_signer(
-    args: tuple[Path, dict[str, Signer], Clock, dict[str, timedelta], float, RoleCounters | None],
+    signer: Signer,
     key_dir: Path,
     workers: int,
     passphrase: bytes | None,
     policy: ExpiryPolicy,
 ) -> DeviceRepoSigner:
-    _, signers, _, _, margin, _ = args
     return DeviceRepoSigner(
-        signers["timestamp"],
+        signer,
         policy.device_lifetimes(None),
-        margin,
+        policy.refresh_margin,
         key_path=online_key_path(key_dir, "director"),
         key_passphrase=passphrase,
         workers=workers,

@@ -14,8 +14,11 @@ installed the roles whose keys changed are re-signed with the new keys, the regi
 the new keys active and the replaced ones retired (their key files are deleted), and
 ``trust-root.json`` is rewritten for new devices.
 
-Not yet: the ``director`` key (it also signs every per-device repository, which would all
-have to be re-signed in the hub's database) cannot be rotated here.
+The ``director`` key also signs every per-device director repository, kept in the hub's
+database (ADR 0014): this module changes the director root and the shared director's roles
+and hands the new key to the trust store's per-device signer; the hub's
+:class:`~modelfleet.hub.director.Director` then re-signs every device row signed by
+another key (ADR 0039), here through the CLI and in any running hub.
 """
 
 from __future__ import annotations
@@ -192,9 +195,9 @@ class KeyAdmin:
             public_key: see ``uri``.
 
         Raises:
-            InvalidInputError: unknown role, or ``out`` and ``uri`` both given.
-            ConflictError: another root change waits for offline signatures, or the
-                role is ``director``.
+            InvalidInputError: unknown role, ``out`` and ``uri`` both given, or ``out``
+                for the ``director`` (an online key).
+            ConflictError: another root change waits for offline signatures.
         """
         return self._change("create", role, out, uri, public_key, retire_all=False)
 
@@ -336,7 +339,9 @@ class KeyAdmin:
             raise InvalidInputError(f"unknown key role {role!r}; one of {', '.join(ROLES)}")
         if out is not None and uri is not None:
             raise InvalidInputError("give either an output file or a signer URI, not both")
-        self._check_role(role)
+        if role == "director" and out is not None:
+            # It signs every device's own repository as devices' states change (ADR 0039).
+            raise InvalidInputError("the director key signs online: it cannot be an offline key")
         self._refuse_pending()
         registry = self.reconcile()
         now = self._now()
@@ -366,13 +371,6 @@ class KeyAdmin:
                 self._delete_files([left.get(record.keyid)])
             raise
 
-    def _check_role(self, role: str) -> None:
-        if role == "director":
-            raise ConflictError(
-                "the director key cannot be rotated yet: it also signs every per-device "
-                "repository in the hub's database (issue 10 follow-up)"
-            )
-
     def _apply_change(
         self,
         action: str,
@@ -382,7 +380,6 @@ class KeyAdmin:
         new_signers: Mapping[str, Signer],
         retire: Iterable[str],
     ) -> KeyChange:
-        self._check_role(role)
         self._refuse_pending()
         add, retire = list(add), list(retire)
         repos = [repo for repo, _ in ROLE_PLACES[role]]
