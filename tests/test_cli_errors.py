@@ -220,3 +220,18 @@ def test_token_from_a_file_keeps_it_off_the_command_line(hub: ServedHub, tmp_pat
         env={"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN_FILE": str(token_file)},
     )  # fmt: skip
     assert by_env.returncode == 0, by_env.stderr
+
+
+@pytest.mark.e2e
+def test_a_token_with_a_trailing_newline_in_the_environment_still_works(hub: ServedHub) -> None:
+    """`MODELFLEET_TOKEN` copied from a token file with its newline was sent as is and
+    answered "cannot reach the hub: Illegal header value" (exit 5)."""
+    env = {"MODELFLEET_HUB": hub.url, "MODELFLEET_TOKEN": hub.token + "\n"}
+    result = run_cli("device", "list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_token_with_inner_spaces_is_a_usage_error_not_an_unreachable_hub() -> None:
+    result = run_cli("device", "list", env={"MODELFLEET_HUB": f"http://127.0.0.1:{free_port()}",
+                                            "MODELFLEET_TOKEN": "mft_abc def"})  # fmt: skip
+    assert_one_line_error(result, ExitCode.USAGE, "token holds spaces")

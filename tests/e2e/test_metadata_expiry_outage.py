@@ -84,7 +84,7 @@ def test_a_hub_outage_past_the_timestamps_life_keeps_serving_and_recovers(
     env = {**os.environ, "MODELFLEET_SIM_CLOCK": f"{time.time():.3f}:{RATE}"}
     home = tmp_path / "hub"
     assert cli("init", str(home)).returncode == 0
-    hub_env = {"MODELFLEET_HUB": "", "MODELFLEET_TOKEN": (home / "admin.token").read_text()}
+    hub_env = {"MODELFLEET_HUB": "", "MODELFLEET_TOKEN": (home / "admin.token").read_text().strip()}
     port = free_port()
     hub_env["MODELFLEET_HUB"] = f"http://127.0.0.1:{port}"
     hub_cmd = modelfleet_cmd("hub", "serve", "--home", str(home), "--port", str(port))

@@ -62,7 +62,8 @@ def hub_client(hub: str, token: str, token_file: Path | None = None) -> HubClien
     """A client of ``hub`` with ``token``, or the token read from ``token_file``.
 
     Raises:
-        UsageError: ``token_file`` cannot be read.
+        UsageError: ``token_file`` cannot be read, or the token holds spaces or control
+            characters (surrounding whitespace, e.g. a file's newline, is stripped).
         UnauthenticatedError: no token at all, or an empty token file.
     """
     from modelfleet.client import HubClient
@@ -79,11 +80,14 @@ def resolve_token(token: str, token_file: Path | None = None) -> str:
             raise UsageError(f"cannot read --token-file {token_file}: {e.strerror or e}") from e
         if not token:
             raise UnauthenticatedError(f"--token-file {token_file} is empty")
+    token = token.strip()  # `MODELFLEET_TOKEN="$(cat admin.token)"` or a pasted newline
     if not token:
         raise UnauthenticatedError(
             "no token: pass --token-file, set MODELFLEET_TOKEN_FILE or MODELFLEET_TOKEN, "
             "or pass --token"
         )
+    if any(not c.isprintable() or c.isspace() for c in token):
+        raise UsageError("the token holds spaces or control characters: pass it as issued")
     return token
 
 
