@@ -25,10 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh \
 		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q --durations=25 \
-		-n $(WORKERS) --dist worksteal
+		-n $(WORKERS) --dist load
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow" -n $(WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not slow" -n $(WORKERS) --dist load
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

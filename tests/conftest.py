@@ -17,3 +17,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "CI=true but MODELFLEET_TEST_PG_URL is unset: run the suite through "
             "`make test` (scripts/with-postgres.sh starts PostgreSQL)"
         )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` or ``e2e`` first, in their collected order: on pytest-xdist
+    workers (``make test``) the long ones then start early, side by side, and the quick
+    ones fill the end, instead of one long test ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None
+               and item.get_closest_marker("e2e") is None)  # fmt: skip

@@ -62,6 +62,7 @@ def test_keys_without_or_with_a_wrong_passphrase_is_one_clear_line(
     assert_one_line_error(run_cli("keys", "list", "--home", str(home), env=env), 1, message)
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_list_rotate_retire_through_the_cli(home: Path, tmp_path: Path) -> None:
     keys = _json("keys", "list", "--home", str(home))
     assert isinstance(keys, list)
@@ -83,6 +84,7 @@ def test_list_rotate_retire_through_the_cli(home: Path, tmp_path: Path) -> None:
     assert table.returncode == 0 and "retired" in table.stdout
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_offline_root_ceremony_through_the_cli(home: Path, tmp_path: Path) -> None:
     # The new root key goes to a file for the offline machine (it signs its first root
     # here, where it was made); from then on the hub holds no root key.

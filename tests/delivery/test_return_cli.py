@@ -132,6 +132,7 @@ def test_tampered_bundle_is_refused_in_one_line_and_nothing_stored(
     assert _counts(home) == {"records": 0, "samples": 0, "bundles": 0}
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_unknown_device_truncated_file_and_wrong_usage_are_refused(
     home: Path, site: list[SiteDevice], tmp_path: Path
 ) -> None:
@@ -207,6 +208,7 @@ def _key_registered(home: Path, device_id: str) -> bool:
         svc.close()
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_a_real_agent_makes_its_key_sends_it_and_its_state_folder_round_trips(
     tmp_path: Path, home: Path
 ) -> None:

@@ -119,6 +119,7 @@ def _failures(
     return failures
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_schemathesis_finds_no_server_error_and_no_answer_off_schema(
     deployed: HubService, admin_token: str
 ) -> None:
@@ -136,6 +137,7 @@ def test_schemathesis_with_a_device_token_meets_only_documented_refusals(
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_schemathesis_on_postgres_finds_no_server_error(tmp_path: Path, onnx_bytes: bytes) -> None:
     # PostgreSQL refuses what SQLite takes (32-bit INTEGER, no NUL in text): each was a 5xx.
     with pg_database() as url:

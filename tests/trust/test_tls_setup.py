@@ -73,6 +73,7 @@ def test_unusable_ca_files_are_config_errors(tmp_path: Path) -> None:
         pinned_context(junk)
 
 
+@pytest.mark.slow  # 25-60 s of real CLI processes
 def test_cli_wrong_usage_is_one_clear_line(tmp_path: Path) -> None:
     home = tmp_path / "hub"
     assert run_cli("init", str(home)).returncode == 0
