@@ -71,7 +71,8 @@ class _FileServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _RangeHandler)
         self.file = file
         self.size = file.stat().st_size
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
+        self.active = 0  # GETs whose handler has not yet counted what it sent
         self.cuts: list[int] = []  # absolute offsets, one per GET, where the link is cut
         self.sent = 0  # body bytes sent
         self.gets = 0
@@ -83,6 +84,16 @@ class _FileServer(ThreadingHTTPServer):
     def reset(self, cuts: list[int]) -> None:
         with self.lock:
             self.cuts, self.sent, self.gets = list(cuts), 0, 0
+
+    def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every GET's handler has counted its bytes.
+
+        The client can read a response's last byte before the handler thread adds
+        what ``sendfile`` returned, so figures are read only after this.
+        """
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.active == 0, timeout_s):
+                raise RuntimeError(f"{self.active} GET handlers still running after {timeout_s} s")
 
 
 class _RangeHandler(BaseHTTPRequestHandler):
@@ -100,6 +111,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
         begin = int(match.group(1)) if match else 0
         with srv.lock:
             srv.gets += 1
+            srv.active += 1
             end = srv.cuts.pop(0) if srv.cuts else srv.size
         if match:
             self.send_response(206)
@@ -113,6 +125,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
             sent = self.connection.sendfile(f, begin, max(0, end - begin))
         with srv.lock:
             srv.sent += sent
+            srv.active -= 1
+            srv.lock.notify_all()
         # HTTP/1.0: the connection closes here, short of Content-Length when cut.
 
 
@@ -179,6 +193,7 @@ def run_resume(size: int, repeats: int, workdir: Path | None = None) -> dict[str
                     else:
                         digest = _fetcher(fetcher, server.url)
                     took = time.perf_counter() - began
+                    server.settle()
                     if digest != sha:
                         raise RuntimeError(f"{variant}: got sha256 {digest}, want {sha}")
                     runs[variant].append(
