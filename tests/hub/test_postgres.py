@@ -45,7 +45,7 @@ def test_hub_on_postgres_migrates_registers_deploys(
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0014"
+            assert context.get_current_revision() == "0015"
     finally:
         engine.dispose()
 

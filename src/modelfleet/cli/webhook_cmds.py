@@ -46,7 +46,7 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
             typer.Option(
                 "--kind",
                 help="Only this event kind (repeat; default every kind): "
-                "drift.state_changed, review.queue_full.",
+                "drift.state_changed, review.queue_full, overrides.state_changed.",
             ),
         ] = None,
         description: Annotated[str, typer.Option("--description", help="What it is for.")] = "",

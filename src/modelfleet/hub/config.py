@@ -112,6 +112,9 @@ class HubConfig:
         event_days: outbox events, and webhook deliveries delivered or dead, older than
             this many days are deleted (an event only once every subscription is past it
             and no delivery of it is pending).
+        override_expected_rate: the override-rate layer's baseline where no previous
+            version has enough judged answers at the site (ADR 0040).
+        override_min_judged: judged answers an hour needs to move the override-rate state.
         key_passphrase: decrypts the key files (``MODELFLEET_KEY_PASSPHRASE`` or the file
             ``MODELFLEET_KEY_PASSPHRASE_FILE`` names; issue 10).
         hsm_pin: the PIN of a PKCS#11 token holding a key (``MODELFLEET_HSM_PIN``).
@@ -140,6 +143,8 @@ class HubConfig:
     review_queue_limit: int = 10_000
     review_days: int = 400
     event_days: int = 30
+    override_expected_rate: float = 0.05
+    override_min_judged: int = 50
     release_threshold: int = 1
     safety_release_threshold: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
@@ -180,6 +185,10 @@ class HubConfig:
             raise ConfigError("review_days must be between 1 and 36500")
         if not 1 <= self.event_days <= 36500:
             raise ConfigError("event_days must be between 1 and 36500")
+        if not 0.0 <= self.override_expected_rate < 1.0:
+            raise ConfigError("override_expected_rate must be in [0, 1)")
+        if not 1 <= self.override_min_judged <= 1_000_000:
+            raise ConfigError("override_min_judged must be between 1 and 1000000")
         if not 1 <= self.release_threshold <= self.safety_release_threshold <= 16:
             raise ConfigError(
                 "release thresholds must satisfy 1 <= release_threshold <= "

@@ -393,6 +393,56 @@ class DriftStateRow(Base):
     updated_at: Mapped[datetime]
 
 
+class OverrideRollup(Base):
+    """Operator overrides of one hour summed exactly at ingest (ADR 0040), per
+    ``(model, version, site, hour)`` of the windows' device-time ``closed_at``: the
+    windows' ``overrides`` counters added (``windows`` the windows with a judged answer)."""
+
+    __tablename__ = "override_rollups"
+    __table_args__ = (
+        UniqueConstraint("model", "version", "site", "hour", name="uq_override_rollups_key"),
+        Index("ix_override_rollups_hour", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str] = mapped_column(String(256))
+    site: Mapped[str] = mapped_column(String(128))
+    hour: Mapped[datetime]
+    windows: Mapped[int] = mapped_column(BigInteger)
+    overridden: Mapped[int] = mapped_column(BigInteger)
+    confirmed: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class OverrideStateRow(Base):
+    """The sequential override-rate state of a model at a site (ADR 0040): the CUSUM of
+    :mod:`modelfleet.monitoring.sequential` on each closed hour's excess override rate of
+    ``version`` over the baseline frozen when the version's state started; ``period`` the
+    start of the last hour stepped (None before the first)."""
+
+    __tablename__ = "override_states"
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    site: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
+    statistic: Mapped[float] = mapped_column(Float)
+    hours: Mapped[int] = mapped_column(BigInteger)
+    skipped: Mapped[int] = mapped_column(BigInteger)
+    high_hours: Mapped[int] = mapped_column(BigInteger)
+    last_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_excess: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_judged: Mapped[int] = mapped_column(BigInteger)
+    baseline_rate: Mapped[float] = mapped_column(Float)
+    baseline_source: Mapped[str] = mapped_column(String(32))
+    baseline_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    baseline_judged: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[datetime | None] = mapped_column(nullable=True)
+    changed_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 # --- issue 9: review ---
 
 

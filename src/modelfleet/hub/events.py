@@ -23,6 +23,7 @@ from modelfleet.hub import db
 __all__ = [
     "DRIFT_STATE_CHANGED",
     "EVENT_KINDS",
+    "OVERRIDES_STATE_CHANGED",
     "REVIEW_QUEUE_FULL",
     "events_after",
     "record_event",
@@ -32,8 +33,11 @@ __all__ = [
 DRIFT_STATE_CHANGED: Final = "drift.state_changed"
 #: A model's review queue reached its limit (payload: model, pending, limit).
 REVIEW_QUEUE_FULL: Final = "review.queue_full"
+#: A model's override-rate state at a site changed (ADR 0040; payload: model, site,
+#: version, from, to, rate, judged, baseline, excess, statistic, hour).
+OVERRIDES_STATE_CHANGED: Final = "overrides.state_changed"
 #: Every kind the hub records.
-EVENT_KINDS: Final = (DRIFT_STATE_CHANGED, REVIEW_QUEUE_FULL)
+EVENT_KINDS: Final = (DRIFT_STATE_CHANGED, REVIEW_QUEUE_FULL, OVERRIDES_STATE_CHANGED)
 
 _MAX_SUBJECT: Final = 512
 

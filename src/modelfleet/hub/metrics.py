@@ -67,6 +67,8 @@ class FleetGauges:
         evicted: the sum of the devices' reported eviction totals.
         drift: ``(model, site)`` -> (last drift score or None, drift state: 0 stable,
             1 warning, 2 drifting), from the sequential states (issue 9).
+        overrides: ``(model, site)`` -> (last hour's override rate or None, override-rate
+            state: 0 stable, 1 warning, 2 drifting), from the override states (ADR 0040).
     """
 
     devices: dict[str, int] = field(default_factory=dict)
@@ -75,6 +77,7 @@ class FleetGauges:
     buffered: int = 0
     evicted: int = 0
     drift: dict[tuple[str, str], tuple[float | None, int]] = field(default_factory=dict)
+    overrides: dict[tuple[str, str], tuple[float | None, int]] = field(default_factory=dict)
 
 
 def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetGauges:
@@ -105,8 +108,11 @@ def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetG
         select(db.DriftStateRow.model, db.DriftStateRow.site, db.DriftStateRow.last_score,
                db.DriftStateRow.state)
     )  # fmt: skip
+    o = db.OverrideStateRow
+    override_rows = s.execute(select(o.model, o.site, o.last_rate, o.state))
     return FleetGauges(
         drift={(m, si): (v, DRIFT_STATE_VALUES.get(st, 0)) for m, si, v, st in drift_rows},
+        overrides={(m, si): (v, DRIFT_STATE_VALUES.get(st, 0)) for m, si, v, st in override_rows},
         devices=devices,
         clock_skewed=int(skewed or 0),
         serving={(site, model, version): int(n) for site, model, version, n in serving_rows},
@@ -187,6 +193,24 @@ class _FleetCollector(Collector):
             states.add_metric([model, site], st)
         yield score
         yield states
+        rate = GaugeMetricFamily(
+            "modelfleet_override_rate",
+            "Share of judged answers a human overrode for the model's serving version at the "
+            "site in the last hour stepped; absent before a judged hour",
+            labels=["model", "site"],
+        )
+        override_states = GaugeMetricFamily(
+            "modelfleet_override_state",
+            "Sequential override-rate state of the model at the site against its baseline: "
+            "0 stable, 1 warning, 2 drifting",
+            labels=["model", "site"],
+        )
+        for (model, site), (value, st) in sorted(g.overrides.items()):
+            if value is not None:
+                rate.add_metric([model, site], value)
+            override_states.add_metric([model, site], st)
+        yield rate
+        yield override_states
 
 
 class HubMetrics:

@@ -72,6 +72,8 @@ from modelfleet.hub.drift_rollups import DriftRollups, ProfileCache
 from modelfleet.hub.fleet import Fleet
 from modelfleet.hub.home import init_home
 from modelfleet.hub.metrics import FleetGauges, HubMetrics, read_fleet_gauges
+from modelfleet.hub.override_rollups import OverrideRollups
+from modelfleet.hub.override_states import OverrideSettings, OverrideStates
 from modelfleet.hub.review import ReviewQueue
 from modelfleet.hub.revocation import Revocations
 from modelfleet.hub.rollouts import Rollouts
@@ -79,6 +81,7 @@ from modelfleet.hub.telemetry import SummaryQuery, Telemetry
 from modelfleet.hub.tuf_versions import DbRoleCounters
 from modelfleet.hub.upkeep import GC_GRACE_S, Upkeep
 from modelfleet.hub.webhooks import Webhooks
+from modelfleet.monitoring.override_rate import OverridePolicy
 from modelfleet.packaging.manifest import PackageManifest
 from modelfleet.rollout.desired_state import Mode
 from modelfleet.trust._sign_pool import default_workers
@@ -88,6 +91,15 @@ from modelfleet.trust.keys import pin_handler
 __all__ = ["ALL_DEVICES", "HubService", "init_home", "load_npy", "report_changes"]
 
 _log = logging.getLogger(__name__)
+
+
+def _override_settings(config: HubConfig) -> OverrideSettings:
+    """The override-rate layer's settings from the hub config (ADR 0040)."""
+    return OverrideSettings(
+        policy=OverridePolicy(
+            expected_rate=config.override_expected_rate, min_judged=config.override_min_judged
+        )
+    )
 
 
 class HubService:
@@ -145,7 +157,10 @@ class HubService:
             self.metrics = HubMetrics(self._read_gauges, clock, config.metrics_cache_s)
             self.profiles = ProfileCache(self.store)
             self.drift = Drift(self.context, self.profiles)
-            self.telemetry = Telemetry(self.context, self.metrics, DriftRollups(self.profiles))
+            self.overrides = OverrideStates(self.context, _override_settings(config))
+            self.telemetry = Telemetry(
+                self.context, self.metrics, DriftRollups(self.profiles), OverrideRollups()
+            )
             self.review = ReviewQueue(self.context, self._version_manifest)
             self.webhooks = Webhooks(self.context)
             self.upkeep = Upkeep(
@@ -158,6 +173,7 @@ class HubService:
                 audit_chain=self.audit_chain,
                 drift=self.drift,
                 webhooks=self.webhooks,
+                overrides=self.overrides,
             )
             self.rollouts = Rollouts(self.context, self.catalog, self.director)
             self.controller = RolloutController(self.context, self.director, profiles=self.profiles)
@@ -523,6 +539,20 @@ class HubService:
         :meth:`modelfleet.hub.drift.Drift.advance`."""
         return self.drift.advance()
 
+    def override_states(self, model: str | None = None, site: str | None = None) -> list[JSONDict]:
+        """The override-rate state of each (model, site) (ADR 0040; filters: None matches
+        any): ``[{"model", "site", "version", "state" (stable | warning | drifting),
+        "statistic", "hours" (counted), "skipped" (too few judged answers), "high_hours"
+        (hours above the baseline beyond noise), "last_rate", "last_excess", "last_judged",
+        "baseline": {"rate", "source" (previous_version | expected), "version", "judged"},
+        "period" (the last hour stepped), "changed_at", "updated_at"}]``."""
+        return self.overrides.states(model, site)
+
+    def advance_overrides(self) -> JSONDict:
+        """Step the override-rate states over closed hours (the upkeep round runs it); see
+        :meth:`modelfleet.hub.override_states.OverrideStates.advance`."""
+        return self.overrides.advance()
+
     def device_windows(self, device_id: str, limit: int = 50) -> list[JSONDict]:
         """A device's most recent raw telemetry records, newest first (at most
         ``limit``, capped at 1000): each as sent, plus ``"buffer_id"`` and
@@ -538,14 +568,14 @@ class HubService:
         more than ``telemetry_raw_days`` ago are deleted, windows among them merged into
         their hourly roll-up first; roll-ups older than ``telemetry_rollup_days`` and
         device reports older than ``telemetry_raw_days`` (but each device's newest) are
-        deleted; so are drift roll-ups older than ``telemetry_rollup_days`` and review
+        deleted; so are drift and override roll-ups older than ``telemetry_rollup_days`` and review
         samples (with their labels) received more than ``review_days`` ago. At most
         ``retention_batch`` rows per round in all, in short transactions; replicas take
         turns (advisory lock).
 
         Returns:
             ``{"rolled_up", "records_deleted", "rollups_deleted", "reports_deleted",
-            "drift_rollups_deleted", "review_samples_deleted", "more",
+            "drift_rollups_deleted", "override_rollups_deleted", "review_samples_deleted", "more",
             "webhook_deliveries_deleted", "events_deleted"}`` (``more``: the budget ran out;
             the next round goes on). The last two: the outbox and webhook deliveries
             older than ``event_days`` (:meth:`Webhooks.apply_retention`).

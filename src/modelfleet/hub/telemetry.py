@@ -36,6 +36,7 @@ from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.drift_rollups import DriftRollups
 from modelfleet.hub.metrics import HubMetrics
+from modelfleet.hub.override_rollups import OverrideRollups
 from modelfleet.hub.review_formats import slim
 from modelfleet.telemetry.wire import OUTCOME_KEYS, Batch, WindowTotals, parse_batch
 
@@ -150,14 +151,22 @@ class Telemetry:
         metrics: the counters ingest updates.
         drift: merges the drift counts of stored windows into their roll-ups in the ingest
             transaction (issue 9, :mod:`modelfleet.hub.drift_rollups`); None: not.
+        overrides: adds the operator overrides of stored windows into their hourly
+            roll-ups in the ingest transaction (ADR 0040, :mod:`modelfleet.hub.
+            override_rollups`); None: not.
     """
 
     def __init__(
-        self, ctx: HubContext, metrics: HubMetrics, drift: DriftRollups | None = None
+        self,
+        ctx: HubContext,
+        metrics: HubMetrics,
+        drift: DriftRollups | None = None,
+        overrides: OverrideRollups | None = None,
     ) -> None:
         self._ctx = ctx
         self._metrics = metrics
         self._drift = drift
+        self._overrides = overrides
 
     # -- ingest --------------------------------------------------------------------------
 
@@ -187,6 +196,7 @@ class Telemetry:
                 review.store_samples(s, device_id, samples, stored, site, now, limit)
             self._update_stream(s, batch, now, device_times)
             drift = self._roll_up_drift(s, site, batch, stored, device_times, now)
+            self._roll_up_overrides(s, site, batch, stored, device_times, now)
         self._count(batch, stored, now, device_times)
         for result, n in drift.items():
             if n:
@@ -216,6 +226,26 @@ class Telemetry:
             if r["seq"] in stored and r["seq"] in window_times and "profile" in r
         ]
         return self._drift.add(s, site, windows, now) if windows else {}
+
+    def _roll_up_overrides(
+        self,
+        s: Session,
+        site: str,
+        batch: Batch,
+        stored: set[int],
+        window_times: Mapping[int, datetime],
+        now: datetime,
+    ) -> None:
+        """The overrides of the windows just stored, added into their roll-ups (ADR 0040)."""
+        if self._overrides is None or not stored:
+            return
+        windows = [
+            (r, window_times[r["seq"]])
+            for r in batch.records
+            if r["seq"] in stored and r["seq"] in window_times and r.get("overrides")
+        ]
+        if windows:
+            self._overrides.add(s, site, windows, now)
 
     def _parse(self, device_id: str, body: bytes) -> Batch:
         limit = self._ctx.config.max_telemetry_bytes
@@ -439,12 +469,17 @@ class Telemetry:
             db.DriftRollup, db.DriftRollup.hour < rollup_cutoff, max(budget, 0)
         )
         budget -= done["drift_rollups_deleted"]
+        done["override_rollups_deleted"] = self._delete_chunks(
+            db.OverrideRollup, db.OverrideRollup.hour < rollup_cutoff, max(budget, 0)
+        )
+        budget -= done["override_rollups_deleted"]
         review_cutoff = now - timedelta(days=cfg.review_days)
         done["review_samples_deleted"] = self._delete_review(review_cutoff, max(budget, 0))
         budget -= done["review_samples_deleted"]
         done["more"] = budget <= 0
         deleted = ("records_deleted", "rollups_deleted", "reports_deleted",
-                   "drift_rollups_deleted", "review_samples_deleted")  # fmt: skip
+                   "drift_rollups_deleted", "override_rollups_deleted",
+                   "review_samples_deleted")  # fmt: skip
         if any(done[k] for k in deleted):
             log.info("telemetry retention: %s", done)
         return done
@@ -569,7 +604,7 @@ class Telemetry:
 
     def _delete_chunks(
         self,
-        table: type[db.TelemetryRollup] | type[db.DriftRollup],
+        table: type[db.TelemetryRollup] | type[db.DriftRollup] | type[db.OverrideRollup],
         condition: ColumnElement[bool],
         budget: int,
     ) -> int:

@@ -6,7 +6,9 @@ it): it first signs committed changes the metadata lacks
 (:meth:`~modelfleet.hub.director.Director.repair`), then re-signs roles close to expiry,
 then collects garbage at most once per :data:`GC_INTERVAL_S`, then runs one bounded round
 of telemetry retention (:meth:`~modelfleet.hub.telemetry.Telemetry.apply_retention`), then
-steps the drift states over closed hours (:meth:`~modelfleet.hub.drift.Drift.advance`), then
+steps the drift states over closed hours (:meth:`~modelfleet.hub.drift.Drift.advance`) and
+the override-rate states beside them (:meth:`~modelfleet.hub.override_states.
+OverrideStates.advance`, ADR 0040), then
 copies the audit chain's signed head to the home's checkpoint file
 (:meth:`~modelfleet.hub.audit_chain.AuditChain.advance_witness`, ADR 0016).
 """
@@ -26,6 +28,7 @@ from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director
 from modelfleet.hub.drift import Drift
+from modelfleet.hub.override_states import OverrideStates
 from modelfleet.hub.telemetry import Telemetry
 from modelfleet.hub.webhooks import Webhooks
 from modelfleet.trust.bundle import REPOSITORIES
@@ -56,6 +59,9 @@ class Upkeep:
         telemetry: applies the telemetry and report retention each round.
         audit_chain: moves the audit checkpoint file forward each round (None: not).
         drift: steps the drift states over closed hours each round (None: not; issue 9).
+        webhooks: their retention runs with the telemetry's (None: not).
+        overrides: steps the override-rate states over closed hours each round, right
+            after the drift states (None: not; ADR 0040).
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class Upkeep:
         audit_chain: AuditChain | None = None,
         drift: Drift | None = None,
         webhooks: Webhooks | None = None,
+        overrides: OverrideStates | None = None,
     ) -> None:
         self._ctx = ctx
         self._store = store
@@ -79,6 +86,7 @@ class Upkeep:
         self._audit_chain = audit_chain
         self._drift = drift
         self._webhooks = webhooks
+        self._overrides = overrides
         self._last_gc: float | None = None
 
     def apply_retention(self) -> JSONDict:
@@ -129,6 +137,8 @@ class Upkeep:
         self.apply_retention()  # bounded; what is left goes in the next round
         if self._drift is not None:
             self._drift.advance()
+        if self._overrides is not None:
+            self._overrides.advance()
         if self._audit_chain is not None:
             self._audit_chain.advance_witness()
         return done
