@@ -265,6 +265,15 @@ class HubClient:
         result: list[dict[str, Any]] = self._json("GET", "/api/v1/drift/states", params=params)
         return result
 
+    def override_states(
+        self, model: str | None = None, site: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The override-rate state of each model at each site (viewer, ADR 0040); see
+        ``HubService.override_states``."""
+        params = {k: v for k, v in (("model", model), ("site", site)) if v is not None}
+        result: list[dict[str, Any]] = self._json("GET", "/api/v1/drift/overrides", params=params)
+        return result
+
     # -- models --------------------------------------------------------------------------
 
     def upload_blob(self, data: Path | str | bytes) -> str:

@@ -1,4 +1,4 @@
-"""``modelfleet drift report | status`` (issue 9, ADR 0019).
+"""``modelfleet drift report | status | overrides`` (issue 9, ADR 0019, ADR 0040).
 
 * ``report MODEL``: the explained drift of one version over a time range (``--since``:
   RFC 3339 or a duration ago such as ``2h``, default 24 h; ``--until``), at one ``--site``
@@ -6,8 +6,11 @@
   feature, test, value, threshold, verdict — inputs first, then the outputs (prediction
   drift).
 * ``status``: the sequential drift state of each model at each site.
+* ``overrides``: the override-rate state of each model at each site (ADR 0040): the last
+  hour's rate of the serving version against its baseline (the previous version's rate
+  at the site, or the configured expected rate).
 
-Both take ``--json`` (the hub's answer as is).
+All take ``--json`` (the hub's answer as is).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Annotated, Any
 
 import typer
 
+from modelfleet.cli._errors import UsageError
 from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt
 from modelfleet.cli._output import console, print_json, table
 from modelfleet.cli.audit_cmds import parse_since
 
-__all__ = ["register", "report_rows"]
+__all__ = ["override_rows", "register", "report_rows"]
 
 #: ``(hub, token, token_file) -> HubClient`` (the main module's).
 ClientFactory = Callable[[str, str, Path | None], Any]
@@ -63,13 +67,48 @@ def report_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f} %"
+
+
+def override_rows(states: list[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per (model, site): model, site, version, state, rate, judged, baseline (rate,
+    whence), statistic, hours (counted / skipped), last hour."""
+    rows: list[tuple[str, ...]] = []
+    for s in states:
+        b = s.get("baseline") or {}
+        whence = f"v{b['version']}" if b.get("version") is not None else "expected"
+        rows.append(
+            (
+                str(s["model"]),
+                str(s["site"]),
+                str(s["version"]),
+                str(s["state"]),
+                _pct(s.get("last_rate")),
+                str(s.get("last_judged", 0)),
+                f"{_pct(b.get('rate'))} ({whence})",
+                _num(s.get("statistic")),
+                f"{s.get('hours', 0)}/{s.get('skipped', 0)}",
+                str(s.get("period") or "-"),
+            )
+        )
+    return rows
+
+
+def _filter(value: str | None, option: str) -> str | None:
+    """A ``--model`` / ``--site`` filter: None, or 1 to 256 characters."""
+    if value is not None and not 0 < len(value) <= 256:
+        raise UsageError(f"{option} must be 1 to 256 characters")
+    return value
+
+
 def _when(value: str | None, now: datetime) -> str | None:
     """``--since`` / ``--until``: RFC 3339 or a duration before now, as ISO 8601."""
     return None if value is None else parse_since(value, now).isoformat()
 
 
 def register(app: typer.Typer, client: ClientFactory) -> None:
-    """Attach ``drift report|status`` to ``app`` as the ``drift`` group."""
+    """Attach ``drift report|status|overrides`` to ``app`` as the ``drift`` group."""
     drift_app = typer.Typer(
         help="Drift of models in the field against their reference profiles.",
         no_args_is_help=True,
@@ -172,4 +211,38 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
                 )
                 for s in states
             ],
+        )
+
+    @drift_app.command("overrides")
+    def drift_overrides(
+        model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+        site: Annotated[str | None, typer.Option("--site", help="Only this site.")] = None,
+        hub: HubOpt = "http://127.0.0.1:8700",
+        token: TokenOpt = "",
+        token_file: TokenFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The override-rate state (stable, warning, drifting) of each model at each site:
+        the share of judged answers humans overrode, against the previous version's."""
+        states = client(hub, token, token_file).override_states(
+            _filter(model, "--model"), _filter(site, "--site")
+        )
+        if json_out:
+            print_json(states)
+            return
+        table(
+            "Override-rate states",
+            [
+                "model",
+                "site",
+                "version",
+                "state",
+                "rate",
+                "judged",
+                "baseline",
+                "statistic",
+                "hours/skipped",
+                "last hour",
+            ],
+            override_rows(states),
         )

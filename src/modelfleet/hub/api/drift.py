@@ -1,5 +1,6 @@
-"""Drift (issue 9, ADR 0019): explained reports over the hub's drift roll-ups, and the
-sequential drift state per model and site. Read endpoints (viewer and up)."""
+"""Drift (issue 9, ADR 0019): explained reports over the hub's drift roll-ups, the
+sequential drift state per model and site, and the override-rate state (ADR 0040). Read
+endpoints (viewer and up)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,19 @@ def states(
     (viewer), stepped once per closed hour."""
     check(who, Permission.READ)
     return service.drift_states(model, site)
+
+
+@router.get(
+    "/drift/overrides",
+    response_model=list[dict[str, Any]],
+    responses=error_responses(400, 401, 403),
+)
+def override_states(
+    who: Who, service: Service, model: Name = None, site: Name = None
+) -> list[dict[str, Any]]:
+    """The override-rate state (stable, warning, drifting) of each model at each site
+    (viewer, ADR 0040): the share of judged answers a human overrode for the version
+    serving there, against the previous version's rate at the site (or the configured
+    expected rate), stepped once per closed hour."""
+    check(who, Permission.READ)
+    return service.override_states(model, site)
