@@ -61,6 +61,8 @@ METRIC_NAMES = frozenset(
         # hub and agent, issue 9
         "modelfleet_drift_score",
         "modelfleet_drift_state",
+        "modelfleet_override_state",  # ADR 0040
+        "modelfleet_override_rate",
         "modelfleet_hub_drift_windows_total",
         "modelfleet_hub_overrides_total",
         "modelfleet_agent_overrides_total",
