@@ -20,6 +20,7 @@ from modelfleet.hub.config import load_hub_config
 from modelfleet.hub.service import HubService
 from tests.hub._overrides import override_window, send_overrides
 from tests.hub._telemetry import batch
+from tests.hub._webhook_receiver import receiver
 
 ADMIN = "admin:admin"
 HOUR = timedelta(hours=1)
@@ -162,6 +163,24 @@ def test_a_rise_from_5_to_30_percent_flips_that_site_only_and_a_stable_site_neve
     assert 'modelfleet_override_state{model="iris",site="plant-b"} 0.0' in text
     assert 'modelfleet_override_rate{model="iris",site="plant-a"} 0.3' in text
     assert "cam-" not in text.split("# HELP modelfleet_override_rate")[1].split("# HELP")[0]
+
+
+def test_a_state_change_reaches_a_subscribed_webhook_signed(
+    service: HubService, clock: ManualClock, fleet: list[str]
+) -> None:
+    hooks = service.webhooks
+    with receiver() as rcv:
+        created = hooks.create(rcv.url, (events.OVERRIDES_STATE_CHANGED,), "retrain", ADMIN)
+        rcv.secret = created["secret"]
+        rcv.now = lambda: clock.now().timestamp()
+        hours = _Hours(service, clock)
+        for _ in range(2):  # the second hour is still open
+            hours.hour({"cam-2": (60, 200, "1")})  # 30 % against the expected 5 %
+        assert hooks.run_once().delivered == 1  # stable -> warning
+    (got,) = rcv.received
+    assert got.signature_ok, got.problem
+    assert got.body["kind"] == "overrides.state_changed"
+    assert got.body["payload"]["to"] == "warning" and got.body["payload"]["site"] == "plant-b"
 
 
 def test_an_hour_with_too_few_judged_answers_is_skipped(
