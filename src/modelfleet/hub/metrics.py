@@ -81,7 +81,7 @@ class FleetGauges:
 
 
 def read_fleet_gauges(s: Session, now: datetime, stale_after_s: float) -> FleetGauges:
-    """The gauges from the database: four aggregate queries, each answering a number
+    """The gauges from the database: a few aggregate queries, each answering a number
     of rows bounded by sites x models x versions (never by the fleet)."""
     cutoff = now - timedelta(seconds=stale_after_s)
     state = case(

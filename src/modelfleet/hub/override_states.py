@@ -47,7 +47,7 @@ from modelfleet.monitoring.override_rate import (
 )
 from modelfleet.monitoring.sequential import DriftState, SequentialState, reset
 
-__all__ = ["OverrideSettings", "OverrideStates"]
+__all__ = ["OverrideSettings", "OverrideStates", "state_view"]
 
 log = logging.getLogger("modelfleet.hub")
 

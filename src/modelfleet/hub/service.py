@@ -18,6 +18,7 @@ small collaborators that each own one concern:
 * :class:`~modelfleet.hub.rollouts.Rollouts` - staged rollouts, operator commands, approval;
 * :class:`~modelfleet.hub.controller.RolloutController` - the rollouts' ticks (issue 8);
 * :class:`~modelfleet.hub.drift.Drift` - drift reports and states (issue 9);
+* :class:`~modelfleet.hub.override_states.OverrideStates` - override-rate states (ADR 0040);
 * :class:`~modelfleet.hub.webhooks.Webhooks` - webhook subscriptions and deliveries (issue 9).
 
 Every state change commits together with its audit entry in one database transaction;
