@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import orjson
 import typer
 
@@ -192,6 +191,8 @@ def _control(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _call_agent(control: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
+    import httpx  # here: most commands never call an agent
+
     url = f"http://{control['host']}:{control['port']}{path}"
     headers = {"Authorization": f"Bearer {control['token']}"}
     try:

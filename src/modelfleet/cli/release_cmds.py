@@ -25,13 +25,6 @@ import typer
 from modelfleet.cli._hub_options import HubOpt, JsonOpt, TokenFileOpt, TokenOpt
 from modelfleet.cli._output import console, print_json, table
 from modelfleet.errors import ConfigError, InvalidInputError
-from modelfleet.trust.release import (
-    check_release_bytes,
-    load_release_signer,
-    new_release_key,
-    public_pem,
-    sign_release,
-)
 
 __all__ = ["register"]
 
@@ -71,6 +64,8 @@ def register(app: typer.Typer, model_app: typer.Typer, client: ClientFactory) ->
     ) -> None:
         """Add your release signature to a version (approver); at the threshold devices
         may install it."""
+        from modelfleet.trust.release import check_release_bytes, load_release_signer, sign_release
+
         signer = load_release_signer(key)
         c = client(hub, token, token_file)
         request = c.release(name, version)
@@ -104,6 +99,8 @@ def register(app: typer.Typer, model_app: typer.Typer, client: ClientFactory) ->
         json_out: JsonOpt = False,
     ) -> None:
         """Make a release key: FILE (private, mode 0600; keep it offline) and FILE.pub."""
+        from modelfleet.trust.release import new_release_key
+
         k = new_release_key(path)
         out = {"keyid": k.keyid, "private": str(path), "public": f"{path}.pub"}
         if json_out:
@@ -121,6 +118,8 @@ def register(app: typer.Typer, model_app: typer.Typer, client: ClientFactory) ->
         json_out: JsonOpt = False,
     ) -> None:
         """Register a release key at the hub (admin); only its public half is sent."""
+        from modelfleet.trust.release import public_pem
+
         result = client(hub, token, token_file).add_release_key(public_pem(_read(path)), label)
         if json_out:
             print_json(result)
