@@ -19,9 +19,22 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+#: Names whose presence in a test module means its tests start real processes.
+_PROCESS_HELPERS = ("run_cli", "served_hub", "subprocess", "modelfleet_cmd")
+
+
+def _order(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow") or item.get_closest_marker("e2e"):
+        return 0
+    module = getattr(item, "module", None)
+    if module is not None and any(hasattr(module, name) for name in _PROCESS_HELPERS):
+        return 1
+    return 2
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` or ``e2e`` first, in their collected order: on pytest-xdist
-    workers (``make test``) the long ones then start early, side by side, and the quick
-    ones fill the end, instead of one long test ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None
-               and item.get_closest_marker("e2e") is None)  # fmt: skip
+    """Tests marked ``slow`` or ``e2e`` first, then those of modules that start real
+    processes (the CLI, a hub), then the rest, each group in its collected order: on
+    pytest-xdist workers (``make test``) the long ones then start early, side by side, and
+    the quick ones fill the end, instead of one long test ending the run alone."""
+    items.sort(key=_order)

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database on the test server, dropped afterwards."""
-    with pg_database() as url:
+    with pg_database(empty=True) as url:
         yield url
 
 

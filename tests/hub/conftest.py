@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +67,32 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture(scope="session")
+def _hub_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[datetime, tuple[Path, str]]:
+    """Initialised hub homes by the time they were made at, one each per test process."""
+    return {}
+
+
 @pytest.fixture
-def hub_home(tmp_path: Path, clock: ManualClock) -> tuple[Path, str]:
+def hub_home(
+    tmp_path: Path,
+    clock: ManualClock,
+    tmp_path_factory: pytest.TempPathFactory,
+    _hub_templates: dict[datetime, tuple[Path, str]],
+) -> tuple[Path, str]:
+    """A hub home initialised at the clock's time, and its admin token.
+
+    ``init_home`` (keys, schema migrations, TUF repositories) costs about 0.3 s; each test
+    gets its own copy of one made once per test process for that time, so tests never share
+    files, only the keys and the admin token's value.
+    """
+    now = clock.now()
+    if now not in _hub_templates:
+        template = tmp_path_factory.mktemp("hub-template") / "hub"
+        _hub_templates[now] = (template, init_home(template, ManualClock(now)))
+    template, token = _hub_templates[now]
     home = tmp_path / "hub"
-    token = init_home(home, clock)
+    shutil.copytree(template, home)
     return home, token
 
 
