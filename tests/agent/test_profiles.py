@@ -300,32 +300,43 @@ def test_rows_served_before_a_shutdown_are_in_the_last_window(tmp_path: Path) ->
             [np.zeros((1, 3), np.float32), np.ones((2, 3), np.float64)], id="mixed dtypes"
         ),
         pytest.param(
-            [np.zeros((1, 3), np.float32), np.ones((3, 4), np.float32)[:, :3]],
+            [np.zeros((1, 3), np.float32), np.arange(12, dtype=np.float32).reshape(3, 4)[:, :3]],
             id="a non-contiguous view",
         ),
-        pytest.param([np.arange(6, dtype=np.int64).reshape(2, 3)] * 3, id="alike parts"),
+        pytest.param([np.arange(6, dtype=np.int64).reshape(2, 3)] * 70, id="alike parts"),
+        pytest.param(
+            [np.zeros((1, 3), np.float32)] * 40 + [np.ones((1, 3), np.float64)] * 3,
+            id="another dtype after forty requests",
+        ),
+        pytest.param([np.array([["a", "bb", "c"]]), np.array([["dddd", "e", "f"]])], id="strings"),
+        pytest.param([np.array([[True, False, True]])] * 3, id="booleans"),
     ],
 )
-def test_a_block_is_joined_exactly_as_concatenate_joins_it(parts: list[np.ndarray]) -> None:
-    from modelfleet.agent.profiles import _joined
+def test_a_block_holds_what_concatenating_the_requests_tensors_gives(
+    parts: list[np.ndarray],
+) -> None:
+    from modelfleet.agent.profiles import _NO_BLOCK, _Slot
 
-    work = _joined(parts)
-    while True:
-        try:
-            next(work)
-        except StopIteration as done:
-            joined = done.value
-            break
+    slot = _Slot("X", 3, _NO_BLOCK)
+    for a in parts:
+        if a.dtype is slot.dtype:  # the request path's test, then its fallback
+            slot.parts.append(a.tobytes())
+        else:
+            slot.odd(a)
     want = np.concatenate(parts)
-    assert joined.dtype == want.dtype
+    joined = slot.take(len(want))
+    assert joined.dtype == want.dtype and slot.parts == []
     np.testing.assert_array_equal(joined, want)
+    with pytest.raises(ValueError, match="values for"):
+        slot.odd(parts[0])
+        slot.take(5)
 
 
 def test_no_request_pays_for_a_whole_block() -> None:
     # the count of a sealed block is spread over the next requests: the request that
     # seals it runs one step, and the block is done a few dozen requests later
     pp = package_profile()
-    observer = ProfileObserver(block_rows=64)
+    observer = ProfileObserver(block_rows=64, step_values=16384)
     observer.watch("m", "1", pp)
     x = np.zeros((1, 3), np.float32)
     feed(observer, "1", [x] * 64)

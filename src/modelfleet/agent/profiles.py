@@ -3,11 +3,12 @@
 Issue 9. Each loaded version whose signed manifest carries a reference profile is
 *watched* (:meth:`ProfileObserver.watch`, called by the model loader before the version
 is routed). The infer endpoint hands every answered request of a watched version to
-:meth:`ProfileObserver.on_batch` — the request path appends each profiled tensor of the
-request to a list (no copy; numpy arrays are no work for the garbage collector); every
-``block_rows`` rows (1024) the block is sealed and counted vectorised
-(:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`) in steps of ~5–50 µs, one
-step in each following request, so no request pays the ~1 ms of a whole block (ADR 0042).
+:meth:`ProfileObserver.on_batch` — the request path keeps the bytes of each profiled tensor
+of the request (``ndarray.tobytes``: the request's arrays die with the request, as without
+counts; see :class:`_Slot`); every ``block_rows`` rows (1024) the block is sealed, joined
+and counted vectorised (:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`), in
+the request that seals it or, with ``step_values``, in steps over the next requests
+(ADR 0042).
 
 At each telemetry window close (:meth:`ProfileObserver.close`, the closer thread) the
 counts of each (model, version, role) become the window record's ``"profile"`` field
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterable, Mapping
-from operator import attrgetter
 from typing import Any, Final
 
 import numpy as np
@@ -38,11 +38,12 @@ __all__ = ["DEFAULT_BLOCK_ROWS", "DEFAULT_STEP_VALUES", "ProfileObserver"]
 
 log = logging.getLogger("modelfleet.agent.profiles")
 
-#: Rows kept (as tensor references) before they are sealed into a block and counted.
+#: Rows kept (as each request's bytes) before they are sealed into a block and counted.
 DEFAULT_BLOCK_ROWS: Final = 1024
-#: Compared values per counting step that a request runs (~5–15 µs on the benchmark box;
-#: one edge rank of a 1,024-row block of 10 columns).
-DEFAULT_STEP_VALUES: Final = 16384
+#: Compared values per counting step that a request runs; 0: the request that seals a
+#: block counts all of it (the default: it holds the p99 best, ADR 0042). 16,384 is one
+#: edge rank of a 1,024-row block of 10 columns, ~5–40 µs a step on the benchmark box.
+DEFAULT_STEP_VALUES: Final = 0
 
 Tensors = Mapping[str, npt.NDArray[Any]]
 Key = tuple[str, str, str]
@@ -55,28 +56,84 @@ def _log_unfit(rows: int, error: Exception) -> None:
     log.warning("drift counts: %d rows not counted, they do not fit the profile: %s", rows, error)
 
 
+class _Slot:
+    """One profiled tensor's pending rows in the open block.
+
+    A tensor of plain numbers (bool, int, uint, float) is kept as each request's bytes
+    (``ndarray.tobytes``, ~0.15 µs a one-row tensor): the request's array dies in the
+    request, as without counts, and a bytes object costs the block's join and its
+    freeing ~0.03 µs. Kept arrays cost ~0.3 µs each to free later, cache-cold (an ONNX
+    Runtime output's capsule frees its tensor): ~1 ms for a block of one-row requests.
+    Any other tensor (strings, objects), or one whose dtype changes within a block, is
+    kept as array references and concatenated.
+    """
+
+    __slots__ = ("columns", "dtype", "name", "parts")
+
+    def __init__(self, name: str, columns: int, dtype: np.dtype[Any] | None) -> None:
+        self.name = name
+        self.columns = columns
+        #: The dtype of the block's bytes; None: the parts are arrays.
+        self.dtype = dtype
+        self.parts: list[Any] = []
+
+    def odd(self, array: npt.NDArray[Any]) -> None:
+        """Keep ``array``, whose dtype is not (identically) the block's."""
+        dtype = array.dtype
+        if self.dtype is None:
+            self.parts.append(array)
+        elif not self.parts and dtype.kind in _FLAT_KINDS:  # a new block's first request
+            self.dtype = dtype
+            self.parts.append(array.tobytes())
+        elif dtype == self.dtype:  # an equal dtype object (byte order written otherwise)
+            self.parts.append(array.tobytes())
+        else:  # another dtype within the block: arrays from now on, joined by NumPy
+            if self.parts:
+                self.parts = [np.frombuffer(b"".join(self.parts), self.dtype)]
+            self.dtype = None
+            self.parts.append(array)
+
+    def take(self, rows: int) -> npt.NDArray[Any]:
+        """The block's ``rows`` rows as one ``rows × columns`` array; the slot is emptied.
+
+        Raises:
+            ValueError: the parts do not hold ``rows`` rows of this tensor's columns.
+        """
+        parts, self.parts = self.parts, []
+        if self.dtype is not None:
+            values = np.frombuffer(b"".join(parts), self.dtype)
+        else:
+            cols = self.columns  # each part's values row-major, as PackageProfile.batch reads
+            values = np.concatenate([np.reshape(a, (-1, cols)) for a in parts])
+        if values.size != rows * self.columns:
+            raise ValueError(
+                f"tensor {self.name!r}: {values.size} values for {rows} rows of "
+                f"{self.columns} columns"
+            )
+        return values.reshape(rows, self.columns)
+
+
 class _Series:
     """One window's pending rows and counter of one (model, version, role).
 
-    The request path appends each profiled tensor of a request to that tensor's list:
-    the arrays are kept (numpy arrays are not garbage-collector containers, so the
-    collector has no more objects to walk), no copy is made, no dict is kept. A full
-    block is *sealed*: its lists are handed to a counting generator (:meth:`_count`) and
-    the next requests each run one step of it (a part of the join, one edge rank of the
-    compare, the bincount: ~30 steps of 5–50 µs for the benchmark model's block) until
-    it is done, so no request pays the whole block (~1 ms; issue 9, ADR 0042). A request
-    of ``n`` rows runs ``1 + n // 32`` steps. A block sealed while the previous one is
-    still being counted first finishes that one; :meth:`flush` (a window's close)
-    finishes both. Every row is counted once, into this series' counter.
+    The request path keeps each profiled tensor of a request in that tensor's
+    :class:`_Slot` (its bytes, for plain numbers). A full block is *sealed*: its slots
+    are handed to a counting generator (:meth:`_count`) that joins them, then counts
+    (:meth:`ProfileCounter.count_steps`); with ``step_values`` 0 (the default) the
+    request that seals the block runs all of it, else the next requests each run one
+    step of ~``step_values`` compared values, so no request pays the whole block (ADR
+    0042). A request of ``n`` rows runs ``1 + n // 32`` steps. A block sealed while the
+    previous one is still being counted first finishes that one; :meth:`flush` (a
+    window's close) finishes both. Every row is counted once, into this series' counter.
     """
 
     __slots__ = (
         "counter",
         "fill",
         "first",
-        "in_names",
+        "in_fast",
         "in_slots",
-        "out_names",
+        "out_fast",
         "out_slots",
         "profile",
         "step_values",
@@ -88,20 +145,25 @@ class _Series:
         self.counter = counter
         self.step_values = step_values
         self.first = profile.inputs[0].tensor
-        self.in_names = [t.tensor for t in profile.inputs]
-        self.out_names = [t.tensor for t in profile.outputs]
         self.work: Generator[None, None, int] | None = None
-        self._open()
-
-    def _open(self) -> None:
-        """Fresh lists for the next block."""
-        self.in_slots: list[tuple[str, list[npt.NDArray[Any]]]] = [
-            (name, []) for name in self.in_names
-        ]
-        self.out_slots: list[tuple[str, list[npt.NDArray[Any]]]] = [
-            (name, []) for name in self.out_names
-        ]
+        self.in_slots = [_Slot(t.tensor, t.columns, _NO_BLOCK) for t in profile.inputs]
+        self.out_slots = [_Slot(t.tensor, t.columns, _NO_BLOCK) for t in profile.outputs]
         self.fill = 0
+        self._bind()
+
+    def _bind(self) -> None:
+        """The request path's view of the slots: (name, bytes dtype, parts.append)."""
+        self.in_fast = [(s.name, s.dtype, s.parts.append) for s in self.in_slots]
+        self.out_fast = [(s.name, s.dtype, s.parts.append) for s in self.out_slots]
+
+    def _open(self) -> tuple[list[_Slot], list[_Slot]]:
+        """Fresh slots for the next block (each keeping its dtype); the old ones."""
+        old = self.in_slots, self.out_slots
+        self.in_slots = [_Slot(s.name, s.columns, _reopen(s.dtype)) for s in old[0]]
+        self.out_slots = [_Slot(s.name, s.columns, _reopen(s.dtype)) for s in old[1]]
+        self.fill = 0
+        self._bind()
+        return old
 
     def add(self, inputs: Tensors, outputs: Tensors, block: int) -> int:
         """Keep one request's profiled tensors; seal the block when it is full, else run
@@ -113,10 +175,18 @@ class _Series:
         """
         try:
             first = inputs[self.first]
-            for name, part in self.in_slots:
-                part.append(inputs[name])
-            for name, part in self.out_slots:
-                part.append(outputs[name])
+            for name, dtype, append in self.in_fast:
+                array = inputs[name]
+                if array.dtype is dtype:
+                    append(array.tobytes())
+                else:
+                    self._odd(self.in_slots, name, array)
+            for name, dtype, append in self.out_fast:
+                array = outputs[name]
+                if array.dtype is dtype:
+                    append(array.tobytes())
+                else:
+                    self._odd(self.out_slots, name, array)
         except KeyError as e:  # cannot happen for an answered request: drop, never raise
             rows = self.fill + 1
             self._open()
@@ -134,6 +204,12 @@ class _Series:
                 break
             dropped += self.step()
         return dropped
+
+    def _odd(self, slots: list[_Slot], name: str, array: npt.NDArray[Any]) -> None:
+        for slot in slots:
+            if slot.name == name:
+                slot.odd(array)
+        self._bind()
 
     def step(self) -> int:
         """Run one step of the block being counted; returns rows that could not be."""
@@ -155,11 +231,13 @@ class _Series:
 
     def _seal(self) -> int:
         """Hand the pending rows to a counting generator (finishing the previous one
-        first) and run its first step."""
+        first) and run its first step (all of it, with ``step_values`` 0)."""
         dropped = self._finish()
-        rows, ins, outs = self.fill, self.in_slots, self.out_slots
-        self._open()
+        rows = self.fill
+        ins, outs = self._open()
         self.work = self._count(rows, ins, outs)
+        if not self.step_values:
+            return dropped + self._finish()
         return dropped + self.step()
 
     def flush(self) -> int:
@@ -170,25 +248,18 @@ class _Series:
             dropped += self._finish()
         return dropped
 
-    def _count(
-        self,
-        rows: int,
-        ins: list[tuple[str, list[npt.NDArray[Any]]]],
-        outs: list[tuple[str, list[npt.NDArray[Any]]]],
-    ) -> Generator[None, None, int]:
+    def _count(self, rows: int, ins: list[_Slot], outs: list[_Slot]) -> Generator[None, None, int]:
         """Count one sealed block in steps; returns the rows that could not be counted."""
         profile = self.profile
         try:
-            joined_in = {}
-            for name, parts in ins:
-                joined_in[name] = yield from _joined(parts)
-            joined_out = {}
-            for name, parts in outs:
-                joined_out[name] = yield from _joined(parts)
-            del ins, outs  # the parts may go
+            joined_in = {slot.name: slot.take(rows) for slot in ins}
+            joined_out = {slot.name: slot.take(rows) for slot in outs}
             counted_outputs = profile.batch(joined_out, "outputs") if profile.outputs else None
+            batch = profile.batch(joined_in, "inputs")
+            if self.step_values:
+                yield
             yield from self.counter.count_steps(
-                profile.batch(joined_in, "inputs"), counted_outputs, self.step_values
+                batch, counted_outputs, self.step_values or _ALL_AT_ONCE
             )
         except _UNFIT as e:
             _log_unfit(rows, e)
@@ -196,55 +267,17 @@ class _Series:
         return 0
 
 
-#: Tensors joined per step: ~5–15 µs of ``bytes.join`` and checks for one-row tensors.
-_JOIN_PARTS: Final = 128
-#: Kinds whose C-contiguous arrays are joined as bytes (plain values: no object pointers).
-_FLAT_KINDS: Final = "biufUS"
-_dtype_of = attrgetter("dtype")
-_shape_of = attrgetter("shape")
+#: Kinds kept as bytes (plain values: no object pointers, one width per dtype).
+_FLAT_KINDS: Final = "biuf"
+#: ``step_values`` that counts a block in one step.
+_ALL_AT_ONCE: Final = 1 << 62
+#: A slot's dtype before its first request: no array's dtype is it.
+_NO_BLOCK: Final[Any] = np.dtype([("none", np.void, 0)])
 
 
-def _joined(parts: list[npt.NDArray[Any]]) -> Generator[None, None, npt.NDArray[Any]]:
-    """The parts joined along their first axis, in steps (a new array: parts may go).
-
-    One-row requests make a block of ~1,000 tiny arrays, which ``np.concatenate`` joins at
-    ~0.3 µs each; ``bytes.join`` over their buffers takes ~0.05 µs, once every part is
-    known to share the first's dtype and trailing shape and to be C-contiguous (a
-    non-contiguous one refuses its buffer: then ``np.concatenate`` does it).
-    """
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    dtype, tail = first.dtype, first.shape[1:]
-    if first.ndim and dtype.kind in _FLAT_KINDS:
-        chunks: list[bytes] = []
-        for i in range(0, len(parts), _JOIN_PARTS):
-            if i:
-                yield
-            chunk = parts[i : i + _JOIN_PARTS]
-            if not _alike(chunk, dtype, first.shape):
-                break
-            try:
-                chunks.append(b"".join(chunk))  # type: ignore[arg-type]
-            except TypeError:  # not C-contiguous: no buffer
-                break
-        else:
-            return np.frombuffer(b"".join(chunks), dtype).reshape(-1, *tail)
-        yield
-    return np.concatenate(parts)
-
-
-def _alike(chunk: list[npt.NDArray[Any]], dtype: np.dtype[Any], shape: tuple[int, ...]) -> bool:
-    """Whether every array of ``chunk`` has ``dtype`` and ``shape``'s trailing shape (and
-    at least one axis)."""
-    dtypes = list(map(_dtype_of, chunk))
-    if dtypes.count(dtype) != len(dtypes):
-        return False
-    shapes = list(map(_shape_of, chunk))
-    if shapes.count(shape) == len(shapes):
-        return True
-    tail = shape[1:]
-    return all(len(s) == len(shape) and s[1:] == tail for s in set(shapes))
+def _reopen(dtype: np.dtype[Any] | None) -> np.dtype[Any] | None:
+    """The next block's dtype: the last one's bytes dtype (or none yet)."""
+    return _NO_BLOCK if dtype is None else dtype
 
 
 class ProfileObserver:
@@ -260,8 +293,7 @@ class ProfileObserver:
         sketches: keep KLL sketches (for KS) as the profiles ask; False counts bins only.
         block_rows: rows gathered before they are counted (1 … 65536).
         step_values: compared values of a sealed block's count that one request runs
-            (≥ 1; a value above ``block_rows`` × columns counts a block in the request
-            that seals it, as before ADR 0042).
+            (≥ 0); 0 counts a block in the request that seals it (ADR 0042).
     """
 
     def __init__(
@@ -272,8 +304,8 @@ class ProfileObserver:
     ) -> None:
         if not 1 <= block_rows <= 65536:
             raise InvalidInputError("block_rows must be between 1 and 65536")
-        if step_values < 1:
-            raise InvalidInputError("step_values must be at least 1")
+        if step_values < 0:
+            raise InvalidInputError("step_values must not be negative")
         self.sketches = sketches
         self.block_rows = block_rows
         self.step_values = step_values
@@ -337,7 +369,9 @@ class ProfileObserver:
                     ProfileCounter(profile.profile, self.block_rows, sketches=self.sketches),
                     self.step_values,
                 )
-            self.dropped_rows += series.add(inputs, outputs, self.block_rows)
+            dropped = series.add(inputs, outputs, self.block_rows)
+            if dropped:
+                self.dropped_rows += dropped
 
     # -- the closer -------------------------------------------------------------------------
 

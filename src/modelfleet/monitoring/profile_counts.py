@@ -6,7 +6,9 @@ column, plus a KLL quantile sketch per numeric column (for KS). It is vectorised
 (one compare per edge rank over the whole block, one ``np.bincount`` over all columns;
 categorical values tallied first — ``np.unique``, or a ``Counter`` for ``str`` objects — then
 a dictionary over the distinct values only) and buffers small batches (``flush_rows``), so
-a single-row call costs one array copy.
+a single-row call costs one array copy. :meth:`ProfileCounter.count_steps` counts a batch
+in steps (a generator), for a caller on a latency path that spreads a large block over
+many requests (the agent, ADR 0042).
 
 :class:`ProfileWindow` is what a window carries: counts add, sketches merge, so windows,
 devices and sites merge exactly at the hub (the sketches within their error bound; see
