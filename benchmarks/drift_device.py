@@ -5,9 +5,13 @@
 * ``serving``: the real agent app (``build_agent_app``, the benchmark's real ONNX model, the
   telemetry recorder in the fan-out) called as an ASGI callable in a closed loop on one event
   loop, without and with a :class:`~modelfleet.agent.profiles.ProfileObserver` watching the
-  version (its reference profile built from 5,000 rows with the model's outputs, sketches
-  off as the agent's default, then on). Phases alternate; the ratios are of adjacent
-  phases. The block count (every 1,024 rows) runs on the event loop, inside one request.
+  version (its reference profile built from 5,000 rows with the model's outputs): ``off``,
+  ``off_control`` (a second app without counts: the run's noise floor), ``on`` (bins, the
+  agent's default: each 1,024-row block counted in the request that seals it),
+  ``on_stepped`` (a sealed block counted in ~15 steps over the next requests, ADR 0042)
+  and ``on_sketches``. The configurations are interleaved, 32 requests at a time, in each
+  round; the ratios are medians of per-round ratios to ``off``. Every served row is
+  checked to be counted once (``*_counted_rows`` = ``*_served_rows``).
 * ``serving_slow_model``: the same off/on comparison with a model of ~0.2 ms a request.
 * ``window_bytes``: the ``profile`` field of one window after 6,000 rows (a busy minute at
   100 rows/s), as JSON, with and without sketches, for the model's profile (10 inputs, 4
@@ -26,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 
 
@@ -38,74 +41,132 @@ def _profile(bench_path: Path, rows: np.ndarray, sketches: bool) -> Any:
     )
 
 
+#: Requests a configuration serves in a row before the next one takes over (interleaved).
+_CHUNK = 32
+
+
+def _interleaved(
+    calls: dict[str, Any], seconds: float, rounds: int, chunk: int = _CHUNK
+) -> dict[str, list[dict[str, float]]]:
+    """Per round and configuration: requests/s, p50, p99 and p99.9 (µs).
+
+    Each round runs ``seconds`` on one event loop, the configurations taking turns of
+    ``chunk`` requests, the first of each cycle rotating: every configuration sees the
+    same machine state (on a shared box the load moves within a second; phases of a
+    second each gave an off/off ratio of 0.9–1.1 at p99), and none always follows one
+    that has just counted a block.
+    """
+    names = list(calls)
+
+    async def one_round() -> dict[str, list[float]]:
+        lat: dict[str, list[float]] = {name: [] for name in names}
+        clock = time.perf_counter
+        end = clock() + seconds
+        cycle = 0
+        while clock() < end:
+            k = cycle % len(names)
+            for name in names[k:] + names[:k]:
+                call, out = calls[name], lat[name]
+                for _ in range(chunk):
+                    t = clock()
+                    await call()
+                    out.append(clock() - t)
+            cycle += 1
+        return lat
+
+    asyncio.run(one_round())  # warm-up (the same length as a round)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, values in asyncio.run(one_round()).items():
+            lat = np.array(values)
+            runs[name].append(
+                {
+                    "requests_per_s": len(lat) / float(lat.sum()),
+                    "p50_us": float(np.percentile(lat, 50) * 1e6),
+                    "p99_us": float(np.percentile(lat, 99) * 1e6),
+                    "p999_us": float(np.percentile(lat, 99.9) * 1e6),
+                }
+            )
+    return runs
+
+
+def _summary(runs: dict[str, list[dict[str, float]]], base: str = "off") -> dict[str, Any]:
+    """Medians per configuration, and medians of the per-round ratios to ``base``."""
+    out: dict[str, Any] = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
+    }
+    for name, rs in runs.items():
+        if name == base:
+            continue
+        for k, key in (("p50", "p50_us"), ("p99", "p99_us"), ("p999", "p999_us")):
+            out[f"{name}_{k}_ratio"] = statistics.median(
+                o[key] / f[key] for f, o in zip(runs[base], rs, strict=True)
+            )
+        out[f"{name}_throughput_ratio"] = statistics.median(
+            o["requests_per_s"] / f["requests_per_s"] for f, o in zip(runs[base], rs, strict=True)
+        )
+    out["runs"] = runs
+    return out
+
+
+def _observer(sketches: bool, stepped: bool) -> Any:
+    from modelfleet.agent.profiles import ProfileObserver
+
+    if not stepped:
+        return ProfileObserver(sketches=sketches)
+    try:  # a sealed block counted over the next requests (ADR 0042)
+        return ProfileObserver(sketches=sketches, step_values=16384)
+    except TypeError:  # code from before ADR 0042: no steps
+        return None
+
+
 def bench_serving(directory: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """Off vs on for the benchmark model (~20 µs a request), interleaved (see
+    :func:`_interleaved`). ``off_control`` is a second app without counts: its ratio to
+    ``off`` is the noise floor of the run. ``on`` counts bins (the agent's default: each
+    block in the request that seals it), ``on_stepped`` counts a sealed block in steps
+    over the next requests, ``on_sketches`` keeps sketches too."""
     from benchmarks.serving.inproc import MODEL_NAME, MODEL_VERSION, _agent_parts, _AsgiCall
     from benchmarks.serving.model import make_model
     from modelfleet.agent.app import build_agent_app
-    from modelfleet.agent.profiles import ProfileObserver
     from modelfleet.clock import SystemClock
+    from modelfleet.monitoring.profile_counts import ProfileWindow
     from modelfleet.telemetry.windows import WindowRecorder
 
     bench = make_model(directory)
     host, metrics, _app = _agent_parts(bench.path)
     ref = np.random.default_rng(0).normal(size=(5000, 10)).astype(np.float32)
     calls: dict[str, Any] = {}
-    observers: dict[str, ProfileObserver] = {}
-    for name, sketches in (("off", None), ("on", False), ("on_sketches", True)):
+    observers: dict[str, Any] = {}
+    configs = (
+        ("off", None, False),
+        ("off_control", None, False),
+        ("on", False, False),
+        ("on_stepped", False, True),
+        ("on_sketches", True, False),
+    )
+    for name, sketches, stepped in configs:
         recorder = WindowRecorder("edge-1", SystemClock().now())
         observer = None
         if sketches is not None:
-            observer = ProfileObserver(sketches=sketches)
-            observer.watch(MODEL_NAME, MODEL_VERSION, _profile(bench.path, ref, sketches))
+            observer = _observer(sketches, stepped)
+            if observer is None:
+                continue
+            profile = _profile(bench.path, ref, sketches)
+            observer.watch(MODEL_NAME, MODEL_VERSION, profile)
             recorder.attach = observer.close
-            observers[name] = observer
+            observers[name] = (observer, profile)
         app = build_agent_app(host, metrics=metrics, observers=[recorder], batches=observer)
         calls[name] = _AsgiCall(app, bench.body)
-
-    async def closed_loop(call: Any, duration: float) -> list[float]:
-        lat: list[float] = []
-        end = time.perf_counter() + duration
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            await call()
-            lat.append(time.perf_counter() - t)
-        return lat
-
-    def phase(name: str) -> dict[str, float]:
-        lat = np.array(asyncio.run(closed_loop(calls[name], seconds)))
-        return {
-            "requests_per_s": len(lat) / seconds,
-            "p50_us": float(np.percentile(lat, 50) * 1e6),
-            "p99_us": float(np.percentile(lat, 99) * 1e6),
-            "p999_us": float(np.percentile(lat, 99.9) * 1e6),
-        }
-
-    for name in calls:
-        asyncio.run(closed_loop(calls[name], 0.5))  # warm-up
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name in calls:
-            runs[name].append(phase(name))
+    runs = _interleaved(calls, seconds, rounds)
     for call in calls.values():
         assert set(call.statuses) == {200}, set(call.statuses)
-    counted = {
-        name: observers[name].close([])[(MODEL_NAME, MODEL_VERSION, "production")]["profile"]
-        for name in observers
-    }
-    out: dict[str, Any] = {
-        name: {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
-        for name in runs
-    }
-    for name in ("on", "on_sketches"):
-        out[f"{name}_p99_ratio"] = statistics.median(
-            o["p99_us"] / f["p99_us"] for f, o in zip(runs["off"], runs[name], strict=True)
-        )
-        out[f"{name}_throughput_ratio"] = statistics.median(
-            o["requests_per_s"] / f["requests_per_s"]
-            for f, o in zip(runs["off"], runs[name], strict=True)
-        )
-        out[f"{name}_counted_windows"] = counted[name]["windows"]
-    out["runs"] = runs
+    out = _summary(runs)
+    for name, (observer, profile) in observers.items():
+        wire = observer.close([])[(MODEL_NAME, MODEL_VERSION, "production")]["profile"]
+        # every served row counted once: the window holds as many rows as were answered
+        out[f"{name}_counted_rows"] = ProfileWindow.from_wire(wire, profile.profile).rows
+        out[f"{name}_served_rows"] = len(calls[name].statuses)
     return out
 
 
@@ -150,40 +211,7 @@ def bench_serving_slow(directory: Path, size: int, seconds: float, rounds: int) 
         app = build_agent_app(host, metrics=metrics, observers=[recorder], batches=observer)
         calls[name] = _AsgiCall(app, body)
 
-    async def closed_loop(call: Any, duration: float) -> npt.NDArray[np.float64]:
-        lat: list[float] = []
-        end = time.perf_counter() + duration
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            await call()
-            lat.append(time.perf_counter() - t)
-        return np.array(lat)
-
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
-    for name in calls:
-        asyncio.run(closed_loop(calls[name], 0.3))
-    for _ in range(rounds):
-        for name, call in calls.items():
-            lat = asyncio.run(closed_loop(call, seconds))
-            runs[name].append(
-                {
-                    "requests_per_s": len(lat) / seconds,
-                    "p50_us": float(np.percentile(lat, 50) * 1e6),
-                    "p99_us": float(np.percentile(lat, 99) * 1e6),
-                }
-            )
-    out: dict[str, Any] = {
-        name: {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
-        for name in runs
-    }
-    out["on_p99_ratio"] = statistics.median(
-        o["p99_us"] / f["p99_us"] for f, o in zip(runs["off"], runs["on"], strict=True)
-    )
-    out["on_throughput_ratio"] = statistics.median(
-        o["requests_per_s"] / f["requests_per_s"]
-        for f, o in zip(runs["off"], runs["on"], strict=True)
-    )
-    return out
+    return _summary(_interleaved(calls, seconds, rounds))
 
 
 def bench_window_bytes(directory: Path, rows: int = 6000) -> dict[str, Any]:
@@ -229,25 +257,38 @@ def bench_window_bytes(directory: Path, rows: int = 6000) -> dict[str, Any]:
 
 def bench_observer(rows_total: int = 65536) -> dict[str, float]:
     """µs the request path spends in :meth:`ProfileObserver.on_batch` (block counts
-    included), per request of 1 row and per row of 64-row requests, 20 numeric features."""
+    included), per row of 1-row and of 64-row requests, at 20 and 200 numeric features;
+    and, for 1-row requests, the p99.9 and the worst single call (a request that seals or
+    steps a block)."""
     from modelfleet.agent.profiles import ProfileObserver
     from modelfleet.monitoring.profile import ReferenceProfile
     from modelfleet.packaging.reference import PackageProfile, TensorColumns
 
     rng = np.random.default_rng(2)
-    profile = ReferenceProfile.build(rng.normal(size=(5000, 20)), sketch_k=None)
-    pp = PackageProfile(profile, (TensorColumns("X", 20),))
     out: dict[str, float] = {}
-    for batch in (1, 64):
-        observer = ProfileObserver()
-        observer.watch("m", "1", pp)
-        reqs = [{"X": rng.normal(size=(batch, 20)).astype(np.float32)} for _ in range(256)]
-        n = rows_total // batch
-        t = time.perf_counter()
-        for i in range(n):
-            observer.on_batch("m", "1", "production", reqs[i % 256], {})
-        dt = time.perf_counter() - t
-        out[f"batch_{batch}_us_per_row"] = dt / (n * batch) * 1e6
+    for width in (20, 200):
+        profile = ReferenceProfile.build(rng.normal(size=(5000, width)), sketch_k=None)
+        pp = PackageProfile(profile, (TensorColumns("X", width),))
+        for batch in (1, 64):
+            observer = ProfileObserver()
+            observer.watch("m", "1", pp)
+            reqs = [{"X": rng.normal(size=(batch, width)).astype(np.float32)} for _ in range(256)]
+            n = rows_total // batch
+            t = time.perf_counter()
+            for i in range(n):
+                observer.on_batch("m", "1", "production", reqs[i % 256], {})
+            dt = time.perf_counter() - t
+            out[f"{width}_features_batch_{batch}_us_per_row"] = dt / (n * batch) * 1e6
+            if batch != 1:
+                continue
+            calls = np.empty(n)
+            clock = time.perf_counter
+            for i in range(n):
+                t = clock()
+                observer.on_batch("m", "1", "production", reqs[i % 256], {})
+                calls[i] = clock() - t
+            out[f"{width}_features_batch_1_p999_us"] = float(np.percentile(calls, 99.9) * 1e6)
+            out[f"{width}_features_batch_1_max_us"] = float(calls.max() * 1e6)
     return out
 
 
@@ -269,31 +310,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    s = result["serving"]
-    for name in ("off", "on", "on_sketches"):
-        r = s[name]
-        print(
-            f"{name:12s} {r['requests_per_s']:8.0f} req/s  p50 {r['p50_us']:6.1f} µs  "
-            f"p99 {r['p99_us']:6.1f} µs  p99.9 {r['p999_us']:7.1f} µs"
-        )
-    for name in ("on", "on_sketches"):
-        print(
-            f"{name}: p99 ratio {s[f'{name}_p99_ratio']:.3f}, throughput ratio "
-            f"{s[f'{name}_throughput_ratio']:.3f}"
-        )
-    slow = result["serving_slow_model"]
-    for name in ("off", "on"):
-        r = slow[name]
-        print(
-            f"slow model {name:4s} {r['requests_per_s']:6.0f} req/s  p50 {r['p50_us']:6.1f} µs  "
-            f"p99 {r['p99_us']:6.1f} µs"
-        )
-    print(
-        f"slow model on: p99 ratio {slow['on_p99_ratio']:.3f}, throughput ratio "
-        f"{slow['on_throughput_ratio']:.3f}"
-    )
+    for title, part in (("small", result["serving"]), ("slow", result["serving_slow_model"])):
+        names = [k for k, v in part.items() if isinstance(v, dict) and "p50_us" in v]
+        for name in names:
+            r = part[name]
+            print(
+                f"{title} {name:12s} {r['requests_per_s']:8.0f} req/s  p50 {r['p50_us']:6.1f} µs  "
+                f"p99 {r['p99_us']:6.1f} µs  p99.9 {r['p999_us']:7.1f} µs"
+            )
+        for name in names[1:]:
+            print(
+                f"{title} {name}/off (paired medians): p50 {part[f'{name}_p50_ratio']:.3f}, "
+                f"p99 {part[f'{name}_p99_ratio']:.3f}, p99.9 {part[f'{name}_p999_ratio']:.3f}, "
+                f"throughput {part[f'{name}_throughput_ratio']:.3f}"
+            )
+    small = result["serving"]
+    for name in ("on", "on_stepped", "on_sketches"):
+        if f"{name}_counted_rows" in small:
+            counted, served = small[f"{name}_counted_rows"], small[f"{name}_served_rows"]
+            print(f"{name}: rows counted {counted}, served {served}")
     for name, us in result["observer"].items():
-        print(f"on_batch, 20 features, {name}: {us:.2f} µs")
+        print(f"on_batch, {name.replace('_', ' ')}: {us:.2f} µs")
     for name, size in result["window_bytes"].items():
         print(f"window profile field, {name}: {size} bytes")
     return 0
