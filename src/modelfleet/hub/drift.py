@@ -23,7 +23,6 @@ Hours with no roll-up are no step (no data is not "no drift"). A change of state
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub import db, events
+from modelfleet.hub._hourly_states import list_states, step_keys
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.catalog import NO_DRIFT_MESSAGE
 from modelfleet.hub.context import HubContext
@@ -57,7 +57,6 @@ from modelfleet.monitoring.sequential import (
 
 __all__ = ["MAX_RANGE", "STATE_VALUES", "Drift", "DriftSettings", "report_view"]
 
-log = logging.getLogger("modelfleet.hub")
 
 #: The gauge value of each drift state (``modelfleet_drift_state``).
 STATE_VALUES: Final[Mapping[str, int]] = DRIFT_STATE_VALUES
@@ -269,15 +268,7 @@ class Drift:
 
     def states(self, model: str | None = None, site: str | None = None) -> list[JSONDict]:
         """See ``HubService.drift_states``."""
-        t = db.DriftStateRow
-        where = []
-        if model is not None:
-            where.append(t.model == model)
-        if site is not None:
-            where.append(t.site == site)
-        with self._ctx.read() as s:
-            rows = s.scalars(select(t).where(*where).order_by(t.model, t.site)).all()
-            return [_state_view(r) for r in rows]
+        return list_states(self._ctx, db.DriftStateRow, _state_view, model, site)
 
     def advance(self) -> JSONDict:
         """Step every (model, site) over its closed hours not stepped yet (see the module
@@ -307,19 +298,10 @@ class Drift:
                     select(db.DriftStateRow.model, db.DriftStateRow.site, db.DriftStateRow.period)
                 )
             }
-        steps = 0
-        changes: list[JSONDict] = []
-        for key in sorted(per_key):
-            hours = per_key[key]
-            last = stepped.get(key)
-            if last is not None and all(h <= last for h in hours):
-                continue
-            n, changed = self._advance_key(key, hours, now)
-            steps += n
-            changes += changed
-        if changes:
-            log.info("drift states changed: %s", changes)
-        return {"steps": steps, "changes": changes}
+        return step_keys(
+            per_key, stepped, lambda key, hours: self._advance_key(key, hours, now),
+            "drift states",
+        )  # fmt: skip
 
     def _advance_key(
         self, key: tuple[str, str], hours: Mapping[datetime, Mapping[str, int]], now: datetime

@@ -21,7 +21,6 @@ the same transaction (webhooks deliver it, signed).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.hub import db, events
+from modelfleet.hub._hourly_states import list_states, step_keys
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.drift_rollups import hour_of
@@ -48,8 +48,6 @@ from modelfleet.monitoring.override_rate import (
 from modelfleet.monitoring.sequential import DriftState, SequentialState, reset
 
 __all__ = ["OverrideSettings", "OverrideStates", "state_view"]
-
-log = logging.getLogger("modelfleet.hub")
 
 
 @dataclass(frozen=True)
@@ -126,15 +124,7 @@ class OverrideStates:
 
     def states(self, model: str | None = None, site: str | None = None) -> list[JSONDict]:
         """See ``HubService.override_states``."""
-        t = db.OverrideStateRow
-        where = []
-        if model is not None:
-            where.append(t.model == model)
-        if site is not None:
-            where.append(t.site == site)
-        with self._ctx.read() as s:
-            rows = s.scalars(select(t).where(*where).order_by(t.model, t.site)).all()
-            return [state_view(r) for r in rows]
+        return list_states(self._ctx, db.OverrideStateRow, state_view, model, site)
 
     def advance(self) -> JSONDict:
         """Step every (model, site) over its closed hours not stepped yet (see the module
@@ -156,19 +146,10 @@ class OverrideStates:
                 hours.setdefault(h.hour, {})[h.version] = (h.overridden, h.confirmed)
             t = db.OverrideStateRow
             stepped = {(m, si): p for m, si, p in s.execute(select(t.model, t.site, t.period))}
-        steps = 0
-        changes: list[JSONDict] = []
-        for key in sorted(per_key):
-            hours = per_key[key]
-            last = stepped.get(key)
-            if last is not None and all(h <= last for h in hours):
-                continue
-            n, changed = self._advance_key(key, hours, now)
-            steps += n
-            changes += changed
-        if changes:
-            log.info("override states changed: %s", changes)
-        return {"steps": steps, "changes": changes}
+        return step_keys(
+            per_key, stepped, lambda key, hours: self._advance_key(key, hours, now),
+            "override states",
+        )  # fmt: skip
 
     def _advance_key(
         self,
