@@ -146,7 +146,11 @@ def test_bulk_writes_and_reads_are_sqlalchemys_on_sqlite(tmp_path: Path) -> None
 
 
 @pytest.mark.postgres
-def test_bulk_writes_and_reads_are_sqlalchemys_on_postgres() -> None:
+@pytest.mark.parametrize("copy_min", [1, 1000], ids=["copy-then-update-from", "executemany"])
+def test_bulk_writes_and_reads_are_sqlalchemys_on_postgres(
+    monkeypatch: pytest.MonkeyPatch, copy_min: int
+) -> None:
+    monkeypatch.setattr(_bulk, "COPY_MIN", copy_min)
     _check_same_bytes(lambda name: _postgres())
 
 

@@ -43,7 +43,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    LargeBinary,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
@@ -153,6 +165,18 @@ def _later(when: datetime | None, now: datetime) -> datetime:
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
+
+
+def _id_in(s: Session, column: Any, ids: Sequence[str]) -> Iterable[Any]:
+    """Conditions that together select ``column IN ids``: on PostgreSQL one
+    ``= ANY(array)`` (one short statement with one bound array, where 20 IN lists of 500
+    rendered parameters each cost more to build and parse than to run; issue 8), elsewhere
+    IN lists of :data:`_CHUNK` ids."""
+    if s.connection().dialect.name == "postgresql":
+        yield column == any_(literal(list(ids), ARRAY(String())))
+        return
+    for chunk in _chunks(ids):
+        yield column.in_(chunk)
 
 
 def _utc_now(now: datetime) -> datetime:
@@ -296,11 +320,9 @@ class Director:
         s.flush()
         by_device = self._assignments(s, ids)
         serials: dict[str, int] = {}
-        for chunk in _chunks(ids):
+        for condition in _id_in(s, db.DeviceState.device_id, ids):
             rows = s.execute(
-                select(db.DeviceState.device_id, db.DeviceState.serial).where(
-                    db.DeviceState.device_id.in_(chunk)
-                )
+                select(db.DeviceState.device_id, db.DeviceState.serial).where(condition)
             )
             serials.update({r.device_id: r.serial for r in rows})
         issued = now.astimezone(UTC).isoformat()
@@ -337,14 +359,8 @@ class Director:
     ) -> None:
         ids = list(staged)
         existing: set[str] = set()
-        for chunk in _chunks(ids):
-            existing.update(
-                s.scalars(
-                    select(db.DirectorDevice.device_id).where(
-                        db.DirectorDevice.device_id.in_(chunk)
-                    )
-                )
-            )
+        for condition in _id_in(s, db.DirectorDevice.device_id, ids):
+            existing.update(s.scalars(select(db.DirectorDevice.device_id).where(condition)))
         params = [
             {"device_id": d, "staged": blob, "staged_sha256": sha, "dirty": True}
             for d, (blob, sha) in staged.items()
@@ -370,10 +386,10 @@ class Director:
         a = db.Assignment.__table__.c
         cols = (a.model, a.production_version, a.candidate_version, a.mode, a.share, a.slo)
         out: dict[str, list[DesiredAssignment]] = defaultdict(list)
-        for chunk in _chunks(ids):
+        for condition in _id_in(s, a.device_id, ids):
             rows = s.execute(
                 select(a.device_id, *cols, a.rollout_id)
-                .where(a.device_id.in_(chunk))
+                .where(condition)
                 .order_by(a.device_id, a.model)
             )
             for device_id, model, prod, cand, mode, share, slo, rollout_id in rows:
