@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from modelfleet.hub import _bulk, db
 from modelfleet.hub.director import _DIRTY, _RESCHEDULE, _SIGNED, _STAGE_UPSERT, _STATE_UPSERT
+from modelfleet.hub.fleet import _TOUCH
 from tests.pg import pg_database
 
 T0 = datetime(2026, 12, 4, 18, 0, 0, tzinfo=UTC)
@@ -89,8 +90,10 @@ def _stored(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [
             tuple(r)
-            for table in ("director_devices", "desired_states")
-            for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY device_id")
+            for table in ("director_devices", "desired_states", "devices")
+            for r in conn.exec_driver_sql(
+                f"SELECT * FROM {table} ORDER BY {'id' if table == 'devices' else 'device_id'}"
+            )
         ]
 
 
@@ -101,6 +104,7 @@ def _writes() -> list[tuple[Any, list[dict[str, Any]]]]:
         for d in IDS
     ]
     resigned = _signed_rows()[1:2]
+    later = T0 + timedelta(hours=2, microseconds=7)
     moved = [{"b_id": "cam-3", "b_prev": 2, "b_resign_at": T0 + timedelta(days=2)}]
     return [
         (_STATE_UPSERT[1], states),
@@ -110,6 +114,9 @@ def _writes() -> list[tuple[Any, list[dict[str, Any]]]]:
         (_SIGNED[False], resigned),  # signed meanwhile: compare-and-set refuses it
         (_STATE_UPSERT[0], [{"b_id": "cam-2", **states[1], "serial": 2}]),
         (_RESCHEDULE, moved),
+        (_TOUCH, [{"b_id": d, "b_now": T0 + timedelta(hours=1)} for d in IDS]),
+        # last_seen never moves back: cam-1's older time is not written
+        (_TOUCH, [{"b_id": "cam-1", "b_now": T0}, {"b_id": "cam-2", "b_now": later}]),
     ]
 
 
@@ -126,7 +133,7 @@ def _check_same_bytes(make: Callable[[str], Any]) -> None:
                     else:
                         row_counts.append(_bulk.executemany(conn, stmt, rows))
             counts.append(row_counts)
-        assert counts[1] == [4, 3, 1, 1, 0, 1, 1]
+        assert counts[1] == [4, 3, 1, 1, 0, 1, 1, 4, 1]
         assert counts[0][1:] == counts[1][1:]  # SQLAlchemy's INSERT on PostgreSQL says -1
         assert _stored(old) == _stored(new)
         with new.begin() as conn:
