@@ -173,3 +173,18 @@ def test_a_bulk_write_clash_is_sqlalchemys_integrity_error(tmp_path: Path) -> No
 def test_an_empty_bulk_write_runs_nothing(tmp_path: Path) -> None:
     with _sqlite(tmp_path, "empty") as engine, engine.begin() as conn:
         assert _bulk.executemany(conn, _SIGNED[True], []) == 0
+
+
+@pytest.mark.postgres
+def test_two_copy_updates_in_one_transaction_each_get_their_temporary_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_bulk, "COPY_MIN", 1)
+    with _postgres() as engine:
+        _seed(engine)
+        moved = [{"b_id": d, "b_prev": 1, "b_resign_at": T0} for d in IDS]
+        touched = [{"b_id": d, "b_now": T0} for d in IDS]
+        with engine.begin() as conn:
+            assert _bulk.executemany(conn, _RESCHEDULE, moved) == 4
+            assert _bulk.executemany(conn, _TOUCH, touched) == 4
+            assert _bulk.executemany(conn, _RESCHEDULE, moved[:2]) == 2

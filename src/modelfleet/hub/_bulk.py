@@ -222,17 +222,26 @@ def fetchall(
     return [make(r) for r in zip(*columns, strict=True)]
 
 
-_tmp_names = iter(range(1, 1 << 62))
+class _FromTemp(NamedTuple):
+    table: Table
+    update: Update
+    binds: Mapping[str, BindParameter[Any]]
 
 
-def _copy_update(conn: Connection, stmt: Update, rows: Sequence[Mapping[str, Any]]) -> int:
-    """:func:`executemany` of an UPDATE on PostgreSQL: ``COPY`` then ``UPDATE … FROM``."""
-    c = _compile(conn, stmt)
+_from_temp: dict[tuple[int, str, tuple[str, ...]], tuple[Update, _FromTemp]] = {}
+
+
+def _from_temp_for(conn: Connection, stmt: Update, given: tuple[str, ...]) -> _FromTemp:
+    """The temporary table holding ``given`` and ``stmt`` reading them from it (built once
+    per statement and columns, so SQLAlchemy compiles the ``UPDATE … FROM`` once)."""
+    key = (id(stmt), conn.dialect.name, given)
+    hit = _from_temp.get(key)
+    if hit is not None and hit[0] is stmt:
+        return hit[1]
     binds = stmt.compile(dialect=conn.dialect).binds
-    given = [n for n in dict.fromkeys(c.names) if n in rows[0]]
-    # each bound parameter a column of the statement's type, in its own temporary table
-    tmp = Table(
-        f"_mf_bulk_{next(_tmp_names)}",
+    # One name will do: a temporary table is the session's own, and each call drops it.
+    table = Table(
+        "_mf_bulk",
         MetaData(),
         *(Column(n, binds[n].type) for n in given),
         prefixes=["TEMPORARY"],
@@ -241,27 +250,37 @@ def _copy_update(conn: Connection, stmt: Update, rows: Sequence[Mapping[str, Any
 
     def column_for(element: Any, **_: Any) -> Any:
         if isinstance(element, BindParameter) and element.key in by_key:
-            return tmp.c[by_key[element.key]]
+            return table.c[by_key[element.key]]
         return None
 
-    from_tmp = cast(Update, replacement_traverse(stmt, {}, column_for))
+    out = _FromTemp(table, cast(Update, replacement_traverse(stmt, {}, column_for)), binds)
+    with _cache_lock:
+        _from_temp[key] = (stmt, out)
+    return out
+
+
+def _copy_update(conn: Connection, stmt: Update, rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`executemany` of an UPDATE on PostgreSQL: ``COPY`` then ``UPDATE … FROM``."""
+    c = _compile(conn, stmt)
+    given = tuple(n for n in dict.fromkeys(c.names) if n in rows[0])
+    tmp, from_tmp, binds = _from_temp_for(conn, stmt, given)
     columns = []
     for name in given:
         values = [r[name] for r in rows]
         process = binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         columns.append(_processed(process, values) if process is not None else values)
+    # A failure aborts the transaction, whose rollback drops the table too.
     tmp.create(conn)
+    cursor = conn.connection.cursor()
     try:
-        cursor = conn.connection.cursor()
-        try:
-            quoted = ", ".join(f'"{n}"' for n in given)
-            with cursor.copy(f'COPY "{tmp.name}" ({quoted}) FROM STDIN') as copy:
-                for row in zip(*columns, strict=True):
-                    copy.write_row(row)
-        except conn.dialect.loaded_dbapi.Error as e:
-            raise _translated(conn, e, c.sql, [], cursor) from e
-        finally:
-            cursor.close()
-        return int(conn.execute(from_tmp).rowcount)
+        quoted = ", ".join(f'"{n}"' for n in given)
+        with cursor.copy(f'COPY "{tmp.name}" ({quoted}) FROM STDIN') as copy:
+            for row in zip(*columns, strict=True):
+                copy.write_row(row)
+    except conn.dialect.loaded_dbapi.Error as e:
+        raise _translated(conn, e, c.sql, [], cursor) from e
     finally:
-        tmp.drop(conn)
+        cursor.close()
+    changed = int(conn.execute(from_tmp).rowcount)
+    tmp.drop(conn)
+    return changed
