@@ -22,11 +22,15 @@ per-device director repositories, e.g. a ``git worktree`` of the previous commit
 same home and database, and measures the two in turns, ``--rounds`` times: on a shared
 machine only figures taken in one run, side by side, compare (the ``ratio`` rows). Both
 run without a rollout controller then. The before hub's devices use tokens of the
-``tokens`` table (what a hub before issue 10 knows); this hub's, device credentials.
+``tokens`` table (what a hub before issue 10 knows); this hub's, device credentials;
+``--before-credentials`` gives the before hub the same device credentials (a before tree
+from issue 10 on). Each cell also says the hub process's CPU seconds during it
+(``hub_cpu_s``, from ``/proc``) and per check-in (``hub_cpu_us_per_checkin``): on a loaded
+machine the steadier figure.
 
 ``python -m benchmarks.checkin [--database-url postgres] [--devices 200] [--duration 10]
 [--connections 16] [--mode fast|refresh|ceiling|both] [--hub-src DIR] [--before-src DIR]
-[--rounds 1]``
+[--rounds 1] [--before-credentials]``
 """
 
 from __future__ import annotations
@@ -157,6 +161,15 @@ def _legacy_tokens(home: Path, tokens: dict[str, str]) -> dict[str, str]:
     return legacy
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float, int]:
     out = subprocess.run(
         [ensure_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
@@ -202,7 +215,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         tokens = _setup(home, database_url or None, args.devices)
         token_sets = {"this": tokens, "base": tokens}
         if args.before_src:
-            token_sets["before"] = _legacy_tokens(home, tokens)
+            token_sets["before"] = (
+                tokens if args.before_credentials else _legacy_tokens(home, tokens)
+            )
         hubs = [("base" if args.hub_src else "this", args.hub_src)]
         if args.before_src:
             hubs.append(("before", args.before_src))
@@ -218,7 +233,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for mode in modes:
                     # alternate who goes first: an order effect shows as a flipped ratio
                     turn = started if round_no % 2 == 0 else started[::-1]
-                    for name, _proc, url in turn:
+                    for name, proc, url in turn:
                         lua = _LUA % {
                             "devices": ",".join(f'"{d}"' for d in ids),
                             "tokens": ",".join(f'"{token_sets[name][d]}"' for d in ids),
@@ -229,8 +244,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         script = Path(tmp) / f"{mode}-{name}.lua"
                         script.write_text(lua)
                         _wrk(url, script, 2, args.connections)  # warm-up
+                        cpu0 = _cpu_s(proc.popen.pid)
                         rate, bad = _wrk(url, script, args.duration, args.connections)
+                        cpu = _cpu_s(proc.popen.pid) - cpu0
                         per = 5 if mode == "refresh" else 1
+                        calls = rate / per * args.duration
                         results.append(
                             {
                                 "backend": backend,
@@ -242,6 +260,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                 "requests_per_s": round(rate),
                                 "checkins_per_s": round(rate / per),
                                 "non_2xx": bad,
+                                "hub_cpu_s": round(cpu, 2),
+                                "hub_cpu_us_per_checkin": round(cpu / calls * 1e6)
+                                if calls
+                                else None,
                                 "load_average": round(os.getloadavg()[0], 1),
                             }
                         )
@@ -269,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         "--before-src", default="", help="also run a hub from this src folder, in turns"
     )
     parser.add_argument("--rounds", type=int, default=1, help="turns of every mode (1)")
+    parser.add_argument(
+        "--before-credentials",
+        action="store_true",
+        help="the before hub's devices check in with the same device credentials",
+    )
     args = parser.parse_args(argv)
     results = run(args)
     RESULTS.mkdir(exist_ok=True)

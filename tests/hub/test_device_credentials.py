@@ -301,16 +301,20 @@ def test_a_not_modified_check_in_with_a_device_credential_is_one_query(
     service: HubService, http: TestClient, tokens: dict[str, str]
 ) -> None:
     assert _report(http, tokens["device"]).status_code == 200  # stored: the next is not-modified
+    # What SQLite itself runs (the check-in reads through the DBAPI cursor, past
+    # SQLAlchemy's events): every connection made from here on traces its statements.
     statements: list[str] = []
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+    def trace(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.set_trace_callback(statements.append)
 
-    event.listen(service.engine, "before_cursor_execute", count)
+    service.engine.dispose()
+    event.listen(service.engine, "connect", trace)
     try:
         assert _report(http, tokens["device"], last_check="u").status_code == 200
     finally:
-        event.remove(service.engine, "before_cursor_execute", count)
+        event.remove(service.engine, "connect", trace)
+    assert statements, "no statement traced"
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
     assert "device_credentials" in selects[0] and "devices" in selects[0]

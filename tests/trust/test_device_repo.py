@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
@@ -232,6 +233,39 @@ def test_templated_roles_are_the_bytes_the_metadata_api_signs(
         assert signed_part == CanonicalJSONSerializer().serialize(md.signed), (name, role)
         root.verify_delegate(role, md.signed_bytes, md.signatures)
     assert fast.roles.timestamp == slow.roles.timestamp == previous.timestamp + 1
+
+
+def test_signing_with_the_raw_ed25519_key_gives_the_signers_bytes(hub: Hub) -> None:
+    """The director's Ed25519 key signs directly (issue 8): byte for byte what the
+    securesystemslib signer's own ``sign`` gives, for every role."""
+    from securesystemslib.signer import Signature, Signer
+
+    from modelfleet.trust.device_repo import DeviceRepoSigner
+
+    fast = hub.trust.device_signer
+    assert fast._ed25519 is not None  # the fast path is the one taken
+
+    class Wrapped(Signer):  # no private key to find: signs through the signer's API
+        def __init__(self, inner: Signer) -> None:
+            self._inner = inner
+
+        @property
+        def public_key(self) -> Any:
+            return self._inner.public_key
+
+        def sign(self, payload: bytes) -> Signature:
+            return self._inner.sign(payload)
+
+        @classmethod
+        def from_priv_key_uri(cls, *args: object, **kwargs: object) -> Signer:
+            raise NotImplementedError
+
+    slow = DeviceRepoSigner(Wrapped(fast._signer), fast.lifetimes, fast.refresh_margin)
+    assert slow._ed25519 is None
+    for target in ((460, "a" * 64), None):
+        a = fast.sign_change("cam-1", target, DeviceRoles(), NOW)
+        b = slow.sign_change("cam-1", target, DeviceRoles(), NOW)
+        assert (a.targets, a.snapshot, a.timestamp) == (b.targets, b.snapshot, b.timestamp)
 
 
 def test_an_id_needing_escapes_takes_the_metadata_api_path(hub: Hub) -> None:

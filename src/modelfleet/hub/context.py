@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Executable, Row
+from sqlalchemy import Engine, Executable
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +23,7 @@ from modelfleet.audit.checkpoint import CheckpointSigner
 from modelfleet.audit.log import append_entry
 from modelfleet.clock import Clock
 from modelfleet.errors import ConflictError, StorageError
-from modelfleet.hub import locks
+from modelfleet.hub import _bulk, locks
 from modelfleet.hub.audit_rows import SqlAuditStore
 from modelfleet.hub.config import HubConfig
 
@@ -128,21 +128,25 @@ class HubContext:
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {e}") from e
 
-    def read_row(self, statement: Executable, params: Mapping[str, Any]) -> Row[Any] | None:
-        """The first row of one Core ``statement``, read outside a transaction.
+    def read_row(self, statement: Executable, params: Mapping[str, Any]) -> Any:
+        """The first row of one Core ``statement`` (a module constant: compiled once), read
+        outside a transaction, as a named tuple of its columns' keys, or None.
 
         For the check-in's reads (issue 8, H9): on an autocommit connection, without the
         ORM, so PostgreSQL sees one statement and no ``BEGIN``/``ROLLBACK`` around it (two
-        round trips of the four a session's read costs, the pool's ping being the other).
+        round trips of the four a session's read costs, the pool's ping being the other), and
+        through the DBAPI cursor (:func:`~modelfleet.hub._bulk.fetchall`: no SQLAlchemy
+        execution context or ``Row`` per check-in).
 
         Raises:
             StorageError: a database failure.
         """
         try:
             with self._autocommit.connect() as conn:
-                return conn.execute(statement, params).first()
+                rows = _bulk.fetchall(conn, statement, params)
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {e}") from e
+        return rows[0] if rows else None
 
     def audit(
         self,

@@ -43,13 +43,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    ARRAY,
+    LargeBinary,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from modelfleet.catalog.artefacts import FileArtefactStore
 from modelfleet.errors import NotFoundError
 from modelfleet.hashing import sha256_bytes
-from modelfleet.hub import db
+from modelfleet.hub import _bulk, db
 from modelfleet.hub.catalog import CATALOG_PREFIX, Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.rollout.desired_state import ArtefactRef, DesiredState, Mode
@@ -104,6 +116,8 @@ _META = (
     .label("site"),
 )
 """What signing reads of a row: no signed bytes, no desired-state bytes."""
+_DIRTY = select(*_META).where(_TABLE.c.dirty.is_(True)).limit(bindparam("b_limit"))
+"""The rows to sign, read as plain tuples (:func:`~modelfleet.hub._bulk.fetchall`)."""
 _VERSIONED = re.compile(r"^([1-9][0-9]{0,15})\.(root|snapshot|targets)\.json$")
 
 _log = logging.getLogger(__name__)
@@ -153,6 +167,18 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + _CHUNK]
 
 
+def _id_in(s: Session, column: Any, ids: Sequence[str]) -> Iterable[Any]:
+    """Conditions that together select ``column IN ids``: on PostgreSQL one
+    ``= ANY(array)`` (one short statement with one bound array, where 20 IN lists of 500
+    rendered parameters each cost more to build and parse than to run; issue 8), elsewhere
+    IN lists of :data:`_CHUNK` ids."""
+    if s.connection().dialect.name == "postgresql":
+        yield column == any_(literal(list(ids), ARRAY(String())))
+        return
+    for chunk in _chunks(ids):
+        yield column.in_(chunk)
+
+
 def _utc_now(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(microsecond=0)
 
@@ -168,25 +194,87 @@ def _roles(r: Any) -> DeviceRoles:
     )
 
 
+def _upsert_statements(
+    table: Any, updated: Sequence[str], inserted: Sequence[str] = ()
+) -> tuple[Any, Any]:
+    """The UPDATE (of ``updated``, by ``b_id``) and the INSERT (of ``device_id``, ``updated``
+    and ``inserted``) that :func:`_upsert` runs for ``table``."""
+    return (
+        update(table)
+        .where(table.c.device_id == bindparam("b_id"))
+        .values({k: bindparam(k) for k in updated}),
+        insert(table).values({k: bindparam(k) for k in ("device_id", *updated, *inserted)}),
+    )
+
+
+_STATE_UPSERT = _upsert_statements(
+    db.DeviceState.__table__, ("serial", "sha256", "length", "issued_at")
+)
+_STAGE_UPSERT = _upsert_statements(
+    _TABLE,
+    ("staged", "staged_sha256", "dirty"),
+    ("targets_version", "snapshot_version", "timestamp_version"),
+)
+
+
+def _signed_statement(listed_from_staged: bool) -> Any:
+    """The compare-and-set UPDATE storing a row's signed roles (:meth:`Director._write`)."""
+    c = _TABLE.c
+    values: dict[str, Any] = {
+        "dirty": False,
+        "signed_keyid": bindparam("b_keyid"),
+        # unchanged roles are passed as NULL and keep their bytes
+        "targets_json": func.coalesce(
+            bindparam("b_targets_json", type_=LargeBinary()), c.targets_json
+        ),
+        "snapshot_json": func.coalesce(
+            bindparam("b_snapshot_json", type_=LargeBinary()), c.snapshot_json
+        ),
+    }
+    for name in (
+        "targets_version", "snapshot_version", "timestamp_version", "targets_expires",
+        "snapshot_expires", "timestamp_expires", "timestamp_json", "signed_at", "resign_at",
+    ):  # fmt: skip
+        values.setdefault(name, bindparam(f"b_{name}"))
+    if listed_from_staged:  # copied in SQL: the staged bytes never leave the database
+        values["listed"], values["listed_sha256"] = c.staged, c.staged_sha256
+    return (
+        update(_TABLE)
+        .where(
+            c.device_id == bindparam("b_id"),
+            c.timestamp_version == bindparam("b_prev"),
+            c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
+        )
+        .values(values)
+    )
+
+
+_SIGNED = {flag: _signed_statement(flag) for flag in (False, True)}
+"""By ``listed_from_staged``: built once, so :mod:`~modelfleet.hub._bulk` compiles each once."""
+_RESCHEDULE = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.device_id == bindparam("b_id"),
+        _TABLE.c.timestamp_version == bindparam("b_prev"),
+    )
+    .values(resign_at=bindparam("b_resign_at"))
+)
+
+
 def _upsert(
     s: Session,
-    table: Any,
+    statements: tuple[Any, Any],
     rows: Sequence[dict[str, Any]],
     existing: set[str],
     new_defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Update the rows whose ``device_id`` is in ``existing``, insert the others (one
-    executemany each; the ORM's bulk paths cost more per row than the statement)."""
+    executemany each, through the DBAPI cursor: :mod:`modelfleet.hub._bulk`)."""
     old = [{"b_id": r["device_id"], **r} for r in rows if r["device_id"] in existing]
     new = [{**r, **(new_defaults or {})} for r in rows if r["device_id"] not in existing]
     conn = s.connection()
-    if old:
-        values: dict[str, Any] = {k: bindparam(k) for k in old[0] if k not in ("b_id", "device_id")}
-        conn.execute(
-            update(table).where(table.c.device_id == bindparam("b_id")).values(values), old
-        )
-    if new:
-        conn.execute(insert(table), new)
+    _bulk.executemany(conn, statements[0], old)
+    _bulk.executemany(conn, statements[1], new)
 
 
 class Director:
@@ -232,11 +320,9 @@ class Director:
         s.flush()
         by_device = self._assignments(s, ids)
         serials: dict[str, int] = {}
-        for chunk in _chunks(ids):
+        for condition in _id_in(s, db.DeviceState.device_id, ids):
             rows = s.execute(
-                select(db.DeviceState.device_id, db.DeviceState.serial).where(
-                    db.DeviceState.device_id.in_(chunk)
-                )
+                select(db.DeviceState.device_id, db.DeviceState.serial).where(condition)
             )
             serials.update({r.device_id: r.serial for r in rows})
         issued = now.astimezone(UTC).isoformat()
@@ -256,7 +342,7 @@ class Director:
             {"device_id": d, "serial": sr, "sha256": sha, "length": n, "issued_at": now}
             for d, (sha, n, sr) in out.items()
         ]
-        _upsert(s, db.DeviceState.__table__, states, set(serials))
+        _upsert(s, _STATE_UPSERT, states, set(serials))
         self._stage_rows(s, {d: (blobs[d], out[d][0]) for d in ids})
         return out
 
@@ -273,20 +359,14 @@ class Director:
     ) -> None:
         ids = list(staged)
         existing: set[str] = set()
-        for chunk in _chunks(ids):
-            existing.update(
-                s.scalars(
-                    select(db.DirectorDevice.device_id).where(
-                        db.DirectorDevice.device_id.in_(chunk)
-                    )
-                )
-            )
+        for condition in _id_in(s, db.DirectorDevice.device_id, ids):
+            existing.update(s.scalars(select(db.DirectorDevice.device_id).where(condition)))
         params = [
             {"device_id": d, "staged": blob, "staged_sha256": sha, "dirty": True}
             for d, (blob, sha) in staged.items()
         ]
         zero = {"targets_version": 0, "snapshot_version": 0, "timestamp_version": 0}
-        _upsert(s, _TABLE, params, existing, zero)
+        _upsert(s, _STAGE_UPSERT, params, existing, zero)
         for obj in list(s.identity_map.values()):  # bulk writes bypass loaded objects
             if isinstance(obj, db.DeviceState | db.DirectorDevice):
                 s.expire(obj)
@@ -306,10 +386,10 @@ class Director:
         a = db.Assignment.__table__.c
         cols = (a.model, a.production_version, a.candidate_version, a.mode, a.share, a.slo)
         out: dict[str, list[DesiredAssignment]] = defaultdict(list)
-        for chunk in _chunks(ids):
+        for condition in _id_in(s, a.device_id, ids):
             rows = s.execute(
                 select(a.device_id, *cols, a.rollout_id)
-                .where(a.device_id.in_(chunk))
+                .where(condition)
                 .order_by(a.device_id, a.model)
             )
             for device_id, model, prod, cand, mode, share, slo, rollout_id in rows:
@@ -399,9 +479,7 @@ class Director:
         signed = 0
         for _ in range(_MAX_ROUNDS):
             with self._ctx.read() as s:
-                rows = s.execute(
-                    select(*_META).where(_TABLE.c.dirty.is_(True)).limit(READ_MAX)
-                ).all()
+                rows = _bulk.fetchall(s.connection(), _DIRTY, {"b_limit": READ_MAX})
             if not rows:
                 break
             written = self._sign_pipelined(rows)
@@ -518,14 +596,8 @@ class Director:
             }
             for r in rows
         ]
-        c = _TABLE.c
-        stmt = (
-            update(_TABLE)
-            .where(c.device_id == bindparam("b_id"), c.timestamp_version == bindparam("b_prev"))
-            .values(resign_at=bindparam("b_resign_at"))
-        )
         with self._ctx.write() as s:
-            return int(s.connection().execute(stmt, params).rowcount)
+            return _bulk.executemany(s.connection(), _RESCHEDULE, params)
 
     def _write(
         self,
@@ -567,40 +639,12 @@ class Director:
                 "b_timestamp_json": out.timestamp,
                 "b_signed_at": now,
                 "b_resign_at": resign_at(r, out.roles),
+                "b_keyid": keyid,
             }
             for r, out in results
         ]
-        c = _TABLE.c
-        values: dict[str, Any] = {
-            "dirty": False,
-            "signed_keyid": literal(keyid),
-            # unchanged roles are passed as NULL and keep their bytes
-            "targets_json": func.coalesce(
-                bindparam("b_targets_json", type_=LargeBinary()), c.targets_json
-            ),
-            "snapshot_json": func.coalesce(
-                bindparam("b_snapshot_json", type_=LargeBinary()), c.snapshot_json
-            ),
-        }
-        for name in (
-            "targets_version", "snapshot_version", "timestamp_version", "targets_expires",
-            "snapshot_expires", "timestamp_expires", "timestamp_json", "signed_at", "resign_at",
-        ):  # fmt: skip
-            values.setdefault(name, bindparam(f"b_{name}"))
-        if listed_from_staged:  # copied in SQL: the staged bytes never leave the database
-            values["listed"], values["listed_sha256"] = c.staged, c.staged_sha256
-        stmt = (
-            update(_TABLE)
-            .where(
-                c.device_id == bindparam("b_id"),
-                c.timestamp_version == bindparam("b_prev"),
-                c.staged_sha256.is_not_distinct_from(bindparam("b_staged")),
-            )
-            .values(values)
-        )
         with self._ctx.write() as s:
-            result = s.connection().execute(stmt, params)
-            return int(result.rowcount)
+            return _bulk.executemany(s.connection(), _SIGNED[listed_from_staged], params)
 
     def adopt(self) -> int:
         """Give every device without a director row one (a hub upgraded from the shared

@@ -25,7 +25,7 @@ from modelfleet.errors import (
     StorageError,
     UnauthenticatedError,
 )
-from modelfleet.hub import db
+from modelfleet.hub import _bulk, db
 from modelfleet.hub._reports import report_changes, served_versions
 from modelfleet.hub._values import JSONDict, _check_name, _iso
 from modelfleet.hub.auth import (
@@ -151,7 +151,7 @@ class _SeenBuffer:
             if batch:
                 with self._ctx.telemetry_write() as s:
                     rows = [{"b_id": d, "b_now": t} for d, t in batch.items()]
-                    s.connection().execute(_TOUCH, rows)
+                    _bulk.executemany(s.connection(), _TOUCH, rows)  # plain tuples
 
 
 TOKEN_CACHE_TTL_S = 1.0

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
@@ -217,6 +218,27 @@ def due_roles(
     )
 
 
+_HEX = re.compile(r"^[0-9a-f]{1,128}$")
+
+
+def _ed25519_key(signer: Signer) -> tuple[bytes, Ed25519PrivateKey] | None:
+    """``(keyid, key)`` of a securesystemslib ``CryptoSigner`` holding an Ed25519 key (the
+    director's), signed with directly: the signer's per-call wrapping (``astuple`` of its
+    arguments, a ``Signature`` object and its dict) cost a quarter of each signature
+    (issue 8). None for any other signer, which signs as before."""
+    key = getattr(signer, "_private_key", None)
+    public = getattr(signer, "public_key", None)
+    keyid = getattr(public, "keyid", None)
+    if (
+        isinstance(key, Ed25519PrivateKey)
+        and getattr(public, "scheme", None) == "ed25519"
+        and isinstance(keyid, str)
+        and _HEX.match(keyid)
+    ):
+        return keyid.encode(), key
+    return None
+
+
 class DeviceRepoSigner:
     """Signs per-device director roles with the director's online key (python-tuf
     Metadata API).
@@ -249,6 +271,7 @@ class DeviceRepoSigner:
             if missing:
                 raise ConfigError(f"no lifetime for role(s) {', '.join(missing)}")
         self._signer = signer
+        self._ed25519 = _ed25519_key(signer)
         self.lifetimes = dict(lifetimes)
         self.refresh_margin = refresh_margin
         self._pool = (
@@ -452,6 +475,13 @@ class DeviceRepoSigner:
         """Sign canonical ``signed`` bytes and wrap them as python-tuf's envelope (the
         ``signed`` object embedded as is: valid JSON, and what the signature covers)."""
         try:
+            if self._ed25519 is not None:  # what CryptoSigner.sign does, less its wrapping
+                keyid, sig = self._ed25519[0], self._ed25519[1].sign(canonical).hex()
+                return b'{"signatures":[{"keyid":"%s","sig":"%s"}],"signed":%s}' % (
+                    keyid,
+                    sig.encode(),
+                    canonical,
+                )
             signature = self._signer.sign(canonical)
         except Exception as e:  # as Metadata.sign: any signer failure is a signing error
             raise UnsignedMetadataError(f"Failed to sign: {e}") from e
