@@ -34,7 +34,12 @@ def _order(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` or ``e2e`` first, then those of modules that start real
-    processes (the CLI, a hub), then the rest, each group in its collected order: on
-    pytest-xdist workers (``make test``) the long ones then start early, side by side, and
-    the quick ones fill the end, instead of one long test ending the run alone."""
+    processes (the CLI, a hub), then the rest, each group in its collected order.
+
+    ``make test`` hands pytest-xdist workers one module at a time in the order of their
+    first test here (``--dist loadscope --no-loadscope-reorder``), so the long modules start
+    early, side by side, and the quick ones fill the end, instead of one long module ending
+    the run alone (``--dist load`` would send each worker a block of ~190 consecutive tests
+    at the start: every slow one to the first worker).
+    """
     items.sort(key=_order)

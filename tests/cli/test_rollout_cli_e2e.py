@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -315,6 +316,11 @@ def test_watch_ends_with_exit_1_when_the_controller_rolls_a_bad_canary_back(
             "COLUMNS": "200",
         },
     )
+    shown: list[str] = []  # the watch's lines as it prints them
+    out = proc.stdout
+    assert out is not None
+    reader = threading.Thread(target=lambda: shown.extend(iter(out.readline, "")), daemon=True)
+    reader.start()
     try:
         post_windows(real_hub, rid, devices, 1, canary_errors=40)
         with real_hub.client() as c:
@@ -324,14 +330,19 @@ def test_watch_ends_with_exit_1_when_the_controller_rolls_a_bad_canary_back(
                 return gates.get("error_rate", {}).get("verdict") == "bad"
 
             assert wait_until(bad_once), c.get_rollout(rid)
+        # The watch shows the first bad evaluation before the second window fails the gate
+        # (on a loaded machine the watch can start late: wait for its line).
+        assert wait_until(lambda: any("error_rate bad" in line for line in shown)), shown
         post_windows(real_hub, rid, devices, 2, canary_errors=40)  # the second in a row
-        out, err = proc.communicate(timeout=60)
+        code = proc.wait(timeout=60)
+        reader.join(10)
+        err = proc.stderr.read() if proc.stderr else ""
     finally:
         proc.kill()
-    assert proc.returncode == ExitCode.ERROR, err
+    assert code == ExitCode.ERROR, err
     assert err.startswith(f"error: rollout {rid} ended rolled_back: gate failed"), err
-    lines = [line for line in out.splitlines() if f" {rid} iris v2 " in line]
-    assert "error_rate bad" in "".join(lines) and "error_rate fail" in lines[-1], out
+    lines = [line for line in shown if f" {rid} iris v2 " in line]
+    assert "error_rate bad" in "".join(lines) and "error_rate fail" in lines[-1], shown
 
 
 HUB_ERRORS = [
