@@ -33,13 +33,19 @@ def _order(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` or ``e2e`` first, then those of modules that start real
-    processes (the CLI, a hub), then the rest, each group in its collected order.
+    """Modules with a test marked ``slow`` or ``e2e`` first, then modules that start real
+    processes (the CLI, a hub), then the rest; each group in collected order, and the tests
+    of a module always in their own order (a module fixture's state may carry from one test
+    to the next).
 
-    ``make test`` hands pytest-xdist workers one module at a time in the order of their
-    first test here (``--dist loadscope --no-loadscope-reorder``), so the long modules start
-    early, side by side, and the quick ones fill the end, instead of one long module ending
-    the run alone (``--dist load`` would send each worker a block of ~190 consecutive tests
-    at the start: every slow one to the first worker).
+    ``make test`` hands pytest-xdist workers one module at a time in this order (``--dist
+    loadscope --no-loadscope-reorder``), so the long modules start early, side by side, and
+    the quick ones fill the end, instead of one long module ending the run alone (``--dist
+    load`` would send each worker a block of ~190 consecutive tests at the start: every slow
+    one to the first worker).
     """
-    items.sort(key=_order)
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, 2), _order(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
