@@ -139,7 +139,23 @@ def _setup(home: Path, database_url: str | None, devices: int) -> dict[str, str]
             service.record_report(d, agent_report(d))
     finally:
         service.close()
+    if database_url and database_url.startswith("postgres"):
+        _analyze(database_url)
     return tokens
+
+
+def _analyze(database_url: str) -> None:
+    """Planner statistics for the tables the set-up just filled, as autovacuum gathers them
+    on a live hub within a minute or so: without them PostgreSQL plans the first check-ins
+    against empty-table estimates."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
 
 
 def _legacy_tokens(home: Path, tokens: dict[str, str]) -> dict[str, str]:
