@@ -261,10 +261,10 @@ class _CountingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
             while data := src.recv(1 << 16):
-                dst.sendall(data)
-                if count:
+                if count:  # counted before it is forwarded: a reader that has the bytes sees them
                     with self._lock:
                         self.down += len(data)
+                dst.sendall(data)
         except OSError:
             pass
         with contextlib.suppress(OSError):
