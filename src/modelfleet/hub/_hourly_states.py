@@ -3,6 +3,8 @@
 :mod:`modelfleet.hub.override_states`), one row per ``(model, site)`` each.
 
 * :func:`list_states` — the rows of a state table, filtered, in ``(model, site)`` order;
+* :func:`locked_state_row` — a key's row, created with its layer's fresh values if missing,
+  locked for the step;
 * :func:`step_keys` — one upkeep round: each ``(model, site)`` with a closed hour not
   stepped yet is handed to its layer's stepper (which locks its row and steps in its own
   transaction); keys whose every hour is already stepped are skipped without a write.
@@ -16,11 +18,13 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from modelfleet.hub._values import JSONDict
 from modelfleet.hub.context import HubContext
 
-__all__ = ["list_states", "step_keys"]
+__all__ = ["list_states", "locked_state_row", "step_keys"]
 
 log = logging.getLogger("modelfleet.hub")
 
@@ -73,3 +77,26 @@ def step_keys(
     if changes:
         log.info("%s changed: %s", what, changes)
     return {"steps": steps, "changes": changes}
+
+
+def locked_state_row(
+    s: Session, table: type[Row], model: str, site: str, fresh: Mapping[str, Any]
+) -> Row:
+    """The row of ``(model, site)`` in ``table``, locked (``FOR UPDATE``) in ``s``'s
+    transaction; a missing row is first inserted with ``fresh`` (every other column),
+    ``ON CONFLICT DO NOTHING``, so two replicas creating it at once both end on one row."""
+    t: Any = table
+    where = (t.model == model, t.site == site)
+    row: Row | None = s.scalars(select(t).where(*where).with_for_update()).first()
+    if row is not None:
+        return row
+    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    s.execute(
+        insert(t.__table__)
+        .values(model=model, site=site, **fresh)
+        .on_conflict_do_nothing(index_elements=["model", "site"])
+    )
+    locked: Row = s.scalars(
+        select(t).where(*where).with_for_update().execution_options(populate_existing=True)
+    ).one()
+    return locked

@@ -29,12 +29,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub import db, events
-from modelfleet.hub._hourly_states import list_states, step_keys
+from modelfleet.hub._hourly_states import list_states, locked_state_row, step_keys
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.catalog import NO_DRIFT_MESSAGE
 from modelfleet.hub.context import HubContext
@@ -383,35 +382,21 @@ class Drift:
 
     @staticmethod
     def _locked_state(s: Session, model: str, site: str, now: datetime) -> db.DriftStateRow:
-        t = db.DriftStateRow
-        where = (t.model == model, t.site == site)
-        row = s.scalars(select(t).where(*where).with_for_update()).first()
-        if row is not None:
-            return row
-        insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
         fresh = reset()
-        s.execute(
-            insert(t.__table__)  # type: ignore[arg-type]
-            .values(
-                model=model,
-                site=site,
-                version="",
-                state=fresh.state.value,
-                statistic=0.0,
-                windows=0,
-                skipped=0,
-                drift_windows=0,
-                last_score=None,
-                last_rows=0,
-                period=None,
-                changed_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["model", "site"])
-        )
-        return s.scalars(
-            select(t).where(*where).with_for_update().execution_options(populate_existing=True)
-        ).one()
+        values = {
+            "version": "",
+            "state": fresh.state.value,
+            "statistic": 0.0,
+            "windows": 0,
+            "skipped": 0,
+            "drift_windows": 0,
+            "last_score": None,
+            "last_rows": 0,
+            "period": None,
+            "changed_at": now,
+            "updated_at": now,
+        }
+        return locked_state_row(s, db.DriftStateRow, model, site, values)
 
 
 def _number(version: str) -> int:

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import InvalidInputError
 from modelfleet.hub import db, events
-from modelfleet.hub._hourly_states import list_states, step_keys
+from modelfleet.hub._hourly_states import list_states, locked_state_row, step_keys
 from modelfleet.hub._values import JSONDict, _iso
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.drift_rollups import hour_of
@@ -258,36 +257,22 @@ def _store(
 
 
 def _locked_state(s: Session, model: str, site: str, now: datetime) -> db.OverrideStateRow:
-    t = db.OverrideStateRow
-    where = (t.model == model, t.site == site)
-    row = s.scalars(select(t).where(*where).with_for_update()).first()
-    if row is not None:
-        return row
-    insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    s.execute(
-        insert(t.__table__)  # type: ignore[arg-type]
-        .values(
-            model=model,
-            site=site,
-            version="",
-            state=DriftState.STABLE.value,
-            statistic=0.0,
-            hours=0,
-            skipped=0,
-            high_hours=0,
-            last_rate=None,
-            last_excess=None,
-            last_judged=0,
-            baseline_rate=0.0,
-            baseline_source=BaselineSource.EXPECTED.value,
-            baseline_version=None,
-            baseline_judged=0,
-            period=None,
-            changed_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["model", "site"])
-    )
-    return s.scalars(
-        select(t).where(*where).with_for_update().execution_options(populate_existing=True)
-    ).one()
+    fresh = {
+        "version": "",
+        "state": DriftState.STABLE.value,
+        "statistic": 0.0,
+        "hours": 0,
+        "skipped": 0,
+        "high_hours": 0,
+        "last_rate": None,
+        "last_excess": None,
+        "last_judged": 0,
+        "baseline_rate": 0.0,
+        "baseline_source": BaselineSource.EXPECTED.value,
+        "baseline_version": None,
+        "baseline_judged": 0,
+        "period": None,
+        "changed_at": now,
+        "updated_at": now,
+    }
+    return locked_state_row(s, db.OverrideStateRow, model, site, fresh)
