@@ -7,9 +7,8 @@
   loop, without and with a :class:`~modelfleet.agent.profiles.ProfileObserver` watching the
   version (its reference profile built from 5,000 rows with the model's outputs): ``off``,
   ``off_control`` (a second app without counts: the run's noise floor), ``on`` (bins, the
-  agent's default: each 1,024-row block counted in the request that seals it),
-  ``on_stepped`` (a sealed block counted in ~15 steps over the next requests, ADR 0042)
-  and ``on_sketches``. The configurations are interleaved, 32 requests at a time, in each
+  agent's default: each 1,024-row block counted in the request that seals it) and
+  ``on_sketches``. The configurations are interleaved, 32 requests at a time, in each
   round; the ratios are medians of per-round ratios to ``off``. Every served row is
   checked to be counted once (``*_counted_rows`` = ``*_served_rows``).
 * ``serving_slow_model``: the same off/on comparison with a model of ~0.2 ms a request.
@@ -109,26 +108,15 @@ def _summary(runs: dict[str, list[dict[str, float]]], base: str = "off") -> dict
     return out
 
 
-def _observer(sketches: bool, stepped: bool) -> Any:
-    from modelfleet.agent.profiles import ProfileObserver
-
-    if not stepped:
-        return ProfileObserver(sketches=sketches)
-    try:  # a sealed block counted over the next requests (ADR 0042)
-        return ProfileObserver(sketches=sketches, step_values=16384)
-    except TypeError:  # code from before ADR 0042: no steps
-        return None
-
-
 def bench_serving(directory: Path, seconds: float, rounds: int) -> dict[str, Any]:
     """Off vs on for the benchmark model (~20 µs a request), interleaved (see
     :func:`_interleaved`). ``off_control`` is a second app without counts: its ratio to
     ``off`` is the noise floor of the run. ``on`` counts bins (the agent's default: each
-    block in the request that seals it), ``on_stepped`` counts a sealed block in steps
-    over the next requests, ``on_sketches`` keeps sketches too."""
+    block in the request that seals it), ``on_sketches`` keeps sketches too."""
     from benchmarks.serving.inproc import MODEL_NAME, MODEL_VERSION, _agent_parts, _AsgiCall
     from benchmarks.serving.model import make_model
     from modelfleet.agent.app import build_agent_app
+    from modelfleet.agent.profiles import ProfileObserver
     from modelfleet.clock import SystemClock
     from modelfleet.monitoring.profile_counts import ProfileWindow
     from modelfleet.telemetry.windows import WindowRecorder
@@ -139,19 +127,16 @@ def bench_serving(directory: Path, seconds: float, rounds: int) -> dict[str, Any
     calls: dict[str, Any] = {}
     observers: dict[str, Any] = {}
     configs = (
-        ("off", None, False),
-        ("off_control", None, False),
-        ("on", False, False),
-        ("on_stepped", False, True),
-        ("on_sketches", True, False),
+        ("off", None),
+        ("off_control", None),
+        ("on", False),
+        ("on_sketches", True),
     )
-    for name, sketches, stepped in configs:
+    for name, sketches in configs:
         recorder = WindowRecorder("edge-1", SystemClock().now())
         observer = None
         if sketches is not None:
-            observer = _observer(sketches, stepped)
-            if observer is None:
-                continue
+            observer = ProfileObserver(sketches=sketches)
             profile = _profile(bench.path, ref, sketches)
             observer.watch(MODEL_NAME, MODEL_VERSION, profile)
             recorder.attach = observer.close
@@ -325,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"throughput {part[f'{name}_throughput_ratio']:.3f}"
             )
     small = result["serving"]
-    for name in ("on", "on_stepped", "on_sketches"):
+    for name in ("on", "on_sketches"):
         if f"{name}_counted_rows" in small:
             counted, served = small[f"{name}_counted_rows"], small[f"{name}_served_rows"]
             print(f"{name}: rows counted {counted}, served {served}")

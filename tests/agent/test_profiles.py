@@ -213,7 +213,7 @@ def test_a_block_that_does_not_fit_is_dropped_counted_and_counting_goes_on() -> 
     assert observer.dropped_rows == 8 + 1  # the bad block, then the request without outputs
 
 
-# -- stepped counting (ADR 0042): a sealed block is counted over the next requests ---------
+# -- exactness (ADR 0042): every row counted once, in its own window -----------------------
 
 
 def feed(observer: ProfileObserver, version: str, batches: list[np.ndarray]) -> None:
@@ -237,12 +237,11 @@ def assert_counts_equal(wire: dict[str, Any], pp: PackageProfile, batches: list[
         pytest.param([5] * 7, id="blocks sealed while the previous one is still counted"),
     ],
 )
-@pytest.mark.parametrize("step_values", [0, 1], ids=["block at once", "the most steps"])
 def test_no_row_is_lost_or_counted_twice_across_a_window_close_mid_count(
-    sizes: list[int], step_values: int
+    sizes: list[int],
 ) -> None:
     pp = package_profile()
-    observer = ProfileObserver(block_rows=16, step_values=step_values)
+    observer = ProfileObserver(block_rows=16)
     observer.watch("m", "1", pp)
     rng = np.random.default_rng(7)
     windows = []
@@ -250,8 +249,8 @@ def test_no_row_is_lost_or_counted_twice_across_a_window_close_mid_count(
         batches = [(rng.normal(size=(n, 3)) + w).astype(np.float32) for n in sizes]
         feed(observer, "1", batches)
         series = observer._series[("m", "1", "production")]
-        if w == 0 and sizes[0] == 1:  # the close below lands mid-count, or mid-block
-            assert series.work is not None if step_values else series.fill > 0
+        if w == 0 and sizes[0] == 1:  # the close below lands mid-block
+            assert series.fill > 0
         windows.append((observer.close([])[("m", "1", "production")]["profile"], batches))
     for wire, batches in windows:
         assert_counts_equal(wire, pp, batches)
@@ -259,32 +258,26 @@ def test_no_row_is_lost_or_counted_twice_across_a_window_close_mid_count(
     assert observer.close([]) == {}  # nothing left over for a third window
 
 
-@pytest.mark.parametrize("step_values", [0, 1], ids=["block at once", "the most steps"])
-def test_a_version_change_mid_count_keeps_each_versions_rows_in_its_own_window(
-    step_values: int,
-) -> None:
+def test_a_version_change_mid_count_keeps_each_versions_rows_in_its_own_window() -> None:
     pp = package_profile()
-    observer = ProfileObserver(block_rows=8, step_values=step_values)
+    observer = ProfileObserver(block_rows=8)
     observer.watch("m", "1", pp)
     observer.watch("m", "2", pp)
     rng = np.random.default_rng(8)
     old = [rng.normal(size=(1, 3)).astype(np.float32) for _ in range(12)]
     new = [(rng.normal(size=(1, 3)) + 2).astype(np.float32) for _ in range(11)]
-    feed(observer, "1", old)  # version 1's second block is sealed, its count barely begun
+    feed(observer, "1", old)  # version 1's first block is counted, its second half full
     old_series = observer._series[("m", "1", "production")]
-    assert old_series.work is not None if step_values else old_series.fill == 4
-    feed(observer, "2", new)  # version 2's requests never step version 1's count
+    assert old_series.fill == 4
+    feed(observer, "2", new)  # version 2's requests never touch version 1's rows
     out = observer.close([])
     assert_counts_equal(out[("m", "1", "production")]["profile"], pp, old)
     assert_counts_equal(out[("m", "2", "production")]["profile"], pp, new)
 
 
-@pytest.mark.parametrize("step_values", [0, 1], ids=["block at once", "the most steps"])
-def test_rows_served_before_a_shutdown_are_in_the_last_window(
-    tmp_path: Path, step_values: int
-) -> None:
+def test_rows_served_before_a_shutdown_are_in_the_last_window(tmp_path: Path) -> None:
     pp = package_profile()
-    observer = ProfileObserver(block_rows=16, step_values=step_values)
+    observer = ProfileObserver(block_rows=16)
     observer.watch("m", "1", pp)
     agent = Agent(tmp_path, observer, ("1",))
     rng = np.random.default_rng(9)
@@ -293,7 +286,7 @@ def test_rows_served_before_a_shutdown_are_in_the_last_window(
         for x in sent:
             assert client.post("/v2/models/m/infer", json=infer_body(x)).status_code == 200
     series = observer._series[("m", "1", "production")]
-    assert series.work is not None if step_values else series.fill == 5
+    assert series.fill == 5
     agent.telemetry.stop(flush=True)  # the agent's shutdown: the partial window is appended
     buffer = TelemetryBuffer(tmp_path / "t.sqlite3")
     records = [r.record() for r in buffer.pending(100, 1 << 20)]
@@ -339,22 +332,3 @@ def test_a_block_holds_what_concatenating_the_requests_tensors_gives(
     with pytest.raises(ValueError, match="values for"):
         slot.odd(parts[0])
         slot.take(5)
-
-
-def test_no_request_pays_for_a_whole_block() -> None:
-    # the count of a sealed block is spread over the next requests: the request that
-    # seals it runs one step, and the block is done a few dozen requests later
-    pp = package_profile()
-    observer = ProfileObserver(block_rows=64, step_values=16384)
-    observer.watch("m", "1", pp)
-    x = np.zeros((1, 3), np.float32)
-    feed(observer, "1", [x] * 64)
-    series = observer._series[("m", "1", "production")]
-    assert series.work is not None and series.fill == 0
-    steps = 0
-    while series.work is not None:
-        feed(observer, "1", [x])
-        steps += 1
-    assert 3 <= steps < 64
-    wire = observer.close([])[("m", "1", "production")]["profile"]
-    assert ProfileWindow.from_wire(wire, pp.profile).rows == 64 + steps

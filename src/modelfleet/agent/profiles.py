@@ -6,9 +6,8 @@ is routed). The infer endpoint hands every answered request of a watched version
 :meth:`ProfileObserver.on_batch` — the request path keeps the bytes of each profiled tensor
 of the request (``ndarray.tobytes``: the request's arrays die with the request, as without
 counts; see :class:`_Slot`); every ``block_rows`` rows (1024) the block is sealed, joined
-and counted vectorised (:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`), in
-the request that seals it or, with ``step_values``, in steps over the next requests
-(ADR 0042).
+and counted vectorised (:class:`~modelfleet.monitoring.profile_counts.ProfileCounter`) in
+the request that seals it (ADR 0042).
 
 At each telemetry window close (:meth:`ProfileObserver.close`, the closer thread) the
 counts of each (model, version, role) become the window record's ``"profile"`` field
@@ -24,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -34,16 +33,12 @@ from modelfleet.errors import InvalidInputError
 from modelfleet.monitoring.profile_counts import ProfileCounter
 from modelfleet.packaging.reference import PackageProfile
 
-__all__ = ["DEFAULT_BLOCK_ROWS", "DEFAULT_STEP_VALUES", "ProfileObserver"]
+__all__ = ["DEFAULT_BLOCK_ROWS", "ProfileObserver"]
 
 log = logging.getLogger("modelfleet.agent.profiles")
 
 #: Rows kept (as each request's bytes) before they are sealed into a block and counted.
 DEFAULT_BLOCK_ROWS: Final = 1024
-#: Compared values per counting step that a request runs; 0: the request that seals a
-#: block counts all of it (the default: it holds the p99 best, ADR 0042). 16,384 is one
-#: edge rank of a 1,024-row block of 10 columns, ~5–40 µs a step on the benchmark box.
-DEFAULT_STEP_VALUES: Final = 0
 
 Tensors = Mapping[str, npt.NDArray[Any]]
 Key = tuple[str, str, str]
@@ -117,14 +112,10 @@ class _Series:
     """One window's pending rows and counter of one (model, version, role).
 
     The request path keeps each profiled tensor of a request in that tensor's
-    :class:`_Slot` (its bytes, for plain numbers). A full block is *sealed*: its slots
-    are handed to a counting generator (:meth:`_count`) that joins them, then counts
-    (:meth:`ProfileCounter.count_steps`); with ``step_values`` 0 (the default) the
-    request that seals the block runs all of it, else the next requests each run one
-    step of ~``step_values`` compared values, so no request pays the whole block (ADR
-    0042). A request of ``n`` rows runs ``1 + n // 32`` steps. A block sealed while the
-    previous one is still being counted first finishes that one; :meth:`flush` (a
-    window's close) finishes both. Every row is counted once, into this series' counter.
+    :class:`_Slot` (its bytes, for plain numbers). A full block is *sealed*: the request
+    that fills it joins its slots and counts them (:meth:`_count`, ADR 0042);
+    :meth:`flush` (a window's close) counts the partial block. Every row is counted once,
+    into this series' counter.
     """
 
     __slots__ = (
@@ -136,16 +127,12 @@ class _Series:
         "out_fast",
         "out_slots",
         "profile",
-        "step_values",
-        "work",
     )
 
-    def __init__(self, profile: PackageProfile, counter: ProfileCounter, step_values: int) -> None:
+    def __init__(self, profile: PackageProfile, counter: ProfileCounter) -> None:
         self.profile = profile
         self.counter = counter
-        self.step_values = step_values
         self.first = profile.inputs[0].tensor
-        self.work: Generator[None, None, int] | None = None
         self.in_slots = [_Slot(t.tensor, t.columns, _NO_BLOCK) for t in profile.inputs]
         self.out_slots = [_Slot(t.tensor, t.columns, _NO_BLOCK) for t in profile.outputs]
         self.fill = 0
@@ -166,8 +153,7 @@ class _Series:
         return old
 
     def add(self, inputs: Tensors, outputs: Tensors, block: int) -> int:
-        """Keep one request's profiled tensors; seal the block when it is full, else run
-        one step of the block being counted, if any.
+        """Keep one request's profiled tensors; seal and count the block when it is full.
 
         Returns:
             Rows that could not be counted (0 unless tensors did not fit the profile, or
@@ -196,14 +182,7 @@ class _Series:
         self.fill += rows
         if self.fill >= block:
             return self._seal()
-        if self.work is None:
-            return 0
-        dropped = self.step()
-        for _ in range(rows >> 5):  # a batch runs more steps: done before the next seal
-            if self.work is None:
-                break
-            dropped += self.step()
-        return dropped
+        return 0
 
     def _odd(self, slots: list[_Slot], name: str, array: npt.NDArray[Any]) -> None:
         for slot in slots:
@@ -211,56 +190,27 @@ class _Series:
                 slot.odd(array)
         self._bind()
 
-    def step(self) -> int:
-        """Run one step of the block being counted; returns rows that could not be."""
-        work = self.work
-        if work is None:
-            return 0
-        try:
-            next(work)
-        except StopIteration as done:
-            self.work = None
-            return int(done.value)
-        return 0
-
-    def _finish(self) -> int:
-        dropped = 0
-        while self.work is not None:
-            dropped += self.step()
-        return dropped
-
     def _seal(self) -> int:
-        """Hand the pending rows to a counting generator (finishing the previous one
-        first) and run its first step (all of it, with ``step_values`` 0)."""
-        dropped = self._finish()
+        """Count the pending rows now (fresh slots take the next requests); returns the
+        rows that could not be counted."""
         rows = self.fill
         ins, outs = self._open()
-        self.work = self._count(rows, ins, outs)
-        if not self.step_values:
-            return dropped + self._finish()
-        return dropped + self.step()
+        return self._count(rows, ins, outs)
 
-    def flush(self) -> int:
-        """Count every pending row now; returns the rows that could not be counted."""
-        dropped = self._finish()
+    def flush(self) -> None:
+        """Count every pending row now (rows that do not fit are logged only)."""
         if self.fill:
             self._seal()
-            dropped += self._finish()
-        return dropped
 
-    def _count(self, rows: int, ins: list[_Slot], outs: list[_Slot]) -> Generator[None, None, int]:
-        """Count one sealed block in steps; returns the rows that could not be counted."""
+    def _count(self, rows: int, ins: list[_Slot], outs: list[_Slot]) -> int:
+        """Count one sealed block; returns the rows that could not be counted."""
         profile = self.profile
         try:
             joined_in = {slot.name: slot.take(rows) for slot in ins}
             joined_out = {slot.name: slot.take(rows) for slot in outs}
             counted_outputs = profile.batch(joined_out, "outputs") if profile.outputs else None
             batch = profile.batch(joined_in, "inputs")
-            if self.step_values:
-                yield
-            yield from self.counter.count_steps(
-                batch, counted_outputs, self.step_values or _ALL_AT_ONCE
-            )
+            self.counter.count(batch, counted_outputs)
         except _UNFIT as e:
             _log_unfit(rows, e)
             return rows
@@ -269,8 +219,6 @@ class _Series:
 
 #: Kinds kept as bytes (plain values: no object pointers, one width per dtype).
 _FLAT_KINDS: Final = "biuf"
-#: ``step_values`` that counts a block in one step.
-_ALL_AT_ONCE: Final = 1 << 62
 #: A slot's dtype before its first request: no array's dtype is it.
 _NO_BLOCK: Final[Any] = np.dtype([("none", np.void, 0)])
 
@@ -285,30 +233,25 @@ class ProfileObserver:
 
     Thread-safety: :meth:`on_batch` runs on the event loop, :meth:`watch` on the updater's
     thread, :meth:`close` on the telemetry closer; one lock guards the table (the request
-    path holds it for a few appends and one counting step). :meth:`close` swaps the table
-    under the lock and finishes the old series' counts outside it: no request touches
-    them after the swap, so the request path never waits for a window's count.
+    path holds it for a few appends, and the request that seals a block while it counts
+    the block). :meth:`close` swaps the table under the lock and counts the old series'
+    pending rows outside it: no request touches them after the swap, so the request path
+    never waits for a window's count.
 
     Args:
         sketches: keep KLL sketches (for KS) as the profiles ask; False counts bins only.
         block_rows: rows gathered before they are counted (1 … 65536).
-        step_values: compared values of a sealed block's count that one request runs
-            (≥ 0); 0 counts a block in the request that seals it (ADR 0042).
     """
 
     def __init__(
         self,
         sketches: bool = False,
         block_rows: int = DEFAULT_BLOCK_ROWS,
-        step_values: int = DEFAULT_STEP_VALUES,
     ) -> None:
         if not 1 <= block_rows <= 65536:
             raise InvalidInputError("block_rows must be between 1 and 65536")
-        if step_values < 0:
-            raise InvalidInputError("step_values must not be negative")
         self.sketches = sketches
         self.block_rows = block_rows
-        self.step_values = step_values
         self._profiles: dict[tuple[str, str], PackageProfile] = {}
         self._series: dict[Key, _Series] = {}
         self._lock = threading.Lock()
@@ -351,8 +294,7 @@ class ProfileObserver:
         request_id: str | None = None,
     ) -> None:
         """One answered request of a watched version: its tensors are kept for the
-        window's block; a full block is sealed and counted over the next requests, one
-        step each (ADR 0042).
+        window's block; a full block is sealed and counted in this request (ADR 0042).
 
         A request whose tensors do not fit the profile (it cannot happen for a request
         the model answered) is not counted, logged and counted in :attr:`dropped_rows`.
@@ -367,7 +309,6 @@ class ProfileObserver:
                 series = self._series[key] = _Series(
                     profile,
                     ProfileCounter(profile.profile, self.block_rows, sketches=self.sketches),
-                    self.step_values,
                 )
             dropped = series.add(inputs, outputs, self.block_rows)
             if dropped:
@@ -387,13 +328,9 @@ class ProfileObserver:
             table, self._series = self._series, {}
             profiles = dict(self._profiles)
         out: dict[Key, dict[str, Any]] = {}
-        dropped = 0
         for key, series in table.items():
-            dropped += series.flush()  # the pending rows and any block still being counted
+            series.flush()  # the pending rows
             out[key] = {"profile": series.counter.snapshot().to_wire()}
-        if dropped:
-            with self._lock:
-                self.dropped_rows += dropped
         for key in keys:
             profile = profiles.get(key[:2])
             if key in out or profile is None or key[2] == "shadow":

@@ -6,9 +6,7 @@ column, plus a KLL quantile sketch per numeric column (for KS). It is vectorised
 (one compare per edge rank over the whole block, one ``np.bincount`` over all columns;
 categorical values tallied first — ``np.unique``, or a ``Counter`` for ``str`` objects — then
 a dictionary over the distinct values only) and buffers small batches (``flush_rows``), so
-a single-row call costs one array copy. :meth:`ProfileCounter.count_steps` counts a batch
-in steps (a generator), for a caller on a latency path that spreads a large block over
-many requests (the agent, ADR 0042).
+a single-row call costs one array copy.
 
 :class:`ProfileWindow` is what a window carries: counts add, sketches merge, so windows,
 devices and sites merge exactly at the hub (the sketches within their error bound; see
@@ -21,7 +19,7 @@ Pure: no I/O, no clock. Not thread-safe by itself; owners that share one hold a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -45,8 +43,6 @@ WINDOW_FORMAT: Final = 1
 
 Counts = npt.NDArray[np.int64]
 _GROUPS: Final = ("inputs", "outputs")
-#: ``step_values`` that counts a batch in one step.
-_ALL_AT_ONCE: Final = 1 << 62
 
 
 def _layout(features: tuple[FeatureProfile, ...]) -> npt.NDArray[np.int64]:
@@ -404,33 +400,16 @@ def _buckets(nums: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) -> A
     temporary per edge and no bool-to-uint8 cast (widths ≤ 255; profiles have ≤ 101).
     """
     below = np.zeros(nums.shape, np.uint8)
-    for _ in _bucket_steps(nums, edges, below, _ALL_AT_ONCE):
-        pass
-    return below
-
-
-def _bucket_steps(
-    nums: npt.NDArray[np.float64], edges: npt.NDArray[np.float64], below: Any, step_values: int
-) -> Iterator[None]:
-    """:func:`_buckets` into ``below`` (zeros) in steps of about ``step_values`` compared
-    values, at least one edge rank over the whole block each (a yield between steps;
-    a block is not split by columns: slices of a transposed block are strided and cost
-    more per value). The ufunc buffer is set and restored within each step: the
-    caller's NumPy calls between steps see their own."""
     above = np.empty(nums.shape, np.bool_)
     step = above.view(np.uint8)
-    width = edges.shape[1]
-    ranks = max(1, step_values // max(1, nums.size))
-    for start in range(0, width, ranks):
-        if start:
-            yield
-        old = np.setbufsize(_COMPARE_BUFSIZE)
-        try:
-            for k in range(start, min(start + ranks, width)):
-                np.greater(nums, edges[:, k : k + 1], out=above)
-                below += step
-        finally:
-            np.setbufsize(old)
+    old = np.setbufsize(_COMPARE_BUFSIZE)
+    try:
+        for k in range(edges.shape[1]):
+            np.greater(nums, edges[:, k : k + 1], out=above)
+            below += step
+    finally:
+        np.setbufsize(old)
+    return below
 
 
 class _Group:
@@ -489,19 +468,11 @@ class _Group:
 
     def push(self, rows: int, prepared: Any) -> None:
         """Buffer (or, when large, count at once) a batch from :meth:`prepare`."""
-        for _ in self.push_steps(rows, prepared, _ALL_AT_ONCE):
-            pass
-
-    def push_steps(self, rows: int, prepared: Any, step_values: int) -> Iterator[None]:
-        """:meth:`push`, a large batch counted in steps of about ``step_values`` values
-        (a yield between steps; the counts change only in the last one)."""
         if self.fill + rows > self.capacity:
             self.flush()
         if isinstance(prepared, np.ndarray):
             if rows >= self.capacity:
-                yield from self._count_steps(
-                    prepared.T.astype(np.float64, copy=False), [], step_values
-                )
+                self._count(prepared.T.astype(np.float64, copy=False), [])
             else:
                 self.buf[:, self.fill : self.fill + rows] = prepared.T
                 self.fill += rows
@@ -512,7 +483,7 @@ class _Group:
                 block = np.concatenate(nums).reshape(len(nums), rows)
             else:
                 block = np.empty((0, rows), np.float64)
-            yield from self._count_steps(block, cats, step_values)
+            self._count(block, cats)
             return
         for j, col in enumerate(nums):
             self.buf[j, self.fill : self.fill + rows] = col
@@ -524,25 +495,19 @@ class _Group:
         if not self.fill:
             return
         cats = [p[0] if len(p) == 1 else np.concatenate(p) for p in self.cat_parts]
-        for _ in self._count_steps(self.buf[:, : self.fill], cats, _ALL_AT_ONCE):
-            pass
+        self._count(self.buf[:, : self.fill], cats)
         self.fill = 0
         self.cat_parts = [[] for _ in self.cat]
 
-    def _count_steps(
-        self, nums: npt.NDArray[np.float64], cats: list[npt.NDArray[Any]], step_values: int
-    ) -> Iterator[None]:
-        """Count a column-major numeric block and the categorical columns, in steps of
-        about ``step_values`` compared values; the counts are added in the last step, so
-        a step never leaves a part of the block counted."""
+    def _count(self, nums: npt.NDArray[np.float64], cats: list[npt.NDArray[Any]]) -> None:
+        """Count a column-major numeric block and the categorical columns; the counts are
+        added in one step, at the end."""
         rows = nums.shape[1] if self.num else (cats[0].shape[0] if cats else 0)
         add = np.zeros_like(self.counts)
         if self.num and rows:
             nan = np.isnan(nums)
             any_nan = bool(nan.any())
-            below = np.zeros(nums.shape, np.uint8)
-            yield
-            yield from _bucket_steps(nums, self.edges, below, step_values)
+            below = _buckets(nums, self.edges)
             # the flat slot of each value: its bucket plus its column's offset (one pass)
             idx = np.add(below, self.num_offset[:, None], dtype=np.intp)
             if any_nan:
@@ -554,10 +519,8 @@ class _Group:
                     col = values[j]
                     if any_nan:
                         col = col[~nan[j]]
-                    yield
                     self._sketch(j).update(col)
         for j, i in enumerate(self.cat):
-            yield
             # distinct values first (tallied), then a dictionary over those only
             keys, tally, missing = category_counts(cats[j])
             off = int(self.layout[i])
@@ -612,23 +575,6 @@ class ProfileCounter:
                 in a numeric column, outputs with another number of rows, outputs given
                 to a profile without outputs. Nothing of the batch is counted then.
         """
-        for _ in self.count_steps(inputs, outputs, _ALL_AT_ONCE):
-            pass
-
-    def count_steps(
-        self, inputs: Any, outputs: Any = None, step_values: int = 16384
-    ) -> Iterator[None]:
-        """:meth:`count` in steps: a generator that does about ``step_values`` compared
-        values of work per step and yields between steps, so a caller on a latency path
-        (the agent's event loop, issue 9) can spread a large block over many requests.
-        The batch is checked before the first yield (it raises then, as :meth:`count`,
-        with nothing counted); each group's counts are added in one step, so a window is
-        whole only once the generator is exhausted: the caller runs it to the end before
-        it takes a :meth:`snapshot`.
-
-        Raises:
-            InvalidInputError: as :meth:`count`.
-        """
         if outputs is not None and self._outputs is None:
             raise InvalidInputError("the reference profile has no outputs to count")
         rows, prepared = self._inputs.prepare(inputs, "inputs")
@@ -636,10 +582,8 @@ class ProfileCounter:
             rows_out, prepared_out = self._outputs.prepare(outputs, "outputs")
             if rows_out != rows:
                 raise InvalidInputError("inputs and outputs must have the same rows")
-            yield
-            yield from self._outputs.push_steps(rows_out, prepared_out, step_values)
-        yield
-        yield from self._inputs.push_steps(rows, prepared, step_values)
+            self._outputs.push(rows_out, prepared_out)
+        self._inputs.push(rows, prepared)
 
     def snapshot(self, reset: bool = True) -> ProfileWindow:
         """The window counted so far (buffered rows included); with ``reset`` (the
