@@ -32,6 +32,11 @@ __all__ = ["override_rows", "register", "report_rows"]
 #: ``(hub, token, token_file) -> HubClient`` (the main module's).
 ClientFactory = Callable[[str, str, Path | None], Any]
 
+#: The filters ``status`` and ``overrides`` share (``report`` takes the model as an
+#: argument and its ``--site`` reads otherwise).
+ModelFilterOpt = Annotated[str | None, typer.Option("--model", help="Only this model.")]
+SiteFilterOpt = Annotated[str | None, typer.Option("--site", help="Only this site.")]
+
 
 def _num(value: Any) -> str:
     if value is None:
@@ -183,8 +188,8 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
 
     @drift_app.command("status")
     def drift_status(
-        model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
-        site: Annotated[str | None, typer.Option("--site", help="Only this site.")] = None,
+        model: ModelFilterOpt = None,
+        site: SiteFilterOpt = None,
         hub: HubOpt = "http://127.0.0.1:8700",
         token: TokenOpt = "",
         token_file: TokenFileOpt = None,
@@ -215,8 +220,8 @@ def register(app: typer.Typer, client: ClientFactory) -> None:
 
     @drift_app.command("overrides")
     def drift_overrides(
-        model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
-        site: Annotated[str | None, typer.Option("--site", help="Only this site.")] = None,
+        model: ModelFilterOpt = None,
+        site: SiteFilterOpt = None,
         hub: HubOpt = "http://127.0.0.1:8700",
         token: TokenOpt = "",
         token_file: TokenFileOpt = None,
