@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -59,6 +59,8 @@ _CHUNK: Final = 5000
 _INT64_MAX: Final = 2**63 - 1
 _MAX_COLUMN: Final = 256
 _HOUR: Final = timedelta(hours=1)
+#: A stored window record and its hour's time, as the roll-ups take it.
+_Window = tuple[Mapping[str, Any], datetime]
 
 
 def _records_table() -> Table:
@@ -195,8 +197,7 @@ class Telemetry:
                 limit = self._ctx.config.review_queue_limit
                 review.store_samples(s, device_id, samples, stored, site, now, limit)
             self._update_stream(s, batch, now, device_times)
-            drift = self._roll_up_drift(s, site, batch, stored, device_times, now)
-            self._roll_up_overrides(s, site, batch, stored, device_times, now)
+            drift = self._roll_up(s, site, batch, stored, device_times, now)
         self._count(batch, stored, now, device_times)
         for result, n in drift.items():
             if n:
@@ -208,7 +209,7 @@ class Telemetry:
             "status": "recorded",
         }
 
-    def _roll_up_drift(
+    def _roll_up(
         self,
         s: Session,
         site: str,
@@ -217,35 +218,30 @@ class Telemetry:
         window_times: Mapping[int, datetime],
         now: datetime,
     ) -> dict[str, int]:
-        """The drift counts of the windows just stored, merged into their roll-ups."""
-        if self._drift is None or not stored:
-            return {}
-        windows = [
-            (r, window_times[r["seq"]])
-            for r in batch.records
-            if r["seq"] in stored and r["seq"] in window_times and "profile" in r
-        ]
-        return self._drift.add(s, site, windows, now) if windows else {}
+        """The windows just stored, added into their roll-ups in the ingest transaction:
+        their drift counts (issue 9), then their overrides (ADR 0040).
 
-    def _roll_up_overrides(
-        self,
-        s: Session,
-        site: str,
-        batch: Batch,
-        stored: set[int],
-        window_times: Mapping[int, datetime],
-        now: datetime,
-    ) -> None:
-        """The overrides of the windows just stored, added into their roll-ups (ADR 0040)."""
-        if self._overrides is None or not stored:
-            return
-        windows = [
-            (r, window_times[r["seq"]])
-            for r in batch.records
-            if r["seq"] in stored and r["seq"] in window_times and r.get("overrides")
-        ]
-        if windows:
-            self._overrides.add(s, site, windows, now)
+        Returns:
+            The drift roll-ups' count of windows per result (for the metrics).
+        """
+
+        def carrying(has: Callable[[Mapping[str, Any]], bool]) -> list[_Window]:
+            return [
+                (r, window_times[r["seq"]])
+                for r in batch.records
+                if r["seq"] in stored and r["seq"] in window_times and has(r)
+            ]
+
+        drift: dict[str, int] = {}
+        if self._drift is not None:
+            windows = carrying(lambda r: "profile" in r)
+            if windows:
+                drift = self._drift.add(s, site, windows, now)
+        if self._overrides is not None:
+            windows = carrying(lambda r: bool(r.get("overrides")))
+            if windows:
+                self._overrides.add(s, site, windows, now)
+        return drift
 
     def _parse(self, device_id: str, body: bytes) -> Batch:
         limit = self._ctx.config.max_telemetry_bytes
