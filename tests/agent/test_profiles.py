@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,33 @@ def test_rows_served_before_a_shutdown_are_in_the_last_window(tmp_path: Path) ->
     buffer.close()
     (window,) = [r for r in records if r["kind"] == "window"]
     assert_counts_equal(window["profile"], pp, sent)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda agent: agent.telemetry.close_window(), id="the window rolls over"),
+        pytest.param(lambda agent: agent.telemetry.stop(flush=True), id="the agent shuts down"),
+    ],
+)
+def test_rows_that_do_not_fit_a_half_full_block_at_a_window_close_are_counted_dropped(
+    tmp_path: Path, end: Callable[[Agent], object]
+) -> None:
+    pp = package_profile()
+    observer = ProfileObserver(block_rows=8)
+    observer.watch("m", "1", pp)
+    observer.watch("m", "2", pp)  # a version change: both versions' blocks pending at close
+    agent = Agent(tmp_path, observer, ("1",))
+    good, bad = np.zeros((3, 3), np.float32), np.zeros((2, 5), np.float32)
+    observer.on_batch("m", "1", "production", {"X": good}, outputs_of(good))
+    observer.on_batch("m", "1", "production", {"X": bad}, outputs_of(good[:2]))  # 5 of 8
+    feed(observer, "2", [good])
+    observer.on_batch("m", "2", "production", {"X": bad}, outputs_of(good[:2]))
+    feed(observer, "2", [good, good[:2]])  # version 2's block fills (dropped), 2 rows pend
+    assert observer.dropped_rows == 8
+    end(agent)
+    assert observer.dropped_rows == 8 + 5  # version 1's half-full block, which did not fit
+    assert observer.close([]) == {} and observer.dropped_rows == 8 + 5  # counted once
 
 
 @pytest.mark.parametrize(

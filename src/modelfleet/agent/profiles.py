@@ -197,10 +197,14 @@ class _Series:
         ins, outs = self._open()
         return self._count(rows, ins, outs)
 
-    def flush(self) -> None:
-        """Count every pending row now (rows that do not fit are logged only)."""
-        if self.fill:
-            self._seal()
+    def flush(self) -> int:
+        """Count every pending row now.
+
+        Returns:
+            Rows that could not be counted (the partial block's, when it does not fit
+            the profile; they are logged too), for :attr:`ProfileObserver.dropped_rows`.
+        """
+        return self._seal() if self.fill else 0
 
     def _count(self, rows: int, ins: list[_Slot], outs: list[_Slot]) -> int:
         """Count one sealed block; returns the rows that could not be counted."""
@@ -255,7 +259,8 @@ class ProfileObserver:
         self._profiles: dict[tuple[str, str], PackageProfile] = {}
         self._series: dict[Key, _Series] = {}
         self._lock = threading.Lock()
-        #: Rows that could not be counted (tensors that did not fit the profile).
+        #: Rows that could not be counted (tensors that did not fit the profile), in a
+        #: block a request sealed or one a window's close flushed.
         self.dropped_rows = 0
 
     # -- the loader (updater thread) --------------------------------------------------------
@@ -328,9 +333,13 @@ class ProfileObserver:
             table, self._series = self._series, {}
             profiles = dict(self._profiles)
         out: dict[Key, dict[str, Any]] = {}
+        dropped = 0
         for key, series in table.items():
-            series.flush()  # the pending rows
+            dropped += series.flush()  # the pending rows
             out[key] = {"profile": series.counter.snapshot().to_wire()}
+        if dropped:  # under the lock: the request path adds its own drops concurrently
+            with self._lock:
+                self.dropped_rows += dropped
         for key in keys:
             profile = profiles.get(key[:2])
             if key in out or profile is None or key[2] == "shadow":
