@@ -159,3 +159,41 @@ def test_keys_cli_rotates_root_onto_the_token_with_no_hsm_code_in_the_command(
     assert result.returncode == 0, result.stderr
     root = Metadata[Root].from_file(str(home / "tuf" / "catalog" / "3.root.json"))
     assert set(root.signatures) == set(change["added"])
+
+
+def test_offline_catalog_targets_signed_through_softhsm_by_the_cli(
+    hsm: str, hub: Hub, tmp_path: Path
+) -> None:
+    """The catalog's targets key lives in a token the hub does not hold (ADR 0043): the
+    staged targets is signed by ``keys sign-targets --signer-uri`` and published."""
+    from dataclasses import replace
+
+    from modelfleet.trust import HubTrust
+    from modelfleet.trust.key_registry import OFFLINE
+    from tests.cli_run import run_cli
+
+    secrets = pin_handler(PIN)
+    public = import_uri_public_key(hsm, secrets)
+    admin = KeyAdmin(hub.home / "keys", hub.trust, hub.clock, secrets=secrets)
+    admin.rotate("targets", uri=hsm, public_key=public)
+    registry = KeyRegistry.load(hub.home / "keys")
+    (record,) = registry.active("targets")
+    registry.put(replace(record, location=OFFLINE))  # the token leaves the hub
+    registry.save()
+    hub.trust.close()
+    hub.trust = HubTrust.open(hub.home / "tuf", hub.home / "keys", hub.clock)
+    assert hub.trust.catalog_targets_offline()
+    hub.publish("iris", 1)
+    unsigned, signed = tmp_path / "unsigned.json", tmp_path / "signed.json"
+    unsigned.write_bytes(hub.trust.export_catalog_targets())
+    env = {
+        "MODELFLEET_HSM_PIN": PIN,
+        "SOFTHSM2_CONF": os.environ["SOFTHSM2_CONF"],
+        "PYKCS11LIB": os.environ["PYKCS11LIB"],
+    }
+    result = run_cli("keys", "sign-targets", "--unsigned", str(unsigned), "--signer-uri", hsm,
+                     "--out", str(signed), "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["keyid"] == public.keyid
+    hub.trust.apply_catalog_targets(signed.read_bytes())
+    assert hub.trust.catalog_lists("iris", 1)

@@ -13,6 +13,10 @@ on the offline machine holding a root key:
   key) with the passphrase.
 * ``export-root --out FILE`` / ``sign-root`` / ``apply-root --signed FILE`` /
   ``discard-root``: the offline root ceremony.
+* ``export-targets --out FILE`` / ``sign-targets`` / ``apply-targets --signed FILE``: the
+  offline targets ceremony, when the catalog's targets key is offline (ADR 0043); ``rotate
+  snapshot --timestamp-key`` signs the catalog's snapshot with the timestamp key, so only
+  the director's and the timestamp's keys stay online.
 
 Key files are encrypted with the passphrase from ``--passphrase-file`` or
 ``MODELFLEET_KEY_PASSPHRASE``; an HSM's PIN comes from ``MODELFLEET_HSM_PIN``, its PKCS#11
@@ -202,6 +206,24 @@ def _print_change(change: KeyChange, json_out: bool) -> None:
     _print_status(change.status)
 
 
+def _print_staged(staged: Mapping[str, Any] | None) -> None:
+    if staged is None:
+        return
+    console.print(
+        f"[yellow]The catalog's targets version {staged['version']} waits for its offline "
+        "signature[/] (`modelfleet keys export-targets --out FILE`, `keys sign-targets` on "
+        "the offline machine, then `keys apply-targets --signed FILE`)"
+    )
+    for label, key in (
+        ("adds", "added"),
+        ("removes", "removed"),
+        ("delegates", "delegated"),
+        ("drops", "undelegated"),
+    ):
+        if staged[key]:
+            console.print(f"  {label:9} {', '.join(staged[key])}")
+
+
 def _print_status(status: Mapping[str, Mapping[str, Any]]) -> None:
     if not status:
         return
@@ -236,6 +258,7 @@ def register(app: typer.Typer) -> None:
         """List the hub's keys: role, state, where each lives, the roots listing it."""
         with _admin(home, passphrase_file) as admin:
             keys = admin.keys()
+            staged = admin.staged_targets()
         if json_out:
             print_json(keys)
             return
@@ -255,6 +278,7 @@ def register(app: typer.Typer) -> None:
                 for k in keys
             ],
         )
+        _print_staged(staged)
 
     def _change(
         action: str,
@@ -264,11 +288,17 @@ def register(app: typer.Typer) -> None:
         signer_uri: str,
         public_key: Path | None,
         passphrase_file: Path | None,
+        timestamp_key: bool = False,
     ) -> KeyChange:
         from modelfleet.trust.key_registry import ROLES
 
         if role not in ROLES:
             raise UsageError(f"unknown key role {role!r}; one of {', '.join(ROLES)}")
+        if timestamp_key:
+            if role != "snapshot" or out is not None or signer_uri or public_key is not None:
+                raise UsageError("--timestamp-key goes alone, with `rotate snapshot`")
+            with _key_change(home, passphrase_file) as (admin, finish):
+                return finish(admin.sign_snapshot_with_timestamp_key())
         if out is not None and signer_uri:
             raise UsageError("give either --out or --signer-uri, not both")
         if public_key is not None and not signer_uri:
@@ -303,12 +333,21 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = None,
         signer_uri: UriOpt = "",
         public_key: PublicOpt = None,
+        timestamp_key: Annotated[
+            bool,
+            typer.Option(
+                "--timestamp-key",
+                help="snapshot only: sign the catalog's snapshot with the timestamp key.",
+            ),
+        ] = False,
         passphrase_file: PassphraseFileOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Replace ROLE's keys by a new one; root: signed by the old and the new key;
         director: every device's own repository is re-signed with the new key."""
-        change = _change("rotate", role, home, out, signer_uri, public_key, passphrase_file)
+        change = _change(
+            "rotate", role, home, out, signer_uri, public_key, passphrase_file, timestamp_key
+        )
         _print_change(change, json_out)
 
     @keys_app.command("retire")
@@ -418,6 +457,95 @@ def register(app: typer.Typer) -> None:
             change = finish(admin.apply_root(data))
         _print_change(change, json_out)
 
+    @keys_app.command("export-targets")
+    def keys_export_targets(
+        home: HomeOpt,
+        out: Annotated[Path, typer.Option("--out", help="File to write the targets to.")],
+        passphrase_file: PassphraseFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Write the catalog's next targets, waiting for the offline targets key, to a file
+        (TUF metadata without signatures; its expiry runs from now)."""
+        from modelfleet._atomic import atomic_write_bytes
+
+        with _admin(home, passphrase_file) as admin:
+            data = admin.export_targets()
+            staged = admin.staged_targets()
+        atomic_write_bytes(out, data)
+        if json_out:
+            print_json({"out": str(out), "staged": staged})
+            return
+        console.print(f"[green]Wrote[/] {out}")
+        _print_staged(staged)
+
+    @keys_app.command("sign-targets")
+    def keys_sign_targets(
+        unsigned: Annotated[
+            Path, typer.Option("--unsigned", help="File from `keys export-targets`.")
+        ],
+        out: Annotated[Path, typer.Option("--out", help="Where the signed targets go.")],
+        key: Annotated[
+            Path | None, typer.Option("--key", help="Targets key file (PKCS#8 PEM).")
+        ] = None,
+        signer_uri: Annotated[
+            str,
+            typer.Option("--signer-uri", help="Sign through this signer URI (hsm:...)."),
+        ] = "",
+        public_key: PublicOpt = None,
+        passphrase_file: PassphraseFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Sign the catalog's next targets on the offline machine (no hub home needed)."""
+        from modelfleet._atomic import atomic_write_bytes
+        from modelfleet.trust.staged_targets import parse_targets, sign_targets
+
+        if (key is None) == (not signer_uri):
+            raise UsageError("give either --key FILE or --signer-uri URI")
+        if public_key is not None and not signer_uri:
+            raise UsageError("--public-key goes with --signer-uri")
+        try:
+            data = unsigned.read_bytes()
+        except OSError as e:
+            raise UsageError(f"--unsigned: cannot read {unsigned}: {e.strerror or e}") from e
+        md = parse_targets(data)
+        signer = _targets_signer(key, signer_uri, public_key, passphrase_file)
+        atomic_write_bytes(out, sign_targets(data, signer))
+        delegations = md.signed.delegations
+        roles = sorted(delegations.roles or {}) if delegations is not None else []
+        summary: dict[str, Any] = {
+            "out": str(out),
+            "keyid": signer.public_key.keyid,
+            "version": md.signed.version,
+            "expires": md.signed.expires.isoformat(),
+            "targets": len(md.signed.targets),
+            "delegations": roles,
+        }
+        if json_out:
+            print_json(summary)
+            return
+        console.print(
+            f"[green]Signed[/] targets version {md.signed.version} (expires "
+            f"{summary['expires']}; {summary['targets']} targets, "
+            f"{len(roles)} release roles) with {signer.public_key.keyid[:16]}"
+        )
+
+    @keys_app.command("apply-targets")
+    def keys_apply_targets(
+        home: HomeOpt,
+        signed: Annotated[Path, typer.Option("--signed", help="Targets from `keys sign-targets`.")],
+        passphrase_file: PassphraseFileOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Publish the catalog's targets signed offline (checked against what waits and
+        against the root's targets keys)."""
+        try:
+            data = signed.read_bytes()
+        except OSError as e:
+            raise UsageError(f"--signed: cannot read {signed}: {e.strerror or e}") from e
+        with _admin(home, passphrase_file) as admin:
+            change = admin.apply_targets(data)
+        _print_change(change, json_out)
+
     @keys_app.command("discard-root")
     def keys_discard_root(
         home: HomeOpt, passphrase_file: PassphraseFileOpt = None, json_out: JsonOpt = False
@@ -426,6 +554,24 @@ def register(app: typer.Typer) -> None:
         with _admin(home, passphrase_file) as admin:
             change = admin.discard_root()
         _print_change(change, json_out)
+
+
+def _targets_signer(
+    key: Path | None, uri: str, public_key: Path | None, passphrase_file: Path | None
+) -> Signer:
+    from securesystemslib.signer import CryptoSigner
+
+    from modelfleet.trust._key_files import read_private_key
+    from modelfleet.trust.keys import pin_handler, uri_signer
+
+    if key is not None:
+        private = read_private_key(key, read_passphrase(passphrase_file, os.environ))
+        try:
+            return CryptoSigner(private)
+        except ValueError as e:
+            raise UsageError(f"--key: unsupported key type: {e}") from e
+    public = _public_key(uri, public_key)
+    return uri_signer(uri, public, pin_handler(os.environ.get(ENV_HSM_PIN, "")))
 
 
 def _offline_signer(

@@ -46,7 +46,7 @@ from modelfleet.trust.release import (
 )
 from modelfleet.trust.repository import ExpiryPolicy
 
-__all__ = ["APPROVED", "PENDING", "REVOKED", "Approvals", "refuse_unapproved"]
+__all__ = ["APPROVED", "PENDING", "REVOKED", "Approvals", "refuse_unapproved", "refuse_unsigned"]
 
 PENDING, APPROVED, REVOKED = "pending", "approved", "revoked"
 _MAX_LABEL = 256
@@ -79,6 +79,27 @@ def refuse_unapproved(s: Session, config: HubConfig, name: str, version: int) ->
     raise ConflictError(
         f"{name} v{version} awaits release approval: {have} of {need} release signatures "
         f"(`modelfleet approve {name} {version} --key FILE`)"
+    )
+
+
+def refuse_unsigned(trust: HubTrust, name: str, version: int) -> None:
+    """Refuse to assign a version the signed catalog does not list yet because the
+    catalog's targets key is offline and its next targets waits for the ceremony
+    (issue 10, ADR 0043). With an online targets key this never refuses.
+
+    Raises:
+        ConflictError: the version waits for the offline targets signature; the message
+            names the three commands of the ceremony.
+    """
+    if not trust.catalog_targets_offline() or trust.catalog_lists(name, version):
+        return
+    staged = trust.staged_catalog_targets()
+    waiting = f" (targets version {staged['version']})" if staged is not None else ""
+    raise ConflictError(
+        f"{name} v{version} is not in the signed catalog yet: the catalog's targets key is "
+        f"offline and the next targets{waiting} waits for its signature (`modelfleet keys "
+        "export-targets --out FILE`, `keys sign-targets` on the offline machine, then "
+        "`keys apply-targets --signed FILE`)"
     )
 
 

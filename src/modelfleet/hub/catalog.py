@@ -360,10 +360,16 @@ class Catalog:
             custom.update(custom_fields(signature, signature_target_path(name, v.version)))
         return custom
 
-    def signed_targets(self, s: Session) -> dict[str, TargetSpec]:
+    def signed_targets(self, s: Session, *, unpublished: bool = False) -> dict[str, TargetSpec]:
         """What the catalog's top-level targets must list: every published, unrevoked
         version that needs no release signatures (those with a release request are listed
-        through their release role once approved; issue 10, ADR 0027)."""
+        through their release role once approved; issue 10, ADR 0027).
+
+        Args:
+            s: a read transaction.
+            unpublished: also versions never assigned yet (the targets key is offline, so
+                a version is signed in the ceremony before it is deployed; ADR 0043).
+        """
         gated = (
             select(db.ReleaseRequest.id)
             .where(
@@ -376,7 +382,7 @@ class Catalog:
             select(db.Model.name, db.ModelVersion)
             .join(db.ModelVersion, db.ModelVersion.model_id == db.Model.id)
             .where(
-                db.ModelVersion.published.is_(True),
+                *([] if unpublished else [db.ModelVersion.published.is_(True)]),
                 db.ModelVersion.revoked.is_(False),
                 ~gated,
             )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from modelfleet.errors import InvalidInputError, NotFoundError
 from modelfleet.hub import db
 from modelfleet.hub._values import ALL_DEVICES, JSONDict, _check_slo
-from modelfleet.hub.approvals import refuse_unapproved
+from modelfleet.hub.approvals import refuse_unapproved, refuse_unsigned
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
 from modelfleet.hub.director import Director, StagedState
@@ -183,6 +183,7 @@ class Deployments:
             if row.revoked:
                 raise InvalidInputError(f"{name} version {version} is revoked")
             refuse_unapproved(s, self._ctx.config, name, version)  # issue 10: 409, no audit
+            refuse_unsigned(self._director.trust, name, version)  # ADR 0043: 409, no audit
             ids = self.targets(s, devices)
             existing = {
                 a.device_id: a
@@ -274,6 +275,7 @@ class Deployments:
                     )
                 if done.kind is rules.RollbackKind.PRODUCTION:
                     refuse_unapproved(s, self._ctx.config, name, done.to)
+                    refuse_unsigned(self._director.trust, name, done.to)
                 before = {"production": a.production_version, "candidate": a.candidate_version}
                 _store_slots(a, done.slots)
                 a.rollout_id, a.updated_at = rollout_id, now

@@ -300,6 +300,11 @@ class Director:
         self._checked_keyid: str | None = None
 
     @property
+    def trust(self) -> HubTrust:
+        """The trust store this director signs into (read-only use: checks)."""
+        return self._trust
+
+    @property
     def _signer(self) -> DeviceRepoSigner:
         # Read each time: the trust store swaps it when the director key is rotated.
         return self._trust.device_signer
@@ -422,7 +427,10 @@ class Director:
                 written; the committed change is signed by the next successful call.
         """
         done = []
-        if self._trust.sync("catalog", CATALOG_PREFIX, self._catalog_targets):
+        # Offline targets key (ADR 0043): every approved version is staged for the
+        # ceremony, so it is signed before anything is assigned to it.
+        offline = self._trust.catalog_targets_offline()
+        if self._trust.sync("catalog", CATALOG_PREFIX, lambda: self._catalog_targets(offline)):
             done.append("catalog")
             self._shared_versions = None
         # The shared director lists no devices any more (issue 8): once, after an upgrade,
@@ -685,9 +693,11 @@ class Director:
             _log.warning("signed committed changes the TUF metadata lacked: %s", ", ".join(done))
         return done
 
-    def _catalog_targets(self) -> dict[str, tuple[int, str, dict[str, Any] | None]]:
+    def _catalog_targets(
+        self, unpublished: bool = False
+    ) -> dict[str, tuple[int, str, dict[str, Any] | None]]:
         with self._ctx.read() as s:
-            return self._catalog.signed_targets(s)
+            return self._catalog.signed_targets(s, unpublished=unpublished)
 
     # -- serving -------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from modelfleet.errors import (
 )
 from modelfleet.hub import db
 from modelfleet.hub._values import JSONDict, _check_slo, _iso
-from modelfleet.hub.approvals import refuse_unapproved
+from modelfleet.hub.approvals import refuse_unapproved, refuse_unsigned
 from modelfleet.hub.auth import Permission, Principal, check
 from modelfleet.hub.catalog import Catalog
 from modelfleet.hub.context import HubContext
@@ -159,6 +159,7 @@ class Rollouts:
             if version.revoked:
                 raise InvalidInputError(f"{plan.model} version {plan.version} is revoked")
             refuse_unapproved(s, self._ctx.config, plan.model, plan.version)  # issue 10
+            refuse_unsigned(self._director.trust, plan.model, plan.version)  # ADR 0043
             if any(g.metric is GateMetric.DRIFT_SCORE for g in plan.gates):
                 self._check_profile(plan, version)
             if model.safety_classified and not plan.ticket:

@@ -652,7 +652,7 @@ class HubService:
             InvalidInputError: a bad name, blob digest or sample input.
             SmokeTestError: the model does not reproduce its own outputs.
         """
-        return self.catalog.register_version(
+        answer = self.catalog.register_version(
             name,
             model,
             sample_input,
@@ -664,6 +664,10 @@ class HubService:
             anomaly_scorer=anomaly_scorer,
             target=target,
         )
+        if self.trust.catalog_targets_offline():
+            # Staged now for the offline targets ceremony (ADR 0043), not at first deploy.
+            self.director.publish()
+        return answer
 
     def revoke_version(
         self,

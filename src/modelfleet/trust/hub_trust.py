@@ -267,6 +267,46 @@ class HubTrust:
         with self._locked(exclusive=False):
             return self._repos["catalog"].delegated_roles()
 
+    # -- an offline catalog targets key (issue 10, ADR 0043) ------------------------------
+
+    def catalog_targets_offline(self) -> bool:
+        """True if the catalog's targets key is offline (changes wait for the ceremony)."""
+        with self._locked(exclusive=False):
+            return self._repos["catalog"].targets_offline
+
+    def catalog_lists(self, name: str, version: int) -> bool:
+        """True if the published (signed) catalog lists the version's model, top-level or
+        through its release role: what devices can install now."""
+        with self._locked(exclusive=False):
+            return self._repos["catalog"].target(model_target_path(name, version)) is not None
+
+    def staged_catalog_targets(self) -> dict[str, Any] | None:
+        """What waits for the catalog targets' offline signature (see
+        :meth:`TufRepository.staged_targets`), or None."""
+        with self._locked(exclusive=False):
+            return self._repos["catalog"].staged_targets()
+
+    def export_catalog_targets(self) -> bytes:
+        """The staged catalog targets to sign offline (fresh expiry; see
+        :meth:`TufRepository.export_staged_targets`).
+
+        Raises:
+            ConflictError: nothing waits for a signature.
+            StorageError: the staged file could not be rewritten.
+        """
+        with self._locked(exclusive=True):
+            return self._repos["catalog"].export_staged_targets()
+
+    def apply_catalog_targets(self, data: bytes) -> list[str]:
+        """Publish the staged catalog targets signed offline (see
+        :meth:`TufRepository.apply_staged_targets`).
+
+        Returns:
+            ``"catalog/<role>"`` for every role written.
+        """
+        with self._locked(exclusive=True):
+            return [f"catalog/{r}" for r in self._repos["catalog"].apply_staged_targets(data)]
+
     # -- director ----------------------------------------------------------------------
 
     def set_desired_states(self, states: Mapping[str, tuple[str, int]]) -> None:

@@ -68,6 +68,10 @@ ROLE_PLACES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 """Where each hub key role is listed: ``((repository, (TUF roles...)), ...)``."""
 
+_LISTED_IN = {**ROLE_PLACES, "timestamp": (("catalog", ("timestamp", "snapshot")),)}
+"""Where a key of each role may be listed: a timestamp key may also sign the catalog's
+snapshot (ADR 0043)."""
+
 
 @dataclass(frozen=True, slots=True)
 class KeyChange:
@@ -152,7 +156,7 @@ class KeyAdmin:
         for r in registry.records():
             listed = [
                 repo
-                for repo, tuf_roles in ROLE_PLACES[r.role]
+                for repo, tuf_roles in _LISTED_IN[r.role]
                 if any(r.keyid in roots[repo].roles[t].keyids for t in tuf_roles)
             ]
             out.append({**r.to_dict(), "in_roots": listed})
@@ -234,6 +238,38 @@ class KeyAdmin:
             self._delete_files([record])
             return KeyChange("retire", record.role, retired=[record.keyid])
         return self._apply_change("retire", registry, record.role, [], {}, [record.keyid])
+
+    def sign_snapshot_with_timestamp_key(self) -> KeyChange:
+        """List the active timestamp key(s) for the catalog's snapshot role and retire its
+        snapshot keys: one online key then signs both (TUF allows a key in several roles;
+        issue 10, ADR 0043). ``rotate snapshot`` gives the role its own key again.
+
+        Raises:
+            ConflictError: another root change waits for offline signatures.
+        """
+        self._refuse_pending()
+        registry = self.reconcile()
+        timestamp = registry.active("timestamp")
+        retire = [r.keyid for r in registry.active("snapshot")]
+        return self._apply_change("rotate", registry, "snapshot", timestamp, {}, retire)
+
+    def staged_targets(self) -> dict[str, Any] | None:
+        """What waits for the catalog targets' offline signature, or None."""
+        return self.trust.staged_catalog_targets()
+
+    def export_targets(self) -> bytes:
+        """The staged catalog targets to sign offline (``keys sign-targets``).
+
+        Raises:
+            ConflictError: nothing waits for a signature.
+        """
+        return self.trust.export_catalog_targets()
+
+    def apply_targets(self, data: bytes) -> KeyChange:
+        """Publish the catalog targets signed offline (checked against what is staged and
+        the root's targets keys; see :meth:`HubTrust.apply_catalog_targets`)."""
+        written = self.trust.apply_catalog_targets(data)
+        return KeyChange("apply-targets", "targets", written=written)
 
     def export_root(self) -> bytes:
         """The roots waiting for offline signatures (``pending-root.json``).
@@ -359,6 +395,10 @@ class KeyAdmin:
         registry.put(record)
         registry.save()
         retire = [r.keyid for r in registry.active(role)] if retire_all else []
+        if retire_all and role == "snapshot":
+            # A snapshot signed with the timestamp key (ADR 0043) gets its own key again.
+            shared = self.trust.roots()["catalog"].roles["snapshot"].keyids
+            retire += [r.keyid for r in registry.active("timestamp") if r.keyid in shared]
         try:
             return self._apply_change(action, registry, role, [record], signers, retire)
         except BaseException:
@@ -382,10 +422,14 @@ class KeyAdmin:
     ) -> KeyChange:
         self._refuse_pending()
         add, retire = list(add), list(retire)
-        repos = [repo for repo, _ in ROLE_PLACES[role]]
         current = self.trust.roots()
+        places = ROLE_PLACES[role]
+        shared = set(current["catalog"].roles["snapshot"].keyids)
+        if role == "timestamp" and shared & set(current["catalog"].roles["timestamp"].keyids):
+            places = _LISTED_IN[role]  # the snapshot is signed with the timestamp key
+        repos = [repo for repo, _ in places]
         roots = self.trust.next_roots(repos)
-        for repo, tuf_roles in ROLE_PLACES[role]:
+        for repo, tuf_roles in places:
             root = roots[repo].signed
             for tuf_role in tuf_roles:
                 for record in add:
@@ -417,32 +461,50 @@ class KeyAdmin:
         status = bundle.status()
         added = [r.keyid for r in add]
         if not all(s["ready"] for s in status.values()):
+            if role == "targets" and retire and any(r.location == OFFLINE for r in add):
+                # After the ceremony no key here could sign the targets the new root
+                # needs: the offline key must sign it first (ADR 0043).
+                raise ConflictError(
+                    "with the root key offline, make the targets key offline in steps: "
+                    "`modelfleet keys create targets --out FILE` (and apply that root), sign "
+                    "the targets with it (`keys export-targets`, `keys sign-targets`, `keys "
+                    "apply-targets`), then `keys retire` the online targets key"
+                )
             atomic_write_bytes(self.pending_file, bundle.to_bytes(), mode=0o600)
             return KeyChange(action, role, added=added, pending=True, status=status)
-        written = self._install(registry, bundle)
+        written = self._install(registry, bundle, new_signers)
         return KeyChange(
             action, role, added=added, retired=retire, written=written, status=bundle.status()
         )
 
-    def _install(self, registry: KeyRegistry, bundle: RootBundle) -> list[str]:
+    def _install(
+        self, registry: KeyRegistry, bundle: RootBundle, fresh: Mapping[str, Signer] | None = None
+    ) -> list[str]:
+        """Install the bundle's roots and re-sign with the registry's keys; ``fresh``
+        (by key id) are signers of keys made by this change, used while they are still in
+        hand (a new offline targets key signs the targets once, here)."""
         after = KeyRegistry(self.key_dir, registry.records())
         roots = self.trust.roots()
         roots.update({repo: md.signed for repo, md in bundle.roots.items()})
         changed = _finalise(after, roots, self._now())
-        signers = self._role_signers(after)
+        signers = self._role_signers(after, fresh or {})
         written = self.trust.install_roots(bundle.roots, signers, on_installed=after.save)
         self._delete_files([r for r in changed if r.state is KeyState.RETIRED])
         if self.trust_root_file is not None:
             atomic_write_bytes(self.trust_root_file, self.trust.trust_root_bundle(), mode=0o644)
         return written
 
-    def _role_signers(self, registry: KeyRegistry) -> dict[str, dict[str, Signer]]:
+    def _role_signers(
+        self, registry: KeyRegistry, fresh: Mapping[str, Signer]
+    ) -> dict[str, dict[str, Signer]]:
         def pick(role: str) -> Signer | None:
             records = registry.active(role)
             online = [r for r in records if r.location != OFFLINE]
             chosen = online or records
             if not chosen:
                 return None
+            if chosen[-1].keyid in fresh:
+                return fresh[chosen[-1].keyid]
             return signer_for(chosen[-1], self.key_dir, self.passphrase, self.secrets)
 
         out: dict[str, dict[str, Signer]] = {"catalog": {}, "director": {}}
@@ -453,6 +515,8 @@ class KeyAdmin:
             for repo, tuf_roles in places:
                 for tuf_role in tuf_roles:
                     out[repo][tuf_role] = signer
+        if "snapshot" not in out["catalog"] and "timestamp" in out["catalog"]:
+            out["catalog"]["snapshot"] = out["catalog"]["timestamp"]  # ADR 0043
         return out
 
     def _delete_files(self, records: Iterable[KeyRecord]) -> None:
@@ -469,7 +533,7 @@ def _finalise(registry: KeyRegistry, roots: Mapping[str, Root], now: Any) -> lis
     for record in registry.records():
         listed = any(
             record.keyid in roots[repo].roles[t].keyids
-            for repo, tuf_roles in ROLE_PLACES[record.role]
+            for repo, tuf_roles in _LISTED_IN[record.role]
             for t in tuf_roles
         )
         if record.state is KeyState.PENDING and listed:

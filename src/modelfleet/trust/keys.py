@@ -83,9 +83,11 @@ class OfflineSigner(Signer):
     def sign(self, payload: bytes) -> Signature:
         """Raises:
         ConfigError: always (the key is offline)."""
+        what = "targets" if self.role == "targets" else "root"
         raise ConfigError(
             f"the {self.role} key {self._public_key.keyid[:16]} is offline: sign on the "
-            "offline machine (`modelfleet keys export-root` / `sign-root` / `apply-root`)"
+            f"offline machine (`modelfleet keys export-{what}` / `sign-{what}` / "
+            f"`apply-{what}`)"
         )
 
 
@@ -307,7 +309,8 @@ def load_signers(
     """Load every role's active key as a securesystemslib signer.
 
     With several active keys for a role, the newest loadable one signs. A role whose
-    only keys are offline gets an :class:`OfflineSigner`.
+    only keys are offline gets an :class:`OfflineSigner`. With no active ``snapshot``
+    key the catalog's snapshot is signed with the timestamp key (issue 10, ADR 0043).
 
     Args:
         key_dir: the key folder (registry, or the legacy ``<role>.pem`` files).
@@ -324,6 +327,8 @@ def load_signers(
     signers: dict[str, Signer] = {}
     for role in ROLES:
         records = registry.active(role)
+        if not records and role == "snapshot" and registry.active("timestamp"):
+            continue  # the catalog's snapshot is signed with the timestamp key (ADR 0043)
         if not records:
             raise ConfigError(
                 f"signing key {key_file(key_dir, role)} is missing (run key generation)"
@@ -331,6 +336,7 @@ def load_signers(
         online = [r for r in records if r.location != OFFLINE]
         chosen = online[-1] if online else records[-1]
         signers[role] = signer_for(chosen, key_dir, passphrase, secrets)
+    signers.setdefault("snapshot", signers["timestamp"])
     return signers
 
 

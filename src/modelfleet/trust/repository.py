@@ -58,6 +58,12 @@ from modelfleet.errors import (
 )
 from modelfleet.hashing import sha256_bytes
 from modelfleet.trust.keys import OfflineSigner
+from modelfleet.trust.staged_targets import (
+    STAGED_SUFFIX,
+    StagedTargets,
+    check_signed_targets,
+    describe_targets,
+)
 
 __all__ = [
     "ExpiryPolicy",
@@ -307,6 +313,8 @@ class TufRepository:
         # which role lists each of their paths.
         self._delegated: dict[str, Targets] = {}
         self._delegated_paths: dict[str, str] = {}
+        # The next top-level targets while its key is offline (issue 10, ADR 0043).
+        self._staged = StagedTargets(self.metadata_dir.with_name(self.name + STAGED_SUFFIX))
 
     # -- construction ------------------------------------------------------------------
 
@@ -423,6 +431,9 @@ class TufRepository:
         self._root_bytes, self._timestamp_bytes = root_bytes, ts_bytes
         self._delegated = delegated
         self._delegated_paths = {p: role for role, t in delegated.items() for p in t.targets}
+        self._staged.load()
+        if self._staged.md is not None and self._staged.md.signed.version <= targets_v:
+            self._staged.clear()  # published meanwhile (apply-targets in another process)
 
     def is_current(self) -> bool:
         """True if the files on disk are still the ones last loaded or written."""
@@ -430,8 +441,10 @@ class TufRepository:
             ts = (self.metadata_dir / "timestamp.json").read_bytes()
         except OSError:
             return False
-        return ts == self._timestamp_bytes and self._latest_root_version() == self.version(
-            Root.type
+        return (
+            ts == self._timestamp_bytes
+            and self._latest_root_version() == self.version(Root.type)
+            and self._staged.is_current()
         )
 
     # -- queries -----------------------------------------------------------------------
@@ -516,8 +529,8 @@ class TufRepository:
         if not changes:
             return False
         with self._rollback_on_error():
-            self._targets.signed.targets.update(changes)
-            self._commit(targets=True)
+            self._working().targets.update(changes)
+            self._commit_targets()
         return True
 
     def update_targets(self, wanted: Mapping[str, TargetSpec], prefix: str = "") -> bool:
@@ -536,14 +549,15 @@ class TufRepository:
             StorageError: the metadata could not be written.
         """
         changes = self._target_files(wanted)
-        gone = [p for p in self._targets.signed.targets if p.startswith(prefix) and p not in wanted]
+        gone = [p for p in self._view().targets if p.startswith(prefix) and p not in wanted]
         if not changes and not gone:
             return False
         with self._rollback_on_error():
+            working = self._working()
             for p in gone:
-                del self._targets.signed.targets[p]
-            self._targets.signed.targets.update(changes)
-            self._commit(targets=True)
+                del working.targets[p]
+            working.targets.update(changes)
+            self._commit_targets()
         return True
 
     def _target_files(self, entries: Mapping[str, TargetSpec]) -> dict[str, TargetFile]:
@@ -554,7 +568,7 @@ class TufRepository:
                 raise InvalidInputError(f"bad length or sha256 for target {path!r}")
             fields = {"custom": dict(custom)} if custom is not None else None
             tf = TargetFile(length, {"sha256": sha256}, path, fields)
-            if self._targets.signed.targets.get(path) != tf:
+            if self._view().targets.get(path) != tf:
                 changes[path] = tf
         return changes
 
@@ -567,13 +581,14 @@ class TufRepository:
         Raises:
             StorageError: the metadata could not be written.
         """
-        gone = [p for p in paths if p in self._targets.signed.targets]
+        gone = [p for p in paths if p in self._view().targets]
         if not gone:
             return False
         with self._rollback_on_error():
+            working = self._working()
             for p in gone:
-                del self._targets.signed.targets[p]
-            self._commit(targets=True)
+                del working.targets[p]
+            self._commit_targets()
         return True
 
     def delegate_release(
@@ -595,7 +610,7 @@ class TufRepository:
             ConflictError: one of its paths is already listed elsewhere in this repository.
             StorageError: the metadata could not be written.
         """
-        if role in self._delegated:
+        if role in _delegated_names(self._view()):
             return False
         if threshold < 1 or threshold > len(keys):
             raise InvalidInputError(f"threshold {threshold} of {len(keys)} release key(s)")
@@ -608,7 +623,7 @@ class TufRepository:
         paths = sorted(md.signed.targets)
         for p in paths:
             _check_target_path(p)
-            if self.target(p) is not None:
+            if self.target(p) is not None or p in self._view().targets:
                 raise ConflictError(f"{p} is already listed in the {self.name} repository")
         delegation = DelegatedRole(role, [k.keyid for k in keys], threshold, True, paths=paths)
         probe = Targets(delegations=Delegations({k.keyid: k for k in keys}, {role: delegation}))
@@ -620,18 +635,21 @@ class TufRepository:
         version = md.signed.version
         with self._rollback_on_error():
             atomic_write_bytes(self.metadata_dir / f"{version}.{role}.json", data)
-            self._snapshot.signed.meta[f"{role}.json"] = MetaFile(
-                version, len(data), {"sha256": sha256_bytes(data)}
-            )
-            top = self._targets.signed
+            if not self.targets_offline:
+                # Offline: listed in the snapshot when the signed targets is applied.
+                self._snapshot.signed.meta[f"{role}.json"] = MetaFile(
+                    version, len(data), {"sha256": sha256_bytes(data)}
+                )
+            top = self._working()
             if top.delegations is None or top.delegations.roles is None:
                 top.delegations = Delegations({}, {})
             assert top.delegations.roles is not None
             top.delegations.keys.update({k.keyid: k for k in keys})
             top.delegations.roles[role] = delegation
-            self._commit(targets=True)
-        self._delegated[role] = md.signed
-        self._delegated_paths.update(dict.fromkeys(paths, role))
+            self._commit_targets()
+        if not self.targets_offline:
+            self._delegated[role] = md.signed
+            self._delegated_paths.update(dict.fromkeys(paths, role))
         return True
 
     def revoke_release(self, role: str) -> bool:
@@ -645,14 +663,11 @@ class TufRepository:
         Raises:
             StorageError: the metadata could not be written.
         """
-        top = self._targets.signed
-        if (
-            top.delegations is None
-            or not top.delegations.roles
-            or role not in top.delegations.roles
-        ):
+        if role not in _delegated_names(self._view()):
             return False
         with self._rollback_on_error():
+            top = self._working()
+            assert top.delegations is not None and top.delegations.roles is not None
             roles = top.delegations.roles
             del roles[role]
             used = {k for r in roles.values() for k in r.keyids}
@@ -660,7 +675,9 @@ class TufRepository:
                 del top.delegations.keys[keyid]
             if not roles:
                 top.delegations = None
-            self._commit(targets=True)
+            self._commit_targets()
+        if self.targets_offline:
+            return True
         gone = self._delegated.pop(role, None)
         for p in gone.targets if gone is not None else ():
             self._delegated_paths.pop(p, None)
@@ -703,6 +720,9 @@ class TufRepository:
                 self._record({Root.type: self.version(Root.type)})
                 done.append(Root.type)
             targets = due(Targets.type)
+            if targets and self.targets_offline:
+                self._stage_renewal(t)
+                targets = False
             snapshot = targets or due(Snapshot.type)
             timestamp = snapshot or due(Timestamp.type)
             self._commit(targets=targets, snapshot=snapshot, timestamp=timestamp, now=t)
@@ -716,6 +736,126 @@ class TufRepository:
             if flag
         ]
         return done
+
+    # -- an offline targets key (issue 10, ADR 0043) -------------------------------------
+
+    @property
+    def targets_offline(self) -> bool:
+        """True if the top-level targets key is offline: changes are staged for the
+        targets ceremony instead of signed."""
+        return isinstance(self._signers[Targets.type], OfflineSigner)
+
+    def staged_targets(self) -> dict[str, Any] | None:
+        """What waits for the offline targets signature, against what is published (see
+        :func:`~modelfleet.trust.staged_targets.describe_targets`), or None."""
+        md = self._staged.md
+        return None if md is None else describe_targets(md.signed, self._targets.signed)
+
+    def export_staged_targets(self) -> bytes:
+        """The staged targets to sign offline, given a fresh expiry now (so the lifetime
+        runs from the ceremony, not from the first change staged).
+
+        Raises:
+            ConflictError: nothing is staged.
+            StorageError: the staged file could not be rewritten.
+        """
+        md = self._staged.md
+        if md is None:
+            raise ConflictError(f"no {self.name} targets waits for an offline signature")
+        md.signed.expires = _utc(self._clock.now()) + self._lifetimes[Targets.type]
+        return self._staged.save(md)
+
+    def apply_staged_targets(self, data: bytes) -> list[str]:
+        """Publish the staged targets signed offline, with a new snapshot and timestamp.
+
+        Release roles it newly delegates to are listed in the snapshot from their files
+        (each checked against its delegation's threshold when the store is re-read).
+
+        Returns:
+            The roles written, in order.
+
+        Raises:
+            ConflictError: nothing is staged, or ``data`` is not the staged content.
+            InvalidInputError: ``data`` is not targets metadata.
+            MetadataVerificationError: expired or below the targets threshold.
+            ConfigError: a newly delegated release role's file is missing or invalid.
+            StorageError: the metadata could not be written.
+        """
+        staged = self._staged.md
+        if staged is None:
+            raise ConflictError(f"no {self.name} targets waits for an offline signature")
+        now = _utc(self._clock.now())
+        md = check_signed_targets(data, staged, self._root.signed, now)
+        version = md.signed.version
+        with self._rollback_on_error():
+            self._record({Targets.type: version})  # counted before the file (ADR 0007)
+            out = md.to_bytes()
+            atomic_write_bytes(self.metadata_dir / f"{version}.targets.json", out)
+            self._targets = md
+            meta = self._snapshot.signed.meta
+            meta["targets.json"] = MetaFile(version, len(out), {"sha256": sha256_bytes(out)})
+            for role in _delegated_names(md.signed):
+                if f"{role}.json" not in meta:
+                    meta[f"{role}.json"] = self._role_meta(role)
+            self._commit(snapshot=True, now=now)
+            self._staged.clear()
+            self.reload()
+        return [Targets.type, Snapshot.type, Timestamp.type]
+
+    def _view(self) -> Targets:
+        """The top-level targets as the next one will be (staged, else published)."""
+        return self._staged.md.signed if self._staged.md is not None else self._targets.signed
+
+    def _working(self) -> Targets:
+        """The top-level targets to change: a staged copy while the key is offline (made
+        from the published one if nothing is staged yet), else the published one."""
+        if not self.targets_offline:
+            return self._targets.signed
+        if self._staged.md is None:
+            self._staged.md = Metadata[Targets].from_bytes(self._targets.to_bytes())
+        return self._staged.md.signed
+
+    def _commit_targets(self) -> None:
+        """Sign the changed top-level targets (and snapshot, timestamp), or, while its
+        key is offline, save the staged copy at the next version for the ceremony."""
+        if not self.targets_offline:
+            self._commit(targets=True)
+            return
+        md = self._staged.md
+        assert md is not None, "_working() made the staged copy"
+        floor = max(self.version(Targets.type), self._published().get(Targets.type, 0))
+        md.signed.version = floor + 1
+        md.signed.expires = _utc(self._clock.now()) + self._lifetimes[Targets.type]
+        self._staged.save(md)
+        _log.warning(
+            "%s targets version %d waits for its offline signature (`modelfleet keys "
+            "export-targets`, `keys sign-targets`, `keys apply-targets`)",
+            self.name,
+            md.signed.version,
+        )
+
+    def _stage_renewal(self, now: datetime) -> None:
+        """The published targets is close to expiry and its key is offline: stage a copy
+        for the ceremony (once; a change already staged renews it as well)."""
+        if self._staged.md is None:
+            self._working()
+            self._commit_targets()
+        _log.warning(
+            "%s targets expires %s and its key is offline: sign the staged targets offline",
+            self.name,
+            self.expires(Targets.type).isoformat(),
+        )
+
+    def _role_meta(self, role: str) -> MetaFile:
+        versions = [
+            int(p.name.split(".", 1)[0])
+            for p in self.metadata_dir.glob(f"*.{role}.json")
+            if p.name.split(".", 1)[0].isdigit()
+        ]
+        if not versions:
+            raise ConfigError(f"release role {role} has no metadata file in {self.metadata_dir}")
+        data = (self.metadata_dir / f"{max(versions)}.{role}.json").read_bytes()
+        return MetaFile(max(versions), len(data), {"sha256": sha256_bytes(data)})
 
     # -- root rotation (issue 10, ADR 0025) -----------------------------------------------
 
@@ -788,6 +928,21 @@ class TufRepository:
             for role in TOP_LEVEL_ROLE_NAMES - {Root.type}
             if set(old.roles[role].keyids) != set(root.signed.roles[role].keyids)
         }
+        if Targets.type in changed and isinstance(new_signers[Targets.type], OfflineSigner):
+            # An offline targets key cannot re-sign here: the published targets must
+            # already carry its signature (given in the targets ceremony, ADR 0043).
+            result = root.signed.get_verification_result(
+                Targets.type, self._targets.signed_bytes, self._targets.signatures
+            )
+            if not result.verified:
+                raise ConfigError(
+                    f"{self.name}: the new root's targets keys are offline and have not "
+                    "signed the current targets; add the offline key first (`modelfleet "
+                    "keys create targets --out FILE`), have it sign the targets (`keys "
+                    "export-targets`, `keys sign-targets`, `keys apply-targets`), then "
+                    "retire the online key"
+                )
+            changed.discard(Targets.type)
         data = root.to_bytes()
         with self._rollback_on_error():
             atomic_write_bytes(self.metadata_dir / f"{root.signed.version}.root.json", data)
@@ -866,6 +1021,11 @@ class TufRepository:
         ]
         if not roles:
             return
+        adopt = targets and self._staged.md is not None
+        if adopt:
+            # The targets key is online again: what was staged for it is signed now.
+            assert self._staged.md is not None
+            self._targets = Metadata(self._staged.md.signed)
         published = self._published()
         for role in roles:
             if published.get(role, 0) > self.version(role):
@@ -884,6 +1044,8 @@ class TufRepository:
         self._record({role: self.version(role) for role in roles})
         for role in roles:
             self._store(role)
+        if adopt:
+            self._staged.clear()
         self._prune()
 
     def _store(self, role: str) -> None:
@@ -938,3 +1100,10 @@ def _load_delegated(d: Path, top: Targets, snapshot: Snapshot) -> dict[str, Targ
             raise ConfigError(f"release role {role} in {d} is not a targets role")
         out[role] = md.signed
     return out
+
+
+def _delegated_names(targets: Targets) -> set[str]:
+    """The role names ``targets`` delegates to."""
+    if targets.delegations is None or targets.delegations.roles is None:
+        return set()
+    return set(targets.delegations.roles)
