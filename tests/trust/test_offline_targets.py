@@ -297,3 +297,21 @@ def test_an_online_targets_key_again_signs_what_was_staged(hub: Hub, tmp_path: P
         str(hub.home / "tuf" / "catalog" / f"{_targets_version(hub)}.targets.json")
     )
     assert "models/iris/1/model.onnx" in md.signed.targets
+
+
+def test_a_corrupt_staged_file_is_set_aside_and_the_hub_keeps_serving(
+    hub: Hub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _targets_offline(hub, tmp_path)
+    hub.publish("iris", 1)
+    staged = hub.home / "tuf" / "catalog.staged-targets.json"
+    staged.write_bytes(b"{not json")
+    with caplog.at_level(logging.ERROR):
+        _reopen(hub)
+    assert "is corrupt" in caplog.text
+    assert (hub.home / "tuf" / "catalog.staged-targets.json.corrupt").is_file()
+    assert hub.trust.staged_catalog_targets() is None
+    assert hub.trust.metadata_path("catalog", "timestamp.json") is not None
+    hub.publish("iris", 1)  # re-staged from what the caller says should be listed
+    staged_now = hub.trust.staged_catalog_targets()
+    assert staged_now is not None and "models/iris/1/model.onnx" in staged_now["added"]

@@ -3,7 +3,8 @@
 Two repositories, Uptane style (see ``docs`` and the research notes on Uptane):
 
 * the **catalog** lists every approved package version (``models/<name>/<v>/model.onnx`` and
-  ``.../manifest.json``); its targets key can be kept offline in a stricter deployment;
+  ``.../manifest.json``); its targets key can be offline: changes are then staged for the
+  targets ceremony (:mod:`~modelfleet.trust.staged_targets`, ADR 0043);
 * the **director** lists one ``devices/<id>/desired-state.json`` per device and is signed by
   the online ``director`` key with a short expiry.
 

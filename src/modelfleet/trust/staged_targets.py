@@ -18,6 +18,7 @@ copy with its own staged bytes, and devices verify the published file as any oth
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +46,8 @@ __all__ = [
     "parse_targets",
     "sign_targets",
 ]
+
+_log = logging.getLogger(__name__)
 
 STAGED_SUFFIX = ".staged-targets.json"
 """Name of the staged file after the repository's name (``catalog.staged-targets.json``)."""
@@ -78,8 +81,10 @@ class StagedTargets:
     def load(self) -> None:
         """Re-read the file (another process may have staged a change).
 
+        A file that is not targets metadata is moved aside (``.corrupt``) and logged.
+
         Raises:
-            ConfigError: the file is unreadable or not targets metadata.
+            ConfigError: the file cannot be read.
         """
         stamp = _stamp(self.path)
         if stamp is None:
@@ -92,7 +97,14 @@ class StagedTargets:
         try:
             self.md = parse_targets(data)
         except InvalidInputError as e:
-            raise ConfigError(f"the staged targets {self.path} is corrupt: {e}") from e
+            # Set aside, not fatal: the hub re-stages from its database at the next change
+            # (and approvals at its next start); a hub that failed here would serve nothing.
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            _log.error("the staged targets %s is corrupt (%s); moved to %s", self.path, e, aside)
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            self.md, self._stamp = None, None
+            return
         self._stamp = stamp
 
     def is_current(self) -> bool:
