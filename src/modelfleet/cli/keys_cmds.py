@@ -69,6 +69,9 @@ UriOpt = Annotated[
         help="The new key is behind this securesystemslib signer URI (hsm:2?label=..., a KMS).",
     ),
 ]
+SignThroughOpt = Annotated[
+    str, typer.Option("--signer-uri", help="Sign through this signer URI (hsm:...).")
+]
 PublicOpt = Annotated[
     Path | None,
     typer.Option("--public-key", help="PEM public key of --signer-uri (hsm: reads it itself)."),
@@ -410,10 +413,7 @@ def register(app: typer.Typer) -> None:
         key: Annotated[
             Path | None, typer.Option("--key", help="Root key file (PKCS#8 PEM).")
         ] = None,
-        signer_uri: Annotated[
-            str,
-            typer.Option("--signer-uri", help="Sign through this signer URI (hsm:...)."),
-        ] = "",
+        signer_uri: SignThroughOpt = "",
         keyid: Annotated[
             str, typer.Option("--keyid", help="With --signer-uri: which root key it is.")
         ] = "",
@@ -426,10 +426,7 @@ def register(app: typer.Typer) -> None:
 
         if (key is None) == (not signer_uri):
             raise UsageError("give either --key FILE or --signer-uri URI")
-        try:
-            data = unsigned.read_bytes()
-        except OSError as e:
-            raise UsageError(f"--unsigned: cannot read {unsigned}: {e.strerror or e}") from e
+        data = _read_option_file(unsigned, "--unsigned")
         bundle = parse_bundle(data)
         signer = _offline_signer(bundle, key, signer_uri, keyid, passphrase_file)
         signed = sign_bundle(bundle, signer)
@@ -449,10 +446,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Install next roots signed offline (each checked against the current root)."""
-        try:
-            data = signed.read_bytes()
-        except OSError as e:
-            raise UsageError(f"--signed: cannot read {signed}: {e.strerror or e}") from e
+        data = _read_option_file(signed, "--signed")
         with _key_change(home, passphrase_file) as (admin, finish):
             change = finish(admin.apply_root(data))
         _print_change(change, json_out)
@@ -487,10 +481,7 @@ def register(app: typer.Typer) -> None:
         key: Annotated[
             Path | None, typer.Option("--key", help="Targets key file (PKCS#8 PEM).")
         ] = None,
-        signer_uri: Annotated[
-            str,
-            typer.Option("--signer-uri", help="Sign through this signer URI (hsm:...)."),
-        ] = "",
+        signer_uri: SignThroughOpt = "",
         public_key: PublicOpt = None,
         passphrase_file: PassphraseFileOpt = None,
         json_out: JsonOpt = False,
@@ -503,10 +494,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give either --key FILE or --signer-uri URI")
         if public_key is not None and not signer_uri:
             raise UsageError("--public-key goes with --signer-uri")
-        try:
-            data = unsigned.read_bytes()
-        except OSError as e:
-            raise UsageError(f"--unsigned: cannot read {unsigned}: {e.strerror or e}") from e
+        data = _read_option_file(unsigned, "--unsigned")
         md = parse_targets(data)
         signer = _targets_signer(key, signer_uri, public_key, passphrase_file)
         atomic_write_bytes(out, sign_targets(data, signer))
@@ -538,10 +526,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Publish the catalog's targets signed offline (checked against what waits and
         against the root's targets keys)."""
-        try:
-            data = signed.read_bytes()
-        except OSError as e:
-            raise UsageError(f"--signed: cannot read {signed}: {e.strerror or e}") from e
+        data = _read_option_file(signed, "--signed")
         with _admin(home, passphrase_file) as admin:
             change = admin.apply_targets(data)
         _print_change(change, json_out)
@@ -556,20 +541,33 @@ def register(app: typer.Typer) -> None:
         _print_change(change, json_out)
 
 
-def _targets_signer(
-    key: Path | None, uri: str, public_key: Path | None, passphrase_file: Path | None
-) -> Signer:
+def _read_option_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{option}: cannot read {path}: {e.strerror or e}") from e
+
+
+def _key_file_signer(key: Path, passphrase_file: Path | None) -> Signer:
+    """A signer for a PKCS#8 key file on the offline machine (``--key``)."""
     from securesystemslib.signer import CryptoSigner
 
     from modelfleet.trust._key_files import read_private_key
+
+    private = read_private_key(key, read_passphrase(passphrase_file, os.environ))
+    try:
+        return CryptoSigner(private)
+    except ValueError as e:
+        raise UsageError(f"--key: unsupported key type: {e}") from e
+
+
+def _targets_signer(
+    key: Path | None, uri: str, public_key: Path | None, passphrase_file: Path | None
+) -> Signer:
     from modelfleet.trust.keys import pin_handler, uri_signer
 
     if key is not None:
-        private = read_private_key(key, read_passphrase(passphrase_file, os.environ))
-        try:
-            return CryptoSigner(private)
-        except ValueError as e:
-            raise UsageError(f"--key: unsupported key type: {e}") from e
+        return _key_file_signer(key, passphrase_file)
     public = _public_key(uri, public_key)
     return uri_signer(uri, public, pin_handler(os.environ.get(ENV_HSM_PIN, "")))
 
@@ -577,18 +575,11 @@ def _targets_signer(
 def _offline_signer(
     bundle: RootBundle, key: Path | None, uri: str, keyid: str, passphrase_file: Path | None
 ) -> Signer:
-    from securesystemslib.signer import CryptoSigner
-
     from modelfleet.errors import InvalidInputError
-    from modelfleet.trust._key_files import read_private_key
     from modelfleet.trust.keys import pin_handler, uri_signer
 
     if key is not None:
-        private = read_private_key(key, read_passphrase(passphrase_file, os.environ))
-        try:
-            return CryptoSigner(private)
-        except ValueError as e:
-            raise UsageError(f"--key: unsupported key type: {e}") from e
+        return _key_file_signer(key, passphrase_file)
     matches = [k for k in bundle.signing_keys if keyid and k.startswith(keyid)]
     if len(matches) != 1:
         raise InvalidInputError(
