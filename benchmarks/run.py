@@ -1,8 +1,8 @@
 """Entry point of modelfleet's benchmarks.
 
 ``python -m benchmarks.run [serving|lifecycle|telemetry|telemetry-hub|director|checkin|
-rollout-core|rollout-sim|drift|drift-evidently|verify-install|delivery|bundle|all]
-[--duration N] ...``
+rollout-core|rollout-sim|drift|drift-evidently|drift-deployed|verify-install|delivery|bundle|
+all] [--duration N] ...``
 
 ``telemetry`` measures the device buffer and forwarder; ``telemetry-hub`` drains windows into a
 real ``hub serve`` (SQLite; with ``--database-url postgres`` a fresh PostgreSQL database, see
@@ -14,6 +14,10 @@ per row, the hub's merge and statistics over 10,000 device windows) and measures
 rate over 1,000 stable windows (``benchmarks/drift.py``). ``drift-evidently`` compares drift
 from device histograms with Evidently's DataDriftPreset (in its own venv, ``.bench/``) on the
 same 100,000 × 50 data: time, memory, verdicts (``benchmarks/drift_vs_evidently.py``).
+``drift-deployed`` measures inference latency with drift counting on vs off on three
+``modelfleet agent run`` processes enrolled with one real hub, with wrk over HTTP, and checks
+from the hub that only the ``on`` agent counted (``benchmarks/drift_deployed.py``; not part of
+``all``, ~5 minutes).
 ``delivery`` times resumed HTTP downloads of a 256 MiB file against plain httpx and measures
 hub egress for a 100-device site (``--devices``) with and without a site mirror
 (``benchmarks/delivery.py``). ``bundle`` times removable-media bundle export and import of a
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "drift",
             "verify-install",
             "drift-evidently",
+            "drift-deployed",
             "delivery",
             "bundle",
             "all",
@@ -158,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = ["--no-docs"] if args.no_docs else []
         return drift_evidently(["--repeats", "3", *extra])  # Evidently: ~30 s a run
+    if args.benchmark == "drift-deployed":  # issue 9, the deployed agent
+        from benchmarks.drift_deployed import main as drift_deployed
+
+        return drift_deployed(["--seconds", "5", "--rounds", "7", "--concurrency", "1", "8"])
     if args.benchmark in ("drift", "all"):
         from benchmarks.drift import main as drift
 

@@ -7,17 +7,22 @@ model registered and deployed to one device, and that device's ``modelfleet agen
 with the CLI's defaults (poll interval, log level, guard, metrics, update loop) — the
 process a user runs. The in-harness app (``benchmarks.serving.serve --app agent``) is
 still measured, as ``agent_app``, to show what the daemon around it costs.
+
+:func:`start_hub` and :func:`start_agent` are the two halves, for benchmarks that enrol
+several devices with one hub (``benchmarks/drift_deployed.py``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.serving import processes
 from benchmarks.serving.model import MODEL_NAME
 
-__all__ = ["start_enrolled_agent"]
+__all__ = ["Hub", "start_agent", "start_enrolled_agent", "start_hub"]
 
 DEVICE_ID = "bench-agent"
 
@@ -26,18 +31,29 @@ def _modelfleet(*args: str) -> list[str]:
     return [sys.executable, "-m", "modelfleet", *args]
 
 
-def start_enrolled_agent(
-    model_path: Path, run_dir: Path, env: dict[str, str], cwd: Path
-) -> tuple[processes.Server, processes.Server]:
-    """Start a hub and an agent enrolled with it, serving ``model_path`` as deployed.
+@dataclass(frozen=True)
+class Hub:
+    """A running ``modelfleet hub serve``.
 
-    Returns:
-        ``(agent, hub)``; stop both. The agent is ready once its model is loaded.
+    Attributes:
+        server: the process; stop it.
+        url: its base URL.
+        home: its home folder (``trust-root.json`` is there).
+        token: the admin token ``init_home`` made.
+    """
+
+    server: processes.Server
+    url: str
+    home: Path
+    token: str
+
+
+def start_hub(run_dir: Path, env: dict[str, str], cwd: Path) -> Hub:
+    """Start ``modelfleet hub serve`` on a fresh home under ``run_dir``; wait until ready.
 
     Raises:
-        RuntimeError: the hub did not start or refused the registration or deployment.
+        RuntimeError: the hub did not start.
     """
-    from modelfleet.client import HubClient
     from modelfleet.hub.service import init_home
 
     home = run_dir / "hub-home"
@@ -56,32 +72,74 @@ def start_enrolled_agent(
     )
     try:
         hub.wait_ready(60.0)
-        client = HubClient(hub_url, token)
-        device = client.add_device(DEVICE_ID, site="bench")
-        version = client.register_version(MODEL_NAME, model_path)["version"]
-        client.deploy(MODEL_NAME, int(version), devices=[DEVICE_ID], mode="full")
-        agent_port = processes.free_port()
-        base = f"http://127.0.0.1:{agent_port}"
-        command = _modelfleet(
-            "agent", "run",
-            "--hub", hub_url,
-            "--device-id", DEVICE_ID,
-            "--token", device["token"],
-            "--state-dir", str(run_dir / "agent-state"),
-            "--port", str(agent_port),
-            "--trust-root", str(home / "trust-root.json"),
-        )  # fmt: skip
-        agent = processes.start(
-            "agent",
-            "modelfleet agent run (enrolled with a hub; uvicorn, httptools, uvloop)",
-            command,
-            url=base + f"/v2/models/{MODEL_NAME}/infer",
-            ready_url=base + f"/v2/models/{MODEL_NAME}/ready",
-            log=run_dir / "agent.log",
-            cwd=cwd,
-            env=env,
-        )
     except Exception:
         hub.stop()
         raise
-    return agent, hub
+    return Hub(hub, hub_url, home, token)
+
+
+def start_agent(
+    hub: Hub,
+    device_id: str,
+    device_token: str,
+    run_dir: Path,
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    key: str = "agent",
+    extra_args: Sequence[str] = (),
+) -> processes.Server:
+    """Start ``modelfleet agent run`` for an enrolled device, the CLI's defaults plus
+    ``extra_args``; state in ``run_dir/{key}-state``, output in ``run_dir/{key}.log``.
+
+    Returns:
+        The agent (not waited for: its ``ready_url`` answers once the model is loaded).
+    """
+    agent_port = processes.free_port()
+    base = f"http://127.0.0.1:{agent_port}"
+    command = _modelfleet(
+        "agent", "run",
+        "--hub", hub.url,
+        "--device-id", device_id,
+        "--token", device_token,
+        "--state-dir", str(run_dir / f"{key}-state"),
+        "--port", str(agent_port),
+        "--trust-root", str(hub.home / "trust-root.json"),
+        *extra_args,
+    )  # fmt: skip
+    return processes.start(
+        key,
+        "modelfleet agent run (enrolled with a hub; uvicorn, httptools, uvloop)",
+        command,
+        url=base + f"/v2/models/{MODEL_NAME}/infer",
+        ready_url=base + f"/v2/models/{MODEL_NAME}/ready",
+        log=run_dir / f"{key}.log",
+        cwd=cwd,
+        env=env,
+    )
+
+
+def start_enrolled_agent(
+    model_path: Path, run_dir: Path, env: dict[str, str], cwd: Path
+) -> tuple[processes.Server, processes.Server]:
+    """Start a hub and an agent enrolled with it, serving ``model_path`` as deployed.
+
+    Returns:
+        ``(agent, hub)``; stop both. The agent is ready once its model is loaded.
+
+    Raises:
+        RuntimeError: the hub did not start or refused the registration or deployment.
+    """
+    from modelfleet.client import HubClient
+
+    hub = start_hub(run_dir, env, cwd)
+    try:
+        client = HubClient(hub.url, hub.token)
+        device = client.add_device(DEVICE_ID, site="bench")
+        version = client.register_version(MODEL_NAME, model_path)["version"]
+        client.deploy(MODEL_NAME, int(version), devices=[DEVICE_ID], mode="full")
+        agent = start_agent(hub, DEVICE_ID, device["token"], run_dir, env, cwd)
+    except Exception:
+        hub.server.stop()
+        raise
+    return agent, hub.server
