@@ -20,12 +20,13 @@ demo: $(STAMP)
 # Installs Debian's prometheus package if missing (promtool and a real Prometheus for the
 # observability tests), starts a throw-away PostgreSQL on loopback (installing Debian's
 # package if missing) so the PostgreSQL tests run too, installs Debian's softhsm2 if missing
-# (the PKCS#11 signing test, issue 10), then the whole suite on $(WORKERS) pytest-xdist
+# (the PKCS#11 signing test, issue 10) and wrk (the deployed drift benchmark's test, issue 9),
+# then the whole suite on $(WORKERS) pytest-xdist
 # workers (every PostgreSQL test makes its own database; `make test WORKERS=0` runs serially),
 # a test module at a time per worker (its module fixtures made once), the modules in the
 # order tests/conftest.py sorts them: those with slow or process-starting tests first.
 test: $(STAMP)
-	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh \
+	bash scripts/ensure-prometheus.sh bash scripts/ensure-softhsm.sh bash scripts/ensure-wrk.sh \
 		bash scripts/with-postgres.sh $(BIN)/python -m pytest -q --durations=25 \
 		-n $(WORKERS) --dist loadscope --no-loadscope-reorder
 
