@@ -101,6 +101,26 @@ def _hashlib(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def _disk(source: Path, dest: Path) -> float:
+    """The disk's floor: copy the file as an install writes it (1 MiB writes, an
+    ``fdatasync`` every 32 MiB and at the end), with no hashing and no verification."""
+    start = time.perf_counter()
+    with open(source, "rb") as f, open(dest, "wb") as out:
+        unsynced = 0
+        while chunk := f.read(BLOCK):
+            out.write(chunk)
+            unsynced += len(chunk)
+            if unsynced >= 32 << 20:
+                out.flush()
+                os.fdatasync(out.fileno())
+                unsynced = 0
+        out.flush()
+        os.fsync(out.fileno())
+    took = time.perf_counter() - start
+    dest.unlink()
+    return took
+
+
 def _agent(
     cache: Path, bundle: bytes, fetcher: FetcherInterface, slots: SlotStore, ref: tuple[str, int]
 ) -> float:
@@ -161,9 +181,10 @@ def run(size: int, repeats: int, workdir: Path | None = None) -> dict[str, objec
         fetcher = _LocalFetcher(trust, store)
         slots = SlotStore(tmp / "slots")
         source = store.path(sha)
-        times: dict[str, list[float]] = {"hashlib": [], "agent": [], "stock": []}
+        times: dict[str, list[float]] = {"hashlib": [], "disk": [], "agent": [], "stock": []}
         for _ in range(repeats):  # interleaved, so load on the machine hits all alike
             times["hashlib"].append(_hashlib(source))
+            times["disk"].append(_disk(source, tmp / "disk-floor.bin"))
             times["agent"].append(_agent(tmp / "cache", bundle, fetcher, slots, (sha, length)))
             times["stock"].append(_stock(tmp / "cache", bundle, fetcher, tmp / "stock"))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -173,8 +194,11 @@ def run(size: int, repeats: int, workdir: Path | None = None) -> dict[str, objec
         "seconds": times,
         "median_s": med,
         "ratio_agent": med["agent"] / med["hashlib"],
+        "ratio_disk": med["disk"] / med["hashlib"],
+        "agent_over_disk": med["agent"] / med["disk"],
         "ratio_stock": med["stock"] / med["hashlib"],
         "goal": GOAL,
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         ),
@@ -190,12 +214,14 @@ def render(result: dict[str, object]) -> str:
     med: dict[str, float] = result["median_s"]  # type: ignore[assignment]
     rows = [
         ("hashlib SHA-256 of the file (the bar)", med["hashlib"], 1.0),
+        ("disk floor: write + fdatasync, no hashing", med["disk"], result["ratio_disk"]),
         ("agent: fetch_package_file + slot commit", med["agent"], result["ratio_agent"]),
         ("before: ngclient download_target + fsync + rename", med["stock"], result["ratio_stock"]),
     ]
     lines = [
         f"`python -m benchmarks.run verify-install` — {size / (1 << 30):.2f} GiB, median of "
-        f"{result['repeats']}, {result['machine']}. Goal: agent ≤ {GOAL}× hashlib.",
+        f"{result['repeats']}, {result['machine']}, load average {result['loadavg']}. "
+        f"Goal: agent ≤ {GOAL}× hashlib; agent ÷ disk floor: {result['agent_over_disk']:.2f}.",
         "",
         "| path | median | rate | × hashlib |",
         "|---|---:|---:|---:|",
@@ -208,12 +234,15 @@ def render(result: dict[str, object]) -> str:
         "chunk is hashed as it is written to the `.partial` file beside the destination, which "
         "is fsynced and renamed only when length and hash match (ADR 0024). python-tuf's own "
         "`download_target` makes three passes (write a temporary file, read it back to hash, "
-        "copy it to the destination). What stays above hashlib is writing the file and its "
-        "fsync, which an install needs and hashing does not. Transport: the repository's files "
-        "on local disk (a mirror or medium read); smoke tests not included. Measured on a "
-        "shared 2-CPU machine (load 8–10 from other work): the figures move with load; a run "
-        "with the conformance suite beside it measured hashlib at 48 MiB/s and the agent at "
-        "1.60× (the stock path 1.39×), so compare rows of one run only.",
+        "copy it to the destination). The writes and the syncs to disk run on a thread of "
+        "their own (`trust/_file_writer.py`), overlapping the hashing; the bytes are synced "
+        "every 32 MiB. What stays above hashlib is writing the file durably, which an install "
+        "needs and hashing does not: the *disk floor* row copies the same bytes the same way "
+        "with no hashing at all, so no install can be faster than it on this machine. "
+        "Transport: the repository's files on local disk (a mirror or medium read); smoke "
+        "tests not included. The figures move with load (under load 8–10 hashlib measured "
+        "149 MiB/s and the agent 1.21×; with SHA-NI on a quiet machine hashlib reads 1.5 GiB/s "
+        "and the disk is the limit), so compare rows of one run only.",
         "",
     ]
     return "\n".join(lines)
